@@ -1,0 +1,442 @@
+//! The CPU reference backend: every kernel, multi-threaded (rayon), f32 accumulation.
+//! It always exists, so every experiment can run and every other backend has a neighbour
+//! to be cross-checked against.
+
+use super::{Backend, CacheMode, DeviceInfo, Prepared, Timer};
+use crate::workload::stream::write_pattern;
+use crate::workload::{ExpertGemv, KvDecode, Stream, StreamOp, TensorSet, Workload};
+use rayon::prelude::*;
+use std::time::Instant;
+
+pub struct CpuBackend {
+    devices: Vec<DeviceInfo>,
+    llc_bytes: usize,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        let llc_bytes = last_level_cache_bytes().unwrap_or(32 << 20);
+        let threads = rayon::current_num_threads();
+        let name = cpu_model_name().unwrap_or_else(|| "cpu".into());
+        let devices = vec![DeviceInfo {
+            index: 0,
+            name: name.clone(),
+            memory_bytes: mem_available_bytes(),
+            details: vec![
+                ("threads".into(), threads.to_string()),
+                (
+                    "last-level cache".into(),
+                    format!("{} MiB", llc_bytes >> 20),
+                ),
+            ],
+        }];
+        CpuBackend { devices, llc_bytes }
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    /// Host and device are the same memory: the generated inputs, the backend's own copy,
+    /// the read-back outputs and the f64 reference all live in it at once.
+    fn memory_needed(&self, workload: &Workload) -> u64 {
+        let outputs: u64 = workload.outputs().iter().map(|o| o.bytes()).sum();
+        2 * workload.device_bytes() + 3 * outputs
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        device: usize,
+        workload: &Workload,
+        inputs: &TensorSet,
+        cache: CacheMode,
+    ) -> anyhow::Result<Box<dyn Prepared + 'a>> {
+        anyhow::ensure!(device == 0, "cpu has one device (0), not {device}");
+        let outputs = TensorSet(workload.outputs().iter().map(|o| o.poisoned()).collect());
+        // Where caches can be flushed line by line (x86-64 clflush), evict exactly the
+        // working set; elsewhere write a scratch buffer twice the last-level cache, but only
+        // when the working set could sit in that cache between reps.
+        let flush = if cache == CacheMode::Cold
+            && !cfg!(target_arch = "x86_64")
+            && workload.device_bytes() < 4 * self.llc_bytes as u64
+        {
+            vec![0u8; 2 * self.llc_bytes]
+        } else {
+            Vec::new()
+        };
+        Ok(Box::new(CpuPoint {
+            workload: workload.clone(),
+            inputs: inputs.clone(), // the "upload": the backend owns its copy
+            outputs,
+            cache,
+            flush,
+        }))
+    }
+}
+
+struct CpuPoint {
+    workload: Workload,
+    inputs: TensorSet,
+    outputs: TensorSet,
+    cache: CacheMode,
+    flush: Vec<u8>,
+}
+
+impl CpuPoint {
+    fn flush_cache(&mut self) {
+        if self.cache == CacheMode::Warm {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            for t in self.inputs.0.iter().chain(&self.outputs.0) {
+                t.bytes.par_chunks(1 << 16).for_each(|chunk| {
+                    for line in chunk.chunks(64) {
+                        // SAFETY: the pointer is inside a live, borrowed allocation.
+                        unsafe { std::arch::x86_64::_mm_clflush(line.as_ptr()) };
+                    }
+                });
+            }
+            // SAFETY: a fence has no memory-safety preconditions.
+            unsafe { std::arch::x86_64::_mm_mfence() };
+        }
+        if !self.flush.is_empty() {
+            let tick = self.flush[0].wrapping_add(1);
+            self.flush
+                .par_chunks_mut(1 << 16)
+                .for_each(|c| c.fill(tick));
+            std::hint::black_box(&self.flush);
+        }
+    }
+
+    fn step(&mut self) {
+        let CpuPoint {
+            workload,
+            inputs,
+            outputs,
+            ..
+        } = self;
+        match workload {
+            Workload::Stream(w) => stream(w, inputs, outputs),
+            Workload::KvDecode(w) => kv_decode(w, inputs, outputs),
+            Workload::ExpertGemv(w) => expert_gemv(w, inputs, outputs),
+        }
+    }
+}
+
+impl Prepared for CpuPoint {
+    fn timer(&self) -> Timer {
+        Timer::Host
+    }
+
+    fn cache_method(&self) -> String {
+        match self.cache {
+            CacheMode::Warm => "warm: no flush".into(),
+            CacheMode::Cold if cfg!(target_arch = "x86_64") => {
+                "cold: clflush of every input and output line between reps".into()
+            }
+            CacheMode::Cold if self.flush.is_empty() => {
+                "cold: working set over 4x the last-level cache".into()
+            }
+            CacheMode::Cold => format!("cold: {} MiB written between reps", self.flush.len() >> 20),
+        }
+    }
+
+    fn run(&mut self, warmup: usize, reps: usize) -> anyhow::Result<Vec<f64>> {
+        for _ in 0..warmup {
+            self.flush_cache();
+            self.step();
+        }
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            self.flush_cache();
+            let t0 = Instant::now();
+            self.step();
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        Ok(times)
+    }
+
+    fn read_outputs(&mut self) -> anyhow::Result<TensorSet> {
+        Ok(self.outputs.clone())
+    }
+}
+
+fn out_mut<'a>(outputs: &'a mut TensorSet, name: &str) -> &'a mut [u8] {
+    &mut outputs
+        .get_mut(name)
+        .unwrap_or_else(|| panic!("output '{name}' not allocated"))
+        .bytes
+}
+
+fn stream(w: &Stream, inputs: &TensorSet, outputs: &mut TensorSet) {
+    const CHUNK: usize = 1 << 16;
+    match w.op {
+        StreamOp::Read => {
+            let src: &[u32] = bytemuck::cast_slice(&inputs.expect("src").bytes);
+            let sum = src
+                .par_chunks(CHUNK)
+                .map(|c| c.iter().fold(0u32, |a, &x| a.wrapping_add(x)))
+                .reduce(|| 0u32, u32::wrapping_add);
+            out_mut(outputs, "sum").copy_from_slice(&sum.to_le_bytes());
+        }
+        StreamOp::Copy => {
+            let src = &inputs.expect("src").bytes;
+            out_mut(outputs, "dst")
+                .par_chunks_mut(CHUNK * 4)
+                .zip(src.par_chunks(CHUNK * 4))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+        }
+        StreamOp::Write => {
+            let seed = w.pattern_seed();
+            let dst: &mut [u32] = bytemuck::cast_slice_mut(out_mut(outputs, "dst"));
+            dst.par_chunks_mut(CHUNK)
+                .enumerate()
+                .for_each(|(c, chunk)| {
+                    let base = (c * CHUNK) as u32;
+                    for (i, x) in chunk.iter_mut().enumerate() {
+                        *x = write_pattern(base.wrapping_add(i as u32), seed);
+                    }
+                });
+        }
+    }
+}
+
+/// Online-softmax state of one query group over one chunk of a sequence.
+struct Partial {
+    b: usize,
+    g: usize,
+    m: Vec<f32>,
+    l: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+/// Paged decode attention. Tasks are (sequence, KV head, chunk of tokens): each cached row is
+/// decoded once for its whole query group, and long contexts are split across threads and
+/// merged with the log-sum-exp, the same shape as flash-decoding on a GPU.
+fn kv_decode(w: &KvDecode, inputs: &TensorSet, outputs: &mut TensorSet) {
+    const CHUNK: usize = 256;
+    let q: &[f32] = bytemuck::cast_slice(&inputs.expect("q").bytes);
+    let k = &inputs.expect("k_pages").bytes;
+    let v = inputs.get("v_pages").map(|t| &t.bytes);
+    let table: &[i32] = bytemuck::cast_slice(&inputs.expect("page_table").bytes);
+    let [ks, vs] = w.scales();
+    let (hq, dk, dv, gs, dt) = (
+        w.q_heads,
+        w.head_dim_k,
+        w.head_dim_v,
+        w.group_size(),
+        w.kv_dtype,
+    );
+    // Fold the softmax scale and K's dequant scale into q once.
+    let qs: Vec<f32> = q.iter().map(|x| x * w.scale * ks).collect();
+
+    let tasks: Vec<(usize, usize, usize)> = (0..w.batch)
+        .flat_map(|b| {
+            (0..w.kv_heads)
+                .flat_map(move |g| (0..w.context_lens[b].div_ceil(CHUNK)).map(move |c| (b, g, c)))
+        })
+        .collect();
+    let partials: Vec<Partial> = tasks
+        .par_iter()
+        .map(|&(b, g, c)| {
+            let mut p = Partial {
+                b,
+                g,
+                m: vec![f32::NEG_INFINITY; gs],
+                l: vec![0.0; gs],
+                acc: vec![0.0; gs * dv],
+            };
+            let mut krow = vec![0f32; dk];
+            let mut vrow = vec![0f32; dv];
+            let end = ((c + 1) * CHUNK).min(w.context_lens[b]);
+            for t in c * CHUNK..end {
+                let ko = w.cache_offset(table, b, t, g, dk);
+                dt.decode_slice(k, ko, &mut krow);
+                match v {
+                    Some(v) => dt.decode_slice(v, w.cache_offset(table, b, t, g, dv), &mut vrow),
+                    None => vrow.copy_from_slice(&krow[..dv]), // MLA: V is the latent's head
+                }
+                for j in 0..gs {
+                    let qo = (b * hq + g * gs + j) * dk;
+                    let s = dot(&qs[qo..qo + dk], &krow);
+                    let acc = &mut p.acc[j * dv..(j + 1) * dv];
+                    if s > p.m[j] {
+                        let corr = (p.m[j] - s).exp();
+                        p.l[j] = p.l[j] * corr + 1.0;
+                        for (a, &x) in acc.iter_mut().zip(&vrow) {
+                            *a = *a * corr + x;
+                        }
+                        p.m[j] = s;
+                    } else {
+                        let e = (s - p.m[j]).exp();
+                        p.l[j] += e;
+                        for (a, &x) in acc.iter_mut().zip(&vrow) {
+                            *a += e * x;
+                        }
+                    }
+                }
+            }
+            p
+        })
+        .collect();
+
+    // Merge the chunks of each (sequence, KV head) with the log-sum-exp.
+    let mut merged: Vec<Option<Partial>> = (0..w.batch * w.kv_heads).map(|_| None).collect();
+    for p in partials {
+        let slot = &mut merged[p.b * w.kv_heads + p.g];
+        match slot {
+            None => *slot = Some(p),
+            Some(into) => {
+                for j in 0..gs {
+                    let m = into.m[j].max(p.m[j]);
+                    let (a, b) = ((into.m[j] - m).exp(), (p.m[j] - m).exp());
+                    into.l[j] = into.l[j] * a + p.l[j] * b;
+                    for d in 0..dv {
+                        into.acc[j * dv + d] = into.acc[j * dv + d] * a + p.acc[j * dv + d] * b;
+                    }
+                    into.m[j] = m;
+                }
+            }
+        }
+    }
+    let mut out = vec![f32::NAN; w.batch * hq * dv];
+    let mut lse = vec![f32::NAN; w.batch * hq];
+    for p in merged.into_iter().flatten() {
+        for j in 0..gs {
+            let h = p.g * gs + j;
+            let row = &mut out[(p.b * hq + h) * dv..(p.b * hq + h + 1) * dv];
+            for (o, &a) in row.iter_mut().zip(&p.acc[j * dv..(j + 1) * dv]) {
+                *o = a / p.l[j] * vs;
+            }
+            lse[p.b * hq + h] = p.m[j] + p.l[j].ln();
+        }
+    }
+    out_mut(outputs, "out").copy_from_slice(bytemuck::cast_slice(&out));
+    out_mut(outputs, "lse").copy_from_slice(bytemuck::cast_slice(&lse));
+}
+
+/// Grouped GEMV: threads own blocks of output rows; within a block each touched expert's rows
+/// are decoded once and applied to every token that chose the expert.
+fn expert_gemv(w: &ExpertGemv, inputs: &TensorSet, outputs: &mut TensorSet) {
+    const ROWS: usize = 16;
+    let x: &[f32] = bytemuck::cast_slice(&inputs.expect("x").bytes);
+    let wt = &inputs.expect("w").bytes;
+    let scales: Option<&[f32]> = inputs
+        .get("w_scale")
+        .map(|t| bytemuck::cast_slice(&t.bytes[..]));
+    let ids: &[i32] = bytemuck::cast_slice(&inputs.expect("topk_ids").bytes);
+    let rw: &[f32] = bytemuck::cast_slice(&inputs.expect("topk_weights").bytes);
+    let (t_count, k, di, dout, dt) = (w.batch, w.top_k, w.d_in, w.d_out, w.weight_dtype);
+
+    // Group (token, routing weight) pairs by expert.
+    let mut groups: Vec<Vec<(usize, f32)>> = vec![Vec::new(); w.experts];
+    for t in 0..t_count {
+        for j in 0..k {
+            groups[ids[t * k + j] as usize].push((t, rw[t * k + j]));
+        }
+    }
+    let touched: Vec<(usize, &Vec<(usize, f32)>)> = groups
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| !g.is_empty())
+        .collect();
+
+    let blocks: Vec<Vec<f32>> = (0..dout.div_ceil(ROWS))
+        .into_par_iter()
+        .map(|blk| {
+            let (o0, o1) = (blk * ROWS, ((blk + 1) * ROWS).min(dout));
+            let mut local = vec![0f32; t_count * (o1 - o0)];
+            let mut row = vec![0f32; di];
+            for &(e, tokens) in &touched {
+                for o in o0..o1 {
+                    dt.decode_slice(wt, (e * dout + o) * di, &mut row);
+                    let s = scales.map_or(1.0, |s| s[e * dout + o]);
+                    for &(t, weight) in tokens {
+                        let d = dot(&row, &x[t * di..(t + 1) * di]);
+                        local[t * (o1 - o0) + (o - o0)] += weight * s * d;
+                    }
+                }
+            }
+            local
+        })
+        .collect();
+    let mut y = vec![0f32; t_count * dout];
+    for (blk, local) in blocks.iter().enumerate() {
+        let (o0, width) = (blk * ROWS, local.len() / t_count.max(1));
+        for t in 0..t_count {
+            y[t * dout + o0..t * dout + o0 + width]
+                .copy_from_slice(&local[t * width..(t + 1) * width]);
+        }
+    }
+    out_mut(outputs, "y").copy_from_slice(bytemuck::cast_slice(&y));
+}
+
+/// f32 dot product with eight independent partial sums, so the compiler can vectorise it
+/// (a single running sum pins the order of additions and stays scalar).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn last_level_cache_bytes() -> Option<usize> {
+    (0..8)
+        .rev()
+        .filter_map(|i| {
+            let s = std::fs::read_to_string(format!(
+                "/sys/devices/system/cpu/cpu0/cache/index{i}/size"
+            ))
+            .ok()?;
+            let s = s.trim();
+            let (num, mult) = match s.strip_suffix('K') {
+                Some(n) => (n, 1024),
+                None => match s.strip_suffix('M') {
+                    Some(n) => (n, 1 << 20),
+                    None => (s, 1),
+                },
+            };
+            num.parse::<usize>().ok().map(|n| n * mult)
+        })
+        .next()
+}
+
+fn cpu_model_name() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// Memory the OS says is available now (MemAvailable), in bytes.
+pub fn mem_available_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

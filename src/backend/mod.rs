@@ -1,0 +1,94 @@
+//! HOW a point runs: the one `Backend` trait, written for GPUs (uploads once per point,
+//! device timers, outputs read back only for the check), and the registry of backends.
+
+pub mod cpu;
+
+use crate::workload::{TensorSet, Workload};
+use serde::{Deserialize, Serialize};
+
+/// Every backend decodelab knows, in the order `auto` prefers them.
+pub const BACKEND_NAMES: [&str; 3] = ["cuda", "wgpu", "cpu"];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceInfo {
+    pub index: usize,
+    pub name: String,
+    /// Memory a point may use, in bytes, when the backend can tell.
+    pub memory_bytes: Option<u64>,
+    /// Backend-specific facts worth printing (driver, threads, features, limits).
+    pub details: Vec<(String, String)>,
+}
+
+/// Which clock timed the reps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Timer {
+    /// Device timestamps (CUDA events, wgpu timestamp queries).
+    Gpu,
+    /// The host clock around each rep (the CPU backend's own timer).
+    Host,
+}
+
+/// Whether the last-level cache may hold the working set between reps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheMode {
+    /// Each rep starts with the inputs out of cache (flushed, rotated, or far larger than it).
+    #[default]
+    Cold,
+    Warm,
+}
+
+/// A point uploaded to a device and compiled, ready to be timed.
+pub trait Prepared {
+    fn timer(&self) -> Timer;
+    /// How the cache mode was achieved, e.g. "flush 64 MiB between reps".
+    fn cache_method(&self) -> String;
+    /// Run `warmup` untimed reps, then `reps` timed ones; seconds per timed rep.
+    fn run(&mut self, warmup: usize, reps: usize) -> anyhow::Result<Vec<f64>>;
+    /// Copy the outputs back to the host (only for the check).
+    fn read_outputs(&mut self) -> anyhow::Result<TensorSet>;
+}
+
+pub trait Backend: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn devices(&self) -> &[DeviceInfo];
+    /// Bytes of the device's memory a point needs on this backend.
+    fn memory_needed(&self, workload: &Workload) -> u64 {
+        workload.device_bytes()
+    }
+    /// Upload the inputs, allocate poisoned outputs and build the kernel for one point.
+    fn prepare<'a>(
+        &'a self,
+        device: usize,
+        workload: &Workload,
+        inputs: &TensorSet,
+        cache: CacheMode,
+    ) -> anyhow::Result<Box<dyn Prepared + 'a>>;
+}
+
+/// The outcome of looking for a backend: usable, or why not.
+pub enum Probe {
+    Available(Box<dyn Backend>),
+    Unavailable { name: &'static str, reason: String },
+}
+
+/// Look for one backend by name. Never panics: an absent driver is a reason, not an error.
+pub fn probe(name: &str) -> Option<Probe> {
+    match name {
+        "cpu" => Some(Probe::Available(Box::new(cpu::CpuBackend::new()))),
+        "wgpu" => Some(Probe::Unavailable {
+            name: "wgpu",
+            reason: "not built yet (the WGSL backend lands with its own issue)".into(),
+        }),
+        "cuda" => Some(Probe::Unavailable {
+            name: "cuda",
+            reason: "not built yet (the CUDA backend lands with its own issue)".into(),
+        }),
+        _ => None,
+    }
+}
+
+pub fn probe_all() -> Vec<Probe> {
+    BACKEND_NAMES.iter().filter_map(|n| probe(n)).collect()
+}

@@ -1,0 +1,660 @@
+//! Experiments: the YAML schema, validation and sweep expansion, and the runner.
+//! Everything a file can get wrong is refused here, before anything runs.
+
+pub mod error;
+pub mod hardware;
+pub mod runner;
+pub mod schema;
+
+pub use error::ConfigError;
+pub use hardware::HardwareProfile;
+
+use crate::backend::CacheMode;
+use crate::workload::{
+    Attention, DType, ExpertGemv, KvDecode, Lengths, Routing, Stream, StreamOp, Workload,
+};
+use schema::{ExperimentFile, Field, LengthsSpec, NameOrNumber, RoutingSpec, RunSpec};
+use std::path::{Path, PathBuf};
+
+/// An experiment file larger than this is not an experiment.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+/// Limits that keep every size computation far from overflow; larger is refused by name.
+const MAX_COUNT: u64 = 1 << 24;
+const MAX_BYTES: u64 = 1 << 44;
+/// No point may hold more elements than this (16 TiB of fp8); the device-fit check is finer.
+const MAX_ELEMENTS: u128 = 1 << 44;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackendChoice {
+    /// The best available backend.
+    Auto,
+    /// Every available backend.
+    All,
+    Named(Vec<String>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeviceChoice {
+    Indices(Vec<usize>),
+    All,
+    /// The first n devices.
+    Count(usize),
+}
+
+#[derive(Clone, Debug)]
+pub struct Point {
+    /// Position in the expanded sweep: stable for a given file, so `--resume` can find it.
+    pub index: usize,
+    /// Which entry of `runs:`, and its line.
+    pub run: usize,
+    pub line: u64,
+    pub workload: Workload,
+}
+
+#[derive(Clone, Debug)]
+pub struct Experiment {
+    pub file: PathBuf,
+    pub source: String,
+    pub name: String,
+    pub backends: BackendChoice,
+    pub devices: DeviceChoice,
+    /// Line of `devices:` (0 when defaulted), for refusals made once backends are known.
+    pub devices_line: u64,
+    pub hardware: Option<HardwareProfile>,
+    pub warmup: usize,
+    pub reps: usize,
+    pub seed: u64,
+    pub cache: CacheMode,
+    pub points: Vec<Point>,
+}
+
+impl Experiment {
+    pub fn load(path: &Path) -> Result<Experiment, ConfigError> {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path)
+            .map_err(|e| ConfigError::whole_file(&file, format!("cannot read: {e}")))?;
+        Self::parse(path, &bytes)
+    }
+
+    /// Parse and validate an experiment from bytes (`path` names it and anchors `hardware:`).
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Experiment, ConfigError> {
+        let file = path.display().to_string();
+        if bytes.len() > MAX_FILE_BYTES {
+            return Err(ConfigError::whole_file(
+                &file,
+                format!(
+                    "{} bytes is too large for an experiment file (limit {} bytes)",
+                    bytes.len(),
+                    MAX_FILE_BYTES
+                ),
+            ));
+        }
+        let source = std::str::from_utf8(bytes).map_err(|e| {
+            ConfigError::whole_file(
+                &file,
+                format!(
+                    "not UTF-8 text (invalid byte at offset {})",
+                    e.valid_up_to()
+                ),
+            )
+        })?;
+        let spec: ExperimentFile = serde_saphyr::from_str(source)
+            .map_err(|e| ConfigError::from_yaml(&file, source, &e))?;
+        Builder {
+            file: &file,
+            source,
+        }
+        .build(path, spec)
+    }
+}
+
+struct Builder<'a> {
+    file: &'a str,
+    source: &'a str,
+}
+
+type Spanned<T> = serde_saphyr::Spanned<T>;
+
+impl Builder<'_> {
+    fn err(
+        &self,
+        line: u64,
+        col: u64,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::at(self.file, self.source, line, col, field, msg)
+    }
+
+    fn build(&self, path: &Path, spec: ExperimentFile) -> Result<Experiment, ConfigError> {
+        let name = spec.name.value.trim().to_string();
+        let safe = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            && !name.starts_with('.');
+        if !safe {
+            let l = &spec.name.referenced;
+            return Err(self.err(
+                l.line(),
+                l.column(),
+                "name",
+                "use letters, digits, '-', '_' or '.' (it names the results folder)",
+            ));
+        }
+
+        let backends = match &spec.backends {
+            None => BackendChoice::Auto,
+            Some(b) => {
+                let l = &b.referenced;
+                let v = &b.value.values;
+                if v.len() == 1 && (v[0] == "auto" || v[0] == "all") {
+                    if v[0] == "auto" {
+                        BackendChoice::Auto
+                    } else {
+                        BackendChoice::All
+                    }
+                } else {
+                    for n in v {
+                        if !crate::backend::BACKEND_NAMES.contains(&n.as_str()) {
+                            return Err(self.err(l.line(), l.column(), "backends", format!(
+                                "unknown backend '{n}' (expected auto, all, or a list of cpu, wgpu, cuda)")));
+                        }
+                    }
+                    BackendChoice::Named(v.clone())
+                }
+            }
+        };
+
+        let devices = match &spec.devices {
+            None => DeviceChoice::Indices(vec![0]),
+            Some(d) => {
+                let l = &d.referenced;
+                let bad = |m: &str| self.err(l.line(), l.column(), "devices", m.to_string());
+                match (d.value.was_list, d.value.values.as_slice()) {
+                    (false, [NameOrNumber::Name(s)]) if s == "all" => DeviceChoice::All,
+                    (false, [NameOrNumber::Number(0)]) => {
+                        return Err(bad("a device count must be at least 1"));
+                    }
+                    (false, [NameOrNumber::Number(n)]) if *n <= 4096 => {
+                        DeviceChoice::Count(*n as usize)
+                    }
+                    (true, items) => {
+                        let mut idx = Vec::new();
+                        for it in items {
+                            match it {
+                                NameOrNumber::Number(n)
+                                    if *n <= 4096 && !idx.contains(&(*n as usize)) =>
+                                {
+                                    idx.push(*n as usize)
+                                }
+                                NameOrNumber::Number(n) if *n <= 4096 => {
+                                    return Err(bad(&format!("device {n} is listed twice")));
+                                }
+                                _ => {
+                                    return Err(bad(
+                                        "a list of devices holds device indices (0, 1, ...)",
+                                    ));
+                                }
+                            }
+                        }
+                        DeviceChoice::Indices(idx)
+                    }
+                    _ => return Err(bad("expected a list of device indices, a count, or all")),
+                }
+            }
+        };
+
+        let hardware = match &spec.hardware {
+            None => None,
+            Some(h) => {
+                let l = &h.referenced;
+                let found = hardware::find_profile(path, &h.value).ok_or_else(|| {
+                    self.err(l.line(), l.column(), "hardware", format!(
+                        "no profile '{}' (looked for hardware/{}.yaml beside and above the experiment)", h.value, h.value))
+                })?;
+                Some(hardware::load_profile(&found)?)
+            }
+        };
+
+        let bounded =
+            |f: &Option<Spanned<u64>>, field: &str, default: u64, min: u64, max: u64| match f {
+                None => Ok(default),
+                Some(s) if s.value >= min && s.value <= max => Ok(s.value),
+                Some(s) => Err(self.err(
+                    s.referenced.line(),
+                    s.referenced.column(),
+                    field,
+                    format!("{} is out of range ({min}..={max})", s.value),
+                )),
+            };
+        let warmup = bounded(&spec.warmup, "warmup", 5, 0, 100_000)? as usize;
+        let reps = bounded(&spec.reps, "reps", 50, 1, 1_000_000)? as usize;
+        let seed = spec.seed.as_ref().map_or(0, |s| s.value);
+        let cache = spec.cache.as_ref().map_or(CacheMode::Cold, |c| c.value);
+
+        if spec.runs.value.is_empty() {
+            let l = &spec.runs.referenced;
+            return Err(self.err(
+                l.line(),
+                l.column(),
+                "runs",
+                "no runs: list at least one kernel to run",
+            ));
+        }
+        let mut points = Vec::new();
+        for (r, run) in spec.runs.value.iter().enumerate() {
+            let ctx = RunCtx {
+                b: self,
+                index: r,
+                spec: &run.value,
+                line: run.value.kernel.referenced.line(),
+            };
+            for workload in ctx.expand(seed, points.len())? {
+                points.push(Point {
+                    index: points.len(),
+                    run: r,
+                    line: ctx.line,
+                    workload,
+                });
+            }
+        }
+        Ok(Experiment {
+            file: path.to_path_buf(),
+            source: self.source.to_string(),
+            name,
+            backends,
+            devices,
+            devices_line: spec.devices.as_ref().map_or(0, |d| d.referenced.line()),
+            hardware,
+            warmup,
+            reps,
+            seed,
+            cache,
+            points,
+        })
+    }
+}
+
+/// Expansion of one entry of `runs:` into points.
+struct RunCtx<'a> {
+    b: &'a Builder<'a>,
+    index: usize,
+    spec: &'a RunSpec,
+    line: u64,
+}
+
+/// Every combination of axis positions, first axis slowest.
+fn product(dims: &[usize]) -> Vec<Vec<usize>> {
+    let mut out = vec![vec![]];
+    for &d in dims {
+        out = out
+            .into_iter()
+            .flat_map(|prefix| {
+                (0..d).map(move |i| {
+                    let mut p = prefix.clone();
+                    p.push(i);
+                    p
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+impl RunCtx<'_> {
+    fn field(&self, name: &str) -> String {
+        format!("runs[{}].{name}", self.index)
+    }
+
+    fn err_at<T>(&self, f: &Spanned<T>, name: &str, msg: impl Into<String>) -> ConfigError {
+        self.b.err(
+            f.referenced.line(),
+            f.referenced.column(),
+            self.field(name),
+            msg,
+        )
+    }
+
+    fn err_run(&self, name: &str, msg: impl Into<String>) -> ConfigError {
+        self.b.err(self.line, 0, self.field(name), msg)
+    }
+
+    fn required<T: Clone>(
+        &self,
+        f: &Field<T>,
+        name: &str,
+        kernel: &str,
+    ) -> Result<Vec<T>, ConfigError> {
+        f.as_ref()
+            .map(|s| s.value.values.clone())
+            .ok_or_else(|| self.err_run(name, format!("missing: {kernel} needs `{name}`")))
+    }
+
+    fn optional<T: Clone>(&self, f: &Field<T>, default: T) -> Vec<T> {
+        f.as_ref().map_or(vec![default], |s| s.value.values.clone())
+    }
+
+    /// A required count: every value in 1..=max.
+    fn count(
+        &self,
+        f: &Field<u64>,
+        name: &str,
+        kernel: &str,
+        max: u64,
+    ) -> Result<Vec<usize>, ConfigError> {
+        let v = self.required(f, name, kernel)?;
+        self.check_counts(f, name, &v, max)
+    }
+
+    fn count_or(
+        &self,
+        f: &Field<u64>,
+        name: &str,
+        default: u64,
+        max: u64,
+    ) -> Result<Vec<usize>, ConfigError> {
+        let v = self.optional(f, default);
+        self.check_counts(f, name, &v, max)
+    }
+
+    fn check_counts(
+        &self,
+        f: &Field<u64>,
+        name: &str,
+        v: &[u64],
+        max: u64,
+    ) -> Result<Vec<usize>, ConfigError> {
+        for &x in v {
+            if x == 0 || x > max {
+                let msg = if x == 0 {
+                    "must be at least 1 (got 0)".to_string()
+                } else {
+                    format!("{x} is larger than the limit {max}")
+                };
+                return Err(match f {
+                    Some(s) => self.err_at(s, name, msg),
+                    None => self.err_run(name, msg),
+                });
+            }
+        }
+        Ok(v.iter().map(|&x| x as usize).collect())
+    }
+
+    fn refuse_fields(&self, allowed: &[&str], kernel: &str) -> Result<(), ConfigError> {
+        for (name, line) in self.spec.present_fields() {
+            if !allowed.contains(&name) {
+                return Err(self.b.err(
+                    line,
+                    0,
+                    self.field(name),
+                    format!(
+                        "does not apply to kernel {kernel} (its fields: {})",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn too_large(&self, elements: u128) -> Result<(), ConfigError> {
+        if elements > MAX_ELEMENTS {
+            return Err(self.err_run("kernel", format!("a point of this run holds {elements} elements, more than any device (limit {MAX_ELEMENTS})")));
+        }
+        Ok(())
+    }
+
+    fn expand(&self, seed: u64, first_index: usize) -> Result<Vec<Workload>, ConfigError> {
+        let kernel = self.spec.kernel.value.as_str();
+        let point_seed = |i: usize| {
+            seed.wrapping_mul(1_000_003)
+                .wrapping_add((first_index + i) as u64)
+        };
+        match kernel {
+            "stream" => self.expand_stream(point_seed),
+            "kv_decode" => self.expand_kv(point_seed),
+            "expert_gemv" => self.expand_expert(point_seed),
+            other => Err(self.err_at(
+                &self.spec.kernel,
+                "kernel",
+                format!("unknown kernel '{other}' (expected stream, kv_decode or expert_gemv)"),
+            )),
+        }
+    }
+
+    fn expand_stream(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
+        self.refuse_fields(&["op", "bytes"], "stream")?;
+        let s = self.spec;
+        let ops = self.optional(&s.op, StreamOp::Read);
+        let sizes = self.required(&s.bytes, "bytes", "stream")?;
+        let bytes_field = s.bytes.as_ref().expect("required above");
+        for sz in &sizes {
+            if sz.0 < 4 || sz.0 % 4 != 0 || sz.0 > MAX_BYTES {
+                return Err(self.err_at(bytes_field, "bytes", format!(
+                    "{} bytes: stream moves whole u32 words, so bytes must be a positive multiple of 4 (at most {MAX_BYTES})", sz.0)));
+            }
+        }
+        let mut out = Vec::new();
+        for (i, ix) in product(&[ops.len(), sizes.len()]).into_iter().enumerate() {
+            out.push(Workload::Stream(Stream {
+                op: ops[ix[0]],
+                bytes: sizes[ix[1]].0,
+                seed: seed(i),
+            }));
+        }
+        Ok(out)
+    }
+
+    fn expand_kv(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
+        let s = self.spec;
+        let attention = self.optional(&s.attention, Attention::Gqa);
+        if attention.len() > 1 {
+            return Err(self.err_at(
+                s.attention.as_ref().expect("a list"),
+                "attention",
+                "attention cannot be swept: write one run for gqa and one for mla",
+            ));
+        }
+        let attention = attention[0];
+        let common = [
+            "attention",
+            "batch",
+            "q_heads",
+            "context",
+            "lengths",
+            "page_size",
+            "kv_dtype",
+            "scale",
+        ];
+        let (own, kernel): (&[&str], _) = match attention {
+            Attention::Gqa => (&["kv_heads", "head_dim", "v_head_dim"], "kv_decode (gqa)"),
+            Attention::Mla => (&["kv_lora_rank", "rope_dim"], "kv_decode (mla)"),
+        };
+        let allowed: Vec<&str> = common.iter().chain(own).copied().collect();
+        self.refuse_fields(&allowed, kernel)?;
+
+        let batch = self.count(&s.batch, "batch", kernel, MAX_COUNT)?;
+        let q_heads = self.count(&s.q_heads, "q_heads", kernel, 1 << 16)?;
+        let context = self.count(&s.context, "context", kernel, MAX_COUNT)?;
+        let page_size = self.count_or(&s.page_size, "page_size", 16, 1 << 20)?;
+        let lengths = self.optional(&s.lengths, LengthsSpec::Equal);
+        let dtypes = self.optional(&s.kv_dtype, DType::Bf16);
+        let scales: Vec<Option<f64>> = match &s.scale {
+            None => vec![None],
+            Some(f) => {
+                for &x in &f.value.values {
+                    if !(x.is_finite() && x > 0.0) {
+                        return Err(self.err_at(
+                            f,
+                            "scale",
+                            format!("{x} is not a positive finite number"),
+                        ));
+                    }
+                }
+                f.value.values.iter().map(|&x| Some(x)).collect()
+            }
+        };
+        // (kv_heads, Dk, Dv) per head-shape combination.
+        let shapes: Vec<(usize, usize, usize)> = match attention {
+            Attention::Gqa => {
+                let kvh = self.count(&s.kv_heads, "kv_heads", kernel, 1 << 16)?;
+                let hd = self.count(&s.head_dim, "head_dim", kernel, 1 << 16)?;
+                let vhd = match &s.v_head_dim {
+                    None => vec![None],
+                    Some(_) => self
+                        .count(&s.v_head_dim, "v_head_dim", kernel, 1 << 16)?
+                        .into_iter()
+                        .map(Some)
+                        .collect(),
+                };
+                product(&[kvh.len(), hd.len(), vhd.len()])
+                    .into_iter()
+                    .map(|ix| (kvh[ix[0]], hd[ix[1]], vhd[ix[2]].unwrap_or(hd[ix[1]])))
+                    .collect()
+            }
+            Attention::Mla => {
+                let rank = self.count_or(&s.kv_lora_rank, "kv_lora_rank", 512, 1 << 16)?;
+                let rope = self.optional(&s.rope_dim, 64);
+                product(&[rank.len(), rope.len()])
+                    .into_iter()
+                    .map(|ix| (1, rank[ix[0]] + rope[ix[1]] as usize, rank[ix[0]]))
+                    .collect()
+            }
+        };
+
+        let mut out = Vec::new();
+        let dims = [
+            batch.len(),
+            q_heads.len(),
+            shapes.len(),
+            context.len(),
+            lengths.len(),
+            page_size.len(),
+            dtypes.len(),
+            scales.len(),
+        ];
+        for ix in product(&dims) {
+            let (b, hq, (hkv, dk, dv), ctx) =
+                (batch[ix[0]], q_heads[ix[1]], shapes[ix[2]], context[ix[3]]);
+            let page = page_size[ix[5]];
+            if hq % hkv != 0 {
+                let f = s
+                    .kv_heads
+                    .as_ref()
+                    .or(s.q_heads.as_ref())
+                    .expect("gqa has kv_heads");
+                return Err(self.err_at(f, "kv_heads", format!(
+                    "q_heads ({hq}) is not a multiple of kv_heads ({hkv}): each KV head serves a whole group of query heads")));
+            }
+            let pages = (b as u128) * (ctx as u128).div_ceil(page as u128);
+            self.too_large(
+                pages * page as u128 * hkv as u128 * (dk + dv) as u128 + (b * hq * dk) as u128,
+            )?;
+            let lengths = match lengths[ix[4]] {
+                LengthsSpec::Equal => Lengths::Equal,
+                LengthsSpec::Random => Lengths::Random,
+            };
+            let point_seed = seed(out.len());
+            let context_lens = KvDecode::resolve_lengths(&lengths, ctx, b, point_seed);
+            out.push(Workload::KvDecode(KvDecode {
+                attention,
+                batch: b,
+                q_heads: hq,
+                kv_heads: hkv,
+                head_dim_k: dk,
+                head_dim_v: dv,
+                page_size: page,
+                kv_dtype: dtypes[ix[6]],
+                scale: scales[ix[7]].map_or(1.0 / (dk as f32).sqrt(), |x| x as f32),
+                context: ctx,
+                lengths,
+                context_lens,
+                seed: point_seed,
+            }));
+        }
+        Ok(out)
+    }
+
+    fn expand_expert(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
+        let kernel = "expert_gemv";
+        self.refuse_fields(
+            &[
+                "experts",
+                "top_k",
+                "batch",
+                "d_in",
+                "d_out",
+                "weight_dtype",
+                "routing",
+            ],
+            kernel,
+        )?;
+        let s = self.spec;
+        let experts = self.count(&s.experts, "experts", kernel, 1 << 16)?;
+        let top_k = self.count(&s.top_k, "top_k", kernel, 1 << 16)?;
+        let batch = self.count(&s.batch, "batch", kernel, MAX_COUNT)?;
+        let d_in = self.count(&s.d_in, "d_in", kernel, MAX_COUNT)?;
+        let d_out = self.count(&s.d_out, "d_out", kernel, MAX_COUNT)?;
+        let dtypes = self.optional(&s.weight_dtype, DType::Bf16);
+        let routings = self.optional(&s.routing, RoutingSpec::Uniform);
+        let routing_err = |msg: String| match &s.routing {
+            Some(f) => self.err_at(f, "routing", msg),
+            None => self.err_run("routing", msg),
+        };
+        let mut out = Vec::new();
+        let dims = [
+            experts.len(),
+            top_k.len(),
+            batch.len(),
+            d_in.len(),
+            d_out.len(),
+            dtypes.len(),
+            routings.len(),
+        ];
+        for ix in product(&dims) {
+            let (e, k, t, di, dout) = (
+                experts[ix[0]],
+                top_k[ix[1]],
+                batch[ix[2]],
+                d_in[ix[3]],
+                d_out[ix[4]],
+            );
+            if k > e {
+                let f = s.top_k.as_ref().expect("required above");
+                return Err(self.err_at(
+                    f,
+                    "top_k",
+                    format!(
+                        "top_k ({k}) is larger than experts ({e}): a token picks distinct experts"
+                    ),
+                ));
+            }
+            self.too_large(e as u128 * dout as u128 * di as u128 + (t * di) as u128)?;
+            let routing = match &routings[ix[6]] {
+                RoutingSpec::Uniform => Routing::Uniform,
+                RoutingSpec::Zipf(z) if z.is_finite() && *z >= 0.0 && *z <= 100.0 => {
+                    Routing::Zipf(*z)
+                }
+                RoutingSpec::Zipf(z) => {
+                    return Err(routing_err(format!("zipf exponent {z} must be in 0..=100")));
+                }
+                RoutingSpec::Ids(ids) => Routing::Ids(ids.clone()),
+            };
+            let point_seed = seed(out.len());
+            let topk_ids = ExpertGemv::route(&routing, e, k, t, point_seed).map_err(routing_err)?;
+            out.push(Workload::ExpertGemv(ExpertGemv {
+                experts: e,
+                top_k: k,
+                batch: t,
+                d_in: di,
+                d_out: dout,
+                weight_dtype: dtypes[ix[5]],
+                routing,
+                topk_ids,
+                seed: point_seed,
+            }));
+        }
+        Ok(out)
+    }
+}

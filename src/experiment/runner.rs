@@ -1,0 +1,461 @@
+//! The runner: picks backends and devices, refuses points that cannot fit, then for every
+//! point x backend x device: prepare, warm up, time, read back, check against the oracle,
+//! and append the result line before the next point starts.
+
+use super::{BackendChoice, ConfigError, DeviceChoice, Experiment, Point};
+use crate::backend::{self, Backend, Probe};
+use crate::report::{self, CheckOut, Energy, ResultLine, ResultsFile, TimeStats};
+use crate::workload::{Reference, StreamOp, TensorSet, Workload};
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+/// A backend with the devices this run uses on it.
+pub struct Selected {
+    pub backend: Box<dyn Backend>,
+    pub devices: Vec<usize>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// `--backend`: overrides the file's `backends:`.
+    pub backend: Option<String>,
+    pub out: Option<PathBuf>,
+    pub dump: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+    /// Show a progress bar (only when stdout is a terminal).
+    pub progress: bool,
+}
+
+pub struct Outcome {
+    pub out_dir: PathBuf,
+    pub lines: Vec<ResultLine>,
+    pub failed_checks: usize,
+    pub errors: usize,
+    pub skipped_done: usize,
+}
+
+pub fn parse_backend_choice(s: &str) -> Result<BackendChoice, String> {
+    match s {
+        "auto" => Ok(BackendChoice::Auto),
+        "all" => Ok(BackendChoice::All),
+        n if backend::BACKEND_NAMES.contains(&n) => Ok(BackendChoice::Named(vec![n.to_string()])),
+        n => Err(format!(
+            "unknown backend '{n}' (expected auto, all, cpu, wgpu or cuda)"
+        )),
+    }
+}
+
+/// Resolve backends and devices, with every unavailable one explained.
+pub fn select(exp: &Experiment, choice: &BackendChoice) -> Result<Vec<Selected>, ConfigError> {
+    let file = exp.file.display().to_string();
+    let mut available = Vec::new();
+    let mut reasons = Vec::new();
+    for p in backend::probe_all() {
+        match p {
+            Probe::Available(b) => available.push(b),
+            Probe::Unavailable { name, reason } => reasons.push((name, reason)),
+        }
+    }
+    let chosen: Vec<Box<dyn Backend>> = match choice {
+        BackendChoice::Auto => available.into_iter().take(1).collect(),
+        BackendChoice::All => available,
+        BackendChoice::Named(names) => {
+            let mut out = Vec::new();
+            for n in names {
+                match available.iter().position(|b| b.name() == n) {
+                    Some(i) => out.push(available.remove(i)),
+                    None => {
+                        let why = reasons
+                            .iter()
+                            .find(|(r, _)| r == n)
+                            .map_or("not known".to_string(), |(_, w)| w.clone());
+                        return Err(ConfigError::whole_file(
+                            &file,
+                            format!("backend {n}: unavailable ({why}); try --backend auto"),
+                        ));
+                    }
+                }
+            }
+            out
+        }
+    };
+    let mut selected = Vec::new();
+    for b in chosen {
+        let n = b.devices().len();
+        let devices = match &exp.devices {
+            DeviceChoice::All => (0..n).collect(),
+            DeviceChoice::Count(c) => (0..*c).collect(),
+            DeviceChoice::Indices(v) => v.clone(),
+        };
+        if let Some(bad) = devices.iter().find(|&&d| d >= n) {
+            let msg = format!(
+                "{} has {n} device(s); device {bad} does not exist (see `decodelab devices`)",
+                b.name()
+            );
+            return Err(if exp.devices_line > 0 {
+                ConfigError::at(&file, &exp.source, exp.devices_line, 0, "devices", msg)
+            } else {
+                ConfigError::whole_file(&file, msg)
+            });
+        }
+        selected.push(Selected {
+            backend: b,
+            devices,
+        });
+    }
+    Ok(selected)
+}
+
+/// Refuse, before anything runs, a point that cannot fit a device's memory.
+pub fn check_fit(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigError> {
+    let file = exp.file.display().to_string();
+    for s in selected {
+        for &d in &s.devices {
+            let Some(mem) = s.backend.devices()[d].memory_bytes else {
+                continue;
+            };
+            for p in &exp.points {
+                let need = s.backend.memory_needed(&p.workload);
+                if need > mem {
+                    return Err(ConfigError::at(
+                        &file,
+                        &exp.source,
+                        p.line,
+                        0,
+                        format!("runs[{}]", p.run),
+                        format!(
+                            "point {} ({}) needs {} on {}:{d}, which has {}",
+                            p.index,
+                            report::params_label(p.workload.kernel(), &p.workload.params_json()),
+                            report::human_bytes(need),
+                            s.backend.name(),
+                            report::human_bytes(mem)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn default_out_dir(exp: &Experiment) -> PathBuf {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "-");
+    Path::new("results").join(&exp.name).join(stamp)
+}
+
+fn is_stream_read(w: &Workload) -> bool {
+    matches!(w, Workload::Stream(s) if s.op == StreamOp::Read)
+}
+
+fn host_env() -> serde_json::Value {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    serde_json::json!({
+        "decodelab": env!("CARGO_PKG_VERSION"),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "host": host.trim(),
+    })
+}
+
+pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow::Result<Outcome> {
+    let out_dir = match (&opts.resume, &opts.out) {
+        (Some(r), _) => {
+            let saved = std::fs::read_to_string(r.join("experiment.yaml")).with_context(|| {
+                format!(
+                    "--resume {}: no experiment.yaml there; is it a results folder?",
+                    r.display()
+                )
+            })?;
+            if saved != exp.source {
+                bail!(
+                    "--resume {}: the experiment file changed since that run began; resume with the same file",
+                    r.display()
+                );
+            }
+            r.clone()
+        }
+        (None, Some(o)) => o.clone(),
+        (None, None) => default_out_dir(exp),
+    };
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    if opts.resume.is_none() {
+        let existing = out_dir.join("results.jsonl");
+        if existing.metadata().map(|m| m.len() > 0).unwrap_or(false) {
+            bail!(
+                "{} already holds results; use --resume {} to finish them, or another --out",
+                existing.display(),
+                out_dir.display()
+            );
+        }
+        report::write_atomic(&out_dir.join("experiment.yaml"), &exp.source)?;
+    }
+    let (mut results, mut lines) = ResultsFile::open(&out_dir)?;
+    let done: HashSet<(usize, String, u64)> = lines.iter().map(ResultLine::key).collect();
+
+    // Stream-read points run first, so every later point can be held against the ceiling
+    // measured on the same device in the same run.
+    let mut order: Vec<&Point> = exp.points.iter().collect();
+    order.sort_by_key(|p| !is_stream_read(&p.workload));
+    let mut stream_best: HashMap<(String, u64), f64> = HashMap::new();
+    for l in &lines {
+        if l.kernel == "stream"
+            && l.params.get("op").and_then(|v| v.as_str()) == Some("read")
+            && l.check.pass
+        {
+            let e = stream_best
+                .entry((l.backend.clone(), l.key().2))
+                .or_insert(0.0);
+            *e = e.max(l.gbps);
+        }
+    }
+
+    let pending: usize = order
+        .iter()
+        .map(|p| {
+            selected
+                .iter()
+                .map(|s| {
+                    s.devices
+                        .iter()
+                        .filter(|&&d| {
+                            !done.contains(&(p.index, s.backend.name().to_string(), d as u64))
+                        })
+                        .count()
+                })
+                .sum::<usize>()
+        })
+        .sum();
+    let skipped_done = lines.len();
+    let bar = if opts.progress && std::io::stdout().is_terminal() {
+        let b = ProgressBar::new(pending as u64);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{bar:32} {pos}/{len} points  {elapsed_precise} (eta {eta})  {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let say = |s: String| {
+        if bar.is_hidden() {
+            println!("{s}")
+        } else {
+            bar.println(s)
+        }
+    };
+    if skipped_done > 0 {
+        say(format!(
+            "resuming {}: {skipped_done} results already there, {pending} to go",
+            out_dir.display()
+        ));
+    }
+    let total_runs = exp.points.len() * selected.iter().map(|s| s.devices.len()).sum::<usize>();
+
+    let env_base = host_env();
+    let (mut failed_checks, mut errors) = (0, 0);
+    for p in order {
+        let todo: Vec<(&Selected, usize)> = selected
+            .iter()
+            .flat_map(|s| s.devices.iter().map(move |&d| (s, d)))
+            .filter(|(s, d)| !done.contains(&(p.index, s.backend.name().to_string(), *d as u64)))
+            .collect();
+        if todo.is_empty() {
+            continue;
+        }
+        let label = report::params_label(p.workload.kernel(), &p.workload.params_json());
+        bar.set_message(format!("point {} {} {label}", p.index, p.workload.kernel()));
+        let inputs = p.workload.inputs();
+        let mut reference: Option<Reference> = None;
+        let mut dumped = false;
+        for (s, d) in todo {
+            let b = s.backend.as_ref();
+            let dev = &b.devices()[d];
+            let attempt = (|| -> anyhow::Result<(Vec<f64>, TensorSet, String, String)> {
+                let mut prepared = b.prepare(d, &p.workload, &inputs, exp.cache)?;
+                let times = prepared.run(exp.warmup, exp.reps)?;
+                let outputs = prepared.read_outputs()?;
+                let timer = serde_json::to_value(prepared.timer())?
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                Ok((times, outputs, timer, prepared.cache_method()))
+            })();
+            let (times, outputs, timer, cache_method) = match attempt {
+                Ok(v) => v,
+                Err(e) => {
+                    errors += 1;
+                    bar.inc(1);
+                    say(format!(
+                        "point {} on {}:{d}: error: {e:#}",
+                        p.index,
+                        b.name()
+                    ));
+                    continue;
+                }
+            };
+            let reference = reference.get_or_insert_with(|| p.workload.oracle(&inputs));
+            let check = reference.check(&outputs);
+            if opts.dump.is_some() && !dumped {
+                let dir = opts
+                    .dump
+                    .as_ref()
+                    .expect("checked")
+                    .join(p.index.to_string());
+                dump_point(&dir, p, &inputs, &outputs, &format!("{}:{d}", b.name()))
+                    .with_context(|| format!("--dump {}", dir.display()))?;
+                dumped = true;
+            }
+            let Some(stats) = TimeStats::from_samples(&times) else {
+                bail!("{} returned no timings", b.name());
+            };
+            let bytes = p.workload.bytes();
+            let gbps = if stats.median > 0.0 {
+                bytes as f64 / stats.median / 1e9
+            } else {
+                0.0
+            };
+            if is_stream_read(&p.workload) && check.pass {
+                let e = stream_best
+                    .entry((b.name().to_string(), d as u64))
+                    .or_insert(0.0);
+                *e = e.max(gbps);
+            }
+            let mut env = env_base.clone();
+            env["device_index"] = d.into();
+            env["timer"] = timer.into();
+            env["cache_method"] = cache_method.into();
+            env["warmup"] = exp.warmup.into();
+            for (k, v) in &dev.details {
+                env[k.as_str()] = v.clone().into();
+            }
+            let line = ResultLine {
+                schema: report::SCHEMA.into(),
+                experiment: exp.name.clone(),
+                point: p.index,
+                kernel: p.workload.kernel().into(),
+                backend: b.name().into(),
+                device: dev.name.clone(),
+                device_count: 1,
+                split: "none".into(),
+                params: p.workload.params_json(),
+                bytes,
+                flops: p.workload.flops(),
+                reps: times.len(),
+                time_s: stats,
+                gbps,
+                pct_of_spec: exp
+                    .hardware
+                    .as_ref()
+                    .map(|h| 100.0 * gbps / h.memory_bandwidth_gbps),
+                pct_of_stream: stream_best
+                    .get(&(b.name().to_string(), d as u64))
+                    .filter(|&&best| best > 0.0)
+                    .map(|best| 100.0 * gbps / best),
+                cache: serde_json::to_value(exp.cache)?
+                    .as_str()
+                    .unwrap_or("")
+                    .into(),
+                energy: Energy {
+                    source: "none".into(),
+                    joules: None,
+                    pj_per_byte: None,
+                },
+                check: CheckOut {
+                    rel_l2_err: Some(check.rel_l2_err).filter(|x| x.is_finite()),
+                    max_abs_err: Some(check.max_abs_err).filter(|x| x.is_finite()),
+                    pass: check.pass,
+                    reason: check.reason.clone(),
+                },
+                env,
+            };
+            results.append(&line)?;
+            if !check.pass {
+                failed_checks += 1;
+            }
+            bar.inc(1);
+            say(format!(
+                "[{}/{}] point {:>3}  {:<11} {:<44} {}:{d}  {:>9.2} GB/s  {:>10}  rel err {:.1e}  {}",
+                lines.len() + 1,
+                total_runs,
+                p.index,
+                p.workload.kernel(),
+                label,
+                b.name(),
+                gbps,
+                report::human_time(line.time_s.median),
+                check.rel_l2_err,
+                if check.pass {
+                    "ok".to_string()
+                } else {
+                    format!("FAIL ({})", check.reason.unwrap_or_default())
+                }
+            ));
+            lines.push(line);
+        }
+    }
+    bar.finish_and_clear();
+    lines.sort_by_key(|l| (l.point, l.backend.clone(), l.key().2));
+    report::write_atomic(&out_dir.join("results.csv"), &report::to_csv(&lines))?;
+    report::write_atomic(
+        &out_dir.join("summary.md"),
+        &report::summary_markdown(&exp.name, &exp.file.display().to_string(), &lines),
+    )?;
+    Ok(Outcome {
+        out_dir,
+        lines,
+        failed_checks,
+        errors,
+        skipped_done,
+    })
+}
+
+/// `--dump`: a point's inputs and outputs as .npy, with meta.json saying what they are.
+fn dump_point(
+    dir: &Path,
+    p: &Point,
+    inputs: &TensorSet,
+    outputs: &TensorSet,
+    from: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut tensors = serde_json::Map::new();
+    for (role, set) in [("input", inputs), ("output", outputs)] {
+        for t in &set.0 {
+            report::npy::write_npy(&dir.join(format!("{}.npy", t.name)), t)?;
+            tensors.insert(
+                t.name.into(),
+                serde_json::json!({
+                    "role": role,
+                    "dtype": t.elem.name(),
+                    "npy_dtype": t.elem.npy_descr(),
+                    "shape": t.shape,
+                }),
+            );
+        }
+    }
+    let meta = serde_json::json!({
+        "kernel": p.workload.kernel(),
+        "point": p.index,
+        "params": p.workload.params_json(),
+        "tensors": tensors,
+        "outputs_from": from,
+        "byte_table": p.workload.byte_table(),
+        "notes": "bf16/f16 are raw uint16 bits, fp8_e4m3 raw uint8 bits (OCP E4M3FN, bias 7); \
+                  fp8 values are multiplied by kv_scale[0] (K) / kv_scale[1] (V) or w_scale[e, o]; \
+                  page_table entries of -1 are unused; MLA reads V as the first kv_lora_rank entries of k_pages",
+    });
+    report::write_atomic(
+        &dir.join("meta.json"),
+        &serde_json::to_string_pretty(&meta)?,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! decodelab: a kernel lab for the data movement that limits LLM decode.
+//!
+//! `workload` says what is computed and what a step must move; `backend` runs it;
+//! `experiment` reads YAML, expands sweeps and drives the runner; `report` writes results.
+
+pub mod backend;
+pub mod experiment;
+pub mod report;
+pub mod workload;

@@ -1,0 +1,214 @@
+//! The decodelab command line.
+
+use clap::{Parser, Subcommand};
+use decodelab::backend::{self, Probe};
+use decodelab::experiment::Experiment;
+use decodelab::experiment::runner::{self, RunOptions};
+use decodelab::report;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "decodelab",
+    version,
+    about = "A kernel lab for the data movement that limits LLM decode: KV-cache reads, \
+             expert-weight streaming and a streaming ceiling, measured in bytes/s against an f64 oracle."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an experiment: every point on the chosen backends, checked against the oracle.
+    Run {
+        /// The experiment YAML (e.g. experiments/quickstart.yaml).
+        file: PathBuf,
+        /// Which backend(s): auto (best available), cpu, wgpu, cuda, or all available.
+        /// Overrides the file's `backends:`.
+        #[arg(long, value_parser = ["auto", "cpu", "wgpu", "cuda", "all"])]
+        backend: Option<String>,
+        /// Where results go (default results/<experiment>/<timestamp>/).
+        #[arg(long, conflicts_with = "resume")]
+        out: Option<PathBuf>,
+        /// Also write each point's inputs and outputs as .npy under DIR/<point>/.
+        #[arg(long, value_name = "DIR")]
+        dump: Option<PathBuf>,
+        /// Finish an interrupted run in DIR without redoing its finished points.
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
+        /// No progress bar (it is also hidden when stdout is not a terminal).
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Validate an experiment: print its points and the memory each needs; runs nothing.
+    Check {
+        file: PathBuf,
+        #[arg(long, value_parser = ["auto", "cpu", "wgpu", "cuda", "all"])]
+        backend: Option<String>,
+    },
+    /// List every backend and its devices, or why it is unavailable.
+    Devices,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Devices => devices(),
+        Command::Check { file, backend } => check(&file, backend.as_deref()),
+        Command::Run {
+            file,
+            backend,
+            out,
+            dump,
+            resume,
+            no_progress,
+        } => {
+            let opts = RunOptions {
+                backend,
+                out,
+                dump,
+                resume,
+                progress: !no_progress,
+            };
+            run(&file, opts)
+        }
+    }
+}
+
+fn load(file: &std::path::Path) -> Result<Experiment, ExitCode> {
+    Experiment::load(file).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn select(exp: &Experiment, backend: Option<&str>) -> Result<Vec<runner::Selected>, ExitCode> {
+    let choice = match backend {
+        Some(b) => runner::parse_backend_choice(b).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        })?,
+        None => exp.backends.clone(),
+    };
+    let selected = runner::select(exp, &choice).and_then(|s| runner::check_fit(exp, &s).map(|_| s));
+    selected.map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn devices() -> ExitCode {
+    for p in backend::probe_all() {
+        match p {
+            Probe::Available(b) => {
+                println!("{}: {} device(s)", b.name(), b.devices().len());
+                for d in b.devices() {
+                    let mem = d.memory_bytes.map_or("memory unknown".into(), |m| {
+                        format!("{} available", report::human_bytes(m))
+                    });
+                    println!("  [{}] {}  ({mem})", d.index, d.name);
+                    for (k, v) in &d.details {
+                        println!("      {k}: {v}");
+                    }
+                }
+            }
+            Probe::Unavailable { name, reason } => println!("{name}: unavailable ({reason})"),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn check(file: &std::path::Path, backend: Option<&str>) -> ExitCode {
+    let exp = match load(file) {
+        Ok(e) => e,
+        Err(c) => return c,
+    };
+    let selected = match select(&exp, backend) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    println!(
+        "{}: experiment '{}', {} points",
+        file.display(),
+        exp.name,
+        exp.points.len()
+    );
+    let names: Vec<String> = selected
+        .iter()
+        .map(|s| format!("{}:{:?}", s.backend.name(), s.devices))
+        .collect();
+    println!(
+        "backends: {}  warmup {}  reps {}  cache {:?}",
+        names.join(" "),
+        exp.warmup,
+        exp.reps,
+        exp.cache
+    );
+    if let Some(h) = &exp.hardware {
+        println!(
+            "hardware: {} ({} GB/s spec)",
+            h.name, h.memory_bandwidth_gbps
+        );
+    }
+    println!(
+        "{:>5}  {:<11}  {:<48}  {:>12}  {:>12}  {:>14}",
+        "point", "kernel", "params", "min bytes", "GFLOP", "device memory"
+    );
+    for p in &exp.points {
+        let w = &p.workload;
+        println!(
+            "{:>5}  {:<11}  {:<48}  {:>12}  {:>12.3}  {:>14}",
+            p.index,
+            w.kernel(),
+            report::params_label(w.kernel(), &w.params_json()),
+            report::human_bytes(w.bytes()),
+            w.flops() as f64 / 1e9,
+            report::human_bytes(
+                selected
+                    .iter()
+                    .map(|s| s.backend.memory_needed(w))
+                    .max()
+                    .unwrap_or(w.device_bytes())
+            ),
+        );
+    }
+    println!("ok: every point is valid and fits");
+    ExitCode::SUCCESS
+}
+
+fn run(file: &std::path::Path, opts: RunOptions) -> ExitCode {
+    let exp = match load(file) {
+        Ok(e) => e,
+        Err(c) => return c,
+    };
+    let selected = match select(&exp, opts.backend.as_deref()) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    match runner::run(&exp, &selected, &opts) {
+        Ok(o) => {
+            println!();
+            print!("{}", report::terminal_table(&o.lines));
+            println!(
+                "\n{} results ({} resumed), {} failed the check, {} errors -> {}",
+                o.lines.len(),
+                o.skipped_done,
+                o.failed_checks,
+                o.errors,
+                o.out_dir.join("results.jsonl").display()
+            );
+            if o.failed_checks + o.errors > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

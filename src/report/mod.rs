@@ -1,0 +1,409 @@
+//! Results: one JSON object per point, appended and flushed as each point finishes; CSV,
+//! summary.md and the terminal table are derived from those lines at the end.
+
+pub mod npy;
+
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+pub const SCHEMA: &str = "decodelab.result/1";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TimeStats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl TimeStats {
+    pub fn from_samples(samples: &[f64]) -> Option<TimeStats> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        let n = s.len();
+        let median = if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            0.5 * (s[n / 2 - 1] + s[n / 2])
+        };
+        Some(TimeStats {
+            median,
+            min: s[0],
+            max: s[n - 1],
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Energy {
+    pub source: String,
+    pub joules: Option<f64>,
+    pub pj_per_byte: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckOut {
+    pub rel_l2_err: Option<f64>,
+    pub max_abs_err: Option<f64>,
+    pub pass: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One result line, in design.md's order.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ResultLine {
+    pub schema: String,
+    pub experiment: String,
+    pub point: usize,
+    pub kernel: String,
+    pub backend: String,
+    pub device: String,
+    pub device_count: usize,
+    pub split: String,
+    pub params: serde_json::Value,
+    pub bytes: u64,
+    pub flops: u64,
+    pub reps: usize,
+    pub time_s: TimeStats,
+    pub gbps: f64,
+    pub pct_of_spec: Option<f64>,
+    pub pct_of_stream: Option<f64>,
+    pub cache: String,
+    pub energy: Energy,
+    pub check: CheckOut,
+    pub env: serde_json::Value,
+}
+
+impl ResultLine {
+    /// Which (point, backend, device) this line finished: what `--resume` skips.
+    pub fn key(&self) -> (usize, String, u64) {
+        let idx = self
+            .env
+            .get("device_index")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        (self.point, self.backend.clone(), idx)
+    }
+}
+
+/// The results file: every line is written whole and flushed before the next point starts,
+/// so SIGKILL leaves only complete lines (at worst one torn tail, cut off on resume).
+pub struct ResultsFile {
+    file: File,
+    pub path: PathBuf,
+}
+
+impl ResultsFile {
+    /// Open for appending, first cutting any torn last line a killed run left.
+    pub fn open(dir: &Path) -> anyhow::Result<(ResultsFile, Vec<ResultLine>)> {
+        let path = dir.join("results.jsonl");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        let mut lines = Vec::new();
+        let mut good_len = 0u64;
+        let mut reader = BufReader::new(&file);
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            let n = reader.read_line(&mut buf)?;
+            if n == 0 || !buf.ends_with('\n') {
+                break;
+            }
+            match serde_json::from_str::<ResultLine>(buf.trim_end()) {
+                Ok(l) => lines.push(l),
+                Err(_) => break, // a torn or foreign line: everything from here is cut
+            }
+            good_len += n as u64;
+        }
+        drop(reader);
+        if file.metadata()?.len() != good_len {
+            file.set_len(good_len)?;
+            file.seek(SeekFrom::End(0))?;
+        }
+        Ok((ResultsFile { file, path }, lines))
+    }
+
+    pub fn append(&mut self, line: &ResultLine) -> anyhow::Result<()> {
+        let mut text = serde_json::to_string(line)?;
+        text.push('\n');
+        // One write of the whole line, then to disk: a crash never splits earlier lines.
+        self.file.write_all(text.as_bytes())?;
+        self.file.sync_data()?;
+        Ok(())
+    }
+}
+
+/// Write a file whole or not at all (temp file + rename).
+pub fn write_atomic(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or(String::new(), |x| format!("{x:.digits$}"))
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// A short label of a point's parameters, e.g. `gqa b8 hq64/8 d128 ctx4096 p16 bf16`.
+pub fn params_label(kernel: &str, p: &serde_json::Value) -> String {
+    let g = |k: &str| {
+        p.get(k)
+            .map(|v| v.to_string().trim_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    match kernel {
+        "stream" => format!(
+            "{} {}",
+            g("op"),
+            human_bytes(p.get("bytes").and_then(|v| v.as_u64()).unwrap_or(0))
+        ),
+        "kv_decode" if g("attention") == "mla" => format!(
+            "mla b{} hq{} d{}+{} ctx{}{} p{} {}",
+            g("batch"),
+            g("q_heads"),
+            g("kv_lora_rank"),
+            g("rope_dim"),
+            g("context"),
+            if p.get("lengths").is_some() {
+                "(mixed)"
+            } else {
+                ""
+            },
+            g("page_size"),
+            g("kv_dtype")
+        ),
+        "kv_decode" => format!(
+            "gqa b{} hq{}/{} d{} ctx{}{} p{} {}",
+            g("batch"),
+            g("q_heads"),
+            g("kv_heads"),
+            g("head_dim"),
+            g("context"),
+            if p.get("lengths").is_some() {
+                "(mixed)"
+            } else {
+                ""
+            },
+            g("page_size"),
+            g("kv_dtype")
+        ),
+        "expert_gemv" => {
+            let routing = match p.get("routing") {
+                Some(serde_json::Value::Object(m)) => {
+                    m.iter().map(|(k, v)| format!("{k}{v}")).collect::<String>()
+                }
+                Some(v) => v.to_string().trim_matches('"').to_string(),
+                None => String::new(),
+            };
+            format!(
+                "E{} k{} T{} {}x{} {} {} U{}",
+                g("experts"),
+                g("top_k"),
+                g("batch"),
+                g("d_out"),
+                g("d_in"),
+                g("weight_dtype"),
+                routing,
+                g("experts_touched")
+            )
+        }
+        _ => p.to_string(),
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if v.fract() == 0.0 {
+        format!("{v:.0}{}", UNITS[u])
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+const COLUMNS: [&str; 18] = [
+    "point",
+    "kernel",
+    "params",
+    "backend",
+    "device",
+    "bytes",
+    "reps",
+    "median_s",
+    "min_s",
+    "max_s",
+    "gbps",
+    "pct_of_spec",
+    "pct_of_stream",
+    "cache",
+    "rel_l2_err",
+    "max_abs_err",
+    "pass",
+    "experiment",
+];
+
+pub fn to_csv(lines: &[ResultLine]) -> String {
+    let mut s = COLUMNS.join(",");
+    s.push('\n');
+    for l in lines {
+        let row = [
+            l.point.to_string(),
+            l.kernel.clone(),
+            params_label(&l.kernel, &l.params),
+            l.backend.clone(),
+            l.device.clone(),
+            l.bytes.to_string(),
+            l.reps.to_string(),
+            format!("{:e}", l.time_s.median),
+            format!("{:e}", l.time_s.min),
+            format!("{:e}", l.time_s.max),
+            format!("{:.3}", l.gbps),
+            fmt_opt(l.pct_of_spec, 2),
+            fmt_opt(l.pct_of_stream, 2),
+            l.cache.clone(),
+            l.check
+                .rel_l2_err
+                .map_or("NaN".into(), |x| format!("{x:e}")),
+            l.check
+                .max_abs_err
+                .map_or("NaN".into(), |x| format!("{x:e}")),
+            l.check.pass.to_string(),
+            l.experiment.clone(),
+        ];
+        s.push_str(
+            &row.iter()
+                .map(|f| csv_field(f))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        s.push('\n');
+    }
+    s
+}
+
+/// The rows of the terminal table and summary.md.
+fn table_rows(lines: &[ResultLine]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let header = vec![
+        "pt", "kernel", "params", "backend", "GB/s", "%spec", "%stream", "median", "rel err",
+        "check",
+    ];
+    let rows = lines
+        .iter()
+        .map(|l| {
+            vec![
+                l.point.to_string(),
+                l.kernel.clone(),
+                params_label(&l.kernel, &l.params),
+                format!(
+                    "{}:{}",
+                    l.backend,
+                    l.env
+                        .get("device_index")
+                        .and_then(|v| v.as_u64())
+                        .unwrap_or(0)
+                ),
+                format!("{:.2}", l.gbps),
+                fmt_opt(l.pct_of_spec, 1),
+                fmt_opt(l.pct_of_stream, 1),
+                human_time(l.time_s.median),
+                l.check
+                    .rel_l2_err
+                    .map_or("NaN".into(), |x| format!("{x:.1e}")),
+                if l.check.pass {
+                    "ok".into()
+                } else {
+                    "FAIL".into()
+                },
+            ]
+        })
+        .collect();
+    (header, rows)
+}
+
+pub fn human_time(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{:.1} us", s * 1e6)
+    }
+}
+
+pub fn terminal_table(lines: &[ResultLine]) -> String {
+    let (header, rows) = table_rows(lines);
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let fmt_row = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = fmt_row(header.iter().map(|s| s.to_string()).collect());
+    out.push('\n');
+    out.push_str(
+        &widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  "),
+    );
+    out.push('\n');
+    for r in rows {
+        out.push_str(&fmt_row(r));
+        out.push('\n');
+    }
+    out
+}
+
+pub fn summary_markdown(experiment: &str, source_file: &str, lines: &[ResultLine]) -> String {
+    let (header, rows) = table_rows(lines);
+    let passed = lines.iter().filter(|l| l.check.pass).count();
+    let mut s = format!(
+        "# {experiment}\n\nFrom `{source_file}`: {} results, {passed} passed the oracle check.\n\n",
+        lines.len()
+    );
+    if let Some(env) = lines.first().map(|l| &l.env) {
+        s.push_str(&format!(
+            "decodelab {}, timer per backend in results.jsonl (`env.timer`).\n\n",
+            env.get("decodelab").and_then(|v| v.as_str()).unwrap_or("?")
+        ));
+    }
+    s.push_str(&format!("| {} |\n", header.join(" | ")));
+    s.push_str(&format!("|{}\n", "---|".repeat(header.len())));
+    for r in rows {
+        s.push_str(&format!("| {} |\n", r.join(" | ")));
+    }
+    s
+}

@@ -1,0 +1,390 @@
+//! kv_decode: one decode step of attention over a paged KV cache (GQA, or MLA absorbed).
+
+use super::check::{RefOutput, Reference};
+use super::dtype::DType;
+use super::tensor::{Elem, Tensor, TensorSet};
+use super::{ByteTerm, OutputSpec, encode_par, rng_for, uniform_f32};
+use rand::RngExt;
+use rayon::prelude::*;
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attention {
+    /// Grouped-query attention: query head h reads KV head h / (Hq / Hkv).
+    Gqa,
+    /// DeepSeek/Kimi latent attention, absorbed form: one cache of kv_lora_rank + rope_dim
+    /// per token; V is its first kv_lora_rank entries, so each cached token is read once.
+    Mla,
+}
+
+/// How the context lengths of a batch are chosen.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lengths {
+    /// Every sequence has `context` tokens.
+    Equal,
+    /// Each sequence has a seeded length uniform in [1, context].
+    Random,
+    /// Given lengths, one per sequence (tests, and explicit experiments).
+    Explicit(Vec<usize>),
+}
+
+/// The largest magnitude of generated K, V and q values: uniform in [-A, A] has unit variance
+/// when A = sqrt(3), so scaled scores have a spread that makes softmax non-trivial.
+const AMPLITUDE: f32 = 1.732_050_8;
+
+#[derive(Clone, Debug)]
+pub struct KvDecode {
+    pub attention: Attention,
+    pub batch: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim_k: usize,
+    pub head_dim_v: usize,
+    pub page_size: usize,
+    pub kv_dtype: DType,
+    pub scale: f32,
+    pub context: usize,
+    pub lengths: Lengths,
+    /// Resolved length of every sequence in the batch.
+    pub context_lens: Vec<usize>,
+    pub seed: u64,
+}
+
+impl KvDecode {
+    /// Resolve the per-sequence lengths for `lengths` (deterministic in `seed`).
+    pub fn resolve_lengths(
+        lengths: &Lengths,
+        context: usize,
+        batch: usize,
+        seed: u64,
+    ) -> Vec<usize> {
+        match lengths {
+            Lengths::Equal => vec![context; batch],
+            Lengths::Explicit(v) => v.clone(),
+            Lengths::Random => {
+                let mut rng = rng_for(seed, 20, 0);
+                (0..batch).map(|_| rng.random_range(1..=context)).collect()
+            }
+        }
+    }
+
+    pub fn group_size(&self) -> usize {
+        self.q_heads / self.kv_heads
+    }
+
+    pub fn pages_of(&self, len: usize) -> usize {
+        len.div_ceil(self.page_size)
+    }
+
+    pub fn num_pages(&self) -> usize {
+        self.context_lens.iter().map(|&l| self.pages_of(l)).sum()
+    }
+
+    pub fn max_pages(&self) -> usize {
+        self.context_lens
+            .iter()
+            .map(|&l| self.pages_of(l))
+            .max()
+            .unwrap_or(0)
+            .max(1)
+    }
+
+    fn tokens(&self) -> u64 {
+        self.context_lens.iter().map(|&l| l as u64).sum()
+    }
+
+    fn has_v(&self) -> bool {
+        self.attention == Attention::Gqa
+    }
+
+    pub fn params_json(&self) -> serde_json::Value {
+        let mut p = serde_json::json!({
+            "attention": self.attention,
+            "batch": self.batch,
+            "q_heads": self.q_heads,
+            "kv_heads": self.kv_heads,
+            "head_dim": self.head_dim_k,
+            "v_head_dim": self.head_dim_v,
+            "context": self.context,
+            "page_size": self.page_size,
+            "kv_dtype": self.kv_dtype,
+            "scale": self.scale,
+        });
+        if self.attention == Attention::Mla {
+            p["kv_lora_rank"] = self.head_dim_v.into();
+            p["rope_dim"] = (self.head_dim_k - self.head_dim_v).into();
+        }
+        if self.lengths != Lengths::Equal {
+            p["lengths"] = serde_json::to_value(&self.lengths).unwrap_or_default();
+            p["context_lens"] = self.context_lens.clone().into();
+        }
+        p
+    }
+
+    fn k_shape(&self) -> Vec<usize> {
+        vec![
+            self.num_pages(),
+            self.page_size,
+            self.kv_heads,
+            self.head_dim_k,
+        ]
+    }
+
+    fn v_shape(&self) -> Vec<usize> {
+        vec![
+            self.num_pages(),
+            self.page_size,
+            self.kv_heads,
+            self.head_dim_v,
+        ]
+    }
+
+    /// The f32 scale per tensor (K, V) that dequantises fp8; 1 for other dtypes.
+    pub fn scales(&self) -> [f32; 2] {
+        if self.kv_dtype.is_scaled() {
+            let s = AMPLITUDE / self.kv_dtype.max_finite();
+            [s, s]
+        } else {
+            [1.0, 1.0]
+        }
+    }
+
+    pub fn inputs(&self) -> TensorSet {
+        let (b, hq, dk) = (self.batch, self.q_heads, self.head_dim_k);
+        let q = uniform_f32(self.seed, 21, b * hq * dk, -AMPLITUDE, AMPLITUDE);
+        let mut set = vec![Tensor::from_f32("q", vec![b, hq, dk], &q)];
+
+        let [k_scale, v_scale] = self.scales();
+        let cache = |stream, shape: Vec<usize>, scale: f32, name| {
+            let n = shape.iter().product();
+            let mut v = uniform_f32(self.seed, stream, n, -AMPLITUDE, AMPLITUDE);
+            if scale != 1.0 {
+                v.par_iter_mut().for_each(|x| *x /= scale);
+            }
+            encode_par(name, self.kv_dtype, shape, &v)
+        };
+        set.push(cache(22, self.k_shape(), k_scale, "k_pages"));
+        if self.has_v() {
+            set.push(cache(23, self.v_shape(), v_scale, "v_pages"));
+        }
+
+        // Physical pages are a seeded permutation, so paging is exercised, not contiguous.
+        let mut physical: Vec<i32> = (0..self.num_pages() as i32).collect();
+        let mut rng = rng_for(self.seed, 24, 0);
+        for i in (1..physical.len()).rev() {
+            physical.swap(i, rng.random_range(0..=i));
+        }
+        let max_pages = self.max_pages();
+        let mut table = vec![-1i32; b * max_pages];
+        let mut next = 0;
+        for (s, &len) in self.context_lens.iter().enumerate() {
+            for p in 0..self.pages_of(len) {
+                table[s * max_pages + p] = physical[next];
+                next += 1;
+            }
+        }
+        set.push(Tensor::from_i32("page_table", vec![b, max_pages], &table));
+        let lens: Vec<i32> = self.context_lens.iter().map(|&l| l as i32).collect();
+        set.push(Tensor::from_i32("context_lens", vec![b], &lens));
+        if self.kv_dtype.is_scaled() {
+            set.push(Tensor::from_f32("kv_scale", vec![2], &[k_scale, v_scale]));
+        }
+        TensorSet(set)
+    }
+
+    pub fn input_bytes(&self) -> u64 {
+        let kv = self.num_pages() as u64
+            * self.page_size as u64
+            * self.kv_heads as u64
+            * (self.head_dim_k + if self.has_v() { self.head_dim_v } else { 0 }) as u64
+            * self.kv_dtype.size() as u64;
+        kv + (self.batch * self.q_heads * self.head_dim_k * 4) as u64
+            + (self.batch * self.max_pages() * 4 + self.batch * 4 + 8) as u64
+    }
+
+    pub fn outputs(&self) -> Vec<OutputSpec> {
+        vec![
+            OutputSpec {
+                name: "out",
+                elem: Elem::Float(DType::F32),
+                shape: vec![self.batch, self.q_heads, self.head_dim_v],
+            },
+            OutputSpec {
+                name: "lse",
+                elem: Elem::Float(DType::F32),
+                shape: vec![self.batch, self.q_heads],
+            },
+        ]
+    }
+
+    pub fn byte_table(&self) -> Vec<ByteTerm> {
+        let tokens = self.tokens();
+        let (b, hq) = (self.batch as u64, self.q_heads as u64);
+        let kvs = self.kv_dtype.size() as u64;
+        let mut t = Vec::new();
+        match self.attention {
+            Attention::Gqa => {
+                t.push(ByteTerm {
+                    tensor: "k_pages",
+                    bytes: tokens * self.kv_heads as u64 * self.head_dim_k as u64 * kvs,
+                    rule: "sum(ctx) x Hkv x Dk x sizeof(kv): each K once, shared by its query group".into(),
+                });
+                t.push(ByteTerm {
+                    tensor: "v_pages",
+                    bytes: tokens * self.kv_heads as u64 * self.head_dim_v as u64 * kvs,
+                    rule: "sum(ctx) x Hkv x Dv x sizeof(kv)".into(),
+                });
+            }
+            Attention::Mla => t.push(ByteTerm {
+                tensor: "k_pages",
+                bytes: tokens * self.head_dim_k as u64 * kvs,
+                rule: "sum(ctx) x (kv_lora_rank + rope_dim) x sizeof(kv): latent read once, V inside it".into(),
+            }),
+        }
+        t.push(ByteTerm {
+            tensor: "q",
+            bytes: b * hq * self.head_dim_k as u64 * 4,
+            rule: "B x Hq x Dk x 4".into(),
+        });
+        t.push(ByteTerm {
+            tensor: "out",
+            bytes: b * hq * self.head_dim_v as u64 * 4,
+            rule: "B x Hq x Dv x 4 (written)".into(),
+        });
+        t.push(ByteTerm {
+            tensor: "lse",
+            bytes: b * hq * 4,
+            rule: "B x Hq x 4 (written)".into(),
+        });
+        t.push(ByteTerm {
+            tensor: "page_table",
+            bytes: self.num_pages() as u64 * 4,
+            rule: "entries used: sum(ceil(ctx / page)) x 4".into(),
+        });
+        t.push(ByteTerm {
+            tensor: "context_lens",
+            bytes: b * 4,
+            rule: "B x 4".into(),
+        });
+        if self.kv_dtype.is_scaled() {
+            t.push(ByteTerm {
+                tensor: "kv_scale",
+                bytes: 8,
+                rule: "one f32 scale each for K and V".into(),
+            });
+        }
+        t
+    }
+
+    /// 2 x (Dk + Dv) FLOPs per query head per cached token (QK^T and PV); softmax not counted.
+    pub fn flops(&self) -> u64 {
+        self.tokens() * self.q_heads as u64 * 2 * (self.head_dim_k + self.head_dim_v) as u64
+    }
+
+    /// Offset (in elements) of token `t` of sequence `b`, KV head `g`, in a cache of row
+    /// width `dim`, read through the page table.
+    #[inline(always)]
+    pub fn cache_offset(&self, table: &[i32], b: usize, t: usize, g: usize, dim: usize) -> usize {
+        let page = table[b * self.max_pages() + t / self.page_size] as usize;
+        ((page * self.page_size + t % self.page_size) * self.kv_heads + g) * dim
+    }
+
+    /// f64 softmax(q K^T * scale) V and the natural log-sum-exp, on the decoded stored values.
+    pub fn oracle(&self, inputs: &TensorSet) -> Reference {
+        let q = inputs.expect("q").decode_f64();
+        let k = inputs.expect("k_pages");
+        let v = if self.has_v() {
+            inputs.expect("v_pages")
+        } else {
+            k
+        };
+        let table = inputs.expect("page_table").as_i32();
+        let [ks, vs] = self.scales().map(f64::from);
+        let (hq, dk, dv, g_size) = (
+            self.q_heads,
+            self.head_dim_k,
+            self.head_dim_v,
+            self.group_size(),
+        );
+        let scale = self.scale as f64;
+        let dt = self.kv_dtype;
+
+        // One task per (sequence, KV head): decode each cached row once for its query group.
+        let groups: Vec<(usize, usize)> = (0..self.batch)
+            .flat_map(|b| (0..self.kv_heads).map(move |g| (b, g)))
+            .collect();
+        let results: Vec<(usize, usize, Vec<f64>, Vec<f64>)> = groups
+            .par_iter()
+            .map(|&(b, g)| {
+                let len = self.context_lens[b];
+                let mut scores = vec![0f64; g_size * len];
+                let mut krow = vec![0f64; dk];
+                for t in 0..len {
+                    let ko = self.cache_offset(&table, b, t, g, dk);
+                    for (d, x) in krow.iter_mut().enumerate() {
+                        *x = dt.decode_at(&k.bytes, ko + d) as f64 * ks;
+                    }
+                    for j in 0..g_size {
+                        let qo = (b * hq + g * g_size + j) * dk;
+                        let s: f64 = q[qo..qo + dk].iter().zip(&krow).map(|(a, b)| a * b).sum();
+                        scores[j * len + t] = s * scale;
+                    }
+                }
+                let mut out = vec![0f64; g_size * dv];
+                let mut lse = vec![0f64; g_size];
+                for j in 0..g_size {
+                    let row = &mut scores[j * len..(j + 1) * len];
+                    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let mut sum = 0f64;
+                    for s in row.iter_mut() {
+                        *s = (*s - m).exp();
+                        sum += *s;
+                    }
+                    lse[j] = m + sum.ln();
+                    for s in row.iter_mut() {
+                        *s /= sum;
+                    }
+                }
+                for t in 0..len {
+                    let vo = if self.has_v() {
+                        self.cache_offset(&table, b, t, g, dv)
+                    } else {
+                        self.cache_offset(&table, b, t, g, dk)
+                    };
+                    for d in 0..dv {
+                        let x = dt.decode_at(&v.bytes, vo + d) as f64 * vs;
+                        for j in 0..g_size {
+                            out[j * dv + d] += scores[j * len + t] * x;
+                        }
+                    }
+                }
+                (b, g, out, lse)
+            })
+            .collect();
+
+        let mut out = vec![0f64; self.batch * hq * dv];
+        let mut lse = vec![0f64; self.batch * hq];
+        for (b, g, o, l) in results {
+            for j in 0..g_size {
+                let h = g * g_size + j;
+                out[(b * hq + h) * dv..(b * hq + h + 1) * dv]
+                    .copy_from_slice(&o[j * dv..(j + 1) * dv]);
+                lse[b * hq + h] = l[j];
+            }
+        }
+        Reference(vec![
+            RefOutput {
+                name: "out",
+                values: out,
+                exact: false,
+            },
+            RefOutput {
+                name: "lse",
+                values: lse,
+                exact: false,
+            },
+        ])
+    }
+}

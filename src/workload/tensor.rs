@@ -1,0 +1,187 @@
+//! Host-side tensors: the one container that inputs, outputs, uploads and dumps share.
+
+use super::dtype::DType;
+
+/// The element type of a tensor as stored in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    /// A storage dtype (f32, f16, bf16, fp8).
+    Float(DType),
+    I32,
+    U32,
+}
+
+impl Elem {
+    pub fn size(self) -> usize {
+        match self {
+            Elem::Float(d) => d.size(),
+            Elem::I32 | Elem::U32 => 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Elem::Float(d) => d.name(),
+            Elem::I32 => "i32",
+            Elem::U32 => "u32",
+        }
+    }
+
+    /// The numpy dtype descriptor the raw bytes are dumped as: bf16 and f16 as raw uint16,
+    /// fp8 as raw uint8 (design.md), so numpy or PyTorch can reinterpret them.
+    pub fn npy_descr(self) -> &'static str {
+        match self {
+            Elem::Float(DType::F32) => "<f4",
+            Elem::Float(DType::F16) | Elem::Float(DType::Bf16) => "<u2",
+            Elem::Float(DType::Fp8E4m3) => "|u1",
+            Elem::I32 => "<i4",
+            Elem::U32 => "<u4",
+        }
+    }
+}
+
+/// A named, shaped, row-major array of little-endian bytes.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    pub name: &'static str,
+    pub elem: Elem,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl Tensor {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn from_f32(name: &'static str, shape: Vec<usize>, values: &[f32]) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), values.len());
+        Tensor {
+            name,
+            elem: Elem::Float(DType::F32),
+            shape,
+            bytes: bytemuck::cast_slice(values).to_vec(),
+        }
+    }
+
+    pub fn from_i32(name: &'static str, shape: Vec<usize>, values: &[i32]) -> Tensor {
+        Tensor {
+            name,
+            elem: Elem::I32,
+            shape,
+            bytes: bytemuck::cast_slice(values).to_vec(),
+        }
+    }
+
+    pub fn from_u32(name: &'static str, shape: Vec<usize>, values: &[u32]) -> Tensor {
+        Tensor {
+            name,
+            elem: Elem::U32,
+            shape,
+            bytes: bytemuck::cast_slice(values).to_vec(),
+        }
+    }
+
+    /// A tensor of `dtype` holding `values` encoded (rounded to nearest even).
+    pub fn encode(name: &'static str, dtype: DType, shape: Vec<usize>, values: &[f32]) -> Tensor {
+        let s = dtype.size();
+        let mut bytes = vec![0u8; values.len() * s];
+        for (chunk, &v) in bytes.chunks_exact_mut(s).zip(values) {
+            dtype.encode_into(v, chunk);
+        }
+        Tensor {
+            name,
+            elem: Elem::Float(dtype),
+            shape,
+            bytes,
+        }
+    }
+
+    /// An output buffer filled with a poison value (NaN for floats, 0xDEADBEEF for words),
+    /// so an element a kernel never wrote fails the check.
+    pub fn poisoned(name: &'static str, elem: Elem, shape: Vec<usize>) -> Tensor {
+        let n: usize = shape.iter().product();
+        let bytes = match elem {
+            Elem::Float(DType::F32) => bytemuck::cast_slice(&vec![f32::NAN; n]).to_vec(),
+            Elem::U32 | Elem::I32 => bytemuck::cast_slice(&vec![0xDEAD_BEEFu32; n]).to_vec(),
+            Elem::Float(other) => panic!("outputs are f32 or u32, not {other}"),
+        };
+        Tensor {
+            name,
+            elem,
+            shape,
+            bytes,
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self.elem {
+            Elem::Float(d) => d,
+            other => panic!(
+                "tensor {} is {}, not a float dtype",
+                self.name,
+                other.name()
+            ),
+        }
+    }
+
+    /// Zero-copy view of an f32 tensor. Bytes come from `Vec<u8>`, so alignment is checked.
+    pub fn as_f32(&self) -> Vec<f32> {
+        assert_eq!(
+            self.elem,
+            Elem::Float(DType::F32),
+            "{} is not f32",
+            self.name
+        );
+        bytemuck::pod_collect_to_vec(&self.bytes)
+    }
+
+    pub fn as_i32(&self) -> Vec<i32> {
+        assert_eq!(self.elem, Elem::I32, "{} is not i32", self.name);
+        bytemuck::pod_collect_to_vec(&self.bytes)
+    }
+
+    pub fn as_u32(&self) -> Vec<u32> {
+        assert_eq!(self.elem, Elem::U32, "{} is not u32", self.name);
+        bytemuck::pod_collect_to_vec(&self.bytes)
+    }
+
+    /// Every element decoded to f64 (floats through their codec, ints exactly).
+    pub fn decode_f64(&self) -> Vec<f64> {
+        match self.elem {
+            Elem::Float(d) => (0..self.len())
+                .map(|i| d.decode_at(&self.bytes, i) as f64)
+                .collect(),
+            Elem::I32 => self.as_i32().into_iter().map(f64::from).collect(),
+            Elem::U32 => self.as_u32().into_iter().map(f64::from).collect(),
+        }
+    }
+}
+
+/// A set of named tensors: a point's inputs, or what a backend read back.
+#[derive(Clone, Debug, Default)]
+pub struct TensorSet(pub Vec<Tensor>);
+
+impl TensorSet {
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.0.iter().find(|t| t.name == name)
+    }
+
+    /// The tensor a workload itself put there: absence is a bug, not user error.
+    pub fn expect(&self, name: &str) -> &Tensor {
+        self.get(name)
+            .unwrap_or_else(|| panic!("tensor '{name}' missing from set"))
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Tensor> {
+        self.0.iter_mut().find(|t| t.name == name)
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.0.iter().map(|t| t.bytes.len() as u64).sum()
+    }
+}
