@@ -1,0 +1,89 @@
+//! Helpers shared by the integration tests: building points, and finding backends (skipped
+//! loudly when absent, a failure when DECODELAB_REQUIRE names them).
+#![allow(dead_code)]
+
+use decodelab::backend::{self, Backend, Probe};
+use decodelab::workload::*;
+
+/// Is `what` (a backend name, or `numpy`, `nvrtc`) required to be present in this run?
+pub fn required(what: &str) -> bool {
+    std::env::var("DECODELAB_REQUIRE")
+        .map(|v| v.split(',').any(|x| x.trim() == what))
+        .unwrap_or(false)
+}
+
+/// The backend, or None after printing why it is skipped. Panics if it is required.
+pub fn backend_or_skip(name: &str) -> Option<Box<dyn Backend>> {
+    match backend::probe(name) {
+        Some(Probe::Available(b)) if !b.devices().is_empty() => Some(b),
+        Some(Probe::Available(_)) => skip(name, "no devices"),
+        Some(Probe::Unavailable { reason, .. }) => skip(name, &reason),
+        None => skip(name, "unknown backend"),
+    }
+}
+
+fn skip(name: &str, reason: &str) -> Option<Box<dyn Backend>> {
+    if required(name) {
+        panic!("DECODELAB_REQUIRE includes {name}, but it is unavailable: {reason}");
+    }
+    // Written to the real stderr: the test harness captures eprintln!, which would hide it.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: backend {name} unavailable ({reason})");
+    None
+}
+
+pub fn gqa(batch: usize, hq: usize, hkv: usize, dk: usize, dv: usize, lens: Vec<usize>, page: usize, dtype: DType) -> Workload {
+    assert_eq!(lens.len(), batch);
+    Workload::KvDecode(KvDecode {
+        attention: Attention::Gqa,
+        batch,
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim_k: dk,
+        head_dim_v: dv,
+        page_size: page,
+        kv_dtype: dtype,
+        scale: 1.0 / (dk as f32).sqrt(),
+        context: *lens.iter().max().unwrap(),
+        lengths: Lengths::Explicit(lens.clone()),
+        context_lens: lens,
+        seed: 7,
+    })
+}
+
+pub fn mla(batch: usize, hq: usize, rank: usize, rope: usize, lens: Vec<usize>, page: usize, dtype: DType) -> Workload {
+    Workload::KvDecode(KvDecode {
+        attention: Attention::Mla,
+        batch,
+        q_heads: hq,
+        kv_heads: 1,
+        head_dim_k: rank + rope,
+        head_dim_v: rank,
+        page_size: page,
+        kv_dtype: dtype,
+        scale: 1.0 / ((rank + rope) as f32).sqrt(),
+        context: *lens.iter().max().unwrap(),
+        lengths: Lengths::Explicit(lens.clone()),
+        context_lens: lens,
+        seed: 11,
+    })
+}
+
+pub fn experts(e: usize, k: usize, t: usize, d_in: usize, d_out: usize, dtype: DType, routing: Routing) -> Workload {
+    let topk_ids = ExpertGemv::route(&routing, e, k, t, 5).expect("valid routing");
+    Workload::ExpertGemv(ExpertGemv {
+        experts: e,
+        top_k: k,
+        batch: t,
+        d_in,
+        d_out,
+        weight_dtype: dtype,
+        routing,
+        topk_ids,
+        seed: 5,
+    })
+}
+
+pub fn stream(op: StreamOp, bytes: u64) -> Workload {
+    Workload::Stream(Stream { op, bytes, seed: 3 })
+}

@@ -1,0 +1,148 @@
+//! One conformance suite, instantiated for every backend. A backend that is absent is skipped
+//! with a printed reason (a failure when DECODELAB_REQUIRE names it).
+
+mod common;
+
+use common::*;
+use decodelab::backend::{Backend, CacheMode};
+use decodelab::workload::dtype::fp8_e4m3_encode;
+use decodelab::workload::*;
+
+/// Run a point on a backend and check it against the oracle on the same (possibly edited)
+/// inputs. Returns the check so callers can also assert on it.
+fn run_point(b: &dyn Backend, w: &Workload, edit: impl Fn(&mut TensorSet)) -> Check {
+    let mut inputs = w.inputs();
+    edit(&mut inputs);
+    let mut p = b.prepare(0, w, &inputs, CacheMode::Cold).expect("prepare");
+    let times = p.run(1, 3).expect("run");
+    assert_eq!(times.len(), 3);
+    assert!(times.iter().all(|t| t.is_finite() && *t > 0.0), "timings {times:?}");
+    let outputs = p.read_outputs().expect("read back");
+    let check = w.oracle(&inputs).check(&outputs);
+    assert!(check.pass, "{} on {}: {:?}\nparams {}", w.kernel(), b.name(), check, w.params_json());
+    assert!(check.rel_l2_err < 1e-5, "f32 accumulation should land far under 1e-4: {check:?}");
+    check
+}
+
+fn no_edit(_: &mut TensorSet) {}
+
+/// Overwrite the first stored bytes of an fp8 tensor with fp8's extreme codes.
+fn fp8_extremes(name: &'static str) -> impl Fn(&mut TensorSet) {
+    move |inputs: &mut TensorSet| {
+        let t = inputs.get_mut(name).expect("fp8 tensor");
+        let codes = [0x7E, 0xFE, 0x01, 0x81, 0x00, 0x80, 0x08, 0x77, fp8_e4m3_encode(-448.0)];
+        for (i, b) in t.bytes.iter_mut().enumerate().step_by(7) {
+            *b = codes[(i / 7) % codes.len()];
+        }
+    }
+}
+
+mod cases {
+    use super::*;
+
+    pub fn stream_ops_at_odd_sizes(b: &dyn Backend) {
+        for op in [StreamOp::Read, StreamOp::Copy, StreamOp::Write] {
+            for bytes in [4, 4 * 1001, (1 << 16) + 4, 3 << 20] {
+                run_point(b, &stream(op, bytes), no_edit);
+            }
+        }
+    }
+
+    pub fn kv_one_token_and_page_boundaries(b: &dyn Backend) {
+        // page 16: 1 token, one short of a page, exactly one page, one over, two pages, two + 1
+        let lens = vec![1, 15, 16, 17, 32, 33];
+        for dt in DType::ALL {
+            run_point(b, &gqa(6, 8, 2, 64, 64, lens.clone(), 16, dt), no_edit);
+        }
+    }
+
+    pub fn kv_mixed_lengths_long_context(b: &dyn Backend) {
+        // Long enough that backends split the context and merge partials.
+        run_point(b, &gqa(3, 4, 1, 32, 32, vec![2000, 1, 777], 16, DType::Bf16), no_edit);
+    }
+
+    pub fn kv_odd_head_dims_and_group_sizes(b: &dyn Backend) {
+        for (hq, hkv) in [(3, 3), (6, 1), (12, 4)] {
+            run_point(b, &gqa(2, hq, hkv, 67, 45, vec![37, 5], 8, DType::F16), no_edit);
+        }
+        run_point(b, &gqa(1, 2, 1, 1, 1, vec![3], 1, DType::F32), no_edit);
+    }
+
+    pub fn kv_mla(b: &dyn Backend) {
+        run_point(b, &mla(3, 16, 512, 64, vec![1, 64, 129], 64, DType::Bf16), no_edit);
+        run_point(b, &mla(2, 5, 48, 16, vec![70, 3], 16, DType::Fp8E4m3), no_edit);
+    }
+
+    pub fn kv_fp8_extremes(b: &dyn Backend) {
+        let w = gqa(2, 4, 2, 32, 32, vec![40, 9], 16, DType::Fp8E4m3);
+        run_point(b, &w, fp8_extremes("k_pages"));
+        run_point(b, &w, fp8_extremes("v_pages"));
+    }
+
+    pub fn expert_every_token_one_expert(b: &dyn Backend) {
+        let ids = Routing::Ids(vec![vec![2]; 5]);
+        let w = experts(4, 1, 5, 96, 33, DType::Bf16, ids);
+        run_point(b, &w, no_edit);
+        if let Workload::ExpertGemv(e) = &w {
+            assert_eq!(e.touched(), vec![2]);
+        }
+    }
+
+    pub fn expert_dtypes_and_odd_shapes(b: &dyn Backend) {
+        for dt in DType::ALL {
+            run_point(b, &experts(8, 3, 7, 1001, 37, dt, Routing::Uniform), no_edit);
+        }
+        run_point(b, &experts(1, 1, 1, 129, 17, DType::F32, Routing::Uniform), no_edit); // dense GEMV
+        run_point(b, &experts(6, 6, 4, 64, 16, DType::F16, Routing::Zipf(1.5)), no_edit); // top_k = experts
+        run_point(b, &experts(32, 4, 9, 256, 8, DType::Bf16, Routing::Zipf(2.0)), no_edit);
+    }
+
+    pub fn expert_fp8_extremes(b: &dyn Backend) {
+        let w = experts(4, 2, 3, 128, 24, DType::Fp8E4m3, Routing::Uniform);
+        run_point(b, &w, fp8_extremes("w"));
+    }
+
+    /// A backend's outputs are poisoned before a run: reading them back without running must
+    /// fail the check (so "never wrote the output" can never pass).
+    pub fn unwritten_outputs_fail(b: &dyn Backend) {
+        for w in [
+            stream(StreamOp::Copy, 4096),
+            gqa(1, 2, 1, 8, 8, vec![5], 4, DType::F32),
+            experts(2, 1, 2, 8, 4, DType::F32, Routing::Uniform),
+        ] {
+            let inputs = w.inputs();
+            let mut p = b.prepare(0, &w, &inputs, CacheMode::Warm).expect("prepare");
+            let out = p.read_outputs().expect("read back");
+            assert!(!w.oracle(&inputs).check(&out).pass, "{} passed without running", w.kernel());
+        }
+    }
+}
+
+macro_rules! conformance_suite {
+    ($($backend:ident),* $(,)?) => {$(
+        mod $backend {
+            macro_rules! case {
+                ($name:ident) => {
+                    #[test]
+                    fn $name() {
+                        if let Some(b) = super::backend_or_skip(stringify!($backend)) {
+                            super::cases::$name(&*b);
+                        }
+                    }
+                };
+            }
+            case!(stream_ops_at_odd_sizes);
+            case!(kv_one_token_and_page_boundaries);
+            case!(kv_mixed_lengths_long_context);
+            case!(kv_odd_head_dims_and_group_sizes);
+            case!(kv_mla);
+            case!(kv_fp8_extremes);
+            case!(expert_every_token_one_expert);
+            case!(expert_dtypes_and_odd_shapes);
+            case!(expert_fp8_extremes);
+            case!(unwritten_outputs_fail);
+        }
+    )*};
+}
+
+conformance_suite!(cpu, wgpu, cuda);

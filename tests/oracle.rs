@@ -1,0 +1,170 @@
+//! The oracle and the byte tables against values worked by hand, so neither is checked only
+//! against itself.
+
+mod common;
+
+use common::*;
+use decodelab::backend::{CacheMode, cpu::CpuBackend, Backend};
+use decodelab::workload::*;
+
+/// Replace an input tensor's values (f32 storage) by hand.
+fn set_f32(inputs: &mut TensorSet, name: &'static str, values: &[f32]) {
+    let t = inputs.get_mut(name).unwrap();
+    let shape = t.shape.clone();
+    *t = Tensor::from_f32(name, shape, values);
+}
+
+#[test]
+fn attention_of_two_tokens_matches_closed_form() {
+    // One head, Dk = Dv = 1, two cached tokens on two pages of size 1.
+    // scores: s_t = q k_t / sqrt(1); out = sum softmax(s)_t v_t; lse = ln(sum e^{s_t}).
+    let w = gqa(1, 1, 1, 1, 1, vec![2], 1, DType::F32);
+    let mut inputs = w.inputs();
+    set_f32(&mut inputs, "q", &[2.0]);
+    // The page table maps logical page p to a physical page: write K/V by physical page.
+    let table = inputs.get("page_table").unwrap().as_i32();
+    let (mut k, mut v) = (vec![0f32; 2], vec![0f32; 2]);
+    k[table[0] as usize] = 0.5; // token 0
+    k[table[1] as usize] = -1.0; // token 1
+    v[table[0] as usize] = 3.0;
+    v[table[1] as usize] = -2.0;
+    set_f32(&mut inputs, "k_pages", &k);
+    set_f32(&mut inputs, "v_pages", &v);
+    let (s0, s1) = (1.0f64, -2.0f64);
+    let lse = (s0.exp() + s1.exp()).ln();
+    let out = (s0.exp() * 3.0 + s1.exp() * -2.0) / (s0.exp() + s1.exp());
+
+    let reference = w.oracle(&inputs);
+    assert!((reference.0[0].values[0] - out).abs() < 1e-12);
+    assert!((reference.0[1].values[0] - lse).abs() < 1e-12);
+
+    let cpu = CpuBackend::new();
+    let mut p = cpu.prepare(0, &w, &inputs, CacheMode::Warm).unwrap();
+    p.run(0, 1).unwrap();
+    let got = p.read_outputs().unwrap();
+    assert!((got.get("out").unwrap().as_f32()[0] as f64 - out).abs() < 1e-6);
+    assert!((got.get("lse").unwrap().as_f32()[0] as f64 - lse).abs() < 1e-6);
+}
+
+#[test]
+fn expert_gemv_matches_closed_form() {
+    // Two experts, d_in = 2, d_out = 1, one token choosing both with weights 0.25 / 0.75.
+    let w = experts(2, 2, 1, 2, 1, DType::F32, Routing::Ids(vec![vec![1, 0]]));
+    let mut inputs = w.inputs();
+    set_f32(&mut inputs, "x", &[1.0, -2.0]);
+    set_f32(&mut inputs, "w", &[3.0, 1.0, /* expert 1 */ 0.5, 4.0]);
+    set_f32(&mut inputs, "topk_weights", &[0.25, 0.75]);
+    // expert 1: 0.5 - 8 = -7.5; expert 0: 3 - 2 = 1 -> 0.25 * -7.5 + 0.75 * 1 = -1.125
+    let want = -1.125;
+    assert_eq!(w.oracle(&inputs).0[0].values, vec![want]);
+    let cpu = CpuBackend::new();
+    let mut p = cpu.prepare(0, &w, &inputs, CacheMode::Warm).unwrap();
+    p.run(0, 1).unwrap();
+    assert_eq!(p.read_outputs().unwrap().get("y").unwrap().as_f32(), vec![want as f32]);
+}
+
+#[test]
+fn fp8_scale_dequantises_in_the_oracle() {
+    // Per-row w_scale multiplies the decoded fp8 value.
+    let w = experts(1, 1, 1, 1, 2, DType::Fp8E4m3, Routing::Uniform);
+    let mut inputs = w.inputs();
+    set_f32(&mut inputs, "x", &[2.0]);
+    inputs.get_mut("w").unwrap().bytes = vec![0x38, 0x7E]; // 1.0 and 448
+    set_f32(&mut inputs, "w_scale", &[0.5, 1.0 / 448.0]);
+    set_f32(&mut inputs, "topk_weights", &[1.0]);
+    let y = &w.oracle(&inputs).0[0].values;
+    assert!((y[0] - 1.0).abs() < 1e-12 && (y[1] - 2.0).abs() < 1e-6, "{y:?}");
+}
+
+#[test]
+fn a_corrupted_output_fails_the_check() {
+    let w = gqa(2, 4, 2, 16, 16, vec![9, 30], 8, DType::Bf16);
+    let inputs = w.inputs();
+    let cpu = CpuBackend::new();
+    let mut p = cpu.prepare(0, &w, &inputs, CacheMode::Warm).unwrap();
+    p.run(0, 1).unwrap();
+    let mut out = p.read_outputs().unwrap();
+    let reference = w.oracle(&inputs);
+    assert!(reference.check(&out).pass);
+    let t = out.get_mut("out").unwrap();
+    let mut v = t.as_f32();
+    v[17] += 0.05;
+    *t = Tensor::from_f32("out", t.shape.clone(), &v);
+    assert!(!reference.check(&out).pass);
+}
+
+#[test]
+fn gqa_byte_table_worked_by_hand() {
+    // B = 2, lengths 10 and 20, Hq = 4, Hkv = 2, Dk = 8, Dv = 6, bf16 (2 bytes), page 16.
+    let w = gqa(2, 4, 2, 8, 6, vec![10, 20], 16, DType::Bf16);
+    let by = |name: &str| w.byte_table().iter().find(|t| t.tensor == name).map(|t| t.bytes);
+    assert_eq!(by("k_pages"), Some(30 * 2 * 8 * 2)); // 960
+    assert_eq!(by("v_pages"), Some(30 * 2 * 6 * 2)); // 720
+    assert_eq!(by("q"), Some(2 * 4 * 8 * 4));
+    assert_eq!(by("out"), Some(2 * 4 * 6 * 4));
+    assert_eq!(by("lse"), Some(2 * 4 * 4));
+    assert_eq!(by("page_table"), Some((1 + 2) * 4)); // ceil(10/16) + ceil(20/16) pages
+    assert_eq!(by("context_lens"), Some(8));
+    assert_eq!(by("kv_scale"), None);
+    assert_eq!(w.bytes(), 960 + 720 + 256 + 192 + 32 + 12 + 8);
+    // FLOPs: 30 tokens x 4 query heads x 2 x (8 + 6)
+    assert_eq!(w.flops(), 30 * 4 * 2 * 14);
+}
+
+#[test]
+fn mla_reads_the_latent_once() {
+    // 100 + 1 tokens of 512 + 64 fp8 latents: V is inside K, so no separate V bytes.
+    let w = mla(2, 16, 512, 64, vec![100, 1], 64, DType::Fp8E4m3);
+    let table = w.byte_table();
+    assert_eq!(table.iter().find(|t| t.tensor == "k_pages").unwrap().bytes, 101 * 576);
+    assert!(table.iter().all(|t| t.tensor != "v_pages"));
+    assert_eq!(table.iter().find(|t| t.tensor == "kv_scale").unwrap().bytes, 8);
+}
+
+#[test]
+fn expert_byte_table_counts_each_touched_expert_once() {
+    // 3 tokens, top-2, ids {0,5},{5,2},{0,2}: U = 3 distinct experts of 8.
+    let w = experts(8, 2, 3, 64, 32, DType::Fp8E4m3, Routing::Ids(vec![vec![0, 5], vec![5, 2], vec![0, 2]]));
+    let by = |name: &str| w.byte_table().iter().find(|t| t.tensor == name).map(|t| t.bytes);
+    assert_eq!(by("w"), Some(3 * 32 * 64)); // fp8: 1 byte
+    assert_eq!(by("w_scale"), Some(3 * 32 * 4));
+    assert_eq!(by("x"), Some(3 * 64 * 4));
+    assert_eq!(by("y"), Some(3 * 32 * 4));
+    assert_eq!(by("topk_ids"), Some(3 * 2 * 4));
+    assert_eq!(by("topk_weights"), Some(3 * 2 * 4));
+    assert_eq!(w.flops(), 3 * 2 * 2 * 32 * 64);
+}
+
+#[test]
+fn stream_byte_table() {
+    assert_eq!(stream(StreamOp::Read, 4096).bytes(), 4096);
+    assert_eq!(stream(StreamOp::Copy, 4096).bytes(), 8192);
+    assert_eq!(stream(StreamOp::Write, 4096).bytes(), 4096);
+}
+
+#[test]
+fn inputs_are_seeded_and_never_zero() {
+    let w = gqa(2, 4, 2, 16, 16, vec![9, 30], 8, DType::Bf16);
+    let (a, b) = (w.inputs(), w.inputs());
+    for (x, y) in a.0.iter().zip(&b.0) {
+        assert_eq!(x.bytes, y.bytes, "{} not reproducible", x.name);
+    }
+    let k = a.get("k_pages").unwrap().decode_f64();
+    let zeros = k.iter().filter(|v| **v == 0.0).count();
+    assert!(zeros * 1000 < k.len(), "K is mostly zeros");
+    let src = stream(StreamOp::Read, 1 << 16).inputs();
+    assert!(src.get("src").unwrap().as_u32().iter().all(|&w| w != 0));
+}
+
+#[test]
+fn routing_is_distinct_per_token_and_zipf_is_skewed() {
+    let Workload::ExpertGemv(u) = experts(64, 8, 512, 4, 4, DType::F32, Routing::Zipf(1.2)) else { unreachable!() };
+    for row in u.topk_ids.chunks(8) {
+        let mut r = row.to_vec();
+        r.sort();
+        r.dedup();
+        assert_eq!(r.len(), 8);
+    }
+    let count = |e: u32| u.topk_ids.iter().filter(|&&x| x == e).count();
+    assert!(count(0) > 2 * count(63), "expert 0 should be chosen far more often than 63");
+}
