@@ -1,0 +1,232 @@
+//! Experiment files: every class of bad input is refused with file, line and field; nothing
+//! panics, however malformed the input.
+
+use decodelab::backend::CacheMode;
+use decodelab::experiment::runner;
+use decodelab::experiment::{BackendChoice, ConfigError, DeviceChoice, Experiment};
+use decodelab::workload::Workload;
+use std::path::Path;
+
+fn parse(text: &str) -> Result<Experiment, ConfigError> {
+    Experiment::parse(Path::new("experiments/t.yaml"), text.as_bytes())
+}
+
+/// Parse, expect a refusal at `line` naming `field`, and return the message.
+fn refused(text: &str, line: u64, field: &str) -> String {
+    let err = parse(text).expect_err("should be refused");
+    let shown = err.to_string();
+    assert_eq!(err.file, "experiments/t.yaml", "{shown}");
+    assert_eq!(err.line, line, "wrong line in: {shown}");
+    assert!(err.field.as_deref().is_some_and(|f| f.ends_with(field)), "field {field} not named in: {shown}");
+    assert!(shown.starts_with(&format!("experiments/t.yaml:{line}")), "{shown}");
+    shown
+}
+
+const KV: &str = "name: t\nruns:\n  - kernel: kv_decode\n    batch: [1, 8]\n    q_heads: 64\n    kv_heads: 8\n    head_dim: 128\n    context: 4096\n";
+
+#[test]
+fn a_good_file_expands_to_the_cartesian_product() {
+    let e = parse(&format!("{KV}    kv_dtype: [bf16, fp8_e4m3]\n  - kernel: stream\n    op: [read, copy]\n    bytes: [4GiB, 1MB]\n")).unwrap();
+    assert_eq!(e.points.len(), 4 + 4);
+    assert_eq!(e.backends, BackendChoice::Auto);
+    assert_eq!(e.devices, DeviceChoice::Indices(vec![0]));
+    assert_eq!((e.warmup, e.reps, e.cache), (5, 50, CacheMode::Cold));
+    let Workload::Stream(s) = &e.points[4].workload else { panic!() };
+    assert_eq!(s.bytes, 4 << 30);
+    let Workload::Stream(s) = &e.points[5].workload else { panic!() };
+    assert_eq!(s.bytes, 1_000_000);
+    assert!(e.points.iter().enumerate().all(|(i, p)| p.index == i));
+}
+
+#[test]
+fn design_md_example_is_valid() {
+    let text = r#"
+name: kv-sweep
+backends: [cuda, wgpu]
+devices: [0]
+hardware: h100-sxm
+warmup: 5
+reps: 50
+runs:
+  - kernel: kv_decode
+    batch: [1, 8, 64]
+    q_heads: 64
+    kv_heads: 8
+    head_dim: 128
+    context: [4096, 32768]
+    page_size: 16
+    kv_dtype: [bf16, fp8_e4m3]
+  - kernel: kv_decode
+    attention: mla
+    batch: 64
+    q_heads: 64
+    context: 8192
+    page_size: 64
+    kv_dtype: fp8_e4m3
+  - kernel: expert_gemv
+    experts: 384
+    top_k: 8
+    batch: [1, 16, 128]
+    d_in: 7168
+    d_out: 2048
+    weight_dtype: [bf16, fp8_e4m3]
+    routing: [uniform, {zipf: 1.2}]
+  - kernel: stream
+    op: [read, copy]
+    bytes: 4GiB
+"#;
+    let e = Experiment::parse(Path::new("experiments/design.yaml"), text.as_bytes()).unwrap();
+    assert_eq!(e.points.len(), 12 + 1 + 12 + 2);
+    assert_eq!(e.hardware.as_ref().unwrap().memory_bandwidth_gbps, 3350.0);
+    let Workload::KvDecode(m) = &e.points[12].workload else { panic!() };
+    assert_eq!((m.kv_heads, m.head_dim_k, m.head_dim_v), (1, 576, 512));
+}
+
+#[test]
+fn unknown_keys() {
+    let msg = refused("name: t\nruns:\n  - kernel: kv_decode\n    batch: 1\n    qheads: 64\n", 5, "qheads");
+    assert!(msg.contains("unknown field"), "{msg}");
+    refused("name: t\nrepz: 3\nruns: []\n", 2, "repz");
+}
+
+#[test]
+fn wrong_types() {
+    refused(&KV.replace("batch: [1, 8]", "batch: [1, eight]"), 4, "batch");
+    refused(&KV.replace("q_heads: 64", "q_heads: 6.5"), 5, "q_heads");
+    refused(&format!("{KV}    kv_dtype: bf17\n"), 9, "kv_dtype");
+    refused("name: t\nreps: many\nruns: []\n", 2, "reps");
+    refused("name: t\nruns:\n  - kernel: stream\n    bytes: 4GoB\n", 4, "bytes");
+}
+
+#[test]
+fn zero_and_negative_sizes() {
+    let msg = refused(&KV.replace("head_dim: 128", "head_dim: 0"), 7, "head_dim");
+    assert!(msg.contains("at least 1"), "{msg}");
+    refused(&KV.replace("batch: [1, 8]", "batch: [1, -8]"), 4, "batch");
+    refused(&KV.replace("context: 4096", "context: -1"), 8, "context");
+    refused("name: t\nruns:\n  - kernel: stream\n    bytes: 0\n", 4, "bytes");
+    refused("name: t\nruns:\n  - kernel: stream\n    bytes: -4\n", 4, "bytes");
+    refused("name: t\nruns:\n  - kernel: stream\n    bytes: 6\n", 4, "bytes"); // not whole words
+    refused("name: t\nruns:\n  - kernel: stream\n    bytes: []\n", 4, "bytes");
+}
+
+#[test]
+fn impossible_shapes() {
+    let msg = refused(&KV.replace("kv_heads: 8", "kv_heads: 7"), 6, "kv_heads");
+    assert!(msg.contains("not a multiple"), "{msg}");
+    let ex = "name: t\nruns:\n  - kernel: expert_gemv\n    experts: 4\n    top_k: 5\n    batch: 1\n    d_in: 8\n    d_out: 8\n";
+    let msg = refused(ex, 5, "top_k");
+    assert!(msg.contains("larger than experts"), "{msg}");
+    refused(&ex.replace("experts: 4", "experts: 8").replace("d_in: 8", ""), 3, "d_in"); // missing
+    refused(&format!("{KV}    experts: 8\n"), 9, "experts"); // not a kv_decode field
+    refused(&format!("{KV}    attention: mla\n"), 6, "kv_heads"); // gqa fields on an mla run
+    refused("name: t\nruns:\n  - kernel: attention\n", 3, "kernel");
+    refused(&format!("{KV}    attention: [gqa, mla]\n"), 9, "attention");
+}
+
+#[test]
+fn duplicate_and_bad_routing_ids() {
+    let ex = "name: t\nruns:\n  - kernel: expert_gemv\n    experts: 4\n    top_k: 2\n    batch: 2\n    d_in: 8\n    d_out: 8\n";
+    let msg = refused(&format!("{ex}    routing: {{ids: [[0, 1], [3, 3]]}}\n"), 9, "routing");
+    assert!(msg.contains("chosen twice"), "{msg}");
+    let msg = refused(&format!("{ex}    routing: {{ids: [[0, 1], [3, 4]]}}\n"), 9, "routing");
+    assert!(msg.contains(">= experts"), "{msg}");
+    refused(&format!("{ex}    routing: {{ids: [[0, 1]]}}\n"), 9, "routing");
+    refused(&format!("{ex}    routing: {{zipf: -1}}\n"), 9, "routing");
+    refused(&format!("{ex}    routing: roundrobin\n"), 9, "routing");
+    let ok = parse(&format!("{ex}    routing: {{ids: [[0, 1], [3, 2]]}}\n")).unwrap();
+    let Workload::ExpertGemv(g) = &ok.points[0].workload else { panic!() };
+    assert_eq!(g.topk_ids, vec![0, 1, 3, 2]);
+}
+
+#[test]
+fn top_level_fields() {
+    refused("name: ../evil\nruns: []\n", 1, "name");
+    refused("name: t\nruns: []\n", 2, "runs");
+    refused("name: t\nbackends: [cpu, tpu]\nruns: []\n", 2, "backends");
+    refused("name: t\ndevices: 0\nruns: []\n", 2, "devices");
+    refused("name: t\ndevices: [0, 0]\nruns: []\n", 2, "devices");
+    refused("name: t\nhardware: h900\nruns: []\n", 2, "hardware");
+    refused("name: t\nreps: 0\nruns: []\n", 2, "reps");
+    refused("name: t\ncache: lukewarm\nruns: []\n", 2, "cache");
+}
+
+#[test]
+fn a_point_that_cannot_fit_the_device_is_refused_before_running() {
+    let e = parse("name: t\nbackends: [cpu]\nruns:\n  - kernel: stream\n    bytes: 1MiB\n  - kernel: stream\n    bytes: 8TiB\n").unwrap();
+    let sel = runner::select(&e, &e.backends).unwrap();
+    let err = runner::check_fit(&e, &sel).expect_err("8 TiB cannot fit");
+    let shown = err.to_string();
+    assert_eq!(err.line, 6, "{shown}");
+    assert!(shown.contains("runs[1]") && shown.contains("needs"), "{shown}");
+}
+
+#[test]
+fn unavailable_backends_and_devices_are_explained() {
+    let e = parse("name: t\nbackends: [wgpu]\nruns:\n  - kernel: stream\n    bytes: 4096\n").unwrap();
+    let err = runner::select(&e, &e.backends).err().expect("wgpu not built");
+    assert!(err.to_string().contains("wgpu: unavailable"), "{err}");
+    let e = parse("name: t\ndevices: [3]\nruns:\n  - kernel: stream\n    bytes: 4096\n").unwrap();
+    let err = runner::select(&e, &BackendChoice::Named(vec!["cpu".into()])).err().expect("no device 3");
+    assert_eq!(err.line, 2, "{err}");
+}
+
+#[test]
+fn malformed_files_are_refused_not_panicked_on() {
+    // Binary garbage, not UTF-8.
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let err = Experiment::parse(Path::new("g.yaml"), &garbage).unwrap_err();
+    assert!(err.to_string().contains("g.yaml"));
+    // A 10 MB file.
+    let big = "# padding\n".repeat(1_000_000);
+    let err = Experiment::parse(Path::new("big.yaml"), big.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("too large"), "{err}");
+    // Deep nesting, flow and block.
+    let deep = format!("name: t\nruns: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(parse(&deep).is_err());
+    let mut block = String::from("name: t\nruns:\n");
+    for i in 0..5000 {
+        block.push_str(&" ".repeat(i + 2));
+        block.push_str("- \n");
+    }
+    assert!(parse(&block).is_err());
+    // Empty, a scalar, a list, several documents, an alias bomb.
+    for text in ["", "42", "- a\n- b\n", "name: t\n---\nname: u\n", "a: &a [1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c]\ne: [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"] {
+        assert!(parse(text).is_err(), "{text:?} accepted");
+    }
+}
+
+#[test]
+fn mutated_files_never_panic() {
+    // Every prefix and thousands of seeded byte edits of a valid file: Ok or a located Err.
+    let good = std::fs::read("experiments/quickstart.yaml").unwrap();
+    for cut in 0..good.len() {
+        let _ = Experiment::parse(Path::new("q.yaml"), &good[..cut]);
+    }
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let alphabet = b"-:[]{}, \n0123456789abcxyz#&*!|>'\"";
+    for _ in 0..3000 {
+        let mut m = good.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % m.len() as u64) as usize;
+            m[at] = alphabet[(next() % alphabet.len() as u64) as usize];
+        }
+        let _ = Experiment::parse(Path::new("q.yaml"), &m);
+    }
+}
+
+#[test]
+fn shipped_experiments_are_valid() {
+    for entry in std::fs::read_dir("experiments").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            Experiment::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
