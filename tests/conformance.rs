@@ -16,11 +16,24 @@ fn run_point(b: &dyn Backend, w: &Workload, edit: impl Fn(&mut TensorSet)) -> Ch
     let mut p = b.prepare(0, w, &inputs, CacheMode::Cold).expect("prepare");
     let times = p.run(1, 3).expect("run");
     assert_eq!(times.len(), 3);
-    assert!(times.iter().all(|t| t.is_finite() && *t > 0.0), "timings {times:?}");
+    assert!(
+        times.iter().all(|t| t.is_finite() && *t > 0.0),
+        "timings {times:?}"
+    );
     let outputs = p.read_outputs().expect("read back");
     let check = w.oracle(&inputs).check(&outputs);
-    assert!(check.pass, "{} on {}: {:?}\nparams {}", w.kernel(), b.name(), check, w.params_json());
-    assert!(check.rel_l2_err < 1e-5, "f32 accumulation should land far under 1e-4: {check:?}");
+    assert!(
+        check.pass,
+        "{} on {}: {:?}\nparams {}",
+        w.kernel(),
+        b.name(),
+        check,
+        w.params_json()
+    );
+    assert!(
+        check.rel_l2_err < 1e-5,
+        "f32 accumulation should land far under 1e-4: {check:?}"
+    );
     check
 }
 
@@ -30,7 +43,17 @@ fn no_edit(_: &mut TensorSet) {}
 fn fp8_extremes(name: &'static str) -> impl Fn(&mut TensorSet) {
     move |inputs: &mut TensorSet| {
         let t = inputs.get_mut(name).expect("fp8 tensor");
-        let codes = [0x7E, 0xFE, 0x01, 0x81, 0x00, 0x80, 0x08, 0x77, fp8_e4m3_encode(-448.0)];
+        let codes = [
+            0x7E,
+            0xFE,
+            0x01,
+            0x81,
+            0x00,
+            0x80,
+            0x08,
+            0x77,
+            fp8_e4m3_encode(-448.0),
+        ];
         for (i, b) in t.bytes.iter_mut().enumerate().step_by(7) {
             *b = codes[(i / 7) % codes.len()];
         }
@@ -58,19 +81,35 @@ mod cases {
 
     pub fn kv_mixed_lengths_long_context(b: &dyn Backend) {
         // Long enough that backends split the context and merge partials.
-        run_point(b, &gqa(3, 4, 1, 32, 32, vec![2000, 1, 777], 16, DType::Bf16), no_edit);
+        run_point(
+            b,
+            &gqa(3, 4, 1, 32, 32, vec![2000, 1, 777], 16, DType::Bf16),
+            no_edit,
+        );
     }
 
     pub fn kv_odd_head_dims_and_group_sizes(b: &dyn Backend) {
         for (hq, hkv) in [(3, 3), (6, 1), (12, 4)] {
-            run_point(b, &gqa(2, hq, hkv, 67, 45, vec![37, 5], 8, DType::F16), no_edit);
+            run_point(
+                b,
+                &gqa(2, hq, hkv, 67, 45, vec![37, 5], 8, DType::F16),
+                no_edit,
+            );
         }
         run_point(b, &gqa(1, 2, 1, 1, 1, vec![3], 1, DType::F32), no_edit);
     }
 
     pub fn kv_mla(b: &dyn Backend) {
-        run_point(b, &mla(3, 16, 512, 64, vec![1, 64, 129], 64, DType::Bf16), no_edit);
-        run_point(b, &mla(2, 5, 48, 16, vec![70, 3], 16, DType::Fp8E4m3), no_edit);
+        run_point(
+            b,
+            &mla(3, 16, 512, 64, vec![1, 64, 129], 64, DType::Bf16),
+            no_edit,
+        );
+        run_point(
+            b,
+            &mla(2, 5, 48, 16, vec![70, 3], 16, DType::Fp8E4m3),
+            no_edit,
+        );
     }
 
     pub fn kv_fp8_extremes(b: &dyn Backend) {
@@ -90,11 +129,27 @@ mod cases {
 
     pub fn expert_dtypes_and_odd_shapes(b: &dyn Backend) {
         for dt in DType::ALL {
-            run_point(b, &experts(8, 3, 7, 1001, 37, dt, Routing::Uniform), no_edit);
+            run_point(
+                b,
+                &experts(8, 3, 7, 1001, 37, dt, Routing::Uniform),
+                no_edit,
+            );
         }
-        run_point(b, &experts(1, 1, 1, 129, 17, DType::F32, Routing::Uniform), no_edit); // dense GEMV
-        run_point(b, &experts(6, 6, 4, 64, 16, DType::F16, Routing::Zipf(1.5)), no_edit); // top_k = experts
-        run_point(b, &experts(32, 4, 9, 256, 8, DType::Bf16, Routing::Zipf(2.0)), no_edit);
+        run_point(
+            b,
+            &experts(1, 1, 1, 129, 17, DType::F32, Routing::Uniform),
+            no_edit,
+        ); // dense GEMV
+        run_point(
+            b,
+            &experts(6, 6, 4, 64, 16, DType::F16, Routing::Zipf(1.5)),
+            no_edit,
+        ); // top_k = experts
+        run_point(
+            b,
+            &experts(32, 4, 9, 256, 8, DType::Bf16, Routing::Zipf(2.0)),
+            no_edit,
+        );
     }
 
     pub fn expert_fp8_extremes(b: &dyn Backend) {
@@ -113,7 +168,11 @@ mod cases {
             let inputs = w.inputs();
             let mut p = b.prepare(0, &w, &inputs, CacheMode::Warm).expect("prepare");
             let out = p.read_outputs().expect("read back");
-            assert!(!w.oracle(&inputs).check(&out).pass, "{} passed without running", w.kernel());
+            assert!(
+                !w.oracle(&inputs).check(&out).pass,
+                "{} passed without running",
+                w.kernel()
+            );
         }
     }
 }

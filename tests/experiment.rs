@@ -17,8 +17,14 @@ fn refused(text: &str, line: u64, field: &str) -> String {
     let shown = err.to_string();
     assert_eq!(err.file, "experiments/t.yaml", "{shown}");
     assert_eq!(err.line, line, "wrong line in: {shown}");
-    assert!(err.field.as_deref().is_some_and(|f| f.ends_with(field)), "field {field} not named in: {shown}");
-    assert!(shown.starts_with(&format!("experiments/t.yaml:{line}")), "{shown}");
+    assert!(
+        err.field.as_deref().is_some_and(|f| f.ends_with(field)),
+        "field {field} not named in: {shown}"
+    );
+    assert!(
+        shown.starts_with(&format!("experiments/t.yaml:{line}")),
+        "{shown}"
+    );
     shown
 }
 
@@ -31,9 +37,13 @@ fn a_good_file_expands_to_the_cartesian_product() {
     assert_eq!(e.backends, BackendChoice::Auto);
     assert_eq!(e.devices, DeviceChoice::Indices(vec![0]));
     assert_eq!((e.warmup, e.reps, e.cache), (5, 50, CacheMode::Cold));
-    let Workload::Stream(s) = &e.points[4].workload else { panic!() };
+    let Workload::Stream(s) = &e.points[4].workload else {
+        panic!()
+    };
     assert_eq!(s.bytes, 4 << 30);
-    let Workload::Stream(s) = &e.points[5].workload else { panic!() };
+    let Workload::Stream(s) = &e.points[5].workload else {
+        panic!()
+    };
     assert_eq!(s.bytes, 1_000_000);
     assert!(e.points.iter().enumerate().all(|(i, p)| p.index == i));
 }
@@ -78,24 +88,38 @@ runs:
     let e = Experiment::parse(Path::new("experiments/design.yaml"), text.as_bytes()).unwrap();
     assert_eq!(e.points.len(), 12 + 1 + 12 + 2);
     assert_eq!(e.hardware.as_ref().unwrap().memory_bandwidth_gbps, 3350.0);
-    let Workload::KvDecode(m) = &e.points[12].workload else { panic!() };
+    let Workload::KvDecode(m) = &e.points[12].workload else {
+        panic!()
+    };
     assert_eq!((m.kv_heads, m.head_dim_k, m.head_dim_v), (1, 576, 512));
 }
 
 #[test]
 fn unknown_keys() {
-    let msg = refused("name: t\nruns:\n  - kernel: kv_decode\n    batch: 1\n    qheads: 64\n", 5, "qheads");
+    let msg = refused(
+        "name: t\nruns:\n  - kernel: kv_decode\n    batch: 1\n    qheads: 64\n",
+        5,
+        "qheads",
+    );
     assert!(msg.contains("unknown field"), "{msg}");
     refused("name: t\nrepz: 3\nruns: []\n", 2, "repz");
 }
 
 #[test]
 fn wrong_types() {
-    refused(&KV.replace("batch: [1, 8]", "batch: [1, eight]"), 4, "batch");
+    refused(
+        &KV.replace("batch: [1, 8]", "batch: [1, eight]"),
+        4,
+        "batch",
+    );
     refused(&KV.replace("q_heads: 64", "q_heads: 6.5"), 5, "q_heads");
     refused(&format!("{KV}    kv_dtype: bf17\n"), 9, "kv_dtype");
     refused("name: t\nreps: many\nruns: []\n", 2, "reps");
-    refused("name: t\nruns:\n  - kernel: stream\n    bytes: 4GoB\n", 4, "bytes");
+    refused(
+        "name: t\nruns:\n  - kernel: stream\n    bytes: 4GoB\n",
+        4,
+        "bytes",
+    );
 }
 
 #[test]
@@ -104,10 +128,26 @@ fn zero_and_negative_sizes() {
     assert!(msg.contains("at least 1"), "{msg}");
     refused(&KV.replace("batch: [1, 8]", "batch: [1, -8]"), 4, "batch");
     refused(&KV.replace("context: 4096", "context: -1"), 8, "context");
-    refused("name: t\nruns:\n  - kernel: stream\n    bytes: 0\n", 4, "bytes");
-    refused("name: t\nruns:\n  - kernel: stream\n    bytes: -4\n", 4, "bytes");
-    refused("name: t\nruns:\n  - kernel: stream\n    bytes: 6\n", 4, "bytes"); // not whole words
-    refused("name: t\nruns:\n  - kernel: stream\n    bytes: []\n", 4, "bytes");
+    refused(
+        "name: t\nruns:\n  - kernel: stream\n    bytes: 0\n",
+        4,
+        "bytes",
+    );
+    refused(
+        "name: t\nruns:\n  - kernel: stream\n    bytes: -4\n",
+        4,
+        "bytes",
+    );
+    refused(
+        "name: t\nruns:\n  - kernel: stream\n    bytes: 6\n",
+        4,
+        "bytes",
+    ); // not whole words
+    refused(
+        "name: t\nruns:\n  - kernel: stream\n    bytes: []\n",
+        4,
+        "bytes",
+    );
 }
 
 #[test]
@@ -117,7 +157,12 @@ fn impossible_shapes() {
     let ex = "name: t\nruns:\n  - kernel: expert_gemv\n    experts: 4\n    top_k: 5\n    batch: 1\n    d_in: 8\n    d_out: 8\n";
     let msg = refused(ex, 5, "top_k");
     assert!(msg.contains("larger than experts"), "{msg}");
-    refused(&ex.replace("experts: 4", "experts: 8").replace("d_in: 8", ""), 3, "d_in"); // missing
+    refused(
+        &ex.replace("experts: 4", "experts: 8")
+            .replace("d_in: 8", ""),
+        3,
+        "d_in",
+    ); // missing
     refused(&format!("{KV}    experts: 8\n"), 9, "experts"); // not a kv_decode field
     refused(&format!("{KV}    attention: mla\n"), 6, "kv_heads"); // gqa fields on an mla run
     refused("name: t\nruns:\n  - kernel: attention\n", 3, "kernel");
@@ -127,15 +172,29 @@ fn impossible_shapes() {
 #[test]
 fn duplicate_and_bad_routing_ids() {
     let ex = "name: t\nruns:\n  - kernel: expert_gemv\n    experts: 4\n    top_k: 2\n    batch: 2\n    d_in: 8\n    d_out: 8\n";
-    let msg = refused(&format!("{ex}    routing: {{ids: [[0, 1], [3, 3]]}}\n"), 9, "routing");
+    let msg = refused(
+        &format!("{ex}    routing: {{ids: [[0, 1], [3, 3]]}}\n"),
+        9,
+        "routing",
+    );
     assert!(msg.contains("chosen twice"), "{msg}");
-    let msg = refused(&format!("{ex}    routing: {{ids: [[0, 1], [3, 4]]}}\n"), 9, "routing");
+    let msg = refused(
+        &format!("{ex}    routing: {{ids: [[0, 1], [3, 4]]}}\n"),
+        9,
+        "routing",
+    );
     assert!(msg.contains(">= experts"), "{msg}");
-    refused(&format!("{ex}    routing: {{ids: [[0, 1]]}}\n"), 9, "routing");
+    refused(
+        &format!("{ex}    routing: {{ids: [[0, 1]]}}\n"),
+        9,
+        "routing",
+    );
     refused(&format!("{ex}    routing: {{zipf: -1}}\n"), 9, "routing");
     refused(&format!("{ex}    routing: roundrobin\n"), 9, "routing");
     let ok = parse(&format!("{ex}    routing: {{ids: [[0, 1], [3, 2]]}}\n")).unwrap();
-    let Workload::ExpertGemv(g) = &ok.points[0].workload else { panic!() };
+    let Workload::ExpertGemv(g) = &ok.points[0].workload else {
+        panic!()
+    };
     assert_eq!(g.topk_ids, vec![0, 1, 3, 2]);
 }
 
@@ -158,23 +217,33 @@ fn a_point_that_cannot_fit_the_device_is_refused_before_running() {
     let err = runner::check_fit(&e, &sel).expect_err("8 TiB cannot fit");
     let shown = err.to_string();
     assert_eq!(err.line, 6, "{shown}");
-    assert!(shown.contains("runs[1]") && shown.contains("needs"), "{shown}");
+    assert!(
+        shown.contains("runs[1]") && shown.contains("needs"),
+        "{shown}"
+    );
 }
 
 #[test]
 fn unavailable_backends_and_devices_are_explained() {
-    let e = parse("name: t\nbackends: [wgpu]\nruns:\n  - kernel: stream\n    bytes: 4096\n").unwrap();
-    let err = runner::select(&e, &e.backends).err().expect("wgpu not built");
+    let e =
+        parse("name: t\nbackends: [wgpu]\nruns:\n  - kernel: stream\n    bytes: 4096\n").unwrap();
+    let err = runner::select(&e, &e.backends)
+        .err()
+        .expect("wgpu not built");
     assert!(err.to_string().contains("wgpu: unavailable"), "{err}");
     let e = parse("name: t\ndevices: [3]\nruns:\n  - kernel: stream\n    bytes: 4096\n").unwrap();
-    let err = runner::select(&e, &BackendChoice::Named(vec!["cpu".into()])).err().expect("no device 3");
+    let err = runner::select(&e, &BackendChoice::Named(vec!["cpu".into()]))
+        .err()
+        .expect("no device 3");
     assert_eq!(err.line, 2, "{err}");
 }
 
 #[test]
 fn malformed_files_are_refused_not_panicked_on() {
     // Binary garbage, not UTF-8.
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let err = Experiment::parse(Path::new("g.yaml"), &garbage).unwrap_err();
     assert!(err.to_string().contains("g.yaml"));
     // A 10 MB file.
@@ -182,7 +251,11 @@ fn malformed_files_are_refused_not_panicked_on() {
     let err = Experiment::parse(Path::new("big.yaml"), big.as_bytes()).unwrap_err();
     assert!(err.to_string().contains("too large"), "{err}");
     // Deep nesting, flow and block.
-    let deep = format!("name: t\nruns: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let deep = format!(
+        "name: t\nruns: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     assert!(parse(&deep).is_err());
     let mut block = String::from("name: t\nruns:\n");
     for i in 0..5000 {
@@ -191,7 +264,13 @@ fn malformed_files_are_refused_not_panicked_on() {
     }
     assert!(parse(&block).is_err());
     // Empty, a scalar, a list, several documents, an alias bomb.
-    for text in ["", "42", "- a\n- b\n", "name: t\n---\nname: u\n", "a: &a [1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c]\ne: [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"] {
+    for text in [
+        "",
+        "42",
+        "- a\n- b\n",
+        "name: t\n---\nname: u\n",
+        "a: &a [1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c]\ne: [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n",
+    ] {
         assert!(parse(text).is_err(), "{text:?} accepted");
     }
 }

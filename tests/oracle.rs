@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use decodelab::backend::{CacheMode, cpu::CpuBackend, Backend};
+use decodelab::backend::{Backend, CacheMode, cpu::CpuBackend};
 use decodelab::workload::*;
 
 /// Replace an input tensor's values (f32 storage) by hand.
@@ -60,7 +60,10 @@ fn expert_gemv_matches_closed_form() {
     let cpu = CpuBackend::new();
     let mut p = cpu.prepare(0, &w, &inputs, CacheMode::Warm).unwrap();
     p.run(0, 1).unwrap();
-    assert_eq!(p.read_outputs().unwrap().get("y").unwrap().as_f32(), vec![want as f32]);
+    assert_eq!(
+        p.read_outputs().unwrap().get("y").unwrap().as_f32(),
+        vec![want as f32]
+    );
 }
 
 #[test]
@@ -73,7 +76,10 @@ fn fp8_scale_dequantises_in_the_oracle() {
     set_f32(&mut inputs, "w_scale", &[0.5, 1.0 / 448.0]);
     set_f32(&mut inputs, "topk_weights", &[1.0]);
     let y = &w.oracle(&inputs).0[0].values;
-    assert!((y[0] - 1.0).abs() < 1e-12 && (y[1] - 2.0).abs() < 1e-6, "{y:?}");
+    assert!(
+        (y[0] - 1.0).abs() < 1e-12 && (y[1] - 2.0).abs() < 1e-6,
+        "{y:?}"
+    );
 }
 
 #[test]
@@ -97,7 +103,12 @@ fn a_corrupted_output_fails_the_check() {
 fn gqa_byte_table_worked_by_hand() {
     // B = 2, lengths 10 and 20, Hq = 4, Hkv = 2, Dk = 8, Dv = 6, bf16 (2 bytes), page 16.
     let w = gqa(2, 4, 2, 8, 6, vec![10, 20], 16, DType::Bf16);
-    let by = |name: &str| w.byte_table().iter().find(|t| t.tensor == name).map(|t| t.bytes);
+    let by = |name: &str| {
+        w.byte_table()
+            .iter()
+            .find(|t| t.tensor == name)
+            .map(|t| t.bytes)
+    };
     assert_eq!(by("k_pages"), Some(30 * 2 * 8 * 2)); // 960
     assert_eq!(by("v_pages"), Some(30 * 2 * 6 * 2)); // 720
     assert_eq!(by("q"), Some(2 * 4 * 8 * 4));
@@ -116,16 +127,35 @@ fn mla_reads_the_latent_once() {
     // 100 + 1 tokens of 512 + 64 fp8 latents: V is inside K, so no separate V bytes.
     let w = mla(2, 16, 512, 64, vec![100, 1], 64, DType::Fp8E4m3);
     let table = w.byte_table();
-    assert_eq!(table.iter().find(|t| t.tensor == "k_pages").unwrap().bytes, 101 * 576);
+    assert_eq!(
+        table.iter().find(|t| t.tensor == "k_pages").unwrap().bytes,
+        101 * 576
+    );
     assert!(table.iter().all(|t| t.tensor != "v_pages"));
-    assert_eq!(table.iter().find(|t| t.tensor == "kv_scale").unwrap().bytes, 8);
+    assert_eq!(
+        table.iter().find(|t| t.tensor == "kv_scale").unwrap().bytes,
+        8
+    );
 }
 
 #[test]
 fn expert_byte_table_counts_each_touched_expert_once() {
     // 3 tokens, top-2, ids {0,5},{5,2},{0,2}: U = 3 distinct experts of 8.
-    let w = experts(8, 2, 3, 64, 32, DType::Fp8E4m3, Routing::Ids(vec![vec![0, 5], vec![5, 2], vec![0, 2]]));
-    let by = |name: &str| w.byte_table().iter().find(|t| t.tensor == name).map(|t| t.bytes);
+    let w = experts(
+        8,
+        2,
+        3,
+        64,
+        32,
+        DType::Fp8E4m3,
+        Routing::Ids(vec![vec![0, 5], vec![5, 2], vec![0, 2]]),
+    );
+    let by = |name: &str| {
+        w.byte_table()
+            .iter()
+            .find(|t| t.tensor == name)
+            .map(|t| t.bytes)
+    };
     assert_eq!(by("w"), Some(3 * 32 * 64)); // fp8: 1 byte
     assert_eq!(by("w_scale"), Some(3 * 32 * 4));
     assert_eq!(by("x"), Some(3 * 64 * 4));
@@ -158,7 +188,9 @@ fn inputs_are_seeded_and_never_zero() {
 
 #[test]
 fn routing_is_distinct_per_token_and_zipf_is_skewed() {
-    let Workload::ExpertGemv(u) = experts(64, 8, 512, 4, 4, DType::F32, Routing::Zipf(1.2)) else { unreachable!() };
+    let Workload::ExpertGemv(u) = experts(64, 8, 512, 4, 4, DType::F32, Routing::Zipf(1.2)) else {
+        unreachable!()
+    };
     for row in u.topk_ids.chunks(8) {
         let mut r = row.to_vec();
         r.sort();
@@ -166,5 +198,8 @@ fn routing_is_distinct_per_token_and_zipf_is_skewed() {
         assert_eq!(r.len(), 8);
     }
     let count = |e: u32| u.topk_ids.iter().filter(|&&x| x == e).count();
-    assert!(count(0) > 2 * count(63), "expert 0 should be chosen far more often than 63");
+    assert!(
+        count(0) > 2 * count(63),
+        "expert 0 should be chosen far more often than 63"
+    );
 }

@@ -120,10 +120,11 @@ pub fn field_at(source: &str, line: u64) -> Option<String> {
             continue;
         }
         let body = body.strip_prefix("- ").unwrap_or(body).trim_start();
-        if let Some((key, _)) = body.split_once(':') {
-            if !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Some(key.to_string());
-            }
+        if let Some((key, _)) = body.split_once(':')
+            && !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Some(key.to_string());
         }
         indent_limit = indent.saturating_sub(1);
     }

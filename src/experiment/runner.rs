@@ -304,12 +304,8 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
             };
             let reference = reference.get_or_insert_with(|| p.workload.oracle(&inputs));
             let check = reference.check(&outputs);
-            if opts.dump.is_some() && !dumped {
-                let dir = opts
-                    .dump
-                    .as_ref()
-                    .expect("checked")
-                    .join(p.index.to_string());
+            if let Some(dump) = opts.dump.as_ref().filter(|_| !dumped) {
+                let dir = dump.join(p.index.to_string());
                 dump_point(&dir, p, &inputs, &outputs, &format!("{}:{d}", b.name()))
                     .with_context(|| format!("--dump {}", dir.display()))?;
                 dumped = true;

@@ -28,11 +28,24 @@ fn skip(name: &str, reason: &str) -> Option<Box<dyn Backend>> {
     }
     // Written to the real stderr: the test harness captures eprintln!, which would hide it.
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: backend {name} unavailable ({reason})");
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: backend {name} unavailable ({reason})"
+    );
     None
 }
 
-pub fn gqa(batch: usize, hq: usize, hkv: usize, dk: usize, dv: usize, lens: Vec<usize>, page: usize, dtype: DType) -> Workload {
+#[allow(clippy::too_many_arguments)] // mirrors the kernel's parameter list
+pub fn gqa(
+    batch: usize,
+    hq: usize,
+    hkv: usize,
+    dk: usize,
+    dv: usize,
+    lens: Vec<usize>,
+    page: usize,
+    dtype: DType,
+) -> Workload {
     assert_eq!(lens.len(), batch);
     Workload::KvDecode(KvDecode {
         attention: Attention::Gqa,
@@ -51,7 +64,15 @@ pub fn gqa(batch: usize, hq: usize, hkv: usize, dk: usize, dv: usize, lens: Vec<
     })
 }
 
-pub fn mla(batch: usize, hq: usize, rank: usize, rope: usize, lens: Vec<usize>, page: usize, dtype: DType) -> Workload {
+pub fn mla(
+    batch: usize,
+    hq: usize,
+    rank: usize,
+    rope: usize,
+    lens: Vec<usize>,
+    page: usize,
+    dtype: DType,
+) -> Workload {
     Workload::KvDecode(KvDecode {
         attention: Attention::Mla,
         batch,
@@ -69,7 +90,15 @@ pub fn mla(batch: usize, hq: usize, rank: usize, rope: usize, lens: Vec<usize>, 
     })
 }
 
-pub fn experts(e: usize, k: usize, t: usize, d_in: usize, d_out: usize, dtype: DType, routing: Routing) -> Workload {
+pub fn experts(
+    e: usize,
+    k: usize,
+    t: usize,
+    d_in: usize,
+    d_out: usize,
+    dtype: DType,
+    routing: Routing,
+) -> Workload {
     let topk_ids = ExpertGemv::route(&routing, e, k, t, 5).expect("valid routing");
     Workload::ExpertGemv(ExpertGemv {
         experts: e,

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Recompute every point of a `decodelab run --dump DIR` folder with numpy and compare.
+
+Reads DIR/<point>/meta.json and the .npy arrays, decodes bf16/f16/fp8_e4m3 from their raw
+bits, recomputes out/lse (kv_decode), y (expert_gemv) or the stream result in float64, and
+prints the relative L2 error of the dumped outputs. Exits 1 if any exceeds the tolerance.
+
+    python3 scripts/check_dump.py DIR [--tol 1e-5]
+"""
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+
+def fp8_e4m3_to_f64(bits):
+    b = bits.astype(np.int64)
+    sign = np.where(b & 0x80, -1.0, 1.0)
+    exp = (b >> 3) & 0xF
+    man = (b & 0x7).astype(np.float64)
+    normal = (1.0 + man / 8.0) * np.exp2(exp - 7.0)
+    sub = man / 8.0 * 2.0**-6
+    v = sign * np.where(exp == 0, sub, normal)
+    return np.where((b & 0x7F) == 0x7F, np.nan, v)
+
+
+def decode(arr, dtype):
+    if dtype == "f32":
+        return arr.astype(np.float64)
+    if dtype == "f16":
+        return arr.view(np.float16).astype(np.float64)
+    if dtype == "bf16":
+        return (arr.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    if dtype == "fp8_e4m3":
+        return fp8_e4m3_to_f64(arr)
+    return arr.astype(np.float64)
+
+
+def kv_decode(p, a, m):
+    q = a["q"].astype(np.float64)
+    dt = m["tensors"]["k_pages"]["dtype"]
+    k = decode(a["k_pages"], dt)
+    mla = p["attention"] == "mla"
+    v = k if mla else decode(a["v_pages"], dt)
+    ks, vs = (a["kv_scale"].astype(np.float64) if "kv_scale" in a else (1.0, 1.0))
+    table, lens = a["page_table"], a["context_lens"]
+    B, Hq, Dk = q.shape
+    Dv = p["v_head_dim"]
+    P, page, Hkv, _ = k.shape
+    group = Hq // Hkv
+    out = np.zeros((B, Hq, Dv))
+    lse = np.zeros((B, Hq))
+    for b in range(B):
+        n = int(lens[b])
+        t = np.arange(n)
+        phys = table[b, t // page]
+        slot = t % page
+        for h in range(Hq):
+            g = h // group
+            kk = k[phys, slot, g, :] * ks
+            vv = (v[phys, slot, g, :Dv] if mla else v[phys, slot, g, :]) * vs
+            s = kk @ q[b, h] * p["scale"]
+            mx = s.max()
+            e = np.exp(s - mx)
+            out[b, h] = e @ vv / e.sum()
+            lse[b, h] = mx + np.log(e.sum())
+    return {"out": out, "lse": lse}
+
+
+def expert_gemv(p, a, m):
+    x = a["x"].astype(np.float64)
+    w = decode(a["w"], m["tensors"]["w"]["dtype"])
+    if "w_scale" in a:
+        w = w * a["w_scale"].astype(np.float64)[:, :, None]
+    ids, rw = a["topk_ids"], a["topk_weights"].astype(np.float64)
+    T, k = ids.shape
+    y = np.zeros((T, w.shape[1]))
+    for t in range(T):
+        for j in range(k):
+            y[t] += rw[t, j] * (w[ids[t, j]] @ x[t])
+    return {"y": y}
+
+
+def stream(p, a, m):
+    op = p["op"]
+    if op == "read":
+        return {"sum": np.array([int(a["src"].astype(np.uint64).sum()) & 0xFFFFFFFF], dtype=np.float64)}
+    if op == "copy":
+        return {"dst": a["src"].astype(np.float64)}
+    return None  # the write pattern is checked by the run itself
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dir", type=pathlib.Path)
+    ap.add_argument("--tol", type=float, default=1e-5)
+    args = ap.parse_args()
+    points = sorted((d for d in args.dir.iterdir() if (d / "meta.json").exists()), key=lambda d: int(d.name))
+    if not points:
+        print(f"no dumped points under {args.dir}", file=sys.stderr)
+        return 1
+    worst, checked = 0.0, 0
+    for d in points:
+        m = json.loads((d / "meta.json").read_text())
+        a = {name: np.load(d / f"{name}.npy") for name in m["tensors"]}
+        want = {"kv_decode": kv_decode, "expert_gemv": expert_gemv, "stream": stream}[m["kernel"]](m["params"], a, m)
+        if want is None:
+            print(f"point {d.name:>3} {m['kernel']:<11} (write pattern: not recomputed)")
+            continue
+        for name, ref in want.items():
+            got = a[name].astype(np.float64)
+            err = np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-300)
+            if np.isnan(err):
+                err = np.inf
+            worst = max(worst, err)
+            checked += 1
+            print(f"point {d.name:>3} {m['kernel']:<11} {name:<4} rel L2 {err:.2e}")
+    print(f"{checked} outputs recomputed, worst relative L2 error {worst:.2e} (tolerance {args.tol:g})")
+    return 0 if worst <= args.tol else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

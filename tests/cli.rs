@@ -1,0 +1,323 @@
+//! The binary end to end: the quickstart, kill mid-sweep and resume, --dump read by numpy,
+//! check and devices.
+
+mod common;
+
+use decodelab::report::ResultLine;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_decodelab"))
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("decodelab-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn read_lines(path: &Path) -> Vec<ResultLine> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid line {l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn quickstart_runs_and_every_check_passes() {
+    let out = tempdir("quickstart");
+    let o = bin()
+        .args([
+            "run",
+            "experiments/quickstart.yaml",
+            "--backend",
+            "cpu",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lines = read_lines(&out.join("results.jsonl"));
+    let exp =
+        decodelab::experiment::Experiment::load(Path::new("experiments/quickstart.yaml")).unwrap();
+    assert_eq!(lines.len(), exp.points.len());
+    for l in &lines {
+        assert!(l.check.pass && l.gbps > 0.0 && l.bytes > 0, "{l:?}");
+        assert_eq!(l.schema, "decodelab.result/1");
+        assert_eq!(l.cache, "cold");
+        assert!(l.time_s.min <= l.time_s.median && l.time_s.median <= l.time_s.max);
+        assert!((l.gbps - l.bytes as f64 / l.time_s.median / 1e9).abs() < 1e-9 * l.gbps.max(1.0));
+        if l.kernel != "stream" {
+            assert!(
+                l.pct_of_stream.is_some(),
+                "stream read ran first, so {l:?} has pct_of_stream"
+            );
+        }
+    }
+    assert!(stdout.contains("GB/s"));
+    for f in ["results.csv", "summary.md", "experiment.yaml"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), lines.len() + 1);
+}
+
+const SWEEP: &str = "name: killme\nbackends: [cpu]\nwarmup: 1\nreps: 3\nruns:\n  - kernel: kv_decode\n    batch: [1, 2, 3, 4, 5, 6, 7, 8]\n    q_heads: 8\n    kv_heads: 2\n    head_dim: 64\n    context: [1500, 1501, 1502, 1503, 1504]\n";
+
+#[test]
+fn sigkill_mid_sweep_leaves_whole_lines_and_resume_finishes() {
+    let dir = tempdir("kill");
+    let file = dir.join("sweep.yaml");
+    std::fs::write(&file, SWEEP).unwrap();
+    let out = dir.join("out");
+    let mut child = bin()
+        .args(["run", "--no-progress", "--out"])
+        .arg(&out)
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let results = out.join("results.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&results)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no results appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = std::fs::read_to_string(&results).unwrap();
+    let killed = read_lines(&results);
+    assert!(
+        killed.len() >= 3 && killed.len() < 40,
+        "killed after {} of 40 points",
+        killed.len()
+    );
+
+    // A torn tail, as a kill in the middle of a write would leave, is cut on resume.
+    let mut torn = before.clone();
+    torn.push_str("{\"schema\":\"decodelab.result/1\",\"experiment\":\"kil");
+    std::fs::write(&results, torn).unwrap();
+
+    let o = bin()
+        .args(["run", "--no-progress", "--resume"])
+        .arg(&out)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = std::fs::read_to_string(&results).unwrap();
+    assert!(after.starts_with(&before), "resume rewrote finished lines");
+    let all = read_lines(&results);
+    let mut points: Vec<usize> = all.iter().map(|l| l.point).collect();
+    points.sort();
+    assert_eq!(
+        points,
+        (0..40).collect::<Vec<_>>(),
+        "each point exactly once"
+    );
+    assert!(all.iter().all(|l| l.check.pass));
+
+    // Resuming a finished run redoes nothing; resuming with another file is refused.
+    let o = bin()
+        .args(["run", "--no-progress", "--resume"])
+        .arg(&out)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(read_lines(&results).len(), 40);
+    std::fs::write(&file, SWEEP.replace("reps: 3", "reps: 4")).unwrap();
+    let o = bin()
+        .args(["run", "--resume"])
+        .arg(&out)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("changed"));
+}
+
+#[test]
+fn an_existing_results_folder_is_not_overwritten() {
+    let dir = tempdir("exists");
+    let file = dir.join("s.yaml");
+    std::fs::write(
+        &file,
+        "name: s\nreps: 2\nruns:\n  - kernel: stream\n    bytes: 4096\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    assert!(
+        bin()
+            .args(["run", "--no-progress", "--out"])
+            .arg(&out)
+            .arg(&file)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = bin()
+        .args(["run", "--no-progress", "--out"])
+        .arg(&out)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
+}
+
+const DUMP: &str = r#"name: dump
+backends: [cpu]
+warmup: 0
+reps: 1
+runs:
+  - kernel: kv_decode
+    batch: 3
+    q_heads: 8
+    kv_heads: 2
+    head_dim: 40
+    context: 37
+    lengths: random
+    page_size: 16
+    kv_dtype: [f32, f16, bf16, fp8_e4m3]
+  - kernel: kv_decode
+    attention: mla
+    batch: 2
+    q_heads: 4
+    kv_lora_rank: 64
+    rope_dim: 16
+    context: 70
+    page_size: 32
+    kv_dtype: [bf16, fp8_e4m3]
+  - kernel: expert_gemv
+    experts: 8
+    top_k: 2
+    batch: 5
+    d_in: 96
+    d_out: 24
+    weight_dtype: [f16, bf16, fp8_e4m3]
+    routing: {zipf: 1.0}
+  - kernel: stream
+    op: [read, copy]
+    bytes: 4KiB
+"#;
+
+#[test]
+fn numpy_recomputes_every_dumped_point() {
+    let python = std::env::var("DECODELAB_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_numpy = Command::new(&python)
+        .args(["-c", "import numpy"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !has_numpy {
+        assert!(
+            !common::required("numpy"),
+            "DECODELAB_REQUIRE includes numpy, but {python} has none"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: numpy not importable by {python} (set DECODELAB_PYTHON)"
+        );
+        return;
+    }
+    let dir = tempdir("dump");
+    let file = dir.join("dump.yaml");
+    std::fs::write(&file, DUMP).unwrap();
+    let dump = dir.join("arrays");
+    let o = bin()
+        .args(["run", "--no-progress", "--out"])
+        .arg(dir.join("out"))
+        .arg("--dump")
+        .arg(&dump)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dump.join("0/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["tensors"]["k_pages"]["npy_dtype"], "<f4");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dump.join("2/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["tensors"]["k_pages"]["npy_dtype"], "<u2"); // bf16 as raw uint16
+
+    let o = Command::new(&python)
+        .arg("scripts/check_dump.py")
+        .arg(&dump)
+        .args(["--tol", "1e-5"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // 4 GQA + 2 MLA points x (out, lse), 3 expert points x y, read + copy.
+    assert!(text.contains("17 outputs recomputed"), "{text}");
+}
+
+#[test]
+fn check_prints_points_and_memory() {
+    let o = bin()
+        .args(["check", "experiments/quickstart.yaml"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("20 points"), "{text}");
+    assert!(
+        text.contains("device memory") && text.contains("MiB"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_files_exit_non_zero_with_the_location() {
+    let dir = tempdir("bad");
+    let file = dir.join("bad.yaml");
+    std::fs::write(&file, "name: b\nruns:\n  - kernel: kv_decode\n    batch: 1\n    q_heads: 6\n    kv_heads: 4\n    head_dim: 8\n    context: 9\n").unwrap();
+    for cmd in ["check", "run"] {
+        let o = bin().arg(cmd).arg(&file).output().unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("bad.yaml:6") && err.contains("kv_heads"),
+            "{err}"
+        );
+    }
+    let o = bin().args(["check", "/nonexistent.yaml"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn devices_lists_every_backend() {
+    let o = bin().arg("devices").output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert!(text.contains("cpu: 1 device"), "{text}");
+    assert!(text.contains("wgpu:") && text.contains("cuda:"), "{text}");
+}
