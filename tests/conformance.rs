@@ -157,6 +157,17 @@ mod cases {
         run_point(b, &w, fp8_extremes("w"));
     }
 
+    /// Tensors over 128 MiB: more than one binding on lavapipe (128 MiB) and on GPUs with a
+    /// small binding cap, so the cache and the weights span several bindings.
+    pub fn tensors_over_128_mib(b: &dyn Backend) {
+        // K and V: 2 x 33000 tokens x 8 heads x 128 x 2 bytes = 135 MB each.
+        let w = gqa(2, 8, 8, 128, 128, vec![33000, 32999], 16, DType::F16);
+        assert!(w.byte_table()[0].bytes > 128 << 20);
+        run_point(b, &w, no_edit);
+        // 8 experts x 2048 x 4096 bf16 = 134 MB of weights.
+        run_point(b, &experts(8, 4, 3, 4096, 2048, DType::Bf16, Routing::Uniform), no_edit);
+    }
+
     /// A backend's outputs are poisoned before a run: reading them back without running must
     /// fail the check (so "never wrote the output" can never pass).
     pub fn unwritten_outputs_fail(b: &dyn Backend) {
@@ -177,31 +188,66 @@ mod cases {
     }
 }
 
-macro_rules! conformance_suite {
-    ($($backend:ident),* $(,)?) => {$(
-        mod $backend {
-            macro_rules! case {
-                ($name:ident) => {
-                    #[test]
-                    fn $name() {
-                        if let Some(b) = super::backend_or_skip(stringify!($backend)) {
-                            super::cases::$name(&*b);
-                        }
-                    }
-                };
-            }
-            case!(stream_ops_at_odd_sizes);
-            case!(kv_one_token_and_page_boundaries);
-            case!(kv_mixed_lengths_long_context);
-            case!(kv_odd_head_dims_and_group_sizes);
-            case!(kv_mla);
-            case!(kv_fp8_extremes);
-            case!(expert_every_token_one_expert);
-            case!(expert_dtypes_and_odd_shapes);
-            case!(expert_fp8_extremes);
-            case!(unwritten_outputs_fail);
-        }
-    )*};
+/// A wgpu backend with non-default options, or None (skipped, or failing if required).
+fn wgpu_with(options: decodelab::backend::wgpu::WgpuOptions) -> Option<Box<dyn Backend>> {
+    backend_or_skip("wgpu")?;
+    let b = decodelab::backend::wgpu::WgpuBackend::probe().ok()?.with_options(options);
+    Some(Box::new(b))
 }
 
-conformance_suite!(cpu, wgpu, cuda);
+macro_rules! conformance_suite {
+    ($backend:ident => $make:expr; $($case:ident),* $(,)?) => {
+        mod $backend {
+            use super::*;
+            $(
+                #[test]
+                fn $case() {
+                    if let Some(b) = $make {
+                        super::cases::$case(&*b);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// Every case, on one backend.
+macro_rules! every_case {
+    ($backend:ident => $make:expr) => {
+        conformance_suite!($backend => $make;
+            stream_ops_at_odd_sizes,
+            kv_one_token_and_page_boundaries,
+            kv_mixed_lengths_long_context,
+            kv_odd_head_dims_and_group_sizes,
+            kv_mla,
+            kv_fp8_extremes,
+            expert_every_token_one_expert,
+            expert_dtypes_and_odd_shapes,
+            expert_fp8_extremes,
+            unwritten_outputs_fail,
+            tensors_over_128_mib,
+        );
+    };
+}
+
+use decodelab::backend::wgpu::WgpuOptions;
+
+every_case!(cpu => backend_or_skip("cpu"));
+// wgpu as it runs by default: subgroup operations where the adapter has them.
+every_case!(wgpu => backend_or_skip("wgpu"));
+// The plain path: no subgroup operations, workgroup-memory reductions only.
+every_case!(wgpu_plain => wgpu_with(WgpuOptions { subgroups: false, max_binding: None }));
+every_case!(cuda => backend_or_skip("cuda"));
+// Bindings capped at 96 KiB, so every cache and weight tensor of these cases spans several
+// bindings (tensors over 128 MiB would need more bindings than an adapter allows: refused).
+conformance_suite!(wgpu_small_bindings => wgpu_with(WgpuOptions { subgroups: true, max_binding: Some(96 << 10) });
+    kv_one_token_and_page_boundaries,
+    kv_mixed_lengths_long_context,
+    kv_odd_head_dims_and_group_sizes,
+    kv_mla,
+    kv_fp8_extremes,
+    expert_every_token_one_expert,
+    expert_dtypes_and_odd_shapes,
+    expert_fp8_extremes,
+    stream_ops_at_odd_sizes,
+);

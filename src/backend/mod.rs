@@ -2,6 +2,7 @@
 //! device timers, outputs read back only for the check), and the registry of backends.
 
 pub mod cpu;
+pub mod wgpu;
 
 use crate::workload::{TensorSet, Workload};
 use serde::{Deserialize, Serialize};
@@ -77,9 +78,9 @@ pub enum Probe {
 pub fn probe(name: &str) -> Option<Probe> {
     match name {
         "cpu" => Some(Probe::Available(Box::new(cpu::CpuBackend::new()))),
-        "wgpu" => Some(Probe::Unavailable {
-            name: "wgpu",
-            reason: "not built yet (the WGSL backend lands with its own issue)".into(),
+        "wgpu" => Some(match wgpu::WgpuBackend::probe() {
+            Ok(b) => Probe::Available(Box::new(b)),
+            Err(reason) => Probe::Unavailable { name: "wgpu", reason },
         }),
         "cuda" => Some(Probe::Unavailable {
             name: "cuda",
