@@ -54,6 +54,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_mesa_wsi();
     let cli = Cli::parse();
     match cli.command {
         Command::Devices => devices(),
@@ -75,6 +76,15 @@ fn main() -> ExitCode {
             };
             run(&file, opts)
         }
+    }
+}
+
+/// Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid" on every instance when it is
+/// unset (containers, CI); point it at the temp dir before any thread starts.
+fn quiet_mesa_wsi() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
     }
 }
 
@@ -192,6 +202,10 @@ fn run(file: &std::path::Path, opts: RunOptions) -> ExitCode {
         Ok(o) => {
             println!();
             print!("{}", report::terminal_table(&o.lines));
+            if let Some(cross) = report::cross_check_table(&o.lines) {
+                println!("\nbackends side by side:");
+                print!("{cross}");
+            }
             println!(
                 "\n{} results ({} resumed), {} failed the check, {} errors -> {}",
                 o.lines.len(),

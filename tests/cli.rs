@@ -321,3 +321,45 @@ fn devices_lists_every_backend() {
     assert!(text.contains("cpu: 1 device"), "{text}");
     assert!(text.contains("wgpu:") && text.contains("cuda:"), "{text}");
 }
+
+const SMALL: &str = "name: small\nwarmup: 1\nreps: 3\nruns:\n  - kernel: kv_decode\n    batch: 2\n    q_heads: 8\n    kv_heads: 2\n    head_dim: 64\n    context: 300\n    kv_dtype: [bf16, fp8_e4m3]\n  - kernel: kv_decode\n    attention: mla\n    batch: 2\n    q_heads: 4\n    context: 100\n  - kernel: expert_gemv\n    experts: 8\n    top_k: 2\n    batch: 4\n    d_in: 256\n    d_out: 64\n  - kernel: stream\n    op: [read, copy, write]\n    bytes: 1MiB\n";
+
+#[test]
+fn backend_all_runs_every_point_on_cpu_and_wgpu_side_by_side() {
+    if common::backend_or_skip("wgpu").is_none() {
+        return;
+    }
+    let dir = tempdir("all");
+    let file = dir.join("small.yaml");
+    std::fs::write(&file, SMALL).unwrap();
+    let out = dir.join("out");
+    let o = bin()
+        .args(["run", "--no-progress", "--backend", "all", "--out"])
+        .arg(&out)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lines = read_lines(&out.join("results.jsonl"));
+    assert_eq!(lines.len(), 2 * 7);
+    for p in 0..7 {
+        for b in ["cpu", "wgpu"] {
+            let l = lines
+                .iter()
+                .find(|l| l.point == p && l.backend == b)
+                .unwrap_or_else(|| panic!("point {p} missing on {b}"));
+            assert!(l.check.pass, "{l:?}");
+        }
+    }
+    let wgpu = lines.iter().find(|l| l.backend == "wgpu").unwrap();
+    assert!(["gpu", "host"].contains(&wgpu.env["timer"].as_str().unwrap()));
+    assert!(
+        text.contains("backends side by side") && text.contains("wgpu:0 GB/s"),
+        "{text}"
+    );
+}

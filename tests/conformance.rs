@@ -165,7 +165,11 @@ mod cases {
         assert!(w.byte_table()[0].bytes > 128 << 20);
         run_point(b, &w, no_edit);
         // 8 experts x 2048 x 4096 bf16 = 134 MB of weights.
-        run_point(b, &experts(8, 4, 3, 4096, 2048, DType::Bf16, Routing::Uniform), no_edit);
+        run_point(
+            b,
+            &experts(8, 4, 3, 4096, 2048, DType::Bf16, Routing::Uniform),
+            no_edit,
+        );
     }
 
     /// A backend's outputs are poisoned before a run: reading them back without running must
@@ -191,7 +195,9 @@ mod cases {
 /// A wgpu backend with non-default options, or None (skipped, or failing if required).
 fn wgpu_with(options: decodelab::backend::wgpu::WgpuOptions) -> Option<Box<dyn Backend>> {
     backend_or_skip("wgpu")?;
-    let b = decodelab::backend::wgpu::WgpuBackend::probe().ok()?.with_options(options);
+    let b = decodelab::backend::wgpu::WgpuBackend::probe()
+        .ok()?
+        .with_options(options);
     Some(Box::new(b))
 }
 

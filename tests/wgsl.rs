@@ -47,7 +47,15 @@ fn every_shader_validates_on_both_paths() {
         for w in variants() {
             for chunks in [1, 3] {
                 let src = shader_sources(&w, paths, chunks).unwrap();
-                validate(&format!("{} {} {paths:?} chunks={chunks}", w.kernel(), w.params_json()), &src, paths);
+                validate(
+                    &format!(
+                        "{} {} {paths:?} chunks={chunks}",
+                        w.kernel(),
+                        w.params_json()
+                    ),
+                    &src,
+                    paths,
+                );
                 n += 1;
             }
         }
@@ -59,8 +67,15 @@ fn every_shader_validates_on_both_paths() {
 fn the_paths_differ_where_they_should() {
     let plain = ShaderPaths { subgroups: false };
     let fast = ShaderPaths { subgroups: true };
-    for w in [stream(StreamOp::Read, 4096), experts(4, 2, 3, 64, 8, DType::Bf16, Routing::Uniform)] {
-        assert!(!shader_sources(&w, plain, 1).unwrap().contains("subgroupAdd"));
+    for w in [
+        stream(StreamOp::Read, 4096),
+        experts(4, 2, 3, 64, 8, DType::Bf16, Routing::Uniform),
+    ] {
+        assert!(
+            !shader_sources(&w, plain, 1)
+                .unwrap()
+                .contains("subgroupAdd")
+        );
         assert!(shader_sources(&w, fast, 1).unwrap().contains("subgroupAdd"));
     }
     // Three chunks: three bindings and a switch over them.

@@ -80,7 +80,10 @@ pub fn probe(name: &str) -> Option<Probe> {
         "cpu" => Some(Probe::Available(Box::new(cpu::CpuBackend::new()))),
         "wgpu" => Some(match wgpu::WgpuBackend::probe() {
             Ok(b) => Probe::Available(Box::new(b)),
-            Err(reason) => Probe::Unavailable { name: "wgpu", reason },
+            Err(reason) => Probe::Unavailable {
+                name: "wgpu",
+                reason,
+            },
         }),
         "cuda" => Some(Probe::Unavailable {
             name: "cuda",

@@ -26,7 +26,10 @@ pub struct WgpuOptions {
 
 impl Default for WgpuOptions {
     fn default() -> Self {
-        WgpuOptions { subgroups: true, max_binding: None }
+        WgpuOptions {
+            subgroups: true,
+            max_binding: None,
+        }
     }
 }
 
@@ -88,16 +91,29 @@ impl WgpuBackend {
             found.retain(|a| a.get_info().name.to_lowercase().contains(&want));
         }
         if found.is_empty() {
-            return Err("no adapter (no GPU driver found; on Linux without a GPU, install Mesa lavapipe: \
+            return Err(
+                "no adapter (no GPU driver found; on Linux without a GPU, install Mesa lavapipe: \
                         apt-get install mesa-vulkan-drivers)"
-                .into());
+                    .into(),
+            );
         }
-        let devices = found.iter().enumerate().map(|(i, a)| describe(i, a)).collect();
+        let devices = found
+            .iter()
+            .enumerate()
+            .map(|(i, a)| describe(i, a))
+            .collect();
         let adapters = found
             .into_iter()
-            .map(|adapter| Adapter { adapter, device: OnceLock::new() })
+            .map(|adapter| Adapter {
+                adapter,
+                device: OnceLock::new(),
+            })
             .collect();
-        Ok(WgpuBackend { adapters, devices, options: WgpuOptions::default() })
+        Ok(WgpuBackend {
+            adapters,
+            devices,
+            options: WgpuOptions::default(),
+        })
     }
 
     /// Use `options` for the devices this backend creates (before its first point).
@@ -107,7 +123,10 @@ impl WgpuBackend {
     }
 
     fn device(&self, index: usize) -> anyhow::Result<(wgpu::Device, wgpu::Queue, &wgpu::Adapter)> {
-        let a = self.adapters.get(index).ok_or_else(|| anyhow!("wgpu has no device {index}"))?;
+        let a = self
+            .adapters
+            .get(index)
+            .ok_or_else(|| anyhow!("wgpu has no device {index}"))?;
         let made = a.device.get_or_init(|| {
             let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
             if self.options.subgroups {
@@ -123,7 +142,8 @@ impl WgpuBackend {
             pollster::block_on(a.adapter.request_device(&desc))
                 .map(|(d, q)| {
                     d.on_uncaptured_error(Arc::new(|e| {
-                        *last_error().lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        *last_error().lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(e.to_string());
                     }));
                     (d, q)
                 })
@@ -154,7 +174,10 @@ fn last_error() -> &'static Mutex<Option<String>> {
 }
 
 fn take_error() -> Option<String> {
-    last_error().lock().unwrap_or_else(|p| p.into_inner()).take()
+    last_error()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
 }
 
 fn describe(index: usize, a: &wgpu::Adapter) -> DeviceInfo {
@@ -178,12 +201,33 @@ fn describe(index: usize, a: &wgpu::Adapter) -> DeviceInfo {
         details: vec![
             ("wgpu_backend".into(), format!("{:?}", info.backend)),
             ("device_type".into(), format!("{:?}", info.device_type)),
-            ("driver".into(), format!("{} {}", info.driver, info.driver_info).trim().into()),
+            (
+                "driver".into(),
+                format!("{} {}", info.driver, info.driver_info)
+                    .trim()
+                    .into(),
+            ),
             ("pci_bus_id".into(), info.device_pci_bus_id.clone()),
-            ("features".into(), if features.is_empty() { "none".into() } else { features.join(", ") }),
-            ("max_binding".into(), crate::report::human_bytes(l.max_storage_buffer_binding_size as u64)),
-            ("max_buffer".into(), crate::report::human_bytes(l.max_buffer_size)),
-            ("max_storage_buffers_per_stage".into(), l.max_storage_buffers_per_shader_stage.to_string()),
+            (
+                "adapter_features".into(),
+                if features.is_empty() {
+                    "none".into()
+                } else {
+                    features.join(", ")
+                },
+            ),
+            (
+                "max_binding".into(),
+                crate::report::human_bytes(l.max_storage_buffer_binding_size),
+            ),
+            (
+                "max_buffer".into(),
+                crate::report::human_bytes(l.max_buffer_size),
+            ),
+            (
+                "max_storage_buffers_per_stage".into(),
+                l.max_storage_buffers_per_shader_stage.to_string(),
+            ),
         ],
     }
 }
@@ -247,20 +291,29 @@ struct Built {
 impl Ctx {
     fn new(device: wgpu::Device, queue: wgpu::Queue, cap: Option<u64>) -> Ctx {
         let limits = device.limits();
-        let mut max_binding = limits.max_storage_buffer_binding_size as u64;
+        let mut max_binding = limits.max_storage_buffer_binding_size;
         if let Some(cap) = cap {
             max_binding = max_binding.min(cap.max(256));
         }
         let f = device.features();
         let timestamps = f.contains(wgpu::Features::TIMESTAMP_QUERY);
-        let paths = ShaderPaths { subgroups: f.contains(wgpu::Features::SUBGROUP) };
-        Ctx { device, queue, limits, timestamps, paths, max_binding }
+        let paths = ShaderPaths {
+            subgroups: f.contains(wgpu::Features::SUBGROUP),
+        };
+        Ctx {
+            device,
+            queue,
+            limits,
+            timestamps,
+            paths,
+            max_binding,
+        }
     }
 
     fn buffer(&self, label: &str, bytes: &[u8], extra: wgpu::BufferUsages) -> wgpu::Buffer {
         // Pad to 16 bytes: tensors are read as array<vec4<u32>>; the padding is zeros.
         let padded;
-        let contents = if bytes.len() % 16 != 0 || bytes.is_empty() {
+        let contents = if !bytes.len().is_multiple_of(16) || bytes.is_empty() {
             let mut p = bytes.to_vec();
             p.resize(bytes.len().next_multiple_of(16).max(16), 0);
             padded = p;
@@ -268,18 +321,27 @@ impl Ctx {
         } else {
             bytes
         };
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST | extra,
-        })
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST
+                    | extra,
+            })
     }
 
     /// Split a tensor into chunk buffers of whole `unit_bytes` units, each within one binding.
     fn chunked(&self, t: &Tensor, unit_bytes: usize) -> anyhow::Result<(Vec<wgpu::Buffer>, usize)> {
         let per_chunk = ((self.max_binding as usize).saturating_sub(16) / unit_bytes.max(1)).max(1);
         if unit_bytes as u64 + 16 > self.max_binding {
-            bail!("one {} unit of {} bytes exceeds a binding ({} bytes)", t.name, unit_bytes, self.max_binding);
+            bail!(
+                "one {} unit of {} bytes exceeds a binding ({} bytes)",
+                t.name,
+                unit_bytes,
+                self.max_binding
+            );
         }
         let bytes_per_chunk = per_chunk * unit_bytes;
         let chunks: Vec<wgpu::Buffer> = if t.bytes.is_empty() {
@@ -296,30 +358,43 @@ impl Ctx {
     fn check_bindings(&self, needed: usize) -> anyhow::Result<()> {
         let max = self.limits.max_storage_buffers_per_shader_stage as usize;
         if needed > max {
-            bail!("this point needs {needed} storage bindings; the adapter allows {max} per shader stage");
+            bail!(
+                "this point needs {needed} storage bindings; the adapter allows {max} per shader stage"
+            );
         }
         Ok(())
     }
 
-    fn pipeline(&self, source: &str, entry: &str, layout: &wgpu::BindGroupLayout) -> anyhow::Result<wgpu::ComputePipeline> {
+    fn pipeline(
+        &self,
+        source: &str,
+        entry: &str,
+        layout: &wgpu::BindGroupLayout,
+    ) -> anyhow::Result<wgpu::ComputePipeline> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(entry),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
-        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(entry),
-            bind_group_layouts: &[Some(layout)],
-            immediate_size: 0,
-        });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: Some(&pl),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(entry),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let pl = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(entry),
+                bind_group_layouts: &[Some(layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
         if let Some(e) = pollster::block_on(scope.pop()) {
             bail!("building WGSL pipeline '{entry}': {}", error_chain(&e));
         }
@@ -345,15 +420,30 @@ impl Ctx {
                 count: None,
             })
             .collect();
-        self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries })
+        self.device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: None,
+                entries: &entries,
+            })
     }
 
-    fn bind(&self, layout: &wgpu::BindGroupLayout, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
+    fn bind(
+        &self,
+        layout: &wgpu::BindGroupLayout,
+        buffers: &[(u32, &wgpu::Buffer)],
+    ) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
-            .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
+            .map(|&(binding, b)| wgpu::BindGroupEntry {
+                binding,
+                resource: b.as_entire_binding(),
+            })
             .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout,
+            entries: &entries,
+        })
     }
 
     fn poisoned_output(&self, spec: Tensor) -> (Tensor, Vec<wgpu::Buffer>) {
@@ -364,7 +454,12 @@ impl Ctx {
     fn stream(self, w: &Stream, inputs: &TensorSet) -> anyhow::Result<Built> {
         const WG: u32 = STREAM_WG;
         let source = stream_source(w.op, self.paths);
-        let layout = self.layout(&[(0, Kind::Read), (1, Kind::Write), (2, Kind::Write), (3, Kind::Uniform)]);
+        let layout = self.layout(&[
+            (0, Kind::Read),
+            (1, Kind::Write),
+            (2, Kind::Write),
+            (3, Kind::Uniform),
+        ]);
         let pipeline = self.pipeline(&source, "main", &layout)?;
         let words = w.words();
         // Chunks of whole 16-byte vectors, each within one binding.
@@ -377,7 +472,10 @@ impl Ctx {
         let mut dispatches = Vec::new();
         let mut dst_chunks = Vec::new();
         for c in 0..n_chunks {
-            let (v0, v1) = (c * vecs_per_chunk, ((c + 1) * vecs_per_chunk).min(total_vecs));
+            let (v0, v1) = (
+                c * vecs_per_chunk,
+                ((c + 1) * vecs_per_chunk).min(total_vecs),
+            );
             let byte_range = (v0 * 16).min(w.bytes as usize)..(v1 * 16).min(w.bytes as usize);
             let src = match src_bytes {
                 Some(b) => self.buffer("src", &b[byte_range.clone()], wgpu::BufferUsages::empty()),
@@ -392,21 +490,39 @@ impl Ctx {
                 b
             };
             let params: [u32; 4] = [(v0 * 4) as u32, (v1 - v0) as u32, w.pattern_seed(), 0];
-            let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("chunk"),
-                contents: bytemuck::cast_slice(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+            let uniform = self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("chunk"),
+                    contents: bytemuck::cast_slice(&params),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
             let bind_group = self.bind(&layout, &[(0, &src), (1, &dst), (2, &sum), (3, &uniform)]);
             let groups = ((v1 - v0).div_ceil(WG as usize) as u32).clamp(1, 4096);
-            dispatches.push(Dispatch { pipeline: pipeline.clone(), bind_group, groups: [groups, 1, 1] });
+            dispatches.push(Dispatch {
+                pipeline: pipeline.clone(),
+                bind_group,
+                groups: [groups, 1, 1],
+            });
         }
         let outputs = match w.op {
             StreamOp::Read => vec![(Tensor::from_u32("sum", vec![1], &[0]), vec![sum.clone()])],
-            _ => vec![(Tensor::poisoned("dst", crate::workload::Elem::U32, vec![words]), dst_chunks)],
+            _ => vec![(
+                Tensor::poisoned("dst", crate::workload::Elem::U32, vec![words]),
+                dst_chunks,
+            )],
         };
-        let clear_each_rep = if w.op == StreamOp::Read { vec![sum] } else { vec![] };
-        Ok(Built { ctx: self, dispatches, clear_each_rep, outputs })
+        let clear_each_rep = if w.op == StreamOp::Read {
+            vec![sum]
+        } else {
+            vec![]
+        };
+        Ok(Built {
+            ctx: self,
+            dispatches,
+            clear_each_rep,
+            outputs,
+        })
     }
 
     fn kv_decode(self, w: &KvDecode, inputs: &TensorSet) -> anyhow::Result<Built> {
@@ -418,12 +534,24 @@ impl Ctx {
         let unit = if mla { page_k } else { page_k.max(page_v) };
         let pages_per_chunk = ((self.max_binding as usize).saturating_sub(16) / unit).max(1);
         let (k_chunks, _) = self.chunked(inputs.expect("k_pages"), pages_per_chunk * page_k)?;
-        let v_chunks = if mla { vec![] } else { self.chunked(inputs.expect("v_pages"), pages_per_chunk * page_v)?.0 };
+        let v_chunks = if mla {
+            vec![]
+        } else {
+            self.chunked(inputs.expect("v_pages"), pages_per_chunk * page_v)?
+                .0
+        };
         if unit as u64 + 16 > self.max_binding {
-            bail!("one KV page ({unit} bytes) exceeds a binding ({} bytes)", self.max_binding);
+            bail!(
+                "one KV page ({unit} bytes) exceeds a binding ({} bytes)",
+                self.max_binding
+            );
         }
 
-        let launch = kv_launch(w, pages_per_chunk, self.limits.max_compute_workgroup_storage_size as usize)?;
+        let launch = kv_launch(
+            w,
+            pages_per_chunk,
+            self.limits.max_compute_workgroup_storage_size as usize,
+        )?;
         let (splits, hb) = (launch.splits, launch.hb);
         let bindings_k = 10..10 + k_chunks.len() as u32;
         let bindings_v = 40..40 + v_chunks.len() as u32;
@@ -446,11 +574,27 @@ impl Ctx {
         let merge = self.pipeline(&source, "merge", &layout)?;
 
         let q = self.buffer("q", &inputs.expect("q").bytes, wgpu::BufferUsages::empty());
-        let table = self.buffer("page_table", &inputs.expect("page_table").bytes, wgpu::BufferUsages::empty());
-        let lens = self.buffer("context_lens", &inputs.expect("context_lens").bytes, wgpu::BufferUsages::empty());
+        let table = self.buffer(
+            "page_table",
+            &inputs.expect("page_table").bytes,
+            wgpu::BufferUsages::empty(),
+        );
+        let lens = self.buffer(
+            "context_lens",
+            &inputs.expect("context_lens").bytes,
+            wgpu::BufferUsages::empty(),
+        );
         let slots = w.batch * w.q_heads * splits;
-        let partial_acc = self.buffer("partial_acc", &vec![0u8; slots * w.head_dim_v * 4], wgpu::BufferUsages::empty());
-        let partial_ml = self.buffer("partial_ml", &vec![0u8; slots * 8], wgpu::BufferUsages::empty());
+        let partial_acc = self.buffer(
+            "partial_acc",
+            &vec![0u8; slots * w.head_dim_v * 4],
+            wgpu::BufferUsages::empty(),
+        );
+        let partial_ml = self.buffer(
+            "partial_ml",
+            &vec![0u8; slots * 8],
+            wgpu::BufferUsages::empty(),
+        );
         let specs = KvDecode::outputs(w);
         let (out_t, out_b) = self.poisoned_output(specs[0].poisoned());
         let (lse_t, lse_b) = self.poisoned_output(specs[1].poisoned());
@@ -473,10 +617,19 @@ impl Ctx {
                 bind_group: bind_group.clone(),
                 groups: [splits as u32, (w.q_heads / hb) as u32, w.batch as u32],
             },
-            Dispatch { pipeline: merge, bind_group, groups: [bh.min(65535), bh.div_ceil(65535), 1] },
+            Dispatch {
+                pipeline: merge,
+                bind_group,
+                groups: [bh.min(65535), bh.div_ceil(65535), 1],
+            },
         ];
         let outputs = vec![(out_t, out_b), (lse_t, lse_b)];
-        Ok(Built { ctx: self, dispatches, clear_each_rep: vec![], outputs })
+        Ok(Built {
+            ctx: self,
+            dispatches,
+            clear_each_rep: vec![],
+            outputs,
+        })
     }
 
     fn expert_gemv(self, w: &ExpertGemv, inputs: &TensorSet) -> anyhow::Result<Built> {
@@ -512,29 +665,70 @@ impl Ctx {
         let bindings_w = 10..10 + w_chunks.len() as u32;
         self.check_bindings(6 + w_chunks.len())?;
         let source = expert_source(w, u, rows_per_chunk, w_chunks.len(), self.paths);
-        let mut entries = vec![(0, Kind::Read), (1, Kind::Read), (2, Kind::Read), (3, Kind::Read), (4, Kind::Write), (5, Kind::Write)];
+        let mut entries = vec![
+            (0, Kind::Read),
+            (1, Kind::Read),
+            (2, Kind::Read),
+            (3, Kind::Read),
+            (4, Kind::Write),
+            (5, Kind::Write),
+        ];
         entries.extend(bindings_w.clone().map(|b| (b, Kind::Read)));
         let layout = self.layout(&entries);
         let gemv = self.pipeline(&source, "gemv", &layout)?;
         let combine = self.pipeline(&source, "combine", &layout)?;
 
         let x = self.buffer("x", &inputs.expect("x").bytes, wgpu::BufferUsages::empty());
-        let scale_bytes = inputs.get("w_scale").map(|t| t.bytes.clone()).unwrap_or_default();
+        let scale_bytes = inputs
+            .get("w_scale")
+            .map(|t| t.bytes.clone())
+            .unwrap_or_default();
         let w_scale = self.buffer("w_scale", &scale_bytes, wgpu::BufferUsages::empty());
-        let groups_b = self.buffer("groups", bytemuck::cast_slice(&groups), wgpu::BufferUsages::empty());
-        let weights_b = self.buffer("entry_weight", bytemuck::cast_slice(&weights), wgpu::BufferUsages::empty());
-        let slot_out = self.buffer("slot_out", &vec![0u8; w.batch * w.top_k * w.d_out * 4], wgpu::BufferUsages::empty());
+        let groups_b = self.buffer(
+            "groups",
+            bytemuck::cast_slice(&groups),
+            wgpu::BufferUsages::empty(),
+        );
+        let weights_b = self.buffer(
+            "entry_weight",
+            bytemuck::cast_slice(&weights),
+            wgpu::BufferUsages::empty(),
+        );
+        let slot_out = self.buffer(
+            "slot_out",
+            &vec![0u8; w.batch * w.top_k * w.d_out * 4],
+            wgpu::BufferUsages::empty(),
+        );
         let (y_t, y_b) = self.poisoned_output(w.outputs()[0].poisoned());
-        let mut binds: Vec<(u32, &wgpu::Buffer)> =
-            vec![(0, &x), (1, &w_scale), (2, &groups_b), (3, &weights_b), (4, &slot_out), (5, &y_b[0])];
+        let mut binds: Vec<(u32, &wgpu::Buffer)> = vec![
+            (0, &x),
+            (1, &w_scale),
+            (2, &groups_b),
+            (3, &weights_b),
+            (4, &slot_out),
+            (5, &y_b[0]),
+        ];
         binds.extend(bindings_w.zip(&w_chunks));
         let bind_group = self.bind(&layout, &binds);
         let total = (w.batch * w.d_out).div_ceil(WG) as u32;
         let dispatches = vec![
-            Dispatch { pipeline: gemv, bind_group: bind_group.clone(), groups: [w.d_out.div_ceil(ROWS) as u32, u as u32, 1] },
-            Dispatch { pipeline: combine, bind_group, groups: [total.min(65535), total.div_ceil(65535), 1] },
+            Dispatch {
+                pipeline: gemv,
+                bind_group: bind_group.clone(),
+                groups: [w.d_out.div_ceil(ROWS) as u32, u as u32, 1],
+            },
+            Dispatch {
+                pipeline: combine,
+                bind_group,
+                groups: [total.min(65535), total.div_ceil(65535), 1],
+            },
         ];
-        Ok(Built { ctx: self, dispatches, clear_each_rep: vec![], outputs: vec![(y_t, y_b)] })
+        Ok(Built {
+            ctx: self,
+            dispatches,
+            clear_each_rep: vec![],
+            outputs: vec![(y_t, y_b)],
+        })
     }
 }
 
@@ -564,26 +758,50 @@ pub struct KvLaunch {
     pub splits: usize,
 }
 
-pub fn kv_launch(w: &KvDecode, pages_per_chunk: usize, workgroup_memory: usize) -> anyhow::Result<KvLaunch> {
+pub fn kv_launch(
+    w: &KvDecode,
+    pages_per_chunk: usize,
+    workgroup_memory: usize,
+) -> anyhow::Result<KvLaunch> {
     const WG: usize = KV_WG;
     // Heads per workgroup: a divisor of the group size whose q and scores fit in workgroup
     // memory; several blocks of one group re-read K, mostly from L2.
     let group = w.group_size();
     let fits = |hb: usize| hb * w.head_dim_k * 4 + hb * WG * 4 + 2 * WG * 4 <= workgroup_memory;
-    let hb = (1..=group.min(8)).rev().find(|&h| group % h == 0 && fits(h)).unwrap_or(1);
+    let hb = (1..=group.min(8))
+        .rev()
+        .find(|&h| group.is_multiple_of(h) && fits(h))
+        .unwrap_or(1);
     if !fits(hb) {
-        bail!("head_dim {} is too large for this adapter's workgroup memory ({workgroup_memory} bytes)", w.head_dim_k);
+        bail!(
+            "head_dim {} is too large for this adapter's workgroup memory ({workgroup_memory} bytes)",
+            w.head_dim_k
+        );
     }
     // Enough context slices to fill a large GPU (~1024 workgroups), at least 4 tiles each.
     let max_len = w.context_lens.iter().copied().max().unwrap_or(1);
     let blocks = w.batch * (w.q_heads / hb);
     let want_splits = 1024usize.div_ceil(blocks).max(1);
-    let split_tokens = max_len.div_ceil(want_splits).max(4 * WG).next_multiple_of(WG);
+    let split_tokens = max_len
+        .div_ceil(want_splits)
+        .max(4 * WG)
+        .next_multiple_of(WG);
     let splits = max_len.div_ceil(split_tokens).max(1);
-    Ok(KvLaunch { hb, pages_per_chunk, split_tokens, splits })
+    Ok(KvLaunch {
+        hb,
+        pages_per_chunk,
+        split_tokens,
+        splits,
+    })
 }
 
-pub fn kv_source(w: &KvDecode, l: &KvLaunch, k_chunks: usize, v_chunks: usize, paths: ShaderPaths) -> String {
+pub fn kv_source(
+    w: &KvDecode,
+    l: &KvLaunch,
+    k_chunks: usize,
+    v_chunks: usize,
+    paths: ShaderPaths,
+) -> String {
     const WG: usize = KV_WG;
     let mla = w.attention == crate::workload::Attention::Mla;
     let es = w.kv_dtype.size();
@@ -611,7 +829,7 @@ pub fn kv_source(w: &KvDecode, l: &KvLaunch, k_chunks: usize, v_chunks: usize, p
         batch = w.batch,
         dvpt = w.head_dim_v.div_ceil(WG),
         scale = w.scale,
-        aligned = (w.head_dim_k * es) % 16 == 0,
+        aligned = (w.head_dim_k * es).is_multiple_of(16),
     );
     prelude.push_str(&chunk_accessor("k", 10..10 + k_chunks as u32));
     if mla {
@@ -623,7 +841,13 @@ pub fn kv_source(w: &KvDecode, l: &KvLaunch, k_chunks: usize, v_chunks: usize, p
     assemble(paths, &prelude, &[DTYPE_WGSL, KV_WGSL])
 }
 
-pub fn expert_source(w: &ExpertGemv, touched: usize, rows_per_chunk: usize, w_chunks: usize, paths: ShaderPaths) -> String {
+pub fn expert_source(
+    w: &ExpertGemv,
+    touched: usize,
+    rows_per_chunk: usize,
+    w_chunks: usize,
+    paths: ShaderPaths,
+) -> String {
     let es = w.weight_dtype.size();
     let mut prelude = format!(
         "const DTYPE: u32 = {dt}u;\nconst ELEM_BYTES: u32 = {es}u;\nconst WG: u32 = {EXPERT_WG}u;\nconst ROWS: u32 = {EXPERT_ROWS}u;\n\
@@ -636,7 +860,7 @@ pub fn expert_source(w: &ExpertGemv, touched: usize, rows_per_chunk: usize, w_ch
         k = w.top_k,
         t = w.batch,
         scaled = w.weight_dtype.is_scaled(),
-        aligned = (w.d_in * es) % 16 == 0,
+        aligned = (w.d_in * es).is_multiple_of(16),
     );
     prelude.push_str(&chunk_accessor("w", 10..10 + w_chunks as u32));
     assemble(paths, &prelude, &[DTYPE_WGSL, EXPERT_WGSL])
@@ -651,7 +875,11 @@ pub fn shader_sources(w: &Workload, paths: ShaderPaths, chunks: usize) -> anyhow
         Workload::KvDecode(k) => {
             let per_chunk = k.num_pages().div_ceil(chunks).max(1);
             let l = kv_launch(k, per_chunk, 16384)?;
-            let v = if k.attention == crate::workload::Attention::Mla { 0 } else { chunks };
+            let v = if k.attention == crate::workload::Attention::Mla {
+                0
+            } else {
+                chunks
+            };
             kv_source(k, &l, chunks, v, paths)
         }
         Workload::ExpertGemv(e) => {
@@ -682,13 +910,21 @@ fn dtype_code(d: crate::workload::DType) -> u32 {
 fn chunk_accessor(name: &str, bindings: std::ops::Range<u32>) -> String {
     let mut s = String::new();
     for (c, b) in bindings.clone().enumerate() {
-        s.push_str(&format!("@group(0) @binding({b}) var<storage, read> {name}_c{c}: array<vec4<u32>>;\n"));
+        s.push_str(&format!(
+            "@group(0) @binding({b}) var<storage, read> {name}_c{c}: array<vec4<u32>>;\n"
+        ));
     }
-    s.push_str(&format!("fn {name}_vec(c: u32, i: u32) -> vec4<u32> {{\n    switch c {{\n"));
+    s.push_str(&format!(
+        "fn {name}_vec(c: u32, i: u32) -> vec4<u32> {{\n    switch c {{\n"
+    ));
     for c in 1..bindings.len() {
-        s.push_str(&format!("        case {c}u: {{ return {name}_c{c}[i]; }}\n"));
+        s.push_str(&format!(
+            "        case {c}u: {{ return {name}_c{c}[i]; }}\n"
+        ));
     }
-    s.push_str(&format!("        default: {{ return {name}_c0[i]; }}\n    }}\n}}\n"));
+    s.push_str(&format!(
+        "        default: {{ return {name}_c0[i]; }}\n    }}\n}}\n"
+    ));
     s
 }
 
@@ -697,7 +933,12 @@ fn chunk_accessor(name: &str, bindings: std::ops::Range<u32>) -> String {
 const FLUSH_BYTES: u64 = 512 << 20;
 
 impl Built {
-    fn finish(self, cache: CacheMode, working_set: u64, cpu_adapter: bool) -> anyhow::Result<Box<dyn Prepared>> {
+    fn finish(
+        self,
+        cache: CacheMode,
+        working_set: u64,
+        cpu_adapter: bool,
+    ) -> anyhow::Result<Box<dyn Prepared>> {
         if let Some(e) = take_error() {
             bail!("wgpu: {e}");
         }
@@ -719,10 +960,19 @@ impl Built {
         });
         let method = match (cache, flush_bytes) {
             (CacheMode::Warm, _) => "warm: no flush".to_string(),
-            (CacheMode::Cold, 0) => "cold: working set over 4x the flush size (512 MiB)".to_string(),
-            (CacheMode::Cold, n) => format!("cold: {} cleared between reps", crate::report::human_bytes(n)),
+            (CacheMode::Cold, 0) => {
+                "cold: working set over 4x the flush size (512 MiB)".to_string()
+            }
+            (CacheMode::Cold, n) => format!(
+                "cold: {} cleared between reps",
+                crate::report::human_bytes(n)
+            ),
         };
-        Ok(Box::new(WgpuPoint { built: self, flush, cache_method: method }))
+        Ok(Box::new(WgpuPoint {
+            built: self,
+            flush,
+            cache_method: method,
+        }))
     }
 }
 
@@ -749,7 +999,10 @@ impl WgpuPoint {
             beginning_of_pass_write_index: Some(2 * i),
             end_of_pass_write_index: Some(2 * i + 1),
         });
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("step"), timestamp_writes });
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("step"),
+            timestamp_writes,
+        });
         for d in &self.built.dispatches {
             pass.set_pipeline(&d.pipeline);
             pass.set_bind_group(0, &d.bind_group, &[]);
@@ -787,8 +1040,12 @@ impl WgpuPoint {
             let _ = tx.send(r);
         });
         self.wait()?;
-        rx.recv().context("wgpu map callback")?.map_err(|e| anyhow!("wgpu map: {e}"))?;
-        let view = staging.get_mapped_range(..).map_err(|e| anyhow!("wgpu map range: {e:?}"))?;
+        rx.recv()
+            .context("wgpu map callback")?
+            .map_err(|e| anyhow!("wgpu map: {e}"))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| anyhow!("wgpu map range: {e:?}"))?;
         let mut out = view.to_vec();
         drop(view);
         staging.unmap();
@@ -799,7 +1056,11 @@ impl WgpuPoint {
 
 impl Prepared for WgpuPoint {
     fn timer(&self) -> Timer {
-        if self.built.ctx.timestamps { Timer::Gpu } else { Timer::Host }
+        if self.built.ctx.timestamps {
+            Timer::Gpu
+        } else {
+            Timer::Host
+        }
     }
 
     fn cache_method(&self) -> String {

@@ -276,6 +276,7 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
         let inputs = p.workload.inputs();
         let mut reference: Option<Reference> = None;
         let mut dumped = false;
+        let mut ran_here: Vec<usize> = Vec::new();
         for (s, d) in todo {
             let b = s.backend.as_ref();
             let dev = &b.devices()[d];
@@ -396,6 +397,27 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
                 }
             ));
             lines.push(line);
+            ran_here.push(lines.len() - 1);
+        }
+        if ran_here.len() > 1 {
+            let parts: Vec<String> = ran_here
+                .iter()
+                .map(|&i| {
+                    let l = &lines[i];
+                    format!(
+                        "{}:{} {:.2} GB/s ({:.1e})",
+                        l.backend,
+                        l.key().2,
+                        l.gbps,
+                        l.check.rel_l2_err.unwrap_or(f64::NAN)
+                    )
+                })
+                .collect();
+            say(format!(
+                "        point {:>3} side by side: {}",
+                p.index,
+                parts.join(" | ")
+            ));
         }
     }
     bar.finish_and_clear();

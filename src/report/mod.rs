@@ -354,13 +354,68 @@ pub fn human_time(s: f64) -> String {
 
 pub fn terminal_table(lines: &[ResultLine]) -> String {
     let (header, rows) = table_rows(lines);
+    let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
+    format_columns(&header, &rows)
+}
+
+/// Backends side by side: one row per point, one `GB/s (rel err)` column per backend and
+/// device. None when only one backend-device ran.
+pub fn cross_check_table(lines: &[ResultLine]) -> Option<String> {
+    let mut columns: Vec<String> = Vec::new();
+    for l in lines {
+        let c = format!("{}:{}", l.backend, l.key().2);
+        if !columns.contains(&c) {
+            columns.push(c);
+        }
+    }
+    if columns.len() < 2 {
+        return None;
+    }
+    let mut points: Vec<usize> = lines.iter().map(|l| l.point).collect();
+    points.sort();
+    points.dedup();
+    let mut rows = Vec::new();
+    for p in points {
+        let of_point: Vec<&ResultLine> = lines.iter().filter(|l| l.point == p).collect();
+        let first = of_point[0];
+        let mut row = vec![
+            p.to_string(),
+            first.kernel.clone(),
+            params_label(&first.kernel, &first.params),
+        ];
+        for c in &columns {
+            row.push(
+                match of_point
+                    .iter()
+                    .find(|l| format!("{}:{}", l.backend, l.key().2) == *c)
+                {
+                    Some(l) => format!(
+                        "{:.2} ({}){}",
+                        l.gbps,
+                        l.check
+                            .rel_l2_err
+                            .map_or("NaN".into(), |x| format!("{x:.1e}")),
+                        if l.check.pass { "" } else { " FAIL" }
+                    ),
+                    None => "-".into(),
+                },
+            );
+        }
+        rows.push(row);
+    }
+    let mut header = vec!["pt".to_string(), "kernel".into(), "params".into()];
+    header.extend(columns.iter().map(|c| format!("{c} GB/s (err)")));
+    Some(format_columns(&header, &rows))
+}
+
+fn format_columns(header: &[String], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
+    for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.len());
         }
     }
-    let fmt_row = |cells: Vec<String>| {
+    let fmt_row = |cells: &[String]| {
         cells
             .iter()
             .zip(&widths)
@@ -370,7 +425,7 @@ pub fn terminal_table(lines: &[ResultLine]) -> String {
             .trim_end()
             .to_string()
     };
-    let mut out = fmt_row(header.iter().map(|s| s.to_string()).collect());
+    let mut out = fmt_row(header);
     out.push('\n');
     out.push_str(
         &widths
@@ -404,6 +459,9 @@ pub fn summary_markdown(experiment: &str, source_file: &str, lines: &[ResultLine
     s.push_str(&format!("|{}\n", "---|".repeat(header.len())));
     for r in rows {
         s.push_str(&format!("| {} |\n", r.join(" | ")));
+    }
+    if let Some(cross) = cross_check_table(lines) {
+        s.push_str(&format!("\n## Backends side by side\n\n```\n{cross}```\n"));
     }
     s
 }
