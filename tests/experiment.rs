@@ -226,11 +226,11 @@ fn a_point_that_cannot_fit_the_device_is_refused_before_running() {
 #[test]
 fn unavailable_backends_and_devices_are_explained() {
     let e =
-        parse("name: t\nbackends: [wgpu]\nruns:\n  - kernel: stream\n    bytes: 4096\n").unwrap();
+        parse("name: t\nbackends: [cuda]\nruns:\n  - kernel: stream\n    bytes: 4096\n").unwrap();
     let err = runner::select(&e, &e.backends)
         .err()
-        .expect("wgpu not built");
-    assert!(err.to_string().contains("wgpu: unavailable"), "{err}");
+        .expect("cuda not built");
+    assert!(err.to_string().contains("cuda: unavailable"), "{err}");
     let e = parse("name: t\ndevices: [3]\nruns:\n  - kernel: stream\n    bytes: 4096\n").unwrap();
     let err = runner::select(&e, &BackendChoice::Named(vec!["cpu".into()]))
         .err()
