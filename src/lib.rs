@@ -5,5 +5,6 @@
 
 pub mod backend;
 pub mod experiment;
+pub mod model;
 pub mod report;
 pub mod workload;

@@ -51,6 +51,46 @@ enum Command {
     },
     /// List every backend and its devices, or why it is unavailable.
     Devices,
+    /// The analytic decode model: where the milliseconds and joules of a token go.
+    Model {
+        /// A preset in experiments/models/ (kimi-k2.5, deepseek-v3, llama-3.1-70b, ...).
+        #[arg(long)]
+        model: String,
+        /// A profile in experiments/hardware/ (h100-sxm, h200-sxm, b200, sram-die).
+        #[arg(long)]
+        hardware: String,
+        /// Concurrent sequences decoded per step.
+        #[arg(long, default_value_t = 1)]
+        batch: u64,
+        /// Tokens in each sequence's context.
+        #[arg(long, default_value_t = 4096)]
+        context: u64,
+        /// Devices the model is spread over.
+        #[arg(long, default_value_t = 1)]
+        devices: u64,
+        /// Weight dtype (default: the preset's): bf16, fp8, mxfp4.
+        #[arg(long)]
+        weights: Option<String>,
+        /// KV-cache dtype (default: the preset's): bf16, fp8.
+        #[arg(long)]
+        kv: Option<String>,
+        /// A decodelab results.jsonl: use its measured bytes/s for weights and KV.
+        #[arg(long, value_name = "FILE")]
+        measured: Option<PathBuf>,
+        /// One JSON object instead of the readable breakdown.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw the talk's figures from the YAML files in DIR (SVG, PNG and an index.html).
+    Figures {
+        /// A folder of figure YAMLs (experiments/talk).
+        dir: PathBuf,
+        #[arg(long, default_value = "figures")]
+        out: PathBuf,
+        /// A decodelab results.jsonl for the measured-against-modelled figure.
+        #[arg(long, value_name = "FILE")]
+        measured: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +98,52 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Devices => devices(),
+        Command::Model {
+            model,
+            hardware,
+            batch,
+            context,
+            devices,
+            weights,
+            kv,
+            measured,
+            json,
+        } => {
+            let args = ModelArgs {
+                model,
+                hardware,
+                batch,
+                context,
+                devices,
+                weights,
+                kv,
+                measured,
+                json,
+            };
+            match model_cmd(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Figures { dir, out, measured } => {
+            match decodelab::model::figures::draw_all(&dir, &out, measured.as_deref()) {
+                Ok(written) => {
+                    println!(
+                        "{} figures -> {}",
+                        written,
+                        out.join("index.html").display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Check { file, backend } => check(&file, backend.as_deref()),
         Command::Run {
             file,
@@ -108,6 +194,48 @@ fn select(exp: &Experiment, backend: Option<&str>) -> Result<Vec<runner::Selecte
         eprintln!("error: {e}");
         ExitCode::from(2)
     })
+}
+
+struct ModelArgs {
+    model: String,
+    hardware: String,
+    batch: u64,
+    context: u64,
+    devices: u64,
+    weights: Option<String>,
+    kv: Option<String>,
+    measured: Option<PathBuf>,
+    json: bool,
+}
+
+fn model_cmd(a: &ModelArgs) -> anyhow::Result<()> {
+    use decodelab::model::{self, ModelDtype, Scenario};
+    let here = std::path::Path::new(".");
+    let m = model::find_model(here, &a.model)?;
+    let h = model::find_hardware(here, &a.hardware)?;
+    let mut s = Scenario::new(a.batch, a.context, a.devices);
+    s.weights = a
+        .weights
+        .as_deref()
+        .map(ModelDtype::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    s.kv =
+        a.kv.as_deref()
+            .map(ModelDtype::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+    let measured = match &a.measured {
+        Some(p) => model::measured_terms(p, &m, &s)?,
+        None => Default::default(),
+    };
+    let b = model::evaluate(&m, &h, &s, &measured)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&b)?);
+        return Ok(());
+    }
+    print!("{}", model::figures::describe(&b));
+    Ok(())
 }
 
 fn devices() -> ExitCode {

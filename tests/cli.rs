@@ -363,3 +363,86 @@ fn backend_all_runs_every_point_on_cpu_and_wgpu_side_by_side() {
         "{text}"
     );
 }
+
+#[test]
+fn model_json_has_every_field() {
+    let o = bin()
+        .args([
+            "model",
+            "--model",
+            "kimi-k2.5",
+            "--hardware",
+            "b200",
+            "--batch",
+            "64",
+            "--context",
+            "8192",
+            "--devices",
+            "72",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in [
+        "weight_bytes",
+        "kv_bytes",
+        "flops",
+        "user_tokens_per_s",
+        "system_tokens_per_s",
+        "tokens_per_s_per_watt",
+    ] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {}", v[k]);
+    }
+    for part in ["weights", "kv", "compute", "communication", "total"] {
+        assert!(v["time_ms"][part].as_f64().is_some(), "time_ms.{part}");
+        assert!(
+            v["energy_j_per_token"][part].as_f64().is_some(),
+            "energy_j_per_token.{part}"
+        );
+    }
+    let o = bin()
+        .args(["model", "--model", "nope", "--hardware", "b200"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no model 'nope'"));
+}
+
+#[test]
+fn figures_writes_every_figure_and_the_page() {
+    let out = tempdir("figures");
+    let o = bin()
+        .args(["figures", "experiments/talk", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    let mut n = 0;
+    for entry in std::fs::read_dir("experiments/talk").unwrap() {
+        let stem = entry
+            .unwrap()
+            .path()
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        for ext in ["svg", "png"] {
+            let f = out.join(format!("{stem}.{ext}"));
+            assert!(
+                f.metadata().map(|m| m.len() > 300).unwrap_or(false),
+                "{} missing or empty",
+                f.display()
+            );
+        }
+        assert!(
+            html.contains(&format!("src=\"{stem}.svg\"")),
+            "page lacks {stem}"
+        );
+        n += 1;
+    }
+    assert_eq!(n, 6);
+    assert!(html.contains("skipped: no results file"));
+}

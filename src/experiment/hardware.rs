@@ -17,6 +17,65 @@ pub struct HardwareProfile {
     pub memory_bytes: u64,
     /// Spec memory bandwidth, GB/s (10^9 bytes per second).
     pub memory_bandwidth_gbps: f64,
+    /// A separate memory tier for the KV cache (the talk's "new DRAM for the KV cache");
+    /// absent: the KV cache lives in the main memory.
+    #[serde(default)]
+    pub kv_memory: Option<MemoryTier>,
+    /// Dense tensor throughput per dtype, TFLOP/s.
+    #[serde(default)]
+    pub flops_tflops: Option<PerDtype>,
+    /// The chip-to-chip link (NVLink): per direction per device.
+    #[serde(default)]
+    pub link: Option<Link>,
+    #[serde(default)]
+    pub power: Option<Power>,
+    #[serde(default)]
+    pub energy: Option<EnergyConstants>,
+}
+
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryTier {
+    pub bytes: u64,
+    pub bandwidth_gbps: f64,
+    pub pj_per_bit: f64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerDtype {
+    pub bf16: f64,
+    pub fp8: f64,
+    pub fp4: f64,
+}
+
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub bandwidth_gbps: f64,
+    /// One cross-chip hop, microseconds.
+    pub latency_us: f64,
+    /// One on-chip all-to-all step, microseconds.
+    pub on_chip_latency_us: f64,
+}
+
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Power {
+    pub idle_w: f64,
+    pub max_w: f64,
+}
+
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnergyConstants {
+    /// Main memory, end to end (device to SM), pJ per bit moved.
+    pub memory_pj_per_bit: f64,
+    /// Last-level cache / on-chip SRAM, pJ per bit.
+    pub sram_pj_per_bit: f64,
+    pub link_pj_per_bit: f64,
+    /// Arithmetic, pJ per FLOP.
+    pub pj_per_flop: PerDtype,
 }
 
 /// Find `<dir>/hardware/<name>.yaml` in the experiment's folder or any folder above it, or

@@ -1,0 +1,575 @@
+//! The analytic decode model: for a model preset, a hardware profile and an operating point,
+//! the bytes, FLOPs, milliseconds and joules of one decode step, split into weights, KV cache,
+//! compute and communication. Data movement and compute are summed, not overlapped: the
+//! talk's stacked bars are this sum.
+
+pub mod figures;
+
+use crate::experiment::error::ConfigError;
+use crate::experiment::hardware::{self, HardwareProfile, PerDtype};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A weight or KV dtype in the model: bytes per value and the tensor-core rate it runs at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelDtype {
+    F32,
+    Bf16,
+    F16,
+    Fp8,
+    /// MXFP4: 4-bit values with one 8-bit exponent per 32, 4.25 bits per weight.
+    Mxfp4,
+}
+
+impl ModelDtype {
+    pub fn bytes(self) -> f64 {
+        match self {
+            ModelDtype::F32 => 4.0,
+            ModelDtype::Bf16 | ModelDtype::F16 => 2.0,
+            ModelDtype::Fp8 => 1.0,
+            ModelDtype::Mxfp4 => 4.25 / 8.0,
+        }
+    }
+
+    fn rate(self, p: &PerDtype) -> f64 {
+        match self {
+            ModelDtype::F32 | ModelDtype::Bf16 | ModelDtype::F16 => p.bf16,
+            ModelDtype::Fp8 => p.fp8,
+            ModelDtype::Mxfp4 => p.fp4,
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<ModelDtype, String> {
+        match s {
+            "f32" => Ok(ModelDtype::F32),
+            "bf16" => Ok(ModelDtype::Bf16),
+            "f16" | "fp16" => Ok(ModelDtype::F16),
+            "fp8" | "fp8_e4m3" => Ok(ModelDtype::Fp8),
+            "mxfp4" | "fp4" => Ok(ModelDtype::Mxfp4),
+            _ => Err(format!(
+                "unknown dtype '{s}' (expected f32, bf16, f16, fp8, mxfp4)"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AttentionSpec {
+    Gqa {
+        heads: u64,
+        kv_heads: u64,
+        head_dim: u64,
+        /// Layers with a sliding window cache at most this many tokens.
+        #[serde(default)]
+        sliding_window: Option<u64>,
+        /// Every n-th layer (from layer 0) uses the window.
+        #[serde(default)]
+        sliding_every: Option<u64>,
+    },
+    Mla {
+        heads: u64,
+        #[serde(default)]
+        q_lora_rank: Option<u64>,
+        kv_lora_rank: u64,
+        rope_dim: u64,
+        qk_nope_dim: u64,
+        v_head_dim: u64,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoeSpec {
+    pub experts: u64,
+    pub top_k: u64,
+    pub shared: u64,
+    /// Intermediate size of one expert (gate, up and down: 3 x hidden x this).
+    pub intermediate: u64,
+}
+
+/// A model as its public config.json describes it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPreset {
+    pub name: String,
+    pub layers: u64,
+    pub hidden: u64,
+    pub vocab: u64,
+    pub attention: AttentionSpec,
+    /// Layers with a dense MLP (the first ones); the rest are MoE when `moe` is given.
+    pub dense_layers: u64,
+    #[serde(default)]
+    pub dense_intermediate: Option<u64>,
+    #[serde(default)]
+    pub moe: Option<MoeSpec>,
+    pub weights: ModelDtype,
+    /// Routed experts' dtype when it differs from `weights` (gpt-oss: MXFP4).
+    #[serde(default)]
+    pub expert_weights: Option<ModelDtype>,
+    pub kv: ModelDtype,
+}
+
+/// The operating point of one decode step.
+#[derive(Clone, Debug, Serialize)]
+pub struct Scenario {
+    pub batch: u64,
+    pub context: u64,
+    pub devices: u64,
+    pub weights: Option<ModelDtype>,
+    pub kv: Option<ModelDtype>,
+    /// Communications per Transformer block (the talk: 6+ on-chip, 2+ cross-chip).
+    pub on_chip_hops: u64,
+    pub cross_chip_hops: u64,
+    /// Overrides the profile's cross-chip hop latency (figure 4's sweep).
+    pub hop_latency_us: Option<f64>,
+}
+
+impl Scenario {
+    pub fn new(batch: u64, context: u64, devices: u64) -> Scenario {
+        Scenario {
+            batch,
+            context,
+            devices,
+            weights: None,
+            kv: None,
+            on_chip_hops: 6,
+            cross_chip_hops: 2,
+            hop_latency_us: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Split {
+    pub weights: f64,
+    pub kv: f64,
+    pub compute: f64,
+    pub communication: f64,
+    pub total: f64,
+}
+
+impl Split {
+    fn new(weights: f64, kv: f64, compute: f64, communication: f64) -> Split {
+        Split {
+            weights,
+            kv,
+            compute,
+            communication,
+            total: weights + kv + compute + communication,
+        }
+    }
+
+    /// Each part as a percentage of the total.
+    pub fn percent(&self) -> Split {
+        let t = if self.total > 0.0 { self.total } else { 1.0 };
+        Split::new(
+            100.0 * self.weights / t,
+            100.0 * self.kv / t,
+            100.0 * self.compute / t,
+            100.0 * self.communication / t,
+        )
+    }
+}
+
+/// Which bandwidths came from decodelab measurements instead of the profile.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct MeasuredTerms {
+    pub weights_gbps: Option<f64>,
+    pub kv_gbps: Option<f64>,
+    pub source: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Breakdown {
+    pub model: String,
+    pub hardware: String,
+    pub scenario: Scenario,
+    /// Bytes read per decode step over all devices.
+    pub weight_bytes: f64,
+    pub kv_bytes: f64,
+    pub communication_bytes: f64,
+    pub flops: f64,
+    pub experts_touched_per_layer: Option<f64>,
+    pub time_ms: Split,
+    pub energy_j_per_token: Split,
+    pub user_tokens_per_s: f64,
+    pub system_tokens_per_s: f64,
+    pub power_w: f64,
+    pub tokens_per_s_per_watt: f64,
+    pub measured: MeasuredTerms,
+}
+
+/// Expected distinct experts touched by `batch` tokens each choosing k of E uniformly.
+pub fn expected_experts(experts: f64, top_k: f64, batch: f64) -> f64 {
+    experts * (1.0 - (1.0 - top_k / experts).powf(batch))
+}
+
+impl ModelPreset {
+    /// Parameters of one layer's attention projections.
+    pub fn attention_params(&self) -> f64 {
+        let h = self.hidden as f64;
+        match &self.attention {
+            AttentionSpec::Gqa {
+                heads,
+                kv_heads,
+                head_dim,
+                ..
+            } => {
+                let (hq, hkv, d) = (*heads as f64, *kv_heads as f64, *head_dim as f64);
+                h * hq * d + 2.0 * h * hkv * d + hq * d * h
+            }
+            AttentionSpec::Mla {
+                heads,
+                q_lora_rank,
+                kv_lora_rank,
+                rope_dim,
+                qk_nope_dim,
+                v_head_dim,
+            } => {
+                let (hq, r, rope, nope, v) = (
+                    *heads as f64,
+                    *kv_lora_rank as f64,
+                    *rope_dim as f64,
+                    *qk_nope_dim as f64,
+                    *v_head_dim as f64,
+                );
+                let q = match q_lora_rank {
+                    Some(ql) => h * *ql as f64 + *ql as f64 * hq * (nope + rope),
+                    None => h * hq * (nope + rope),
+                };
+                q + h * (r + rope) + r * hq * (nope + v) + hq * v * h
+            }
+        }
+    }
+
+    fn moe_layers(&self) -> f64 {
+        if self.moe.is_some() {
+            (self.layers - self.dense_layers.min(self.layers)) as f64
+        } else {
+            0.0
+        }
+    }
+
+    fn expert_params(&self) -> f64 {
+        self.moe
+            .as_ref()
+            .map_or(0.0, |m| 3.0 * self.hidden as f64 * m.intermediate as f64)
+    }
+
+    fn dense_mlp_params(&self) -> f64 {
+        3.0 * self.hidden as f64 * self.dense_intermediate.unwrap_or(0) as f64
+    }
+
+    /// Every parameter (embedding and lm_head counted separately).
+    pub fn total_params(&self) -> f64 {
+        let l = self.layers as f64;
+        let moe = self.moe.as_ref().map_or(0.0, |m| {
+            self.moe_layers()
+                * ((m.experts + m.shared) as f64 * self.expert_params()
+                    + (self.hidden * m.experts) as f64)
+        });
+        l * self.attention_params()
+            + self.dense_layers as f64 * self.dense_mlp_params()
+            + moe
+            + 2.0 * (self.vocab * self.hidden) as f64
+    }
+
+    /// Parameters one token multiplies by (embedding lookup excluded, lm_head included).
+    pub fn active_params(&self) -> f64 {
+        let l = self.layers as f64;
+        let moe = self.moe.as_ref().map_or(0.0, |m| {
+            self.moe_layers()
+                * ((m.top_k + m.shared) as f64 * self.expert_params()
+                    + (self.hidden * m.experts) as f64)
+        });
+        l * self.attention_params()
+            + self.dense_layers as f64 * self.dense_mlp_params()
+            + moe
+            + (self.vocab * self.hidden) as f64
+    }
+
+    /// Tokens each layer's cache holds at `context` (sliding-window layers hold fewer).
+    fn cached_tokens(&self, layer: u64, context: u64) -> u64 {
+        match &self.attention {
+            AttentionSpec::Gqa {
+                sliding_window: Some(w),
+                sliding_every: Some(n),
+                ..
+            } if *n > 0 && layer.is_multiple_of(*n) => context.min(*w),
+            _ => context,
+        }
+    }
+
+    /// Bytes one cached token occupies in one layer.
+    pub fn kv_bytes_per_token_layer(&self, kv: ModelDtype) -> f64 {
+        match &self.attention {
+            AttentionSpec::Gqa {
+                kv_heads, head_dim, ..
+            } => 2.0 * (*kv_heads * *head_dim) as f64 * kv.bytes(),
+            AttentionSpec::Mla {
+                kv_lora_rank,
+                rope_dim,
+                ..
+            } => (*kv_lora_rank + *rope_dim) as f64 * kv.bytes(),
+        }
+    }
+
+    /// FLOPs of attention per cached token per layer per sequence (QK and PV over all heads;
+    /// MLA in absorbed form: the latent is both K and V).
+    fn attention_flops_per_token(&self) -> f64 {
+        match &self.attention {
+            AttentionSpec::Gqa {
+                heads, head_dim, ..
+            } => (*heads * 2 * 2 * *head_dim) as f64,
+            AttentionSpec::Mla {
+                heads,
+                kv_lora_rank,
+                rope_dim,
+                ..
+            } => (*heads * 2 * (2 * *kv_lora_rank + *rope_dim)) as f64,
+        }
+    }
+}
+
+/// The profile fields the model needs, or a clear error naming the missing one.
+struct Needs<'a> {
+    flops: &'a PerDtype,
+    link: &'a hardware::Link,
+    power: &'a hardware::Power,
+    energy: &'a hardware::EnergyConstants,
+}
+
+fn needs(h: &HardwareProfile) -> anyhow::Result<Needs<'_>> {
+    let missing = |what: &str| {
+        anyhow::anyhow!(
+            "hardware profile '{}' has no `{what}` (the model needs it)",
+            h.id
+        )
+    };
+    Ok(Needs {
+        flops: h
+            .flops_tflops
+            .as_ref()
+            .ok_or_else(|| missing("flops_tflops"))?,
+        link: h.link.as_ref().ok_or_else(|| missing("link"))?,
+        power: h.power.as_ref().ok_or_else(|| missing("power"))?,
+        energy: h.energy.as_ref().ok_or_else(|| missing("energy"))?,
+    })
+}
+
+pub fn evaluate(
+    m: &ModelPreset,
+    h: &HardwareProfile,
+    s: &Scenario,
+    measured: &MeasuredTerms,
+) -> anyhow::Result<Breakdown> {
+    anyhow::ensure!(
+        s.batch >= 1 && s.context >= 1 && s.devices >= 1,
+        "batch, context and devices must be at least 1"
+    );
+    let n = needs(h)?;
+    let (b, d) = (s.batch as f64, s.devices as f64);
+    let w = s.weights.unwrap_or(m.weights);
+    let ew = if s.weights.is_some() {
+        w
+    } else {
+        m.expert_weights.unwrap_or(w)
+    };
+    let kv = s.kv.unwrap_or(m.kv);
+    let hidden = m.hidden as f64;
+    let bf16 = ModelDtype::Bf16.bytes();
+
+    // Weights read once per step: everything dense, plus the experts this batch touches.
+    let touched = m
+        .moe
+        .as_ref()
+        .map(|x| expected_experts(x.experts as f64, x.top_k as f64, b));
+    let mut weight_bytes = m.layers as f64 * m.attention_params() * w.bytes()
+        + m.dense_layers as f64 * m.dense_mlp_params() * w.bytes()
+        + (m.vocab as f64 * hidden) * bf16 // lm_head, kept in bf16
+        + b * hidden * bf16; // the looked-up embedding rows
+    if let (Some(x), Some(u)) = (&m.moe, touched) {
+        weight_bytes += m.moe_layers()
+            * (x.shared as f64 * m.expert_params() * w.bytes()
+                + u * m.expert_params() * ew.bytes()
+                + (m.hidden * x.experts) as f64 * bf16);
+    }
+
+    // KV: every sequence's cache, every layer.
+    let cached: f64 = (0..m.layers)
+        .map(|l| m.cached_tokens(l, s.context) as f64)
+        .sum();
+    let kv_bytes = b * cached * m.kv_bytes_per_token_layer(kv);
+
+    // FLOPs: 2 per active parameter per token at the weights' rate; attention at the KV's.
+    let weight_flops = 2.0 * m.active_params() * b;
+    let attention_flops = b * cached * m.attention_flops_per_token();
+    let flops = weight_flops + attention_flops;
+    let compute_s = weight_flops / (d * w.rate(n.flops) * 1e12)
+        + attention_flops / (d * kv.rate(n.flops) * 1e12);
+    let compute_j = (weight_flops * w.rate(&n.energy.pj_per_flop)
+        + attention_flops * kv.rate(&n.energy.pj_per_flop))
+        * 1e-12;
+
+    // Communication across devices: MoE dispatch + combine (all-to-all) and an all-reduce
+    // per block of bf16 activations, plus a latency per hop.
+    let (comm_bytes, comm_s) = if s.devices > 1 {
+        let k = m.moe.as_ref().map_or(0.0, |x| x.top_k as f64);
+        let bytes = m.layers as f64 * 2.0 * b * hidden * bf16
+            + m.moe_layers() * 2.0 * b * k * hidden * bf16;
+        let hop = s.hop_latency_us.unwrap_or(n.link.latency_us);
+        let latency = m.layers as f64
+            * (s.on_chip_hops as f64 * n.link.on_chip_latency_us + s.cross_chip_hops as f64 * hop)
+            * 1e-6;
+        (bytes, bytes / (d * n.link.bandwidth_gbps * 1e9) + latency)
+    } else {
+        (0.0, 0.0)
+    };
+
+    let weights_gbps = measured.weights_gbps.unwrap_or(h.memory_bandwidth_gbps);
+    let (kv_spec_gbps, kv_pj_bit) = match &h.kv_memory {
+        Some(t) => (t.bandwidth_gbps, t.pj_per_bit),
+        None => (h.memory_bandwidth_gbps, n.energy.memory_pj_per_bit),
+    };
+    let kv_gbps = measured.kv_gbps.unwrap_or(kv_spec_gbps);
+    let time_s = Split::new(
+        weight_bytes / (d * weights_gbps * 1e9),
+        kv_bytes / (d * kv_gbps * 1e9),
+        compute_s,
+        comm_s,
+    );
+    let energy_step = Split::new(
+        weight_bytes * 8.0 * n.energy.memory_pj_per_bit * 1e-12,
+        kv_bytes * 8.0 * kv_pj_bit * 1e-12,
+        compute_j,
+        comm_bytes * 8.0 * n.energy.link_pj_per_bit * 1e-12,
+    );
+    let per_token = |x: f64| x / b;
+    let energy_j_per_token = Split::new(
+        per_token(energy_step.weights),
+        per_token(energy_step.kv),
+        per_token(energy_step.compute),
+        per_token(energy_step.communication),
+    );
+    let step = time_s.total;
+    let power_w = (d * n.power.idle_w + energy_step.total / step).min(d * n.power.max_w);
+    let system_tokens_per_s = b / step;
+    Ok(Breakdown {
+        model: m.name.clone(),
+        hardware: h.name.clone(),
+        scenario: Scenario {
+            weights: Some(w),
+            kv: Some(kv),
+            ..s.clone()
+        },
+        weight_bytes,
+        kv_bytes,
+        communication_bytes: comm_bytes,
+        flops,
+        experts_touched_per_layer: touched,
+        time_ms: Split::new(
+            time_s.weights * 1e3,
+            time_s.kv * 1e3,
+            time_s.compute * 1e3,
+            time_s.communication * 1e3,
+        ),
+        energy_j_per_token,
+        user_tokens_per_s: 1.0 / step,
+        system_tokens_per_s,
+        power_w,
+        tokens_per_s_per_watt: system_tokens_per_s / power_w,
+        measured: measured.clone(),
+    })
+}
+
+/// Find `<kind>/<name>.yaml` beside `start` or in a folder above it (or `experiments/` under
+/// the working directory), or take `name` as a path when it ends in `.yaml`.
+pub fn find_data(start: &Path, kind: &str, name: &str) -> Option<PathBuf> {
+    if name.ends_with(".yaml") {
+        let p = PathBuf::from(name);
+        return p.exists().then_some(p);
+    }
+    let file = format!("{name}.yaml");
+    let start = if start.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        start
+    };
+    start
+        .ancestors()
+        .flat_map(|d| {
+            [
+                d.join(kind).join(&file),
+                d.join("experiments").join(kind).join(&file),
+            ]
+        })
+        .find(|p| p.exists())
+}
+
+pub fn load_model(path: &Path) -> Result<ModelPreset, ConfigError> {
+    let file = path.display().to_string();
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::whole_file(&file, format!("cannot read: {e}")))?;
+    serde_saphyr::from_str(&source).map_err(|e| ConfigError::from_yaml(&file, &source, &e))
+}
+
+pub fn find_model(start: &Path, name: &str) -> anyhow::Result<ModelPreset> {
+    let p = find_data(start, "models", name).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no model '{name}' (looked for models/{name}.yaml in experiments/ and above)"
+        )
+    })?;
+    Ok(load_model(&p)?)
+}
+
+pub fn find_hardware(start: &Path, name: &str) -> anyhow::Result<HardwareProfile> {
+    let p = find_data(start, "hardware", name)
+        .ok_or_else(|| anyhow::anyhow!("no hardware profile '{name}' (looked for hardware/{name}.yaml in experiments/ and above)"))?;
+    Ok(hardware::load_profile(&p)?)
+}
+
+/// Bandwidths decodelab measured, for `--measured`: the expert_gemv result nearest the
+/// batch (weights) and the kv_decode result of the same attention kind nearest the batch and
+/// context (KV), passing points only.
+pub fn measured_terms(path: &Path, m: &ModelPreset, s: &Scenario) -> anyhow::Result<MeasuredTerms> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--measured {}: {e}", path.display()))?;
+    let lines: Vec<crate::report::ResultLine> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    anyhow::ensure!(
+        !lines.is_empty(),
+        "--measured {}: no result lines",
+        path.display()
+    );
+    let dist = |a: f64, b: f64| (a.max(1.0) / b.max(1.0)).ln().abs();
+    let p = |l: &crate::report::ResultLine, k: &str| {
+        l.params.get(k).and_then(|v| v.as_f64()).unwrap_or(1.0)
+    };
+    let mla = matches!(m.attention, AttentionSpec::Mla { .. });
+    let weights = lines
+        .iter()
+        .filter(|l| l.kernel == "expert_gemv" && l.check.pass)
+        .min_by(|a, b| {
+            dist(p(a, "batch"), s.batch as f64).total_cmp(&dist(p(b, "batch"), s.batch as f64))
+        })
+        .map(|l| l.gbps);
+    let kv = lines
+        .iter()
+        .filter(|l| l.kernel == "kv_decode" && l.check.pass)
+        .filter(|l| (l.params.get("attention").and_then(|v| v.as_str()) == Some("mla")) == mla)
+        .min_by(|a, b| {
+            let da = dist(p(a, "batch"), s.batch as f64) + dist(p(a, "context"), s.context as f64);
+            let db = dist(p(b, "batch"), s.batch as f64) + dist(p(b, "context"), s.context as f64);
+            da.total_cmp(&db)
+        })
+        .map(|l| l.gbps);
+    Ok(MeasuredTerms {
+        weights_gbps: weights,
+        kv_gbps: kv,
+        source: Some(path.display().to_string()),
+    })
+}

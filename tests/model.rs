@@ -1,0 +1,280 @@
+//! The analytic decode model against bytes and FLOPs worked by hand from the models' config
+//! numbers, the expected-distinct-experts formula against a seeded simulation, and the talk's
+//! figures.
+
+use decodelab::model::figures::{self, FigureSpec};
+use decodelab::model::{self, MeasuredTerms, Scenario, evaluate, expected_experts};
+use decodelab::workload::{ExpertGemv, Routing};
+use std::path::Path;
+
+fn here() -> &'static Path {
+    Path::new(".")
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * b.abs().max(1e-300)
+}
+
+#[test]
+fn llama_70b_by_hand() {
+    // config.json: hidden 8192, 80 layers, 64 heads, 8 KV heads, head_dim 128,
+    // intermediate 28672, vocab 128256; bf16 weights and KV.
+    let m = model::find_model(here(), "llama-3.1-70b").unwrap();
+    let h = model::find_hardware(here(), "h100-sxm").unwrap();
+    let (b, ctx) = (8.0, 4096.0);
+    let attn = 8192.0 * 64.0 * 128.0 + 2.0 * 8192.0 * 8.0 * 128.0 + 64.0 * 128.0 * 8192.0;
+    let mlp = 3.0 * 8192.0 * 28672.0;
+    let lm_head = 128256.0 * 8192.0;
+    let layers = 80.0 * (attn + mlp);
+    let weight_bytes = 2.0 * (layers + lm_head) + b * 8192.0 * 2.0; // + embedding rows
+    let kv_bytes = b * ctx * 80.0 * (2.0 * 8.0 * 128.0 * 2.0);
+    let flops = 2.0 * (layers + lm_head) * b + b * ctx * 80.0 * 64.0 * 4.0 * 128.0;
+    let r = evaluate(
+        &m,
+        &h,
+        &Scenario::new(8, 4096, 1),
+        &MeasuredTerms::default(),
+    )
+    .unwrap();
+    assert!(
+        close(r.weight_bytes, weight_bytes, 1e-12),
+        "{} vs {weight_bytes}",
+        r.weight_bytes
+    );
+    assert!(close(r.kv_bytes, kv_bytes, 1e-12));
+    assert!(close(r.flops, flops, 1e-12));
+    assert!(close(m.total_params(), layers + 2.0 * lm_head, 1e-12));
+    assert!(
+        (69e9..72e9).contains(&m.total_params()),
+        "Llama 70B has ~70.6B parameters"
+    );
+    // Time: bytes over the spec bandwidth of one H100.
+    assert!(close(r.time_ms.weights, weight_bytes / 3350e9 * 1e3, 1e-12));
+    assert_eq!(r.communication_bytes, 0.0);
+}
+
+#[test]
+fn deepseek_v3_by_hand() {
+    // config.json: hidden 7168, 61 layers (3 dense), 128 heads, q_lora 1536, kv_lora 512,
+    // rope 64, nope 128, v_head 128, 256 routed experts (top 8) + 1 shared of 2048,
+    // dense intermediate 18432, vocab 129280; fp8 weights, bf16 latent cache.
+    let m = model::find_model(here(), "deepseek-v3").unwrap();
+    let h = model::find_hardware(here(), "h200-sxm").unwrap();
+    let (b, ctx) = (16.0, 8192.0);
+    let attn = 7168.0 * 1536.0
+        + 1536.0 * 128.0 * 192.0
+        + 7168.0 * 576.0
+        + 512.0 * 128.0 * 256.0
+        + 128.0 * 128.0 * 7168.0;
+    let expert = 3.0 * 7168.0 * 2048.0;
+    let dense = 3.0 * 7168.0 * 18432.0;
+    let touched = 256.0 * (1.0 - (1.0 - 8.0 / 256.0f64).powi(16));
+    let router = 7168.0 * 256.0;
+    let lm_head = 129280.0 * 7168.0;
+    let weight_bytes = 61.0 * attn + 3.0 * dense + 58.0 * (expert + touched * expert) // fp8: 1 byte
+        + 58.0 * router * 2.0 + lm_head * 2.0 + b * 7168.0 * 2.0; // bf16 router, lm_head, rows
+    let kv_bytes = b * ctx * 61.0 * 576.0 * 2.0;
+    let active = 61.0 * attn + 3.0 * dense + 58.0 * (9.0 * expert + router) + lm_head;
+    let flops = 2.0 * active * b + b * ctx * 61.0 * 128.0 * 2.0 * (2.0 * 512.0 + 64.0);
+    let r = evaluate(
+        &m,
+        &h,
+        &Scenario::new(16, 8192, 8),
+        &MeasuredTerms::default(),
+    )
+    .unwrap();
+    assert!(
+        close(r.weight_bytes, weight_bytes, 1e-12),
+        "{} vs {weight_bytes}",
+        r.weight_bytes
+    );
+    assert!(close(r.kv_bytes, kv_bytes, 1e-12));
+    assert!(close(r.flops, flops, 1e-12));
+    assert!(close(r.experts_touched_per_layer.unwrap(), touched, 1e-12));
+    assert!(
+        (660e9..690e9).contains(&m.total_params()),
+        "DeepSeek-V3 has 671B (+ embeddings)"
+    );
+    assert!((36e9..39e9).contains(&m.active_params()), "37B active");
+    // Eight devices: communication is counted; its bytes are bf16 activations per block.
+    let comm = 61.0 * 2.0 * b * 7168.0 * 2.0 + 58.0 * 2.0 * b * 8.0 * 7168.0 * 2.0;
+    assert!(close(r.communication_bytes, comm, 1e-12));
+}
+
+#[test]
+fn kimi_matches_the_talks_description() {
+    let m = model::find_model(here(), "kimi-k2.5").unwrap();
+    assert!(
+        (1.0e12..1.1e12).contains(&m.total_params()),
+        "{}",
+        m.total_params()
+    );
+    assert!(
+        (31e9..34e9).contains(&m.active_params()),
+        "{}",
+        m.active_params()
+    );
+}
+
+#[test]
+fn expected_distinct_experts_match_a_seeded_simulation() {
+    for (e, k, b) in [
+        (384usize, 8usize, 1usize),
+        (384, 8, 16),
+        (384, 8, 64),
+        (256, 8, 128),
+        (64, 6, 10),
+    ] {
+        let trials = 400;
+        let mut total = 0.0;
+        for seed in 0..trials {
+            let ids = ExpertGemv::route(&Routing::Uniform, e, k, b, seed).unwrap();
+            let mut seen = vec![false; e];
+            ids.iter().for_each(|&i| seen[i as usize] = true);
+            total += seen.iter().filter(|&&s| s).count() as f64;
+        }
+        let sim = total / trials as f64;
+        let formula = expected_experts(e as f64, k as f64, b as f64);
+        assert!(
+            close(sim, formula, 0.01),
+            "E={e} k={k} B={b}: simulated {sim}, formula {formula}"
+        );
+    }
+}
+
+#[test]
+fn the_joule_breakdown_lands_near_the_talk() {
+    let path = Path::new("experiments/talk/1-joule-breakdown.yaml");
+    let (spec, _) = figures::load_figure(path).unwrap();
+    let FigureSpec::JouleBreakdown { point, .. } = spec else {
+        panic!("figure 1 is a joule breakdown")
+    };
+    let b = figures::point(Path::new("experiments/talk"), &point).unwrap();
+    let p = b.energy_j_per_token.percent();
+    assert!(
+        (p.weights - 59.0).abs() <= 2.0,
+        "weights {:.1} %",
+        p.weights
+    );
+    assert!((p.kv - 40.0).abs() <= 2.0, "KV {:.1} %", p.kv);
+    assert!((p.compute - 1.0).abs() <= 2.0, "compute {:.1} %", p.compute);
+}
+
+#[test]
+fn sram_die_cuts_energy_about_tenfold() {
+    let m = model::find_model(here(), "kimi-k2.5").unwrap();
+    let hbm = model::find_hardware(here(), "b200").unwrap();
+    let sram = model::find_hardware(here(), "sram-die").unwrap();
+    let before = evaluate(
+        &m,
+        &hbm,
+        &Scenario::new(512, 19456, 72),
+        &MeasuredTerms::default(),
+    )
+    .unwrap();
+    let after = evaluate(
+        &m,
+        &sram,
+        &Scenario::new(512, 19456, 2064),
+        &MeasuredTerms::default(),
+    )
+    .unwrap();
+    let ratio = before.energy_j_per_token.total / after.energy_j_per_token.total;
+    assert!((5.0..20.0).contains(&ratio), "{ratio}");
+    // Weights: 10 pJ/bit -> 0.02 pJ/bit is exactly 500x.
+    assert!(close(
+        before.energy_j_per_token.weights / after.energy_j_per_token.weights,
+        500.0,
+        1e-9
+    ));
+}
+
+#[test]
+fn measured_bandwidths_replace_the_profile() {
+    let dir = std::env::temp_dir().join(format!("decodelab-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let line = |kernel: &str, params: &str, gbps: f64| {
+        format!(
+            r#"{{"schema":"decodelab.result/1","experiment":"m","point":0,"kernel":"{kernel}","backend":"cuda","device":"H100","device_count":1,"split":"none","params":{params},"bytes":1,"flops":0,"reps":1,"time_s":{{"median":1,"min":1,"max":1}},"gbps":{gbps},"pct_of_spec":null,"pct_of_stream":null,"cache":"cold","energy":{{"source":"none","joules":null,"pj_per_byte":null}},"check":{{"rel_l2_err":0,"max_abs_err":0,"pass":true}},"env":{{}}}}"#
+        )
+    };
+    let text = [
+        line("expert_gemv", r#"{"batch":1}"#, 1000.0),
+        line("expert_gemv", r#"{"batch":64}"#, 2500.0),
+        line(
+            "kv_decode",
+            r#"{"attention":"mla","batch":64,"context":8192}"#,
+            2800.0,
+        ),
+        line(
+            "kv_decode",
+            r#"{"attention":"gqa","batch":64,"context":8192}"#,
+            1.0,
+        ),
+    ]
+    .join("\n");
+    let path = dir.join("results.jsonl");
+    std::fs::write(&path, text).unwrap();
+    let m = model::find_model(here(), "deepseek-v3").unwrap();
+    let h = model::find_hardware(here(), "h100-sxm").unwrap();
+    let s = Scenario::new(48, 8192, 1);
+    let t = model::measured_terms(&path, &m, &s).unwrap();
+    assert_eq!((t.weights_gbps, t.kv_gbps), (Some(2500.0), Some(2800.0)));
+    let spec = evaluate(&m, &h, &s, &MeasuredTerms::default()).unwrap();
+    let meas = evaluate(&m, &h, &s, &t).unwrap();
+    assert!(close(
+        meas.time_ms.weights,
+        spec.time_ms.weights * 3350.0 / 2500.0,
+        1e-12
+    ));
+    assert!(close(
+        meas.time_ms.kv,
+        spec.time_ms.kv * 3350.0 / 2800.0,
+        1e-12
+    ));
+    assert_eq!(meas.time_ms.compute, spec.time_ms.compute);
+}
+
+#[test]
+fn every_preset_and_profile_loads() {
+    for name in [
+        "kimi-k2.5",
+        "deepseek-v3",
+        "llama-3.1-70b",
+        "llama-3.1-405b",
+        "qwen3-235b-a22b",
+        "gpt-oss-120b",
+    ] {
+        let m = model::find_model(here(), name).unwrap();
+        for hw in ["h100-sxm", "h200-sxm", "b200", "sram-die"] {
+            let h = model::find_hardware(here(), hw).unwrap();
+            let r = evaluate(
+                &m,
+                &h,
+                &Scenario::new(4, 2048, 8),
+                &MeasuredTerms::default(),
+            )
+            .unwrap();
+            assert!(
+                r.time_ms.total > 0.0
+                    && r.energy_j_per_token.total > 0.0
+                    && r.tokens_per_s_per_watt > 0.0
+            );
+        }
+    }
+    // gpt-oss: half the layers cache at most 128 tokens.
+    let g = model::find_model(here(), "gpt-oss-120b").unwrap();
+    let h = model::find_hardware(here(), "h100-sxm").unwrap();
+    let r = evaluate(
+        &g,
+        &h,
+        &Scenario::new(1, 8192, 1),
+        &MeasuredTerms::default(),
+    )
+    .unwrap();
+    assert!(close(
+        r.kv_bytes,
+        (18.0 * 8192.0 + 18.0 * 128.0) * 2.0 * 8.0 * 64.0 * 2.0,
+        1e-12
+    ));
+}
