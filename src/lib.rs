@@ -4,6 +4,7 @@
 //! `experiment` reads YAML, expands sweeps and drives the runner; `report` writes results.
 
 pub mod backend;
+pub mod energy;
 pub mod experiment;
 pub mod model;
 pub mod report;

@@ -189,7 +189,9 @@ fn select(exp: &Experiment, backend: Option<&str>) -> Result<Vec<runner::Selecte
         })?,
         None => exp.backends.clone(),
     };
-    let selected = runner::select(exp, &choice).and_then(|s| runner::check_fit(exp, &s).map(|_| s));
+    let selected = runner::select(exp, &choice)
+        .and_then(|s| runner::check_fit(exp, &s).map(|_| s))
+        .and_then(|s| runner::check_energy(exp, &s).map(|_| s));
     selected.map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)

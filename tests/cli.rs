@@ -446,3 +446,67 @@ fn figures_writes_every_figure_and_the_page() {
     assert_eq!(n, 6);
     assert!(html.contains("skipped: no results file"));
 }
+
+#[test]
+fn energy_falls_back_to_the_model_without_nvml() {
+    let dir = tempdir("energy");
+    // The profile is looked up beside and above the experiment: copy it next to the file.
+    std::fs::create_dir_all(dir.join("hardware")).unwrap();
+    std::fs::copy(
+        "experiments/hardware/h100-sxm.yaml",
+        dir.join("hardware/h100-sxm.yaml"),
+    )
+    .unwrap();
+    let body = "backends: [cpu]\nhardware: h100-sxm\nreps: 2\nruns:\n  - kernel: stream\n    op: copy\n    bytes: 4096\n";
+    let auto = dir.join("auto.yaml");
+    std::fs::write(&auto, format!("name: auto\nenergy: auto\n{body}")).unwrap();
+    let out = dir.join("out");
+    let o = bin()
+        .args(["run", "--no-progress", "--out"])
+        .arg(&out)
+        .arg(&auto)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = &read_lines(&out.join("results.jsonl"))[0];
+    assert_eq!(l.energy.source, "model");
+    assert!(l.energy.measured.is_none());
+    assert!(
+        l.energy.note.as_deref().unwrap_or("").contains("measured:"),
+        "{:?}",
+        l.energy.note
+    );
+    // h100-sxm: 10 pJ/bit = 80 pJ per byte; a copy does no FLOPs.
+    let m = l.energy.modelled.as_ref().unwrap();
+    assert!((m.pj_per_byte - 80.0).abs() < 1e-9, "{m:?}");
+    assert_eq!(l.energy.pj_per_byte, Some(m.pj_per_byte));
+    assert!((l.energy.joules.unwrap() - 8192.0 * 80e-12).abs() < 1e-18);
+
+    // energy: nvml where there is no NVML: refused before anything runs, naming the line.
+    let nvml = dir.join("nvml.yaml");
+    std::fs::write(&nvml, format!("name: nvml\nenergy: nvml\n{body}")).unwrap();
+    let o = bin()
+        .args(["run", "--no-progress", "--out"])
+        .arg(dir.join("out2"))
+        .arg(&nvml)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("nvml.yaml:2") && err.contains("energy"),
+        "{err}"
+    );
+    assert!(!dir.join("out2").join("results.jsonl").exists());
+
+    // energy: model without a profile is refused too.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: bad\nenergy: model\nruns:\n  - kernel: stream\n    bytes: 4096\n",
+    )
+    .unwrap();
+    let o = bin().args(["check"]).arg(&bad).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad.yaml:2"));
+}

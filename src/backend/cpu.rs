@@ -35,6 +35,7 @@ impl CpuBackend {
                     format!("{} MiB", llc_bytes >> 20),
                 ),
             ],
+            pci_bus_id: None,
         }];
         CpuBackend { devices, llc_bytes }
     }
@@ -171,6 +172,13 @@ impl Prepared for CpuPoint {
 
     fn read_outputs(&mut self) -> anyhow::Result<TensorSet> {
         Ok(self.outputs.clone())
+    }
+
+    fn run_steps(&mut self, steps: u64) -> anyhow::Result<()> {
+        for _ in 0..steps {
+            self.step();
+        }
+        Ok(())
     }
 }
 

@@ -18,6 +18,8 @@ pub struct DeviceInfo {
     pub memory_bytes: Option<u64>,
     /// Backend-specific facts worth printing (driver, threads, features, limits).
     pub details: Vec<(String, String)>,
+    /// PCI bus id, where the device has one: how NVML finds its energy counter.
+    pub pci_bus_id: Option<String>,
 }
 
 /// Which clock timed the reps.
@@ -49,6 +51,9 @@ pub trait Prepared {
     fn run(&mut self, warmup: usize, reps: usize) -> anyhow::Result<Vec<f64>>;
     /// Copy the outputs back to the host (only for the check).
     fn read_outputs(&mut self) -> anyhow::Result<TensorSet>;
+    /// Run `steps` steps back to back, untimed and without cache flushes, and wait for them:
+    /// the loop an energy window measures.
+    fn run_steps(&mut self, steps: u64) -> anyhow::Result<()>;
 }
 
 pub trait Backend: Send + Sync {

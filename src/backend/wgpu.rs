@@ -229,6 +229,7 @@ fn describe(index: usize, a: &wgpu::Adapter) -> DeviceInfo {
                 l.max_storage_buffers_per_shader_stage.to_string(),
             ),
         ],
+        pci_bus_id: Some(info.device_pci_bus_id.clone()).filter(|b| !b.is_empty()),
     }
 }
 
@@ -987,8 +988,13 @@ const REPS_PER_BATCH: usize = 1024;
 
 impl WgpuPoint {
     /// Encode one rep; with `ts` = Some((set, i)) the pass writes timestamps 2i and 2i + 1.
-    fn encode_rep(&self, enc: &mut wgpu::CommandEncoder, ts: Option<(&wgpu::QuerySet, u32)>) {
-        if let Some(f) = &self.flush {
+    fn encode_rep(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        ts: Option<(&wgpu::QuerySet, u32)>,
+        flush: bool,
+    ) {
+        if let (Some(f), true) = (&self.flush, flush) {
             enc.clear_buffer(f, 0, None);
         }
         for b in &self.built.clear_each_rep {
@@ -1071,7 +1077,7 @@ impl Prepared for WgpuPoint {
         let ctx = &self.built.ctx;
         for _ in 0..warmup {
             let mut enc = ctx.device.create_command_encoder(&Default::default());
-            self.encode_rep(&mut enc, None);
+            self.encode_rep(&mut enc, None, true);
             ctx.queue.submit([enc.finish()]);
         }
         self.wait()?;
@@ -1079,7 +1085,7 @@ impl Prepared for WgpuPoint {
         if !ctx.timestamps {
             for _ in 0..reps {
                 let mut enc = ctx.device.create_command_encoder(&Default::default());
-                self.encode_rep(&mut enc, None);
+                self.encode_rep(&mut enc, None, true);
                 let t0 = Instant::now();
                 ctx.queue.submit([enc.finish()]);
                 self.wait()?;
@@ -1104,7 +1110,7 @@ impl Prepared for WgpuPoint {
             });
             for i in 0..n {
                 let mut enc = ctx.device.create_command_encoder(&Default::default());
-                self.encode_rep(&mut enc, Some((&set, i as u32)));
+                self.encode_rep(&mut enc, Some((&set, i as u32)), true);
                 if i + 1 == n {
                     enc.resolve_query_set(&set, 0..2 * n as u32, &resolve, 0);
                 }
@@ -1122,6 +1128,22 @@ impl Prepared for WgpuPoint {
             done += n;
         }
         Ok(times)
+    }
+
+    fn run_steps(&mut self, steps: u64) -> anyhow::Result<()> {
+        let ctx = &self.built.ctx;
+        let mut left = steps;
+        while left > 0 {
+            // Batches of up to 64 steps per submission keep the queue full.
+            let n = left.min(64);
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            for _ in 0..n {
+                self.encode_rep(&mut enc, None, false);
+            }
+            ctx.queue.submit([enc.finish()]);
+            left -= n;
+        }
+        self.wait()
     }
 
     fn read_outputs(&mut self) -> anyhow::Result<TensorSet> {

@@ -65,6 +65,9 @@ pub struct Experiment {
     pub reps: usize,
     pub seed: u64,
     pub cache: CacheMode,
+    pub energy: crate::energy::EnergyMode,
+    /// Line of `energy:` (0 when defaulted).
+    pub energy_line: u64,
     pub points: Vec<Point>,
 }
 
@@ -232,6 +235,21 @@ impl Builder<'_> {
         let reps = bounded(&spec.reps, "reps", 50, 1, 1_000_000)? as usize;
         let seed = spec.seed.as_ref().map_or(0, |s| s.value);
         let cache = spec.cache.as_ref().map_or(CacheMode::Cold, |c| c.value);
+        let energy = spec
+            .energy
+            .as_ref()
+            .map_or(crate::energy::EnergyMode::Auto, |e| e.value);
+        if energy == crate::energy::EnergyMode::Model
+            && hardware.as_ref().and_then(|h| h.energy.as_ref()).is_none()
+        {
+            let l = &spec.energy.as_ref().expect("set").referenced;
+            return Err(self.err(
+                l.line(),
+                l.column(),
+                "energy",
+                "energy: model needs `hardware:` naming a profile with energy constants",
+            ));
+        }
 
         if spec.runs.value.is_empty() {
             let l = &spec.runs.referenced;
@@ -271,6 +289,8 @@ impl Builder<'_> {
             reps,
             seed,
             cache,
+            energy,
+            energy_line: spec.energy.as_ref().map_or(0, |e| e.referenced.line()),
             points,
         })
     }

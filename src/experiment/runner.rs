@@ -142,6 +142,58 @@ pub fn check_fit(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigEr
     Ok(())
 }
 
+/// The meters of one device: measured (NVML) and modelled, each or its reason for absence.
+struct Meters {
+    measured: Result<crate::energy::nvml::NvmlMeter, String>,
+    modelled: Result<crate::energy::ModelMeter, String>,
+}
+
+fn meters_for(exp: &Experiment, device: &crate::backend::DeviceInfo) -> Meters {
+    use crate::energy::EnergyMode::*;
+    let measured = match exp.energy {
+        Auto | Nvml => match &device.pci_bus_id {
+            Some(bus) => crate::energy::nvml::NvmlMeter::for_bus(bus),
+            None => Err("no NVML for this device (no PCI bus id)".into()),
+        },
+        Model | Off => Err("not asked for".into()),
+    };
+    let modelled = match exp.energy {
+        Auto | Model => match &exp.hardware {
+            Some(h) => crate::energy::ModelMeter::new(h)
+                .ok_or_else(|| format!("profile {} has no energy constants", h.id)),
+            None => Err("no hardware profile (hardware:) to model energy with".into()),
+        },
+        Nvml | Off => Err("not asked for".into()),
+    };
+    Meters { measured, modelled }
+}
+
+/// `energy: nvml` is refused before anything runs on a device NVML cannot measure.
+pub fn check_energy(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigError> {
+    if exp.energy != crate::energy::EnergyMode::Nvml {
+        return Ok(());
+    }
+    let file = exp.file.display().to_string();
+    for s in selected {
+        for &d in &s.devices {
+            let dev = &s.backend.devices()[d];
+            if let Err(why) = meters_for(exp, dev).measured {
+                let msg = format!(
+                    "energy: nvml on {}:{d} ({}): {why}; use energy: auto or model",
+                    s.backend.name(),
+                    dev.name
+                );
+                return Err(if exp.energy_line > 0 {
+                    ConfigError::at(&file, &exp.source, exp.energy_line, 0, "energy", msg)
+                } else {
+                    ConfigError::whole_file(&file, msg)
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn default_out_dir(exp: &Experiment) -> PathBuf {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
@@ -280,7 +332,8 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
         for (s, d) in todo {
             let b = s.backend.as_ref();
             let dev = &b.devices()[d];
-            let attempt = (|| -> anyhow::Result<(Vec<f64>, TensorSet, String, String)> {
+            let meters = meters_for(exp, dev);
+            let attempt = (|| -> anyhow::Result<(Vec<f64>, TensorSet, String, String, Energy)> {
                 let mut prepared = b.prepare(d, &p.workload, &inputs, exp.cache)?;
                 let times = prepared.run(exp.warmup, exp.reps)?;
                 let outputs = prepared.read_outputs()?;
@@ -288,9 +341,10 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
                     .as_str()
                     .unwrap_or("")
                     .to_string();
-                Ok((times, outputs, timer, prepared.cache_method()))
+                let energy = energy_of(&p.workload, &meters, prepared.as_mut())?;
+                Ok((times, outputs, timer, prepared.cache_method(), energy))
             })();
-            let (times, outputs, timer, cache_method) = match attempt {
+            let (times, outputs, timer, cache_method, energy) = match attempt {
                 Ok(v) => v,
                 Err(e) => {
                     errors += 1;
@@ -361,11 +415,7 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
                     .as_str()
                     .unwrap_or("")
                     .into(),
-                energy: Energy {
-                    source: "none".into(),
-                    joules: None,
-                    pj_per_byte: None,
-                },
+                energy,
                 check: CheckOut {
                     rel_l2_err: Some(check.rel_l2_err).filter(|x| x.is_finite()),
                     max_abs_err: Some(check.max_abs_err).filter(|x| x.is_finite()),
@@ -433,6 +483,49 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
         failed_checks,
         errors,
         skipped_done,
+    })
+}
+
+/// Both sides of a point's energy: NVML windows around back-to-back steps where a meter
+/// exists, the model where a profile is given; the primary figure is the measured one.
+fn energy_of(
+    w: &Workload,
+    m: &Meters,
+    prepared: &mut dyn crate::backend::Prepared,
+) -> anyhow::Result<Energy> {
+    use crate::energy::Meter;
+    let mut run = |steps: u64| prepared.run_steps(steps);
+    let measured = match &m.measured {
+        Ok(meter) => Some(meter.measure(w, &mut run)?),
+        Err(_) => None,
+    };
+    let modelled = match &m.modelled {
+        Ok(meter) => Some(meter.measure(w, &mut |_| Ok(()))?),
+        Err(_) => None,
+    };
+    let mut notes = Vec::new();
+    if let Err(why) = &m.measured
+        && why != "not asked for"
+    {
+        notes.push(format!("measured: {why}"));
+    }
+    if let Err(why) = &m.modelled
+        && why != "not asked for"
+    {
+        notes.push(format!("modelled: {why}"));
+    }
+    let (source, primary) = match (&measured, &modelled) {
+        (Some(f), _) => ("nvml", Some(f)),
+        (None, Some(f)) => ("model", Some(f)),
+        (None, None) => ("none", None),
+    };
+    Ok(Energy {
+        source: source.into(),
+        joules: primary.map(|f| f.joules_per_step),
+        pj_per_byte: primary.map(|f| f.pj_per_byte),
+        measured,
+        modelled,
+        note: (!notes.is_empty()).then(|| notes.join("; ")),
     })
 }
 

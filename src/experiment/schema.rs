@@ -195,6 +195,8 @@ pub struct ExperimentFile {
     pub seed: Option<Spanned<u64>>,
     #[serde(default)]
     pub cache: Option<Spanned<CacheMode>>,
+    #[serde(default)]
+    pub energy: Option<Spanned<crate::energy::EnergyMode>>,
     pub runs: Spanned<Vec<Spanned<RunSpec>>>,
 }
 

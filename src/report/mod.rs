@@ -38,11 +38,21 @@ impl TimeStats {
     }
 }
 
+/// The energy of one step: the primary figure (measured where it exists, else modelled),
+/// and both sides in full.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Energy {
+    /// nvml, model or none: where `joules` and `pj_per_byte` come from.
     pub source: String,
     pub joules: Option<f64>,
     pub pj_per_byte: Option<f64>,
+    #[serde(default)]
+    pub measured: Option<crate::energy::Figures>,
+    #[serde(default)]
+    pub modelled: Option<crate::energy::Figures>,
+    /// Why a side is missing (no NVML, no profile), when one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
