@@ -51,6 +51,15 @@ enum Command {
     },
     /// List every backend and its devices, or why it is unavailable.
     Devices,
+    /// Compile every CUDA kernel with NVRTC for an architecture (no GPU needed) and print
+    /// registers, shared memory and spills per kernel.
+    Kernels {
+        #[arg(long, default_value = "sm_90")]
+        arch: String,
+        /// One JSON object per variant instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The analytic decode model: where the milliseconds and joules of a token go.
     Model {
         /// A preset in experiments/models/ (kimi-k2.5, deepseek-v3, llama-3.1-70b, ...).
@@ -98,6 +107,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Devices => devices(),
+        Command::Kernels { arch, json } => kernels(&arch, json),
         Command::Model {
             model,
             hardware,
@@ -196,6 +206,46 @@ fn select(exp: &Experiment, backend: Option<&str>) -> Result<Vec<runner::Selecte
         eprintln!("error: {e}");
         ExitCode::from(2)
     })
+}
+
+fn kernels(arch: &str, json: bool) -> ExitCode {
+    use decodelab::backend::cuda::compile;
+    let report = match compile::report(arch) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if json {
+        for (label, kernels) in &report {
+            println!(
+                "{}",
+                serde_json::json!({ "variant": label, "arch": arch, "kernels": kernels })
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
+    println!("NVRTC, {arch}: registers / static shared memory / spills per kernel");
+    println!(
+        "{:<40} {:<13} {:>5} {:>8} {:>12} {:>12}",
+        "variant", "kernel", "regs", "smem B", "spill st B", "spill ld B"
+    );
+    let mut spills = 0;
+    for (label, kernels) in &report {
+        for k in kernels {
+            spills += k.spill_store_bytes + k.spill_load_bytes;
+            println!(
+                "{label:<40} {:<13} {:>5} {:>8} {:>12} {:>12}",
+                k.kernel, k.registers, k.shared_bytes, k.spill_store_bytes, k.spill_load_bytes
+            );
+        }
+    }
+    println!(
+        "{} variants compiled, {spills} spill bytes in all",
+        report.len()
+    );
+    ExitCode::SUCCESS
 }
 
 struct ModelArgs {

@@ -2,6 +2,7 @@
 //! device timers, outputs read back only for the check), and the registry of backends.
 
 pub mod cpu;
+pub mod cuda;
 pub mod wgpu;
 
 use crate::workload::{TensorSet, Workload};
@@ -90,9 +91,12 @@ pub fn probe(name: &str) -> Option<Probe> {
                 reason,
             },
         }),
-        "cuda" => Some(Probe::Unavailable {
-            name: "cuda",
-            reason: "not built yet (the CUDA backend lands with its own issue)".into(),
+        "cuda" => Some(match cuda::CudaBackend::probe() {
+            Ok(b) => Probe::Available(Box::new(b)),
+            Err(reason) => Probe::Unavailable {
+                name: "cuda",
+                reason,
+            },
         }),
         _ => None,
     }

@@ -1,0 +1,39 @@
+// Storage dtypes decoded with CUDA's own types. The backend defines DTYPE (0 f32, 1 f16,
+// 2 bf16, 3 fp8_e4m3) and ELEM_BYTES before this file. Accumulation is always f32.
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+typedef unsigned long long u64;
+
+// Element e of a tensor of the storage dtype.
+__device__ __forceinline__ float decode_elem(const unsigned char* __restrict__ base, u64 e) {
+#if DTYPE == 0
+    return reinterpret_cast<const float*>(base)[e];
+#elif DTYPE == 1
+    return __half2float(reinterpret_cast<const __half*>(base)[e]);
+#elif DTYPE == 2
+    return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(base)[e]);
+#else
+    __nv_fp8_e4m3 v;
+    v.__x = base[e];
+    return float(v);
+#endif
+}
+
+#define ELEMS_PER_VEC (16 / ELEM_BYTES)
+
+// The ELEMS_PER_VEC elements of one 16-byte load.
+__device__ __forceinline__ void decode_vec(uint4 v, float* out) {
+    const unsigned char* b = reinterpret_cast<const unsigned char*>(&v);
+#pragma unroll
+    for (int i = 0; i < ELEMS_PER_VEC; i++) {
+        out[i] = decode_elem(b, i);
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}

@@ -1,0 +1,330 @@
+//! NVRTC: CUDA C from kernels/, compiled at run time for a device's own architecture,
+//! through `cudarc::nvrtc::result` so the compile log (ptxas registers, shared memory,
+//! spills) is kept. Works without a GPU: `decodelab kernels --arch sm_90`.
+
+use crate::workload::{Attention, DType, ExpertGemv, KvDecode, StreamOp, Workload};
+use cudarc::nvrtc::{result, sys};
+use std::ffi::CString;
+use std::path::PathBuf;
+
+pub const COMMON_CUH: &str = include_str!("../../../kernels/common.cuh");
+pub const STREAM_CU: &str = include_str!("../../../kernels/stream.cu");
+pub const KV_CU: &str = include_str!("../../../kernels/kv_decode.cu");
+pub const EXPERT_CU: &str = include_str!("../../../kernels/expert_gemv.cu");
+
+pub const KV_WG: usize = 128;
+pub const EXPERT_WG: usize = 128;
+pub const EXPERT_ROWS: usize = 4;
+pub const EXPERT_TB: usize = 8;
+
+/// NVRTC can be loaded (libnvrtc on the loader's path), or why not.
+pub fn nvrtc_available() -> Result<(), String> {
+    // SAFETY: only tries to dlopen the library; touches nothing in it.
+    if unsafe { sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(
+            "NVRTC not found (libnvrtc.so.12 not on the loader path: install the CUDA toolkit \
+             or pip install nvidia-cuda-nvrtc-cu12 and add its lib/ to LD_LIBRARY_PATH)"
+                .into(),
+        )
+    }
+}
+
+/// Where cuda_fp16.h, cuda_bf16.h and cuda_fp8.h are: DECODELAB_CUDA_INCLUDE, CUDA_HOME or
+/// CUDA_PATH's include/, or /usr/local/cuda/include.
+pub fn include_dir() -> Result<PathBuf, String> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("DECODELAB_CUDA_INCLUDE") {
+        candidates.push(d.into());
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(d) = std::env::var_os(var) {
+            candidates.push(PathBuf::from(d).join("include"));
+        }
+    }
+    candidates.push("/usr/local/cuda/include".into());
+    candidates
+        .into_iter()
+        .find(|d| d.join("cuda_fp8.h").exists())
+        .ok_or_else(|| {
+            "CUDA headers not found (cuda_fp8.h): set DECODELAB_CUDA_INCLUDE to a folder with them, \
+             e.g. site-packages/nvidia/cuda_runtime/include of pip's nvidia-cuda-runtime-cu12"
+                .into()
+        })
+}
+
+/// A compiled module: its CUBIN and NVRTC's log.
+pub struct Compiled {
+    pub cubin: Vec<u8>,
+    pub log: String,
+}
+
+/// Compile `source` for `arch` (e.g. "sm_90") to CUBIN, with ptxas' report in the log.
+pub fn compile(source: &str, name: &str, arch: &str) -> Result<Compiled, String> {
+    nvrtc_available()?;
+    let include = include_dir()?;
+    let src = CString::new(source).map_err(|_| "kernel source contains a NUL byte".to_string())?;
+    let cname = CString::new(name).map_err(|_| "bad kernel name".to_string())?;
+    let prog = result::create_program(&src, Some(&cname))
+        .map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
+    let opts = [
+        format!("--gpu-architecture={arch}"),
+        format!("--include-path={}", include.display()),
+        "--std=c++17".to_string(),
+        "--ptxas-options=-v".to_string(),
+        "-lineinfo".to_string(),
+    ];
+    // SAFETY: prog was created above and is destroyed once, below.
+    let compiled = unsafe { result::compile_program(prog, &opts) };
+    let log = unsafe { result::get_program_log(prog) }
+        .map(|l| {
+            let bytes: Vec<u8> = l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+        .unwrap_or_default();
+    let out = match compiled {
+        Err(e) => Err(format!(
+            "NVRTC could not compile {name} for {arch}: {e:?}\n{log}"
+        )),
+        Ok(()) => unsafe { cubin(prog) }.map(|cubin| Compiled { cubin, log }),
+    };
+    let _ = unsafe { result::destroy_program(prog) };
+    out
+}
+
+/// # Safety
+/// `prog` must be a successfully compiled program for a real (sm_XX) architecture.
+unsafe fn cubin(prog: sys::nvrtcProgram) -> Result<Vec<u8>, String> {
+    let mut size = 0usize;
+    unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) }
+        .result()
+        .map_err(|e| format!("nvrtcGetCUBINSize: {e:?}"))?;
+    let mut buf = vec![0u8; size];
+    unsafe { sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut _) }
+        .result()
+        .map_err(|e| format!("nvrtcGetCUBIN: {e:?}"))?;
+    Ok(buf)
+}
+
+/// What ptxas reported for one kernel.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct KernelReport {
+    pub kernel: String,
+    pub registers: u32,
+    pub shared_bytes: u32,
+    pub spill_store_bytes: u32,
+    pub spill_load_bytes: u32,
+    pub stack_bytes: u32,
+}
+
+/// Parse ptxas' "-v" report out of an NVRTC log.
+pub fn parse_ptxas(log: &str) -> Vec<KernelReport> {
+    let num_before = |line: &str, unit: &str| -> Option<u32> {
+        let i = line.find(unit)?;
+        line[..i]
+            .split(|c: char| !c.is_ascii_digit())
+            .rfind(|s| !s.is_empty())?
+            .parse()
+            .ok()
+    };
+    let mut out: Vec<KernelReport> = Vec::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let name = rest.split('\'').next().unwrap_or("").to_string();
+            out.push(KernelReport {
+                kernel: name,
+                ..Default::default()
+            });
+        } else if let Some(k) = out.last_mut() {
+            if line.contains("bytes stack frame") {
+                k.stack_bytes = num_before(line, "bytes stack frame").unwrap_or(0);
+                k.spill_store_bytes = num_before(line, "bytes spill stores").unwrap_or(0);
+                k.spill_load_bytes = num_before(line, "bytes spill loads").unwrap_or(0);
+            } else if line.contains("Used") && line.contains("registers") {
+                k.registers = num_before(line, "registers").unwrap_or(0);
+                k.shared_bytes = num_before(line, "bytes smem").unwrap_or(0);
+            }
+        }
+    }
+    out
+}
+
+fn dtype_code(d: DType) -> u32 {
+    match d {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::Bf16 => 2,
+        DType::Fp8E4m3 => 3,
+    }
+}
+
+/// How a kv_decode point is cut into blocks on a device with `sms` multiprocessors.
+#[derive(Clone, Debug)]
+pub struct KvLaunch {
+    pub hb: usize,
+    pub split_tokens: usize,
+    pub splits: usize,
+}
+
+pub fn kv_launch(w: &KvDecode, sms: usize) -> KvLaunch {
+    const WG: usize = KV_WG;
+    let group = w.group_size();
+    // Up to 8 heads of one group per block, within 40 KB of static shared memory.
+    let fits = |hb: usize| hb * w.head_dim_k * 4 + hb * WG * 4 + WG * 8 <= 40 << 10;
+    let hb = (1..=group.min(8))
+        .rev()
+        .find(|&h| group.is_multiple_of(h) && fits(h))
+        .unwrap_or(1);
+    // Context slices: about 4 blocks per SM over the whole grid, at least 2 tiles each.
+    let max_len = w.context_lens.iter().copied().max().unwrap_or(1);
+    let blocks = w.batch * (w.q_heads / hb);
+    let want = (4 * sms).div_ceil(blocks).max(1);
+    let split_tokens = max_len.div_ceil(want).max(2 * WG).next_multiple_of(WG);
+    KvLaunch {
+        hb,
+        split_tokens,
+        splits: max_len.div_ceil(split_tokens).max(1),
+    }
+}
+
+fn assemble(prelude: &str, kernel: &str) -> String {
+    format!("{prelude}\n{COMMON_CUH}\n{kernel}")
+}
+
+pub fn stream_source() -> String {
+    // common.cuh needs a dtype; stream moves raw words.
+    assemble("#define DTYPE 0\n#define ELEM_BYTES 4\n", STREAM_CU)
+}
+
+pub fn kv_source(w: &KvDecode, l: &KvLaunch) -> String {
+    let es = w.kv_dtype.size();
+    let [k_scale, v_scale] = w.scales();
+    let prelude = format!(
+        "#define DTYPE {}\n#define ELEM_BYTES {es}\n#define WG {KV_WG}\n#define HB {}\n#define DK {}\n#define DV {}\n\
+         #define HQ {}\n#define HKV {}\n#define GROUP {}\n#define PAGE {}\n#define MAX_PAGES {}\n\
+         #define SPLIT_TOKENS {}\n#define SPLITS {}\n#define DV_PER_THREAD {}\n#define SCALE {:e}f\n\
+         #define K_SCALE {:e}f\n#define V_SCALE {:e}f\n#define IS_MLA {}\n#define ROW_ALIGNED {}\n",
+        dtype_code(w.kv_dtype),
+        l.hb,
+        w.head_dim_k,
+        w.head_dim_v,
+        w.q_heads,
+        w.kv_heads,
+        w.group_size(),
+        w.page_size,
+        w.max_pages(),
+        l.split_tokens,
+        l.splits,
+        w.head_dim_v.div_ceil(KV_WG),
+        w.scale,
+        k_scale,
+        v_scale,
+        (w.attention == Attention::Mla) as u32,
+        (w.head_dim_k * es).is_multiple_of(16) as u32,
+    );
+    assemble(&prelude, KV_CU)
+}
+
+pub fn expert_source(w: &ExpertGemv, touched: usize) -> String {
+    let es = w.weight_dtype.size();
+    let prelude = format!(
+        "#define DTYPE {}\n#define ELEM_BYTES {es}\n#define WG {EXPERT_WG}\n#define ROWS {EXPERT_ROWS}\n#define TB {EXPERT_TB}\n\
+         #define U {touched}\n#define D_IN {}\n#define D_OUT {}\n#define TOP_K {}\n#define BATCH {}\n\
+         #define SCALED {}\n#define ROW_ALIGNED {}\n",
+        dtype_code(w.weight_dtype),
+        w.d_in,
+        w.d_out,
+        w.top_k,
+        w.batch,
+        w.weight_dtype.is_scaled() as u32,
+        (w.d_in * es).is_multiple_of(16) as u32,
+    );
+    assemble(&prelude, EXPERT_CU)
+}
+
+/// The source a workload compiles to on a device with `sms` multiprocessors.
+pub fn source_for(w: &Workload, sms: usize) -> String {
+    match w {
+        Workload::Stream(_) => stream_source(),
+        Workload::KvDecode(k) => kv_source(k, &kv_launch(k, sms)),
+        Workload::ExpertGemv(e) => expert_source(e, e.touched().len()),
+    }
+}
+
+/// One point of every kernel variant: each dtype, GQA and MLA, aligned and unaligned rows.
+/// What `decodelab kernels` compiles and CI checks for spills.
+pub fn representative() -> Vec<(String, Workload)> {
+    use crate::workload::{Lengths, Routing, Stream};
+    let kv = |attention, hq, hkv, dk, dv, dtype: DType| {
+        Workload::KvDecode(KvDecode {
+            attention,
+            batch: 8,
+            q_heads: hq,
+            kv_heads: hkv,
+            head_dim_k: dk,
+            head_dim_v: dv,
+            page_size: 16,
+            kv_dtype: dtype,
+            scale: 1.0 / (dk as f32).sqrt(),
+            context: 4096,
+            lengths: Lengths::Equal,
+            context_lens: vec![4096; 8],
+            seed: 0,
+        })
+    };
+    let ex = |d_in, dtype: DType| {
+        let topk_ids = ExpertGemv::route(&Routing::Uniform, 384, 8, 16, 0).unwrap_or_default();
+        Workload::ExpertGemv(ExpertGemv {
+            experts: 384,
+            top_k: 8,
+            batch: 16,
+            d_in,
+            d_out: 2048,
+            weight_dtype: dtype,
+            routing: Routing::Uniform,
+            topk_ids,
+            seed: 0,
+        })
+    };
+    let mut v = vec![(
+        "stream".to_string(),
+        Workload::Stream(Stream {
+            op: StreamOp::Read,
+            bytes: 1 << 20,
+            seed: 0,
+        }),
+    )];
+    for dt in DType::ALL {
+        v.push((
+            format!("kv_decode gqa 64/8 d128 {dt}"),
+            kv(Attention::Gqa, 64, 8, 128, 128, dt),
+        ));
+        v.push((
+            format!("kv_decode mla 128 heads 512+64 {dt}"),
+            kv(Attention::Mla, 128, 1, 576, 512, dt),
+        ));
+        v.push((format!("expert_gemv 7168 -> 2048 {dt}"), ex(7168, dt)));
+    }
+    v.push((
+        "kv_decode gqa d67 (unaligned) f16".into(),
+        kv(Attention::Gqa, 6, 3, 67, 45, DType::F16),
+    ));
+    v.push((
+        "expert_gemv 1001 (unaligned) bf16".into(),
+        ex(1001, DType::Bf16),
+    ));
+    v
+}
+
+/// Compile every representative variant for `arch`; the ptxas report of each kernel.
+pub fn report(arch: &str) -> Result<Vec<(String, Vec<KernelReport>)>, String> {
+    representative()
+        .into_iter()
+        .map(|(label, w)| {
+            // 132 SMs (H100 SXM): only the context split depends on it.
+            let c = compile(&source_for(&w, 132), w.kernel(), arch)?;
+            Ok((label, parse_ptxas(&c.log)))
+        })
+        .collect()
+}

@@ -1,0 +1,446 @@
+//! The CUDA backend: kernels/ compiled by NVRTC for each device's own architecture and
+//! launched through cudarc (loaded at run time: building needs nothing from CUDA). Reps are
+//! timed with CUDA events created with timing enabled (cudarc's default events disable it).
+//! No driver, no NVRTC or no device is "unavailable (why)", never a panic: the libraries are
+//! probed before anything in them is touched.
+
+pub mod compile;
+
+use super::{Backend, CacheMode, DeviceInfo, Prepared, Timer};
+use crate::workload::{Elem, StreamOp, Tensor, TensorSet, Workload};
+use anyhow::{Context, anyhow};
+use cudarc::driver::sys::{CUdevice_attribute as Attr, CUevent_flags};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, result,
+};
+use std::sync::Arc;
+
+pub struct CudaBackend {
+    devices: Vec<DeviceInfo>,
+    /// (major, minor) compute capability and SM count per device.
+    caps: Vec<((i32, i32), usize)>,
+}
+
+fn attr(dev: cudarc::driver::sys::CUdevice, a: Attr) -> i32 {
+    // SAFETY: dev comes from result::device::get; a failed query reads as 0.
+    unsafe { result::device::get_attribute(dev, a) }.unwrap_or(0)
+}
+
+impl CudaBackend {
+    pub fn probe() -> Result<CudaBackend, String> {
+        // SAFETY: only tries to dlopen libcuda.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err("no NVIDIA driver (libcuda.so not found)".into());
+        }
+        compile::nvrtc_available()?;
+        compile::include_dir()?;
+        result::init()
+            .map_err(|e| format!("cuInit failed ({e:?}): driver too old or no device"))?;
+        let n = result::device::get_count().map_err(|e| format!("no CUDA device ({e:?})"))?;
+        if n < 1 {
+            return Err("no CUDA device".into());
+        }
+        let mut devices = Vec::new();
+        let mut caps = Vec::new();
+        for i in 0..n {
+            let dev = result::device::get(i).map_err(|e| format!("device {i}: {e:?}"))?;
+            let name = result::device::get_name(dev).unwrap_or_else(|_| format!("CUDA device {i}"));
+            // SAFETY: dev is a valid device handle.
+            let mem = unsafe { result::device::total_mem(dev) }
+                .ok()
+                .map(|m| m as u64);
+            let cc = (
+                attr(dev, Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+                attr(dev, Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
+            );
+            let sms = attr(dev, Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).max(1) as usize;
+            let bus = format!(
+                "{:04x}:{:02x}:{:02x}.0",
+                attr(dev, Attr::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID),
+                attr(dev, Attr::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID),
+                attr(dev, Attr::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)
+            );
+            devices.push(DeviceInfo {
+                index: i as usize,
+                name,
+                memory_bytes: mem,
+                details: vec![
+                    ("compute_capability".into(), format!("{}.{}", cc.0, cc.1)),
+                    ("sms".into(), sms.to_string()),
+                    ("pci_bus_id".into(), bus.clone()),
+                ],
+                pci_bus_id: Some(bus),
+            });
+            caps.push((cc, sms));
+        }
+        Ok(CudaBackend { devices, caps })
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        device: usize,
+        workload: &Workload,
+        inputs: &TensorSet,
+        cache: CacheMode,
+    ) -> anyhow::Result<Box<dyn Prepared + 'a>> {
+        let &((major, minor), sms) = self
+            .caps
+            .get(device)
+            .ok_or_else(|| anyhow!("cuda has no device {device}"))?;
+        let ctx = CudaContext::new(device).map_err(|e| anyhow!("cuda device {device}: {e:?}"))?;
+        // One stream, so cudarc's cross-stream event tracking only adds launch overhead.
+        // SAFETY: every buffer of this point is used on this context's default stream only.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let arch = format!("sm_{major}{minor}");
+        let source = compile::source_for(workload, sms);
+        let compiled =
+            compile::compile(&source, workload.kernel(), &arch).map_err(anyhow::Error::msg)?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))
+            .map_err(|e| anyhow!("loading the {arch} module: {e:?}"))?;
+        let func = |name: &str| {
+            module
+                .load_function(name)
+                .map_err(|e| anyhow!("kernel {name}: {e:?}"))
+        };
+        let up = |bytes: &[u8]| -> anyhow::Result<CudaSlice<u8>> {
+            // Padded to 16 bytes with zeros: kernels read whole 16-byte words.
+            let mut v = bytes.to_vec();
+            v.resize(bytes.len().next_multiple_of(16).max(16), 0);
+            stream
+                .clone_htod(&v)
+                .map_err(|e| anyhow!("upload of {} bytes: {e:?}", v.len()))
+        };
+        let mut p = Point {
+            ctx: ctx.clone(),
+            stream: stream.clone(),
+            buffers: Vec::new(),
+            launches: Vec::new(),
+            outputs: Vec::new(),
+            flush: None,
+            cache,
+            clear_each_rep: None,
+        };
+        let cfg = |grid: (u32, u32, u32), block: u32| LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        match workload {
+            Workload::Stream(w) => {
+                let n_vec = (w.bytes as usize).div_ceil(16) as u64;
+                let grid = (
+                    (n_vec.div_ceil(256)).clamp(1, (sms * 8) as u64) as u32,
+                    1,
+                    1,
+                );
+                match w.op {
+                    StreamOp::Read => {
+                        let src = p.add(up(&inputs.expect("src").bytes)?);
+                        let sum = p.add(up(&[0u8; 4])?);
+                        p.clear_each_rep = Some(sum);
+                        p.launches.push(Launch {
+                            func: func("stream_read")?,
+                            cfg: cfg(grid, 256),
+                            args: vec![Arg::Buf(src), Arg::U64(n_vec), Arg::Buf(sum)],
+                        });
+                        p.outputs
+                            .push((Tensor::from_u32("sum", vec![1], &[0]), sum));
+                    }
+                    StreamOp::Copy | StreamOp::Write => {
+                        let dst_spec = Tensor::poisoned("dst", Elem::U32, vec![w.words()]);
+                        let dst = p.add(up(&dst_spec.bytes)?);
+                        if w.op == StreamOp::Copy {
+                            let src = p.add(up(&inputs.expect("src").bytes)?);
+                            p.launches.push(Launch {
+                                func: func("stream_copy")?,
+                                cfg: cfg(grid, 256),
+                                args: vec![Arg::Buf(src), Arg::Buf(dst), Arg::U64(n_vec)],
+                            });
+                        } else {
+                            p.launches.push(Launch {
+                                func: func("stream_write")?,
+                                cfg: cfg(grid, 256),
+                                args: vec![
+                                    Arg::Buf(dst),
+                                    Arg::U64(n_vec),
+                                    Arg::U32(w.pattern_seed()),
+                                ],
+                            });
+                        }
+                        p.outputs.push((dst_spec, dst));
+                    }
+                }
+            }
+            Workload::KvDecode(w) => {
+                let l = compile::kv_launch(w, sms);
+                let q = p.add(up(&inputs.expect("q").bytes)?);
+                let k = p.add(up(&inputs.expect("k_pages").bytes)?);
+                let v = match inputs.get("v_pages") {
+                    Some(t) => p.add(up(&t.bytes)?),
+                    None => k, // MLA: V is inside the latent
+                };
+                let table = p.add(up(&inputs.expect("page_table").bytes)?);
+                let lens = p.add(up(&inputs.expect("context_lens").bytes)?);
+                let slots = w.batch * w.q_heads * l.splits;
+                let acc = p.add(
+                    stream
+                        .alloc_zeros::<u8>(slots * w.head_dim_v * 4 + 16)
+                        .map_err(|e| anyhow!("{e:?}"))?,
+                );
+                let ml = p.add(
+                    stream
+                        .alloc_zeros::<u8>(slots * 8 + 16)
+                        .map_err(|e| anyhow!("{e:?}"))?,
+                );
+                let specs = w.outputs();
+                let (out_t, lse_t) = (specs[0].poisoned(), specs[1].poisoned());
+                let out = p.add(up(&out_t.bytes)?);
+                let lse = p.add(up(&lse_t.bytes)?);
+                p.launches.push(Launch {
+                    func: func("attend")?,
+                    cfg: cfg(
+                        (l.splits as u32, (w.q_heads / l.hb) as u32, w.batch as u32),
+                        compile::KV_WG as u32,
+                    ),
+                    args: vec![
+                        Arg::Buf(q),
+                        Arg::Buf(k),
+                        Arg::Buf(v),
+                        Arg::Buf(table),
+                        Arg::Buf(lens),
+                        Arg::Buf(acc),
+                        Arg::Buf(ml),
+                    ],
+                });
+                p.launches.push(Launch {
+                    func: func("merge")?,
+                    cfg: cfg(((w.batch * w.q_heads) as u32, 1, 1), 128),
+                    args: vec![Arg::Buf(acc), Arg::Buf(ml), Arg::Buf(out), Arg::Buf(lse)],
+                });
+                p.outputs.push((out_t, out));
+                p.outputs.push((lse_t, lse));
+            }
+            Workload::ExpertGemv(w) => {
+                let ids = inputs.expect("topk_ids").as_i32();
+                let rw = inputs.expect("topk_weights").as_f32();
+                let touched = w.touched();
+                let (mut offsets, mut pairs, mut weights) = (vec![0u32], Vec::new(), Vec::new());
+                for &e in &touched {
+                    for (slot, &id) in ids.iter().enumerate() {
+                        if id as u32 == e {
+                            pairs.extend([(slot / w.top_k) as u32, slot as u32]);
+                            weights.push(rw[slot]);
+                        }
+                    }
+                    offsets.push(weights.len() as u32);
+                }
+                let mut groups = offsets;
+                groups.extend(&touched);
+                groups.extend(pairs);
+                let x = p.add(up(&inputs.expect("x").bytes)?);
+                let wt = p.add(up(&inputs.expect("w").bytes)?);
+                let scale = p.add(up(inputs.get("w_scale").map_or(&[][..], |t| &t.bytes))?);
+                let g = p.add(up(bytemuck::cast_slice(&groups))?);
+                let ew = p.add(up(bytemuck::cast_slice(&weights))?);
+                let slot_out = p.add(
+                    stream
+                        .alloc_zeros::<u8>(w.batch * w.top_k * w.d_out * 4 + 16)
+                        .map_err(|e| anyhow!("{e:?}"))?,
+                );
+                let y_t = w.outputs()[0].poisoned();
+                let y = p.add(up(&y_t.bytes)?);
+                p.launches.push(Launch {
+                    func: func("gemv")?,
+                    cfg: cfg(
+                        (
+                            w.d_out.div_ceil(compile::EXPERT_ROWS) as u32,
+                            touched.len() as u32,
+                            1,
+                        ),
+                        compile::EXPERT_WG as u32,
+                    ),
+                    args: vec![
+                        Arg::Buf(x),
+                        Arg::Buf(wt),
+                        Arg::Buf(scale),
+                        Arg::Buf(g),
+                        Arg::Buf(ew),
+                        Arg::Buf(slot_out),
+                    ],
+                });
+                p.launches.push(Launch {
+                    func: func("combine")?,
+                    cfg: cfg(((w.batch * w.d_out).div_ceil(256) as u32, 1, 1), 256),
+                    args: vec![Arg::Buf(slot_out), Arg::Buf(y)],
+                });
+                p.outputs.push((y_t, y));
+            }
+        }
+        // A cold rep first clears a buffer larger than any L2 of today (H100 50 MB, H200
+        // ~60 MB), unless the working set alone is several times that.
+        if cache == CacheMode::Cold && workload.device_bytes() < 4 * FLUSH_BYTES as u64 {
+            p.flush = Some(
+                stream
+                    .alloc_zeros::<u8>(FLUSH_BYTES)
+                    .map_err(|e| anyhow!("flush buffer: {e:?}"))?,
+            );
+        }
+        stream.synchronize().map_err(|e| anyhow!("cuda: {e:?}"))?;
+        Ok(Box::new(p))
+    }
+}
+
+const FLUSH_BYTES: usize = 256 << 20;
+
+enum Arg {
+    Buf(usize),
+    U64(u64),
+    U32(u32),
+}
+
+struct Launch {
+    func: CudaFunction,
+    cfg: LaunchConfig,
+    args: Vec<Arg>,
+}
+
+struct Point {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    buffers: Vec<CudaSlice<u8>>,
+    launches: Vec<Launch>,
+    outputs: Vec<(Tensor, usize)>,
+    flush: Option<CudaSlice<u8>>,
+    cache: CacheMode,
+    clear_each_rep: Option<usize>,
+}
+
+impl Point {
+    fn add(&mut self, b: CudaSlice<u8>) -> usize {
+        self.buffers.push(b);
+        self.buffers.len() - 1
+    }
+
+    fn step(&mut self, flush: bool) -> anyhow::Result<()> {
+        if let (true, Some(f)) = (flush, self.flush.as_mut()) {
+            self.stream
+                .memset_zeros(f)
+                .map_err(|e| anyhow!("flush: {e:?}"))?;
+        }
+        if let Some(i) = self.clear_each_rep {
+            self.stream
+                .memset_zeros(&mut self.buffers[i])
+                .map_err(|e| anyhow!("clear: {e:?}"))?;
+        }
+        self.launch_all()
+    }
+
+    fn launch_all(&self) -> anyhow::Result<()> {
+        for l in &self.launches {
+            let mut b = self.stream.launch_builder(&l.func);
+            for a in &l.args {
+                match a {
+                    Arg::Buf(i) => b.arg(&self.buffers[*i]),
+                    Arg::U64(x) => b.arg(x),
+                    Arg::U32(x) => b.arg(x),
+                };
+            }
+            // SAFETY: argument lists match the kernels' signatures in kernels/, and every
+            // buffer is sized for the shapes compiled into the module.
+            unsafe { b.launch(l.cfg) }.map_err(|e| anyhow!("launch: {e:?}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Prepared for Point {
+    fn timer(&self) -> Timer {
+        Timer::Gpu
+    }
+
+    fn cache_method(&self) -> String {
+        match (self.cache, &self.flush) {
+            (CacheMode::Warm, _) => "warm: no flush".into(),
+            (CacheMode::Cold, None) => "cold: working set over 4x the 256 MiB flush".into(),
+            (CacheMode::Cold, Some(_)) => "cold: 256 MiB cleared between reps".into(),
+        }
+    }
+
+    fn run(&mut self, warmup: usize, reps: usize) -> anyhow::Result<Vec<f64>> {
+        for _ in 0..warmup {
+            self.step(true)?;
+        }
+        let timed = || {
+            self.ctx
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| anyhow!("event: {e:?}"))
+        };
+        let mut events = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            // The flush and the clear go before the start event: only the kernels are timed.
+            if let (true, Some(f)) = (self.cache == CacheMode::Cold, self.flush.as_mut()) {
+                self.stream
+                    .memset_zeros(f)
+                    .map_err(|e| anyhow!("flush: {e:?}"))?;
+            }
+            if let Some(i) = self.clear_each_rep {
+                self.stream
+                    .memset_zeros(&mut self.buffers[i])
+                    .map_err(|e| anyhow!("clear: {e:?}"))?;
+            }
+            let (start, end) = (timed()?, timed()?);
+            start.record(&self.stream).map_err(|e| anyhow!("{e:?}"))?;
+            self.launch_all()?;
+            end.record(&self.stream).map_err(|e| anyhow!("{e:?}"))?;
+            events.push((start, end));
+        }
+        self.stream
+            .synchronize()
+            .map_err(|e| anyhow!("cuda: {e:?}"))?;
+        events
+            .iter()
+            .map(|(s, e)| {
+                s.elapsed_ms(e)
+                    .map(|ms| ms as f64 * 1e-3)
+                    .map_err(|x| anyhow!("elapsed: {x:?}"))
+            })
+            .collect()
+    }
+
+    fn read_outputs(&mut self) -> anyhow::Result<TensorSet> {
+        let mut set = Vec::new();
+        for (spec, i) in &self.outputs {
+            let mut bytes = self
+                .stream
+                .clone_dtoh(&self.buffers[*i])
+                .map_err(|e| anyhow!("read back: {e:?}"))?;
+            bytes.truncate(spec.bytes.len());
+            let mut t = spec.clone();
+            t.bytes = bytes;
+            set.push(t);
+        }
+        Ok(TensorSet(set))
+    }
+
+    fn run_steps(&mut self, steps: u64) -> anyhow::Result<()> {
+        for _ in 0..steps {
+            self.step(false)?;
+        }
+        self.stream
+            .synchronize()
+            .map_err(|e| anyhow!("cuda: {e:?}"))
+            .context("energy window")
+    }
+}

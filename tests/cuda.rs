@@ -1,0 +1,98 @@
+//! Every CUDA kernel variant compiles with NVRTC for sm_80 and sm_90 (no GPU needed), with
+//! no spills on sm_90. Skipped with a printed reason where NVRTC is absent, unless
+//! DECODELAB_REQUIRE includes nvrtc. (Running the kernels is the conformance suite's `cuda`
+//! instantiation, on a machine with a GPU.)
+
+mod common;
+
+use decodelab::backend::cuda::compile;
+
+fn nvrtc_or_skip() -> bool {
+    match compile::nvrtc_available().and_then(|_| compile::include_dir().map(|_| ())) {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                !common::required("nvrtc"),
+                "DECODELAB_REQUIRE includes nvrtc, but: {why}"
+            );
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED: NVRTC unavailable ({why})");
+            false
+        }
+    }
+}
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    for arch in ["sm_80", "sm_90"] {
+        let report = compile::report(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(report.len(), compile::representative().len());
+        for (label, kernels) in &report {
+            let names: Vec<&str> = kernels.iter().map(|k| k.kernel.as_str()).collect();
+            let want: &[&str] = if label.starts_with("stream") {
+                &["stream_read", "stream_copy", "stream_write"]
+            } else if label.starts_with("kv_decode") {
+                &["attend", "merge"]
+            } else {
+                &["gemv", "combine"]
+            };
+            for w in want {
+                assert!(
+                    names.contains(w),
+                    "{arch} {label}: no ptxas report for {w} in {names:?}"
+                );
+            }
+            for k in kernels {
+                assert!(
+                    k.registers > 0,
+                    "{arch} {label} {}: no register count parsed",
+                    k.kernel
+                );
+                if arch == "sm_90" {
+                    assert_eq!(
+                        k.spill_store_bytes + k.spill_load_bytes,
+                        0,
+                        "{arch} {label} {} spills: {k:?}",
+                        k.kernel
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn ptxas_reports_are_parsed() {
+    let log = "ptxas info    : 0 bytes gmem\nptxas info    : Compiling entry function 'attend' for 'sm_90'\n\
+               ptxas info    : Function properties for attend\n    16 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads\n\
+               ptxas info    : Used 142 registers, 9216 bytes smem, 400 bytes cmem[0]\n";
+    let r = compile::parse_ptxas(log);
+    assert_eq!(r.len(), 1);
+    let k = &r[0];
+    assert_eq!(
+        (k.kernel.as_str(), k.registers, k.shared_bytes),
+        ("attend", 142, 9216)
+    );
+    assert_eq!(
+        (k.stack_bytes, k.spill_store_bytes, k.spill_load_bytes),
+        (16, 8, 12)
+    );
+}
+
+#[test]
+fn a_compile_error_is_an_error_with_the_log() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let err = compile::compile(
+        "extern \"C\" __global__ void broken() { this is not C }",
+        "broken",
+        "sm_90",
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("broken") && err.contains("error"), "{err}");
+}
