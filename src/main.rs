@@ -261,22 +261,17 @@ struct ModelArgs {
 }
 
 fn model_cmd(a: &ModelArgs) -> anyhow::Result<()> {
-    use decodelab::model::{self, ModelDtype, Scenario};
+    use decodelab::model::{self, Scenario};
     let here = std::path::Path::new(".");
     let m = model::find_model(here, &a.model)?;
     let h = model::find_hardware(here, &a.hardware)?;
-    let mut s = Scenario::new(a.batch, a.context, a.devices);
-    s.weights = a
-        .weights
-        .as_deref()
-        .map(ModelDtype::parse)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    s.kv =
-        a.kv.as_deref()
-            .map(ModelDtype::parse)
-            .transpose()
-            .map_err(anyhow::Error::msg)?;
+    let s = Scenario::with_dtypes(
+        a.batch,
+        a.context,
+        a.devices,
+        a.weights.as_deref(),
+        a.kv.as_deref(),
+    )?;
     let measured = match &a.measured {
         Some(p) => model::measured_terms(p, &m, &s)?,
         None => Default::default(),

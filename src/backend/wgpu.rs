@@ -641,27 +641,8 @@ impl Ctx {
         let (w_chunks, rows_per_chunk) = self.chunked(inputs.expect("w"), row_bytes)?;
 
         // Routing metadata grouped by expert: offsets, expert ids, then (token, slot) pairs.
-        let ids = inputs.expect("topk_ids").as_i32();
-        let rw = inputs.expect("topk_weights").as_f32();
-        let touched = w.touched();
-        let mut offsets = vec![0u32];
-        let mut pairs = Vec::new();
-        let mut weights = Vec::new();
-        for &e in &touched {
-            for t in 0..w.batch {
-                for j in 0..w.top_k {
-                    if ids[t * w.top_k + j] as u32 == e {
-                        pairs.extend([t as u32, (t * w.top_k + j) as u32]);
-                        weights.push(rw[t * w.top_k + j]);
-                    }
-                }
-            }
-            offsets.push(weights.len() as u32);
-        }
-        let mut groups = offsets;
-        groups.extend(&touched);
-        groups.extend(pairs);
-        let u = touched.len();
+        let (groups, weights) = w.grouped(inputs);
+        let u = w.touched().len();
 
         let bindings_w = 10..10 + w_chunks.len() as u32;
         self.check_bindings(6 + w_chunks.len())?;

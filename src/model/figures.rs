@@ -176,18 +176,13 @@ pub fn load_figure(path: &Path) -> anyhow::Result<(FigureSpec, String)> {
 pub fn point(dir: &Path, p: &PointSpec) -> anyhow::Result<Breakdown> {
     let m = find_model(dir, &p.model)?;
     let h = find_hardware(dir, &p.hardware)?;
-    let mut s = Scenario::new(p.batch, p.context, p.devices);
-    s.weights = p
-        .weights
-        .as_deref()
-        .map(ModelDtype::parse)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    s.kv =
-        p.kv.as_deref()
-            .map(ModelDtype::parse)
-            .transpose()
-            .map_err(anyhow::Error::msg)?;
+    let s = Scenario::with_dtypes(
+        p.batch,
+        p.context,
+        p.devices,
+        p.weights.as_deref(),
+        p.kv.as_deref(),
+    )?;
     evaluate(&m, &h, &s, &MeasuredTerms::default())
 }
 

@@ -127,6 +127,26 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// A scenario with dtypes given by name (None: the preset's).
+    pub fn with_dtypes(
+        batch: u64,
+        context: u64,
+        devices: u64,
+        weights: Option<&str>,
+        kv: Option<&str>,
+    ) -> anyhow::Result<Scenario> {
+        let parse = |d: Option<&str>| {
+            d.map(ModelDtype::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)
+        };
+        Ok(Scenario {
+            weights: parse(weights)?,
+            kv: parse(kv)?,
+            ..Scenario::new(batch, context, devices)
+        })
+    }
+
     pub fn new(batch: u64, context: u64, devices: u64) -> Scenario {
         Scenario {
             batch,

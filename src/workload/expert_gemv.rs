@@ -103,6 +103,31 @@ impl ExpertGemv {
             .collect()
     }
 
+    /// The routing grouped by expert, as the GPU kernels read it: `groups` is
+    /// [U + 1 offsets, U expert ids, then (token, slot = t * k + j) per entry] and `weights`
+    /// the routing weight of each entry. A GPU backend uploads these in place of
+    /// topk_ids / topk_weights (the same bytes: 8 per (token, choice)).
+    pub fn grouped(&self, inputs: &TensorSet) -> (Vec<u32>, Vec<f32>) {
+        let ids = inputs.expect("topk_ids").as_i32();
+        let rw = inputs.expect("topk_weights").as_f32();
+        let touched = self.touched();
+        let mut offsets = vec![0u32];
+        let (mut pairs, mut weights) = (Vec::new(), Vec::new());
+        for &e in &touched {
+            for (slot, &id) in ids.iter().enumerate() {
+                if id as u32 == e {
+                    pairs.extend([(slot / self.top_k) as u32, slot as u32]);
+                    weights.push(rw[slot]);
+                }
+            }
+            offsets.push(weights.len() as u32);
+        }
+        let mut groups = offsets;
+        groups.extend(&touched);
+        groups.extend(pairs);
+        (groups, weights)
+    }
+
     pub fn params_json(&self) -> serde_json::Value {
         serde_json::json!({
             "experts": self.experts,

@@ -86,21 +86,6 @@ impl Tensor {
         }
     }
 
-    /// A tensor of `dtype` holding `values` encoded (rounded to nearest even).
-    pub fn encode(name: &'static str, dtype: DType, shape: Vec<usize>, values: &[f32]) -> Tensor {
-        let s = dtype.size();
-        let mut bytes = vec![0u8; values.len() * s];
-        for (chunk, &v) in bytes.chunks_exact_mut(s).zip(values) {
-            dtype.encode_into(v, chunk);
-        }
-        Tensor {
-            name,
-            elem: Elem::Float(dtype),
-            shape,
-            bytes,
-        }
-    }
-
     /// An output buffer filled with a poison value (NaN for floats, 0xDEADBEEF for words),
     /// so an element a kernel never wrote fails the check.
     pub fn poisoned(name: &'static str, elem: Elem, shape: Vec<usize>) -> Tensor {

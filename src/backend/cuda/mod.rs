@@ -233,22 +233,8 @@ impl Backend for CudaBackend {
                 p.outputs.push((lse_t, lse));
             }
             Workload::ExpertGemv(w) => {
-                let ids = inputs.expect("topk_ids").as_i32();
-                let rw = inputs.expect("topk_weights").as_f32();
+                let (groups, weights) = w.grouped(inputs);
                 let touched = w.touched();
-                let (mut offsets, mut pairs, mut weights) = (vec![0u32], Vec::new(), Vec::new());
-                for &e in &touched {
-                    for (slot, &id) in ids.iter().enumerate() {
-                        if id as u32 == e {
-                            pairs.extend([(slot / w.top_k) as u32, slot as u32]);
-                            weights.push(rw[slot]);
-                        }
-                    }
-                    offsets.push(weights.len() as u32);
-                }
-                let mut groups = offsets;
-                groups.extend(&touched);
-                groups.extend(pairs);
                 let x = p.add(up(&inputs.expect("x").bytes)?);
                 let wt = p.add(up(&inputs.expect("w").bytes)?);
                 let scale = p.add(up(inputs.get("w_scale").map_or(&[][..], |t| &t.bytes))?);
