@@ -309,3 +309,18 @@ fn shipped_experiments_are_valid() {
         }
     }
 }
+
+#[test]
+fn auto_never_picks_an_emulated_gpu() {
+    // With lavapipe installed (CI), wgpu is available but emulated: auto must take the CPU.
+    let e = parse("name: t\nruns:\n  - kernel: stream\n    bytes: 4096\n").unwrap();
+    let sel = runner::select(&e, &BackendChoice::Auto).unwrap();
+    assert_eq!(sel.len(), 1);
+    assert!(
+        sel[0].backend.devices().iter().any(|d| !d.emulated),
+        "auto chose {}",
+        sel[0].backend.name()
+    );
+    let all = runner::select(&e, &BackendChoice::All).unwrap();
+    assert!(all.iter().any(|s| s.backend.name() == "cpu"));
+}

@@ -36,6 +36,7 @@ impl CpuBackend {
                 ),
             ],
             pci_bus_id: None,
+            emulated: false,
         }];
         CpuBackend { devices, llc_bytes }
     }

@@ -21,6 +21,9 @@ pub struct DeviceInfo {
     pub details: Vec<(String, String)>,
     /// PCI bus id, where the device has one: how NVML finds its energy counter.
     pub pci_bus_id: Option<String>,
+    /// A software emulation of a GPU (Mesa lavapipe): correct, not fast, so `auto` prefers
+    /// the CPU backend to it.
+    pub emulated: bool,
 }
 
 /// Which clock timed the reps.

@@ -230,6 +230,7 @@ fn describe(index: usize, a: &wgpu::Adapter) -> DeviceInfo {
             ),
         ],
         pci_bus_id: Some(info.device_pci_bus_id.clone()).filter(|b| !b.is_empty()),
+        emulated: info.device_type == wgpu::DeviceType::Cpu,
     }
 }
 

@@ -60,7 +60,12 @@ pub fn select(exp: &Experiment, choice: &BackendChoice) -> Result<Vec<Selected>,
         }
     }
     let chosen: Vec<Box<dyn Backend>> = match choice {
-        BackendChoice::Auto => available.into_iter().take(1).collect(),
+        // The first backend with a real device: a GPU, else the CPU (never an emulated GPU).
+        BackendChoice::Auto => available
+            .into_iter()
+            .filter(|b| b.devices().iter().any(|d| !d.emulated))
+            .take(1)
+            .collect(),
         BackendChoice::All => available,
         BackendChoice::Named(names) => {
             let mut out = Vec::new();

@@ -788,8 +788,17 @@ where
                     chart
                         .draw_series([Circle::new(*q, 7, BLACK.stroke_width(2))])
                         .map_err(e)?;
+                    // Labels in the right half of the plot go to the left of their point.
+                    let span = (x1 * 1.25).ln() - (x0 * 0.8).ln();
+                    let right = q.0.ln() - (x0 * 0.8).ln() > 0.5 * span;
+                    let dx = if right {
+                        -(label.len() as i32) * 8 - 10
+                    } else {
+                        10
+                    };
                     chart
-                        .draw_series([Text::new(label.clone(), *q, ("sans-serif", 15))])
+                        .draw_series([EmptyElement::at(*q)
+                            + Text::new(label.clone(), (dx, -18), ("sans-serif", 15))])
                         .map_err(e)?;
                 }
                 chart

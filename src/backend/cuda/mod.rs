@@ -70,6 +70,7 @@ impl CudaBackend {
                     ("pci_bus_id".into(), bus.clone()),
                 ],
                 pci_bus_id: Some(bus),
+                emulated: false,
             });
             caps.push((cc, sms));
         }
