@@ -194,7 +194,7 @@ fn stream(w: &Stream, inputs: &TensorSet, outputs: &mut TensorSet) {
     const CHUNK: usize = 1 << 16;
     match w.op {
         StreamOp::Read => {
-            let src: &[u32] = bytemuck::cast_slice(&inputs.expect("src").bytes);
+            let src = inputs.expect("src").view::<u32>();
             let sum = src
                 .par_chunks(CHUNK)
                 .map(|c| c.iter().fold(0u32, |a, &x| a.wrapping_add(x)))
@@ -210,13 +210,15 @@ fn stream(w: &Stream, inputs: &TensorSet, outputs: &mut TensorSet) {
         }
         StreamOp::Write => {
             let seed = w.pattern_seed();
-            let dst: &mut [u32] = bytemuck::cast_slice_mut(out_mut(outputs, "dst"));
-            dst.par_chunks_mut(CHUNK)
+            out_mut(outputs, "dst")
+                .par_chunks_mut(CHUNK * 4)
                 .enumerate()
                 .for_each(|(c, chunk)| {
                     let base = (c * CHUNK) as u32;
-                    for (i, x) in chunk.iter_mut().enumerate() {
-                        *x = write_pattern(base.wrapping_add(i as u32), seed);
+                    for (i, x) in chunk.chunks_exact_mut(4).enumerate() {
+                        x.copy_from_slice(
+                            &write_pattern(base.wrapping_add(i as u32), seed).to_le_bytes(),
+                        );
                     }
                 });
         }
@@ -237,10 +239,11 @@ struct Partial {
 /// merged with the log-sum-exp, the same shape as flash-decoding on a GPU.
 fn kv_decode(w: &KvDecode, inputs: &TensorSet, outputs: &mut TensorSet) {
     const CHUNK: usize = 256;
-    let q: &[f32] = bytemuck::cast_slice(&inputs.expect("q").bytes);
+    let q = inputs.expect("q").view::<f32>();
     let k = &inputs.expect("k_pages").bytes;
     let v = inputs.get("v_pages").map(|t| &t.bytes);
-    let table: &[i32] = bytemuck::cast_slice(&inputs.expect("page_table").bytes);
+    let table = inputs.expect("page_table").view::<i32>();
+    let table: &[i32] = &table;
     let [ks, vs] = w.scales();
     let (hq, dk, dv, gs, dt) = (
         w.q_heads,
@@ -341,13 +344,12 @@ fn kv_decode(w: &KvDecode, inputs: &TensorSet, outputs: &mut TensorSet) {
 /// are decoded once and applied to every token that chose the expert.
 fn expert_gemv(w: &ExpertGemv, inputs: &TensorSet, outputs: &mut TensorSet) {
     const ROWS: usize = 16;
-    let x: &[f32] = bytemuck::cast_slice(&inputs.expect("x").bytes);
+    let x = inputs.expect("x").view::<f32>();
     let wt = &inputs.expect("w").bytes;
-    let scales: Option<&[f32]> = inputs
-        .get("w_scale")
-        .map(|t| bytemuck::cast_slice(&t.bytes[..]));
-    let ids: &[i32] = bytemuck::cast_slice(&inputs.expect("topk_ids").bytes);
-    let rw: &[f32] = bytemuck::cast_slice(&inputs.expect("topk_weights").bytes);
+    let scales = inputs.get("w_scale").map(|t| t.view::<f32>());
+    let scales: Option<&[f32]> = scales.as_deref();
+    let ids = inputs.expect("topk_ids").view::<i32>();
+    let rw = inputs.expect("topk_weights").view::<f32>();
     let (t_count, k, di, dout, dt) = (w.batch, w.top_k, w.d_in, w.d_out, w.weight_dtype);
 
     // Group (token, routing weight) pairs by expert.

@@ -371,7 +371,14 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
                 dumped = true;
             }
             let Some(stats) = TimeStats::from_samples(&times) else {
-                bail!("{} returned no timings", b.name());
+                errors += 1;
+                bar.inc(1);
+                say(format!(
+                    "point {} on {}:{d}: error: no timings came back",
+                    p.index,
+                    b.name()
+                ));
+                continue;
             };
             let bytes = p.workload.bytes();
             let gbps = if stats.median > 0.0 {

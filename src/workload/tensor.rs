@@ -103,6 +103,15 @@ impl Tensor {
         }
     }
 
+    /// The bytes as a slice of `T`: borrowed when the allocation is aligned for `T` (always,
+    /// with the system allocators in use), copied when it is not, so it can never panic.
+    pub fn view<T: bytemuck::Pod>(&self) -> std::borrow::Cow<'_, [T]> {
+        match bytemuck::try_cast_slice(&self.bytes) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => std::borrow::Cow::Owned(bytemuck::pod_collect_to_vec(&self.bytes)),
+        }
+    }
+
     pub fn dtype(&self) -> DType {
         match self.elem {
             Elem::Float(d) => d,
