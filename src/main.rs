@@ -61,35 +61,7 @@ enum Command {
         json: bool,
     },
     /// The analytic decode model: where the milliseconds and joules of a token go.
-    Model {
-        /// A preset in experiments/models/ (kimi-k2.5, deepseek-v3, llama-3.1-70b, ...).
-        #[arg(long)]
-        model: String,
-        /// A profile in experiments/hardware/ (h100-sxm, h200-sxm, b200, sram-die).
-        #[arg(long)]
-        hardware: String,
-        /// Concurrent sequences decoded per step.
-        #[arg(long, default_value_t = 1)]
-        batch: u64,
-        /// Tokens in each sequence's context.
-        #[arg(long, default_value_t = 4096)]
-        context: u64,
-        /// Devices the model is spread over.
-        #[arg(long, default_value_t = 1)]
-        devices: u64,
-        /// Weight dtype (default: the preset's): bf16, fp8, mxfp4.
-        #[arg(long)]
-        weights: Option<String>,
-        /// KV-cache dtype (default: the preset's): bf16, fp8.
-        #[arg(long)]
-        kv: Option<String>,
-        /// A decodelab results.jsonl: use its measured bytes/s for weights and KV.
-        #[arg(long, value_name = "FILE")]
-        measured: Option<PathBuf>,
-        /// One JSON object instead of the readable breakdown.
-        #[arg(long)]
-        json: bool,
-    },
+    Model(ModelArgs),
     /// Draw the talk's figures from the YAML files in DIR (SVG, PNG and an index.html).
     Figures {
         /// A folder of figure YAMLs (experiments/talk).
@@ -108,36 +80,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Devices => devices(),
         Command::Kernels { arch, json } => kernels(&arch, json),
-        Command::Model {
-            model,
-            hardware,
-            batch,
-            context,
-            devices,
-            weights,
-            kv,
-            measured,
-            json,
-        } => {
-            let args = ModelArgs {
-                model,
-                hardware,
-                batch,
-                context,
-                devices,
-                weights,
-                kv,
-                measured,
-                json,
-            };
-            match model_cmd(&args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(2)
-                }
+        Command::Model(args) => match model_cmd(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
             }
-        }
+        },
         Command::Figures { dir, out, measured } => {
             match decodelab::model::figures::draw_all(&dir, &out, measured.as_deref()) {
                 Ok(written) => {
@@ -248,15 +197,34 @@ fn kernels(arch: &str, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+#[derive(clap::Args)]
 struct ModelArgs {
+    /// A preset in experiments/models/ (kimi-k2.5, deepseek-v3, llama-3.1-70b, ...).
+    #[arg(long)]
     model: String,
+    /// A profile in experiments/hardware/ (h100-sxm, h200-sxm, b200, sram-die).
+    #[arg(long)]
     hardware: String,
+    /// Concurrent sequences decoded per step.
+    #[arg(long, default_value_t = 1)]
     batch: u64,
+    /// Tokens in each sequence's context.
+    #[arg(long, default_value_t = 4096)]
     context: u64,
+    /// Devices the model is spread over.
+    #[arg(long, default_value_t = 1)]
     devices: u64,
+    /// Weight dtype (default: the preset's): bf16, fp8, mxfp4.
+    #[arg(long)]
     weights: Option<String>,
+    /// KV-cache dtype (default: the preset's): bf16, fp8.
+    #[arg(long)]
     kv: Option<String>,
+    /// A decodelab results.jsonl: use its measured bytes/s for weights and KV.
+    #[arg(long, value_name = "FILE")]
     measured: Option<PathBuf>,
+    /// One JSON object instead of the readable breakdown.
+    #[arg(long)]
     json: bool,
 }
 
