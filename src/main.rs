@@ -279,10 +279,31 @@ fn check(file: &std::path::Path, backend: Option<&str>) -> ExitCode {
         Ok(e) => e,
         Err(c) => return c,
     };
-    let selected = match select(&exp, backend) {
-        Ok(s) => s,
-        Err(c) => return c,
+    // Backends and devices are this machine's business, not the file's: where they are
+    // missing the file is still checked, and the gap is a warning (run refuses it).
+    let choice = match backend.map(runner::parse_backend_choice).transpose() {
+        Ok(c) => c.unwrap_or_else(|| exp.backends.clone()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
     };
+    let selected = match runner::select(&exp, &choice) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "warning: {e}\nwarning: the file is valid; this machine cannot run it as written"
+            );
+            Vec::new()
+        }
+    };
+    if let Err(e) = runner::check_fit(&exp, &selected) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = runner::check_energy(&exp, &selected) {
+        eprintln!("warning: {e}");
+    }
     println!(
         "{}: experiment '{}', {} points",
         file.display(),
@@ -295,7 +316,11 @@ fn check(file: &std::path::Path, backend: Option<&str>) -> ExitCode {
         .collect();
     println!(
         "backends: {}  warmup {}  reps {}  cache {:?}",
-        names.join(" "),
+        if names.is_empty() {
+            "none available here".to_string()
+        } else {
+            names.join(" ")
+        },
         exp.warmup,
         exp.reps,
         exp.cache

@@ -510,3 +510,22 @@ fn energy_falls_back_to_the_model_without_nvml() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("bad.yaml:2"));
 }
+
+#[test]
+fn check_validates_a_gpu_experiment_on_any_machine() {
+    // Every shipped experiment is valid; where its backends are missing, check warns.
+    for f in [
+        "experiments/device-check.yaml",
+        "experiments/device-check-dump.yaml",
+        "experiments/quickstart.yaml",
+    ] {
+        let o = bin().args(["check", f]).output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{f}: {text}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(text.contains(" points"), "{text}");
+    }
+}
