@@ -534,6 +534,12 @@ impl Ctx {
         let page_v = w.page_size * w.kv_heads * w.head_dim_v * es;
         // Pages per chunk must agree for K and V (one page index picks both).
         let unit = if mla { page_k } else { page_k.max(page_v) };
+        if unit as u64 + 16 > self.max_binding {
+            bail!(
+                "one KV page ({unit} bytes) exceeds a binding ({} bytes)",
+                self.max_binding
+            );
+        }
         let pages_per_chunk = ((self.max_binding as usize).saturating_sub(16) / unit).max(1);
         let (k_chunks, _) = self.chunked(inputs.expect("k_pages"), pages_per_chunk * page_k)?;
         let v_chunks = if mla {
@@ -542,12 +548,6 @@ impl Ctx {
             self.chunked(inputs.expect("v_pages"), pages_per_chunk * page_v)?
                 .0
         };
-        if unit as u64 + 16 > self.max_binding {
-            bail!(
-                "one KV page ({unit} bytes) exceeds a binding ({} bytes)",
-                self.max_binding
-            );
-        }
 
         let launch = kv_launch(
             w,
@@ -797,7 +797,7 @@ pub fn kv_source(
          const SPLITS: u32 = {splits}u;\nconst BATCH: u32 = {batch}u;\nconst DV_PER_THREAD: u32 = {dvpt}u;\n\
          const SCALE: f32 = {scale:e};\nconst K_SCALE: f32 = {k_scale:e};\nconst V_SCALE: f32 = {v_scale:e};\n\
          const IS_MLA: bool = {mla};\nconst ROW_ALIGNED: bool = {aligned};\n",
-        dt = dtype_code(w.kv_dtype),
+        dt = w.kv_dtype.kernel_code(),
         hb = l.hb,
         dk = w.head_dim_k,
         dv = w.head_dim_v,
@@ -837,7 +837,7 @@ pub fn expert_source(
          const TB: u32 = {EXPERT_TB}u;\nconst U: u32 = {touched}u;\nconst D_IN: u32 = {di}u;\nconst D_OUT: u32 = {dout}u;\n\
          const TOP_K: u32 = {k}u;\nconst BATCH: u32 = {t}u;\nconst ROWS_PER_CHUNK: u32 = {rows_per_chunk}u;\n\
          const SCALED: bool = {scaled};\nconst ROW_ALIGNED: bool = {aligned};\n",
-        dt = dtype_code(w.weight_dtype),
+        dt = w.weight_dtype.kernel_code(),
         di = w.d_in,
         dout = w.d_out,
         k = w.top_k,
@@ -877,15 +877,6 @@ enum Kind {
     Read,
     Write,
     Uniform,
-}
-
-fn dtype_code(d: crate::workload::DType) -> u32 {
-    match d {
-        crate::workload::DType::F32 => 0,
-        crate::workload::DType::F16 => 1,
-        crate::workload::DType::Bf16 => 2,
-        crate::workload::DType::Fp8E4m3 => 3,
-    }
 }
 
 /// WGSL for a tensor split over bindings `bindings`: the bindings and `<name>_vec(c, i)`, the

@@ -147,28 +147,29 @@ pub fn check_fit(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigEr
     Ok(())
 }
 
-/// The meters of one device: measured (NVML) and modelled, each or its reason for absence.
+/// The meters of one device: measured (NVML) and modelled. None: not asked for by
+/// `energy:`; Err: asked for, with the reason it is absent.
 struct Meters {
-    measured: Result<crate::energy::nvml::NvmlMeter, String>,
-    modelled: Result<crate::energy::ModelMeter, String>,
+    measured: Option<Result<crate::energy::nvml::NvmlMeter, String>>,
+    modelled: Option<Result<crate::energy::ModelMeter, String>>,
 }
 
 fn meters_for(exp: &Experiment, device: &crate::backend::DeviceInfo) -> Meters {
     use crate::energy::EnergyMode::*;
     let measured = match exp.energy {
-        Auto | Nvml => match &device.pci_bus_id {
+        Auto | Nvml => Some(match &device.pci_bus_id {
             Some(bus) => crate::energy::nvml::NvmlMeter::for_bus(bus),
             None => Err("no NVML for this device (no PCI bus id)".into()),
-        },
-        Model | Off => Err("not asked for".into()),
+        }),
+        Model | Off => None,
     };
     let modelled = match exp.energy {
-        Auto | Model => match &exp.hardware {
+        Auto | Model => Some(match &exp.hardware {
             Some(h) => crate::energy::ModelMeter::new(h)
                 .ok_or_else(|| format!("profile {} has no energy constants", h.id)),
             None => Err("no hardware profile (hardware:) to model energy with".into()),
-        },
-        Nvml | Off => Err("not asked for".into()),
+        }),
+        Nvml | Off => None,
     };
     Meters { measured, modelled }
 }
@@ -182,7 +183,7 @@ pub fn check_energy(exp: &Experiment, selected: &[Selected]) -> Result<(), Confi
     for s in selected {
         for &d in &s.devices {
             let dev = &s.backend.devices()[d];
-            if let Err(why) = meters_for(exp, dev).measured {
+            if let Some(Err(why)) = meters_for(exp, dev).measured {
                 let msg = format!(
                     "energy: nvml on {}:{d} ({}): {why}; use energy: auto or model",
                     s.backend.name(),
@@ -508,22 +509,18 @@ fn energy_of(
     use crate::energy::Meter;
     let mut run = |steps: u64| prepared.run_steps(steps);
     let measured = match &m.measured {
-        Ok(meter) => Some(meter.measure(w, &mut run)?),
-        Err(_) => None,
+        Some(Ok(meter)) => Some(meter.measure(w, &mut run)?),
+        _ => None,
     };
     let modelled = match &m.modelled {
-        Ok(meter) => Some(meter.measure(w, &mut |_| Ok(()))?),
-        Err(_) => None,
+        Some(Ok(meter)) => Some(meter.measure(w, &mut |_| Ok(()))?),
+        _ => None,
     };
     let mut notes = Vec::new();
-    if let Err(why) = &m.measured
-        && why != "not asked for"
-    {
+    if let Some(Err(why)) = &m.measured {
         notes.push(format!("measured: {why}"));
     }
-    if let Err(why) = &m.modelled
-        && why != "not asked for"
-    {
+    if let Some(Err(why)) = &m.modelled {
         notes.push(format!("modelled: {why}"));
     }
     let (source, primary) = match (&measured, &modelled) {

@@ -37,6 +37,16 @@ impl DType {
         }
     }
 
+    /// The number the WGSL and CUDA kernels know this dtype by (`DTYPE` in their preludes).
+    pub fn kernel_code(self) -> u32 {
+        match self {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            DType::Bf16 => 2,
+            DType::Fp8E4m3 => 3,
+        }
+    }
+
     /// Whether values need a separate f32 scale to be meaningful.
     pub fn is_scaled(self) -> bool {
         self == DType::Fp8E4m3

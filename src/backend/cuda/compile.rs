@@ -150,15 +150,6 @@ pub fn parse_ptxas(log: &str) -> Vec<KernelReport> {
     out
 }
 
-fn dtype_code(d: DType) -> u32 {
-    match d {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::Bf16 => 2,
-        DType::Fp8E4m3 => 3,
-    }
-}
-
 /// How a kv_decode point is cut into blocks on a device with `sms` multiprocessors.
 #[derive(Clone, Debug)]
 pub struct KvLaunch {
@@ -205,7 +196,7 @@ pub fn kv_source(w: &KvDecode, l: &KvLaunch) -> String {
          #define HQ {}\n#define HKV {}\n#define GROUP {}\n#define PAGE {}\n#define MAX_PAGES {}\n\
          #define SPLIT_TOKENS {}\n#define SPLITS {}\n#define DV_PER_THREAD {}\n#define SCALE {:e}f\n\
          #define K_SCALE {:e}f\n#define V_SCALE {:e}f\n#define IS_MLA {}\n#define ROW_ALIGNED {}\n",
-        dtype_code(w.kv_dtype),
+        w.kv_dtype.kernel_code(),
         l.hb,
         w.head_dim_k,
         w.head_dim_v,
@@ -232,7 +223,7 @@ pub fn expert_source(w: &ExpertGemv, touched: usize) -> String {
         "#define DTYPE {}\n#define ELEM_BYTES {es}\n#define WG {EXPERT_WG}\n#define ROWS {EXPERT_ROWS}\n#define TB {EXPERT_TB}\n\
          #define U {touched}\n#define D_IN {}\n#define D_OUT {}\n#define TOP_K {}\n#define BATCH {}\n\
          #define SCALED {}\n#define ROW_ALIGNED {}\n",
-        dtype_code(w.weight_dtype),
+        w.weight_dtype.kernel_code(),
         w.d_in,
         w.d_out,
         w.top_k,
