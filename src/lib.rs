@@ -8,4 +8,5 @@ pub mod energy;
 pub mod experiment;
 pub mod model;
 pub mod report;
+pub mod split;
 pub mod workload;

@@ -374,6 +374,14 @@ fn run(file: &std::path::Path, opts: RunOptions) -> ExitCode {
                 println!("\nbackends side by side:");
                 print!("{cross}");
             }
+            if let Some(t) = report::split_table(&o.lines) {
+                println!("\nsplits (scaling = one-device time / (devices x end-to-end time)):");
+                print!("{t}");
+            }
+            if let Some(t) = report::link_table(&o.lines) {
+                println!("\nlinks:");
+                print!("{t}");
+            }
             println!(
                 "\n{} results ({} resumed), {} failed the check, {} errors -> {}",
                 o.lines.len(),

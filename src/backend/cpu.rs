@@ -4,7 +4,7 @@
 
 use super::{Backend, CacheMode, DeviceInfo, Prepared, Timer};
 use crate::workload::stream::write_pattern;
-use crate::workload::{ExpertGemv, KvDecode, Stream, StreamOp, TensorSet, Workload};
+use crate::workload::{ExpertGemv, KvDecode, Link, Stream, StreamOp, TensorSet, Workload};
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -66,6 +66,10 @@ impl Backend for CpuBackend {
         cache: CacheMode,
     ) -> anyhow::Result<Box<dyn Prepared + 'a>> {
         anyhow::ensure!(device == 0, "cpu has one device (0), not {device}");
+        anyhow::ensure!(
+            !matches!(workload, Workload::Link(_)),
+            "link runs between two devices (prepare_link)"
+        );
         let outputs = TensorSet(workload.outputs().iter().map(|o| o.poisoned()).collect());
         // Where caches can be flushed line by line (x86-64 clflush), evict exactly the
         // working set; elsewhere write a scratch buffer twice the last-level cache, but only
@@ -85,6 +89,32 @@ impl Backend for CpuBackend {
             cache,
             flush,
         }))
+    }
+
+    fn prepare_link<'a>(
+        &'a self,
+        src: usize,
+        dst: usize,
+        link: &Link,
+        inputs: &TensorSet,
+    ) -> anyhow::Result<(Box<dyn Prepared + 'a>, String)> {
+        anyhow::ensure!(
+            src == 0 && dst == 0,
+            "cpu has one device (0), not {src} -> {dst}"
+        );
+        let workload = Workload::Link(link.clone());
+        let outputs = TensorSet(workload.outputs().iter().map(|o| o.poisoned()).collect());
+        let point = CpuPoint {
+            workload,
+            inputs: inputs.clone(),
+            outputs,
+            cache: CacheMode::Cold,
+            flush: Vec::new(),
+        };
+        Ok((
+            Box::new(point),
+            "host memory copy (the cpu backend has one device)".into(),
+        ))
     }
 }
 
@@ -134,7 +164,35 @@ impl CpuPoint {
             Workload::Stream(w) => stream(w, inputs, outputs),
             Workload::KvDecode(w) => kv_decode(w, inputs, outputs),
             Workload::ExpertGemv(w) => expert_gemv(w, inputs, outputs),
+            Workload::Link(w) => link(w, inputs, outputs),
         }
+    }
+}
+
+/// The CPU backend has one device, so a link is a copy within host memory (both ways: two
+/// copies at once).
+fn link(w: &Link, inputs: &TensorSet, outputs: &mut TensorSet) {
+    let copy = |from: &str, to: &'static str, outputs: &mut TensorSet| {
+        let src = &inputs.expect(from).bytes;
+        if let Some(dst) = outputs.get_mut(to) {
+            dst.bytes
+                .par_chunks_mut(1 << 16)
+                .zip(src.par_chunks(1 << 16))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+        }
+    };
+    if w.both_ways() {
+        let (mut a, mut b) = (
+            TensorSet(vec![outputs.expect("dst").clone()]),
+            TensorSet(vec![outputs.expect("dst_back").clone()]),
+        );
+        rayon::join(
+            || copy("src", "dst", &mut a),
+            || copy("src_back", "dst_back", &mut b),
+        );
+        *outputs = TensorSet(vec![a.0.remove(0), b.0.remove(0)]);
+    } else {
+        copy("src", "dst", outputs);
     }
 }
 
@@ -352,32 +410,44 @@ fn expert_gemv(w: &ExpertGemv, inputs: &TensorSet, outputs: &mut TensorSet) {
     let rw = inputs.expect("topk_weights").view::<f32>();
     let (t_count, k, di, dout, dt) = (w.batch, w.top_k, w.d_in, w.d_out, w.weight_dtype);
 
-    // Group (token, routing weight) pairs by expert.
-    let mut groups: Vec<Vec<(usize, f32)>> = vec![Vec::new(); w.experts];
-    for t in 0..t_count {
-        for j in 0..k {
-            groups[ids[t * k + j] as usize].push((t, rw[t * k + j]));
-        }
+    // Group (token, choice) pairs by expert.
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); w.experts];
+    for (slot, &e) in ids.iter().enumerate() {
+        groups[e as usize].push(slot);
     }
-    let touched: Vec<(usize, &Vec<(usize, f32)>)> = groups
+    let touched: Vec<(usize, &Vec<usize>)> = groups
         .iter()
         .enumerate()
         .filter(|(_, g)| !g.is_empty())
         .collect();
 
+    // Each (token, choice) slot gets its own row, dot x scale x weight, and a token's slots
+    // are summed in choice order: the GPU kernels' order, so an experts split (which
+    // computes slot rows on the owners and sums them after) is bit-exact on every backend.
     let blocks: Vec<Vec<f32>> = (0..dout.div_ceil(ROWS))
         .into_par_iter()
         .map(|blk| {
             let (o0, o1) = (blk * ROWS, ((blk + 1) * ROWS).min(dout));
-            let mut local = vec![0f32; t_count * (o1 - o0)];
+            let width = o1 - o0;
+            let mut slots = vec![0f32; t_count * k * width];
             let mut row = vec![0f32; di];
-            for &(e, tokens) in &touched {
+            for &(e, entries) in &touched {
                 for o in o0..o1 {
                     dt.decode_slice(wt, (e * dout + o) * di, &mut row);
                     let s = scales.map_or(1.0, |s| s[e * dout + o]);
-                    for &(t, weight) in tokens {
+                    for &slot in entries {
+                        let t = slot / k;
                         let d = dot(&row, &x[t * di..(t + 1) * di]);
-                        local[t * (o1 - o0) + (o - o0)] += weight * s * d;
+                        slots[slot * width + (o - o0)] = d * s * rw[slot];
+                    }
+                }
+            }
+            let mut local = vec![0f32; t_count * width];
+            for t in 0..t_count {
+                for j in 0..k {
+                    let from = &slots[(t * k + j) * width..(t * k + j + 1) * width];
+                    for (a, &b) in local[t * width..(t + 1) * width].iter_mut().zip(from) {
+                        *a += b;
                     }
                 }
             }

@@ -5,7 +5,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod wgpu;
 
-use crate::workload::{TensorSet, Workload};
+use crate::workload::{Link, TensorSet, Workload};
 use serde::{Deserialize, Serialize};
 
 /// Every backend decodelab knows, in the order `auto` prefers them.
@@ -47,7 +47,8 @@ pub enum CacheMode {
 }
 
 /// A point uploaded to a device and compiled, ready to be timed.
-pub trait Prepared {
+/// `Send`: the shards of a split run on their devices from one thread each.
+pub trait Prepared: Send {
     fn timer(&self) -> Timer;
     /// How the cache mode was achieved, e.g. "flush 64 MiB between reps".
     fn cache_method(&self) -> String;
@@ -75,6 +76,21 @@ pub trait Backend: Send + Sync {
         inputs: &TensorSet,
         cache: CacheMode,
     ) -> anyhow::Result<Box<dyn Prepared + 'a>>;
+    /// Prepare a `link` point: `run` times copies from device `src` to `dst` (and back, both
+    /// ways), `read_outputs` returns what landed. The string names the path the bytes take.
+    fn prepare_link<'a>(
+        &'a self,
+        src: usize,
+        dst: usize,
+        link: &Link,
+        inputs: &TensorSet,
+    ) -> anyhow::Result<(Box<dyn Prepared + 'a>, String)> {
+        let _ = (src, dst, link, inputs);
+        anyhow::bail!(
+            "{}: the link kernel is not built for this backend",
+            self.name()
+        )
+    }
 }
 
 /// The outcome of looking for a backend: usable, or why not.

@@ -257,9 +257,54 @@ impl Backend for WgpuBackend {
             Workload::Stream(w) => ctx.stream(w, inputs)?,
             Workload::KvDecode(w) => ctx.kv_decode(w, inputs)?,
             Workload::ExpertGemv(w) => ctx.expert_gemv(w, inputs)?,
+            Workload::Link(_) => bail!("link runs between two devices (prepare_link)"),
         };
         let is_cpu = adapter.get_info().device_type == wgpu::DeviceType::Cpu;
         point.finish(cache, workload.device_bytes(), is_cpu)
+    }
+
+    /// Within one adapter (virtual devices) a link is the stream copy kernel, both ways two
+    /// copies in one pass. WebGPU has no peer copies between adapters, and a host-staged
+    /// copy would measure the host, so a link between two adapters is refused.
+    fn prepare_link<'a>(
+        &'a self,
+        src: usize,
+        dst: usize,
+        link: &crate::workload::Link,
+        inputs: &TensorSet,
+    ) -> anyhow::Result<(Box<dyn Prepared + 'a>, String)> {
+        if src != dst {
+            bail!(
+                "wgpu has no copies between adapters ({src} -> {dst}); measure links with the cuda backend"
+            );
+        }
+        let (dev, queue, adapter) = self.device(src)?;
+        let copy = |from: &'static str, to: &'static str| -> anyhow::Result<Built> {
+            let ctx = Ctx::new(dev.clone(), queue.clone(), self.options.max_binding);
+            let stream = Stream {
+                op: StreamOp::Copy,
+                bytes: link.bytes,
+                seed: link.seed,
+            };
+            let mut src_t = inputs.expect(from).clone();
+            src_t.name = "src";
+            let mut built = ctx.stream(&stream, &TensorSet(vec![src_t]))?;
+            for (t, _) in &mut built.outputs {
+                t.name = to;
+            }
+            Ok(built)
+        };
+        take_error();
+        let mut built = copy("src", "dst")?;
+        if link.both_ways() {
+            let back = copy("src_back", "dst_back")?;
+            built.dispatches.extend(back.dispatches);
+            built.outputs.extend(back.outputs);
+        }
+        let is_cpu = adapter.get_info().device_type == wgpu::DeviceType::Cpu;
+        let w = Workload::Link(link.clone());
+        let point = built.finish(CacheMode::Cold, w.device_bytes(), is_cpu)?;
+        Ok((point, "one device: the stream copy kernel".into()))
     }
 }
 
@@ -751,19 +796,24 @@ pub fn kv_launch(
     // memory; several blocks of one group re-read K, mostly from L2.
     let group = w.group_size();
     let fits = |hb: usize| hb * w.head_dim_k * 4 + hb * WG * 4 + 2 * WG * 4 <= workgroup_memory;
-    let hb = (1..=group.min(8))
-        .rev()
-        .find(|&h| group.is_multiple_of(h) && fits(h))
-        .unwrap_or(1);
+    let hb_for = |group: usize| {
+        (1..=group.min(8))
+            .rev()
+            .find(|&h| group.is_multiple_of(h) && fits(h))
+            .unwrap_or(1)
+    };
+    let hb = hb_for(group);
     if !fits(hb) {
         bail!(
             "head_dim {} is too large for this adapter's workgroup memory ({workgroup_memory} bytes)",
             w.head_dim_k
         );
     }
-    // Enough context slices to fill a large GPU (~1024 workgroups), at least 4 tiles each.
+    // Enough context slices to fill a large GPU (~1024 workgroups), at least 4 tiles each. A
+    // heads-split shard sizes them as its whole point would, so its bits match one device.
     let max_len = w.context_lens.iter().copied().max().unwrap_or(1);
-    let blocks = w.batch * (w.q_heads / hb);
+    let shape = w.launch_shape();
+    let blocks = shape.batch * (shape.q_heads / hb_for(shape.q_heads / shape.kv_heads));
     let want_splits = 1024usize.div_ceil(blocks).max(1);
     let split_tokens = max_len
         .div_ceil(want_splits)
@@ -855,6 +905,8 @@ pub fn expert_source(
 pub fn shader_sources(w: &Workload, paths: ShaderPaths, chunks: usize) -> anyhow::Result<String> {
     Ok(match w {
         Workload::Stream(s) => stream_source(s.op, paths),
+        // A link within one adapter is the stream copy shader.
+        Workload::Link(_) => stream_source(crate::workload::StreamOp::Copy, paths),
         Workload::KvDecode(k) => {
             let per_chunk = k.num_pages().div_ceil(chunks).max(1);
             let l = kv_launch(k, per_chunk, 16384)?;

@@ -82,7 +82,7 @@ impl ModelMeter {
 
 fn storage_dtype(w: &Workload) -> Option<DType> {
     match w {
-        Workload::Stream(_) => None,
+        Workload::Stream(_) | Workload::Link(_) => None,
         Workload::KvDecode(k) => Some(k.kv_dtype),
         Workload::ExpertGemv(g) => Some(g.weight_dtype),
     }

@@ -10,9 +10,11 @@ pub use error::ConfigError;
 pub use hardware::HardwareProfile;
 
 use crate::backend::CacheMode;
+use crate::split::SplitKind;
 use crate::workload::{
     Attention, DType, ExpertGemv, KvDecode, Lengths, Routing, Stream, StreamOp, Workload,
 };
+use crate::workload::{Direction, Link};
 use schema::{ExperimentFile, Field, LengthsSpec, NameOrNumber, RoutingSpec, RunSpec};
 use std::path::{Path, PathBuf};
 
@@ -49,6 +51,8 @@ pub struct Point {
     pub run: usize,
     pub line: u64,
     pub workload: Workload,
+    /// How the point is spread over the run's devices.
+    pub split: SplitKind,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +64,8 @@ pub struct Experiment {
     pub devices: DeviceChoice,
     /// Line of `devices:` (0 when defaulted), for refusals made once backends are known.
     pub devices_line: u64,
+    /// `virtual: true`: the logical devices all live on device 0.
+    pub virtual_devices: bool,
     pub hardware: Option<HardwareProfile>,
     pub warmup: usize,
     pub reps: usize,
@@ -208,6 +214,23 @@ impl Builder<'_> {
             }
         };
 
+        let virtual_devices = spec.virtual_devices.as_ref().is_some_and(|v| v.value);
+        if virtual_devices && !matches!(devices, DeviceChoice::Count(_)) {
+            let l = &spec.virtual_devices.as_ref().expect("set").referenced;
+            return Err(self.err(
+                l.line(),
+                l.column(),
+                "virtual",
+                "virtual: true places `devices: N` logical devices on device 0; give devices a count (e.g. devices: 4)",
+            ));
+        }
+        // The number of devices a split spreads over, when the file alone says it.
+        let device_count = match &devices {
+            DeviceChoice::Count(n) => Some(*n),
+            DeviceChoice::Indices(v) => Some(v.len()),
+            DeviceChoice::All => None,
+        };
+
         let hardware = match &spec.hardware {
             None => None,
             Some(h) => {
@@ -268,13 +291,31 @@ impl Builder<'_> {
                 spec: &run.value,
                 line: run.value.kernel.referenced.line(),
             };
+            let splits = ctx.optional(&run.value.split, SplitKind::None);
             for workload in ctx.expand(seed, points.len())? {
-                points.push(Point {
-                    index: points.len(),
-                    run: r,
-                    line: ctx.line,
-                    workload,
-                });
+                if workload.kernel() == "link" && device_count.is_some_and(|n| n < 2) {
+                    return Err(ctx.err_run(
+                        "kernel",
+                        "link runs between pairs of devices: give devices: 2 or more (or virtual: true with a count)",
+                    ));
+                }
+                for &split in &splits {
+                    if let Some(n) = device_count {
+                        crate::split::validate(&workload, split, n).map_err(|msg| {
+                            match &run.value.split {
+                                Some(f) => ctx.err_at(f, "split", msg),
+                                None => ctx.err_run("split", msg),
+                            }
+                        })?;
+                    }
+                    points.push(Point {
+                        index: points.len(),
+                        run: r,
+                        line: ctx.line,
+                        workload: workload.clone(),
+                        split,
+                    });
+                }
             }
         }
         Ok(Experiment {
@@ -284,6 +325,7 @@ impl Builder<'_> {
             backends,
             devices,
             devices_line: spec.devices.as_ref().map_or(0, |d| d.referenced.line()),
+            virtual_devices,
             hardware,
             warmup,
             reps,
@@ -435,16 +477,19 @@ impl RunCtx<'_> {
             "stream" => self.expand_stream(point_seed),
             "kv_decode" => self.expand_kv(point_seed),
             "expert_gemv" => self.expand_expert(point_seed),
+            "link" => self.expand_link(point_seed),
             other => Err(self.err_at(
                 &self.spec.kernel,
                 "kernel",
-                format!("unknown kernel '{other}' (expected stream, kv_decode or expert_gemv)"),
+                format!(
+                    "unknown kernel '{other}' (expected stream, kv_decode, expert_gemv or link)"
+                ),
             )),
         }
     }
 
     fn expand_stream(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
-        self.refuse_fields(&["op", "bytes"], "stream")?;
+        self.refuse_fields(&["split", "op", "bytes"], "stream")?;
         let s = self.spec;
         let ops = self.optional(&s.op, StreamOp::Read);
         let sizes = self.required(&s.bytes, "bytes", "stream")?;
@@ -466,6 +511,31 @@ impl RunCtx<'_> {
         Ok(out)
     }
 
+    fn expand_link(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
+        self.refuse_fields(&["bytes", "direction"], "link")?;
+        let s = self.spec;
+        let directions = self.optional(&s.direction, Direction::OneWay);
+        let sizes = self.required(&s.bytes, "bytes", "link")?;
+        let bytes_field = s.bytes.as_ref().expect("required above");
+        for sz in &sizes {
+            if sz.0 < 4 || sz.0 % 4 != 0 || sz.0 > MAX_BYTES {
+                return Err(self.err_at(bytes_field, "bytes", format!(
+                    "{} bytes: link moves whole u32 words, so bytes must be a positive multiple of 4 (at most {MAX_BYTES})", sz.0)));
+            }
+        }
+        Ok(product(&[directions.len(), sizes.len()])
+            .into_iter()
+            .enumerate()
+            .map(|(i, ix)| {
+                Workload::Link(Link {
+                    bytes: sizes[ix[1]].0,
+                    direction: directions[ix[0]],
+                    seed: seed(i),
+                })
+            })
+            .collect())
+    }
+
     fn expand_kv(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
         let s = self.spec;
         let attention = self.optional(&s.attention, Attention::Gqa);
@@ -478,6 +548,7 @@ impl RunCtx<'_> {
         }
         let attention = attention[0];
         let common = [
+            "split",
             "attention",
             "batch",
             "q_heads",
@@ -591,6 +662,7 @@ impl RunCtx<'_> {
                 lengths,
                 context_lens,
                 seed: point_seed,
+                launch_hint: None,
             }));
         }
         Ok(out)
@@ -600,6 +672,7 @@ impl RunCtx<'_> {
         let kernel = "expert_gemv";
         self.refuse_fields(
             &[
+                "split",
                 "experts",
                 "top_k",
                 "batch",

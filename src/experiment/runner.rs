@@ -5,6 +5,8 @@
 use super::{BackendChoice, ConfigError, DeviceChoice, Experiment, Point};
 use crate::backend::{self, Backend, Probe};
 use crate::report::{self, CheckOut, Energy, ResultLine, ResultsFile, TimeStats};
+use crate::split::SplitKind;
+use crate::split::run::DeviceSet;
 use crate::workload::{Reference, StreamOp, TensorSet, Workload};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,7 +17,30 @@ use std::path::{Path, PathBuf};
 /// A backend with the devices this run uses on it.
 pub struct Selected {
     pub backend: Box<dyn Backend>,
+    /// The run's logical devices: devices[i] is the physical device logical device i is on
+    /// (all the same one with `virtual: true`).
     pub devices: Vec<usize>,
+    pub virtual_devices: bool,
+}
+
+impl Selected {
+    /// Each physical device once, in order: where one-device points run.
+    pub fn physical_devices(&self) -> Vec<usize> {
+        let mut v = Vec::new();
+        for &d in &self.devices {
+            if !v.contains(&d) {
+                v.push(d);
+            }
+        }
+        v
+    }
+
+    pub fn device_set(&self) -> DeviceSet {
+        DeviceSet {
+            physical: self.devices.clone(),
+            virtual_devices: self.virtual_devices,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -91,6 +116,7 @@ pub fn select(exp: &Experiment, choice: &BackendChoice) -> Result<Vec<Selected>,
     for b in chosen {
         let n = b.devices().len();
         let devices = match &exp.devices {
+            DeviceChoice::Count(c) if exp.virtual_devices => vec![0; *c],
             DeviceChoice::All => (0..n).collect(),
             DeviceChoice::Count(c) => (0..*c).collect(),
             DeviceChoice::Indices(v) => v.clone(),
@@ -109,6 +135,7 @@ pub fn select(exp: &Experiment, choice: &BackendChoice) -> Result<Vec<Selected>,
         selected.push(Selected {
             backend: b,
             devices,
+            virtual_devices: exp.virtual_devices,
         });
     }
     Ok(selected)
@@ -118,12 +145,34 @@ pub fn select(exp: &Experiment, choice: &BackendChoice) -> Result<Vec<Selected>,
 pub fn check_fit(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigError> {
     let file = exp.file.display().to_string();
     for s in selected {
-        for &d in &s.devices {
+        let n = s.devices.len();
+        // A split the file could not check (devices: all) is checked now the count is known.
+        for p in exp.points.iter().filter(|p| p.split != SplitKind::None) {
+            if let Err(msg) = crate::split::validate(&p.workload, p.split, n) {
+                return Err(ConfigError::at(
+                    &file,
+                    &exp.source,
+                    p.line,
+                    0,
+                    format!("runs[{}].split", p.run),
+                    format!("on {} ({n} devices): {msg}", s.backend.name()),
+                ));
+            }
+        }
+        for d in s.physical_devices() {
             let Some(mem) = s.backend.devices()[d].memory_bytes else {
                 continue;
             };
             for p in &exp.points {
-                let need = s.backend.memory_needed(&p.workload);
+                let whole = s.backend.memory_needed(&p.workload);
+                // A split spreads the point over the devices (virtual ones share this one);
+                // a link holds its buffers on both ends.
+                let need = match (&p.workload, p.split) {
+                    (Workload::Link(_), _) => whole,
+                    (_, SplitKind::None) => whole,
+                    _ if s.virtual_devices => whole,
+                    _ => whole.div_ceil(n as u64),
+                };
                 if need > mem {
                     return Err(ConfigError::at(
                         &file,
@@ -255,17 +304,18 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
         report::write_atomic(&out_dir.join("experiment.yaml"), &exp.source)?;
     }
     let (mut results, mut lines) = ResultsFile::open(&out_dir)?;
-    let done: HashSet<(usize, String, u64)> = lines.iter().map(ResultLine::key).collect();
+    let done: HashSet<(usize, String, String)> = lines.iter().map(ResultLine::key).collect();
 
     // Stream-read points run first, so every later point can be held against the ceiling
     // measured on the same device in the same run.
     let mut order: Vec<&Point> = exp.points.iter().collect();
     order.sort_by_key(|p| !is_stream_read(&p.workload));
-    let mut stream_best: HashMap<(String, u64), f64> = HashMap::new();
+    let mut stream_best: HashMap<(String, String), f64> = HashMap::new();
     for l in &lines {
         if l.kernel == "stream"
             && l.params.get("op").and_then(|v| v.as_str()) == Some("read")
             && l.check.pass
+            && l.split == "none"
         {
             let e = stream_best
                 .entry((l.backend.clone(), l.key().2))
@@ -277,17 +327,10 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
     let pending: usize = order
         .iter()
         .map(|p| {
-            selected
+            jobs_for(p, selected)
                 .iter()
-                .map(|s| {
-                    s.devices
-                        .iter()
-                        .filter(|&&d| {
-                            !done.contains(&(p.index, s.backend.name().to_string(), d as u64))
-                        })
-                        .count()
-                })
-                .sum::<usize>()
+                .filter(|j| !done.contains(&(p.index, j.backend().to_string(), j.label())))
+                .count()
         })
         .sum();
     let skipped_done = lines.len();
@@ -316,15 +359,14 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
             out_dir.display()
         ));
     }
-    let total_runs = exp.points.len() * selected.iter().map(|s| s.devices.len()).sum::<usize>();
+    let total_runs: usize = exp.points.iter().map(|p| jobs_for(p, selected).len()).sum();
 
     let env_base = host_env();
     let (mut failed_checks, mut errors) = (0, 0);
     for p in order {
-        let todo: Vec<(&Selected, usize)> = selected
-            .iter()
-            .flat_map(|s| s.devices.iter().map(move |&d| (s, d)))
-            .filter(|(s, d)| !done.contains(&(p.index, s.backend.name().to_string(), *d as u64)))
+        let todo: Vec<Job> = jobs_for(p, selected)
+            .into_iter()
+            .filter(|j| !done.contains(&(p.index, j.backend().to_string(), j.label())))
             .collect();
         if todo.is_empty() {
             continue;
@@ -335,132 +377,95 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
         let mut reference: Option<Reference> = None;
         let mut dumped = false;
         let mut ran_here: Vec<usize> = Vec::new();
-        for (s, d) in todo {
-            let b = s.backend.as_ref();
-            let dev = &b.devices()[d];
-            let meters = meters_for(exp, dev);
-            let attempt = (|| -> anyhow::Result<(Vec<f64>, TensorSet, String, String, Energy)> {
-                let mut prepared = b.prepare(d, &p.workload, &inputs, exp.cache)?;
-                let times = prepared.run(exp.warmup, exp.reps)?;
-                let outputs = prepared.read_outputs()?;
-                let timer = serde_json::to_value(prepared.timer())?
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string();
-                let energy = energy_of(&p.workload, &meters, prepared.as_mut())?;
-                Ok((times, outputs, timer, prepared.cache_method(), energy))
-            })();
-            let (times, outputs, timer, cache_method, energy) = match attempt {
+        for job in todo {
+            let where_ = format!("{}:{}", job.backend(), job.label());
+            let attempt = match &job {
+                Job::Single { s, d } => {
+                    run_single(exp, p, &inputs, &mut reference, s, *d, &env_base)
+                        .map(|(line, outputs)| (line, Some(outputs)))
+                }
+                Job::Split { s } => run_split_point(exp, p, &inputs, &mut reference, s, &env_base)
+                    .map(|line| (line, None)),
+                Job::Link { s, src, dst } => {
+                    run_link_point(exp, p, &inputs, s, *src, *dst, &env_base)
+                        .map(|line| (line, None))
+                }
+            };
+            let (mut line, outputs) = match attempt {
                 Ok(v) => v,
                 Err(e) => {
                     errors += 1;
                     bar.inc(1);
-                    say(format!(
-                        "point {} on {}:{d}: error: {e:#}",
-                        p.index,
-                        b.name()
-                    ));
+                    say(format!("point {} on {where_}: error: {e:#}", p.index));
                     continue;
                 }
             };
-            let reference = reference.get_or_insert_with(|| p.workload.oracle(&inputs));
-            let check = reference.check(&outputs);
-            if let Some(dump) = opts.dump.as_ref().filter(|_| !dumped) {
+            if let (Some(dump), Some(outputs)) = (opts.dump.as_ref().filter(|_| !dumped), &outputs)
+            {
                 let dir = dump.join(p.index.to_string());
-                dump_point(&dir, p, &inputs, &outputs, &format!("{}:{d}", b.name()))
+                dump_point(&dir, p, &inputs, outputs, &where_)
                     .with_context(|| format!("--dump {}", dir.display()))?;
                 dumped = true;
             }
-            let Some(stats) = TimeStats::from_samples(&times) else {
-                errors += 1;
-                bar.inc(1);
-                say(format!(
-                    "point {} on {}:{d}: error: no timings came back",
-                    p.index,
-                    b.name()
-                ));
-                continue;
-            };
-            let bytes = p.workload.bytes();
-            let gbps = if stats.median > 0.0 {
-                bytes as f64 / stats.median / 1e9
-            } else {
-                0.0
-            };
-            if is_stream_read(&p.workload) && check.pass {
-                let e = stream_best
-                    .entry((b.name().to_string(), d as u64))
-                    .or_insert(0.0);
-                *e = e.max(gbps);
+            let stream_key = (line.backend.clone(), line.key().2);
+            if is_stream_read(&p.workload) && p.split == SplitKind::None && line.check.pass {
+                let e = stream_best.entry(stream_key.clone()).or_insert(0.0);
+                *e = e.max(line.gbps);
             }
-            let mut env = env_base.clone();
-            env["device_index"] = d.into();
-            env["timer"] = timer.into();
-            env["cache_method"] = cache_method.into();
-            env["warmup"] = exp.warmup.into();
-            for (k, v) in &dev.details {
-                env[k.as_str()] = v.clone().into();
-            }
-            let line = ResultLine {
-                schema: report::SCHEMA.into(),
-                experiment: exp.name.clone(),
-                point: p.index,
-                kernel: p.workload.kernel().into(),
-                backend: b.name().into(),
-                device: dev.name.clone(),
-                device_count: 1,
-                split: "none".into(),
-                params: p.workload.params_json(),
-                bytes,
-                flops: p.workload.flops(),
-                reps: times.len(),
-                time_s: stats,
-                gbps,
-                pct_of_spec: exp
-                    .hardware
-                    .as_ref()
-                    .map(|h| 100.0 * gbps / h.memory_bandwidth_gbps),
-                pct_of_stream: stream_best
-                    .get(&(b.name().to_string(), d as u64))
-                    .filter(|&&best| best > 0.0)
-                    .map(|best| 100.0 * gbps / best),
-                cache: serde_json::to_value(exp.cache)?
-                    .as_str()
-                    .unwrap_or("")
-                    .into(),
-                energy,
-                check: CheckOut {
-                    rel_l2_err: Some(check.rel_l2_err).filter(|x| x.is_finite()),
-                    max_abs_err: Some(check.max_abs_err).filter(|x| x.is_finite()),
-                    pass: check.pass,
-                    reason: check.reason.clone(),
-                },
-                env,
-            };
+            line.pct_of_stream = stream_best
+                .get(&stream_key)
+                .filter(|&&best| best > 0.0)
+                .map(|best| 100.0 * line.gbps / best);
             results.append(&line)?;
-            if !check.pass {
+            if !line.check.pass {
                 failed_checks += 1;
             }
             bar.inc(1);
+            let mut extra = String::new();
+            if let Some(m) = &line.multi {
+                extra = format!(
+                    "  combine {:.2} GB/s ({})",
+                    m.combine.gbps,
+                    report::human_time(m.combine.time_s.median)
+                );
+                if let Some(eff) = m.scaling_efficiency {
+                    extra.push_str(&format!("  scaling {:.0} %", 100.0 * eff));
+                }
+                if let Some(v) = &m.vs_one_device {
+                    extra.push_str(if v.identical {
+                        "  = 1 device (bit-exact)"
+                    } else if v.pass {
+                        "  ~ 1 device"
+                    } else {
+                        "  != 1 device"
+                    });
+                }
+            }
             say(format!(
-                "[{}/{}] point {:>3}  {:<11} {:<44} {}:{d}  {:>9.2} GB/s  {:>10}  rel err {:.1e}  {}",
+                "[{}/{}] point {:>3}  {:<11} {:<44} {where_}{}  {:>9.2} GB/s  {:>10}  rel err {:.1e}  {}{extra}",
                 lines.len() + 1,
                 total_runs,
                 p.index,
                 p.workload.kernel(),
                 label,
-                b.name(),
-                gbps,
+                if p.split == SplitKind::None {
+                    String::new()
+                } else {
+                    format!(" split {}", p.split.name())
+                },
+                line.gbps,
                 report::human_time(line.time_s.median),
-                check.rel_l2_err,
-                if check.pass {
+                line.check.rel_l2_err.unwrap_or(f64::NAN),
+                if line.check.pass {
                     "ok".to_string()
                 } else {
-                    format!("FAIL ({})", check.reason.unwrap_or_default())
+                    format!("FAIL ({})", line.check.reason.clone().unwrap_or_default())
                 }
             ));
             lines.push(line);
-            ran_here.push(lines.len() - 1);
+            if matches!(job, Job::Single { .. }) {
+                ran_here.push(lines.len() - 1);
+            }
         }
         if ran_here.len() > 1 {
             let parts: Vec<String> = ran_here
@@ -497,6 +502,332 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
         errors,
         skipped_done,
     })
+}
+
+/// One thing a point runs: on one device, split over the run's devices, or (link) between
+/// one ordered pair of them.
+enum Job<'s> {
+    Single {
+        s: &'s Selected,
+        d: usize,
+    },
+    Split {
+        s: &'s Selected,
+    },
+    Link {
+        s: &'s Selected,
+        src: usize,
+        dst: usize,
+    },
+}
+
+impl Job<'_> {
+    fn backend(&self) -> &'static str {
+        match self {
+            Job::Single { s, .. } | Job::Split { s } | Job::Link { s, .. } => s.backend.name(),
+        }
+    }
+
+    /// The device part of the result's key: `0`, `0+1+2+3` (`0x4` virtual), `0->1`.
+    fn label(&self) -> String {
+        match self {
+            Job::Single { d, .. } => d.to_string(),
+            Job::Split { s } => s.device_set().label(),
+            Job::Link { src, dst, .. } => format!("{src}->{dst}"),
+        }
+    }
+}
+
+fn jobs_for<'s>(p: &Point, selected: &'s [Selected]) -> Vec<Job<'s>> {
+    let mut jobs = Vec::new();
+    for s in selected {
+        if matches!(p.workload, Workload::Link(_)) {
+            let n = s.devices.len();
+            for src in 0..n {
+                for dst in (0..n).filter(|&d| d != src) {
+                    jobs.push(Job::Link { s, src, dst });
+                }
+            }
+        } else if p.split != SplitKind::None {
+            jobs.push(Job::Split { s });
+        } else {
+            jobs.extend(
+                s.physical_devices()
+                    .into_iter()
+                    .map(|d| Job::Single { s, d }),
+            );
+        }
+    }
+    jobs
+}
+
+fn env_for(
+    base: &serde_json::Value,
+    exp: &Experiment,
+    dev: &crate::backend::DeviceInfo,
+    device_index: usize,
+) -> serde_json::Value {
+    let mut env = base.clone();
+    env["device_index"] = device_index.into();
+    env["warmup"] = exp.warmup.into();
+    for (k, v) in &dev.details {
+        env[k.as_str()] = v.clone().into();
+    }
+    env
+}
+
+/// The parts of a result line every job fills the same way.
+#[allow(clippy::too_many_arguments)]
+fn result_line(
+    exp: &Experiment,
+    p: &Point,
+    backend: &str,
+    device: String,
+    device_count: usize,
+    stats: TimeStats,
+    reps: usize,
+    check: &crate::workload::Check,
+    energy: Energy,
+    env: serde_json::Value,
+) -> anyhow::Result<ResultLine> {
+    let bytes = p.workload.bytes();
+    let gbps = crate::split::run::gbps(bytes, stats.median);
+    Ok(ResultLine {
+        schema: report::SCHEMA.into(),
+        experiment: exp.name.clone(),
+        point: p.index,
+        kernel: p.workload.kernel().into(),
+        backend: backend.into(),
+        device,
+        device_count,
+        split: if matches!(p.workload, Workload::Link(_)) {
+            "link".into()
+        } else {
+            p.split.name().into()
+        },
+        params: p.workload.params_json(),
+        bytes,
+        flops: p.workload.flops(),
+        reps,
+        time_s: stats,
+        gbps,
+        pct_of_spec: exp
+            .hardware
+            .as_ref()
+            .map(|h| 100.0 * gbps / h.memory_bandwidth_gbps),
+        pct_of_stream: None,
+        cache: serde_json::to_value(exp.cache)?
+            .as_str()
+            .unwrap_or("")
+            .into(),
+        energy,
+        check: CheckOut {
+            rel_l2_err: Some(check.rel_l2_err).filter(|x| x.is_finite()),
+            max_abs_err: Some(check.max_abs_err).filter(|x| x.is_finite()),
+            pass: check.pass,
+            reason: check.reason.clone(),
+        },
+        env,
+        multi: None,
+        link: None,
+    })
+}
+
+/// A point on one device: prepare, warm up, time, read back, check, energy.
+fn run_single(
+    exp: &Experiment,
+    p: &Point,
+    inputs: &TensorSet,
+    reference: &mut Option<Reference>,
+    s: &Selected,
+    d: usize,
+    env_base: &serde_json::Value,
+) -> anyhow::Result<(ResultLine, TensorSet)> {
+    let b = s.backend.as_ref();
+    let dev = &b.devices()[d];
+    let meters = meters_for(exp, dev);
+    let mut prepared = b.prepare(d, &p.workload, inputs, exp.cache)?;
+    let times = prepared.run(exp.warmup, exp.reps)?;
+    let outputs = prepared.read_outputs()?;
+    let energy = energy_of(&p.workload, &meters, prepared.as_mut())?;
+    let stats = TimeStats::from_samples(&times).context("no timings came back")?;
+    let check = reference
+        .get_or_insert_with(|| p.workload.oracle(inputs))
+        .check(&outputs);
+    let mut env = env_for(env_base, exp, dev, d);
+    env["timer"] = serde_json::to_value(prepared.timer())?;
+    env["cache_method"] = prepared.cache_method().into();
+    let line = result_line(
+        exp,
+        p,
+        b.name(),
+        dev.name.clone(),
+        1,
+        stats,
+        times.len(),
+        &check,
+        energy,
+        env,
+    )?;
+    Ok((line, outputs))
+}
+
+/// A split point: shards on every device of the run, the combine, the one-device baseline.
+fn run_split_point(
+    exp: &Experiment,
+    p: &Point,
+    inputs: &TensorSet,
+    reference: &mut Option<Reference>,
+    s: &Selected,
+    env_base: &serde_json::Value,
+) -> anyhow::Result<ResultLine> {
+    let b = s.backend.as_ref();
+    let set = s.device_set();
+    let plan = crate::split::plan(&p.workload, inputs, p.split, set.len())
+        .map_err(|m| anyhow::anyhow!(m))?;
+    let settings = crate::split::run::Settings {
+        warmup: exp.warmup,
+        reps: exp.reps,
+        cache: exp.cache,
+    };
+    let outcome = crate::split::run::run_split(b, &set, &p.workload, inputs, &plan, &settings)?;
+    let mut check = reference
+        .get_or_insert_with(|| p.workload.oracle(inputs))
+        .check(&outcome.outputs);
+    if let Some(v) = outcome.multi.vs_one_device.as_ref().filter(|v| !v.pass) {
+        check.pass = false;
+        check.reason = Some(format!(
+            "combined outputs differ from the one-device run (rel L2 {:.2e}, max abs {:.2e}; split {} allows {})",
+            v.rel_l2_diff,
+            v.max_abs_diff,
+            p.split.name(),
+            p.split.one_device_tolerance()
+        ));
+    }
+    // Energy: the model over what the shards moved; a measured figure per device set is not
+    // built (NVML windows are per device and per prepared point).
+    let energy = split_energy(exp, &plan);
+    let first = set.physical[0];
+    let dev = &b.devices()[first];
+    let mut env = env_for(env_base, exp, dev, first);
+    env["devices"] = set.label().into();
+    env["physical_devices"] = serde_json::to_value(&set.physical)?;
+    let names: Vec<String> = s
+        .physical_devices()
+        .iter()
+        .map(|&d| b.devices()[d].name.clone())
+        .collect();
+    let device = if set.virtual_devices {
+        format!("{} x{} (virtual)", names[0], set.len())
+    } else if names.iter().all(|n| *n == names[0]) {
+        format!("{} x{}", names[0], set.len())
+    } else {
+        names.join(" + ")
+    };
+    let mut line = result_line(
+        exp,
+        p,
+        b.name(),
+        device,
+        set.len(),
+        outcome.end_to_end,
+        exp.reps,
+        &check,
+        energy,
+        env,
+    )?;
+    line.multi = Some(outcome.multi);
+    Ok(line)
+}
+
+fn split_energy(exp: &Experiment, plan: &crate::split::Plan) -> Energy {
+    use crate::energy::Meter;
+    let meter = exp
+        .hardware
+        .as_ref()
+        .and_then(crate::energy::ModelMeter::new);
+    let modelled = match (&meter, exp.energy) {
+        (Some(m), crate::energy::EnergyMode::Auto | crate::energy::EnergyMode::Model) => {
+            let mut joules = 0.0;
+            let mut bytes = 0u64;
+            for shard in &plan.shards {
+                if let Ok(f) = m.measure(&shard.workload, &mut |_| Ok(())) {
+                    joules += f.joules_per_step;
+                    bytes += shard.workload.bytes();
+                }
+            }
+            Some((joules, bytes))
+        }
+        _ => None,
+    };
+    Energy {
+        source: if modelled.is_some() { "model" } else { "none" }.into(),
+        joules: modelled.map(|m| m.0),
+        pj_per_byte: modelled.map(|(j, b)| j / b.max(1) as f64 * 1e12),
+        measured: None,
+        modelled: None,
+        note: Some(
+            "split points: energy is the model summed over the shards; NVML is measured on one-device points"
+                .into(),
+        ),
+    }
+}
+
+/// A link point between logical devices `src` and `dst`.
+fn run_link_point(
+    exp: &Experiment,
+    p: &Point,
+    inputs: &TensorSet,
+    s: &Selected,
+    src: usize,
+    dst: usize,
+    env_base: &serde_json::Value,
+) -> anyhow::Result<ResultLine> {
+    let Workload::Link(link) = &p.workload else {
+        bail!("not a link point");
+    };
+    let b = s.backend.as_ref();
+    let (ps, pd) = (s.devices[src], s.devices[dst]);
+    let (mut prepared, path) = b.prepare_link(ps, pd, link, inputs)?;
+    let times = prepared.run(exp.warmup, exp.reps)?;
+    let outputs = prepared.read_outputs()?;
+    let stats = TimeStats::from_samples(&times).context("no timings came back")?;
+    let check = p.workload.oracle(inputs).check(&outputs);
+    let dev = &b.devices()[ps];
+    let mut env = env_for(env_base, exp, dev, ps);
+    env["devices"] = format!("{src}->{dst}").into();
+    env["timer"] = serde_json::to_value(prepared.timer())?;
+    let path = if s.virtual_devices && ps == pd {
+        format!("{path}; virtual devices: a copy within one device, not a link")
+    } else {
+        path
+    };
+    let energy = Energy {
+        source: "none".into(),
+        joules: None,
+        pj_per_byte: None,
+        measured: None,
+        modelled: None,
+        note: Some("link energy is not measured or modelled".into()),
+    };
+    let mut line = result_line(
+        exp,
+        p,
+        b.name(),
+        format!("{} -> {}", dev.name, b.devices()[pd].name),
+        2,
+        stats,
+        times.len(),
+        &check,
+        energy,
+        env,
+    )?;
+    line.link = Some(report::LinkOut {
+        src: ps,
+        dst: pd,
+        path,
+    });
+    Ok(line)
 }
 
 /// Both sides of a point's energy: NVML windows around back-to-back steps where a meter

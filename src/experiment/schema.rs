@@ -185,6 +185,10 @@ pub struct ExperimentFile {
     pub backends: Option<Spanned<Axis<String>>>,
     #[serde(default)]
     pub devices: Option<Spanned<Axis<NameOrNumber>>>,
+    /// Place the `devices: N` logical devices on one physical device (device 0), so every
+    /// split runs on one GPU or the CPU.
+    #[serde(default, rename = "virtual")]
+    pub virtual_devices: Option<Spanned<bool>>,
     #[serde(default)]
     pub hardware: Option<Spanned<String>>,
     #[serde(default)]
@@ -206,6 +210,12 @@ pub struct ExperimentFile {
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
     pub kernel: Spanned<String>,
+    /// How the point is spread over the run's devices (a sweep axis like any other).
+    #[serde(default)]
+    pub split: Field<crate::split::SplitKind>,
+    // link
+    #[serde(default)]
+    pub direction: Field<crate::workload::Direction>,
     // stream
     #[serde(default)]
     pub op: Field<StreamOp>,
@@ -265,6 +275,8 @@ impl RunSpec {
             }};
         }
         present!(
+            split,
+            direction,
             op,
             bytes,
             attention,

@@ -87,17 +87,96 @@ pub struct ResultLine {
     pub energy: Energy,
     pub check: CheckOut,
     pub env: serde_json::Value,
+    /// Split points: the shards, the combine and the scaling (absent for one device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi: Option<MultiDevice>,
+    /// Link points: which two devices, and the path between them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkOut>,
+}
+
+/// One shard of a split point.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ShardOut {
+    /// Logical device (0..device_count) and the physical device it ran on.
+    pub device: usize,
+    pub physical: usize,
+    pub params: serde_json::Value,
+    pub bytes: u64,
+    pub time_s: TimeStats,
+    pub gbps: f64,
+    pub rel_l2_err: Option<f64>,
+}
+
+/// The combine of a split point: what moved, how, and how fast.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CombineOut {
+    /// `host-staged` (read back to the host and merged there) or `nccl`.
+    pub method: String,
+    /// Bytes of shard outputs moved to where the point's outputs are assembled.
+    pub bytes: u64,
+    /// Bytes sent to the shards before the step (experts: token rows to expert owners);
+    /// placed before timing, so counted here and not timed.
+    pub dispatch_bytes: u64,
+    pub time_s: TimeStats,
+    pub gbps: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OneDeviceOut {
+    pub device: usize,
+    pub time_s: TimeStats,
+    pub gbps: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MultiDevice {
+    /// Logical devices were placed on one physical device.
+    #[serde(rename = "virtual")]
+    pub virtual_devices: bool,
+    /// Shards ran at the same time (one thread per device) rather than one after another.
+    pub concurrent: bool,
+    pub shards: Vec<ShardOut>,
+    pub combine: CombineOut,
+    /// Bytes the shards' kernels had to move (more than the point's minimum where a split
+    /// replicates data, as MLA heads does with the latent cache).
+    pub shard_bytes: u64,
+    /// shard_bytes / end-to-end median.
+    pub aggregate_gbps: f64,
+    /// The same point on one device, same backend, same run.
+    pub one_device: Option<OneDeviceOut>,
+    /// one-device time / (devices x end-to-end time).
+    pub scaling_efficiency: Option<f64>,
+    pub vs_one_device: Option<crate::split::VsOneDevice>,
+    /// How end-to-end time was formed.
+    pub note: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LinkOut {
+    pub src: usize,
+    pub dst: usize,
+    /// e.g. `peer (NVLink x18)`, `same device (virtual)`, `host memory`.
+    pub path: String,
 }
 
 impl ResultLine {
-    /// Which (point, backend, device) this line finished: what `--resume` skips.
-    pub fn key(&self) -> (usize, String, u64) {
-        let idx = self
+    /// Which (point, backend, device set) this line finished: what `--resume` skips. The
+    /// device set is `0` for one device, `0+1+2+3` for a split, `0->1` for a link.
+    pub fn key(&self) -> (usize, String, String) {
+        let label = self
             .env
-            .get("device_index")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
-        (self.point, self.backend.clone(), idx)
+            .get("devices")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                self.env
+                    .get("device_index")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0)
+                    .to_string()
+            });
+        (self.point, self.backend.clone(), label)
     }
 }
 
@@ -179,6 +258,11 @@ pub fn params_label(kernel: &str, p: &serde_json::Value) -> String {
             .unwrap_or_default()
     };
     match kernel {
+        "link" => format!(
+            "{} {}",
+            g("direction"),
+            human_bytes(p.get("bytes").and_then(|v| v.as_u64()).unwrap_or(0))
+        ),
         "stream" => format!(
             "{} {}",
             g("op"),
@@ -253,12 +337,17 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-const COLUMNS: [&str; 18] = [
+const COLUMNS: [&str; 23] = [
     "point",
     "kernel",
     "params",
     "backend",
     "device",
+    "devices",
+    "split",
+    "scaling_efficiency",
+    "combine_gbps",
+    "one_device_gbps",
     "bytes",
     "reps",
     "median_s",
@@ -284,6 +373,16 @@ pub fn to_csv(lines: &[ResultLine]) -> String {
             params_label(&l.kernel, &l.params),
             l.backend.clone(),
             l.device.clone(),
+            l.key().2,
+            l.split.clone(),
+            fmt_opt(l.multi.as_ref().and_then(|m| m.scaling_efficiency), 4),
+            fmt_opt(l.multi.as_ref().map(|m| m.combine.gbps), 3),
+            fmt_opt(
+                l.multi
+                    .as_ref()
+                    .and_then(|m| m.one_device.as_ref().map(|o| o.gbps)),
+                3,
+            ),
             l.bytes.to_string(),
             l.reps.to_string(),
             format!("{:e}", l.time_s.median),
@@ -316,8 +415,8 @@ pub fn to_csv(lines: &[ResultLine]) -> String {
 /// The rows of the terminal table and summary.md.
 fn table_rows(lines: &[ResultLine]) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let header = vec![
-        "pt", "kernel", "params", "backend", "GB/s", "%spec", "%stream", "median", "rel err",
-        "check",
+        "pt", "kernel", "params", "backend", "split", "GB/s", "%spec", "%stream", "median",
+        "rel err", "check",
     ];
     let rows = lines
         .iter()
@@ -326,14 +425,8 @@ fn table_rows(lines: &[ResultLine]) -> (Vec<&'static str>, Vec<Vec<String>>) {
                 l.point.to_string(),
                 l.kernel.clone(),
                 params_label(&l.kernel, &l.params),
-                format!(
-                    "{}:{}",
-                    l.backend,
-                    l.env
-                        .get("device_index")
-                        .and_then(|v| v.as_u64())
-                        .unwrap_or(0)
-                ),
+                format!("{}:{}", l.backend, l.key().2),
+                l.split.clone(),
                 format!("{:.2}", l.gbps),
                 fmt_opt(l.pct_of_spec, 1),
                 fmt_opt(l.pct_of_stream, 1),
@@ -371,8 +464,9 @@ pub fn terminal_table(lines: &[ResultLine]) -> String {
 /// Backends side by side: one row per point, one `GB/s (rel err)` column per backend and
 /// device. None when only one backend-device ran.
 pub fn cross_check_table(lines: &[ResultLine]) -> Option<String> {
+    let lines: Vec<&ResultLine> = lines.iter().filter(|l| l.split == "none").collect();
     let mut columns: Vec<String> = Vec::new();
-    for l in lines {
+    for l in &lines {
         let c = format!("{}:{}", l.backend, l.key().2);
         if !columns.contains(&c) {
             columns.push(c);
@@ -386,7 +480,7 @@ pub fn cross_check_table(lines: &[ResultLine]) -> Option<String> {
     points.dedup();
     let mut rows = Vec::new();
     for p in points {
-        let of_point: Vec<&ResultLine> = lines.iter().filter(|l| l.point == p).collect();
+        let of_point: Vec<&&ResultLine> = lines.iter().filter(|l| l.point == p).collect();
         let first = of_point[0];
         let mut row = vec![
             p.to_string(),
@@ -473,5 +567,125 @@ pub fn summary_markdown(experiment: &str, source_file: &str, lines: &[ResultLine
     if let Some(cross) = cross_check_table(lines) {
         s.push_str(&format!("\n## Backends side by side\n\n```\n{cross}```\n"));
     }
+    if let Some(t) = split_table(lines) {
+        s.push_str(&format!("\n## Splits\n\n```\n{t}```\n"));
+    }
+    if let Some(t) = link_table(lines) {
+        s.push_str(&format!("\n## Links\n\n```\n{t}```\n"));
+    }
     s
+}
+
+/// Split points: end to end against one device, the slowest and fastest shard, the combine.
+pub fn split_table(lines: &[ResultLine]) -> Option<String> {
+    let rows: Vec<Vec<String>> = lines
+        .iter()
+        .filter_map(|l| l.multi.as_ref().map(|m| (l, m)))
+        .map(|(l, m)| {
+            let shard_gbps = m.shards.iter().map(|s| s.gbps);
+            let (lo, hi) = shard_gbps.fold((f64::INFINITY, 0f64), |(a, b), x| (a.min(x), b.max(x)));
+            vec![
+                l.point.to_string(),
+                l.kernel.clone(),
+                params_label(&l.kernel, &l.params),
+                format!("{}:{}", l.backend, l.key().2),
+                l.split.clone(),
+                format!("{:.2}", l.gbps),
+                m.one_device
+                    .as_ref()
+                    .map_or("-".into(), |o| format!("{:.2}", o.gbps)),
+                m.scaling_efficiency
+                    .map_or("-".into(), |e| format!("{:.0} %", 100.0 * e)),
+                format!("{lo:.2}..{hi:.2}"),
+                format!(
+                    "{} {} in {}",
+                    m.combine.method,
+                    human_bytes(m.combine.bytes),
+                    human_time(m.combine.time_s.median)
+                ),
+                match &m.vs_one_device {
+                    Some(v) if v.identical => "identical".into(),
+                    Some(v) => {
+                        format!("{:.1e}{}", v.rel_l2_diff, if v.pass { "" } else { " FAIL" })
+                    }
+                    None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let header: Vec<String> = [
+        "pt",
+        "kernel",
+        "params",
+        "devices",
+        "split",
+        "GB/s",
+        "1-dev GB/s",
+        "scaling",
+        "shard GB/s",
+        "combine",
+        "vs 1 device",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Some(format_columns(&header, &rows))
+}
+
+/// Link points: one row per (point, backend, source), one GB/s column per destination.
+pub fn link_table(lines: &[ResultLine]) -> Option<String> {
+    let links: Vec<(&ResultLine, &LinkOut)> = lines
+        .iter()
+        .filter_map(|l| l.link.as_ref().map(|k| (l, k)))
+        .collect();
+    if links.is_empty() {
+        return None;
+    }
+    // Logical device labels come from the result key: "src->dst".
+    let ends = |l: &ResultLine| -> (String, String) {
+        let k = l.key().2;
+        let (a, b) = k.split_once("->").unwrap_or((&k, ""));
+        (a.to_string(), b.to_string())
+    };
+    let mut dsts: Vec<String> = links.iter().map(|(l, _)| ends(l).1).collect();
+    dsts.sort_by_key(|d| d.parse::<usize>().unwrap_or(usize::MAX));
+    dsts.dedup();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut keys: Vec<(usize, String, String)> = Vec::new();
+    for (l, _) in &links {
+        let key = (l.point, l.backend.clone(), ends(l).0);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    for (point, backend, src) in &keys {
+        let of: Vec<&(&ResultLine, &LinkOut)> = links
+            .iter()
+            .filter(|(l, _)| l.point == *point && l.backend == *backend && ends(l).0 == *src)
+            .collect();
+        let first = of[0].0;
+        let mut row = vec![
+            point.to_string(),
+            params_label("link", &first.params),
+            format!("{backend}:{src}"),
+        ];
+        for d in &dsts {
+            row.push(
+                of.iter()
+                    .find(|(l, _)| ends(l).1 == *d)
+                    .map_or("-".into(), |(l, _)| {
+                        format!("{:.2}{}", l.gbps, if l.check.pass { "" } else { " FAIL" })
+                    }),
+            );
+        }
+        row.push(of[0].1.path.clone());
+        rows.push(row);
+    }
+    let mut header = vec!["pt".to_string(), "link".into(), "from".into()];
+    header.extend(dsts.iter().map(|d| format!("to {d} GB/s")));
+    header.push("path".into());
+    Some(format_columns(&header, &rows))
 }

@@ -50,6 +50,17 @@ pub struct KvDecode {
     /// Resolved length of every sequence in the batch.
     pub context_lens: Vec<usize>,
     pub seed: u64,
+    /// Set on a shard of a heads split: the GPU backends cut the context into as many slices
+    /// as they would for the whole point, so the shard's bits equal the one-device run's.
+    pub launch_hint: Option<KvLaunchHint>,
+}
+
+/// The shape a GPU backend sizes its context slices from (see `KvDecode::launch_hint`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvLaunchHint {
+    pub batch: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
 }
 
 impl KvDecode {
@@ -68,6 +79,15 @@ impl KvDecode {
                 (0..batch).map(|_| rng.random_range(1..=context)).collect()
             }
         }
+    }
+
+    /// (batch, q_heads, kv_heads) that size the GPU backends' context slices.
+    pub fn launch_shape(&self) -> KvLaunchHint {
+        self.launch_hint.unwrap_or(KvLaunchHint {
+            batch: self.batch,
+            q_heads: self.q_heads,
+            kv_heads: self.kv_heads,
+        })
     }
 
     pub fn group_size(&self) -> usize {

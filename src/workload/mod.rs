@@ -5,13 +5,15 @@ pub mod check;
 pub mod dtype;
 pub mod expert_gemv;
 pub mod kv_decode;
+pub mod link;
 pub mod stream;
 pub mod tensor;
 
 pub use check::{Check, Reference};
 pub use dtype::DType;
 pub use expert_gemv::{ExpertGemv, Routing};
-pub use kv_decode::{Attention, KvDecode, Lengths};
+pub use kv_decode::{Attention, KvDecode, KvLaunchHint, Lengths};
+pub use link::{Direction, Link};
 pub use stream::{Stream, StreamOp};
 pub use tensor::{Elem, Tensor, TensorSet};
 
@@ -53,6 +55,8 @@ pub enum Workload {
     Stream(Stream),
     KvDecode(KvDecode),
     ExpertGemv(ExpertGemv),
+    /// A copy between two devices (runs on a pair, never on one device).
+    Link(Link),
 }
 
 impl Workload {
@@ -61,6 +65,7 @@ impl Workload {
             Workload::Stream(_) => "stream",
             Workload::KvDecode(_) => "kv_decode",
             Workload::ExpertGemv(_) => "expert_gemv",
+            Workload::Link(_) => "link",
         }
     }
 
@@ -70,6 +75,7 @@ impl Workload {
             Workload::Stream(w) => w.params_json(),
             Workload::KvDecode(w) => w.params_json(),
             Workload::ExpertGemv(w) => w.params_json(),
+            Workload::Link(w) => w.params_json(),
         }
     }
 
@@ -79,6 +85,7 @@ impl Workload {
             Workload::Stream(w) => w.inputs(),
             Workload::KvDecode(w) => w.inputs(),
             Workload::ExpertGemv(w) => w.inputs(),
+            Workload::Link(w) => w.inputs(),
         }
     }
 
@@ -87,6 +94,7 @@ impl Workload {
             Workload::Stream(w) => w.outputs(),
             Workload::KvDecode(w) => w.outputs(),
             Workload::ExpertGemv(w) => w.outputs(),
+            Workload::Link(w) => w.outputs(),
         }
     }
 
@@ -95,6 +103,7 @@ impl Workload {
             Workload::Stream(w) => w.byte_table(),
             Workload::KvDecode(w) => w.byte_table(),
             Workload::ExpertGemv(w) => w.byte_table(),
+            Workload::Link(w) => w.byte_table(),
         }
     }
 
@@ -105,7 +114,7 @@ impl Workload {
 
     pub fn flops(&self) -> u64 {
         match self {
-            Workload::Stream(_) => 0,
+            Workload::Stream(_) | Workload::Link(_) => 0,
             Workload::KvDecode(w) => w.flops(),
             Workload::ExpertGemv(w) => w.flops(),
         }
@@ -117,6 +126,7 @@ impl Workload {
             Workload::Stream(w) => w.oracle(inputs),
             Workload::KvDecode(w) => w.oracle(inputs),
             Workload::ExpertGemv(w) => w.oracle(inputs),
+            Workload::Link(w) => w.oracle(inputs),
         }
     }
 
@@ -126,6 +136,7 @@ impl Workload {
             Workload::Stream(w) => w.input_bytes(),
             Workload::KvDecode(w) => w.input_bytes(),
             Workload::ExpertGemv(w) => w.input_bytes(),
+            Workload::Link(w) => w.input_bytes(),
         };
         inputs + self.outputs().iter().map(OutputSpec::bytes).sum::<u64>()
     }

@@ -179,3 +179,58 @@ impl TensorSet {
         self.0.iter().map(|t| t.bytes.len() as u64).sum()
     }
 }
+
+/// Row-major reshaping for the splits: a tensor seen as [outer, axis, inner] elements.
+impl Tensor {
+    fn axis_geometry(&self, axis: usize) -> (usize, usize, usize) {
+        let outer: usize = self.shape[..axis].iter().product();
+        let inner: usize = self.shape[axis + 1..].iter().product::<usize>() * self.elem.size();
+        (outer, self.shape[axis], inner)
+    }
+
+    /// The elements whose index along `axis` lies in `range` (bytes `inner` at a time).
+    pub fn slice_axis(&self, axis: usize, range: std::ops::Range<usize>) -> Tensor {
+        self.take_axis(axis, &range.collect::<Vec<_>>())
+    }
+
+    /// The elements at the given indices along `axis`, in that order (repeats allowed).
+    pub fn take_axis(&self, axis: usize, indices: &[usize]) -> Tensor {
+        let (outer, len, inner) = self.axis_geometry(axis);
+        let mut bytes = Vec::with_capacity(outer * indices.len() * inner);
+        for o in 0..outer {
+            for &i in indices {
+                let at = (o * len + i) * inner;
+                bytes.extend_from_slice(&self.bytes[at..at + inner]);
+            }
+        }
+        let mut shape = self.shape.clone();
+        shape[axis] = indices.len();
+        Tensor {
+            name: self.name,
+            elem: self.elem,
+            shape,
+            bytes,
+        }
+    }
+
+    /// Parts joined along `axis`; every other dimension must agree.
+    pub fn concat_axis(name: &'static str, parts: &[&Tensor], axis: usize) -> Tensor {
+        let first = parts[0];
+        let outer: usize = first.shape[..axis].iter().product();
+        let mut shape = first.shape.clone();
+        shape[axis] = parts.iter().map(|p| p.shape[axis]).sum();
+        let mut bytes = Vec::with_capacity(parts.iter().map(|p| p.bytes.len()).sum());
+        for o in 0..outer {
+            for p in parts {
+                let (_, len, inner) = p.axis_geometry(axis);
+                bytes.extend_from_slice(&p.bytes[o * len * inner..(o + 1) * len * inner]);
+            }
+        }
+        Tensor {
+            name,
+            elem: first.elem,
+            shape,
+            bytes,
+        }
+    }
+}

@@ -61,6 +61,7 @@ pub fn gqa(
         lengths: Lengths::Explicit(lens.clone()),
         context_lens: lens,
         seed: 7,
+        launch_hint: None,
     })
 }
 
@@ -87,6 +88,7 @@ pub fn mla(
         lengths: Lengths::Explicit(lens.clone()),
         context_lens: lens,
         seed: 11,
+        launch_hint: None,
     })
 }
 

@@ -163,13 +163,18 @@ pub fn kv_launch(w: &KvDecode, sms: usize) -> KvLaunch {
     let group = w.group_size();
     // Up to 8 heads of one group per block, within 40 KB of static shared memory.
     let fits = |hb: usize| hb * w.head_dim_k * 4 + hb * WG * 4 + WG * 8 <= 40 << 10;
-    let hb = (1..=group.min(8))
-        .rev()
-        .find(|&h| group.is_multiple_of(h) && fits(h))
-        .unwrap_or(1);
-    // Context slices: about 4 blocks per SM over the whole grid, at least 2 tiles each.
+    let hb_for = |group: usize| {
+        (1..=group.min(8))
+            .rev()
+            .find(|&h| group.is_multiple_of(h) && fits(h))
+            .unwrap_or(1)
+    };
+    let hb = hb_for(group);
+    // Context slices: about 4 blocks per SM over the whole grid, at least 2 tiles each. A
+    // heads-split shard sizes them as its whole point would, so its bits match one device.
     let max_len = w.context_lens.iter().copied().max().unwrap_or(1);
-    let blocks = w.batch * (w.q_heads / hb);
+    let shape = w.launch_shape();
+    let blocks = shape.batch * (shape.q_heads / hb_for(shape.q_heads / shape.kv_heads));
     let want = (4 * sms).div_ceil(blocks).max(1);
     let split_tokens = max_len.div_ceil(want).max(2 * WG).next_multiple_of(WG);
     KvLaunch {
@@ -237,7 +242,8 @@ pub fn expert_source(w: &ExpertGemv, touched: usize) -> String {
 /// The source a workload compiles to on a device with `sms` multiprocessors.
 pub fn source_for(w: &Workload, sms: usize) -> String {
     match w {
-        Workload::Stream(_) => stream_source(),
+        // A link on one device is the stream copy kernel; between devices, a peer copy.
+        Workload::Stream(_) | Workload::Link(_) => stream_source(),
         Workload::KvDecode(k) => kv_source(k, &kv_launch(k, sms)),
         Workload::ExpertGemv(e) => expert_source(e, e.touched().len()),
     }
@@ -262,6 +268,7 @@ pub fn representative() -> Vec<(String, Workload)> {
             lengths: Lengths::Equal,
             context_lens: vec![4096; 8],
             seed: 0,
+            launch_hint: None,
         })
     };
     let ex = |d_in, dtype: DType| {

@@ -8,7 +8,7 @@ pub mod compile;
 
 use super::{Backend, CacheMode, DeviceInfo, Prepared, Timer};
 use crate::workload::{Elem, StreamOp, Tensor, TensorSet, Workload};
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use cudarc::driver::sys::{CUdevice_attribute as Attr, CUevent_flags};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, result,
@@ -274,6 +274,7 @@ impl Backend for CudaBackend {
                 });
                 p.outputs.push((y_t, y));
             }
+            Workload::Link(_) => bail!("link runs between two devices (prepare_link)"),
         }
         // A cold rep first clears a buffer larger than any L2 of today (H100 50 MB, H200
         // ~60 MB), unless the working set alone is several times that.

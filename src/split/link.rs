@@ -1,0 +1,1 @@
+//! The link kernel's runs: every ordered pair of the run's devices, one result each.

@@ -1,0 +1,269 @@
+//! Running a split point: prepare every shard on its device, time the shards (at the same
+//! time on distinct devices, one after another on virtual ones), combine their outputs, and
+//! run the same point on one device for the scaling and the exactness comparison.
+
+use super::{Plan, compare_outputs};
+use crate::backend::{Backend, CacheMode, Prepared};
+use crate::report::{CombineOut, MultiDevice, OneDeviceOut, ShardOut, TimeStats};
+use crate::workload::{TensorSet, Workload};
+use anyhow::Context;
+use std::time::Instant;
+
+/// Where the logical devices of a run live.
+#[derive(Clone, Debug)]
+pub struct DeviceSet {
+    /// physical[i]: the backend device that logical device i runs on.
+    pub physical: Vec<usize>,
+    /// Several logical devices on one physical device.
+    pub virtual_devices: bool,
+}
+
+impl DeviceSet {
+    pub fn len(&self) -> usize {
+        self.physical.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.physical.is_empty()
+    }
+
+    /// `0+1+2+3`: what a result line names the set by.
+    pub fn label(&self) -> String {
+        if self.virtual_devices {
+            format!("{}x{}", self.physical[0], self.physical.len())
+        } else {
+            self.physical
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("+")
+        }
+    }
+
+    /// Shards may run at the same time only on distinct physical devices.
+    pub fn concurrent(&self) -> bool {
+        let mut seen = self.physical.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        !self.virtual_devices && seen.len() == self.physical.len()
+    }
+}
+
+pub struct Settings {
+    pub warmup: usize,
+    pub reps: usize,
+    pub cache: CacheMode,
+}
+
+/// What a split point produced: the combined outputs (to check against the oracle) and the
+/// figures of the result line.
+pub struct SplitOutcome {
+    pub outputs: TensorSet,
+    pub end_to_end: TimeStats,
+    pub multi: MultiDevice,
+}
+
+/// Combines timed at most this many times: a combine moves the (small) outputs, and every
+/// host-staged read-back allocates.
+const COMBINE_REPS: usize = 10;
+
+pub fn run_split(
+    backend: &dyn Backend,
+    devices: &DeviceSet,
+    parent: &Workload,
+    parent_inputs: &TensorSet,
+    plan: &Plan,
+    s: &Settings,
+) -> anyhow::Result<SplitOutcome> {
+    let concurrent = devices.concurrent();
+    let mut prepared: Vec<Box<dyn Prepared + '_>> = Vec::new();
+    for shard in &plan.shards {
+        let phys = devices.physical[shard.device];
+        prepared.push(
+            backend
+                .prepare(phys, &shard.workload, &shard.inputs, s.cache)
+                .with_context(|| {
+                    format!(
+                        "shard {} ({}) on {}:{phys}",
+                        shard.device,
+                        crate::report::params_label(
+                            shard.workload.kernel(),
+                            &shard.workload.params_json()
+                        ),
+                        backend.name()
+                    )
+                })?,
+        );
+    }
+
+    // Per-shard rep times. On distinct devices the shards run at once, one thread each,
+    // released together; on virtual devices they share one device and run in turn.
+    let times: Vec<Vec<f64>> = if concurrent && prepared.len() > 1 {
+        let barrier = std::sync::Barrier::new(prepared.len());
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = prepared
+                .iter_mut()
+                .map(|p| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        p.run(s.warmup, s.reps)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("a shard's thread panicked"))?
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?
+    } else {
+        prepared
+            .iter_mut()
+            .map(|p| p.run(s.warmup, s.reps))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    for (t, shard) in times.iter().zip(&plan.shards) {
+        anyhow::ensure!(
+            t.len() == s.reps,
+            "shard {} returned {} timings for {} reps",
+            shard.device,
+            t.len(),
+            s.reps
+        );
+    }
+
+    // The combine: shard outputs back to the host and merged there.
+    let mut combine_times = Vec::new();
+    let mut combined = None;
+    let mut shard_outputs = Vec::new();
+    for _ in 0..COMBINE_REPS.min(s.reps).max(1) {
+        let t0 = Instant::now();
+        let outs = prepared
+            .iter_mut()
+            .map(|p| p.read_outputs())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let merged = plan.combine(parent, &outs)?;
+        combine_times.push(t0.elapsed().as_secs_f64());
+        combined = Some(merged);
+        shard_outputs = outs;
+    }
+    drop(prepared);
+    let outputs = combined.context("no combine ran")?;
+    let combine_stats = TimeStats::from_samples(&combine_times).context("no combine timing")?;
+    let combine_bytes = plan.combine_bytes();
+
+    // End to end, per rep: the slowest shard (at once) or the sum of shards (in turn), plus
+    // the combine's median.
+    let e2e: Vec<f64> = (0..s.reps)
+        .map(|r| {
+            let shard_part = if concurrent {
+                times.iter().map(|t| t[r]).fold(0.0, f64::max)
+            } else {
+                times.iter().map(|t| t[r]).sum()
+            };
+            shard_part + combine_stats.median
+        })
+        .collect();
+    let end_to_end = TimeStats::from_samples(&e2e).context("no end-to-end timing")?;
+
+    let shards: Vec<ShardOut> = plan
+        .shards
+        .iter()
+        .zip(&times)
+        .zip(&shard_outputs)
+        .map(|((shard, t), out)| {
+            let stats = TimeStats::from_samples(t).unwrap_or(TimeStats {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+            });
+            let bytes = shard.workload.bytes();
+            // Each shard is also checked on its own, so a bad shard is named.
+            let check = shard.workload.oracle(&shard.inputs).check(out);
+            ShardOut {
+                device: shard.device,
+                physical: devices.physical[shard.device],
+                params: shard.workload.params_json(),
+                bytes,
+                gbps: gbps(bytes, stats.median),
+                time_s: stats,
+                rel_l2_err: Some(check.rel_l2_err).filter(|x| x.is_finite()),
+            }
+        })
+        .collect();
+    let shard_bytes: u64 = shards.iter().map(|s| s.bytes).sum();
+
+    // The same point on one device: the scaling baseline and the exactness reference.
+    let first = devices.physical[0];
+    let fits = backend.devices()[first]
+        .memory_bytes
+        .is_none_or(|m| backend.memory_needed(parent) <= m);
+    let (one_device, vs_one_device) = if fits {
+        let mut p = backend
+            .prepare(first, parent, parent_inputs, s.cache)
+            .context("the one-device run of the same point")?;
+        let t = p.run(s.warmup, s.reps)?;
+        let out = p.read_outputs()?;
+        let stats = TimeStats::from_samples(&t).context("one-device run: no timings")?;
+        (
+            Some(OneDeviceOut {
+                device: first,
+                gbps: gbps(parent.bytes(), stats.median),
+                time_s: stats,
+            }),
+            Some(compare_outputs(plan.kind, &outputs, &out)),
+        )
+    } else {
+        (None, None)
+    };
+    let n = devices.len() as f64;
+    let scaling_efficiency = one_device
+        .as_ref()
+        .map(|o| o.time_s.median / (n * end_to_end.median))
+        .filter(|x| x.is_finite());
+    let idle = devices.len() - plan.shards.len();
+    let mut note = if concurrent {
+        "shards ran at once, one thread per device; end-to-end = slowest shard per rep + combine median".to_string()
+    } else {
+        "virtual devices share one device, so shards ran one after another; end-to-end = sum of shards per rep + combine median".to_string()
+    };
+    if idle > 0 {
+        note.push_str(&format!("; {idle} device(s) had no work"));
+    }
+    if !fits {
+        note.push_str("; the point does not fit one device, so no one-device baseline");
+    }
+    Ok(SplitOutcome {
+        outputs,
+        multi: MultiDevice {
+            virtual_devices: devices.virtual_devices,
+            concurrent,
+            shards,
+            combine: CombineOut {
+                method: "host-staged".into(),
+                bytes: combine_bytes,
+                dispatch_bytes: plan.dispatch_bytes,
+                gbps: gbps(combine_bytes, combine_stats.median),
+                time_s: combine_stats,
+            },
+            shard_bytes,
+            aggregate_gbps: gbps(shard_bytes, end_to_end.median),
+            one_device,
+            scaling_efficiency,
+            vs_one_device,
+            note,
+        },
+        end_to_end,
+    })
+}
+
+pub fn gbps(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 / seconds / 1e9
+    } else {
+        0.0
+    }
+}

@@ -1,0 +1,122 @@
+//! link: a copy between two devices, as nvbandwidth measures peer bandwidth. One way moves
+//! `bytes` from device A to device B; both ways also moves as many from B to A at the same
+//! time. Checked word for word, like stream copy.
+
+use super::check::{RefOutput, Reference};
+use super::tensor::{Elem, Tensor, TensorSet};
+use super::{ByteTerm, OutputSpec, rng_for};
+use rand::RngExt;
+use rayon::prelude::*;
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// A -> B only.
+    OneWay,
+    /// A -> B and B -> A at once (the link's both directions).
+    BothWays,
+}
+
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// Bytes moved each way; a multiple of 4.
+    pub bytes: u64,
+    pub direction: Direction,
+    pub seed: u64,
+}
+
+impl Link {
+    pub fn words(&self) -> usize {
+        (self.bytes / 4) as usize
+    }
+
+    pub fn both_ways(&self) -> bool {
+        self.direction == Direction::BothWays
+    }
+
+    pub fn params_json(&self) -> serde_json::Value {
+        serde_json::json!({ "bytes": self.bytes, "direction": self.direction })
+    }
+
+    fn words_for(&self, stream: u64) -> Vec<u32> {
+        let mut v = vec![0u32; self.words()];
+        v.par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let mut rng = rng_for(self.seed, stream, c as u64);
+                for w in chunk {
+                    *w = rng.random::<u32>() | 1;
+                }
+            });
+        v
+    }
+
+    /// `src` lives on device A; `src_back` (both ways) on device B.
+    pub fn inputs(&self) -> TensorSet {
+        let n = self.words();
+        let mut set = vec![Tensor::from_u32("src", vec![n], &self.words_for(40))];
+        if self.both_ways() {
+            set.push(Tensor::from_u32("src_back", vec![n], &self.words_for(41)));
+        }
+        TensorSet(set)
+    }
+
+    pub fn input_bytes(&self) -> u64 {
+        if self.both_ways() {
+            2 * self.bytes
+        } else {
+            self.bytes
+        }
+    }
+
+    /// `dst` lands on device B; `dst_back` (both ways) on device A.
+    pub fn outputs(&self) -> Vec<OutputSpec> {
+        let mut v = vec![OutputSpec {
+            name: "dst",
+            elem: Elem::U32,
+            shape: vec![self.words()],
+        }];
+        if self.both_ways() {
+            v.push(OutputSpec {
+                name: "dst_back",
+                elem: Elem::U32,
+                shape: vec![self.words()],
+            });
+        }
+        v
+    }
+
+    /// Bytes that cross the link, as nvbandwidth counts them (each direction once).
+    pub fn byte_table(&self) -> Vec<ByteTerm> {
+        let mut v = vec![ByteTerm {
+            tensor: "src",
+            bytes: self.bytes,
+            rule: "every word crosses A -> B once".into(),
+        }];
+        if self.both_ways() {
+            v.push(ByteTerm {
+                tensor: "src_back",
+                bytes: self.bytes,
+                rule: "every word crosses B -> A once, at the same time".into(),
+            });
+        }
+        v
+    }
+
+    pub fn oracle(&self, inputs: &TensorSet) -> Reference {
+        let mut v = vec![RefOutput {
+            name: "dst",
+            values: inputs.expect("src").decode_f64(),
+            exact: true,
+        }];
+        if self.both_ways() {
+            v.push(RefOutput {
+                name: "dst_back",
+                values: inputs.expect("src_back").decode_f64(),
+                exact: true,
+            });
+        }
+        Reference(v)
+    }
+}
