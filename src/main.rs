@@ -2,9 +2,10 @@
 
 use clap::{Parser, Subcommand};
 use decodelab::backend::{self, Probe};
-use decodelab::experiment::Experiment;
 use decodelab::experiment::runner::{self, RunOptions};
+use decodelab::experiment::{DeviceChoice, Experiment};
 use decodelab::report;
+use decodelab::split::SplitKind;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -332,25 +333,45 @@ fn check(file: &std::path::Path, backend: Option<&str>) -> ExitCode {
         );
     }
     println!(
-        "{:>5}  {:<11}  {:<48}  {:>12}  {:>12}  {:>14}",
-        "point", "kernel", "params", "min bytes", "GFLOP", "device memory"
+        "{:>5}  {:<11}  {:<48}  {:<11}  {:>12}  {:>12}  {:>14}",
+        "point", "kernel", "params", "split", "min bytes", "GFLOP", "device memory"
     );
+    let device_count = match &exp.devices {
+        DeviceChoice::Count(n) => Some(*n),
+        DeviceChoice::Indices(v) => Some(v.len()),
+        DeviceChoice::All => None,
+    };
     for p in &exp.points {
         let w = &p.workload;
+        let whole = selected
+            .iter()
+            .map(|s| s.backend.memory_needed(w))
+            .max()
+            .unwrap_or(w.device_bytes());
+        // What one device holds: a split's share on real devices, the whole point otherwise.
+        let (split, memory) = match (w.kernel(), p.split, device_count) {
+            ("link", _, n) => (
+                n.map_or("pairs".into(), |n| {
+                    format!("{} pairs", n * n.saturating_sub(1))
+                }),
+                whole,
+            ),
+            (_, SplitKind::None, _) => ("none".to_string(), whole),
+            (_, k, Some(n)) if !exp.virtual_devices => (
+                format!("{} /{n}", k.name()),
+                decodelab::split::per_device_bytes(w, k, n, whole),
+            ),
+            (_, k, _) => (k.name().to_string(), whole),
+        };
         println!(
-            "{:>5}  {:<11}  {:<48}  {:>12}  {:>12.3}  {:>14}",
+            "{:>5}  {:<11}  {:<48}  {:<11}  {:>12}  {:>12.3}  {:>14}",
             p.index,
             w.kernel(),
             report::params_label(w.kernel(), &w.params_json()),
+            split,
             report::human_bytes(w.bytes()),
             w.flops() as f64 / 1e9,
-            report::human_bytes(
-                selected
-                    .iter()
-                    .map(|s| s.backend.memory_needed(w))
-                    .max()
-                    .unwrap_or(w.device_bytes())
-            ),
+            report::human_bytes(memory),
         );
     }
     println!("ok: every point is valid and fits");

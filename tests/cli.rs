@@ -529,3 +529,63 @@ fn check_validates_a_gpu_experiment_on_any_machine() {
         assert!(text.contains(" points"), "{text}");
     }
 }
+
+#[test]
+fn split_and_link_points_run_on_virtual_devices_and_resume() {
+    let dir = tempdir("split");
+    let file = dir.join("split.yaml");
+    std::fs::write(
+        &file,
+        "name: split\nbackends: [cpu]\ndevices: 3\nvirtual: true\nwarmup: 1\nreps: 3\nruns:\n  \
+         - kernel: kv_decode\n    split: [heads, sequence]\n    batch: 2\n    q_heads: 6\n    kv_heads: 3\n    head_dim: 32\n    context: 70\n    lengths: random\n  \
+         - kernel: expert_gemv\n    split: [experts, tensor]\n    experts: 7\n    top_k: 2\n    batch: 5\n    d_in: 64\n    d_out: 19\n  \
+         - kernel: link\n    bytes: 4KiB\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let run = |extra: &[&str]| {
+        let o = bin().arg("run").arg(&file).args(extra).output().unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            o.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        stdout
+    };
+    let stdout = run(&["--out", out.to_str().unwrap()]);
+    let lines = read_lines(&out.join("results.jsonl"));
+    // 4 split points, and one link point between each of the 3 x 2 ordered pairs.
+    assert_eq!(lines.len(), 4 + 6, "{stdout}");
+    for l in lines.iter().filter(|l| l.kernel != "link") {
+        let m = l
+            .multi
+            .as_ref()
+            .expect("split lines carry the multi-device section");
+        assert_eq!(l.device_count, 3);
+        assert!(m.virtual_devices && !m.concurrent);
+        assert!(l.check.pass, "{l:?}");
+        let vs = m.vs_one_device.as_ref().expect("one-device comparison");
+        assert!(vs.pass);
+        assert_eq!(vs.identical, l.split != "sequence", "{l:?}");
+        assert!(m.scaling_efficiency.is_some_and(|e| e > 0.0));
+        assert_eq!(m.combine.method, "host-staged");
+        assert_eq!(l.key().2, "0x3");
+    }
+    let links: Vec<&ResultLine> = lines.iter().filter(|l| l.kernel == "link").collect();
+    let mut pairs: Vec<String> = links.iter().map(|l| l.key().2).collect();
+    pairs.sort();
+    assert_eq!(pairs, ["0->1", "0->2", "1->0", "1->2", "2->0", "2->1"]);
+    assert!(links.iter().all(|l| l.check.pass && l.link.is_some()));
+    assert!(stdout.contains("splits (scaling") && stdout.contains("links:"));
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("## Splits") && summary.contains("## Links"));
+
+    // Resuming a finished run runs nothing again: every key names its device set.
+    let again = run(&["--resume", out.to_str().unwrap()]);
+    assert!(
+        again.contains("10 results already there, 0 to go"),
+        "{again}"
+    );
+    assert_eq!(read_lines(&out.join("results.jsonl")).len(), 10);
+}

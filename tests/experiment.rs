@@ -324,3 +324,89 @@ fn auto_never_picks_an_emulated_gpu() {
     let all = runner::select(&e, &BackendChoice::All).unwrap();
     assert!(all.iter().any(|s| s.backend.name() == "cpu"));
 }
+
+const SPLIT_KV: &str = "name: t\ndevices: 4\nvirtual: true\nruns:\n  - kernel: kv_decode\n    split: [none, heads, sequence]\n    batch: 2\n    q_heads: 16\n    kv_heads: 4\n    head_dim: 64\n    context: 100\n";
+
+#[test]
+fn split_is_a_sweep_axis_and_virtual_places_every_device_on_device_0() {
+    use decodelab::split::SplitKind;
+    let e = parse(SPLIT_KV).unwrap();
+    assert_eq!(e.points.len(), 3);
+    let splits: Vec<SplitKind> = e.points.iter().map(|p| p.split).collect();
+    assert_eq!(
+        splits,
+        [SplitKind::None, SplitKind::Heads, SplitKind::Sequence]
+    );
+    assert!(e.virtual_devices);
+    let sel = runner::select(&e, &BackendChoice::Named(vec!["cpu".into()])).unwrap();
+    assert_eq!(sel[0].devices, vec![0, 0, 0, 0]);
+    assert_eq!(sel[0].physical_devices(), vec![0]);
+}
+
+#[test]
+fn splits_that_cannot_be_made_are_refused_with_line_and_field() {
+    // 4 KV heads over 8 devices.
+    let text = SPLIT_KV.replace("devices: 4", "devices: 8");
+    let msg = refused(&text, 6, "split");
+    assert!(msg.contains("at least 8 KV heads"), "{msg}");
+    // A split that does not apply to the kernel.
+    let msg = refused(
+        "name: t\ndevices: 2\nruns:\n  - kernel: stream\n    bytes: 64\n    split: experts\n",
+        6,
+        "split",
+    );
+    assert!(msg.contains("does not apply to stream"), "{msg}");
+    // Unknown split names are refused by serde with the accepted ones.
+    let msg = refused(
+        "name: t\nruns:\n  - kernel: stream\n    bytes: 64\n    split: rows\n",
+        5,
+        "split",
+    );
+    assert!(msg.contains("heads"), "{msg}");
+    // virtual: true needs a count.
+    let msg = refused(
+        "name: t\ndevices: [0, 1]\nvirtual: true\nruns:\n  - kernel: stream\n    bytes: 64\n",
+        3,
+        "virtual",
+    );
+    assert!(msg.contains("count"), "{msg}");
+    // A link needs two devices; split does not apply to it.
+    let msg = refused(
+        "name: t\nruns:\n  - kernel: link\n    bytes: 64\n",
+        3,
+        "kernel",
+    );
+    assert!(msg.contains("pairs of devices"), "{msg}");
+    let msg = refused(
+        "name: t\ndevices: 2\nruns:\n  - kernel: link\n    bytes: 64\n    split: data\n",
+        6,
+        "split",
+    );
+    assert!(msg.contains("does not apply to kernel link"), "{msg}");
+}
+
+#[test]
+fn devices_all_splits_are_checked_once_the_count_is_known() {
+    // The file cannot know how many devices `all` is; the runner's check can (cpu: 1).
+    let e = parse("name: t\ndevices: all\nruns:\n  - kernel: expert_gemv\n    split: experts\n    experts: 4\n    top_k: 1\n    batch: 2\n    d_in: 8\n    d_out: 8\n").unwrap();
+    let sel = runner::select(&e, &BackendChoice::Named(vec!["cpu".into()])).unwrap();
+    assert!(
+        runner::check_fit(&e, &sel).is_ok(),
+        "4 experts over 1 device"
+    );
+    let e = parse("name: t\ndevices: all\nruns:\n  - kernel: link\n    bytes: 64\n").unwrap();
+    assert_eq!(e.points.len(), 1);
+}
+
+#[test]
+fn the_nvlink_experiment_is_valid() {
+    let e = Experiment::load(Path::new("experiments/nvlink-8gpu.yaml")).unwrap();
+    assert_eq!(e.devices, DeviceChoice::Count(8));
+    for kind in ["heads", "sequence", "experts", "tensor", "data"] {
+        assert!(
+            e.points.iter().any(|p| p.split.name() == kind),
+            "no {kind} split in the 8-GPU sweep"
+        );
+    }
+    assert!(e.points.iter().any(|p| p.workload.kernel() == "link"));
+}

@@ -167,11 +167,10 @@ pub fn check_fit(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigEr
                 let whole = s.backend.memory_needed(&p.workload);
                 // A split spreads the point over the devices (virtual ones share this one);
                 // a link holds its buffers on both ends.
-                let need = match (&p.workload, p.split) {
-                    (Workload::Link(_), _) => whole,
-                    (_, SplitKind::None) => whole,
-                    _ if s.virtual_devices => whole,
-                    _ => whole.div_ceil(n as u64),
+                let need = if s.virtual_devices {
+                    whole
+                } else {
+                    crate::split::per_device_bytes(&p.workload, p.split, n, whole)
                 };
                 if need > mem {
                     return Err(ConfigError::at(

@@ -150,6 +150,17 @@ pub fn validate(w: &Workload, kind: SplitKind, n: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// About the device memory one of `n` real devices needs for a split of a point that needs
+/// `whole` on one device: its share, except where the split replicates (MLA heads: every
+/// device holds the whole latent cache).
+pub fn per_device_bytes(w: &Workload, kind: SplitKind, n: usize, whole: u64) -> u64 {
+    match (w, kind) {
+        (_, SplitKind::None) => whole,
+        (Workload::KvDecode(k), SplitKind::Heads) if k.attention == Attention::Mla => whole,
+        _ => whole.div_ceil(n.max(1) as u64),
+    }
+}
+
 /// One device's part of a point. `device` is the logical device (0..n) it runs on.
 pub struct Shard {
     pub device: usize,
