@@ -25,6 +25,14 @@ for d in /usr/local/cuda/lib64 "$nv/cuda_nvrtc/lib"; do [ -d "$d" ] && export LD
 for d in /usr/local/cuda/include "$nv/cuda_runtime/include"; do
     if [ -f "$d/cuda_fp8.h" ]; then export DECODELAB_CUDA_INCLUDE="$d"; break; fi
 done
+# NCCL (cuda splits): the pip wheel ships libnccl.so.2; cudarc loads libnccl.so.
+for d in "$nv/nccl/lib" /usr/lib/x86_64-linux-gnu; do
+    if [ -f "$d/libnccl.so.2" ]; then
+        mkdir -p /tmp/nccl-lib && ln -sf "$d/libnccl.so.2" /tmp/nccl-lib/libnccl.so
+        export LD_LIBRARY_PATH="/tmp/nccl-lib:$d:${LD_LIBRARY_PATH:-}"
+        break
+    fi
+done
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv
@@ -44,7 +52,11 @@ cp /tmp/dc-cuda/results.jsonl "$OUT/results-cuda.jsonl"
 "$BIN" run experiments/device-check.yaml --backend wgpu --no-progress --out /tmp/dc-wgpu
 cp /tmp/dc-wgpu/results.jsonl "$OUT/results-wgpu.jsonl" 2>/dev/null
 
+# Every split on four virtual devices of this GPU (NCCL with one rank), and the link kernel.
+"$BIN" run experiments/device-check-split.yaml --no-progress --out /tmp/dc-split
+cp /tmp/dc-split/results.jsonl "$OUT/results-split.jsonl" 2>/dev/null
+
 # PyTorch on the same card, same shapes.
 PYTHONUNBUFFERED=1 python3 scripts/torch_reference.py > "$OUT/torch.jsonl"
 
-python3 scripts/device_table.py "$OUT"/results-*.jsonl --torch "$OUT/torch.jsonl" | tee "$OUT/table.txt"
+python3 scripts/device_table.py "$OUT"/results-cuda.jsonl "$OUT"/results-wgpu.jsonl --torch "$OUT/torch.jsonl" | tee "$OUT/table.txt"

@@ -268,11 +268,39 @@ fn devices() -> ExitCode {
                         println!("      {k}: {v}");
                     }
                 }
+                if b.name() == "cuda" {
+                    print_topology(b.devices());
+                }
             }
             Probe::Unavailable { name, reason } => println!("{name}: unavailable ({reason})"),
         }
     }
+    match decodelab::split::nccl::version() {
+        Ok(v) => println!("nccl: {v} (cuda splits combine with it)"),
+        Err(why) => println!("nccl: unavailable ({why}); cuda splits need it"),
+    }
     ExitCode::SUCCESS
+}
+
+/// How the cuda devices connect, as `nvidia-smi topo -m` prints it.
+fn print_topology(devices: &[backend::DeviceInfo]) {
+    if devices.len() < 2 {
+        return;
+    }
+    match decodelab::split::topology::matrix(devices) {
+        Ok(rows) => {
+            println!(
+                "  topology (NV# = NVLinks between the pair; PIX/PXB/PHB/NODE/SYS = PCIe path):"
+            );
+            let head: Vec<String> = (0..devices.len()).map(|i| format!("{i:>6}")).collect();
+            println!("      {}", head.join(""));
+            for (i, row) in rows.iter().enumerate() {
+                let cells: Vec<String> = row.iter().map(|c| format!("{c:>6}")).collect();
+                println!("  {i:>3} {}", cells.join(""));
+            }
+        }
+        Err(why) => println!("  topology: unknown ({why})"),
+    }
 }
 
 fn check(file: &std::path::Path, backend: Option<&str>) -> ExitCode {

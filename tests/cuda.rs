@@ -96,3 +96,31 @@ fn a_compile_error_is_an_error_with_the_log() {
     .unwrap();
     assert!(err.contains("broken") && err.contains("error"), "{err}");
 }
+
+/// NCCL loads through cudarc's dynamic loading and answers its version (no GPU needed), so
+/// the library a cuda split combines with is checked here. Skipped with a printed reason
+/// where NCCL is absent, unless DECODELAB_REQUIRE includes nccl.
+#[test]
+fn nccl_loads_and_reports_its_version() {
+    let v = match decodelab::split::nccl::version() {
+        Ok(v) => v,
+        Err(why) => {
+            assert!(
+                !common::required("nccl"),
+                "DECODELAB_REQUIRE includes nccl, but: {why}"
+            );
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED: NCCL unavailable ({why})");
+            return;
+        }
+    };
+    let parts: Vec<u32> = v.split('.').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(parts.len(), 3, "{v}");
+    assert!(
+        parts[0] == 2 && parts[1] >= 18,
+        "NCCL {v} is older than the 2.18 API used"
+    );
+    // A unique id is what ranks share to form a communicator: made without any GPU.
+    let id = cudarc::nccl::result::get_uniqueid().expect("ncclGetUniqueId");
+    assert!(id.internal.iter().any(|&c| c != 0), "an all-zero unique id");
+}

@@ -197,6 +197,10 @@ fn link(w: &Link, inputs: &TensorSet, outputs: &mut TensorSet) {
 }
 
 impl Prepared for CpuPoint {
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
     fn timer(&self) -> Timer {
         Timer::Host
     }

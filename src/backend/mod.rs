@@ -59,6 +59,18 @@ pub trait Prepared: Send {
     /// Run `steps` steps back to back, untimed and without cache flushes, and wait for them:
     /// the loop an energy window measures.
     fn run_steps(&mut self, steps: u64) -> anyhow::Result<()>;
+    /// The concrete point, for a backend's own multi-device transport (NCCL on cuda).
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+/// Shard outputs moved to where a split point is assembled, and how they travelled.
+pub struct Gathered {
+    /// Per shard, in shard order, on the host (from the last rep).
+    pub outputs: Vec<TensorSet>,
+    /// `host-staged`, `nccl (N ranks)`, ...
+    pub method: String,
+    /// Seconds per rep of the transport alone.
+    pub times: Vec<f64>,
 }
 
 pub trait Backend: Send + Sync {
@@ -76,6 +88,17 @@ pub trait Backend: Send + Sync {
         inputs: &TensorSet,
         cache: CacheMode,
     ) -> anyhow::Result<Box<dyn Prepared + 'a>>;
+    /// Move every shard's outputs to where the point is assembled, `reps` times, timing the
+    /// transport. The default reads each shard back to the host (host-staged), on the host
+    /// clock; cuda gathers them on the first device with NCCL.
+    fn gather(
+        &self,
+        shards: &mut [Box<dyn Prepared + '_>],
+        reps: usize,
+    ) -> anyhow::Result<Gathered> {
+        host_staged_gather(shards, reps)
+    }
+
     /// Prepare a `link` point: `run` times copies from device `src` to `dst` (and back, both
     /// ways), `read_outputs` returns what landed. The string names the path the bytes take.
     fn prepare_link<'a>(
@@ -123,4 +146,26 @@ pub fn probe(name: &str) -> Option<Probe> {
 
 pub fn probe_all() -> Vec<Probe> {
     BACKEND_NAMES.iter().filter_map(|n| probe(n)).collect()
+}
+
+/// Read every shard's outputs back to the host, `reps` times, timed on the host clock.
+pub fn host_staged_gather(
+    shards: &mut [Box<dyn Prepared + '_>],
+    reps: usize,
+) -> anyhow::Result<Gathered> {
+    let mut times = Vec::new();
+    let mut outputs = Vec::new();
+    for _ in 0..reps.max(1) {
+        let t0 = std::time::Instant::now();
+        outputs = shards
+            .iter_mut()
+            .map(|p| p.read_outputs())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(Gathered {
+        outputs,
+        method: "host-staged".into(),
+        times,
+    })
 }

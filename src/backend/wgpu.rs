@@ -1086,6 +1086,10 @@ impl WgpuPoint {
 }
 
 impl Prepared for WgpuPoint {
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
     fn timer(&self) -> Timer {
         if self.built.ctx.timestamps {
             Timer::Gpu

@@ -159,6 +159,19 @@ pub fn check_fit(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigEr
                 ));
             }
         }
+        if s.backend.name() == "cuda"
+            && let Some(p) = exp.points.iter().find(|p| p.split != SplitKind::None)
+            && let Err(msg) = crate::split::nccl::require()
+        {
+            return Err(ConfigError::at(
+                &file,
+                &exp.source,
+                p.line,
+                0,
+                format!("runs[{}].split", p.run),
+                msg,
+            ));
+        }
         for d in s.physical_devices() {
             let Some(mem) = s.backend.devices()[d].memory_bytes else {
                 continue;

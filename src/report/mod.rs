@@ -118,8 +118,14 @@ pub struct CombineOut {
     /// Bytes sent to the shards before the step (experts: token rows to expert owners);
     /// placed before timing, so counted here and not timed.
     pub dispatch_bytes: u64,
+    /// transport + merge.
     pub time_s: TimeStats,
+    /// bytes / transport median: what the link or the host path carried.
     pub gbps: f64,
+    /// Moving the shard outputs (device timers or host clock, as the method says).
+    pub transport_s: TimeStats,
+    /// Merging them on the host (lse merge, slot sums, gathers).
+    pub merge_s: TimeStats,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -135,24 +135,27 @@ pub fn run_split(
         );
     }
 
-    // The combine: shard outputs back to the host and merged there.
-    let mut combine_times = Vec::new();
-    let mut combined = None;
-    let mut shard_outputs = Vec::new();
-    for _ in 0..COMBINE_REPS.min(s.reps).max(1) {
-        let t0 = Instant::now();
-        let outs = prepared
-            .iter_mut()
-            .map(|p| p.read_outputs())
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let merged = plan.combine(parent, &outs)?;
-        combine_times.push(t0.elapsed().as_secs_f64());
-        combined = Some(merged);
-        shard_outputs = outs;
-    }
+    // The combine: the shards' outputs moved by the backend's transport (host-staged, or
+    // NCCL on cuda), then merged on the host; both timed, the combine is their sum.
+    let reps_c = COMBINE_REPS.min(s.reps).max(1);
+    let gathered = backend.gather(&mut prepared, reps_c)?;
     drop(prepared);
+    let mut merge_times = Vec::new();
+    let mut combined = None;
+    for _ in 0..reps_c {
+        let t0 = Instant::now();
+        combined = Some(plan.combine(parent, &gathered.outputs)?);
+        merge_times.push(t0.elapsed().as_secs_f64());
+    }
+    let shard_outputs = gathered.outputs;
     let outputs = combined.context("no combine ran")?;
-    let combine_stats = TimeStats::from_samples(&combine_times).context("no combine timing")?;
+    let transport = TimeStats::from_samples(&gathered.times).context("no transport timing")?;
+    let merge = TimeStats::from_samples(&merge_times).context("no merge timing")?;
+    let combine_stats = TimeStats {
+        median: transport.median + merge.median,
+        min: transport.min + merge.min,
+        max: transport.max + merge.max,
+    };
     let combine_bytes = plan.combine_bytes();
 
     // End to end, per rep: the slowest shard (at once) or the sum of shards (in turn), plus
@@ -243,10 +246,12 @@ pub fn run_split(
             concurrent,
             shards,
             combine: CombineOut {
-                method: "host-staged".into(),
+                method: gathered.method,
+                transport_s: transport.clone(),
+                merge_s: merge,
                 bytes: combine_bytes,
                 dispatch_bytes: plan.dispatch_bytes,
-                gbps: gbps(combine_bytes, combine_stats.median),
+                gbps: gbps(combine_bytes, transport.median),
                 time_s: combine_stats,
             },
             shard_bytes,

@@ -5,6 +5,7 @@
 //! probed before anything in them is touched.
 
 pub mod compile;
+mod multi;
 
 use super::{Backend, CacheMode, DeviceInfo, Prepared, Timer};
 use crate::workload::{Elem, StreamOp, Tensor, TensorSet, Workload};
@@ -81,6 +82,26 @@ impl CudaBackend {
 impl Backend for CudaBackend {
     fn name(&self) -> &'static str {
         "cuda"
+    }
+
+    /// A split's shards are gathered on the first device with NCCL.
+    fn gather(
+        &self,
+        shards: &mut [Box<dyn Prepared + '_>],
+        reps: usize,
+    ) -> anyhow::Result<super::Gathered> {
+        multi::nccl_gather(shards, reps)
+    }
+
+    fn prepare_link<'a>(
+        &'a self,
+        src: usize,
+        dst: usize,
+        link: &crate::workload::Link,
+        inputs: &TensorSet,
+    ) -> anyhow::Result<(Box<dyn Prepared + 'a>, String)> {
+        let (p, path) = self.link_point(src, dst, link, inputs)?;
+        Ok((Box::new(p), path))
     }
 
     fn devices(&self) -> &[DeviceInfo] {
@@ -354,6 +375,10 @@ impl Point {
 }
 
 impl Prepared for Point {
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
     fn timer(&self) -> Timer {
         Timer::Gpu
     }
