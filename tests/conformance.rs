@@ -192,15 +192,6 @@ mod cases {
     }
 }
 
-/// A wgpu backend with non-default options, or None (skipped, or failing if required).
-fn wgpu_with(options: decodelab::backend::wgpu::WgpuOptions) -> Option<Box<dyn Backend>> {
-    backend_or_skip("wgpu")?;
-    let b = decodelab::backend::wgpu::WgpuBackend::probe()
-        .ok()?
-        .with_options(options);
-    Some(Box::new(b))
-}
-
 macro_rules! conformance_suite {
     ($backend:ident => $make:expr; $($case:ident),* $(,)?) => {
         mod $backend {

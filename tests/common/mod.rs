@@ -35,6 +35,15 @@ fn skip(name: &str, reason: &str) -> Option<Box<dyn Backend>> {
     None
 }
 
+/// A wgpu backend with non-default options, or None (skipped, or failing if required).
+pub fn wgpu_with(options: decodelab::backend::wgpu::WgpuOptions) -> Option<Box<dyn Backend>> {
+    backend_or_skip("wgpu")?;
+    let b = decodelab::backend::wgpu::WgpuBackend::probe()
+        .ok()?
+        .with_options(options);
+    Some(Box::new(b))
+}
+
 #[allow(clippy::too_many_arguments)] // mirrors the kernel's parameter list
 pub fn gqa(
     batch: usize,
