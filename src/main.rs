@@ -299,7 +299,25 @@ fn print_topology(devices: &[backend::DeviceInfo]) {
                 println!("  {i:>3} {}", cells.join(""));
             }
         }
-        Err(why) => println!("  topology: unknown ({why})"),
+        Err(why) => {
+            // The driver still knows which pairs can reach each other directly.
+            println!("  topology: NVML cannot tell ({why}); peer access from the driver:");
+            for a in 0..devices.len() {
+                let cells: Vec<String> = (0..devices.len())
+                    .map(|b| {
+                        let c = if a == b {
+                            "X"
+                        } else if backend::cuda::can_access_peer(a, b) {
+                            "P2P"
+                        } else {
+                            "-"
+                        };
+                        format!("{c:>6}")
+                    })
+                    .collect();
+                println!("  {a:>3} {}", cells.join(""));
+            }
+        }
     }
 }
 
@@ -389,7 +407,13 @@ fn check(file: &std::path::Path, backend: Option<&str>) -> ExitCode {
                 format!("{} /{n}", k.name()),
                 decodelab::split::per_device_bytes(w, k, n, whole),
             ),
-            (_, k, _) => (k.name().to_string(), whole),
+            // Virtual devices hold every shard on one device at once.
+            (_, k, n) => (
+                k.name().to_string(),
+                n.map_or(whole, |n| {
+                    decodelab::split::per_device_bytes(w, k, n, whole).saturating_mul(n as u64)
+                }),
+            ),
         };
         println!(
             "{:>5}  {:<11}  {:<48}  {:<11}  {:>12}  {:>12.3}  {:>14}",

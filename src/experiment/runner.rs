@@ -180,10 +180,12 @@ pub fn check_fit(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigEr
                 let whole = s.backend.memory_needed(&p.workload);
                 // A split spreads the point over the devices (virtual ones share this one);
                 // a link holds its buffers on both ends.
-                let need = if s.virtual_devices {
-                    whole
+                // Virtual devices hold every shard at once on this one device.
+                let share = crate::split::per_device_bytes(&p.workload, p.split, n, whole);
+                let need = if s.virtual_devices && p.split != SplitKind::None {
+                    share.saturating_mul(n as u64)
                 } else {
-                    crate::split::per_device_bytes(&p.workload, p.split, n, whole)
+                    share
                 };
                 if need > mem {
                     return Err(ConfigError::at(

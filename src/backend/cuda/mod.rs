@@ -7,6 +7,8 @@
 pub mod compile;
 mod multi;
 
+pub use multi::can_access_peer;
+
 use super::{Backend, CacheMode, DeviceInfo, Prepared, Timer};
 use crate::workload::{Elem, StreamOp, Tensor, TensorSet, Workload};
 use anyhow::{Context, anyhow, bail};
