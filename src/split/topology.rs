@@ -107,4 +107,24 @@ mod tests {
         assert_eq!(label(0, Some(TopologyLevel::System)), "SYS");
         assert_eq!(label(0, None), "?");
     }
+
+    #[test]
+    fn without_nvml_or_bus_ids_the_topology_is_unknown_not_a_panic() {
+        let dev = |bus: Option<&str>| DeviceInfo {
+            index: 0,
+            name: "gpu".into(),
+            memory_bytes: None,
+            details: vec![],
+            pci_bus_id: bus.map(String::from),
+            emulated: false,
+        };
+        let err = matrix(&[dev(None), dev(None)]).expect_err("no bus ids");
+        assert!(err.contains("PCI bus id"), "{err}");
+        let d = describe(&dev(None), &dev(Some("0000:01:00.0")));
+        assert!(d.starts_with("topology unknown"), "{d}");
+        // Where NVML is absent (this CI machine), asking is an error with the reason.
+        if nvml().is_err() {
+            assert!(between("0000:01:00.0", "0000:02:00.0").is_err());
+        }
+    }
 }
