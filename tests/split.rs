@@ -307,3 +307,75 @@ fn splits_that_cannot_be_made_are_refused_by_name() {
         .is_ok()
     );
 }
+
+/// Two "devices" that are both the CPU backend's one device: enough to drive the concurrent
+/// path (one thread per distinct device) that real multi-GPU runs take.
+struct TwoCpus {
+    cpu: Box<dyn Backend>,
+    devices: Vec<decodelab::backend::DeviceInfo>,
+}
+
+impl Backend for TwoCpus {
+    fn name(&self) -> &'static str {
+        "two-cpus"
+    }
+    fn devices(&self) -> &[decodelab::backend::DeviceInfo] {
+        &self.devices
+    }
+    fn prepare<'a>(
+        &'a self,
+        _device: usize,
+        workload: &Workload,
+        inputs: &TensorSet,
+        cache: CacheMode,
+    ) -> anyhow::Result<Box<dyn decodelab::backend::Prepared + 'a>> {
+        self.cpu.prepare(0, workload, inputs, cache)
+    }
+}
+
+#[test]
+fn distinct_devices_run_their_shards_at_once() {
+    let Some(cpu) = backend_or_skip("cpu") else {
+        return;
+    };
+    let mut devices = cpu.devices().to_vec();
+    devices.push(decodelab::backend::DeviceInfo {
+        index: 1,
+        ..devices[0].clone()
+    });
+    let b = TwoCpus { cpu, devices };
+    let set = DeviceSet {
+        physical: vec![0, 1],
+        virtual_devices: false,
+    };
+    assert!(set.concurrent());
+    assert_eq!(set.label(), "0+1");
+    let w = gqa(3, 8, 4, 64, 64, vec![40, 300, 7], 16, DType::Bf16);
+    let inputs = w.inputs();
+    let plan = split::plan(&w, &inputs, SplitKind::Heads, 2).unwrap();
+    let s = Settings {
+        warmup: 1,
+        reps: 5,
+        cache: CacheMode::Cold,
+    };
+    let out = run_split(&b, &set, &w, &inputs, &plan, &s).unwrap();
+    assert!(out.multi.concurrent && !out.multi.virtual_devices);
+    assert!(out.multi.vs_one_device.as_ref().unwrap().identical);
+    // End to end is the slowest shard of each rep plus the combine, so its median is at
+    // least every shard's median plus the combine's.
+    let slowest = out
+        .multi
+        .shards
+        .iter()
+        .map(|s| s.time_s.median)
+        .fold(0.0, f64::max);
+    assert!(out.end_to_end.median >= slowest + out.multi.combine.time_s.median * 0.999);
+    assert_eq!(
+        out.multi
+            .shards
+            .iter()
+            .map(|s| s.physical)
+            .collect::<Vec<_>>(),
+        [0, 1]
+    );
+}
