@@ -321,6 +321,20 @@ enum Arg {
     U32(u32),
 }
 
+/// Seconds between each (start, end) pair of recorded, completed events.
+fn seconds_between(
+    events: &[(cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)],
+) -> anyhow::Result<Vec<f64>> {
+    events
+        .iter()
+        .map(|(s, e)| {
+            s.elapsed_ms(e)
+                .map(|ms| ms as f64 * 1e-3)
+                .map_err(|x| anyhow!("elapsed: {x:?}"))
+        })
+        .collect()
+}
+
 struct Launch {
     func: CudaFunction,
     cfg: LaunchConfig,
@@ -424,14 +438,7 @@ impl Prepared for Point {
         self.stream
             .synchronize()
             .map_err(|e| anyhow!("cuda: {e:?}"))?;
-        events
-            .iter()
-            .map(|(s, e)| {
-                s.elapsed_ms(e)
-                    .map(|ms| ms as f64 * 1e-3)
-                    .map_err(|x| anyhow!("elapsed: {x:?}"))
-            })
-            .collect()
+        seconds_between(&events)
     }
 
     fn read_outputs(&mut self) -> anyhow::Result<TensorSet> {

@@ -194,14 +194,7 @@ impl Prepared for LinkPoint {
         for s in [&self.a, &self.b] {
             s.synchronize().map_err(|e| anyhow!("cuda: {e:?}"))?;
         }
-        events
-            .iter()
-            .map(|(s, e)| {
-                s.elapsed_ms(e)
-                    .map(|ms| ms as f64 * 1e-3)
-                    .map_err(|x| anyhow!("elapsed: {x:?}"))
-            })
-            .collect()
+        super::seconds_between(&events)
     }
 
     fn read_outputs(&mut self) -> anyhow::Result<TensorSet> {
