@@ -278,3 +278,53 @@ fn every_preset_and_profile_loads() {
         1e-12
     ));
 }
+
+#[test]
+fn measured_links_replace_the_profile_link_and_splits_are_not_one_device_figures() {
+    let dir = std::env::temp_dir().join(format!("decodelab-model-link-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let line = |kernel: &str, split: &str, params: &str, gbps: f64, extra: &str| {
+        format!(
+            r#"{{"schema":"decodelab.result/1","experiment":"m","point":0,"kernel":"{kernel}","backend":"cuda","device":"H100","device_count":8,"split":"{split}","params":{params},"bytes":1,"flops":0,"reps":1,"time_s":{{"median":1,"min":1,"max":1}},"gbps":{gbps},"pct_of_spec":null,"pct_of_stream":null,"cache":"cold","energy":{{"source":"none","joules":null,"pj_per_byte":null}},"check":{{"rel_l2_err":0,"max_abs_err":0,"pass":true}},"env":{{}}{extra}}}"#
+        )
+    };
+    let link = |src: u32, dst: u32, dir: &str, gbps: f64| {
+        line(
+            "link",
+            "link",
+            &format!(r#"{{"bytes":1,"direction":"{dir}"}}"#),
+            gbps,
+            &format!(r#","link":{{"src":{src},"dst":{dst},"path":"p"}}"#),
+        )
+    };
+    let text = [
+        line("expert_gemv", "none", r#"{"batch":64}"#, 2500.0, ""),
+        // An 8-device split's aggregate GB/s is not one device's bandwidth.
+        line("expert_gemv", "experts", r#"{"batch":64}"#, 20000.0, ""),
+        link(0, 1, "one_way", 400.0),
+        link(1, 0, "one_way", 380.0),
+        link(0, 1, "both_ways", 700.0), // both ways is not the per-direction figure
+        link(0, 0, "one_way", 3000.0),  // a copy within one device is not a link
+    ]
+    .join("\n");
+    let path = dir.join("results.jsonl");
+    std::fs::write(&path, text).unwrap();
+    let m = model::find_model(here(), "deepseek-v3").unwrap();
+    let h = model::find_hardware(here(), "h100-sxm").unwrap();
+    let s = Scenario::new(64, 8192, 8);
+    let t = model::measured_terms(&path, &m, &s).unwrap();
+    assert_eq!(t.weights_gbps, Some(2500.0));
+    assert_eq!(t.link_gbps, Some(390.0));
+    // Communication time = bytes / (devices x link) + hop latency: the bandwidth part scales
+    // with profile link (450 GB/s) / measured (390 GB/s).
+    let spec = evaluate(&m, &h, &s, &MeasuredTerms::default()).unwrap();
+    let meas = evaluate(&m, &h, &s, &t).unwrap();
+    let d = 8.0;
+    let bw_part = |gbps: f64| spec.communication_bytes / (d * gbps * 1e9) * 1e3;
+    let latency = spec.time_ms.communication - bw_part(450.0);
+    assert!(close(
+        meas.time_ms.communication,
+        latency + bw_part(390.0),
+        1e-9
+    ));
+}

@@ -62,13 +62,15 @@ pub fn describe(b: &Breakdown) -> String {
         "\nuser {:.1} tokens/s, system {:.0} tokens/s, {:.0} W, {:.3} tokens/s per W",
         b.user_tokens_per_s, b.system_tokens_per_s, b.power_w, b.tokens_per_s_per_watt
     );
-    if b.measured.weights_gbps.is_some() || b.measured.kv_gbps.is_some() {
+    let m = &b.measured;
+    if m.weights_gbps.is_some() || m.kv_gbps.is_some() || m.link_gbps.is_some() {
         let _ = writeln!(
             o,
-            "measured bandwidths from {}: weights {:?} GB/s, KV {:?} GB/s (others from the profile)",
-            b.measured.source.as_deref().unwrap_or("?"),
-            b.measured.weights_gbps,
-            b.measured.kv_gbps
+            "measured bandwidths from {}: weights {:?} GB/s, KV {:?} GB/s, link {:?} GB/s (others from the profile)",
+            m.source.as_deref().unwrap_or("?"),
+            m.weights_gbps,
+            m.kv_gbps,
+            m.link_gbps
         );
     }
     o

@@ -198,6 +198,8 @@ impl Split {
 pub struct MeasuredTerms {
     pub weights_gbps: Option<f64>,
     pub kv_gbps: Option<f64>,
+    /// One-way peer bandwidth between two distinct devices (the link kernel), per direction.
+    pub link_gbps: Option<f64>,
     pub source: Option<String>,
 }
 
@@ -443,7 +445,8 @@ pub fn evaluate(
         let latency = m.layers as f64
             * (s.on_chip_hops as f64 * n.link.on_chip_latency_us + s.cross_chip_hops as f64 * hop)
             * 1e-6;
-        (bytes, bytes / (d * n.link.bandwidth_gbps * 1e9) + latency)
+        let link_gbps = measured.link_gbps.unwrap_or(n.link.bandwidth_gbps);
+        (bytes, bytes / (d * link_gbps * 1e9) + latency)
     } else {
         (0.0, 0.0)
     };
@@ -552,7 +555,8 @@ pub fn find_hardware(start: &Path, name: &str) -> anyhow::Result<HardwareProfile
 
 /// Bandwidths decodelab measured, for `--measured`: the expert_gemv result nearest the
 /// batch (weights) and the kv_decode result of the same attention kind nearest the batch and
-/// context (KV), passing points only.
+/// context (KV), one-device passing points only (a split's GB/s is over several devices); and
+/// the mean one-way link GB/s between distinct devices (communication).
 pub fn measured_terms(path: &Path, m: &ModelPreset, s: &Scenario) -> anyhow::Result<MeasuredTerms> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("--measured {}: {e}", path.display()))?;
@@ -572,14 +576,14 @@ pub fn measured_terms(path: &Path, m: &ModelPreset, s: &Scenario) -> anyhow::Res
     let mla = matches!(m.attention, AttentionSpec::Mla { .. });
     let weights = lines
         .iter()
-        .filter(|l| l.kernel == "expert_gemv" && l.check.pass)
+        .filter(|l| l.kernel == "expert_gemv" && l.check.pass && l.split == "none")
         .min_by(|a, b| {
             dist(p(a, "batch"), s.batch as f64).total_cmp(&dist(p(b, "batch"), s.batch as f64))
         })
         .map(|l| l.gbps);
     let kv = lines
         .iter()
-        .filter(|l| l.kernel == "kv_decode" && l.check.pass)
+        .filter(|l| l.kernel == "kv_decode" && l.check.pass && l.split == "none")
         .filter(|l| (l.params.get("attention").and_then(|v| v.as_str()) == Some("mla")) == mla)
         .min_by(|a, b| {
             let da = dist(p(a, "batch"), s.batch as f64) + dist(p(a, "context"), s.context as f64);
@@ -587,9 +591,18 @@ pub fn measured_terms(path: &Path, m: &ModelPreset, s: &Scenario) -> anyhow::Res
             da.total_cmp(&db)
         })
         .map(|l| l.gbps);
+    let links: Vec<f64> = lines
+        .iter()
+        .filter(|l| l.check.pass)
+        .filter(|l| l.params.get("direction").and_then(|v| v.as_str()) == Some("one_way"))
+        .filter(|l| l.link.as_ref().is_some_and(|k| k.src != k.dst))
+        .map(|l| l.gbps)
+        .collect();
+    let link = (!links.is_empty()).then(|| links.iter().sum::<f64>() / links.len() as f64);
     Ok(MeasuredTerms {
         weights_gbps: weights,
         kv_gbps: kv,
+        link_gbps: link,
         source: Some(path.display().to_string()),
     })
 }
