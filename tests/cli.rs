@@ -553,7 +553,13 @@ fn split_and_link_points_run_on_virtual_devices_and_resume() {
         );
         stdout
     };
-    let stdout = run(&["--out", out.to_str().unwrap()]);
+    let dump = dir.join("arrays");
+    let stdout = run(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--dump",
+        dump.to_str().unwrap(),
+    ]);
     let lines = read_lines(&out.join("results.jsonl"));
     // 4 split points, and one link point between each of the 3 x 2 ordered pairs.
     assert_eq!(lines.len(), 4 + 6, "{stdout}");
@@ -580,6 +586,28 @@ fn split_and_link_points_run_on_virtual_devices_and_resume() {
     assert!(stdout.contains("splits (scaling") && stdout.contains("links:"));
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(summary.contains("## Splits") && summary.contains("## Links"));
+
+    // The combined outputs are dumped like any point's, so numpy recomputes them too.
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dump.join("1/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["outputs_from"], "cpu:0x3 (split sequence, combined)");
+    let python = std::env::var("DECODELAB_PYTHON").unwrap_or_else(|_| "python3".into());
+    if Command::new(&python)
+        .args(["-c", "import numpy"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        let o = Command::new(&python)
+            .arg("scripts/check_dump.py")
+            .arg(&dump)
+            .args(["--tol", "1e-5"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{text}");
+        // 2 kv points x (out, lse) + 2 expert points x y; links are not dumped.
+        assert!(text.contains("6 outputs recomputed"), "{text}");
+    }
 
     // Resuming a finished run runs nothing again: every key names its device set.
     let again = run(&["--resume", out.to_str().unwrap()]);

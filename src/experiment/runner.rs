@@ -399,7 +399,7 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
                         .map(|(line, outputs)| (line, Some(outputs)))
                 }
                 Job::Split { s } => run_split_point(exp, p, &inputs, &mut reference, s, &env_base)
-                    .map(|line| (line, None)),
+                    .map(|(line, outputs)| (line, Some(outputs))),
                 Job::Link { s, src, dst } => {
                     run_link_point(exp, p, &inputs, s, *src, *dst, &env_base)
                         .map(|line| (line, None))
@@ -417,7 +417,12 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
             if let (Some(dump), Some(outputs)) = (opts.dump.as_ref().filter(|_| !dumped), &outputs)
             {
                 let dir = dump.join(p.index.to_string());
-                dump_point(&dir, p, &inputs, outputs, &where_)
+                let from = if p.split == SplitKind::None {
+                    where_.clone()
+                } else {
+                    format!("{where_} (split {}, combined)", p.split.name())
+                };
+                dump_point(&dir, p, &inputs, outputs, &from)
                     .with_context(|| format!("--dump {}", dir.display()))?;
                 dumped = true;
             }
@@ -694,7 +699,7 @@ fn run_split_point(
     reference: &mut Option<Reference>,
     s: &Selected,
     env_base: &serde_json::Value,
-) -> anyhow::Result<ResultLine> {
+) -> anyhow::Result<(ResultLine, TensorSet)> {
     let b = s.backend.as_ref();
     let set = s.device_set();
     let plan = crate::split::plan(&p.workload, inputs, p.split, set.len())
@@ -751,7 +756,7 @@ fn run_split_point(
         env,
     )?;
     line.multi = Some(outcome.multi);
-    Ok(line)
+    Ok((line, outcome.outputs))
 }
 
 fn split_energy(exp: &Experiment, plan: &crate::split::Plan) -> Energy {
