@@ -170,29 +170,24 @@ impl CpuPoint {
 }
 
 /// The CPU backend has one device, so a link is a copy within host memory (both ways: two
-/// copies at once).
+/// copies at once). Outputs are in `Link::outputs` order: dst, then dst_back.
 fn link(w: &Link, inputs: &TensorSet, outputs: &mut TensorSet) {
-    let copy = |from: &str, to: &'static str, outputs: &mut TensorSet| {
-        let src = &inputs.expect(from).bytes;
-        if let Some(dst) = outputs.get_mut(to) {
-            dst.bytes
-                .par_chunks_mut(1 << 16)
-                .zip(src.par_chunks(1 << 16))
-                .for_each(|(d, s)| d.copy_from_slice(s));
+    fn copy(src: &[u8], dst: &mut [u8]) {
+        dst.par_chunks_mut(1 << 16)
+            .zip(src.par_chunks(1 << 16))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+    }
+    let src = &inputs.expect("src").bytes;
+    match outputs.0.as_mut_slice() {
+        [dst, back] if w.both_ways() => {
+            let src_back = &inputs.expect("src_back").bytes;
+            rayon::join(
+                || copy(src, &mut dst.bytes),
+                || copy(src_back, &mut back.bytes),
+            );
         }
-    };
-    if w.both_ways() {
-        let (mut a, mut b) = (
-            TensorSet(vec![outputs.expect("dst").clone()]),
-            TensorSet(vec![outputs.expect("dst_back").clone()]),
-        );
-        rayon::join(
-            || copy("src", "dst", &mut a),
-            || copy("src_back", "dst_back", &mut b),
-        );
-        *outputs = TensorSet(vec![a.0.remove(0), b.0.remove(0)]);
-    } else {
-        copy("src", "dst", outputs);
+        [dst, ..] => copy(src, &mut dst.bytes),
+        [] => {}
     }
 }
 
