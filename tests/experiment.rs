@@ -396,6 +396,11 @@ fn devices_all_splits_are_checked_once_the_count_is_known() {
     );
     let e = parse("name: t\ndevices: all\nruns:\n  - kernel: link\n    bytes: 64\n").unwrap();
     assert_eq!(e.points.len(), 1);
+    // The cpu backend has one device: no pair to link, refused rather than run as nothing.
+    let sel = runner::select(&e, &BackendChoice::Named(vec!["cpu".into()])).unwrap();
+    let err = runner::check_fit(&e, &sel).expect_err("one device has no pairs");
+    assert_eq!(err.line, 4, "the link run's line");
+    assert!(err.to_string().contains("pairs of devices"), "{err}");
 }
 
 #[test]

@@ -159,6 +159,24 @@ pub fn check_fit(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigEr
                 ));
             }
         }
+        if n < 2
+            && let Some(p) = exp
+                .points
+                .iter()
+                .find(|p| matches!(p.workload, Workload::Link(_)))
+        {
+            return Err(ConfigError::at(
+                &file,
+                &exp.source,
+                p.line,
+                0,
+                format!("runs[{}].kernel", p.run),
+                format!(
+                    "link runs between pairs of devices; {} gives this run {n}",
+                    s.backend.name()
+                ),
+            ));
+        }
         if s.backend.name() == "cuda"
             && let Some(p) = exp.points.iter().find(|p| p.split != SplitKind::None)
             && let Err(msg) = crate::split::nccl::require()
