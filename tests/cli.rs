@@ -224,14 +224,14 @@ runs:
     bytes: 4KiB
 "#;
 
-#[test]
-fn numpy_recomputes_every_dumped_point() {
+/// The Python that has numpy (DECODELAB_PYTHON, else python3), or None after saying why the
+/// numpy check is skipped (a failure when DECODELAB_REQUIRE includes numpy).
+fn python_with_numpy() -> Option<String> {
     let python = std::env::var("DECODELAB_PYTHON").unwrap_or_else(|_| "python3".into());
     let has_numpy = Command::new(&python)
         .args(["-c", "import numpy"])
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+        .is_ok_and(|s| s.success());
     if !has_numpy {
         assert!(
             !common::required("numpy"),
@@ -242,8 +242,33 @@ fn numpy_recomputes_every_dumped_point() {
             std::io::stderr(),
             "SKIPPED: numpy not importable by {python} (set DECODELAB_PYTHON)"
         );
-        return;
+        return None;
     }
+    Some(python)
+}
+
+/// scripts/check_dump.py over a --dump folder; its report, having asserted it passed.
+fn check_dump(python: &str, dump: &Path) -> String {
+    let o = Command::new(python)
+        .arg("scripts/check_dump.py")
+        .arg(dump)
+        .args(["--tol", "1e-5"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    text
+}
+
+#[test]
+fn numpy_recomputes_every_dumped_point() {
+    let Some(python) = python_with_numpy() else {
+        return;
+    };
     let dir = tempdir("dump");
     let file = dir.join("dump.yaml");
     std::fs::write(&file, DUMP).unwrap();
@@ -264,18 +289,7 @@ fn numpy_recomputes_every_dumped_point() {
         serde_json::from_str(&std::fs::read_to_string(dump.join("2/meta.json")).unwrap()).unwrap();
     assert_eq!(meta["tensors"]["k_pages"]["npy_dtype"], "<u2"); // bf16 as raw uint16
 
-    let o = Command::new(&python)
-        .arg("scripts/check_dump.py")
-        .arg(&dump)
-        .args(["--tol", "1e-5"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let text = check_dump(&python, &dump);
     // 4 GQA + 2 MLA points x (out, lse), 3 expert points x y, read + copy.
     assert!(text.contains("17 outputs recomputed"), "{text}");
 }
@@ -591,20 +605,8 @@ fn split_and_link_points_run_on_virtual_devices_and_resume() {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dump.join("1/meta.json")).unwrap()).unwrap();
     assert_eq!(meta["outputs_from"], "cpu:0x3 (split sequence, combined)");
-    let python = std::env::var("DECODELAB_PYTHON").unwrap_or_else(|_| "python3".into());
-    if Command::new(&python)
-        .args(["-c", "import numpy"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        let o = Command::new(&python)
-            .arg("scripts/check_dump.py")
-            .arg(&dump)
-            .args(["--tol", "1e-5"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success(), "{text}");
+    if let Some(python) = python_with_numpy() {
+        let text = check_dump(&python, &dump);
         // 2 kv points x (out, lse) + 2 expert points x y; links are not dumped.
         assert!(text.contains("6 outputs recomputed"), "{text}");
     }

@@ -144,19 +144,24 @@ pub fn select(exp: &Experiment, choice: &BackendChoice) -> Result<Vec<Selected>,
 /// Refuse, before anything runs, a point that cannot fit a device's memory.
 pub fn check_fit(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigError> {
     let file = exp.file.display().to_string();
+    // A refusal at a point's run, naming one of its fields.
+    let at_run = |p: &Point, field: &str, msg: String| {
+        ConfigError::at(
+            &file,
+            &exp.source,
+            p.line,
+            0,
+            format!("runs[{}]{field}", p.run),
+            msg,
+        )
+    };
     for s in selected {
         let n = s.devices.len();
         // A split the file could not check (devices: all) is checked now the count is known.
         for p in exp.points.iter().filter(|p| p.split != SplitKind::None) {
             if let Err(msg) = crate::split::validate(&p.workload, p.split, n) {
-                return Err(ConfigError::at(
-                    &file,
-                    &exp.source,
-                    p.line,
-                    0,
-                    format!("runs[{}].split", p.run),
-                    format!("on {} ({n} devices): {msg}", s.backend.name()),
-                ));
+                let msg = format!("on {} ({n} devices): {msg}", s.backend.name());
+                return Err(at_run(p, ".split", msg));
             }
         }
         if n < 2
@@ -165,30 +170,17 @@ pub fn check_fit(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigEr
                 .iter()
                 .find(|p| matches!(p.workload, Workload::Link(_)))
         {
-            return Err(ConfigError::at(
-                &file,
-                &exp.source,
-                p.line,
-                0,
-                format!("runs[{}].kernel", p.run),
-                format!(
-                    "link runs between pairs of devices; {} gives this run {n}",
-                    s.backend.name()
-                ),
-            ));
+            let msg = format!(
+                "link runs between pairs of devices; {} gives this run {n}",
+                s.backend.name()
+            );
+            return Err(at_run(p, ".kernel", msg));
         }
         if s.backend.name() == "cuda"
             && let Some(p) = exp.points.iter().find(|p| p.split != SplitKind::None)
             && let Err(msg) = crate::split::nccl::require()
         {
-            return Err(ConfigError::at(
-                &file,
-                &exp.source,
-                p.line,
-                0,
-                format!("runs[{}].split", p.run),
-                msg,
-            ));
+            return Err(at_run(p, ".split", msg));
         }
         for d in s.physical_devices() {
             let Some(mem) = s.backend.devices()[d].memory_bytes else {
@@ -196,9 +188,8 @@ pub fn check_fit(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigEr
             };
             for p in &exp.points {
                 let whole = s.backend.memory_needed(&p.workload);
-                // A split spreads the point over the devices (virtual ones share this one);
-                // a link holds its buffers on both ends.
-                // Virtual devices hold every shard at once on this one device.
+                // A split spreads the point over the devices; virtual devices hold every
+                // shard at once on this one device.
                 let share = crate::split::per_device_bytes(&p.workload, p.split, n, whole);
                 let need = if s.virtual_devices && p.split != SplitKind::None {
                     share.saturating_mul(n as u64)
@@ -206,21 +197,15 @@ pub fn check_fit(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigEr
                     share
                 };
                 if need > mem {
-                    return Err(ConfigError::at(
-                        &file,
-                        &exp.source,
-                        p.line,
-                        0,
-                        format!("runs[{}]", p.run),
-                        format!(
-                            "point {} ({}) needs {} on {}:{d}, which has {}",
-                            p.index,
-                            report::params_label(p.workload.kernel(), &p.workload.params_json()),
-                            report::human_bytes(need),
-                            s.backend.name(),
-                            report::human_bytes(mem)
-                        ),
-                    ));
+                    let msg = format!(
+                        "point {} ({}) needs {} on {}:{d}, which has {}",
+                        p.index,
+                        report::params_label(p.workload.kernel(), &p.workload.params_json()),
+                        report::human_bytes(need),
+                        s.backend.name(),
+                        report::human_bytes(mem)
+                    );
+                    return Err(at_run(p, "", msg));
                 }
             }
         }

@@ -418,6 +418,19 @@ pub fn to_csv(lines: &[ResultLine]) -> String {
     s
 }
 
+/// The cells every table starts a result's row with: point, kernel, params, where it ran
+/// (backend:device set), split, GB/s.
+fn row_head(l: &ResultLine) -> Vec<String> {
+    vec![
+        l.point.to_string(),
+        l.kernel.clone(),
+        params_label(&l.kernel, &l.params),
+        format!("{}:{}", l.backend, l.key().2),
+        l.split.clone(),
+        format!("{:.2}", l.gbps),
+    ]
+}
+
 /// The rows of the terminal table and summary.md.
 fn table_rows(lines: &[ResultLine]) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let header = vec![
@@ -427,13 +440,8 @@ fn table_rows(lines: &[ResultLine]) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let rows = lines
         .iter()
         .map(|l| {
-            vec![
-                l.point.to_string(),
-                l.kernel.clone(),
-                params_label(&l.kernel, &l.params),
-                format!("{}:{}", l.backend, l.key().2),
-                l.split.clone(),
-                format!("{:.2}", l.gbps),
+            let mut row = row_head(l);
+            row.extend([
                 fmt_opt(l.pct_of_spec, 1),
                 fmt_opt(l.pct_of_stream, 1),
                 human_time(l.time_s.median),
@@ -445,7 +453,8 @@ fn table_rows(lines: &[ResultLine]) -> (Vec<&'static str>, Vec<Vec<String>>) {
                 } else {
                     "FAIL".into()
                 },
-            ]
+            ]);
+            row
         })
         .collect();
     (header, rows)
@@ -590,13 +599,8 @@ pub fn split_table(lines: &[ResultLine]) -> Option<String> {
         .map(|(l, m)| {
             let shard_gbps = m.shards.iter().map(|s| s.gbps);
             let (lo, hi) = shard_gbps.fold((f64::INFINITY, 0f64), |(a, b), x| (a.min(x), b.max(x)));
-            vec![
-                l.point.to_string(),
-                l.kernel.clone(),
-                params_label(&l.kernel, &l.params),
-                format!("{}:{}", l.backend, l.key().2),
-                l.split.clone(),
-                format!("{:.2}", l.gbps),
+            let mut row = row_head(l);
+            row.extend([
                 m.one_device
                     .as_ref()
                     .map_or("-".into(), |o| format!("{:.2}", o.gbps)),
@@ -616,7 +620,8 @@ pub fn split_table(lines: &[ResultLine]) -> Option<String> {
                     }
                     None => "-".into(),
                 },
-            ]
+            ]);
+            row
         })
         .collect();
     if rows.is_empty() {

@@ -207,9 +207,11 @@ pub fn plan(w: &Workload, inputs: &TensorSet, kind: SplitKind, n: usize) -> Resu
         (Workload::KvDecode(k), SplitKind::Sequence) => sequence(k, inputs, n),
         (Workload::ExpertGemv(e), SplitKind::Experts) => {
             let (shards, merge) = experts(e, inputs, n);
+            // What reaches an owner: its token rows, local ids and routing weights.
             dispatch_bytes = shards
                 .iter()
-                .map(|s| s.inputs.expect("x").bytes.len() as u64 + 8 * workload_batch(s))
+                .flat_map(|s| ["x", "topk_ids", "topk_weights"].map(|n| s.inputs.expect(n)))
+                .map(|t| t.bytes.len() as u64)
                 .sum();
             (shards, merge)
         }
@@ -230,13 +232,6 @@ pub fn plan(w: &Workload, inputs: &TensorSet, kind: SplitKind, n: usize) -> Resu
         dispatch_bytes,
         merge,
     })
-}
-
-fn workload_batch(s: &Shard) -> u64 {
-    match &s.workload {
-        Workload::ExpertGemv(e) => e.batch as u64,
-        _ => 0,
-    }
 }
 
 impl Plan {

@@ -321,6 +321,22 @@ enum Arg {
     U32(u32),
 }
 
+/// An output `spec` read back from `buf` (cut to the spec's size: buffers are padded).
+fn read_back(
+    stream: &Arc<CudaStream>,
+    buf: &CudaSlice<u8>,
+    spec: &Tensor,
+) -> anyhow::Result<Tensor> {
+    let mut bytes = stream
+        .clone_dtoh(buf)
+        .map_err(|e| anyhow!("read back: {e:?}"))?;
+    bytes.truncate(spec.bytes.len());
+    Ok(Tensor {
+        bytes,
+        ..spec.clone()
+    })
+}
+
 /// Seconds between each (start, end) pair of recorded, completed events.
 fn seconds_between(
     events: &[(cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)],
@@ -444,14 +460,7 @@ impl Prepared for Point {
     fn read_outputs(&mut self) -> anyhow::Result<TensorSet> {
         let mut set = Vec::new();
         for (spec, i) in &self.outputs {
-            let mut bytes = self
-                .stream
-                .clone_dtoh(&self.buffers[*i])
-                .map_err(|e| anyhow!("read back: {e:?}"))?;
-            bytes.truncate(spec.bytes.len());
-            let mut t = spec.clone();
-            t.bytes = bytes;
-            set.push(t);
+            set.push(read_back(&self.stream, &self.buffers[*i], spec)?);
         }
         Ok(TensorSet(set))
     }

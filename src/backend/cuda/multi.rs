@@ -204,12 +204,7 @@ impl Prepared for LinkPoint {
             bufs.push((&self.a, a_dst));
         }
         for (spec, (stream, buf)) in self.outputs.iter().zip(bufs) {
-            let bytes = stream
-                .clone_dtoh(buf)
-                .map_err(|e| anyhow!("read back: {e:?}"))?;
-            let mut t = spec.clone();
-            t.bytes = bytes;
-            set.push(t);
+            set.push(super::read_back(stream, buf, spec)?);
         }
         Ok(TensorSet(set))
     }
@@ -306,13 +301,7 @@ pub(super) fn nccl_gather(
     for (p, stage) in points.iter().zip(&staging) {
         let mut set = Vec::new();
         for ((spec, _), buf) in p.outputs.iter().zip(stage) {
-            let mut bytes = root
-                .clone_dtoh(buf)
-                .map_err(|e| anyhow!("read back: {e:?}"))?;
-            bytes.truncate(spec.bytes.len());
-            let mut t = spec.clone();
-            t.bytes = bytes;
-            set.push(t);
+            set.push(super::read_back(root, buf, spec)?);
         }
         outputs.push(TensorSet(set));
     }
