@@ -28,7 +28,7 @@ extern "C" __global__ void __launch_bounds__(WG, 1) gemv(
             const uint4* w4 = reinterpret_cast<const uint4*>(w + row * ELEM_BYTES);
             for (int vi = lid; vi < D_IN / ELEMS_PER_VEC; vi += WG) {
                 float wv[ELEMS_PER_VEC];
-                decode_vec(__ldg(w4 + vi), wv);
+                decode_vec(__ldg(w4 + vi), wv); // stream: weights
                 for (int tt = 0; tt < nt; tt++) {
                     const float* xt = x + (u64)entries[2 * (t0 + tt)] * D_IN + vi * ELEMS_PER_VEC;
                     float s = 0.f;
@@ -39,7 +39,7 @@ extern "C" __global__ void __launch_bounds__(WG, 1) gemv(
             }
 #else
             for (int i = lid; i < D_IN; i += WG) {
-                const float wv = decode_elem(w, row + i);
+                const float wv = decode_elem(w, row + i); // stream: weights
                 for (int tt = 0; tt < nt; tt++) part[r * TB + tt] += wv * x[(u64)entries[2 * (t0 + tt)] * D_IN + i];
             }
 #endif

@@ -10,7 +10,9 @@
 //  2. softmax: running max and sum per head, the accumulator rescaled once per tile;
 //  3. PV: each thread owns DV_PER_THREAD output dims of every head; a warp reads 32
 //     consecutive V elements of one token, so the loads coalesce.
-// The backend defines the shape constants (see the prelude it prepends).
+// The backend defines the shape constants (see the prelude it prepends). Lines that load a
+// streamed tensor end in `// stream: <tensor>`: the SASS report (`decodelab kernels --sass`)
+// finds those loads through the line table.
 
 #define NEG_BIG (-3.0e38f)
 
@@ -53,7 +55,7 @@ extern "C" __global__ void __launch_bounds__(WG, 1) attend(
 #pragma unroll
             for (int vi = 0; vi < DK / ELEMS_PER_VEC; vi++) {
                 float x[ELEMS_PER_VEC];
-                decode_vec(__ldg(kv4 + vi), x);
+                decode_vec(__ldg(kv4 + vi), x); // stream: K
 #pragma unroll
                 for (int e = 0; e < ELEMS_PER_VEC; e++)
 #pragma unroll
@@ -61,7 +63,7 @@ extern "C" __global__ void __launch_bounds__(WG, 1) attend(
             }
 #else
             for (int d = 0; d < DK; d++) {
-                const float x = decode_elem(k, row + d);
+                const float x = decode_elem(k, row + d); // stream: K
 #pragma unroll
                 for (int j = 0; j < HB; j++) s[j] += q_sh[j * DK + d] * x;
             }
@@ -105,9 +107,9 @@ extern "C" __global__ void __launch_bounds__(WG, 1) attend(
                 for (int j = 0; j < HB; j++) acc[j * DV_PER_THREAD + kk] *= corr[j];
                 for (int i = 0; i < n; i++) {
 #if IS_MLA
-                    const float x = decode_elem(k, row_sh[i] + d); // V: the latent's head
+                    const float x = decode_elem(k, row_sh[i] + d); // stream: latent (V: its head)
 #else
-                    const float x = decode_elem(v, row_sh[i] / DK * DV + d);
+                    const float x = decode_elem(v, row_sh[i] / DK * DV + d); // stream: V
 #endif
 #pragma unroll
                     for (int j = 0; j < HB; j++) acc[j * DV_PER_THREAD + kk] += p_sh[j * WG + i] * x;

@@ -7,7 +7,7 @@ extern "C" __global__ void stream_read(const uint4* __restrict__ src, u64 n_vec,
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
 #pragma unroll 4
     for (; i < n_vec; i += stride) {
-        uint4 v = __ldg(src + i);
+        uint4 v = __ldg(src + i); // stream: src
         acc += v.x + v.y + v.z + v.w; // wraps, as the oracle's sum does
     }
 #pragma unroll
@@ -18,7 +18,7 @@ extern "C" __global__ void stream_read(const uint4* __restrict__ src, u64 n_vec,
 extern "C" __global__ void stream_copy(const uint4* __restrict__ src, uint4* __restrict__ dst, u64 n_vec) {
     const u64 stride = (u64)gridDim.x * blockDim.x;
 #pragma unroll 4
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += stride) dst[i] = __ldg(src + i);
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += stride) dst[i] = __ldg(src + i); // stream: src
 }
 
 __device__ __forceinline__ unsigned int pattern(u64 i, unsigned int seed) {

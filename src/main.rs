@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use decodelab::backend::{self, Probe};
 use decodelab::experiment::runner::{self, RunOptions};
-use decodelab::experiment::{DeviceChoice, Experiment};
+use decodelab::experiment::{DeviceChoice, Experiment, Overrides};
 use decodelab::report;
 use decodelab::split::SplitKind;
 use std::path::PathBuf;
@@ -43,12 +43,17 @@ enum Command {
         /// No progress bar (it is also hidden when stdout is not a terminal).
         #[arg(long)]
         no_progress: bool,
+        #[command(flatten)]
+        over: OverrideArgs,
     },
     /// Validate an experiment: print its points and the memory each needs; runs nothing.
     Check {
         file: PathBuf,
         #[arg(long, value_parser = ["auto", "cpu", "wgpu", "cuda", "all"])]
         backend: Option<String>,
+        /// Only these points: indices and ranges (3,7-9) or parameters (kernel=kv_decode,batch=16).
+        #[arg(long, value_name = "FILTER")]
+        only: Option<String>,
     },
     /// List every backend and its devices, or why it is unavailable.
     Devices,
@@ -60,6 +65,10 @@ enum Command {
         /// One JSON object per variant instead of the table.
         #[arg(long)]
         json: bool,
+        /// Also disassemble (nvdisasm) and report loads by width, local memory, tensor cores
+        /// and the hottest loop's instructions per streamed byte.
+        #[arg(long)]
+        sass: bool,
     },
     /// The analytic decode model: where the milliseconds and joules of a token go.
     Model(ModelArgs),
@@ -80,7 +89,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Devices => devices(),
-        Command::Kernels { arch, json } => kernels(&arch, json),
+        Command::Kernels { arch, json, sass } => kernels(&arch, json, sass),
         Command::Model(args) => match model_cmd(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -104,7 +113,17 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { file, backend } => check(&file, backend.as_deref()),
+        Command::Check {
+            file,
+            backend,
+            only,
+        } => {
+            let over = Overrides {
+                only,
+                ..Default::default()
+            };
+            check(&file, backend.as_deref(), &over)
+        }
         Command::Run {
             file,
             backend,
@@ -112,6 +131,7 @@ fn main() -> ExitCode {
             dump,
             resume,
             no_progress,
+            over,
         } => {
             let opts = RunOptions {
                 backend,
@@ -120,7 +140,7 @@ fn main() -> ExitCode {
                 resume,
                 progress: !no_progress,
             };
-            run(&file, opts)
+            run(&file, opts, &over.overrides())
         }
     }
 }
@@ -134,11 +154,16 @@ fn quiet_mesa_wsi() {
     }
 }
 
-fn load(file: &std::path::Path) -> Result<Experiment, ExitCode> {
-    Experiment::load(file).map_err(|e| {
+fn load(file: &std::path::Path, over: &Overrides) -> Result<Experiment, ExitCode> {
+    let mut exp = Experiment::load(file).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
-    })
+    })?;
+    exp.apply(over).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    Ok(exp)
 }
 
 fn select(exp: &Experiment, backend: Option<&str>) -> Result<Vec<runner::Selected>, ExitCode> {
@@ -158,9 +183,9 @@ fn select(exp: &Experiment, backend: Option<&str>) -> Result<Vec<runner::Selecte
     })
 }
 
-fn kernels(arch: &str, json: bool) -> ExitCode {
-    use decodelab::backend::cuda::compile;
-    let report = match compile::report(arch) {
+fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
+    use decodelab::backend::cuda::{compile, sass as budget};
+    let report = match compile::report(arch, sass) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -168,26 +193,33 @@ fn kernels(arch: &str, json: bool) -> ExitCode {
         }
     };
     if json {
-        for (label, kernels) in &report {
-            println!(
-                "{}",
-                serde_json::json!({ "variant": label, "arch": arch, "kernels": kernels })
-            );
+        for v in &report {
+            let mut line = serde_json::to_value(v).unwrap_or_default();
+            line["arch"] = arch.into();
+            println!("{line}");
         }
         return ExitCode::SUCCESS;
     }
-    println!("NVRTC, {arch}: registers / static shared memory / spills per kernel");
+    println!("NVRTC, {arch}: registers, shared memory, spills and occupancy per kernel");
     println!(
-        "{:<40} {:<13} {:>5} {:>8} {:>12} {:>12}",
-        "variant", "kernel", "regs", "smem B", "spill st B", "spill ld B"
+        "{:<36} {:<7} {:<12} {:>5} {:>7} {:>6} {:>11}",
+        "variant", "impl", "kernel", "regs", "smem B", "spill", "CTAs/SM"
     );
     let mut spills = 0;
-    for (label, kernels) in &report {
-        for k in kernels {
-            spills += k.spill_store_bytes + k.spill_load_bytes;
+    for v in &report {
+        for k in &v.kernels {
+            let spill = k.spill_store_bytes + k.spill_load_bytes;
+            spills += spill;
             println!(
-                "{label:<40} {:<13} {:>5} {:>8} {:>12} {:>12}",
-                k.kernel, k.registers, k.shared_bytes, k.spill_store_bytes, k.spill_load_bytes
+                "{:<36} {:<7} {:<12} {:>5} {:>7} {:>6} {:>3} ({})",
+                v.variant,
+                v.imp,
+                k.kernel,
+                k.registers,
+                k.shared_bytes,
+                spill,
+                k.ctas_per_sm,
+                k.ctas_limited_by
             );
         }
     }
@@ -195,7 +227,95 @@ fn kernels(arch: &str, json: bool) -> ExitCode {
         "{} variants compiled, {spills} spill bytes in all",
         report.len()
     );
+    if sass {
+        println!(
+            "\nSASS ({arch}): global loads by width (streamed tensors' in brackets), local memory,\n\
+             tensor cores, and the hottest loop's warp-instructions per streamed byte (budget {} at\n\
+             4.8 TB/s on 132 SMs; a roofline kernel aims under {})",
+            budget::BUDGET_INSTR_PER_BYTE,
+            budget::AIM_INSTR_PER_BYTE
+        );
+        println!(
+            "{:<36} {:<7} {:<12} {:>6} {:<26} {:>6} {:>5} {:>9}  {}",
+            "variant",
+            "impl",
+            "kernel",
+            "instrs",
+            "LDG 128/64/32/16/8 [streamed]",
+            "LDL/STL",
+            "MMA",
+            "instr/B",
+            "streams",
+        );
+        for v in &report {
+            for k in &v.kernels {
+                let Some(s) = &k.sass else { continue };
+                let w = |x: &budget::Widths| {
+                    [128, 64, 32, 16, 8]
+                        .iter()
+                        .map(|b| x.0.get(b).copied().unwrap_or(0).to_string())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                };
+                let hot = s.hot_loop.as_ref().map_or("-".to_string(), |h| {
+                    let mark = if h.instr_per_byte > budget::BUDGET_INSTR_PER_BYTE {
+                        " over"
+                    } else {
+                        ""
+                    };
+                    format!("{:.3}{mark}", h.instr_per_byte)
+                });
+                println!(
+                    "{:<36} {:<7} {:<12} {:>6} {:<26} {:>6} {:>5} {:>9}  {}",
+                    v.variant,
+                    v.imp,
+                    k.kernel,
+                    s.instructions,
+                    format!("{} [{}]", w(&s.loads), w(&s.streamed)),
+                    s.local,
+                    s.tensor_core,
+                    hot,
+                    s.streamed_tensors.join(", ")
+                );
+            }
+        }
+    }
     ExitCode::SUCCESS
+}
+
+/// The file's settings, overridden for this run.
+#[derive(clap::Args)]
+struct OverrideArgs {
+    /// Timed reps per point (overrides `reps:`).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Untimed reps first (overrides `warmup:`).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Energy: auto, nvml, model or off (overrides `energy:`).
+    #[arg(long, value_parser = ["auto", "nvml", "model", "off"])]
+    energy: Option<String>,
+    /// Only these points: indices and ranges (3,7-9) or parameters
+    /// (kernel=kv_decode,batch=16; the same key twice is either value; impl=simple).
+    #[arg(long, value_name = "FILTER")]
+    only: Option<String>,
+}
+
+impl OverrideArgs {
+    fn overrides(&self) -> Overrides {
+        use decodelab::energy::EnergyMode;
+        Overrides {
+            reps: self.reps,
+            warmup: self.warmup,
+            energy: self.energy.as_deref().map(|e| match e {
+                "nvml" => EnergyMode::Nvml,
+                "model" => EnergyMode::Model,
+                "off" => EnergyMode::Off,
+                _ => EnergyMode::Auto,
+            }),
+            only: self.only.clone(),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -321,8 +441,8 @@ fn print_topology(devices: &[backend::DeviceInfo]) {
     }
 }
 
-fn check(file: &std::path::Path, backend: Option<&str>) -> ExitCode {
-    let exp = match load(file) {
+fn check(file: &std::path::Path, backend: Option<&str>, over: &Overrides) -> ExitCode {
+    let exp = match load(file, over) {
         Ok(e) => e,
         Err(c) => return c,
     };
@@ -379,8 +499,16 @@ fn check(file: &std::path::Path, backend: Option<&str>) -> ExitCode {
         );
     }
     println!(
-        "{:>5}  {:<11}  {:<48}  {:<11}  {:>12}  {:>12}  {:>14}",
-        "point", "kernel", "params", "split", "min bytes", "GFLOP", "device memory"
+        "{:>5}  {:<11}  {:<48}  {:<11}  {:<7}  {:>12}  {:>10}  {:>14}  {:>12}",
+        "point",
+        "kernel",
+        "params",
+        "split",
+        "impl",
+        "min bytes",
+        "GFLOP",
+        "device memory",
+        "host memory"
     );
     let device_count = match &exp.devices {
         DeviceChoice::Count(n) => Some(*n),
@@ -416,22 +544,26 @@ fn check(file: &std::path::Path, backend: Option<&str>) -> ExitCode {
             ),
         };
         println!(
-            "{:>5}  {:<11}  {:<48}  {:<11}  {:>12}  {:>12.3}  {:>14}",
+            "{:>5}  {:<11}  {:<48}  {:<11}  {:<7}  {:>12}  {:>10.3}  {:>14}  {:>12}",
             p.index,
             w.kernel(),
             report::params_label(w.kernel(), &w.params_json()),
             split,
+            p.imp.unwrap_or("best"),
             report::human_bytes(w.bytes()),
             w.flops() as f64 / 1e9,
             report::human_bytes(memory),
+            report::human_bytes(runner::host_bytes_needed(p)),
         );
     }
-    println!("ok: every point is valid and fits");
+    let host = decodelab::backend::cpu::mem_available_bytes()
+        .map_or("unknown".into(), report::human_bytes);
+    println!("ok: every point is valid and fits (host memory available: {host})");
     ExitCode::SUCCESS
 }
 
-fn run(file: &std::path::Path, opts: RunOptions) -> ExitCode {
-    let exp = match load(file) {
+fn run(file: &std::path::Path, opts: RunOptions, over: &Overrides) -> ExitCode {
+    let exp = match load(file, over) {
         Ok(e) => e,
         Err(c) => return c,
     };
@@ -455,8 +587,16 @@ fn run(file: &std::path::Path, opts: RunOptions) -> ExitCode {
                 println!("\nlinks:");
                 print!("{t}");
             }
+            let no_impl = if o.skipped_no_impl > 0 {
+                format!(
+                    ", {} skipped (implementation not on these backends)",
+                    o.skipped_no_impl
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "\n{} results ({} resumed), {} failed the check, {} errors -> {}",
+                "\n{} results ({} resumed), {} failed the check, {} errors{no_impl} -> {}",
                 o.lines.len(),
                 o.skipped_done,
                 o.failed_checks,

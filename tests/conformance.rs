@@ -4,16 +4,33 @@
 mod common;
 
 use common::*;
-use decodelab::backend::{Backend, CacheMode};
+use decodelab::backend::{Backend, CacheMode, How};
 use decodelab::workload::dtype::fp8_e4m3_encode;
 use decodelab::workload::*;
 
-/// Run a point on a backend and check it against the oracle on the same (possibly edited)
-/// inputs. Returns the check so callers can also assert on it.
-fn run_point(b: &dyn Backend, w: &Workload, edit: impl Fn(&mut TensorSet)) -> Check {
+/// Run a point on a backend with every implementation that covers it, and check each against
+/// the oracle on the same (possibly edited) inputs.
+fn run_point(b: &dyn Backend, w: &Workload, edit: impl Fn(&mut TensorSet)) {
     let mut inputs = w.inputs();
     edit(&mut inputs);
-    let mut p = b.prepare(0, w, &inputs, CacheMode::Cold).expect("prepare");
+    let reference = w.oracle(&inputs);
+    for imp in impls_covering(b, w) {
+        run_impl(b, w, &inputs, &reference, imp);
+    }
+}
+
+fn run_impl(
+    b: &dyn Backend,
+    w: &Workload,
+    inputs: &TensorSet,
+    reference: &Reference,
+    imp: &'static str,
+) {
+    let how = How {
+        imp,
+        cache: CacheMode::Cold,
+    };
+    let mut p = b.prepare(0, w, inputs, &how).expect("prepare");
     let times = p.run(1, 3).expect("run");
     assert_eq!(times.len(), 3);
     assert!(
@@ -21,20 +38,21 @@ fn run_point(b: &dyn Backend, w: &Workload, edit: impl Fn(&mut TensorSet)) -> Ch
         "timings {times:?}"
     );
     let outputs = p.read_outputs().expect("read back");
-    let check = w.oracle(&inputs).check(&outputs);
+    let check = reference.check(&outputs);
     assert!(
         check.pass,
-        "{} on {}: {:?}\nparams {}",
+        "{} on {} {imp}: {:?}\nparams {}",
         w.kernel(),
         b.name(),
         check,
         w.params_json()
     );
-    assert!(
-        check.rel_l2_err < 1e-5,
-        "f32 accumulation should land far under 1e-4: {check:?}"
-    );
-    check
+    if w.math() == Math::F32 {
+        assert!(
+            check.rel_l2_err < 1e-5,
+            "{imp}: f32 accumulation should land far under 1e-4: {check:?}"
+        );
+    }
 }
 
 fn no_edit(_: &mut TensorSet) {}
@@ -152,6 +170,18 @@ mod cases {
         );
     }
 
+    /// math: bf16, judged against the same-rounding reference, at awkward shapes.
+    pub fn bf16_math(b: &dyn Backend) {
+        for dt in [DType::Bf16, DType::Fp8E4m3] {
+            let w = gqa(5, 8, 2, 64, 64, vec![1, 15, 16, 17, 300], 16, dt);
+            run_point(b, &with_math(w, Math::Bf16), no_edit);
+            let w = experts(8, 3, 7, 1001, 37, dt, Routing::Uniform);
+            run_point(b, &with_math(w, Math::Bf16), no_edit);
+        }
+        let w = mla(2, 16, 512, 64, vec![64, 129], 64, DType::Bf16);
+        run_point(b, &with_math(w, Math::Bf16), no_edit);
+    }
+
     pub fn expert_fp8_extremes(b: &dyn Backend) {
         let w = experts(4, 2, 3, 128, 24, DType::Fp8E4m3, Routing::Uniform);
         run_point(b, &w, fp8_extremes("w"));
@@ -181,13 +211,19 @@ mod cases {
             experts(2, 1, 2, 8, 4, DType::F32, Routing::Uniform),
         ] {
             let inputs = w.inputs();
-            let mut p = b.prepare(0, &w, &inputs, CacheMode::Warm).expect("prepare");
-            let out = p.read_outputs().expect("read back");
-            assert!(
-                !w.oracle(&inputs).check(&out).pass,
-                "{} passed without running",
-                w.kernel()
-            );
+            for imp in impls_covering(b, &w) {
+                let how = How {
+                    imp,
+                    cache: CacheMode::Warm,
+                };
+                let mut p = b.prepare(0, &w, &inputs, &how).expect("prepare");
+                let out = p.read_outputs().expect("read back");
+                assert!(
+                    !w.oracle(&inputs).check(&out).pass,
+                    "{} {imp} passed without running",
+                    w.kernel()
+                );
+            }
         }
     }
 }
@@ -221,6 +257,7 @@ macro_rules! every_case {
             expert_every_token_one_expert,
             expert_dtypes_and_odd_shapes,
             expert_fp8_extremes,
+            bf16_math,
             unwritten_outputs_fail,
             tensors_over_128_mib,
         );

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use decodelab::backend::{Backend, CacheMode, cpu::CpuBackend};
+use decodelab::backend::{Backend, CacheMode, How, cpu::CpuBackend};
 use decodelab::workload::*;
 
 /// Replace an input tensor's values (f32 storage) by hand.
@@ -35,11 +35,13 @@ fn attention_of_two_tokens_matches_closed_form() {
     let out = (s0.exp() * 3.0 + s1.exp() * -2.0) / (s0.exp() + s1.exp());
 
     let reference = w.oracle(&inputs);
-    assert!((reference.0[0].values[0] - out).abs() < 1e-12);
-    assert!((reference.0[1].values[0] - lse).abs() < 1e-12);
+    assert!((reference.0[0].values()[0] - out).abs() < 1e-12);
+    assert!((reference.0[1].values()[0] - lse).abs() < 1e-12);
 
     let cpu = CpuBackend::new();
-    let mut p = cpu.prepare(0, &w, &inputs, CacheMode::Warm).unwrap();
+    let mut p = cpu
+        .prepare(0, &w, &inputs, &How::simple(CacheMode::Warm))
+        .unwrap();
     p.run(0, 1).unwrap();
     let got = p.read_outputs().unwrap();
     assert!((got.get("out").unwrap().as_f32()[0] as f64 - out).abs() < 1e-6);
@@ -56,9 +58,11 @@ fn expert_gemv_matches_closed_form() {
     set_f32(&mut inputs, "topk_weights", &[0.25, 0.75]);
     // expert 1: 0.5 - 8 = -7.5; expert 0: 3 - 2 = 1 -> 0.25 * -7.5 + 0.75 * 1 = -1.125
     let want = -1.125;
-    assert_eq!(w.oracle(&inputs).0[0].values, vec![want]);
+    assert_eq!(w.oracle(&inputs).0[0].values(), vec![want]);
     let cpu = CpuBackend::new();
-    let mut p = cpu.prepare(0, &w, &inputs, CacheMode::Warm).unwrap();
+    let mut p = cpu
+        .prepare(0, &w, &inputs, &How::simple(CacheMode::Warm))
+        .unwrap();
     p.run(0, 1).unwrap();
     assert_eq!(
         p.read_outputs().unwrap().get("y").unwrap().as_f32(),
@@ -72,10 +76,10 @@ fn fp8_scale_dequantises_in_the_oracle() {
     let w = experts(1, 1, 1, 1, 2, DType::Fp8E4m3, Routing::Uniform);
     let mut inputs = w.inputs();
     set_f32(&mut inputs, "x", &[2.0]);
-    inputs.get_mut("w").unwrap().bytes = vec![0x38, 0x7E]; // 1.0 and 448
+    inputs.get_mut("w").unwrap().bytes = vec![0x38, 0x7E].into(); // 1.0 and 448
     set_f32(&mut inputs, "w_scale", &[0.5, 1.0 / 448.0]);
     set_f32(&mut inputs, "topk_weights", &[1.0]);
-    let y = &w.oracle(&inputs).0[0].values;
+    let y = &w.oracle(&inputs).0[0].values();
     assert!(
         (y[0] - 1.0).abs() < 1e-12 && (y[1] - 2.0).abs() < 1e-6,
         "{y:?}"
@@ -83,11 +87,78 @@ fn fp8_scale_dequantises_in_the_oracle() {
 }
 
 #[test]
+fn bf16_math_rounds_q_and_p_worked_by_hand() {
+    // The two-token point above, at math: bf16, with q = 1 + 2^-9 (bf16 rounds it to 1).
+    let w = with_math(gqa(1, 1, 1, 1, 1, vec![2], 1, DType::F32), Math::Bf16);
+    let mut inputs = w.inputs();
+    set_f32(&mut inputs, "q", &[1.0 + 1.0 / 512.0]);
+    let table = inputs.get("page_table").unwrap().as_i32();
+    let (mut k, mut v) = (vec![0f32; 2], vec![0f32; 2]);
+    (k[table[0] as usize], k[table[1] as usize]) = (0.5, -1.0);
+    (v[table[0] as usize], v[table[1] as usize]) = (3.0, -2.0);
+    set_f32(&mut inputs, "k_pages", &k);
+    set_f32(&mut inputs, "v_pages", &v);
+    // Rounded: scores 0.5 and -1; P = 1 and e^-1.5 = 0.2231301..., which bf16 holds as
+    // 228/1024 = 0.22265625; the row sum keeps the unrounded P.
+    let p1 = (-1.5f64).exp();
+    let out_r = (3.0 - 2.0 * 0.22265625) / (1.0 + p1);
+    let lse_r = 0.5 + (1.0 + p1).ln();
+    let r = w.oracle(&inputs);
+    let rounded = |i: usize| match &r.0[i].expected {
+        decodelab::workload::check::Expected::Float { rounded, .. } => rounded.clone().unwrap()[0],
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        (rounded(0) - out_r).abs() < 1e-12,
+        "{} vs {out_r}",
+        rounded(0)
+    );
+    assert!((rounded(1) - lse_r).abs() < 1e-12);
+    // The exact answer keeps q = 1 + 2^-9: about 6.5e-4 away, far more than f32 error.
+    assert!((r.0[0].values()[0] - out_r).abs() > 1e-3);
+
+    // The cpu backend rounds the same way.
+    let cpu = CpuBackend::new();
+    let mut p = cpu
+        .prepare(0, &w, &inputs, &How::simple(CacheMode::Warm))
+        .unwrap();
+    p.run(0, 1).unwrap();
+    let got = p.read_outputs().unwrap();
+    assert!((got.get("out").unwrap().as_f32()[0] as f64 - out_r).abs() < 1e-6);
+    let c = r.check(&got);
+    assert!(c.pass && c.ref_rel_l2_err.unwrap() > 1e-4, "{c:?}");
+}
+
+#[test]
+fn the_cpu_bf16_mode_rounds_rather_than_computing_exactly() {
+    // A kernel that ignored math: bf16 would land near 1e-7; one that rounds lands near the
+    // same-rounding reference's error.
+    for w in [
+        gqa(3, 8, 2, 64, 64, vec![5, 300, 77], 16, DType::Bf16),
+        experts(8, 3, 5, 500, 40, DType::Bf16, Routing::Uniform),
+    ] {
+        let w = with_math(w, Math::Bf16);
+        let inputs = w.inputs();
+        let cpu = CpuBackend::new();
+        let mut p = cpu
+            .prepare(0, &w, &inputs, &How::simple(CacheMode::Warm))
+            .unwrap();
+        p.run(0, 1).unwrap();
+        let c = w.oracle(&inputs).check(&p.read_outputs().unwrap());
+        let r = c.ref_rel_l2_err.unwrap();
+        assert!(c.pass, "{c:?}");
+        assert!(r > 1e-4 && c.rel_l2_err > 0.3 * r, "{} {c:?}", w.kernel());
+    }
+}
+
+#[test]
 fn a_corrupted_output_fails_the_check() {
     let w = gqa(2, 4, 2, 16, 16, vec![9, 30], 8, DType::Bf16);
     let inputs = w.inputs();
     let cpu = CpuBackend::new();
-    let mut p = cpu.prepare(0, &w, &inputs, CacheMode::Warm).unwrap();
+    let mut p = cpu
+        .prepare(0, &w, &inputs, &How::simple(CacheMode::Warm))
+        .unwrap();
     p.run(0, 1).unwrap();
     let mut out = p.read_outputs().unwrap();
     let reference = w.oracle(&inputs);

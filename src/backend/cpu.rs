@@ -2,7 +2,7 @@
 //! It always exists, so every experiment can run and every other backend has a neighbour
 //! to be cross-checked against.
 
-use super::{Backend, CacheMode, DeviceInfo, Prepared, Timer};
+use super::{Backend, CacheMode, DeviceInfo, How, Prepared, Timer};
 use crate::workload::stream::write_pattern;
 use crate::workload::{ExpertGemv, KvDecode, Link, Stream, StreamOp, TensorSet, Workload};
 use rayon::prelude::*;
@@ -51,11 +51,10 @@ impl Backend for CpuBackend {
         &self.devices
     }
 
-    /// Host and device are the same memory: the generated inputs, the backend's own copy,
-    /// the read-back outputs and the f64 reference all live in it at once.
-    fn memory_needed(&self, workload: &Workload) -> u64 {
-        let outputs: u64 = workload.outputs().iter().map(|o| o.bytes()).sum();
-        2 * workload.device_bytes() + 3 * outputs
+    /// Host and device are one memory: the point works in the runner's own input buffers
+    /// (shared, not copied), so the point's host memory is what it needs.
+    fn shares_host_memory(&self) -> bool {
+        true
     }
 
     fn prepare<'a>(
@@ -63,30 +62,29 @@ impl Backend for CpuBackend {
         device: usize,
         workload: &Workload,
         inputs: &TensorSet,
-        cache: CacheMode,
+        how: &How,
     ) -> anyhow::Result<Box<dyn Prepared + 'a>> {
         anyhow::ensure!(device == 0, "cpu has one device (0), not {device}");
+        anyhow::ensure!(
+            how.imp == "simple",
+            "cpu has no implementation '{}'",
+            how.imp
+        );
         anyhow::ensure!(
             !matches!(workload, Workload::Link(_)),
             "link runs between two devices (prepare_link)"
         );
         let outputs = TensorSet(workload.outputs().iter().map(|o| o.poisoned()).collect());
-        // Where caches can be flushed line by line (x86-64 clflush), evict exactly the
-        // working set; elsewhere write a scratch buffer twice the last-level cache, but only
-        // when the working set could sit in that cache between reps.
-        let flush = if cache == CacheMode::Cold
-            && !cfg!(target_arch = "x86_64")
-            && workload.device_bytes() < 4 * self.llc_bytes as u64
-        {
-            vec![0u8; 2 * self.llc_bytes]
-        } else {
-            Vec::new()
-        };
+        let flush = Flush::for_point(how.cache, workload, self.llc_bytes);
         Ok(Box::new(CpuPoint {
             workload: workload.clone(),
-            inputs: inputs.clone(), // the "upload": the backend owns its copy
+            inputs: inputs.clone(), // shares the runner's buffers: no copy
             outputs,
-            cache,
+            cache: how.cache,
+            scratch: match flush {
+                Flush::Scratch(n) => vec![0u8; n],
+                _ => Vec::new(),
+            },
             flush,
         }))
     }
@@ -109,7 +107,8 @@ impl Backend for CpuBackend {
             inputs: inputs.clone(),
             outputs,
             cache: CacheMode::Cold,
-            flush: Vec::new(),
+            flush: Flush::None,
+            scratch: Vec::new(),
         };
         Ok((
             Box::new(point),
@@ -123,33 +122,63 @@ struct CpuPoint {
     inputs: TensorSet,
     outputs: TensorSet,
     cache: CacheMode,
-    flush: Vec<u8>,
+    flush: Flush,
+    scratch: Vec<u8>,
+}
+
+/// How a cold rep starts with the working set out of the caches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Flush {
+    /// Warm, or a step moves over 4x the last-level cache: its own reads evict it.
+    None,
+    /// clflush every line of the point's buffers (x86-64, buffers up to `CLFLUSH_MAX`).
+    Lines,
+    /// Write a scratch buffer of this many bytes (twice the last-level cache).
+    Scratch(usize),
+}
+
+/// Above this the point's buffers are not flushed line by line: clflush of gigabytes of
+/// allocated but untouched weights would cost seconds per rep.
+const CLFLUSH_MAX: u64 = 256 << 20;
+
+impl Flush {
+    fn for_point(cache: CacheMode, w: &Workload, llc: usize) -> Flush {
+        if cache == CacheMode::Warm || w.bytes() >= 4 * llc as u64 {
+            Flush::None
+        } else if cfg!(target_arch = "x86_64") && w.device_bytes() <= CLFLUSH_MAX {
+            Flush::Lines
+        } else {
+            Flush::Scratch(2 * llc)
+        }
+    }
 }
 
 impl CpuPoint {
     fn flush_cache(&mut self) {
-        if self.cache == CacheMode::Warm {
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        {
-            for t in self.inputs.0.iter().chain(&self.outputs.0) {
-                t.bytes.par_chunks(1 << 16).for_each(|chunk| {
-                    for line in chunk.chunks(64) {
-                        // SAFETY: the pointer is inside a live, borrowed allocation.
-                        unsafe { std::arch::x86_64::_mm_clflush(line.as_ptr()) };
+        match self.flush {
+            Flush::None => {}
+            Flush::Lines => {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    for t in self.inputs.0.iter().chain(&self.outputs.0) {
+                        t.bytes.par_chunks(1 << 16).for_each(|chunk| {
+                            for line in chunk.chunks(64) {
+                                // SAFETY: the pointer is inside a live, borrowed allocation.
+                                unsafe { std::arch::x86_64::_mm_clflush(line.as_ptr()) };
+                            }
+                        });
                     }
-                });
+                    // SAFETY: a fence has no memory-safety preconditions.
+                    unsafe { std::arch::x86_64::_mm_mfence() };
+                }
             }
-            // SAFETY: a fence has no memory-safety preconditions.
-            unsafe { std::arch::x86_64::_mm_mfence() };
-        }
-        if !self.flush.is_empty() {
-            let tick = self.flush[0].wrapping_add(1);
-            self.flush
-                .par_chunks_mut(1 << 16)
-                .for_each(|c| c.fill(tick));
-            std::hint::black_box(&self.flush);
+            Flush::Scratch(_) => {
+                let tick = self.scratch[0].wrapping_add(1);
+                self.scratch
+                    .par_chunks_mut(1 << 16)
+                    .for_each(|c| c.fill(tick));
+                std::hint::black_box(&self.scratch);
+            }
         }
     }
 
@@ -201,15 +230,17 @@ impl Prepared for CpuPoint {
     }
 
     fn cache_method(&self) -> String {
-        match self.cache {
-            CacheMode::Warm => "warm: no flush".into(),
-            CacheMode::Cold if cfg!(target_arch = "x86_64") => {
+        match (self.cache, self.flush) {
+            (CacheMode::Warm, _) => "warm: no flush".into(),
+            (CacheMode::Cold, Flush::None) => {
+                "cold: a step moves over 4x the last-level cache".into()
+            }
+            (CacheMode::Cold, Flush::Lines) => {
                 "cold: clflush of every input and output line between reps".into()
             }
-            CacheMode::Cold if self.flush.is_empty() => {
-                "cold: working set over 4x the last-level cache".into()
+            (CacheMode::Cold, Flush::Scratch(n)) => {
+                format!("cold: {} MiB written between reps", n >> 20)
             }
-            CacheMode::Cold => format!("cold: {} MiB written between reps", self.flush.len() >> 20),
         }
     }
 
@@ -309,8 +340,13 @@ fn kv_decode(w: &KvDecode, inputs: &TensorSet, outputs: &mut TensorSet) {
         w.group_size(),
         w.kv_dtype,
     );
-    // Fold the softmax scale and K's dequant scale into q once.
-    let qs: Vec<f32> = q.iter().map(|x| x * w.scale * ks).collect();
+    // Fold the softmax scale and K's dequant scale into q once (after the bf16 rounding of
+    // q at math: bf16, which rounds q as given).
+    let math = w.math;
+    let qs: Vec<f32> = q
+        .iter()
+        .map(|&x| math.operand(x) * (w.scale * ks))
+        .collect();
 
     let tasks: Vec<(usize, usize, usize)> = (0..w.batch)
         .flat_map(|b| {
@@ -350,10 +386,12 @@ fn kv_decode(w: &KvDecode, inputs: &TensorSet, outputs: &mut TensorSet) {
                         }
                         p.m[j] = s;
                     } else {
+                        // P's row sum takes it unrounded; PV takes it as math says.
                         let e = (s - p.m[j]).exp();
                         p.l[j] += e;
+                        let pe = math.operand(e);
                         for (a, &x) in acc.iter_mut().zip(&vrow) {
-                            *a += e * x;
+                            *a += pe * x;
                         }
                     }
                 }
@@ -401,7 +439,13 @@ fn kv_decode(w: &KvDecode, inputs: &TensorSet, outputs: &mut TensorSet) {
 /// are decoded once and applied to every token that chose the expert.
 fn expert_gemv(w: &ExpertGemv, inputs: &TensorSet, outputs: &mut TensorSet) {
     const ROWS: usize = 16;
-    let x = inputs.expect("x").view::<f32>();
+    // math: bf16 rounds x as it enters the multiply.
+    let x: Vec<f32> = inputs
+        .expect("x")
+        .view::<f32>()
+        .iter()
+        .map(|&v| w.math.operand(v))
+        .collect();
     let wt = &inputs.expect("w").bytes;
     let scales = inputs.get("w_scale").map(|t| t.view::<f32>());
     let scales: Option<&[f32]> = scales.as_deref();

@@ -11,6 +11,97 @@ use serde::{Deserialize, Serialize};
 /// Every backend decodelab knows, in the order `auto` prefers them.
 pub const BACKEND_NAMES: [&str; 3] = ["cuda", "wgpu", "cpu"];
 
+/// One implementation of a kernel on a backend. Each kernel keeps its simple, readable one
+/// (the reference, the fallback, the "before" of every A/B table); tuned ones register beside
+/// it, ahead of it in preference order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Impl {
+    pub backend: &'static str,
+    pub kernel: &'static str,
+    pub name: &'static str,
+    /// Held to the SASS budget in CI: no local memory, streamed tensors in 128-bit loads.
+    pub tuned: bool,
+    pub about: &'static str,
+}
+
+/// Every implementation of every kernel, per backend in the order `impl: best` prefers them
+/// (the first that covers a point runs it).
+pub const IMPLS: &[Impl] = &[
+    simple("cpu", "stream", "rayon over 64 Ki-word chunks"),
+    simple(
+        "cpu",
+        "kv_decode",
+        "rayon over (sequence, KV head, 256-token chunk), LSE merge",
+    ),
+    simple(
+        "cpu",
+        "expert_gemv",
+        "rayon over 16-row blocks, tokens grouped by expert",
+    ),
+    simple("cpu", "link", "a copy within host memory"),
+    simple("wgpu", "stream", "vec4 words, grid-stride"),
+    simple(
+        "wgpu",
+        "kv_decode",
+        "one workgroup per (split, head block, sequence); scalar softmax",
+    ),
+    simple(
+        "wgpu",
+        "expert_gemv",
+        "a workgroup per (4 rows, touched expert)",
+    ),
+    simple("wgpu", "link", "the stream copy kernel within one adapter"),
+    simple(
+        "cuda",
+        "stream",
+        "16-byte loads, grid-stride, unrolled by 4",
+    ),
+    simple(
+        "cuda",
+        "kv_decode",
+        "flash-decoding on CUDA cores: scalar softmax, scalar PV",
+    ),
+    simple(
+        "cuda",
+        "expert_gemv",
+        "a block per (4 rows, touched expert), 16-byte weight loads",
+    ),
+    simple(
+        "cuda",
+        "link",
+        "peer copy (cuMemcpyPeerAsync), timed with events",
+    ),
+];
+
+const fn simple(backend: &'static str, kernel: &'static str, about: &'static str) -> Impl {
+    Impl {
+        backend,
+        kernel,
+        name: "simple",
+        tuned: false,
+        about,
+    }
+}
+
+/// The implementations of `kernel` on `backend`, in preference order.
+pub fn impls_of(backend: &str, kernel: &str) -> Vec<&'static Impl> {
+    IMPLS
+        .iter()
+        .filter(|i| i.backend == backend && i.kernel == kernel)
+        .collect()
+}
+
+/// Every implementation name of `kernel` on any backend, each once, in table order.
+pub fn impl_names(kernel: &str) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = Vec::new();
+    for i in IMPLS.iter().filter(|i| i.kernel == kernel) {
+        if !v.contains(&i.name) {
+            v.push(i.name);
+        }
+    }
+    v
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct DeviceInfo {
     pub index: usize,
@@ -46,6 +137,55 @@ pub enum CacheMode {
     Warm,
 }
 
+/// How a point is built: which implementation, and the cache mode its reps start from.
+#[derive(Clone, Copy, Debug)]
+pub struct How {
+    pub imp: &'static str,
+    pub cache: CacheMode,
+}
+
+impl How {
+    /// The simple implementation (tests, splits of a simple point).
+    pub fn simple(cache: CacheMode) -> How {
+        How {
+            imp: "simple",
+            cache,
+        }
+    }
+}
+
+/// The implementation `impl: best` picks for a point on a backend: the first that covers it.
+pub fn best_impl(b: &dyn Backend, w: &Workload) -> Result<&'static str, String> {
+    let mut why = Vec::new();
+    for i in impls_of(b.name(), w.kernel()) {
+        match b.covers(i.name, w) {
+            Ok(()) => return Ok(i.name),
+            Err(e) => why.push(format!("{}: {e}", i.name)),
+        }
+    }
+    Err(format!(
+        "no {} implementation on {} covers this point ({})",
+        w.kernel(),
+        b.name(),
+        why.join("; ")
+    ))
+}
+
+/// Bytes a GPU backend clears before each cold rep: more than any last-level cache of today
+/// (H100 50 MB, H200 ~60 MB, MI300X 256 MB Infinity Cache).
+pub const GPU_FLUSH_BYTES: u64 = 512 << 20;
+
+/// What a GPU backend clears before a rep: nothing when warm, or when a step moves four
+/// times the flush size or more (its own reads evict the cache). Judged on the bytes a step
+/// moves, not those allocated: a step that reads 8 of 384 experts fits in a cache.
+pub fn gpu_flush_bytes(cache: CacheMode, w: &Workload) -> u64 {
+    if cache == CacheMode::Cold && w.bytes() < 4 * GPU_FLUSH_BYTES {
+        GPU_FLUSH_BYTES
+    } else {
+        0
+    }
+}
+
 /// A point uploaded to a device and compiled, ready to be timed.
 /// `Send`: the shards of a split run on their devices from one thread each.
 pub trait Prepared: Send {
@@ -61,6 +201,10 @@ pub trait Prepared: Send {
     fn run_steps(&mut self, steps: u64) -> anyhow::Result<()>;
     /// The concrete point, for a backend's own multi-device transport (NCCL on cuda).
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+    /// Seconds `prepare` spent compiling kernels (NVRTC), when it compiled any.
+    fn compile_s(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// Shard outputs moved to where a split point is assembled, and how they travelled.
@@ -80,13 +224,25 @@ pub trait Backend: Send + Sync {
     fn memory_needed(&self, workload: &Workload) -> u64 {
         workload.device_bytes()
     }
-    /// Upload the inputs, allocate poisoned outputs and build the kernel for one point.
+    /// Whether the device's memory is the host's (the cpu backend): the point's host memory
+    /// is then all it needs.
+    fn shares_host_memory(&self) -> bool {
+        false
+    }
+    /// Whether implementation `imp` covers this point, or why not (a tuned kernel may cover
+    /// only some shapes; `impl: best` then falls back to the next).
+    fn covers(&self, imp: &str, workload: &Workload) -> Result<(), String> {
+        let _ = (imp, workload);
+        Ok(())
+    }
+    /// Upload the inputs, allocate poisoned outputs and build implementation `imp` of the
+    /// kernel for one point.
     fn prepare<'a>(
         &'a self,
         device: usize,
         workload: &Workload,
         inputs: &TensorSet,
-        cache: CacheMode,
+        how: &How,
     ) -> anyhow::Result<Box<dyn Prepared + 'a>>;
     /// Move every shard's outputs to where the point is assembled, `reps` times, timing the
     /// transport. The default reads each shard back to the host (host-staged), on the host

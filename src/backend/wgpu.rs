@@ -3,7 +3,7 @@
 //! built once per point; reps are timed with GPU timestamp queries where the adapter has
 //! them, and with the host clock around submit-and-wait where it does not.
 
-use super::{Backend, CacheMode, DeviceInfo, Prepared, Timer};
+use super::{Backend, CacheMode, DeviceInfo, How, Prepared, Timer};
 use crate::workload::{ExpertGemv, KvDecode, Stream, StreamOp, Tensor, TensorSet, Workload};
 use anyhow::{Context, anyhow, bail};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -248,8 +248,13 @@ impl Backend for WgpuBackend {
         device: usize,
         workload: &Workload,
         inputs: &TensorSet,
-        cache: CacheMode,
+        how: &How,
     ) -> anyhow::Result<Box<dyn Prepared + 'a>> {
+        anyhow::ensure!(
+            how.imp == "simple",
+            "wgpu has no implementation '{}'",
+            how.imp
+        );
         let (dev, queue, adapter) = self.device(device)?;
         let ctx = Ctx::new(dev, queue, self.options.max_binding);
         take_error();
@@ -260,7 +265,7 @@ impl Backend for WgpuBackend {
             Workload::Link(_) => bail!("link runs between two devices (prepare_link)"),
         };
         let is_cpu = adapter.get_info().device_type == wgpu::DeviceType::Cpu;
-        point.finish(cache, workload.device_bytes(), is_cpu)
+        point.finish(how.cache, workload, is_cpu)
     }
 
     /// Within one adapter (virtual devices) a link is the stream copy kernel, both ways two
@@ -303,7 +308,7 @@ impl Backend for WgpuBackend {
         }
         let is_cpu = adapter.get_info().device_type == wgpu::DeviceType::Cpu;
         let w = Workload::Link(link.clone());
-        let point = built.finish(CacheMode::Cold, w.device_bytes(), is_cpu)?;
+        let point = built.finish(CacheMode::Cold, &w, is_cpu)?;
         Ok((point, "one device: the stream copy kernel".into()))
     }
 }
@@ -493,9 +498,13 @@ impl Ctx {
         })
     }
 
-    fn poisoned_output(&self, spec: Tensor) -> (Tensor, Vec<wgpu::Buffer>) {
-        let buf = self.buffer(spec.name, &spec.bytes, wgpu::BufferUsages::empty());
-        (spec, vec![buf])
+    /// A poisoned output buffer, and the output's shape to read it back by.
+    fn poisoned_output(&self, poisoned: Tensor) -> (Tensor, Vec<wgpu::Buffer>) {
+        let buf = self.buffer(poisoned.name, &poisoned.bytes, wgpu::BufferUsages::empty());
+        (
+            Tensor::spec(poisoned.name, poisoned.elem, poisoned.shape),
+            vec![buf],
+        )
     }
 
     fn stream(self, w: &Stream, inputs: &TensorSet) -> anyhow::Result<Built> {
@@ -553,9 +562,12 @@ impl Ctx {
             });
         }
         let outputs = match w.op {
-            StreamOp::Read => vec![(Tensor::from_u32("sum", vec![1], &[0]), vec![sum.clone()])],
+            StreamOp::Read => vec![(
+                Tensor::spec("sum", crate::workload::Elem::U32, vec![1]),
+                vec![sum.clone()],
+            )],
             _ => vec![(
-                Tensor::poisoned("dst", crate::workload::Elem::U32, vec![words]),
+                Tensor::spec("dst", crate::workload::Elem::U32, vec![words]),
                 dst_chunks,
             )],
         };
@@ -954,27 +966,22 @@ fn chunk_accessor(name: &str, bindings: std::ops::Range<u32>) -> String {
     s
 }
 
-/// How much scratch a cold rep clears first, to push the working set out of the GPU's L2.
-/// Larger than any L2 of today's GPUs (H100 50 MB, H200 ~60 MB, MI300X 256 MB Infinity Cache).
-const FLUSH_BYTES: u64 = 512 << 20;
-
 impl Built {
     fn finish(
         self,
         cache: CacheMode,
-        working_set: u64,
+        workload: &Workload,
         cpu_adapter: bool,
     ) -> anyhow::Result<Box<dyn Prepared>> {
         if let Some(e) = take_error() {
             bail!("wgpu: {e}");
         }
         // A software adapter shares the host's caches: a small clear keeps it honest without
-        // spending seconds per rep; on a GPU, clear more than its L2 unless the set is huge.
-        let flush_bytes = match (cache, cpu_adapter) {
-            (CacheMode::Warm, _) => 0,
-            (CacheMode::Cold, true) => 32 << 20,
-            (CacheMode::Cold, false) if working_set >= 4 * FLUSH_BYTES => 0,
-            (CacheMode::Cold, false) => FLUSH_BYTES.min(self.ctx.limits.max_buffer_size),
+        // spending seconds per rep; on a GPU, the flush every GPU backend uses.
+        let flush_bytes = match (super::gpu_flush_bytes(cache, workload), cpu_adapter) {
+            (0, _) => 0,
+            (_, true) => 32 << 20,
+            (n, false) => n.min(self.ctx.limits.max_buffer_size),
         };
         let flush = (flush_bytes > 0).then(|| {
             self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -986,9 +993,7 @@ impl Built {
         });
         let method = match (cache, flush_bytes) {
             (CacheMode::Warm, _) => "warm: no flush".to_string(),
-            (CacheMode::Cold, 0) => {
-                "cold: working set over 4x the flush size (512 MiB)".to_string()
-            }
+            (CacheMode::Cold, 0) => "cold: a step moves over 4x the 512 MiB flush".to_string(),
             (CacheMode::Cold, n) => format!(
                 "cold: {} cleared between reps",
                 crate::report::human_bytes(n)
@@ -1178,14 +1183,14 @@ impl Prepared for WgpuPoint {
     fn read_outputs(&mut self) -> anyhow::Result<TensorSet> {
         let mut set = Vec::new();
         for (spec, chunks) in &self.built.outputs {
-            let want = spec.bytes.len();
+            let want = spec.len() * spec.elem.size();
             let mut bytes = Vec::with_capacity(want);
             for c in chunks {
                 let left = (want - bytes.len()) as u64;
                 bytes.extend(self.read(c, left.min(c.size()))?);
             }
             let mut t = spec.clone();
-            t.bytes = bytes;
+            t.bytes = bytes.into();
             set.push(t);
         }
         Ok(TensorSet(set))

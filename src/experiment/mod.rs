@@ -2,6 +2,7 @@
 //! Everything a file can get wrong is refused here, before anything runs.
 
 pub mod error;
+pub mod filter;
 pub mod hardware;
 pub mod runner;
 pub mod schema;
@@ -12,7 +13,7 @@ pub use hardware::HardwareProfile;
 use crate::backend::CacheMode;
 use crate::split::SplitKind;
 use crate::workload::{
-    Attention, DType, ExpertGemv, KvDecode, Lengths, Routing, Stream, StreamOp, Workload,
+    Attention, DType, ExpertGemv, KvDecode, Lengths, Math, Routing, Stream, StreamOp, Workload,
 };
 use crate::workload::{Direction, Link};
 use schema::{ExperimentFile, Field, LengthsSpec, NameOrNumber, RoutingSpec, RunSpec};
@@ -53,6 +54,8 @@ pub struct Point {
     pub workload: Workload,
     /// How the point is spread over the run's devices.
     pub split: SplitKind,
+    /// The implementation it runs with; None: the best that covers it on each backend.
+    pub imp: Option<&'static str>,
 }
 
 #[derive(Clone, Debug)]
@@ -77,7 +80,57 @@ pub struct Experiment {
     pub points: Vec<Point>,
 }
 
+/// Settings given on the command line over the file's: rerun a few points fast.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub reps: Option<usize>,
+    pub warmup: Option<usize>,
+    pub energy: Option<crate::energy::EnergyMode>,
+    /// `--only`: the points to keep (see `filter`).
+    pub only: Option<String>,
+}
+
 impl Experiment {
+    /// Apply command-line overrides; a bad one is refused like a bad file.
+    pub fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        let file = self.file.display().to_string();
+        let refuse = |m: String| ConfigError::whole_file(&file, m);
+        if let Some(r) = o.reps {
+            if !(1..=1_000_000).contains(&r) {
+                return Err(refuse(format!("--reps {r} is out of range (1..=1000000)")));
+            }
+            self.reps = r;
+        }
+        if let Some(w) = o.warmup {
+            if w > 100_000 {
+                return Err(refuse(format!("--warmup {w} is out of range (0..=100000)")));
+            }
+            self.warmup = w;
+        }
+        if let Some(e) = o.energy {
+            if e == crate::energy::EnergyMode::Model
+                && self
+                    .hardware
+                    .as_ref()
+                    .and_then(|h| h.energy.as_ref())
+                    .is_none()
+            {
+                return Err(refuse(
+                    "--energy model needs the file's `hardware:` to name a profile with energy constants"
+                        .into(),
+                ));
+            }
+            self.energy = e;
+            self.energy_line = 0;
+        }
+        if let Some(text) = &o.only {
+            let filter = filter::Filter::parse(text).map_err(refuse)?;
+            let points = std::mem::take(&mut self.points);
+            self.points = filter.apply(points).map_err(refuse)?;
+        }
+        Ok(())
+    }
+
     pub fn load(path: &Path) -> Result<Experiment, ConfigError> {
         let file = path.display().to_string();
         let bytes = std::fs::read(path)
@@ -292,6 +345,7 @@ impl Builder<'_> {
                 line: run.value.kernel.referenced.line(),
             };
             let splits = ctx.optional(&run.value.split, SplitKind::None);
+            let imps = ctx.impls()?;
             for workload in ctx.expand(seed, points.len())? {
                 if workload.kernel() == "link" && device_count.is_some_and(|n| n < 2) {
                     return Err(ctx.err_run(
@@ -308,13 +362,17 @@ impl Builder<'_> {
                             }
                         })?;
                     }
-                    points.push(Point {
-                        index: points.len(),
-                        run: r,
-                        line: ctx.line,
-                        workload: workload.clone(),
-                        split,
-                    });
+                    // Implementations innermost: a point's neighbours share its inputs.
+                    for &imp in &imps {
+                        points.push(Point {
+                            index: points.len(),
+                            run: r,
+                            line: ctx.line,
+                            workload: workload.clone(),
+                            split,
+                            imp,
+                        });
+                    }
                 }
             }
         }
@@ -460,6 +518,37 @@ impl RunCtx<'_> {
         Ok(())
     }
 
+    /// `impl:` as a list of implementations (None: best), each a name some backend has.
+    fn impls(&self) -> Result<Vec<Option<&'static str>>, ConfigError> {
+        let kernel = self.spec.kernel.value.as_str();
+        let known = crate::backend::impl_names(kernel);
+        let Some(f) = &self.spec.imp else {
+            return Ok(vec![None]);
+        };
+        let mut out = Vec::new();
+        for name in &f.value.values {
+            match name.as_str() {
+                "best" => out.push(None),
+                "all" => out.extend(known.iter().map(|&n| Some(n))),
+                n => match known.iter().find(|&&k| k == n) {
+                    Some(&k) => out.push(Some(k)),
+                    None => {
+                        return Err(self.err_at(
+                            f,
+                            "impl",
+                            format!(
+                                "no implementation '{n}' of {kernel} (known: {}; or best, all)",
+                                known.join(", ")
+                            ),
+                        ));
+                    }
+                },
+            }
+        }
+        out.dedup();
+        Ok(out)
+    }
+
     fn too_large(&self, elements: u128) -> Result<(), ConfigError> {
         if elements > MAX_ELEMENTS {
             return Err(self.err_run("kernel", format!("a point of this run holds {elements} elements, more than any device (limit {MAX_ELEMENTS})")));
@@ -489,7 +578,7 @@ impl RunCtx<'_> {
     }
 
     fn expand_stream(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
-        self.refuse_fields(&["split", "op", "bytes"], "stream")?;
+        self.refuse_fields(&["split", "impl", "op", "bytes"], "stream")?;
         let s = self.spec;
         let ops = self.optional(&s.op, StreamOp::Read);
         let sizes = self.required(&s.bytes, "bytes", "stream")?;
@@ -512,7 +601,7 @@ impl RunCtx<'_> {
     }
 
     fn expand_link(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
-        self.refuse_fields(&["bytes", "direction"], "link")?;
+        self.refuse_fields(&["impl", "bytes", "direction"], "link")?;
         let s = self.spec;
         let directions = self.optional(&s.direction, Direction::OneWay);
         let sizes = self.required(&s.bytes, "bytes", "link")?;
@@ -549,6 +638,8 @@ impl RunCtx<'_> {
         let attention = attention[0];
         let common = [
             "split",
+            "impl",
+            "math",
             "attention",
             "batch",
             "q_heads",
@@ -571,6 +662,7 @@ impl RunCtx<'_> {
         let page_size = self.count_or(&s.page_size, "page_size", 16, 1 << 20)?;
         let lengths = self.optional(&s.lengths, LengthsSpec::Equal);
         let dtypes = self.optional(&s.kv_dtype, DType::Bf16);
+        let maths = self.optional(&s.math, Math::F32);
         let scales: Vec<Option<f64>> = match &s.scale {
             None => vec![None],
             Some(f) => {
@@ -624,6 +716,7 @@ impl RunCtx<'_> {
             page_size.len(),
             dtypes.len(),
             scales.len(),
+            maths.len(),
         ];
         for ix in product(&dims) {
             let (b, hq, (hkv, dk, dv), ctx) =
@@ -646,7 +739,9 @@ impl RunCtx<'_> {
                 LengthsSpec::Equal => Lengths::Equal,
                 LengthsSpec::Random => Lengths::Random,
             };
-            let point_seed = seed(out.len());
+            // The math axis is innermost and shares its neighbours' seed: f32 and bf16 of a
+            // shape judge the same inputs.
+            let point_seed = seed(out.len() / maths.len());
             let context_lens = KvDecode::resolve_lengths(&lengths, ctx, b, point_seed);
             out.push(Workload::KvDecode(KvDecode {
                 attention,
@@ -662,6 +757,7 @@ impl RunCtx<'_> {
                 lengths,
                 context_lens,
                 seed: point_seed,
+                math: maths[ix[8]],
                 launch_hint: None,
             }));
         }
@@ -673,6 +769,8 @@ impl RunCtx<'_> {
         self.refuse_fields(
             &[
                 "split",
+                "impl",
+                "math",
                 "experts",
                 "top_k",
                 "batch",
@@ -691,6 +789,7 @@ impl RunCtx<'_> {
         let d_out = self.count(&s.d_out, "d_out", kernel, MAX_COUNT)?;
         let dtypes = self.optional(&s.weight_dtype, DType::Bf16);
         let routings = self.optional(&s.routing, RoutingSpec::Uniform);
+        let maths = self.optional(&s.math, Math::F32);
         let routing_err = |msg: String| match &s.routing {
             Some(f) => self.err_at(f, "routing", msg),
             None => self.err_run("routing", msg),
@@ -704,6 +803,7 @@ impl RunCtx<'_> {
             d_out.len(),
             dtypes.len(),
             routings.len(),
+            maths.len(),
         ];
         for ix in product(&dims) {
             let (e, k, t, di, dout) = (
@@ -734,7 +834,7 @@ impl RunCtx<'_> {
                 }
                 RoutingSpec::Ids(ids) => Routing::Ids(ids.clone()),
             };
-            let point_seed = seed(out.len());
+            let point_seed = seed(out.len() / maths.len());
             let topk_ids = ExpertGemv::route(&routing, e, k, t, point_seed).map_err(routing_err)?;
             out.push(Workload::ExpertGemv(ExpertGemv {
                 experts: e,
@@ -746,6 +846,7 @@ impl RunCtx<'_> {
                 routing,
                 topk_ids,
                 seed: point_seed,
+                math: maths[ix[7]],
             }));
         }
         Ok(out)

@@ -3,8 +3,8 @@
 //! and append the result line before the next point starts.
 
 use super::{BackendChoice, ConfigError, DeviceChoice, Experiment, Point};
-use crate::backend::{self, Backend, Probe};
-use crate::report::{self, CheckOut, Energy, ResultLine, ResultsFile, TimeStats};
+use crate::backend::{self, Backend, How, Probe};
+use crate::report::{self, CheckOut, Energy, HostSeconds, ResultLine, ResultsFile, TimeStats};
 use crate::split::SplitKind;
 use crate::split::run::DeviceSet;
 use crate::workload::{Reference, StreamOp, TensorSet, Workload};
@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// A backend with the devices this run uses on it.
 pub struct Selected {
@@ -60,6 +61,8 @@ pub struct Outcome {
     pub failed_checks: usize,
     pub errors: usize,
     pub skipped_done: usize,
+    /// Points whose implementation no selected backend has.
+    pub skipped_no_impl: usize,
 }
 
 pub fn parse_backend_choice(s: &str) -> Result<BackendChoice, String> {
@@ -141,8 +144,53 @@ pub fn select(exp: &Experiment, choice: &BackendChoice) -> Result<Vec<Selected>,
     Ok(selected)
 }
 
-/// Refuse, before anything runs, a point that cannot fit a device's memory.
+/// Host memory a point needs at its peak: its inputs, outputs and reference
+/// (`Workload::host_bytes`); a split also holds its shards' inputs, sliced from the point's.
+pub fn host_bytes_needed(p: &Point) -> u64 {
+    let w = &p.workload;
+    if p.split == SplitKind::None {
+        w.host_bytes()
+    } else {
+        w.host_bytes() + w.input_bytes() + w.output_bytes()
+    }
+}
+
+/// Refuse, before anything runs, a point that cannot fit the host's memory or a device's.
 pub fn check_fit(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigError> {
+    check_fit_host(exp, crate::backend::cpu::mem_available_bytes())?;
+    check_fit_devices(exp, selected)
+}
+
+/// Refuse a point whose host memory (`host_bytes_needed`) exceeds `available` bytes.
+pub fn check_fit_host(exp: &Experiment, available: Option<u64>) -> Result<(), ConfigError> {
+    let Some(mem) = available else {
+        return Ok(());
+    };
+    let file = exp.file.display().to_string();
+    for p in &exp.points {
+        let need = host_bytes_needed(p);
+        if need > mem {
+            let msg = format!(
+                "point {} ({}) needs {} of host memory (inputs, outputs and the f64 reference); this machine has {} available",
+                p.index,
+                report::params_label(p.workload.kernel(), &p.workload.params_json()),
+                report::human_bytes(need),
+                report::human_bytes(mem)
+            );
+            return Err(ConfigError::at(
+                &file,
+                &exp.source,
+                p.line,
+                0,
+                format!("runs[{}]", p.run),
+                msg,
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_fit_devices(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigError> {
     let file = exp.file.display().to_string();
     // A refusal at a point's run, naming one of its fields.
     let at_run = |p: &Point, field: &str, msg: String| {
@@ -182,6 +230,10 @@ pub fn check_fit(exp: &Experiment, selected: &[Selected]) -> Result<(), ConfigEr
         {
             return Err(at_run(p, ".split", msg));
         }
+        // A backend in host memory (cpu) needs what the host check already counted.
+        if s.backend.shares_host_memory() {
+            continue;
+        }
         for d in s.physical_devices() {
             let Some(mem) = s.backend.devices()[d].memory_bytes else {
                 continue;
@@ -220,14 +272,29 @@ struct Meters {
     modelled: Option<Result<crate::energy::ModelMeter, String>>,
 }
 
-fn meters_for(exp: &Experiment, device: &crate::backend::DeviceInfo) -> Meters {
+/// `energy: auto` measures with NVML only points that move at least this much per step:
+/// the counter updates every 20-100 ms and a window loops the step for a second, so a small
+/// step's window is mostly launch gaps, and its three windows cost seconds per point.
+pub const NVML_MIN_STEP_BYTES: u64 = 256 << 20;
+
+fn meters_for(
+    exp: &Experiment,
+    device: &crate::backend::DeviceInfo,
+    workload: Option<&Workload>,
+) -> Meters {
     use crate::energy::EnergyMode::*;
-    let measured = match exp.energy {
-        Auto | Nvml => Some(match &device.pci_bus_id {
-            Some(bus) => crate::energy::nvml::NvmlMeter::for_bus(bus),
-            None => Err("no NVML for this device (no PCI bus id)".into()),
-        }),
-        Model | Off => None,
+    let small = workload
+        .map(Workload::bytes)
+        .filter(|&b| b < NVML_MIN_STEP_BYTES);
+    let measured = match (exp.energy, &device.pci_bus_id, small) {
+        (Model | Off, _, _) => None,
+        (Auto | Nvml, None, _) => Some(Err("no NVML for this device (no PCI bus id)".into())),
+        (Auto, Some(_), Some(bytes)) => Some(Err(format!(
+            "not measured: a step moves {} (energy: auto measures steps of {} or more; energy: nvml measures every point)",
+            report::human_bytes(bytes),
+            report::human_bytes(NVML_MIN_STEP_BYTES)
+        ))),
+        (Auto | Nvml, Some(bus), _) => Some(crate::energy::nvml::NvmlMeter::for_bus(bus)),
     };
     let modelled = match exp.energy {
         Auto | Model => Some(match &exp.hardware {
@@ -249,7 +316,7 @@ pub fn check_energy(exp: &Experiment, selected: &[Selected]) -> Result<(), Confi
     for s in selected {
         for &d in &s.devices {
             let dev = &s.backend.devices()[d];
-            if let Some(Err(why)) = meters_for(exp, dev).measured {
+            if let Some(Err(why)) = meters_for(exp, dev, None).measured {
                 let msg = format!(
                     "energy: nvml on {}:{d} ({}): {why}; use energy: auto or model",
                     s.backend.name(),
@@ -351,6 +418,12 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
         })
         .sum();
     let skipped_done = lines.len();
+    // Points whose named implementation no selected backend has: said once, not run.
+    let no_impl: Vec<&Point> = order
+        .iter()
+        .copied()
+        .filter(|p| jobs_for(p, selected).is_empty())
+        .collect();
     let bar = if opts.progress && std::io::stdout().is_terminal() {
         let b = ProgressBar::new(pending as u64);
         b.set_style(
@@ -377,9 +450,20 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
         ));
     }
     let total_runs: usize = exp.points.iter().map(|p| jobs_for(p, selected).len()).sum();
+    for p in &no_impl {
+        say(format!(
+            "point {:>3}: no selected backend has implementation '{}' of {}; skipped",
+            p.index,
+            p.imp.unwrap_or("best"),
+            p.workload.kernel()
+        ));
+    }
 
     let env_base = host_env();
     let (mut failed_checks, mut errors) = (0, 0);
+    // The last point's inputs and reference: its neighbours in the sweep (other
+    // implementations, other splits of the same shape) reuse them.
+    let mut host: Option<HostData> = None;
     for p in order {
         let todo: Vec<Job> = jobs_for(p, selected)
             .into_iter()
@@ -390,18 +474,26 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
         }
         let label = report::params_label(p.workload.kernel(), &p.workload.params_json());
         bar.set_message(format!("point {} {} {label}", p.index, p.workload.kernel()));
-        let inputs = p.workload.inputs();
-        let mut reference: Option<Reference> = None;
+        let data = HostData::for_point(&mut host, &p.workload);
+        let inputs = data.inputs.clone();
         let mut dumped = false;
         let mut ran_here: Vec<usize> = Vec::new();
         for job in todo {
             let where_ = format!("{}:{}", job.backend(), job.label());
+            let where_ = match job.imp() {
+                Ok(i) if i != "simple" || p.imp.is_some() => format!("{where_} {i}"),
+                _ => where_,
+            };
             let attempt = match &job {
-                Job::Single { s, d } => {
-                    run_single(exp, p, &inputs, &mut reference, s, *d, &env_base)
-                        .map(|(line, outputs)| (line, Some(outputs)))
-                }
-                Job::Split { s } => run_split_point(exp, p, &inputs, &mut reference, s, &env_base)
+                Job::Single { s, d, imp } => imp
+                    .clone()
+                    .map_err(anyhow::Error::msg)
+                    .and_then(|imp| run_single(exp, p, data, s, *d, imp, &env_base))
+                    .map(|(line, outputs)| (line, Some(outputs))),
+                Job::Split { s, imp } => imp
+                    .clone()
+                    .map_err(anyhow::Error::msg)
+                    .and_then(|imp| run_split_point(exp, p, data, s, imp, &env_base))
                     .map(|(line, outputs)| (line, Some(outputs))),
                 Job::Link { s, src, dst } => {
                     run_link_point(exp, p, &inputs, s, *src, *dst, &env_base)
@@ -523,18 +615,91 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
         failed_checks,
         errors,
         skipped_done,
+        skipped_no_impl: no_impl.len(),
     })
+}
+
+/// A point's inputs and reference on the host, and what they cost.
+struct HostData {
+    /// The workload the inputs were generated for (math and launch hints aside: they do not
+    /// change the inputs).
+    inputs_key: String,
+    /// The workload the reference was computed for.
+    reference_key: String,
+    inputs: TensorSet,
+    reference: Option<Reference>,
+    generate_s: f64,
+    oracle_s: f64,
+    /// The inputs came from the previous point.
+    reused: bool,
+}
+
+impl HostData {
+    /// The inputs of `w`: the previous point's when they are the same, else generated (the
+    /// previous ones dropped first, so two points' inputs never live at once).
+    fn for_point<'h>(slot: &'h mut Option<HostData>, w: &Workload) -> &'h mut HostData {
+        let mut plain = w.clone();
+        match &mut plain {
+            Workload::KvDecode(k) => {
+                k.math = Default::default();
+                k.launch_hint = None;
+            }
+            Workload::ExpertGemv(e) => e.math = Default::default(),
+            Workload::Stream(_) | Workload::Link(_) => {}
+        }
+        let inputs_key = format!("{plain:?}");
+        let reference_key = format!("{w:?}");
+        match slot {
+            Some(h) if h.inputs_key == inputs_key => {
+                h.reused = true;
+                h.generate_s = 0.0;
+                if h.reference_key != reference_key {
+                    h.reference = None;
+                    h.reference_key = reference_key;
+                }
+                h.oracle_s = 0.0;
+            }
+            _ => {
+                *slot = None;
+                let t0 = Instant::now();
+                let inputs = w.inputs();
+                *slot = Some(HostData {
+                    inputs_key,
+                    reference_key,
+                    inputs,
+                    reference: None,
+                    generate_s: t0.elapsed().as_secs_f64(),
+                    oracle_s: 0.0,
+                    reused: false,
+                });
+            }
+        }
+        slot.as_mut().expect("set above")
+    }
+
+    /// The reference, computed now if it is not yet.
+    fn reference(&mut self, w: &Workload) -> &Reference {
+        if self.reference.is_none() {
+            let t0 = Instant::now();
+            self.reference = Some(w.oracle(&self.inputs));
+            self.oracle_s += t0.elapsed().as_secs_f64();
+        }
+        self.reference.as_ref().expect("set above")
+    }
 }
 
 /// One thing a point runs: on one device, split over the run's devices, or (link) between
 /// one ordered pair of them.
+/// `imp` is the implementation it runs with, or why none covers the point.
 enum Job<'s> {
     Single {
         s: &'s Selected,
         d: usize,
+        imp: Result<&'static str, String>,
     },
     Split {
         s: &'s Selected,
+        imp: Result<&'static str, String>,
     },
     Link {
         s: &'s Selected,
@@ -546,7 +711,14 @@ enum Job<'s> {
 impl Job<'_> {
     fn backend(&self) -> &'static str {
         match self {
-            Job::Single { s, .. } | Job::Split { s } | Job::Link { s, .. } => s.backend.name(),
+            Job::Single { s, .. } | Job::Split { s, .. } | Job::Link { s, .. } => s.backend.name(),
+        }
+    }
+
+    fn imp(&self) -> Result<&'static str, String> {
+        match self {
+            Job::Single { imp, .. } | Job::Split { imp, .. } => imp.clone(),
+            Job::Link { .. } => Ok("simple"),
         }
     }
 
@@ -554,16 +726,42 @@ impl Job<'_> {
     fn label(&self) -> String {
         match self {
             Job::Single { d, .. } => d.to_string(),
-            Job::Split { s } => s.device_set().label(),
+            Job::Split { s, .. } => s.device_set().label(),
             Job::Link { src, dst, .. } => format!("{src}->{dst}"),
         }
+    }
+}
+
+/// The implementation a point runs with on a backend: the named one where the backend has
+/// it (None where it does not: no job there), else the best that covers the point.
+fn impl_on(p: &Point, b: &dyn Backend) -> Option<Result<&'static str, String>> {
+    match p.imp {
+        Some(name) => {
+            let has = backend::impls_of(b.name(), p.workload.kernel())
+                .iter()
+                .any(|i| i.name == name);
+            has.then(|| {
+                b.covers(name, &p.workload).map(|()| name).map_err(|why| {
+                    format!("implementation '{name}' does not cover this point: {why}")
+                })
+            })
+        }
+        None => Some(backend::best_impl(b, &p.workload)),
     }
 }
 
 fn jobs_for<'s>(p: &Point, selected: &'s [Selected]) -> Vec<Job<'s>> {
     let mut jobs = Vec::new();
     for s in selected {
-        if matches!(p.workload, Workload::Link(_)) {
+        let is_link = matches!(p.workload, Workload::Link(_));
+        let Some(imp) = (if is_link {
+            Some(Ok("simple"))
+        } else {
+            impl_on(p, s.backend.as_ref())
+        }) else {
+            continue;
+        };
+        if is_link {
             let n = s.devices.len();
             for src in 0..n {
                 for dst in (0..n).filter(|&d| d != src) {
@@ -571,13 +769,13 @@ fn jobs_for<'s>(p: &Point, selected: &'s [Selected]) -> Vec<Job<'s>> {
                 }
             }
         } else if p.split != SplitKind::None {
-            jobs.push(Job::Split { s });
+            jobs.push(Job::Split { s, imp });
         } else {
-            jobs.extend(
-                s.physical_devices()
-                    .into_iter()
-                    .map(|d| Job::Single { s, d }),
-            );
+            jobs.extend(s.physical_devices().into_iter().map(|d| Job::Single {
+                s,
+                d,
+                imp: imp.clone(),
+            }));
         }
     }
     jobs
@@ -611,6 +809,8 @@ fn result_line(
     check: &crate::workload::Check,
     energy: Energy,
     env: serde_json::Value,
+    imp: &str,
+    host_s: Option<HostSeconds>,
 ) -> anyhow::Result<ResultLine> {
     let bytes = p.workload.bytes();
     let gbps = crate::split::run::gbps(bytes, stats.median);
@@ -620,6 +820,7 @@ fn result_line(
         point: p.index,
         kernel: p.workload.kernel().into(),
         backend: backend.into(),
+        implementation: imp.into(),
         device,
         device_count,
         split: if matches!(p.workload, Workload::Link(_)) {
@@ -646,36 +847,72 @@ fn result_line(
         check: CheckOut {
             rel_l2_err: Some(check.rel_l2_err).filter(|x| x.is_finite()),
             max_abs_err: Some(check.max_abs_err).filter(|x| x.is_finite()),
+            ref_rel_l2_err: check.ref_rel_l2_err,
             pass: check.pass,
             reason: check.reason.clone(),
         },
         env,
+        host_s,
         multi: None,
         link: None,
     })
 }
 
-/// A point on one device: prepare, warm up, time, read back, check, energy.
+/// A point on one device: prepare, warm up, time, read back, check, energy. The oracle runs
+/// on another thread while the point is uploaded and compiled (never while it is timed).
 fn run_single(
     exp: &Experiment,
     p: &Point,
-    inputs: &TensorSet,
-    reference: &mut Option<Reference>,
+    data: &mut HostData,
     s: &Selected,
     d: usize,
+    imp: &'static str,
     env_base: &serde_json::Value,
 ) -> anyhow::Result<(ResultLine, TensorSet)> {
     let b = s.backend.as_ref();
     let dev = &b.devices()[d];
-    let meters = meters_for(exp, dev);
-    let mut prepared = b.prepare(d, &p.workload, inputs, exp.cache)?;
+    let meters = meters_for(exp, dev, Some(&p.workload));
+    let how = How {
+        imp,
+        cache: exp.cache,
+    };
+    let t0 = Instant::now();
+    let needs_oracle = data.reference.is_none();
+    let (prepared, oracle) = std::thread::scope(|sc| {
+        let inputs = &data.inputs;
+        let oracle = needs_oracle.then(|| {
+            sc.spawn(|| {
+                let t = Instant::now();
+                (p.workload.oracle(inputs), t.elapsed().as_secs_f64())
+            })
+        });
+        let prepared = b.prepare(d, &p.workload, inputs, &how);
+        let upload_s = t0.elapsed().as_secs_f64();
+        let oracle = oracle.map(|h| h.join());
+        (prepared.map(|p| (p, upload_s)), oracle)
+    });
+    if let Some(done) = oracle {
+        let (reference, secs) =
+            done.map_err(|_| anyhow::anyhow!("the oracle's thread panicked"))?;
+        data.reference = Some(reference);
+        data.oracle_s += secs;
+    }
+    let (mut prepared, upload_s) = prepared?;
     let times = prepared.run(exp.warmup, exp.reps)?;
     let outputs = prepared.read_outputs()?;
     let energy = energy_of(&p.workload, &meters, prepared.as_mut())?;
     let stats = TimeStats::from_samples(&times).context("no timings came back")?;
-    let check = reference
-        .get_or_insert_with(|| p.workload.oracle(inputs))
-        .check(&outputs);
+    let t_check = Instant::now();
+    let check = data.reference(&p.workload).check(&outputs);
+    let compile_s = prepared.compile_s();
+    let host_s = HostSeconds {
+        generate: data.generate_s,
+        oracle: data.oracle_s,
+        upload: upload_s - compile_s.unwrap_or(0.0),
+        compile: compile_s,
+        check: t_check.elapsed().as_secs_f64(),
+        reused_inputs: data.reused,
+    };
     let mut env = env_for(env_base, exp, dev, d);
     env["timer"] = serde_json::to_value(prepared.timer())?;
     env["cache_method"] = prepared.cache_method().into();
@@ -690,6 +927,8 @@ fn run_single(
         &check,
         energy,
         env,
+        imp,
+        Some(host_s),
     )?;
     Ok((line, outputs))
 }
@@ -698,12 +937,13 @@ fn run_single(
 fn run_split_point(
     exp: &Experiment,
     p: &Point,
-    inputs: &TensorSet,
-    reference: &mut Option<Reference>,
+    data: &mut HostData,
     s: &Selected,
+    imp: &'static str,
     env_base: &serde_json::Value,
 ) -> anyhow::Result<(ResultLine, TensorSet)> {
     let b = s.backend.as_ref();
+    let inputs = &data.inputs.clone();
     let set = s.device_set();
     let plan = crate::split::plan(&p.workload, inputs, p.split, set.len())
         .map_err(|m| anyhow::anyhow!(m))?;
@@ -711,11 +951,11 @@ fn run_split_point(
         warmup: exp.warmup,
         reps: exp.reps,
         cache: exp.cache,
+        imp,
     };
     let outcome = crate::split::run::run_split(b, &set, &p.workload, inputs, &plan, &settings)?;
-    let mut check = reference
-        .get_or_insert_with(|| p.workload.oracle(inputs))
-        .check(&outcome.outputs);
+    let t_check = Instant::now();
+    let mut check = data.reference(&p.workload).check(&outcome.outputs);
     if let Some(v) = outcome.multi.vs_one_device.as_ref().filter(|v| !v.pass) {
         check.pass = false;
         check.reason = Some(format!(
@@ -746,6 +986,14 @@ fn run_split_point(
     } else {
         names.join(" + ")
     };
+    let host_s = HostSeconds {
+        generate: data.generate_s,
+        oracle: data.oracle_s,
+        upload: 0.0,
+        compile: None,
+        check: t_check.elapsed().as_secs_f64(),
+        reused_inputs: data.reused,
+    };
     let mut line = result_line(
         exp,
         p,
@@ -757,6 +1005,8 @@ fn run_split_point(
         &check,
         energy,
         env,
+        imp,
+        Some(host_s),
     )?;
     line.multi = Some(outcome.multi);
     Ok((line, outcome.outputs))
@@ -843,6 +1093,8 @@ fn run_link_point(
         &check,
         energy,
         env,
+        "simple",
+        None,
     )?;
     line.link = Some(report::LinkOut {
         src: ps,

@@ -2,7 +2,7 @@
 //! refusal can name file, line and field. Any list is a sweep axis.
 
 use crate::backend::CacheMode;
-use crate::workload::{Attention, DType, StreamOp};
+use crate::workload::{Attention, DType, Math, StreamOp};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
@@ -213,6 +213,13 @@ pub struct RunSpec {
     /// How the point is spread over the run's devices (a sweep axis like any other).
     #[serde(default)]
     pub split: Field<crate::split::SplitKind>,
+    /// Which implementation of the kernel: a name, `best` (the default: the first that covers
+    /// the point on each backend) or `all` (every one any backend has).
+    #[serde(default, rename = "impl")]
+    pub imp: Field<String>,
+    /// The precision mode (kv_decode, expert_gemv): f32 (default) or bf16.
+    #[serde(default)]
+    pub math: Field<Math>,
     // link
     #[serde(default)]
     pub direction: Field<crate::workload::Direction>,
@@ -274,8 +281,10 @@ impl RunSpec {
                 v
             }};
         }
-        present!(
+        let mut v = present!(
             split,
+            imp,
+            math,
             direction,
             op,
             bytes,
@@ -298,6 +307,13 @@ impl RunSpec {
             weight_dtype,
             routing,
             batch
-        )
+        );
+        // The one field whose YAML name is a Rust keyword.
+        for f in &mut v {
+            if f.0 == "imp" {
+                f.0 = "impl";
+            }
+        }
+        v
     }
 }

@@ -59,9 +59,32 @@ pub struct Energy {
 pub struct CheckOut {
     pub rel_l2_err: Option<f64>,
     pub max_abs_err: Option<f64>,
+    /// `math: bf16`: the error of the f64 reference with the same operand rounding, against
+    /// the exact answer; the kernel may be at most 2x this (plus 1e-6) off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ref_rel_l2_err: Option<f64>,
     pub pass: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// Where a point's host seconds went, beside its kernel times.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HostSeconds {
+    /// Seeded inputs (0 when reused from the previous point).
+    pub generate: f64,
+    /// The f64 oracle (it runs while the point is uploaded and compiled).
+    pub oracle: f64,
+    /// Uploading the inputs and allocating the outputs (compile time excluded).
+    pub upload: f64,
+    /// NVRTC, on cuda.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compile: Option<f64>,
+    /// Comparing the outputs with the oracle.
+    pub check: f64,
+    /// The inputs (and, for the same math, the reference) came from the previous point.
+    #[serde(default)]
+    pub reused_inputs: bool,
 }
 
 /// One result line, in design.md's order.
@@ -72,6 +95,9 @@ pub struct ResultLine {
     pub point: usize,
     pub kernel: String,
     pub backend: String,
+    /// Which implementation of the kernel ran ("simple", or a tuned one).
+    #[serde(rename = "impl", default)]
+    pub implementation: String,
     pub device: String,
     pub device_count: usize,
     pub split: String,
@@ -87,6 +113,9 @@ pub struct ResultLine {
     pub energy: Energy,
     pub check: CheckOut,
     pub env: serde_json::Value,
+    /// Host seconds of the point (absent for links and for results of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_s: Option<HostSeconds>,
     /// Split points: the shards, the combine and the scaling (absent for one device).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multi: Option<MultiDevice>,

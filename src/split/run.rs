@@ -3,7 +3,7 @@
 //! run the same point on one device for the scaling and the exactness comparison.
 
 use super::{Plan, compare_outputs};
-use crate::backend::{Backend, CacheMode, Prepared};
+use crate::backend::{Backend, CacheMode, How, Prepared};
 use crate::report::{CombineOut, MultiDevice, OneDeviceOut, ShardOut, TimeStats};
 use crate::workload::{TensorSet, Workload};
 use anyhow::Context;
@@ -53,6 +53,17 @@ pub struct Settings {
     pub warmup: usize,
     pub reps: usize,
     pub cache: CacheMode,
+    /// The implementation every shard, and the one-device run, is built with.
+    pub imp: &'static str,
+}
+
+impl Settings {
+    fn how(&self) -> How {
+        How {
+            imp: self.imp,
+            cache: self.cache,
+        }
+    }
 }
 
 /// What a split point produced: the combined outputs (to check against the oracle) and the
@@ -81,7 +92,7 @@ pub fn run_split(
         let phys = devices.physical[shard.device];
         prepared.push(
             backend
-                .prepare(phys, &shard.workload, &shard.inputs, s.cache)
+                .prepare(phys, &shard.workload, &shard.inputs, &s.how())
                 .with_context(|| {
                     format!(
                         "shard {} ({}) on {}:{phys}",
@@ -206,7 +217,7 @@ pub fn run_split(
         .is_none_or(|m| backend.memory_needed(parent) <= m);
     let (one_device, vs_one_device) = if fits {
         let mut p = backend
-            .prepare(first, parent, parent_inputs, s.cache)
+            .prepare(first, parent, parent_inputs, &s.how())
             .context("the one-device run of the same point")?;
         let t = p.run(s.warmup, s.reps)?;
         let out = p.read_outputs()?;

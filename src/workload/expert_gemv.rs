@@ -3,8 +3,10 @@
 
 use super::check::{RefOutput, Reference};
 use super::dtype::DType;
+use super::generate::{self, rng_for};
+use super::math::Math;
 use super::tensor::{Elem, Tensor, TensorSet};
-use super::{ByteTerm, OutputSpec, encode_par, rng_for, uniform_f32};
+use super::{ByteTerm, OutputSpec};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -32,6 +34,7 @@ pub struct ExpertGemv {
     /// Resolved routing: [batch, top_k] expert ids.
     pub topk_ids: Vec<u32>,
     pub seed: u64,
+    pub math: Math,
 }
 
 const W_AMPLITUDE: f32 = 1.0;
@@ -141,33 +144,47 @@ impl ExpertGemv {
                 r => serde_json::to_value(r).unwrap_or_default(),
             },
             "experts_touched": self.touched().len(),
+            "math": self.math,
         })
     }
 
     pub fn inputs(&self) -> TensorSet {
         let (e, t, k, di, dout) = (self.experts, self.batch, self.top_k, self.d_in, self.d_out);
-        let x = uniform_f32(self.seed, 31, t * di, -1.0, 1.0);
-        let mut set = vec![Tensor::from_f32("x", vec![t, di], &x)];
-        let mut w = uniform_f32(self.seed, 32, e * dout * di, -W_AMPLITUDE, W_AMPLITUDE);
-        if self.weight_dtype.is_scaled() {
-            // Per-row scales: each row gets its own magnitude, quantised to use fp8's range.
-            let row_amp = uniform_f32(self.seed, 33, e * dout, 0.25, 1.0);
-            let scales: Vec<f32> = row_amp
-                .iter()
-                .map(|a| a / self.weight_dtype.max_finite())
-                .collect();
-            // Stored values span fp8's full range; the row scale carries the magnitude.
-            let max = self.weight_dtype.max_finite();
-            w.par_iter_mut().for_each(|x| *x *= max);
-            set.push(encode_par("w", self.weight_dtype, vec![e, dout, di], &w));
+        let f32s = |name, shape: Vec<usize>, stream, lo, hi| {
+            generate::uniform(name, DType::F32, shape, (self.seed, stream), lo, hi)
+        };
+        let mut set = vec![f32s("x", vec![t, di], 31, -1.0, 1.0)];
+        let dt = self.weight_dtype;
+        let w_shape = vec![e, dout, di];
+        if dt.is_scaled() {
+            // Stored values span fp8's full range; a per-row scale carries each row's own
+            // magnitude.
+            let max = dt.max_finite();
+            set.push(generate::uniform(
+                "w",
+                dt,
+                w_shape,
+                (self.seed, 32),
+                -max,
+                max,
+            ));
+            let mut scales = f32s("w_scale", vec![e, dout], 33, 0.25, 1.0).as_f32();
+            scales.iter_mut().for_each(|a| *a /= max);
             set.push(Tensor::from_f32("w_scale", vec![e, dout], &scales));
         } else {
-            set.push(encode_par("w", self.weight_dtype, vec![e, dout, di], &w));
+            set.push(generate::uniform(
+                "w",
+                dt,
+                w_shape,
+                (self.seed, 32),
+                -W_AMPLITUDE,
+                W_AMPLITUDE,
+            ));
         }
         let ids: Vec<i32> = self.topk_ids.iter().map(|&i| i as i32).collect();
         set.push(Tensor::from_i32("topk_ids", vec![t, k], &ids));
         // Routing weights: positive, summing to 1 per token, like a softmax over the top-k.
-        let mut rw = uniform_f32(self.seed, 34, t * k, 0.1, 1.0);
+        let mut rw = f32s("topk_weights", vec![t, k], 34, 0.1, 1.0).as_f32();
         for row in rw.chunks_mut(k) {
             let s: f32 = row.iter().sum();
             row.iter_mut().for_each(|x| *x /= s);
@@ -250,36 +267,76 @@ impl ExpertGemv {
         (self.batch * self.top_k) as u64 * 2 * (self.d_out * self.d_in) as u64
     }
 
+    /// y in f64 on the decoded stored weights; at `math: bf16` also the same with x rounded.
     pub fn oracle(&self, inputs: &TensorSet) -> Reference {
-        let x = inputs.expect("x").decode_f64();
+        let y = self.apply_f64(inputs, Math::F32);
+        let rounded = (self.math != Math::F32).then(|| self.apply_f64(inputs, self.math));
+        Reference(vec![RefOutput::float("y", y, rounded)])
+    }
+
+    /// Every expert slot in f64: one task per output row decodes that row of each touched
+    /// expert once and applies it to every token that chose the expert.
+    fn apply_f64(&self, inputs: &TensorSet, math: Math) -> Vec<f64> {
+        let x: Vec<f64> = inputs
+            .expect("x")
+            .view::<f32>()
+            .iter()
+            .map(|&v| math.operand(v) as f64)
+            .collect();
         let w = inputs.expect("w");
-        let scales = inputs.get("w_scale").map(|s| s.decode_f64());
-        let rw = inputs.expect("topk_weights").decode_f64();
-        let ids = inputs.expect("topk_ids").as_i32();
-        let (k, di, dout) = (self.top_k, self.d_in, self.d_out);
+        let scales = inputs.get("w_scale").map(|s| s.view::<f32>());
+        let rw = inputs.expect("topk_weights").view::<f32>();
+        let (t_count, k, di, dout) = (self.batch, self.top_k, self.d_in, self.d_out);
         let dt = self.weight_dtype;
-        let y: Vec<f64> = (0..self.batch * dout)
+        let mut slots_of = vec![Vec::new(); self.experts];
+        for (slot, &e) in self.topk_ids.iter().enumerate() {
+            slots_of[e as usize].push(slot);
+        }
+        let touched = self.touched();
+        // rows[o][slot]: the dot of row o of the slot's expert with its token, scaled.
+        let rows: Vec<Vec<f64>> = (0..dout)
             .into_par_iter()
-            .map(|idx| {
-                let (t, o) = (idx / dout, idx % dout);
-                let mut acc = 0f64;
-                for j in 0..k {
-                    let e = ids[t * k + j] as usize;
-                    let row = (e * dout + o) * di;
-                    let s = scales.as_ref().map_or(1.0, |s| s[e * dout + o]);
-                    let mut dot = 0f64;
-                    for i in 0..di {
-                        dot += dt.decode_at(&w.bytes, row + i) as f64 * x[t * di + i];
+            .map(|o| {
+                let mut row = vec![0f32; di];
+                let mut slots = vec![0f64; t_count * k];
+                for &e in &touched {
+                    let e = e as usize;
+                    dt.decode_slice(&w.bytes, (e * dout + o) * di, &mut row);
+                    let s = scales.as_ref().map_or(1.0, |s| s[e * dout + o] as f64);
+                    for &slot in &slots_of[e] {
+                        let t = slot / k;
+                        slots[slot] = dot_mixed(&row, &x[t * di..(t + 1) * di]) * s;
                     }
-                    acc += rw[t * k + j] * dot * s;
                 }
-                acc
+                slots
             })
             .collect();
-        Reference(vec![RefOutput {
-            name: "y",
-            values: y,
-            exact: false,
-        }])
+        let mut y = vec![0f64; t_count * dout];
+        for (o, slots) in rows.iter().enumerate() {
+            for t in 0..t_count {
+                y[t * dout + o] = (0..k)
+                    .map(|j| rw[t * k + j] as f64 * slots[t * k + j])
+                    .sum();
+            }
+        }
+        y
     }
+}
+
+/// An f32 row against f64 values, in f64 with four running sums.
+fn dot_mixed(a: &[f32], b: &[f64]) -> f64 {
+    let mut acc = [0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, y)| x as f64 * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..4 {
+            acc[i] += x[i] as f64 * y[i];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }

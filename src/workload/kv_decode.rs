@@ -2,8 +2,10 @@
 
 use super::check::{RefOutput, Reference};
 use super::dtype::DType;
+use super::generate::{self, rng_for};
+use super::math::Math;
 use super::tensor::{Elem, Tensor, TensorSet};
-use super::{ByteTerm, OutputSpec, encode_par, rng_for, uniform_f32};
+use super::{ByteTerm, OutputSpec};
 use rand::RngExt;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -50,6 +52,7 @@ pub struct KvDecode {
     /// Resolved length of every sequence in the batch.
     pub context_lens: Vec<usize>,
     pub seed: u64,
+    pub math: Math,
     /// Set on a shard of a heads split: the GPU backends cut the context into as many slices
     /// as they would for the whole point, so the shard's bits equal the one-device run's.
     pub launch_hint: Option<KvLaunchHint>,
@@ -131,6 +134,7 @@ impl KvDecode {
             "page_size": self.page_size,
             "kv_dtype": self.kv_dtype,
             "scale": self.scale,
+            "math": self.math,
         });
         if self.attention == Attention::Mla {
             p["kv_lora_rank"] = self.head_dim_v.into();
@@ -173,17 +177,21 @@ impl KvDecode {
 
     pub fn inputs(&self) -> TensorSet {
         let (b, hq, dk) = (self.batch, self.q_heads, self.head_dim_k);
-        let q = uniform_f32(self.seed, 21, b * hq * dk, -AMPLITUDE, AMPLITUDE);
-        let mut set = vec![Tensor::from_f32("q", vec![b, hq, dk], &q)];
+        let q = generate::uniform(
+            "q",
+            DType::F32,
+            vec![b, hq, dk],
+            (self.seed, 21),
+            -AMPLITUDE,
+            AMPLITUDE,
+        );
+        let mut set = vec![q];
 
+        // Stored values are the cache's values divided by its scale (fp8 spans its range).
         let [k_scale, v_scale] = self.scales();
         let cache = |stream, shape: Vec<usize>, scale: f32, name| {
-            let n = shape.iter().product();
-            let mut v = uniform_f32(self.seed, stream, n, -AMPLITUDE, AMPLITUDE);
-            if scale != 1.0 {
-                v.par_iter_mut().for_each(|x| *x /= scale);
-            }
-            encode_par(name, self.kv_dtype, shape, &v)
+            let a = AMPLITUDE / scale;
+            generate::uniform(name, self.kv_dtype, shape, (self.seed, stream), -a, a)
         };
         set.push(cache(22, self.k_shape(), k_scale, "k_pages"));
         if self.has_v() {
@@ -311,16 +319,33 @@ impl KvDecode {
         ((page * self.page_size + t % self.page_size) * self.kv_heads + g) * dim
     }
 
-    /// f64 softmax(q K^T * scale) V and the natural log-sum-exp, on the decoded stored values.
+    /// f64 softmax(q K^T * scale) V and the natural log-sum-exp, on the decoded stored values;
+    /// at `math: bf16` also the same with the kernel's operand rounding.
     pub fn oracle(&self, inputs: &TensorSet) -> Reference {
-        let q = inputs.expect("q").decode_f64();
+        let (out, lse) = self.attend_f64(inputs, Math::F32);
+        let (out_r, lse_r) = match self.math {
+            Math::F32 => (None, None),
+            m => {
+                let (o, l) = self.attend_f64(inputs, m);
+                (Some(o), Some(l))
+            }
+        };
+        Reference(vec![
+            RefOutput::float("out", out, out_r),
+            RefOutput::float("lse", lse, lse_r),
+        ])
+    }
+
+    /// The attention of every (sequence, query head) in f64, q and P rounded as `math` says.
+    fn attend_f64(&self, inputs: &TensorSet, math: Math) -> (Vec<f64>, Vec<f64>) {
+        let q = inputs.expect("q").view::<f32>();
         let k = inputs.expect("k_pages");
         let v = if self.has_v() {
             inputs.expect("v_pages")
         } else {
             k
         };
-        let table = inputs.expect("page_table").as_i32();
+        let table = inputs.expect("page_table").view::<i32>();
         let [ks, vs] = self.scales().map(f64::from);
         let (hq, dk, dv, g_size) = (
             self.q_heads,
@@ -330,81 +355,104 @@ impl KvDecode {
         );
         let scale = self.scale as f64;
         let dt = self.kv_dtype;
+        // A cached row decoded to f64, dequantised.
+        let row = |bytes: &[u8], at: usize, s: f64, out: &mut [f64], tmp: &mut [f32]| {
+            dt.decode_slice(bytes, at, tmp);
+            for (o, &x) in out.iter_mut().zip(tmp.iter()) {
+                *o = x as f64 * s;
+            }
+        };
 
-        // One task per (sequence, KV head): decode each cached row once for its query group.
+        // One task per (sequence, KV head): each cached row is decoded once for its group.
         let groups: Vec<(usize, usize)> = (0..self.batch)
             .flat_map(|b| (0..self.kv_heads).map(move |g| (b, g)))
             .collect();
-        let results: Vec<(usize, usize, Vec<f64>, Vec<f64>)> = groups
+        let results: Vec<(Vec<f64>, Vec<f64>)> = groups
             .par_iter()
             .map(|&(b, g)| {
                 let len = self.context_lens[b];
+                let qg: Vec<f64> = (0..g_size * dk)
+                    .map(|i| {
+                        let x = q[(b * hq + g * g_size) * dk + i];
+                        math.operand(x) as f64
+                    })
+                    .collect();
                 let mut scores = vec![0f64; g_size * len];
-                let mut krow = vec![0f64; dk];
+                let (mut krow, mut tmp) = (vec![0f64; dk], vec![0f32; dk.max(dv)]);
                 for t in 0..len {
-                    let ko = self.cache_offset(&table, b, t, g, dk);
-                    for (d, x) in krow.iter_mut().enumerate() {
-                        *x = dt.decode_at(&k.bytes, ko + d) as f64 * ks;
-                    }
+                    row(
+                        &k.bytes,
+                        self.cache_offset(&table, b, t, g, dk),
+                        ks,
+                        &mut krow,
+                        &mut tmp[..dk],
+                    );
                     for j in 0..g_size {
-                        let qo = (b * hq + g * g_size + j) * dk;
-                        let s: f64 = q[qo..qo + dk].iter().zip(&krow).map(|(a, b)| a * b).sum();
-                        scores[j * len + t] = s * scale;
+                        scores[j * len + t] = dot_f64(&qg[j * dk..(j + 1) * dk], &krow) * scale;
                     }
                 }
                 let mut out = vec![0f64; g_size * dv];
                 let mut lse = vec![0f64; g_size];
+                let mut sums = vec![0f64; g_size];
                 for j in 0..g_size {
-                    let row = &mut scores[j * len..(j + 1) * len];
-                    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let p = &mut scores[j * len..(j + 1) * len];
+                    let m = p.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let mut sum = 0f64;
-                    for s in row.iter_mut() {
-                        *s = (*s - m).exp();
-                        sum += *s;
+                    for s in p.iter_mut() {
+                        let e = (*s - m).exp();
+                        sum += e; // the row sum of the unrounded P
+                        *s = math.operand_f64(e);
                     }
                     lse[j] = m + sum.ln();
-                    for s in row.iter_mut() {
-                        *s /= sum;
-                    }
+                    sums[j] = sum;
                 }
+                let mut vrow = vec![0f64; dv];
+                let width = if self.has_v() { dv } else { dk };
                 for t in 0..len {
-                    let vo = if self.has_v() {
-                        self.cache_offset(&table, b, t, g, dv)
-                    } else {
-                        self.cache_offset(&table, b, t, g, dk)
-                    };
-                    for d in 0..dv {
-                        let x = dt.decode_at(&v.bytes, vo + d) as f64 * vs;
-                        for j in 0..g_size {
-                            out[j * dv + d] += scores[j * len + t] * x;
+                    let vo = self.cache_offset(&table, b, t, g, width);
+                    row(&v.bytes, vo, vs, &mut vrow, &mut tmp[..dv]);
+                    for j in 0..g_size {
+                        let p = scores[j * len + t];
+                        for (o, &x) in out[j * dv..(j + 1) * dv].iter_mut().zip(&vrow) {
+                            *o += p * x;
                         }
                     }
                 }
-                (b, g, out, lse)
+                for j in 0..g_size {
+                    out[j * dv..(j + 1) * dv]
+                        .iter_mut()
+                        .for_each(|o| *o /= sums[j]);
+                }
+                (out, lse)
             })
             .collect();
 
         let mut out = vec![0f64; self.batch * hq * dv];
         let mut lse = vec![0f64; self.batch * hq];
-        for (b, g, o, l) in results {
-            for j in 0..g_size {
-                let h = g * g_size + j;
-                out[(b * hq + h) * dv..(b * hq + h + 1) * dv]
-                    .copy_from_slice(&o[j * dv..(j + 1) * dv]);
-                lse[b * hq + h] = l[j];
-            }
+        for (&(b, g), (o, l)) in groups.iter().zip(results) {
+            let h0 = b * hq + g * g_size;
+            out[h0 * dv..(h0 + g_size) * dv].copy_from_slice(&o);
+            lse[h0..h0 + g_size].copy_from_slice(&l);
         }
-        Reference(vec![
-            RefOutput {
-                name: "out",
-                values: out,
-                exact: false,
-            },
-            RefOutput {
-                name: "lse",
-                values: lse,
-                exact: false,
-            },
-        ])
+        (out, lse)
     }
+}
+
+/// An f64 dot product with four running sums (the order barely matters in f64; the
+/// independent sums let it vectorise).
+pub(crate) fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..4 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }

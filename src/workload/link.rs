@@ -2,11 +2,10 @@
 //! `bytes` from device A to device B; both ways also moves as many from B to A at the same
 //! time. Checked word for word, like stream copy.
 
-use super::check::{RefOutput, Reference};
-use super::tensor::{Elem, Tensor, TensorSet};
-use super::{ByteTerm, OutputSpec, rng_for};
-use rand::RngExt;
-use rayon::prelude::*;
+use super::check::{Expected, RefOutput, Reference};
+use super::generate;
+use super::tensor::{Elem, TensorSet};
+use super::{ByteTerm, OutputSpec};
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -39,25 +38,12 @@ impl Link {
         serde_json::json!({ "bytes": self.bytes, "direction": self.direction })
     }
 
-    fn words_for(&self, stream: u64) -> Vec<u32> {
-        let mut v = vec![0u32; self.words()];
-        v.par_chunks_mut(1 << 16)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                let mut rng = rng_for(self.seed, stream, c as u64);
-                for w in chunk {
-                    *w = rng.random::<u32>() | 1;
-                }
-            });
-        v
-    }
-
     /// `src` lives on device A; `src_back` (both ways) on device B.
     pub fn inputs(&self) -> TensorSet {
         let n = self.words();
-        let mut set = vec![Tensor::from_u32("src", vec![n], &self.words_for(40))];
+        let mut set = vec![generate::words("src", n, self.seed, 40)];
         if self.both_ways() {
-            set.push(Tensor::from_u32("src_back", vec![n], &self.words_for(41)));
+            set.push(generate::words("src_back", n, self.seed, 41));
         }
         TensorSet(set)
     }
@@ -105,17 +91,14 @@ impl Link {
     }
 
     pub fn oracle(&self, inputs: &TensorSet) -> Reference {
-        let mut v = vec![RefOutput {
-            name: "dst",
-            values: inputs.expect("src").decode_f64(),
-            exact: true,
-        }];
+        // What lands is what was sent: the inputs themselves, shared.
+        let landed = |name, src| RefOutput {
+            name,
+            expected: Expected::Words(inputs.expect(src).bytes.clone()),
+        };
+        let mut v = vec![landed("dst", "src")];
         if self.both_ways() {
-            v.push(RefOutput {
-                name: "dst_back",
-                values: inputs.expect("src_back").decode_f64(),
-                exact: true,
-            });
+            v.push(landed("dst_back", "src_back"));
         }
         Reference(v)
     }

@@ -4,8 +4,10 @@
 pub mod check;
 pub mod dtype;
 pub mod expert_gemv;
+pub mod generate;
 pub mod kv_decode;
 pub mod link;
+pub mod math;
 pub mod stream;
 pub mod tensor;
 
@@ -14,11 +16,10 @@ pub use dtype::DType;
 pub use expert_gemv::{ExpertGemv, Routing};
 pub use kv_decode::{Attention, KvDecode, KvLaunchHint, Lengths};
 pub use link::{Direction, Link};
+pub use math::Math;
 pub use stream::{Stream, StreamOp};
-pub use tensor::{Elem, Tensor, TensorSet};
+pub use tensor::{Bytes, Elem, Tensor, TensorSet};
 
-use rand::SeedableRng;
-use rayon::prelude::*;
 use serde::Serialize;
 
 /// One line of a kernel's byte-accounting table: the minimum bytes one tensor contributes to
@@ -130,60 +131,45 @@ impl Workload {
         }
     }
 
-    /// Bytes of every tensor a device holds for this point (inputs and outputs).
-    pub fn device_bytes(&self) -> u64 {
-        let inputs: u64 = match self {
+    /// The precision mode (stream and link move words: always exact).
+    pub fn math(&self) -> Math {
+        match self {
+            Workload::KvDecode(w) => w.math,
+            Workload::ExpertGemv(w) => w.math,
+            Workload::Stream(_) | Workload::Link(_) => Math::F32,
+        }
+    }
+
+    pub fn input_bytes(&self) -> u64 {
+        match self {
             Workload::Stream(w) => w.input_bytes(),
             Workload::KvDecode(w) => w.input_bytes(),
             Workload::ExpertGemv(w) => w.input_bytes(),
             Workload::Link(w) => w.input_bytes(),
-        };
-        inputs + self.outputs().iter().map(OutputSpec::bytes).sum::<u64>()
+        }
     }
-}
 
-/// A deterministic RNG for one (seed, stream, chunk): inputs do not depend on thread count.
-pub(crate) fn rng_for(seed: u64, stream: u64, chunk: u64) -> rand_pcg::Pcg64Mcg {
-    let mixed = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(stream.wrapping_mul(0xD1B5_4A32_D192_ED03))
-        .wrapping_add(chunk.wrapping_mul(0x94D0_49BB_1331_11EB));
-    rand_pcg::Pcg64Mcg::seed_from_u64(mixed)
-}
+    pub fn output_bytes(&self) -> u64 {
+        self.outputs().iter().map(OutputSpec::bytes).sum()
+    }
 
-const GEN_CHUNK: usize = 1 << 16;
+    /// Bytes of every tensor a device holds for this point (inputs and outputs).
+    pub fn device_bytes(&self) -> u64 {
+        self.input_bytes() + self.output_bytes()
+    }
 
-/// `n` values uniform in [lo, hi), drawn in parallel chunks with their own streams.
-pub(crate) fn uniform_f32(seed: u64, stream: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    use rand::RngExt;
-    let mut v = vec![0f32; n];
-    v.par_chunks_mut(GEN_CHUNK)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let mut rng = rng_for(seed, stream, c as u64);
-            for x in chunk {
-                *x = rng.random_range(lo..hi);
-            }
-        });
-    v
-}
-
-/// Encode values into a storage dtype in parallel.
-pub(crate) fn encode_par(name: &'static str, dtype: DType, shape: Vec<usize>, v: &[f32]) -> Tensor {
-    let s = dtype.size();
-    let mut bytes = vec![0u8; v.len() * s];
-    bytes
-        .par_chunks_mut(GEN_CHUNK * s)
-        .zip(v.par_chunks(GEN_CHUNK))
-        .for_each(|(out, vals)| {
-            for (o, &x) in out.chunks_exact_mut(s).zip(vals) {
-                dtype.encode_into(x, o);
-            }
-        });
-    Tensor {
-        name,
-        elem: Elem::Float(dtype),
-        shape,
-        bytes,
+    /// Host memory a point needs at its peak: the inputs, the outputs read back, and the
+    /// oracle's f64 values (two sets at `math: bf16`) and the outputs decoded for the
+    /// comparison; exact word outputs share the inputs.
+    /// The cpu backend works in these same buffers.
+    pub fn host_bytes(&self) -> u64 {
+        let float_outputs: u64 = self
+            .outputs()
+            .iter()
+            .filter(|o| matches!(o.elem, Elem::Float(_)))
+            .map(|o| o.shape.iter().product::<usize>() as u64)
+            .sum();
+        let sets = if self.math() == Math::Bf16 { 2 } else { 1 };
+        self.input_bytes() + self.output_bytes() + 8 * (sets + 1) * float_outputs
     }
 }

@@ -1,9 +1,9 @@
 //! stream: the ceiling. read / copy / write over N bytes of u32 words.
 
-use super::check::{RefOutput, Reference};
-use super::tensor::{Elem, Tensor, TensorSet};
-use super::{ByteTerm, OutputSpec, rng_for};
-use rand::RngExt;
+use super::check::{Expected, RefOutput, Reference};
+use super::generate;
+use super::tensor::{Elem, TensorSet};
+use super::{ByteTerm, OutputSpec};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -50,17 +50,7 @@ impl Stream {
         if self.op == StreamOp::Write {
             return TensorSet::default();
         }
-        let n = self.words();
-        let mut src = vec![0u32; n];
-        src.par_chunks_mut(1 << 16)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                let mut rng = rng_for(self.seed, 1, c as u64);
-                for w in chunk {
-                    *w = rng.random::<u32>() | 1; // never zero
-                }
-            });
-        TensorSet(vec![Tensor::from_u32("src", vec![n], &src)])
+        TensorSet(vec![generate::words("src", self.words(), self.seed, 1)])
     }
 
     pub fn input_bytes(&self) -> u64 {
@@ -120,35 +110,28 @@ impl Stream {
     }
 
     pub fn oracle(&self, inputs: &TensorSet) -> Reference {
-        let out = match self.op {
+        let expected = match self.op {
             StreamOp::Read => {
-                let src = inputs.expect("src").as_u32();
+                let src = inputs.expect("src").view::<u32>();
                 let sum = src
-                    .par_iter()
-                    .fold(|| 0u32, |a, &w| a.wrapping_add(w))
+                    .par_chunks(1 << 16)
+                    .map(|c| c.iter().fold(0u32, |a, &w| a.wrapping_add(w)))
                     .reduce(|| 0u32, u32::wrapping_add);
-                RefOutput {
-                    name: "sum",
-                    values: vec![sum as f64],
-                    exact: true,
-                }
+                Expected::Words(sum.to_le_bytes().to_vec().into())
             }
-            StreamOp::Copy => RefOutput {
-                name: "dst",
-                values: inputs.expect("src").decode_f64(),
-                exact: true,
+            // The copy's answer is its input: shared, not copied.
+            StreamOp::Copy => Expected::Words(inputs.expect("src").bytes.clone()),
+            StreamOp::Write => Expected::Pattern {
+                words: self.words(),
+                seed: self.pattern_seed(),
+                word: write_pattern,
             },
-            StreamOp::Write => {
-                let s = self.pattern_seed();
-                RefOutput {
-                    name: "dst",
-                    values: (0..self.words() as u32)
-                        .map(|i| write_pattern(i, s) as f64)
-                        .collect(),
-                    exact: true,
-                }
-            }
         };
-        Reference(vec![out])
+        let name = if self.op == StreamOp::Read {
+            "sum"
+        } else {
+            "dst"
+        };
+        Reference(vec![RefOutput { name, expected }])
     }
 }

@@ -1,6 +1,47 @@
 //! Host-side tensors: the one container that inputs, outputs, uploads and dumps share.
 
 use super::dtype::DType;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+/// A tensor's bytes. Clones share one allocation, so a point's inputs are held by the runner,
+/// the cpu backend and an exact reference at once without a copy (a 5 GiB weight tensor is
+/// never duplicated); writing through a shared one copies it first (`Arc::make_mut`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Bytes(Arc<Vec<u8>>);
+
+impl Bytes {
+    /// Whether two handles share one allocation.
+    pub fn shares(&self, other: &Bytes) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Bytes {
+        Bytes(Arc::new(v))
+    }
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl DerefMut for Bytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let v: &mut Vec<u8> = Arc::make_mut(&mut self.0);
+        v
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({} bytes)", self.0.len())
+    }
+}
 
 /// The element type of a tensor as stored in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +87,7 @@ pub struct Tensor {
     pub name: &'static str,
     pub elem: Elem,
     pub shape: Vec<usize>,
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
 }
 
 impl Tensor {
@@ -64,7 +105,7 @@ impl Tensor {
             name,
             elem: Elem::Float(DType::F32),
             shape,
-            bytes: bytemuck::cast_slice(values).to_vec(),
+            bytes: bytemuck::cast_slice(values).to_vec().into(),
         }
     }
 
@@ -73,7 +114,7 @@ impl Tensor {
             name,
             elem: Elem::I32,
             shape,
-            bytes: bytemuck::cast_slice(values).to_vec(),
+            bytes: bytemuck::cast_slice(values).to_vec().into(),
         }
     }
 
@@ -82,24 +123,40 @@ impl Tensor {
             name,
             elem: Elem::U32,
             shape,
-            bytes: bytemuck::cast_slice(values).to_vec(),
+            bytes: bytemuck::cast_slice(values).to_vec().into(),
+        }
+    }
+
+    /// A name, type and shape with no data: what a backend keeps to read an output back.
+    pub fn spec(name: &'static str, elem: Elem, shape: Vec<usize>) -> Tensor {
+        Tensor {
+            name,
+            elem,
+            shape,
+            bytes: Bytes::default(),
         }
     }
 
     /// An output buffer filled with a poison value (NaN for floats, 0xDEADBEEF for words),
     /// so an element a kernel never wrote fails the check.
     pub fn poisoned(name: &'static str, elem: Elem, shape: Vec<usize>) -> Tensor {
+        use rayon::prelude::*;
         let n: usize = shape.iter().product();
-        let bytes = match elem {
-            Elem::Float(DType::F32) => bytemuck::cast_slice(&vec![f32::NAN; n]).to_vec(),
-            Elem::U32 | Elem::I32 => bytemuck::cast_slice(&vec![0xDEAD_BEEFu32; n]).to_vec(),
+        let word = match elem {
+            Elem::Float(DType::F32) => f32::NAN.to_bits(),
+            Elem::U32 | Elem::I32 => 0xDEAD_BEEFu32,
             Elem::Float(other) => panic!("outputs are f32 or u32, not {other}"),
         };
+        let mut bytes = super::generate::zeroed(n * 4);
+        bytes.par_chunks_mut(1 << 16).for_each(|c| {
+            c.chunks_exact_mut(4)
+                .for_each(|w| w.copy_from_slice(&word.to_le_bytes()))
+        });
         Tensor {
             name,
             elem,
             shape,
-            bytes,
+            bytes: bytes.into(),
         }
     }
 
@@ -209,7 +266,7 @@ impl Tensor {
             name: self.name,
             elem: self.elem,
             shape,
-            bytes,
+            bytes: bytes.into(),
         }
     }
 
@@ -230,7 +287,7 @@ impl Tensor {
             name,
             elem: first.elem,
             shape,
-            bytes,
+            bytes: bytes.into(),
         }
     }
 }

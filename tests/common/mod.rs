@@ -70,6 +70,7 @@ pub fn gqa(
         lengths: Lengths::Explicit(lens.clone()),
         context_lens: lens,
         seed: 7,
+        math: Math::F32,
         launch_hint: None,
     })
 }
@@ -97,6 +98,7 @@ pub fn mla(
         lengths: Lengths::Explicit(lens.clone()),
         context_lens: lens,
         seed: 11,
+        math: Math::F32,
         launch_hint: None,
     })
 }
@@ -121,7 +123,35 @@ pub fn experts(
         routing,
         topk_ids,
         seed: 5,
+        math: Math::F32,
     })
+}
+
+/// The same point at another precision mode.
+pub fn with_math(mut w: Workload, math: Math) -> Workload {
+    match &mut w {
+        Workload::KvDecode(k) => k.math = math,
+        Workload::ExpertGemv(e) => e.math = math,
+        Workload::Stream(_) | Workload::Link(_) => {}
+    }
+    w
+}
+
+/// Every implementation of `w`'s kernel on `b` that covers it: what the suites run.
+pub fn impls_covering(b: &dyn Backend, w: &Workload) -> Vec<&'static str> {
+    let v: Vec<&'static str> = decodelab::backend::impls_of(b.name(), w.kernel())
+        .into_iter()
+        .filter(|i| b.covers(i.name, w).is_ok())
+        .map(|i| i.name)
+        .collect();
+    assert!(
+        !v.is_empty(),
+        "no implementation of {} on {} covers {}",
+        w.kernel(),
+        b.name(),
+        w.params_json()
+    );
+    v
 }
 
 pub fn stream(op: StreamOp, bytes: u64) -> Workload {

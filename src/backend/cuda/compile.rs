@@ -2,7 +2,7 @@
 //! through `cudarc::nvrtc::result` so the compile log (ptxas registers, shared memory,
 //! spills) is kept. Works without a GPU: `decodelab kernels --arch sm_90`.
 
-use crate::workload::{Attention, DType, ExpertGemv, KvDecode, StreamOp, Workload};
+use crate::workload::{Attention, DType, ExpertGemv, KvDecode, Math, StreamOp, Workload};
 use cudarc::nvrtc::{result, sys};
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -12,10 +12,26 @@ pub const STREAM_CU: &str = include_str!("../../../kernels/stream.cu");
 pub const KV_CU: &str = include_str!("../../../kernels/kv_decode.cu");
 pub const EXPERT_CU: &str = include_str!("../../../kernels/expert_gemv.cu");
 
+pub const STREAM_WG: usize = 256;
 pub const KV_WG: usize = 128;
+pub const MERGE_WG: usize = 128;
 pub const EXPERT_WG: usize = 128;
+pub const COMBINE_WG: usize = 256;
 pub const EXPERT_ROWS: usize = 4;
 pub const EXPERT_TB: usize = 8;
+
+/// The threads per block each kernel is launched with: what the launches use and what the
+/// occupancy report assumes.
+pub fn block_size(kernel: &str) -> Option<usize> {
+    match kernel {
+        "stream_read" | "stream_copy" | "stream_write" => Some(STREAM_WG),
+        "attend" => Some(KV_WG),
+        "merge" => Some(MERGE_WG),
+        "gemv" => Some(EXPERT_WG),
+        "combine" => Some(COMBINE_WG),
+        _ => None,
+    }
+}
 
 /// NVRTC can be loaded (libnvrtc on the loader's path), or why not.
 pub fn nvrtc_available() -> Result<(), String> {
@@ -107,7 +123,7 @@ unsafe fn cubin(prog: sys::nvrtcProgram) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-/// What ptxas reported for one kernel.
+/// What ptxas reported for one kernel, its occupancy and (with `--sass`) its SASS figures.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct KernelReport {
     pub kernel: String,
@@ -116,6 +132,13 @@ pub struct KernelReport {
     pub spill_store_bytes: u32,
     pub spill_load_bytes: u32,
     pub stack_bytes: u32,
+    /// Threads per block it is launched with.
+    pub threads: u32,
+    /// CTAs that fit one SM, and the resource that limits them.
+    pub ctas_per_sm: u32,
+    pub ctas_limited_by: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sass: Option<super::sass::KernelSass>,
 }
 
 /// Parse ptxas' "-v" report out of an NVRTC log.
@@ -268,6 +291,7 @@ pub fn representative() -> Vec<(String, Workload)> {
             lengths: Lengths::Equal,
             context_lens: vec![4096; 8],
             seed: 0,
+            math: Math::F32,
             launch_hint: None,
         })
     };
@@ -283,6 +307,7 @@ pub fn representative() -> Vec<(String, Workload)> {
             routing: Routing::Uniform,
             topk_ids,
             seed: 0,
+            math: Math::F32,
         })
     };
     let mut v = vec![(
@@ -315,14 +340,50 @@ pub fn representative() -> Vec<(String, Workload)> {
     v
 }
 
-/// Compile every representative variant for `arch`; the ptxas report of each kernel.
-pub fn report(arch: &str) -> Result<Vec<(String, Vec<KernelReport>)>, String> {
-    representative()
-        .into_iter()
-        .map(|(label, w)| {
+/// One compiled variant of one implementation.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VariantReport {
+    pub variant: String,
+    #[serde(rename = "impl")]
+    pub imp: &'static str,
+    /// Held to the SASS budget (a tuned implementation).
+    pub tuned: bool,
+    pub kernels: Vec<KernelReport>,
+}
+
+/// Compile every representative variant of every cuda implementation for `arch`: ptxas'
+/// report of each kernel, its occupancy, and with `sass` its disassembly's figures.
+pub fn report(arch: &str, sass: bool) -> Result<Vec<VariantReport>, String> {
+    let mut out = Vec::new();
+    for (label, w) in representative() {
+        for imp in crate::backend::impls_of("cuda", w.kernel()) {
             // 132 SMs (H100 SXM): only the context split depends on it.
-            let c = compile(&source_for(&w, 132), w.kernel(), arch)?;
-            Ok((label, parse_ptxas(&c.log)))
-        })
-        .collect()
+            let source = source_for(&w, 132);
+            let c = compile(&source, w.kernel(), arch)?;
+            let listing = if sass {
+                Some(super::sass::disassemble(&c.cubin)?)
+            } else {
+                None
+            };
+            let mut kernels = parse_ptxas(&c.log);
+            for k in &mut kernels {
+                k.threads = block_size(&k.kernel).unwrap_or(0) as u32;
+                let (n, why) =
+                    super::sass::ctas_per_sm(arch, k.threads, k.registers, k.shared_bytes);
+                (k.ctas_per_sm, k.ctas_limited_by) = (n, why.to_string());
+                if let Some(listing) = &listing {
+                    k.sass = super::sass::analyse(listing, w.kernel(), &source)
+                        .into_iter()
+                        .find(|s| s.kernel == k.kernel);
+                }
+            }
+            out.push(VariantReport {
+                variant: label.clone(),
+                imp: imp.name,
+                tuned: imp.tuned,
+                kernels,
+            });
+        }
+    }
+    Ok(out)
 }

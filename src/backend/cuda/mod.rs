@@ -6,10 +6,11 @@
 
 pub mod compile;
 mod multi;
+pub mod sass;
 
 pub use multi::can_access_peer;
 
-use super::{Backend, CacheMode, DeviceInfo, Prepared, Timer};
+use super::{Backend, CacheMode, DeviceInfo, How, Prepared, Timer};
 use crate::workload::{Elem, StreamOp, Tensor, TensorSet, Workload};
 use anyhow::{Context, anyhow, bail};
 use cudarc::driver::sys::{CUdevice_attribute as Attr, CUevent_flags};
@@ -115,8 +116,14 @@ impl Backend for CudaBackend {
         device: usize,
         workload: &Workload,
         inputs: &TensorSet,
-        cache: CacheMode,
+        how: &How,
     ) -> anyhow::Result<Box<dyn Prepared + 'a>> {
+        anyhow::ensure!(
+            how.imp == "simple",
+            "cuda has no implementation '{}'",
+            how.imp
+        );
+        let cache = how.cache;
         let &((major, minor), sms) = self
             .caps
             .get(device)
@@ -128,8 +135,10 @@ impl Backend for CudaBackend {
         let stream = ctx.default_stream();
         let arch = format!("sm_{major}{minor}");
         let source = compile::source_for(workload, sms);
+        let t0 = std::time::Instant::now();
         let compiled =
             compile::compile(&source, workload.kernel(), &arch).map_err(anyhow::Error::msg)?;
+        let compile_s = t0.elapsed().as_secs_f64();
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))
             .map_err(|e| anyhow!("loading the {arch} module: {e:?}"))?;
@@ -139,12 +148,15 @@ impl Backend for CudaBackend {
                 .map_err(|e| anyhow!("kernel {name}: {e:?}"))
         };
         let up = |bytes: &[u8]| -> anyhow::Result<CudaSlice<u8>> {
-            // Padded to 16 bytes with zeros: kernels read whole 16-byte words.
-            let mut v = bytes.to_vec();
-            v.resize(bytes.len().next_multiple_of(16).max(16), 0);
+            // Padded to 16 bytes with zeros (kernels read whole 16-byte words); the bytes go
+            // straight from the host tensor, never through a padded host copy.
+            let mut buf = stream
+                .alloc_zeros::<u8>(bytes.len().next_multiple_of(16).max(16))
+                .map_err(|e| anyhow!("allocating {} bytes: {e:?}", bytes.len()))?;
             stream
-                .clone_htod(&v)
-                .map_err(|e| anyhow!("upload of {} bytes: {e:?}", v.len()))
+                .memcpy_htod(bytes, &mut buf.slice_mut(..bytes.len()))
+                .map_err(|e| anyhow!("upload of {} bytes: {e:?}", bytes.len()))?;
+            Ok(buf)
         };
         let mut p = Point {
             ctx: ctx.clone(),
@@ -155,6 +167,7 @@ impl Backend for CudaBackend {
             flush: None,
             cache,
             clear_each_rep: None,
+            compile_s,
         };
         let cfg = |grid: (u32, u32, u32), block: u32| LaunchConfig {
             grid_dim: grid,
@@ -165,7 +178,7 @@ impl Backend for CudaBackend {
             Workload::Stream(w) => {
                 let n_vec = (w.bytes as usize).div_ceil(16) as u64;
                 let grid = (
-                    (n_vec.div_ceil(256)).clamp(1, (sms * 8) as u64) as u32,
+                    (n_vec.div_ceil(compile::STREAM_WG as u64)).clamp(1, (sms * 8) as u64) as u32,
                     1,
                     1,
                 );
@@ -176,7 +189,7 @@ impl Backend for CudaBackend {
                         p.clear_each_rep = Some(sum);
                         p.launches.push(Launch {
                             func: func("stream_read")?,
-                            cfg: cfg(grid, 256),
+                            cfg: cfg(grid, compile::STREAM_WG as u32),
                             args: vec![Arg::Buf(src), Arg::U64(n_vec), Arg::Buf(sum)],
                         });
                         p.outputs
@@ -189,13 +202,13 @@ impl Backend for CudaBackend {
                             let src = p.add(up(&inputs.expect("src").bytes)?);
                             p.launches.push(Launch {
                                 func: func("stream_copy")?,
-                                cfg: cfg(grid, 256),
+                                cfg: cfg(grid, compile::STREAM_WG as u32),
                                 args: vec![Arg::Buf(src), Arg::Buf(dst), Arg::U64(n_vec)],
                             });
                         } else {
                             p.launches.push(Launch {
                                 func: func("stream_write")?,
-                                cfg: cfg(grid, 256),
+                                cfg: cfg(grid, compile::STREAM_WG as u32),
                                 args: vec![
                                     Arg::Buf(dst),
                                     Arg::U64(n_vec),
@@ -250,7 +263,10 @@ impl Backend for CudaBackend {
                 });
                 p.launches.push(Launch {
                     func: func("merge")?,
-                    cfg: cfg(((w.batch * w.q_heads) as u32, 1, 1), 128),
+                    cfg: cfg(
+                        ((w.batch * w.q_heads) as u32, 1, 1),
+                        compile::MERGE_WG as u32,
+                    ),
                     args: vec![Arg::Buf(acc), Arg::Buf(ml), Arg::Buf(out), Arg::Buf(lse)],
                 });
                 p.outputs.push((out_t, out));
@@ -292,19 +308,29 @@ impl Backend for CudaBackend {
                 });
                 p.launches.push(Launch {
                     func: func("combine")?,
-                    cfg: cfg(((w.batch * w.d_out).div_ceil(256) as u32, 1, 1), 256),
+                    cfg: cfg(
+                        (
+                            (w.batch * w.d_out).div_ceil(compile::COMBINE_WG) as u32,
+                            1,
+                            1,
+                        ),
+                        compile::COMBINE_WG as u32,
+                    ),
                     args: vec![Arg::Buf(slot_out), Arg::Buf(y)],
                 });
                 p.outputs.push((y_t, y));
             }
             Workload::Link(_) => bail!("link runs between two devices (prepare_link)"),
         }
-        // A cold rep first clears a buffer larger than any L2 of today (H100 50 MB, H200
-        // ~60 MB), unless the working set alone is several times that.
-        if cache == CacheMode::Cold && workload.device_bytes() < 4 * FLUSH_BYTES as u64 {
+        // Kept as shapes only: the poisoned bytes went to the device.
+        for (spec, _) in &mut p.outputs {
+            spec.bytes = Default::default();
+        }
+        let flush = super::gpu_flush_bytes(cache, workload) as usize;
+        if flush > 0 {
             p.flush = Some(
                 stream
-                    .alloc_zeros::<u8>(FLUSH_BYTES)
+                    .alloc_zeros::<u8>(flush)
                     .map_err(|e| anyhow!("flush buffer: {e:?}"))?,
             );
         }
@@ -313,15 +339,14 @@ impl Backend for CudaBackend {
     }
 }
 
-const FLUSH_BYTES: usize = 256 << 20;
-
 enum Arg {
     Buf(usize),
     U64(u64),
     U32(u32),
 }
 
-/// An output `spec` read back from `buf` (cut to the spec's size: buffers are padded).
+/// An output of `spec`'s name, type and shape read back from `buf` (cut to the shape's size:
+/// buffers are padded).
 fn read_back(
     stream: &Arc<CudaStream>,
     buf: &CudaSlice<u8>,
@@ -330,10 +355,12 @@ fn read_back(
     let mut bytes = stream
         .clone_dtoh(buf)
         .map_err(|e| anyhow!("read back: {e:?}"))?;
-    bytes.truncate(spec.bytes.len());
+    bytes.truncate(spec.len() * spec.elem.size());
     Ok(Tensor {
-        bytes,
-        ..spec.clone()
+        name: spec.name,
+        elem: spec.elem,
+        shape: spec.shape.clone(),
+        bytes: bytes.into(),
     })
 }
 
@@ -366,6 +393,7 @@ struct Point {
     flush: Option<CudaSlice<u8>>,
     cache: CacheMode,
     clear_each_rep: Option<usize>,
+    compile_s: f64,
 }
 
 impl Point {
@@ -418,9 +446,16 @@ impl Prepared for Point {
     fn cache_method(&self) -> String {
         match (self.cache, &self.flush) {
             (CacheMode::Warm, _) => "warm: no flush".into(),
-            (CacheMode::Cold, None) => "cold: working set over 4x the 256 MiB flush".into(),
-            (CacheMode::Cold, Some(_)) => "cold: 256 MiB cleared between reps".into(),
+            (CacheMode::Cold, None) => "cold: a step moves over 4x the 512 MiB flush".into(),
+            (CacheMode::Cold, Some(f)) => format!(
+                "cold: {} cleared between reps",
+                crate::report::human_bytes(f.len() as u64)
+            ),
         }
+    }
+
+    fn compile_s(&self) -> Option<f64> {
+        Some(self.compile_s)
     }
 
     fn run(&mut self, warmup: usize, reps: usize) -> anyhow::Result<Vec<f64>> {
