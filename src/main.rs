@@ -236,7 +236,7 @@ fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
             budget::AIM_INSTR_PER_BYTE
         );
         println!(
-            "{:<36} {:<7} {:<12} {:>6} {:<26} {:>6} {:>5} {:>9}  {}",
+            "{:<36} {:<7} {:<12} {:>6} {:<26} {:>6} {:>5} {:>9}  streams",
             "variant",
             "impl",
             "kernel",
@@ -245,7 +245,6 @@ fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
             "LDL/STL",
             "MMA",
             "instr/B",
-            "streams",
         );
         for v in &report {
             for k in &v.kernels {
