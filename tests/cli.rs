@@ -64,12 +64,78 @@ fn quickstart_runs_and_every_check_passes() {
             );
         }
     }
+    // Every line names its implementation and where its host seconds went.
+    for l in &lines {
+        assert_eq!(l.implementation, "simple", "{l:?}");
+        let h = l.host_s.as_ref().expect("host_s");
+        assert!(h.generate >= 0.0 && h.oracle >= 0.0 && h.upload >= 0.0 && h.check >= 0.0);
+        assert!(h.generate > 0.0 || h.reused_inputs, "{h:?}");
+    }
     assert!(stdout.contains("GB/s"));
     for f in ["results.csv", "summary.md", "experiment.yaml"] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), lines.len() + 1);
+}
+
+#[test]
+fn a_few_points_rerun_fast_with_overrides() {
+    // Two implementations of one shape share its inputs: generated once, reused by the next.
+    let dir = tempdir("rerun");
+    let file = dir.join("few.yaml");
+    std::fs::write(&file, "name: few\nbackends: [cpu]\nreps: 40\nwarmup: 9\nruns:\n  - kernel: kv_decode\n    batch: [1, 2, 3]\n    q_heads: 8\n    kv_heads: 2\n    head_dim: 64\n    context: 300\n    math: [f32, bf16]\n  - kernel: stream\n    bytes: 64KiB\n").unwrap();
+    let out = dir.join("out");
+    let o = bin()
+        .args([
+            "run",
+            "--no-progress",
+            "--reps",
+            "2",
+            "--warmup",
+            "0",
+            "--energy",
+            "off",
+        ])
+        .args(["--only", "kernel=kv_decode,batch=2,batch=3", "--out"])
+        .arg(&out)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lines = read_lines(&out.join("results.jsonl"));
+    let points: Vec<usize> = lines.iter().map(|l| l.point).collect();
+    assert_eq!(
+        points,
+        [2, 3, 4, 5],
+        "batch 2 and 3, f32 and bf16; stream not run"
+    );
+    for l in &lines {
+        assert_eq!(l.reps, 2);
+        assert_eq!(l.env["warmup"], 0);
+        assert_eq!(l.energy.source, "none");
+    }
+    // The bf16 point reuses its f32 neighbour's inputs, and is judged by its own rule.
+    let h = |i: usize| lines[i].host_s.clone().unwrap();
+    assert!(!h(0).reused_inputs && h(1).reused_inputs && h(1).generate == 0.0);
+    assert!(h(1).oracle > 0.0, "a new math needs its own reference");
+    assert!(lines[1].check.ref_rel_l2_err.is_some() && lines[0].check.ref_rel_l2_err.is_none());
+    // check takes the same filter.
+    let o = bin()
+        .args(["check", "--only", "3"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && text.contains("1 points") && text.contains("host memory"),
+        "{text}"
+    );
 }
 
 const SWEEP: &str = "name: killme\nbackends: [cpu]\nwarmup: 1\nreps: 3\nruns:\n  - kernel: kv_decode\n    batch: [1, 2, 3, 4, 5, 6, 7, 8]\n    q_heads: 8\n    kv_heads: 2\n    head_dim: 64\n    context: [1500, 1501, 1502, 1503, 1504]\n";
@@ -332,8 +398,40 @@ fn devices_lists_every_backend() {
     let o = bin().arg("devices").output().unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success());
-    assert!(text.contains("cpu: 1 device"), "{text}");
-    assert!(text.contains("wgpu:") && text.contains("cuda:"), "{text}");
+    // Each backend is either listed with its devices or unavailable with a reason.
+    for name in decodelab::backend::BACKEND_NAMES {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{text}"));
+        let available = line.contains("device(s)");
+        assert!(
+            available || (line.contains("unavailable (") && line.len() > name.len() + 16),
+            "{line}"
+        );
+        if available || common::required(name) {
+            // What only a backend that found a device prints: the device and its facts.
+            let after: Vec<&str> = text.lines().skip_while(|l| *l != line).skip(1).collect();
+            assert!(
+                after
+                    .first()
+                    .is_some_and(|l| l.trim_start().starts_with("[0] ")),
+                "{name}: no device line after {line:?}:\n{text}"
+            );
+        }
+    }
+    // The CPU always has a device, with its thread count; where lavapipe is required, wgpu
+    // lists it.
+    assert!(
+        text.contains("cpu: 1 device(s)") && text.contains("threads:"),
+        "{text}"
+    );
+    if common::required("wgpu") {
+        assert!(
+            text.contains("wgpu: ") && text.contains("llvmpipe"),
+            "{text}"
+        );
+    }
 }
 
 const SMALL: &str = "name: small\nwarmup: 1\nreps: 3\nruns:\n  - kernel: kv_decode\n    batch: 2\n    q_heads: 8\n    kv_heads: 2\n    head_dim: 64\n    context: 300\n    kv_dtype: [bf16, fp8_e4m3]\n  - kernel: kv_decode\n    attention: mla\n    batch: 2\n    q_heads: 4\n    context: 100\n  - kernel: expert_gemv\n    experts: 8\n    top_k: 2\n    batch: 4\n    d_in: 256\n    d_out: 64\n  - kernel: stream\n    op: [read, copy, write]\n    bytes: 1MiB\n";

@@ -225,12 +225,35 @@ fn a_point_that_cannot_fit_the_device_is_refused_before_running() {
 
 #[test]
 fn unavailable_backends_and_devices_are_explained() {
-    let e =
-        parse("name: t\nbackends: [cuda]\nruns:\n  - kernel: stream\n    bytes: 4096\n").unwrap();
-    let err = runner::select(&e, &e.backends)
-        .err()
-        .expect("cuda not built");
-    assert!(err.to_string().contains("cuda: unavailable"), "{err}");
+    // Whichever backend this machine lacks (none, on a GPU machine with Vulkan) is refused
+    // with its reason.
+    let missing = decodelab::backend::probe_all()
+        .into_iter()
+        .find_map(|p| match p {
+            decodelab::backend::Probe::Unavailable { name, reason } => Some((name, reason)),
+            decodelab::backend::Probe::Available(_) => None,
+        });
+    match missing {
+        Some((name, reason)) => {
+            let text = format!(
+                "name: t\nbackends: [{name}]\nruns:\n  - kernel: stream\n    bytes: 4096\n"
+            );
+            let e = parse(&text).unwrap();
+            let err = runner::select(&e, &e.backends).err().expect("unavailable");
+            let shown = err.to_string();
+            assert!(
+                shown.contains(&format!("{name}: unavailable ({reason})")),
+                "{shown}"
+            );
+        }
+        None => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: every backend is available here; no refusal to explain"
+            );
+        }
+    }
     let e = parse("name: t\ndevices: [3]\nruns:\n  - kernel: stream\n    bytes: 4096\n").unwrap();
     let err = runner::select(&e, &BackendChoice::Named(vec!["cpu".into()]))
         .err()
@@ -275,13 +298,31 @@ fn malformed_files_are_refused_not_panicked_on() {
     }
 }
 
+/// A refusal names its file and either a line or a field.
+fn assert_located(r: Result<Experiment, ConfigError>, what: &str) {
+    if let Err(e) = r {
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("q.yaml") && (e.line > 0 || e.field.is_some()),
+            "{what}: refusal without a location: {shown}"
+        );
+    }
+}
+
 #[test]
 fn mutated_files_never_panic() {
     // Every prefix and thousands of seeded byte edits of a valid file: Ok or a located Err.
     let good = std::fs::read("experiments/quickstart.yaml").unwrap();
+    let mut refused = 0;
     for cut in 0..good.len() {
-        let _ = Experiment::parse(Path::new("q.yaml"), &good[..cut]);
+        let r = Experiment::parse(Path::new("q.yaml"), &good[..cut]);
+        refused += r.is_err() as usize;
+        assert_located(r, &format!("prefix of {cut} bytes"));
     }
+    assert!(
+        refused > good.len() / 2,
+        "most prefixes cut a run short: {refused} refused"
+    );
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut next = || {
         state ^= state << 13;
@@ -296,7 +337,10 @@ fn mutated_files_never_panic() {
             let at = (next() % m.len() as u64) as usize;
             m[at] = alphabet[(next() % alphabet.len() as u64) as usize];
         }
-        let _ = Experiment::parse(Path::new("q.yaml"), &m);
+        assert_located(
+            Experiment::parse(Path::new("q.yaml"), &m),
+            &String::from_utf8_lossy(&m),
+        );
     }
 }
 
@@ -414,4 +458,155 @@ fn the_nvlink_experiment_is_valid() {
         );
     }
     assert!(e.points.iter().any(|p| p.workload.kernel() == "link"));
+}
+
+#[test]
+fn impl_is_a_sweep_axis_checked_by_name() {
+    let e = parse(&format!("{KV}    impl: [simple, best]\n")).unwrap();
+    assert_eq!(e.points.len(), 4);
+    let imps: Vec<Option<&str>> = e.points.iter().map(|p| p.imp).collect();
+    assert_eq!(
+        imps,
+        [Some("simple"), None, Some("simple"), None],
+        "impl innermost"
+    );
+    // `all` is every implementation any backend has of the kernel.
+    let e = parse(&format!("{KV}    impl: all\n")).unwrap();
+    let names = decodelab::backend::impl_names("kv_decode");
+    assert_eq!(e.points.len(), 2 * names.len());
+    assert!(e.points.iter().all(|p| p.imp.is_some()));
+    // An unknown name is refused at its line, naming the ones that exist.
+    let msg = refused(&format!("{KV}    impl: tunde\n"), 9, "impl");
+    assert!(msg.contains("simple") && msg.contains("tunde"), "{msg}");
+    // Points of one shape share their seed whatever the implementation.
+    let e = parse(&format!("{KV}    impl: [simple, simple]\n")).unwrap();
+    assert_eq!(e.points.len(), 2, "a repeated name is one point per shape");
+}
+
+#[test]
+fn math_is_a_sweep_axis_over_the_same_inputs() {
+    use decodelab::workload::Math;
+    let e = parse(&format!("{KV}    math: [f32, bf16]\n")).unwrap();
+    assert_eq!(e.points.len(), 4);
+    let (Workload::KvDecode(a), Workload::KvDecode(b)) =
+        (&e.points[0].workload, &e.points[1].workload)
+    else {
+        panic!()
+    };
+    assert_eq!((a.math, b.math), (Math::F32, Math::Bf16));
+    assert_eq!(
+        a.seed, b.seed,
+        "f32 and bf16 of a shape judge the same inputs"
+    );
+    assert_eq!(e.points[1].workload.params_json()["math"], "bf16");
+    refused(
+        "name: t\nruns:\n  - kernel: stream\n    bytes: 64\n    math: bf16\n",
+        5,
+        "math",
+    );
+    refused(&format!("{KV}    math: f64\n"), 9, "math");
+}
+
+#[test]
+fn overrides_and_only_pick_settings_and_points() {
+    use decodelab::experiment::Overrides;
+    let text = format!(
+        "{KV}    kv_dtype: [bf16, fp8_e4m3]\n  - kernel: stream\n    op: [read, copy]\n    bytes: 1MiB\n"
+    );
+    let mut e = parse(&text).unwrap();
+    e.apply(&Overrides {
+        reps: Some(3),
+        warmup: Some(0),
+        energy: Some(decodelab::energy::EnergyMode::Off),
+        only: Some("kernel=kv_decode,batch=8".into()),
+    })
+    .unwrap();
+    assert_eq!((e.reps, e.warmup), (3, 0));
+    assert_eq!(e.energy, decodelab::energy::EnergyMode::Off);
+    let kept: Vec<usize> = e.points.iter().map(|p| p.index).collect();
+    assert_eq!(
+        kept,
+        [2, 3],
+        "batch 8 in both dtypes, indices kept for --resume"
+    );
+
+    let only = |f: &str| {
+        let mut e = parse(&text).unwrap();
+        e.apply(&Overrides {
+            only: Some(f.into()),
+            ..Default::default()
+        })
+        .map(|_| e.points.iter().map(|p| p.index).collect::<Vec<_>>())
+    };
+    assert_eq!(only("0,4-5").unwrap(), [0, 4, 5]);
+    assert_eq!(only("batch=1,batch=8,kv_dtype=fp8_e4m3").unwrap(), [1, 3]);
+    assert_eq!(only("op=copy").unwrap(), [5]);
+    assert_eq!(only("impl=best,kernel=stream").unwrap(), [4, 5]);
+    let err = only("bath=8").unwrap_err().to_string();
+    assert!(
+        err.contains("no point has 'bath'") && err.contains("batch"),
+        "{err}"
+    );
+    assert!(
+        only("batch=3")
+            .unwrap_err()
+            .to_string()
+            .contains("no point matches")
+    );
+    assert!(only("7-x").unwrap_err().to_string().contains("7-x"));
+    let mut e = parse(&text).unwrap();
+    let err = e
+        .apply(&Overrides {
+            reps: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("--reps 0"), "{err}");
+}
+
+#[test]
+fn a_point_that_cannot_fit_the_host_is_refused_before_running() {
+    let e = parse("name: t\nruns:\n  - kernel: stream\n    bytes: 1MiB\n  - kernel: expert_gemv\n    experts: 64\n    top_k: 2\n    batch: 1\n    d_in: 4096\n    d_out: 4096\n").unwrap();
+    // 64 x 4096 x 4096 bf16 = 2 GiB of weights.
+    assert!(runner::host_bytes_needed(&e.points[1]) > 2 << 30);
+    assert!(runner::check_fit_host(&e, Some(4 << 30)).is_ok());
+    let err = runner::check_fit_host(&e, Some(1 << 30)).expect_err("2 GiB in 1 GiB");
+    let shown = err.to_string();
+    assert_eq!(err.line, 5, "{shown}");
+    assert!(
+        shown.contains("runs[1]") && shown.contains("host memory"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn energy_auto_measures_only_steps_that_move_enough() {
+    let dev = decodelab::backend::DeviceInfo {
+        index: 0,
+        name: "gpu".into(),
+        memory_bytes: None,
+        details: vec![],
+        pci_bus_id: Some("0000:01:00.0".into()),
+        emulated: false,
+    };
+    let small = "name: t\nenergy: auto\nruns:\n  - kernel: stream\n    bytes: 1MiB\n  - kernel: stream\n    bytes: 1GiB\n";
+    let e = parse(small).unwrap();
+    let why =
+        |i: usize, e: &Experiment| match runner::meters_for(e, &dev, Some(&e.points[i].workload))
+            .measured
+        {
+            Some(Err(why)) => why,
+            Some(Ok(_)) => "measured".into(),
+            None => "not asked".into(),
+        };
+    let w = why(0, &e);
+    assert!(
+        w.contains("not measured") && w.contains("1MiB") && w.contains("energy: nvml"),
+        "{w}"
+    );
+    // A 1 GiB step is measured (here NVML is absent, so the reason is NVML's, not the size).
+    assert!(!why(1, &e).contains("not measured"), "{}", why(1, &e));
+    // energy: nvml measures every point.
+    let e = parse(&small.replace("energy: auto", "energy: nvml")).unwrap();
+    assert!(!why(0, &e).contains("not measured"), "{}", why(0, &e));
 }

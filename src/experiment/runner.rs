@@ -266,10 +266,10 @@ fn check_fit_devices(exp: &Experiment, selected: &[Selected]) -> Result<(), Conf
 }
 
 /// The meters of one device: measured (NVML) and modelled. None: not asked for by
-/// `energy:`; Err: asked for, with the reason it is absent.
-struct Meters {
-    measured: Option<Result<crate::energy::nvml::NvmlMeter, String>>,
-    modelled: Option<Result<crate::energy::ModelMeter, String>>,
+/// `energy:`; Err: asked for, with the reason it is absent (or not used for this point).
+pub struct Meters {
+    pub measured: Option<Result<crate::energy::nvml::NvmlMeter, String>>,
+    pub modelled: Option<Result<crate::energy::ModelMeter, String>>,
 }
 
 /// `energy: auto` measures with NVML only points that move at least this much per step:
@@ -277,7 +277,8 @@ struct Meters {
 /// step's window is mostly launch gaps, and its three windows cost seconds per point.
 pub const NVML_MIN_STEP_BYTES: u64 = 256 << 20;
 
-fn meters_for(
+/// The meters `exp.energy` asks for on `device`, for `workload` where one is given.
+pub fn meters_for(
     exp: &Experiment,
     device: &crate::backend::DeviceInfo,
     workload: Option<&Workload>,
