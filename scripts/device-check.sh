@@ -57,6 +57,6 @@ cp /tmp/dc-wgpu/results.jsonl "$OUT/results-wgpu.jsonl" 2>/dev/null
 cp /tmp/dc-split/results.jsonl "$OUT/results-split.jsonl" 2>/dev/null
 
 # PyTorch on the same card, same shapes.
-PYTHONUNBUFFERED=1 python3 scripts/torch_reference.py > "$OUT/torch.jsonl"
+PYTHONUNBUFFERED=1 python3 scripts/torch_reference.py "$OUT/results-cuda.jsonl" > "$OUT/torch.jsonl"
 
 python3 scripts/device_table.py "$OUT"/results-cuda.jsonl "$OUT"/results-wgpu.jsonl --torch "$OUT/torch.jsonl" | tee "$OUT/table.txt"

@@ -1,22 +1,33 @@
 #!/usr/bin/env python3
-"""The device check's last word: kernel, shape, cuda GB/s, wgpu GB/s, torch GB/s, % of spec,
-error. Reads decodelab results.jsonl files and scripts/torch_reference.py output.
+"""One table from a device run: implementation x shape, with GB/s, % of the same run's stream
+read (same backend, same card), and x PyTorch (PyTorch's time / ours: above 1 is faster).
+Reads decodelab results.jsonl files and scripts/torch_reference.py's output; prints Markdown.
 
-    python3 scripts/device_table.py RESULTS.jsonl [RESULTS.jsonl ...] --torch TORCH.jsonl
+    python3 scripts/device_table.py RESULTS.jsonl [RESULTS.jsonl ...] [--torch TORCH.jsonl]
 """
 import argparse
 import json
+import os
 
 
-def label(l):
-    p = l["params"]
-    if l["kernel"] == "stream":
-        return f'{p["op"]} {p["bytes"] >> 30}GiB'
-    if l["kernel"] == "kv_decode":
-        if p["attention"] == "mla":
-            return f'mla b{p["batch"]} hq{p["q_heads"]} d{p["kv_lora_rank"]}+{p["rope_dim"]} ctx{p["context"]} p{p["page_size"]} {p["kv_dtype"]}'
-        return f'gqa b{p["batch"]} hq{p["q_heads"]}/{p["kv_heads"]} d{p["head_dim"]} ctx{p["context"]} p{p["page_size"]} {p["kv_dtype"]}'
-    return f'E{p["experts"]} k{p["top_k"]} T{p["batch"]} {p["d_out"]}x{p["d_in"]} {p["weight_dtype"]} U{p["experts_touched"]}'
+def shape_key(line):
+    """What identifies a shape across implementations and math modes."""
+    params = {k: v for k, v in line["params"].items() if k != "math"}
+    return line["kernel"], json.dumps(params, sort_keys=True)
+
+
+def label(line):
+    p = line["params"]
+    k = line["kernel"]
+    if k == "stream":
+        return f'{p["op"]} {p["bytes"] / 2**30:g} GiB'
+    if k == "kv_decode" and p["attention"] == "mla":
+        s = f'mla b{p["batch"]} h{p["q_heads"]} {p["kv_lora_rank"]}+{p["rope_dim"]} ctx{p["context"]} p{p["page_size"]} {p["kv_dtype"]}'
+    elif k == "kv_decode":
+        s = f'gqa b{p["batch"]} {p["q_heads"]}/{p["kv_heads"]} d{p["head_dim"]} ctx{p["context"]} p{p["page_size"]} {p["kv_dtype"]}'
+    else:
+        s = f'E{p["experts"]} k{p["top_k"]} T{p["batch"]} {p["d_in"]}->{p["d_out"]} {p["weight_dtype"]} U{p["experts_touched"]}'
+    return s + (f' math={p["math"]}' if p.get("math", "f32") != "f32" else "")
 
 
 def main():
@@ -24,30 +35,41 @@ def main():
     ap.add_argument("results", nargs="+")
     ap.add_argument("--torch")
     a = ap.parse_args()
-    rows = {}
+    lines = []
     for path in a.results:
-        for line in open(path):
-            l = json.loads(line)
-            key = (l["kernel"], label(l))
-            r = rows.setdefault(key, {})
-            r[l["backend"]] = l["gbps"]
-            r["spec"] = l.get("pct_of_spec")
-            err = l["check"]["rel_l2_err"]
-            r["err"] = max(r.get("err") or 0, err if err is not None else float("inf"))
-            r["pass"] = r.get("pass", True) and l["check"]["pass"]
-    torch_rows = {}
-    if a.torch:
-        for line in open(a.torch):
-            t = json.loads(line)
-            torch_rows[(t["kernel"], t["shape"].split(" U")[0])] = t["gbps"]
-    f = lambda x: "-" if x is None else f"{x:.0f}"
-    print(f'{"kernel":<12} {"shape":<46} {"cuda GB/s":>10} {"wgpu GB/s":>10} {"torch GB/s":>10} {"% spec":>7} {"rel err":>9}')
-    for (kernel, shape), r in sorted(rows.items()):
-        tkey = (kernel, shape.replace("read", "copy").split(" U")[0])
-        t = torch_rows.get(tkey) if not shape.startswith("read") else None
-        spec = None if r.get("cuda") is None else r.get("spec")
-        print(f'{kernel:<12} {shape:<46} {f(r.get("cuda")):>10} {f(r.get("wgpu")):>10} {f(t):>10} '
-              f'{"-" if spec is None else f"{spec:.0f}":>7} {r["err"]:>9.1e}{"" if r["pass"] else " FAIL"}')
+        if os.path.exists(path):
+            lines += [json.loads(t) for t in open(path) if t.strip()]
+    torch = {}
+    if a.torch and os.path.exists(a.torch):
+        for t in open(a.torch):
+            if t.strip():
+                r = json.loads(t)
+                if "params" in r:  # older reference files named shapes by label only
+                    torch[shape_key(r)] = r
+    if not lines:
+        print("no results")
+        return
+    devices = sorted({f'{l["backend"]}: {l["device"]}' for l in lines})
+    print("Devices: " + "; ".join(devices) + "\n")
+    print("| kernel | shape | backend | impl | GB/s | % stream read | x torch | torch GB/s | rel err | check |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---|")
+    order = {}
+    for l in lines:
+        order.setdefault(shape_key(l), len(order))
+    f = lambda x, d=0: "-" if x is None else f"{x:.{d}f}"
+    for l in sorted(lines, key=lambda l: (order[shape_key(l)], l["params"].get("math", ""), l["backend"], l.get("impl", ""))):
+        t = torch.get(shape_key(l))
+        x = None
+        if t and t.get("median_s") and l["time_s"]["median"] > 0:
+            x = t["median_s"] / l["time_s"]["median"]
+        err = l["check"].get("rel_l2_err")
+        ok = "pass" if l["check"]["pass"] else "FAIL " + (l["check"].get("reason") or "")
+        print(f'| {l["kernel"]} | {label(l)} | {l["backend"]} | {l.get("impl") or "-"} | {f(l["gbps"])} | '
+              f'{f(l.get("pct_of_stream"), 1)} | {f(x, 2)} | {f(t.get("gbps") if t else None)} | '
+              f'{"-" if err is None else f"{err:.1e}"} | {ok} |')
+    skipped = [t for t in torch.values() if "median_s" not in t]
+    if skipped:
+        print("\nPyTorch not compared: " + "; ".join(sorted({f'{t["kernel"]}: {t["what"]}' for t in skipped})))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,21 @@
 #!/usr/bin/env python3
-"""PyTorch references on the same card, timed with CUDA events (warm-up, median, L2 flushed):
-a device-to-device copy (bandwidth), scaled_dot_product_attention at the kv_decode shapes of
-experiments/device-check.yaml (contiguous KV, no paging), and a batched matmul at the
-expert_gemv shapes (the touched experts' weights against their tokens). One JSON object per
-line on stdout, with the same minimum-bytes rules as decodelab's byte tables."""
+"""PyTorch at the same shapes as a decodelab run, on the same card: one JSON line per point of
+a results.jsonl (each point once, whichever backends and implementations ran it), timed like
+decodelab (CUDA events, warm-up, median, a 512 MiB clear before each rep for a cold L2), and
+held to the point's own byte count, so "x torch" compares times for the same job.
+
+    python3 scripts/torch_reference.py RESULTS.jsonl [--reps 20] > torch.jsonl
+
+What PyTorch runs for each kernel:
+  stream read   int32 sum of the same bytes
+  kv_decode gqa scaled_dot_product_attention(enable_gqa=True) over a contiguous bf16 cache
+                (no paging: the easier memory pattern); fp8 caches are skipped (no fp8 SDPA)
+  kv_decode mla the absorbed form as explicit bf16 matmuls, softmax between (SDPA would fall
+                back to its math kernel and run out of memory at long contexts)
+  expert_gemv   torch.bmm over the touched experts' bf16 weights, the tokens of each expert
+                padded to the most any expert got; fp8 weights are skipped
+"""
+import argparse
 import json
 import math
 import sys
@@ -11,10 +23,10 @@ import sys
 import torch
 
 dev = torch.device("cuda")
-flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+flush = torch.empty(512 << 20, dtype=torch.uint8, device=dev)
 
 
-def timed(fn, reps=30, warmup=5):
+def timed(fn, reps, warmup=3):
     for _ in range(warmup):
         fn()
     times = []
@@ -30,49 +42,90 @@ def timed(fn, reps=30, warmup=5):
     return times[len(times) // 2]
 
 
-def emit(kernel, shape, nbytes, t):
-    print(json.dumps({"kernel": kernel, "shape": shape, "bytes": nbytes, "median_s": t, "gbps": nbytes / t / 1e9}), flush=True)
+def stream(p):
+    if p["op"] != "read":
+        return None, "only read is compared"
+    a = torch.ones(p["bytes"] // 4, dtype=torch.int32, device=dev)
+    return (lambda: a.sum()), "int32 sum"
+
+
+def gqa(p):
+    if p["kv_dtype"] != "bf16":
+        return None, f'no SDPA for a {p["kv_dtype"]} cache'
+    b, hq, hkv, d, ctx = p["batch"], p["q_heads"], p["kv_heads"], p["head_dim"], p["context"]
+    q = torch.randn(b, hq, 1, d, dtype=torch.bfloat16, device=dev)
+    k = torch.randn(b, hkv, ctx, d, dtype=torch.bfloat16, device=dev)
+    v = torch.randn(b, hkv, ctx, p["v_head_dim"], dtype=torch.bfloat16, device=dev)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    return (lambda: sdpa(q, k, v, enable_gqa=True)), "SDPA, contiguous bf16"
+
+
+def mla(p):
+    if p["kv_dtype"] != "bf16":
+        return None, f'no fp8 matmul path for a {p["kv_dtype"]} latent'
+    b, h, ctx = p["batch"], p["q_heads"], p["context"]
+    rank, rope = p["kv_lora_rank"], p["rope_dim"]
+    q = torch.randn(b, h, rank + rope, dtype=torch.bfloat16, device=dev)
+    kv = torch.randn(b, ctx, rank + rope, dtype=torch.bfloat16, device=dev)
+    scale = p["scale"]
+
+    def fn():
+        s = torch.matmul(q, kv.transpose(1, 2)) * scale
+        return torch.matmul(torch.softmax(s.float(), dim=-1).to(torch.bfloat16), kv[..., :rank])
+
+    return fn, "absorbed, bf16 matmuls"
+
+
+def expert(p):
+    if p["weight_dtype"] != "bf16":
+        return None, f'no {p["weight_dtype"]} grouped matmul compared'
+    u, t, k = p["experts_touched"], p["batch"], p["top_k"]
+    per = max(1, math.ceil(t * k / u))
+    w = torch.randn(u, p["d_out"], p["d_in"], dtype=torch.bfloat16, device=dev)
+    x = torch.randn(u, p["d_in"], per, dtype=torch.bfloat16, device=dev)
+    return (lambda: torch.bmm(w, x)), f"bmm over {u} experts x {per} tokens"
+
+
+def build(line):
+    p, kernel = line["params"], line["kernel"]
+    if kernel == "stream":
+        return stream(p)
+    if kernel == "kv_decode":
+        return mla(p) if p["attention"] == "mla" else gqa(p)
+    if kernel == "expert_gemv":
+        return expert(p)
+    return None, f"no reference for {kernel}"
 
 
 def main():
-    n = 4 << 30
-    a = torch.empty(n, dtype=torch.uint8, device=dev)
-    b = torch.empty_like(a)
-    emit("stream", "copy 4GiB", 2 * n, timed(lambda: b.copy_(a)))
-    del a, b
-    torch.cuda.empty_cache()
-
-    for dtype, dname in [(torch.bfloat16, "bf16")]:
-        for batch in [1, 16]:
-            for ctx in [4096, 32768, 131072]:
-                # GQA 64/8, d128
-                q = torch.randn(batch, 64, 1, 128, dtype=dtype, device=dev)
-                k = torch.randn(batch, 8, ctx, 128, dtype=dtype, device=dev)
-                v = torch.randn_like(k)
-                fn = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-                nbytes = batch * ctx * 8 * 256 * 2 + batch * 64 * 128 * 2 * 2
-                emit("kv_decode", f"gqa b{batch} hq64/8 d128 ctx{ctx} p16 {dname}", nbytes, timed(fn))
-                del q, k, v
-                # MLA absorbed: 64 heads over one 576-wide latent (V = its first 512)
-                q = torch.randn(batch, 64, 1, 576, dtype=dtype, device=dev)
-                kv = torch.randn(batch, 1, ctx, 576, dtype=dtype, device=dev)
-                fn = lambda: torch.nn.functional.scaled_dot_product_attention(q, kv, kv[..., :512], enable_gqa=True)
-                nbytes = batch * ctx * 576 * 2 + batch * 64 * (576 + 512) * 2
-                emit("kv_decode", f"mla b{batch} hq64 d512+64 ctx{ctx} p64 {dname}", nbytes, timed(fn))
-                del q, kv
-                torch.cuda.empty_cache()
-
-    # expert_gemv: U distinct experts touched by `batch` tokens with top-8 of 384.
-    for batch in [1, 16, 64]:
-        u = round(384 * (1 - (1 - 8 / 384) ** batch))
-        tokens = max(1, math.ceil(batch * 8 / u))
-        w = torch.randn(u, 2048, 7168, dtype=torch.bfloat16, device=dev)
-        x = torch.randn(u, 7168, tokens, dtype=torch.bfloat16, device=dev)
-        fn = lambda: torch.bmm(w, x)
-        nbytes = u * 2048 * 7168 * 2 + batch * (7168 + 2048) * 4
-        emit("expert_gemv", f"E384 k8 T{batch} 2048x7168 bf16 U{u}", nbytes, timed(fn))
-        del w, x
-        torch.cuda.empty_cache()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("--reps", type=int, default=20)
+    a = ap.parse_args()
+    seen = set()
+    for text in open(a.results):
+        line = json.loads(text)
+        if line.get("split", "none") != "none":
+            continue
+        # One reference per shape: implementations and math modes share it.
+        params = {k: v for k, v in line["params"].items() if k != "math"}
+        key = (line["kernel"], json.dumps(params, sort_keys=True))
+        if key in seen:
+            continue
+        seen.add(key)
+        out = {"experiment": line["experiment"], "point": line["point"], "kernel": line["kernel"],
+               "params": line["params"], "bytes": line["bytes"]}
+        try:
+            fn, what = build(line)
+            out["what"] = what
+            if fn is not None:
+                t = timed(fn, a.reps)
+                out.update(median_s=t, gbps=line["bytes"] / t / 1e9)
+        except torch.OutOfMemoryError as e:
+            out["what"] = f"out of memory: {e}".splitlines()[0]
+        finally:
+            torch.cuda.empty_cache()
+        print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

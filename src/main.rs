@@ -51,9 +51,10 @@ enum Command {
         file: PathBuf,
         #[arg(long, value_parser = ["auto", "cpu", "wgpu", "cuda", "all"])]
         backend: Option<String>,
-        /// Only these points: indices and ranges (3,7-9) or parameters (kernel=kv_decode,batch=16).
+        /// Only these points: indices and ranges (3,7-9) or parameters (kernel=kv_decode,batch=16);
+        /// several --only keep what any keeps.
         #[arg(long, value_name = "FILTER")]
-        only: Option<String>,
+        only: Vec<String>,
     },
     /// List every backend and its devices, or why it is unavailable.
     Devices,
@@ -296,8 +297,9 @@ struct OverrideArgs {
     energy: Option<String>,
     /// Only these points: indices and ranges (3,7-9) or parameters
     /// (kernel=kv_decode,batch=16; the same key twice is either value; impl=simple).
+    /// Several --only keep what any of them keeps.
     #[arg(long, value_name = "FILTER")]
-    only: Option<String>,
+    only: Vec<String>,
 }
 
 impl OverrideArgs {

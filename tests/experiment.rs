@@ -518,7 +518,7 @@ fn overrides_and_only_pick_settings_and_points() {
         reps: Some(3),
         warmup: Some(0),
         energy: Some(decodelab::energy::EnergyMode::Off),
-        only: Some("kernel=kv_decode,batch=8".into()),
+        only: vec!["kernel=kv_decode,batch=8".into()],
     })
     .unwrap();
     assert_eq!((e.reps, e.warmup), (3, 0));
@@ -533,7 +533,7 @@ fn overrides_and_only_pick_settings_and_points() {
     let only = |f: &str| {
         let mut e = parse(&text).unwrap();
         e.apply(&Overrides {
-            only: Some(f.into()),
+            only: f.split(" --only ").map(str::to_string).collect(),
             ..Default::default()
         })
         .map(|_| e.points.iter().map(|p| p.index).collect::<Vec<_>>())
@@ -542,6 +542,12 @@ fn overrides_and_only_pick_settings_and_points() {
     assert_eq!(only("batch=1,batch=8,kv_dtype=fp8_e4m3").unwrap(), [1, 3]);
     assert_eq!(only("op=copy").unwrap(), [5]);
     assert_eq!(only("impl=best,kernel=stream").unwrap(), [4, 5]);
+    // Several --only: the union (a point without a key never matches a term on it).
+    assert_eq!(
+        only("kernel=stream --only batch=8,kv_dtype=bf16").unwrap(),
+        [2, 4, 5]
+    );
+    assert_eq!(only("batch=8").unwrap(), [2, 3], "streams have no batch");
     let err = only("bath=8").unwrap_err().to_string();
     assert!(
         err.contains("no point has 'bath'") && err.contains("batch"),

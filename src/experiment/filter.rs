@@ -1,7 +1,7 @@
 //! `--only`: pick a few points of an experiment to run or check, by index and by parameter,
 //! e.g. `--only 3,7-9` or `--only kernel=kv_decode,batch=16`. Terms with the same key are
 //! alternatives (`batch=1,batch=16`); different keys must all hold. Bare numbers and ranges
-//! are point indices (the key `point`).
+//! are point indices (the key `point`). Several `--only` keep the points any of them keeps.
 
 use super::Point;
 
@@ -69,20 +69,18 @@ impl Filter {
         })
     }
 
-    /// The points the filter keeps, or why it is wrong for them: a key no point has (a typo),
-    /// or nothing matched.
-    pub fn apply(&self, points: Vec<Point>) -> Result<Vec<Point>, String> {
+    /// Keys no point has (typos), named with the keys that exist.
+    fn unknown_key(&self, points: &[Point]) -> Result<(), String> {
         for (key, _) in &self.terms {
             if !points.iter().any(|p| value_of(p, key).is_some()) {
                 let mut keys: Vec<String> = POINT_KEYS.iter().map(|k| k.to_string()).collect();
-                for p in &points {
+                for p in points {
                     if let Some(m) = p.workload.params_json().as_object() {
-                        keys.extend(
-                            m.keys()
-                                .filter(|k| !keys.contains(k))
-                                .cloned()
-                                .collect::<Vec<_>>(),
-                        );
+                        for k in m.keys() {
+                            if !keys.contains(k) {
+                                keys.push(k.clone());
+                            }
+                        }
                     }
                 }
                 return Err(format!(
@@ -92,12 +90,25 @@ impl Filter {
                 ));
             }
         }
-        let kept: Vec<Point> = points.into_iter().filter(|p| self.matches(p)).collect();
-        if kept.is_empty() {
-            return Err(format!("--only {}: no point matches", self.text));
-        }
-        Ok(kept)
+        Ok(())
     }
+}
+
+/// The points any of `filters` keeps, or why one is wrong for them: a key no point has (a
+/// typo), or nothing kept at all.
+pub fn apply(filters: &[Filter], points: Vec<Point>) -> Result<Vec<Point>, String> {
+    for f in filters {
+        f.unknown_key(&points)?;
+    }
+    let kept: Vec<Point> = points
+        .into_iter()
+        .filter(|p| filters.iter().any(|f| f.matches(p)))
+        .collect();
+    if kept.is_empty() {
+        let all: Vec<&str> = filters.iter().map(|f| f.text.as_str()).collect();
+        return Err(format!("--only {}: no point matches", all.join(" --only ")));
+    }
+    Ok(kept)
 }
 
 fn range(v: &str) -> Option<Accept> {

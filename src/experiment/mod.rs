@@ -86,8 +86,8 @@ pub struct Overrides {
     pub reps: Option<usize>,
     pub warmup: Option<usize>,
     pub energy: Option<crate::energy::EnergyMode>,
-    /// `--only`: the points to keep (see `filter`).
-    pub only: Option<String>,
+    /// `--only`: the points to keep (see `filter`); several keep what any keeps.
+    pub only: Vec<String>,
 }
 
 impl Experiment {
@@ -123,10 +123,15 @@ impl Experiment {
             self.energy = e;
             self.energy_line = 0;
         }
-        if let Some(text) = &o.only {
-            let filter = filter::Filter::parse(text).map_err(refuse)?;
+        if !o.only.is_empty() {
+            let filters = o
+                .only
+                .iter()
+                .map(|t| filter::Filter::parse(t))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(refuse)?;
             let points = std::mem::take(&mut self.points);
-            self.points = filter.apply(points).map_err(refuse)?;
+            self.points = filter::apply(&filters, points).map_err(refuse)?;
         }
         Ok(())
     }

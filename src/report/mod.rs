@@ -285,8 +285,17 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// A short label of a point's parameters, e.g. `gqa b8 hq64/8 d128 ctx4096 p16 bf16`.
+/// A short label of a point's parameters, e.g. `gqa b8 hq64/8 d128 ctx4096 p16 bf16` (with
+/// ` math=bf16` when the precision mode is not the default).
 pub fn params_label(kernel: &str, p: &serde_json::Value) -> String {
+    let label = params_label_core(kernel, p);
+    match p.get("math").and_then(|m| m.as_str()) {
+        Some(m) if m != "f32" => format!("{label} math={m}"),
+        _ => label,
+    }
+}
+
+fn params_label_core(kernel: &str, p: &serde_json::Value) -> String {
     let g = |k: &str| {
         p.get(k)
             .map(|v| v.to_string().trim_matches('"').to_string())

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The GPU loop: five minutes on a lent H100 or H200 that has the driver, a CUDA toolkit and
+# PyTorch but no Rust. Build here first (scripts/build-dist.sh --gl), then through the device
+# tool, carrying the binaries and the Vulkan loader:
+#   run(command="bash scripts/device-perf.sh", carry=["dist", ".gl"], timeout_s=420)
+# Steps, most important first, each under its own limit and all under one deadline
+# (BUDGET_S, default 300 s); results land in $OUT as they come, so a killed step still
+# returns what it finished:
+#   1. the perf sweep on cuda: experiments/device-perf.yaml, every implementation, energy off,
+#      every point checked by the oracle                                 -> results-cuda.jsonl
+#   2. PyTorch at the same shapes                                         -> torch.jsonl
+#   3. the table: implementation x shape, GB/s, % of stream read, x torch -> table.md
+#   4. the cuda conformance, split and compile/SASS suites, DECODELAB_REQUIRE=cuda -> tests.txt
+#   5. the headline GQA shapes on wgpu (Vulkan on the same card), and the table again
+set -uo pipefail
+OUT="${OUT:-/tmp/device-perf}"
+mkdir -p "$OUT"
+BIN="${BIN:-dist/decodelab}"
+TESTS="${TESTS:-dist/tests}"
+BUDGET_S="${BUDGET_S:-300}"
+exec > >(tee "$OUT/log.txt") 2>&1
+start=$(date +%s)
+
+# step NAME LIMIT_S COMMAND...: run under min(LIMIT_S, what the deadline leaves), log how it
+# ended, never stop the script.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$((BUDGET_S - ($(date +%s) - start) - 5))
+    if [ "$left" -lt 10 ]; then
+        echo "== $name: SKIPPED, ${left}s left of the ${BUDGET_S}s budget"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "== $name (limit ${limit}s, $((BUDGET_S - left - 5))s in)"
+    local t0=$(date +%s)
+    timeout -k 5 "$limit" "$@"
+    local rc=$?
+    echo "== $name: exit $rc after $(($(date +%s) - t0))s$([ $rc = 124 ] && echo ' (timed out)')"
+}
+
+# Vulkan loader for the wgpu backend, if carried.
+if [ -d .gl ] && ls .gl/*.deb >/dev/null 2>&1; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+# NVRTC, the CUDA headers and nvdisasm: the toolkit if present, else PyTorch's nvidia wheels.
+nv="$(python3 -c 'import nvidia, os; print(nvidia.__path__[0])' 2>/dev/null || true)"
+for d in /usr/local/cuda/lib64 "$nv/cuda_nvrtc/lib"; do [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
+for d in /usr/local/cuda/include "$nv/cuda_runtime/include"; do
+    if [ -f "$d/cuda_fp8.h" ]; then export DECODELAB_CUDA_INCLUDE="$d"; break; fi
+done
+[ -x /usr/local/cuda/bin/nvdisasm ] && export DECODELAB_NVDISASM=/usr/local/cuda/bin/nvdisasm
+# NCCL (cuda splits): the pip wheel ships libnccl.so.2; cudarc loads libnccl.so.
+for d in "$nv/nccl/lib" /usr/lib/x86_64-linux-gnu; do
+    if [ -f "$d/libnccl.so.2" ]; then
+        mkdir -p /tmp/nccl-lib && ln -sf "$d/libnccl.so.2" /tmp/nccl-lib/libnccl.so
+        export LD_LIBRARY_PATH="/tmp/nccl-lib:$d:${LD_LIBRARY_PATH:-}"
+        break
+    fi
+done
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}" PYTHONUNBUFFERED=1
+
+{
+    date -u
+    echo "binary: $(cat dist/COMMIT 2>/dev/null || echo '?') $("$BIN" --version 2>&1)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.memory --format=csv
+    nproc
+    "$BIN" devices
+} > "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+
+table() {
+    python3 scripts/device_table.py "$OUT/results-cuda.jsonl" "$OUT/results-wgpu.jsonl" \
+        --torch "$OUT/torch.jsonl" > "$OUT/table.md" 2>&1
+    cat "$OUT/table.md"
+}
+
+# 1. Every implementation at the headline shapes; results copied even from a killed run.
+rm -rf /tmp/dp-cuda /tmp/dp-wgpu
+step "perf sweep (cuda)" 150 "$BIN" run experiments/device-perf.yaml --no-progress --out /tmp/dp-cuda
+cp /tmp/dp-cuda/results.jsonl "$OUT/results-cuda.jsonl" 2>/dev/null
+
+# 2. PyTorch at the same shapes, then 3. the table.
+[ -s "$OUT/results-cuda.jsonl" ] &&
+    step "pytorch" 60 sh -c "python3 scripts/torch_reference.py '$OUT/results-cuda.jsonl' > '$OUT/torch.jsonl'"
+table
+
+# 4. The suites that have never run on a GPU: cuda conformance and splits (every
+#    implementation), NVRTC compiles and the SASS budget for this machine's toolkit.
+run_tests() {
+    export DECODELAB_REQUIRE=cuda
+    for suite in "conformance cuda::" "split cuda::" "cuda"; do
+        echo "--- $suite"
+        # shellcheck disable=SC2086 # the suite's name and its test filter
+        "$TESTS"/$suite --test-threads 4
+    done
+}
+export TESTS OUT
+step "cuda suites" 100 bash -c "$(declare -f run_tests); run_tests > \"\$OUT/tests.txt\" 2>&1"
+grep -E "^--- |^test result|FAILED|panicked|SKIPPED" "$OUT/tests.txt"
+
+# 5. The WGSL kernels on the same card, headline GQA shapes.
+step "perf sweep (wgpu)" 45 "$BIN" run experiments/device-perf.yaml --backend wgpu --no-progress \
+    --only kernel=stream --only attention=gqa,batch=16 --out /tmp/dp-wgpu
+cp /tmp/dp-wgpu/results.jsonl "$OUT/results-wgpu.jsonl" 2>/dev/null
+table
+echo "== done in $(($(date +%s) - start))s"
