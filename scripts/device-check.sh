@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The one script to run on a lent GPU (see DEVELOPERS.md). Build here, carry the binary:
-#   cargo build --release && mkdir -p dist && cp target/release/decodelab dist/
-# then, through the device tool, with carry [dist, .gl] (.gl: Vulkan loader debs, see the
-# device README):  bash scripts/device-check.sh
+# The broad device check (scripts/device-perf.sh is the five-minute perf loop): a dumped run
+# recomputed by numpy, device-check.yaml on cuda and wgpu with energy, every split on virtual
+# devices, PyTorch. Build here (scripts/build-dist.sh --gl), then through the device tool,
+# with carry [dist, .gl]:  bash scripts/device-check.sh
 # Everything lands in $OUT (at most 8 files): the table is printed last.
 set -uo pipefail
 OUT="${OUT:-/tmp/device-check}"
@@ -11,29 +11,7 @@ BIN="${BIN:-dist/decodelab}"
 log="$OUT/log.txt"
 exec > >(tee "$log") 2>&1
 
-# Vulkan loader for the wgpu backend, if carried.
-if [ -d .gl ] && ls .gl/*.deb >/dev/null 2>&1; then
-    for f in .gl/*.deb; do dpkg -x "$f" /; done
-    ldconfig
-fi
-if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
-    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-fi
-# NVRTC and CUDA headers: the toolkit if present, else PyTorch's pip-installed nvidia wheels.
-nv="$(python3 -c 'import nvidia, os; print(nvidia.__path__[0])' 2>/dev/null || true)"
-for d in /usr/local/cuda/lib64 "$nv/cuda_nvrtc/lib"; do [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
-for d in /usr/local/cuda/include "$nv/cuda_runtime/include"; do
-    if [ -f "$d/cuda_fp8.h" ]; then export DECODELAB_CUDA_INCLUDE="$d"; break; fi
-done
-# NCCL (cuda splits): the pip wheel ships libnccl.so.2; cudarc loads libnccl.so.
-for d in "$nv/nccl/lib" /usr/lib/x86_64-linux-gnu; do
-    if [ -f "$d/libnccl.so.2" ]; then
-        mkdir -p /tmp/nccl-lib && ln -sf "$d/libnccl.so.2" /tmp/nccl-lib/libnccl.so
-        export LD_LIBRARY_PATH="/tmp/nccl-lib:$d:${LD_LIBRARY_PATH:-}"
-        break
-    fi
-done
-export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+source scripts/device-env.sh
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv
 date -u

@@ -7,19 +7,30 @@ mod common;
 
 use decodelab::backend::cuda::compile;
 
-fn nvrtc_or_skip() -> bool {
-    match compile::nvrtc_available().and_then(|_| compile::include_dir().map(|_| ())) {
+/// Whether `tool` is here; else a printed skip, or a failure when DECODELAB_REQUIRE names it.
+fn tool_or_skip(tool: &str, found: Result<(), String>) -> bool {
+    match found {
         Ok(()) => true,
         Err(why) => {
             assert!(
-                !common::required("nvrtc"),
-                "DECODELAB_REQUIRE includes nvrtc, but: {why}"
+                !common::required(tool),
+                "DECODELAB_REQUIRE includes {tool}, but: {why}"
             );
             use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED: NVRTC unavailable ({why})");
+            let _ = writeln!(std::io::stderr(), "SKIPPED: {tool} unavailable ({why})");
             false
         }
     }
+}
+
+fn nvrtc_or_skip() -> bool {
+    let found = compile::nvrtc_available().and_then(|_| compile::include_dir().map(|_| ()));
+    tool_or_skip("nvrtc", found)
+}
+
+fn nvdisasm_or_skip() -> bool {
+    let found = decodelab::backend::cuda::sass::nvdisasm_path().map(|_| ());
+    tool_or_skip("nvdisasm", found)
 }
 
 #[test]
@@ -108,18 +119,11 @@ fn a_compile_error_is_an_error_with_the_log() {
 /// where NCCL is absent, unless DECODELAB_REQUIRE includes nccl.
 #[test]
 fn nccl_loads_and_reports_its_version() {
-    let v = match decodelab::split::nccl::version() {
-        Ok(v) => v,
-        Err(why) => {
-            assert!(
-                !common::required("nccl"),
-                "DECODELAB_REQUIRE includes nccl, but: {why}"
-            );
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED: NCCL unavailable ({why})");
-            return;
-        }
-    };
+    let version = decodelab::split::nccl::version();
+    if !tool_or_skip("nccl", version.clone().map(|_| ())) {
+        return;
+    }
+    let v = version.expect("checked above");
     let parts: Vec<u32> = v.split('.').map(|x| x.parse().unwrap()).collect();
     assert_eq!(parts.len(), 3, "{v}");
     assert!(
@@ -129,21 +133,6 @@ fn nccl_loads_and_reports_its_version() {
     // A unique id is what ranks share to form a communicator: made without any GPU.
     let id = cudarc::nccl::result::get_uniqueid().expect("ncclGetUniqueId");
     assert!(id.internal.iter().any(|&c| c != 0), "an all-zero unique id");
-}
-
-fn nvdisasm_or_skip() -> bool {
-    match decodelab::backend::cuda::sass::nvdisasm_path() {
-        Ok(_) => true,
-        Err(why) => {
-            assert!(
-                !common::required("nvdisasm"),
-                "DECODELAB_REQUIRE includes nvdisasm, but: {why}"
-            );
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED: nvdisasm unavailable ({why})");
-            false
-        }
-    }
 }
 
 /// The SASS budget, checked without a GPU: a tuned implementation never touches local memory

@@ -14,22 +14,26 @@ fn set_f32(inputs: &mut TensorSet, name: &'static str, values: &[f32]) {
     *t = Tensor::from_f32(name, shape, values);
 }
 
-#[test]
-fn attention_of_two_tokens_matches_closed_form() {
-    // One head, Dk = Dv = 1, two cached tokens on two pages of size 1.
-    // scores: s_t = q k_t / sqrt(1); out = sum softmax(s)_t v_t; lse = ln(sum e^{s_t}).
-    let w = gqa(1, 1, 1, 1, 1, vec![2], 1, DType::F32);
+/// One head, Dk = Dv = 1, two cached tokens on two pages of size 1: K = (0.5, -1),
+/// V = (3, -2), and q as given.
+fn two_tokens(math: Math, q: f32) -> (Workload, TensorSet) {
+    let w = with_math(gqa(1, 1, 1, 1, 1, vec![2], 1, DType::F32), math);
     let mut inputs = w.inputs();
-    set_f32(&mut inputs, "q", &[2.0]);
+    set_f32(&mut inputs, "q", &[q]);
     // The page table maps logical page p to a physical page: write K/V by physical page.
     let table = inputs.get("page_table").unwrap().as_i32();
     let (mut k, mut v) = (vec![0f32; 2], vec![0f32; 2]);
-    k[table[0] as usize] = 0.5; // token 0
-    k[table[1] as usize] = -1.0; // token 1
-    v[table[0] as usize] = 3.0;
-    v[table[1] as usize] = -2.0;
+    (k[table[0] as usize], k[table[1] as usize]) = (0.5, -1.0);
+    (v[table[0] as usize], v[table[1] as usize]) = (3.0, -2.0);
     set_f32(&mut inputs, "k_pages", &k);
     set_f32(&mut inputs, "v_pages", &v);
+    (w, inputs)
+}
+
+#[test]
+fn attention_of_two_tokens_matches_closed_form() {
+    // scores: s_t = q k_t / sqrt(1); out = sum softmax(s)_t v_t; lse = ln(sum e^{s_t}).
+    let (w, inputs) = two_tokens(Math::F32, 2.0);
     let (s0, s1) = (1.0f64, -2.0f64);
     let lse = (s0.exp() + s1.exp()).ln();
     let out = (s0.exp() * 3.0 + s1.exp() * -2.0) / (s0.exp() + s1.exp());
@@ -89,15 +93,7 @@ fn fp8_scale_dequantises_in_the_oracle() {
 #[test]
 fn bf16_math_rounds_q_and_p_worked_by_hand() {
     // The two-token point above, at math: bf16, with q = 1 + 2^-9 (bf16 rounds it to 1).
-    let w = with_math(gqa(1, 1, 1, 1, 1, vec![2], 1, DType::F32), Math::Bf16);
-    let mut inputs = w.inputs();
-    set_f32(&mut inputs, "q", &[1.0 + 1.0 / 512.0]);
-    let table = inputs.get("page_table").unwrap().as_i32();
-    let (mut k, mut v) = (vec![0f32; 2], vec![0f32; 2]);
-    (k[table[0] as usize], k[table[1] as usize]) = (0.5, -1.0);
-    (v[table[0] as usize], v[table[1] as usize]) = (3.0, -2.0);
-    set_f32(&mut inputs, "k_pages", &k);
-    set_f32(&mut inputs, "v_pages", &v);
+    let (w, inputs) = two_tokens(Math::Bf16, 1.0 + 1.0 / 512.0);
     // Rounded: scores 0.5 and -1; P = 1 and e^-1.5 = 0.2231301..., which bf16 holds as
     // 228/1024 = 0.22265625; the row sum keeps the unrounded P.
     let p1 = (-1.5f64).exp();

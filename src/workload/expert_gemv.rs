@@ -6,7 +6,7 @@ use super::dtype::DType;
 use super::generate::{self, rng_for};
 use super::math::Math;
 use super::tensor::{Elem, Tensor, TensorSet};
-use super::{ByteTerm, OutputSpec};
+use super::{ByteTerm, OutputSpec, dot_f64};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -305,7 +305,7 @@ impl ExpertGemv {
                     let s = scales.as_ref().map_or(1.0, |s| s[e * dout + o] as f64);
                     for &slot in &slots_of[e] {
                         let t = slot / k;
-                        slots[slot] = dot_mixed(&row, &x[t * di..(t + 1) * di]) * s;
+                        slots[slot] = dot_f64(&row, &x[t * di..(t + 1) * di]) * s;
                     }
                 }
                 slots
@@ -321,22 +321,4 @@ impl ExpertGemv {
         }
         y
     }
-}
-
-/// An f32 row against f64 values, in f64 with four running sums.
-fn dot_mixed(a: &[f32], b: &[f64]) -> f64 {
-    let mut acc = [0f64; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tail: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(&x, y)| x as f64 * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..4 {
-            acc[i] += x[i] as f64 * y[i];
-        }
-    }
-    acc.iter().sum::<f64>() + tail
 }

@@ -5,7 +5,7 @@ use super::dtype::DType;
 use super::generate::{self, rng_for};
 use super::math::Math;
 use super::tensor::{Elem, Tensor, TensorSet};
-use super::{ByteTerm, OutputSpec};
+use super::{ByteTerm, OutputSpec, dot_f64};
 use rand::RngExt;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -436,23 +436,4 @@ impl KvDecode {
         }
         (out, lse)
     }
-}
-
-/// An f64 dot product with four running sums (the order barely matters in f64; the
-/// independent sums let it vectorise).
-pub(crate) fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0f64; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tail: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..4 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f64>() + tail
 }

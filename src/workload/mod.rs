@@ -173,3 +173,22 @@ impl Workload {
         self.input_bytes() + self.output_bytes() + 8 * (sets + 1) * float_outputs
     }
 }
+
+/// An f64 dot product of `a` (f32 or f64 values) with `b`, with four running sums: the order
+/// barely matters in f64, and independent sums let it vectorise. The oracles' inner loop.
+pub(crate) fn dot_f64<T: Copy + Into<f64>>(a: &[T], b: &[f64]) -> f64 {
+    let mut acc = [0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, y)| x.into() * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..4 {
+            acc[i] += x[i].into() * y[i];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
