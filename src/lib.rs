@@ -7,6 +7,7 @@ pub mod backend;
 pub mod energy;
 pub mod experiment;
 pub mod model;
+pub mod profiles;
 pub mod report;
 pub mod split;
 pub mod workload;

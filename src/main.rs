@@ -73,6 +73,9 @@ enum Command {
     },
     /// The analytic decode model: where the milliseconds and joules of a token go.
     Model(ModelArgs),
+    /// The hardware profiles and model presets `hardware:`, `model --model` and
+    /// `--hardware` take: built in, or a file of the same name here that overrides one.
+    Profiles,
     /// Draw the talk's figures from the YAML files in DIR (SVG, PNG and an index.html).
     Figures {
         /// A folder of figure YAMLs (experiments/talk).
@@ -87,9 +90,11 @@ enum Command {
 
 fn main() -> ExitCode {
     quiet_mesa_wsi();
+    die_quietly_on_a_closed_pipe();
     let cli = Cli::parse();
     match cli.command {
         Command::Devices => devices(),
+        Command::Profiles => profiles(),
         Command::Kernels { arch, json, sass } => kernels(&arch, json, sass),
         Command::Model(args) => match model_cmd(&args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -143,6 +148,16 @@ fn main() -> ExitCode {
             };
             run(&file, opts, &over.overrides())
         }
+    }
+}
+
+/// `decodelab ... | head` closes stdout early: end quietly like any Unix tool, rather than
+/// panic in println! (Rust ignores SIGPIPE by default).
+fn die_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -373,6 +388,64 @@ fn model_cmd(a: &ModelArgs) -> anyhow::Result<()> {
     }
     print!("{}", model::figures::describe(&b));
     Ok(())
+}
+
+fn profiles() -> ExitCode {
+    use decodelab::profiles::{Kind, find};
+    let here = std::path::Path::new(".");
+    let mut status = ExitCode::SUCCESS;
+    // Where a name resolves from here: a file of the same name overrides the built-in one.
+    let source = |f: &decodelab::profiles::Found| match &f.path {
+        Some(p) => format!("  (file {})", p.display()),
+        None => String::new(),
+    };
+    println!("hardware profiles (hardware: NAME, model --hardware NAME):");
+    for (name, _) in Kind::Hardware.builtin() {
+        let found = find(Kind::Hardware, here, name);
+        match (decodelab::model::find_hardware(here, name), found) {
+            (Ok(h), Ok(f)) => println!(
+                "  {name:<16} {:<42} {:>6.1} GB  {:>7} GB/s{}{}",
+                h.name,
+                h.memory_bytes as f64 / 1e9,
+                h.memory_bandwidth_gbps,
+                if h.energy.is_some() {
+                    "  energy constants"
+                } else {
+                    ""
+                },
+                source(&f)
+            ),
+            (Err(e), _) => {
+                println!("  {name:<16} error: {e:#}");
+                status = ExitCode::from(1);
+            }
+            (_, Err(e)) => {
+                println!("  {name:<16} error: {e}");
+                status = ExitCode::from(1);
+            }
+        }
+    }
+    println!("model presets (model --model NAME):");
+    for (name, _) in Kind::Model.builtin() {
+        match (
+            decodelab::model::find_model(here, name),
+            find(Kind::Model, here, name),
+        ) {
+            (Ok(m), Ok(f)) => println!("  {name:<16} {:<14} {}{}", m.name, m.summary(), source(&f)),
+            (Err(e), _) => {
+                println!("  {name:<16} error: {e:#}");
+                status = ExitCode::from(1);
+            }
+            (_, Err(e)) => {
+                println!("  {name:<16} error: {e}");
+                status = ExitCode::from(1);
+            }
+        }
+    }
+    println!(
+        "A file hardware/NAME.yaml or models/NAME.yaml beside an experiment (or in a folder\nabove it), or a path ending in .yaml, overrides or adds to these."
+    );
+    status
 }
 
 fn devices() -> ExitCode {

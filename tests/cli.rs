@@ -138,6 +138,76 @@ fn a_few_points_rerun_fast_with_overrides() {
     );
 }
 
+#[test]
+fn profiles_and_presets_work_from_any_folder() {
+    let dir = tempdir("anywhere");
+    std::fs::write(dir.join("mine.yaml"), "name: mine\nbackends: [cpu]\nhardware: h100-sxm\nruns:\n  - kernel: stream\n    bytes: 4KiB\n").unwrap();
+    let o = bin()
+        .current_dir(&dir)
+        .args(["check", "mine.yaml"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && text.contains("NVIDIA H100"),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A typo names what it probably meant, at its line.
+    std::fs::write(
+        dir.join("typo.yaml"),
+        "name: typo\nhardware: h100\nruns:\n  - kernel: stream\n    bytes: 4KiB\n",
+    )
+    .unwrap();
+    let o = bin()
+        .current_dir(&dir)
+        .args(["check", "typo.yaml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err.contains("typo.yaml:2") && err.contains("did you mean h100-sxm?"),
+        "{err}"
+    );
+    let o = bin()
+        .current_dir(&dir)
+        .args([
+            "model",
+            "--model",
+            "kimi-k2.5",
+            "--hardware",
+            "b200",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = bin()
+        .current_dir(&dir)
+        .args(["model", "--model", "kimi", "--hardware", "b200"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("did you mean kimi-k2.5?"));
+    // The listing names every built-in profile and preset.
+    let o = bin().current_dir(&dir).arg("profiles").output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    for (name, _) in decodelab::profiles::HARDWARE
+        .iter()
+        .chain(decodelab::profiles::MODELS)
+    {
+        assert!(
+            text.contains(&format!("  {name} ")),
+            "{name} not listed:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("(file "),
+        "nothing here overrides a built-in one:\n{text}"
+    );
+}
+
 const SWEEP: &str = "name: killme\nbackends: [cpu]\nwarmup: 1\nreps: 3\nruns:\n  - kernel: kv_decode\n    batch: [1, 2, 3, 4, 5, 6, 7, 8]\n    q_heads: 8\n    kv_heads: 2\n    head_dim: 64\n    context: [1500, 1501, 1502, 1503, 1504]\n";
 
 #[test]

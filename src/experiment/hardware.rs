@@ -1,9 +1,10 @@
-//! Hardware profiles: `experiments/hardware/<name>.yaml`, the spec figures a result is held
-//! against. Data, not code: each figure carries its source in a comment in the file.
+//! Hardware profiles: `experiments/hardware/<name>.yaml` (built into the binary, see
+//! `profiles`), the spec figures a result is held against. Data, not code: each figure
+//! carries its source in a comment in the file.
 
 use super::error::ConfigError;
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -78,41 +79,25 @@ pub struct EnergyConstants {
     pub pj_per_flop: PerDtype,
 }
 
-/// Find `<dir>/hardware/<name>.yaml` in the experiment's folder or any folder above it, or
-/// take `name` as a path when it ends in `.yaml`.
-pub fn find_profile(experiment_file: &Path, name: &str) -> Option<PathBuf> {
-    if name.ends_with(".yaml") {
-        let p = experiment_file
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(name);
-        return p.exists().then_some(p);
-    }
-    let start = experiment_file.parent().unwrap_or(Path::new("."));
-    let start = if start.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        start
-    };
-    start
-        .ancestors()
-        .map(|d| d.join("hardware").join(format!("{name}.yaml")))
-        .find(|p| p.exists())
+/// The profile `name` for an experiment in `folder` (see `profiles::find`: a file beside or
+/// above it, a path, or the built-in one). `Err(Ok(message))`: no such profile;
+/// `Err(Err(e))`: a profile file that does not parse.
+pub fn find(folder: &Path, name: &str) -> Result<HardwareProfile, Result<String, ConfigError>> {
+    let found = crate::profiles::find(crate::profiles::Kind::Hardware, folder, name).map_err(Ok)?;
+    parse_profile(&found.label, &found.text, name).map_err(Err)
 }
 
-pub fn load_profile(path: &Path) -> Result<HardwareProfile, ConfigError> {
-    let file = path.display().to_string();
-    let source = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::whole_file(&file, format!("cannot read: {e}")))?;
+/// Parse a profile's text; `label` names it in errors, `id` is what it is called by.
+fn parse_profile(label: &str, source: &str, id: &str) -> Result<HardwareProfile, ConfigError> {
     let mut p: HardwareProfile =
-        serde_saphyr::from_str(&source).map_err(|e| ConfigError::from_yaml(&file, &source, &e))?;
+        serde_saphyr::from_str(source).map_err(|e| ConfigError::from_yaml(label, source, &e))?;
     if !(p.memory_bandwidth_gbps.is_finite() && p.memory_bandwidth_gbps > 0.0) {
         return Err(ConfigError::whole_file(
-            &file,
+            label,
             "memory_bandwidth_gbps must be a positive number",
         ));
     }
-    p.id = path
+    p.id = Path::new(id)
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();

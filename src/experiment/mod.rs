@@ -293,11 +293,14 @@ impl Builder<'_> {
             None => None,
             Some(h) => {
                 let l = &h.referenced;
-                let found = hardware::find_profile(path, &h.value).ok_or_else(|| {
-                    self.err(l.line(), l.column(), "hardware", format!(
-                        "no profile '{}' (looked for hardware/{}.yaml beside and above the experiment)", h.value, h.value))
-                })?;
-                Some(hardware::load_profile(&found)?)
+                let folder = path.parent().unwrap_or(Path::new("."));
+                match hardware::find(folder, &h.value) {
+                    Ok(p) => Some(p),
+                    Err(Ok(missing)) => {
+                        return Err(self.err(l.line(), l.column(), "hardware", missing));
+                    }
+                    Err(Err(bad_file)) => return Err(bad_file),
+                }
             }
         };
 

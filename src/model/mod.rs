@@ -8,7 +8,7 @@ pub mod figures;
 use crate::experiment::error::ConfigError;
 use crate::experiment::hardware::{self, HardwareProfile, PerDtype};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A weight or KV dtype in the model: bytes per value and the tensor-core rate it runs at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +37,17 @@ impl ModelDtype {
             ModelDtype::F32 | ModelDtype::Bf16 | ModelDtype::F16 => p.bf16,
             ModelDtype::Fp8 => p.fp8,
             ModelDtype::Mxfp4 => p.fp4,
+        }
+    }
+
+    /// The name it is written by (bf16, fp8, mxfp4).
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelDtype::F32 => "f32",
+            ModelDtype::Bf16 => "bf16",
+            ModelDtype::F16 => "f16",
+            ModelDtype::Fp8 => "fp8",
+            ModelDtype::Mxfp4 => "mxfp4",
         }
     }
 
@@ -229,6 +240,39 @@ pub fn expected_experts(experts: f64, top_k: f64, batch: f64) -> f64 {
 }
 
 impl ModelPreset {
+    /// One line of what it is: attention, experts, total and active parameters, dtypes.
+    pub fn summary(&self) -> String {
+        let attention = match &self.attention {
+            AttentionSpec::Gqa {
+                heads,
+                kv_heads,
+                head_dim,
+                ..
+            } => {
+                format!("GQA {heads}/{kv_heads} d{head_dim}")
+            }
+            AttentionSpec::Mla {
+                heads,
+                kv_lora_rank,
+                rope_dim,
+                ..
+            } => {
+                format!("MLA {heads} heads {kv_lora_rank}+{rope_dim}")
+            }
+        };
+        let moe = self.moe.as_ref().map_or("dense".to_string(), |m| {
+            format!("MoE {} experts top-{}", m.experts, m.top_k)
+        });
+        format!(
+            "{} layers, {attention}, {moe}, {:.0}B params ({:.0}B active), weights {}, KV {}",
+            self.layers,
+            self.total_params() / 1e9,
+            self.active_params() / 1e9,
+            self.weights.name(),
+            self.kv.name()
+        )
+    }
+
     /// Parameters of one layer's attention projections.
     pub fn attention_params(&self) -> f64 {
         let h = self.hidden as f64;
@@ -507,50 +551,22 @@ pub fn evaluate(
     })
 }
 
-/// Find `<kind>/<name>.yaml` beside `start` or in a folder above it (or `experiments/` under
-/// the working directory), or take `name` as a path when it ends in `.yaml`.
-pub fn find_data(start: &Path, kind: &str, name: &str) -> Option<PathBuf> {
-    if name.ends_with(".yaml") {
-        let p = PathBuf::from(name);
-        return p.exists().then_some(p);
-    }
-    let file = format!("{name}.yaml");
-    let start = if start.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        start
-    };
-    start
-        .ancestors()
-        .flat_map(|d| {
-            [
-                d.join(kind).join(&file),
-                d.join("experiments").join(kind).join(&file),
-            ]
-        })
-        .find(|p| p.exists())
-}
-
-pub fn load_model(path: &Path) -> Result<ModelPreset, ConfigError> {
-    let file = path.display().to_string();
-    let source = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::whole_file(&file, format!("cannot read: {e}")))?;
-    serde_saphyr::from_str(&source).map_err(|e| ConfigError::from_yaml(&file, &source, &e))
-}
-
+/// The model preset `name` (see `profiles::find`: a file in `start` or above, a path, or the
+/// built-in one).
 pub fn find_model(start: &Path, name: &str) -> anyhow::Result<ModelPreset> {
-    let p = find_data(start, "models", name).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no model '{name}' (looked for models/{name}.yaml in experiments/ and above)"
-        )
-    })?;
-    Ok(load_model(&p)?)
+    let f = crate::profiles::find(crate::profiles::Kind::Model, start, name)
+        .map_err(anyhow::Error::msg)?;
+    Ok(serde_saphyr::from_str(&f.text)
+        .map_err(|e| ConfigError::from_yaml(&f.label, &f.text, &e))?)
 }
 
+/// The hardware profile `name`, found as `find_model` finds presets.
 pub fn find_hardware(start: &Path, name: &str) -> anyhow::Result<HardwareProfile> {
-    let p = find_data(start, "hardware", name)
-        .ok_or_else(|| anyhow::anyhow!("no hardware profile '{name}' (looked for hardware/{name}.yaml in experiments/ and above)"))?;
-    Ok(hardware::load_profile(&p)?)
+    match hardware::find(start, name) {
+        Ok(p) => Ok(p),
+        Err(Ok(missing)) => Err(anyhow::anyhow!(missing)),
+        Err(Err(bad)) => Err(bad.into()),
+    }
 }
 
 /// Bandwidths decodelab measured, for `--measured`: the expert_gemv result nearest the
