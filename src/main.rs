@@ -661,6 +661,10 @@ fn run(file: &std::path::Path, opts: RunOptions, over: &Overrides) -> ExitCode {
                 println!("\nlinks:");
                 print!("{t}");
             }
+            print!(
+                "\n{}",
+                report::verdict(&o.lines, &o.out_dir.join("results.jsonl"))
+            );
             let no_impl = if o.skipped_no_impl > 0 {
                 format!(
                     ", {} skipped (implementation not on these backends)",

@@ -64,6 +64,60 @@ fn quickstart_runs_and_every_check_passes() {
             );
         }
     }
+    // Each stream op is its own ceiling (copy against copy); the decode kernels are held
+    // against the read.
+    let read = lines
+        .iter()
+        .find(|l| l.kernel == "stream" && l.params["op"] == "read")
+        .unwrap();
+    for l in &lines {
+        let want = if l.kernel == "stream" {
+            100.0
+        } else {
+            100.0 * l.gbps / read.gbps
+        };
+        let got = l.pct_of_stream.expect("every point has a ceiling");
+        if l.kernel != "stream"
+            || l.params["op"] == "read"
+            || lines
+                .iter()
+                .filter(|m| m.params["op"] == l.params["op"])
+                .count()
+                == 1
+        {
+            assert!(
+                (got - want).abs() < 1e-9 * want,
+                "{} {:?}: {got} vs {want}",
+                l.kernel,
+                l.params
+            );
+        }
+    }
+    // The run ends with its verdict.
+    assert!(
+        stdout.contains("ran on: cpu:0") && stdout.contains("closest to the stream ceiling"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("running on cpu:0") && stdout.contains("(the CPU reference backend)"),
+        "{stdout}"
+    );
+    // CSV: a column per parameter, plain decimals.
+    let csv_text = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let header: Vec<&str> = csv_text.lines().next().unwrap().split(',').collect();
+    for c in [
+        "batch",
+        "context",
+        "kv_dtype",
+        "params.bytes",
+        "bytes",
+        "gbps",
+        "pj_per_byte_modelled",
+        "noisy",
+    ] {
+        assert!(header.contains(&c), "no column {c} in {header:?}");
+    }
+    assert!(!csv_text.contains("e-"), "no exponents: {csv_text}");
     // Every line names its implementation and where its host seconds went.
     for l in &lines {
         assert_eq!(l.implementation, "simple", "{l:?}");

@@ -137,6 +137,22 @@ enum Flush {
     Scratch(usize),
 }
 
+/// Whether the CPU has CLFLUSHOPT (CPUID leaf 7, EBX bit 23).
+#[cfg(target_arch = "x86_64")]
+fn has_clflushopt() -> bool {
+    std::arch::x86_64::__cpuid_count(7, 0).ebx & (1 << 23) != 0
+}
+
+/// CLFLUSHOPT of the line holding `p` (std::arch has no stable intrinsic for it).
+///
+/// # Safety
+/// The CPU must support clflushopt (`has_clflushopt`); `p` must point into a live allocation.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clflushopt(p: *const u8) {
+    // SAFETY: the caller's contract; the instruction only evicts a cache line.
+    unsafe { std::arch::asm!("clflushopt [{}]", in(reg) p, options(nostack, preserves_flags)) };
+}
+
 /// Above this the point's buffers are not flushed line by line: clflush of gigabytes of
 /// allocated but untouched weights would cost seconds per rep.
 const CLFLUSH_MAX: u64 = 256 << 20;
@@ -154,17 +170,47 @@ impl Flush {
 }
 
 impl CpuPoint {
+    /// The bytes a step touches, to be flushed line by line: every tensor, but of the expert
+    /// weights only the experts the tokens chose (clflush of untouched gigabytes costs
+    /// seconds per rep and buys nothing).
+    fn step_reads(&self) -> Vec<&[u8]> {
+        let mut v: Vec<&[u8]> = Vec::new();
+        for t in self.inputs.0.iter().chain(&self.outputs.0) {
+            match (&self.workload, t.name) {
+                (Workload::ExpertGemv(w), "w") => {
+                    let per_expert = t.bytes.len() / w.experts.max(1);
+                    for e in w.touched() {
+                        let at = e as usize * per_expert;
+                        v.push(&t.bytes[at..at + per_expert]);
+                    }
+                }
+                _ => v.push(&t.bytes),
+            }
+        }
+        v
+    }
+
     fn flush_cache(&mut self) {
         match self.flush {
             Flush::None => {}
             Flush::Lines => {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    for t in self.inputs.0.iter().chain(&self.outputs.0) {
-                        t.bytes.par_chunks(1 << 16).for_each(|chunk| {
+                    // clflushopt where the CPU has it: unordered, so lines leave in parallel
+                    // (clflush evicts one at a time); the fence below orders them all.
+                    let opt = has_clflushopt();
+                    for bytes in self.step_reads() {
+                        bytes.par_chunks(1 << 16).for_each(|chunk| {
                             for line in chunk.chunks(64) {
-                                // SAFETY: the pointer is inside a live, borrowed allocation.
-                                unsafe { std::arch::x86_64::_mm_clflush(line.as_ptr()) };
+                                // SAFETY: the pointer is inside a live, borrowed allocation,
+                                // and clflushopt runs only where the CPU reports it.
+                                unsafe {
+                                    if opt {
+                                        clflushopt(line.as_ptr());
+                                    } else {
+                                        std::arch::x86_64::_mm_clflush(line.as_ptr());
+                                    }
+                                }
                             }
                         });
                     }

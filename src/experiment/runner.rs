@@ -7,7 +7,7 @@ use crate::backend::{self, Backend, How, Probe};
 use crate::report::{self, CheckOut, Energy, HostSeconds, ResultLine, ResultsFile, TimeStats};
 use crate::split::SplitKind;
 use crate::split::run::DeviceSet;
-use crate::workload::{Reference, StreamOp, TensorSet, Workload};
+use crate::workload::{Reference, TensorSet, Workload};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{HashMap, HashSet};
@@ -18,6 +18,8 @@ use std::time::Instant;
 /// A backend with the devices this run uses on it.
 pub struct Selected {
     pub backend: Box<dyn Backend>,
+    /// Why `auto` chose this backend over the others, when it did.
+    pub chosen: Option<String>,
     /// The run's logical devices: devices[i] is the physical device logical device i is on
     /// (all the same one with `virtual: true`).
     pub devices: Vec<usize>,
@@ -87,13 +89,32 @@ pub fn select(exp: &Experiment, choice: &BackendChoice) -> Result<Vec<Selected>,
             Probe::Unavailable { name, reason } => reasons.push((name, reason)),
         }
     }
+    let mut why_auto = None;
     let chosen: Vec<Box<dyn Backend>> = match choice {
         // The first backend with a real device: a GPU, else the CPU (never an emulated GPU).
-        BackendChoice::Auto => available
-            .into_iter()
-            .filter(|b| b.devices().iter().any(|d| !d.emulated))
-            .take(1)
-            .collect(),
+        BackendChoice::Auto => {
+            let mut passed: Vec<String> = reasons
+                .iter()
+                .map(|(n, why)| format!("{n} unavailable ({why})"))
+                .collect();
+            let mut pick = Vec::new();
+            for b in available {
+                if b.devices().iter().any(|d| !d.emulated) {
+                    pick.push(b);
+                    break;
+                }
+                let names: Vec<&str> = b.devices().iter().map(|d| d.name.as_str()).collect();
+                passed.push(format!(
+                    "{} has only an emulated GPU ({})",
+                    b.name(),
+                    names.join(", ")
+                ));
+            }
+            if !passed.is_empty() {
+                why_auto = Some(format!("auto: {}", passed.join("; ")));
+            }
+            pick
+        }
         BackendChoice::All => available,
         BackendChoice::Named(names) => {
             let mut out = Vec::new();
@@ -137,6 +158,7 @@ pub fn select(exp: &Experiment, choice: &BackendChoice) -> Result<Vec<Selected>,
         }
         selected.push(Selected {
             backend: b,
+            chosen: why_auto.clone(),
             devices,
             virtual_devices: exp.virtual_devices,
         });
@@ -341,8 +363,17 @@ fn default_out_dir(exp: &Experiment) -> PathBuf {
     Path::new("results").join(&exp.name).join(stamp)
 }
 
-fn is_stream_read(w: &Workload) -> bool {
-    matches!(w, Workload::Stream(s) if s.op == StreamOp::Read)
+/// The stream op a point is held against: its own for a stream point (copy against copy),
+/// read for the decode kernels (they read what they stream), none for a link.
+fn ceiling_op(kernel: &str, params: &serde_json::Value) -> Option<String> {
+    match kernel {
+        "stream" => params
+            .get("op")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
+        "link" => None,
+        _ => Some("read".into()),
+    }
 }
 
 fn host_env() -> serde_json::Value {
@@ -391,22 +422,23 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
     let (mut results, mut lines) = ResultsFile::open(&out_dir)?;
     let done: HashSet<(usize, String, String)> = lines.iter().map(ResultLine::key).collect();
 
-    // Stream-read points run first, so every later point can be held against the ceiling
-    // measured on the same device in the same run.
+    // Stream points run first, so every later point can be held against the ceiling of its
+    // kind (read for the decode kernels, copy for a copy) measured on the same device in the
+    // same run.
     let mut order: Vec<&Point> = exp.points.iter().collect();
-    order.sort_by_key(|p| !is_stream_read(&p.workload));
-    let mut stream_best: HashMap<(String, String), f64> = HashMap::new();
-    for l in &lines {
-        if l.kernel == "stream"
-            && l.params.get("op").and_then(|v| v.as_str()) == Some("read")
-            && l.check.pass
-            && l.split == "none"
-        {
-            let e = stream_best
-                .entry((l.backend.clone(), l.key().2))
+    order.sort_by_key(|p| p.workload.kernel() != "stream");
+    let mut stream_best: HashMap<(String, String, String), f64> = HashMap::new();
+    let record = |l: &ResultLine, best: &mut HashMap<_, f64>| {
+        if l.kernel == "stream" && l.check.pass && l.split == "none" {
+            let op = ceiling_op(&l.kernel, &l.params).unwrap_or_default();
+            let e = best
+                .entry((l.backend.clone(), l.key().2, op))
                 .or_insert(0.0);
             *e = e.max(l.gbps);
         }
+    };
+    for l in &lines {
+        record(l, &mut stream_best);
     }
 
     let pending: usize = order
@@ -444,6 +476,23 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
             bar.println(s)
         }
     };
+    for s in selected {
+        let devs: Vec<String> = s
+            .physical_devices()
+            .iter()
+            .map(|&d| format!("{}:{d} = {}", s.backend.name(), s.backend.devices()[d].name))
+            .collect();
+        let what = if s.backend.name() == "cpu" {
+            " (the CPU reference backend)"
+        } else {
+            ""
+        };
+        let why = s
+            .chosen
+            .as_ref()
+            .map_or(String::new(), |w| format!(" [{w}]"));
+        say(format!("running on {}{what}{why}", devs.join(", ")));
+    }
     if skipped_done > 0 {
         say(format!(
             "resuming {}: {skipped_done} results already there, {pending} to go",
@@ -522,13 +571,9 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
                     .with_context(|| format!("--dump {}", dir.display()))?;
                 dumped = true;
             }
-            let stream_key = (line.backend.clone(), line.key().2);
-            if is_stream_read(&p.workload) && p.split == SplitKind::None && line.check.pass {
-                let e = stream_best.entry(stream_key.clone()).or_insert(0.0);
-                *e = e.max(line.gbps);
-            }
-            line.pct_of_stream = stream_best
-                .get(&stream_key)
+            record(&line, &mut stream_best);
+            line.pct_of_stream = ceiling_op(&line.kernel, &line.params)
+                .and_then(|op| stream_best.get(&(line.backend.clone(), line.key().2, op)))
                 .filter(|&&best| best > 0.0)
                 .map(|best| 100.0 * line.gbps / best);
             results.append(&line)?;
@@ -608,7 +653,12 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
     report::write_atomic(&out_dir.join("results.csv"), &report::to_csv(&lines))?;
     report::write_atomic(
         &out_dir.join("summary.md"),
-        &report::summary_markdown(&exp.name, &exp.file.display().to_string(), &lines),
+        &report::summary_markdown(
+            &exp.name,
+            &exp.file.display().to_string(),
+            &lines,
+            &out_dir.join("results.jsonl"),
+        ),
     )?;
     Ok(Outcome {
         out_dir,
@@ -899,7 +949,7 @@ fn run_single(
         data.oracle_s += secs;
     }
     let (mut prepared, upload_s) = prepared?;
-    let times = prepared.run(exp.warmup, exp.reps)?;
+    let times = timed_reps(prepared.as_mut(), exp.warmup, exp.reps)?;
     let outputs = prepared.read_outputs()?;
     let energy = energy_of(&p.workload, &meters, prepared.as_mut())?;
     let stats = TimeStats::from_samples(&times).context("no timings came back")?;
@@ -932,6 +982,40 @@ fn run_single(
         Some(host_s),
     )?;
     Ok((line, outputs))
+}
+
+/// When the median stays noisy, more reps are taken: up to this many times the asked-for
+/// count, for at most as long as the asked-for reps took and never over this long (a point
+/// at most doubles its time).
+const MORE_REPS_FACTOR: usize = 4;
+const MORE_REPS_SECONDS: f64 = 2.0;
+
+/// `reps` timed reps after `warmup`, and more, in rounds as many again, while
+/// `more_reps_wanted` says so.
+fn timed_reps(
+    prepared: &mut dyn crate::backend::Prepared,
+    warmup: usize,
+    reps: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let t0 = Instant::now();
+    let mut times = prepared.run(warmup, reps)?;
+    let budget = t0.elapsed().as_secs_f64().min(MORE_REPS_SECONDS);
+    let t1 = Instant::now();
+    while more_reps_wanted(&times, reps, t1.elapsed().as_secs_f64(), budget) {
+        times.extend(prepared.run(0, reps)?);
+    }
+    Ok(times)
+}
+
+/// Whether a point with these rep times should take another round: its median is noisy, it
+/// asked for 5 reps or more (fewer is taken as asked), it has taken fewer than
+/// `MORE_REPS_FACTOR` times them, and the extra rounds have run for less than `budget`
+/// seconds (the first always runs).
+fn more_reps_wanted(times: &[f64], reps: usize, extra_s: f64, budget_s: f64) -> bool {
+    reps >= 5
+        && times.len() < MORE_REPS_FACTOR * reps
+        && (times.len() == reps || extra_s < budget_s)
+        && TimeStats::from_samples(times).is_some_and(|s| s.noisy())
 }
 
 /// A split point: shards on every device of the run, the combine, the one-device baseline.
@@ -1184,4 +1268,29 @@ fn dump_point(
         &serde_json::to_string_pretty(&meta)?,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_noisy_median_takes_more_reps_and_a_steady_one_does_not() {
+        let steady = vec![1e-6; 10];
+        assert!(!more_reps_wanted(&steady, 10, 0.0, 1.0));
+        // Half the reps 20 % slower: the median never settles.
+        let noisy = |n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|i| 1e-6 * (1.0 + 0.2 * (i % 2) as f64))
+                .collect()
+        };
+        assert!(TimeStats::from_samples(&noisy(40)).unwrap().noisy());
+        // The first extra round always runs; later ones within the time budget; never past 4x.
+        assert!(more_reps_wanted(&noisy(10), 10, 5.0, 1.0));
+        assert!(more_reps_wanted(&noisy(20), 10, 0.5, 1.0));
+        assert!(!more_reps_wanted(&noisy(20), 10, 1.5, 1.0));
+        assert!(!more_reps_wanted(&noisy(40), 10, 0.0, 1.0));
+        // Under five reps asked for is taken as asked.
+        assert!(!more_reps_wanted(&noisy(3), 3, 0.0, 1.0));
+    }
 }

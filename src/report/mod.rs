@@ -1,7 +1,16 @@
 //! Results: one JSON object per point, appended and flushed as each point finishes; CSV,
 //! summary.md and the terminal table are derived from those lines at the end.
 
+pub mod csv;
+pub mod format;
 pub mod npy;
+pub mod table;
+
+pub use csv::to_csv;
+pub use format::{human_bytes, human_time, params_label};
+pub use table::{
+    cross_check_table, link_table, split_table, summary_markdown, terminal_table, verdict,
+};
 
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -10,12 +19,23 @@ use std::path::{Path, PathBuf};
 
 pub const SCHEMA: &str = "decodelab.result/1";
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct TimeStats {
     pub median: f64,
     pub min: f64,
     pub max: f64,
+    /// (max - min) / median: how far the reps strayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<f64>,
+    /// Half the width of the median's 95 % confidence interval, over the median (from order
+    /// statistics; none under 5 samples): how well the median is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci95: Option<f64>,
 }
+
+/// A median known to worse than this (half its 95 % confidence interval over the median)
+/// takes more reps, and is marked noisy if it still is.
+pub const NOISY_CI95: f64 = 0.02;
 
 impl TimeStats {
     pub fn from_samples(samples: &[f64]) -> Option<TimeStats> {
@@ -30,11 +50,25 @@ impl TimeStats {
         } else {
             0.5 * (s[n / 2 - 1] + s[n / 2])
         };
+        // The 95 % interval of the median lies between the order statistics n/2 -+ 0.98 sqrt(n).
+        let ci95 = (n >= 5 && median > 0.0).then(|| {
+            let h = 0.98 * (n as f64).sqrt();
+            let lo = ((n as f64 / 2.0 - h).floor().max(0.0)) as usize;
+            let hi = ((n as f64 / 2.0 + h).ceil() as usize).min(n - 1);
+            (s[hi] - s[lo]) / (2.0 * median)
+        });
         Some(TimeStats {
             median,
             min: s[0],
             max: s[n - 1],
+            spread: (median > 0.0).then(|| (s[n - 1] - s[0]) / median),
+            ci95,
         })
+    }
+
+    /// The median is not known to within `NOISY_CI95`.
+    pub fn noisy(&self) -> bool {
+        self.ci95.is_some_and(|c| c > NOISY_CI95)
     }
 }
 
@@ -273,468 +307,29 @@ pub fn write_atomic(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fmt_opt(v: Option<f64>, digits: usize) -> String {
-    v.map_or(String::new(), |x| format!("{x:.digits$}"))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-/// A short label of a point's parameters, e.g. `gqa b8 hq64/8 d128 ctx4096 p16 bf16` (with
-/// ` math=bf16` when the precision mode is not the default).
-pub fn params_label(kernel: &str, p: &serde_json::Value) -> String {
-    let label = params_label_core(kernel, p);
-    match p.get("math").and_then(|m| m.as_str()) {
-        Some(m) if m != "f32" => format!("{label} math={m}"),
-        _ => label,
-    }
-}
-
-fn params_label_core(kernel: &str, p: &serde_json::Value) -> String {
-    let g = |k: &str| {
-        p.get(k)
-            .map(|v| v.to_string().trim_matches('"').to_string())
-            .unwrap_or_default()
-    };
-    match kernel {
-        "link" => format!(
-            "{} {}",
-            g("direction"),
-            human_bytes(p.get("bytes").and_then(|v| v.as_u64()).unwrap_or(0))
-        ),
-        "stream" => format!(
-            "{} {}",
-            g("op"),
-            human_bytes(p.get("bytes").and_then(|v| v.as_u64()).unwrap_or(0))
-        ),
-        "kv_decode" if g("attention") == "mla" => format!(
-            "mla b{} hq{} d{}+{} ctx{}{} p{} {}",
-            g("batch"),
-            g("q_heads"),
-            g("kv_lora_rank"),
-            g("rope_dim"),
-            g("context"),
-            if p.get("lengths").is_some() {
-                "(mixed)"
-            } else {
-                ""
-            },
-            g("page_size"),
-            g("kv_dtype")
-        ),
-        "kv_decode" => format!(
-            "gqa b{} hq{}/{} d{} ctx{}{} p{} {}",
-            g("batch"),
-            g("q_heads"),
-            g("kv_heads"),
-            g("head_dim"),
-            g("context"),
-            if p.get("lengths").is_some() {
-                "(mixed)"
-            } else {
-                ""
-            },
-            g("page_size"),
-            g("kv_dtype")
-        ),
-        "expert_gemv" => {
-            let routing = match p.get("routing") {
-                Some(serde_json::Value::Object(m)) => {
-                    m.iter().map(|(k, v)| format!("{k}{v}")).collect::<String>()
-                }
-                Some(v) => v.to_string().trim_matches('"').to_string(),
-                None => String::new(),
-            };
-            format!(
-                "E{} k{} T{} {}x{} {} {} U{}",
-                g("experts"),
-                g("top_k"),
-                g("batch"),
-                g("d_out"),
-                g("d_in"),
-                g("weight_dtype"),
-                routing,
-                g("experts_touched")
-            )
-        }
-        _ => p.to_string(),
-    }
-}
-
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if v.fract() == 0.0 {
-        format!("{v:.0}{}", UNITS[u])
-    } else {
-        format!("{v:.1}{}", UNITS[u])
-    }
-}
-
-const COLUMNS: [&str; 23] = [
-    "point",
-    "kernel",
-    "params",
-    "backend",
-    "device",
-    "devices",
-    "split",
-    "scaling_efficiency",
-    "combine_gbps",
-    "one_device_gbps",
-    "bytes",
-    "reps",
-    "median_s",
-    "min_s",
-    "max_s",
-    "gbps",
-    "pct_of_spec",
-    "pct_of_stream",
-    "cache",
-    "rel_l2_err",
-    "max_abs_err",
-    "pass",
-    "experiment",
-];
-
-pub fn to_csv(lines: &[ResultLine]) -> String {
-    let mut s = COLUMNS.join(",");
-    s.push('\n');
-    for l in lines {
-        let row = [
-            l.point.to_string(),
-            l.kernel.clone(),
-            params_label(&l.kernel, &l.params),
-            l.backend.clone(),
-            l.device.clone(),
-            l.key().2,
-            l.split.clone(),
-            fmt_opt(l.multi.as_ref().and_then(|m| m.scaling_efficiency), 4),
-            fmt_opt(l.multi.as_ref().map(|m| m.combine.gbps), 3),
-            fmt_opt(
-                l.multi
-                    .as_ref()
-                    .and_then(|m| m.one_device.as_ref().map(|o| o.gbps)),
-                3,
-            ),
-            l.bytes.to_string(),
-            l.reps.to_string(),
-            format!("{:e}", l.time_s.median),
-            format!("{:e}", l.time_s.min),
-            format!("{:e}", l.time_s.max),
-            format!("{:.3}", l.gbps),
-            fmt_opt(l.pct_of_spec, 2),
-            fmt_opt(l.pct_of_stream, 2),
-            l.cache.clone(),
-            l.check
-                .rel_l2_err
-                .map_or("NaN".into(), |x| format!("{x:e}")),
-            l.check
-                .max_abs_err
-                .map_or("NaN".into(), |x| format!("{x:e}")),
-            l.check.pass.to_string(),
-            l.experiment.clone(),
-        ];
-        s.push_str(
-            &row.iter()
-                .map(|f| csv_field(f))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        s.push('\n');
-    }
-    s
-}
-
-/// The cells every table starts a result's row with: point, kernel, params, where it ran
-/// (backend:device set), split, GB/s.
-fn row_head(l: &ResultLine) -> Vec<String> {
-    vec![
-        l.point.to_string(),
-        l.kernel.clone(),
-        params_label(&l.kernel, &l.params),
-        format!("{}:{}", l.backend, l.key().2),
-        l.split.clone(),
-        format!("{:.2}", l.gbps),
-    ]
-}
-
-/// The rows of the terminal table and summary.md.
-fn table_rows(lines: &[ResultLine]) -> (Vec<&'static str>, Vec<Vec<String>>) {
-    let header = vec![
-        "pt", "kernel", "params", "backend", "split", "GB/s", "%spec", "%stream", "median",
-        "rel err", "check",
-    ];
-    let rows = lines
-        .iter()
-        .map(|l| {
-            let mut row = row_head(l);
-            row.extend([
-                fmt_opt(l.pct_of_spec, 1),
-                fmt_opt(l.pct_of_stream, 1),
-                human_time(l.time_s.median),
-                l.check
-                    .rel_l2_err
-                    .map_or("NaN".into(), |x| format!("{x:.1e}")),
-                if l.check.pass {
-                    "ok".into()
-                } else {
-                    "FAIL".into()
-                },
-            ]);
-            row
-        })
-        .collect();
-    (header, rows)
-}
-
-pub fn human_time(s: f64) -> String {
-    if s >= 1.0 {
-        format!("{s:.3} s")
-    } else if s >= 1e-3 {
-        format!("{:.3} ms", s * 1e3)
-    } else {
-        format!("{:.1} us", s * 1e6)
-    }
-}
-
-pub fn terminal_table(lines: &[ResultLine]) -> String {
-    let (header, rows) = table_rows(lines);
-    let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
-    format_columns(&header, &rows)
-}
-
-/// Backends side by side: one row per point, one `GB/s (rel err)` column per backend and
-/// device. None when only one backend-device ran.
-pub fn cross_check_table(lines: &[ResultLine]) -> Option<String> {
-    let lines: Vec<&ResultLine> = lines.iter().filter(|l| l.split == "none").collect();
-    let mut columns: Vec<String> = Vec::new();
-    for l in &lines {
-        let c = format!("{}:{}", l.backend, l.key().2);
-        if !columns.contains(&c) {
-            columns.push(c);
-        }
-    }
-    if columns.len() < 2 {
-        return None;
-    }
-    let mut points: Vec<usize> = lines.iter().map(|l| l.point).collect();
-    points.sort();
-    points.dedup();
-    let mut rows = Vec::new();
-    for p in points {
-        let of_point: Vec<&&ResultLine> = lines.iter().filter(|l| l.point == p).collect();
-        let first = of_point[0];
-        let mut row = vec![
-            p.to_string(),
-            first.kernel.clone(),
-            params_label(&first.kernel, &first.params),
-        ];
-        for c in &columns {
-            row.push(
-                match of_point
-                    .iter()
-                    .find(|l| format!("{}:{}", l.backend, l.key().2) == *c)
-                {
-                    Some(l) => format!(
-                        "{:.2} ({}){}",
-                        l.gbps,
-                        l.check
-                            .rel_l2_err
-                            .map_or("NaN".into(), |x| format!("{x:.1e}")),
-                        if l.check.pass { "" } else { " FAIL" }
-                    ),
-                    None => "-".into(),
-                },
-            );
-        }
-        rows.push(row);
-    }
-    let mut header = vec!["pt".to_string(), "kernel".into(), "params".into()];
-    header.extend(columns.iter().map(|c| format!("{c} GB/s (err)")));
-    Some(format_columns(&header, &rows))
-}
-
-fn format_columns(header: &[String], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let fmt_row = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = fmt_row(header);
-    out.push('\n');
-    out.push_str(
-        &widths
-            .iter()
-            .map(|w| "-".repeat(*w))
-            .collect::<Vec<_>>()
-            .join("  "),
-    );
-    out.push('\n');
-    for r in rows {
-        out.push_str(&fmt_row(r));
-        out.push('\n');
-    }
-    out
-}
-
-pub fn summary_markdown(experiment: &str, source_file: &str, lines: &[ResultLine]) -> String {
-    let (header, rows) = table_rows(lines);
-    let passed = lines.iter().filter(|l| l.check.pass).count();
-    let mut s = format!(
-        "# {experiment}\n\nFrom `{source_file}`: {} results, {passed} passed the oracle check.\n\n",
-        lines.len()
-    );
-    if let Some(env) = lines.first().map(|l| &l.env) {
-        s.push_str(&format!(
-            "decodelab {}, timer per backend in results.jsonl (`env.timer`).\n\n",
-            env.get("decodelab").and_then(|v| v.as_str()).unwrap_or("?")
-        ));
-    }
-    s.push_str(&format!("| {} |\n", header.join(" | ")));
-    s.push_str(&format!("|{}\n", "---|".repeat(header.len())));
-    for r in rows {
-        s.push_str(&format!("| {} |\n", r.join(" | ")));
-    }
-    if let Some(cross) = cross_check_table(lines) {
-        s.push_str(&format!("\n## Backends side by side\n\n```\n{cross}```\n"));
-    }
-    if let Some(t) = split_table(lines) {
-        s.push_str(&format!("\n## Splits\n\n```\n{t}```\n"));
-    }
-    if let Some(t) = link_table(lines) {
-        s.push_str(&format!("\n## Links\n\n```\n{t}```\n"));
-    }
-    s
-}
-
-/// Split points: end to end against one device, the slowest and fastest shard, the combine.
-pub fn split_table(lines: &[ResultLine]) -> Option<String> {
-    let rows: Vec<Vec<String>> = lines
-        .iter()
-        .filter_map(|l| l.multi.as_ref().map(|m| (l, m)))
-        .map(|(l, m)| {
-            let shard_gbps = m.shards.iter().map(|s| s.gbps);
-            let (lo, hi) = shard_gbps.fold((f64::INFINITY, 0f64), |(a, b), x| (a.min(x), b.max(x)));
-            let mut row = row_head(l);
-            row.extend([
-                m.one_device
-                    .as_ref()
-                    .map_or("-".into(), |o| format!("{:.2}", o.gbps)),
-                m.scaling_efficiency
-                    .map_or("-".into(), |e| format!("{:.0} %", 100.0 * e)),
-                format!("{lo:.2}..{hi:.2}"),
-                format!(
-                    "{} {} in {}",
-                    m.combine.method,
-                    human_bytes(m.combine.bytes),
-                    human_time(m.combine.time_s.median)
-                ),
-                match &m.vs_one_device {
-                    Some(v) if v.identical => "identical".into(),
-                    Some(v) => {
-                        format!("{:.1e}{}", v.rel_l2_diff, if v.pass { "" } else { " FAIL" })
-                    }
-                    None => "-".into(),
-                },
-            ]);
-            row
-        })
-        .collect();
-    if rows.is_empty() {
-        return None;
-    }
-    let header: Vec<String> = [
-        "pt",
-        "kernel",
-        "params",
-        "devices",
-        "split",
-        "GB/s",
-        "1-dev GB/s",
-        "scaling",
-        "shard GB/s",
-        "combine",
-        "vs 1 device",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    Some(format_columns(&header, &rows))
-}
-
-/// Link points: one row per (point, backend, source), one GB/s column per destination.
-pub fn link_table(lines: &[ResultLine]) -> Option<String> {
-    let links: Vec<(&ResultLine, &LinkOut)> = lines
-        .iter()
-        .filter_map(|l| l.link.as_ref().map(|k| (l, k)))
-        .collect();
-    if links.is_empty() {
-        return None;
-    }
-    // Logical device labels come from the result key: "src->dst".
-    let ends = |l: &ResultLine| -> (String, String) {
-        let k = l.key().2;
-        let (a, b) = k.split_once("->").unwrap_or((&k, ""));
-        (a.to_string(), b.to_string())
-    };
-    let mut dsts: Vec<String> = links.iter().map(|(l, _)| ends(l).1).collect();
-    dsts.sort_by_key(|d| d.parse::<usize>().unwrap_or(usize::MAX));
-    dsts.dedup();
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    let mut keys: Vec<(usize, String, String)> = Vec::new();
-    for (l, _) in &links {
-        let key = (l.point, l.backend.clone(), ends(l).0);
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    for (point, backend, src) in &keys {
-        let of: Vec<&(&ResultLine, &LinkOut)> = links
-            .iter()
-            .filter(|(l, _)| l.point == *point && l.backend == *backend && ends(l).0 == *src)
+    #[test]
+    fn the_median_is_known_better_with_more_samples() {
+        // 20 samples alternating 1.0 and 1.1: the median's interval spans both values.
+        let wide: Vec<f64> = (0..20)
+            .map(|i| if i % 2 == 0 { 1.0 } else { 1.1 })
             .collect();
-        let first = of[0].0;
-        let mut row = vec![
-            point.to_string(),
-            params_label("link", &first.params),
-            format!("{backend}:{src}"),
-        ];
-        for d in &dsts {
-            row.push(
-                of.iter()
-                    .find(|(l, _)| ends(l).1 == *d)
-                    .map_or("-".into(), |(l, _)| {
-                        format!("{:.2}{}", l.gbps, if l.check.pass { "" } else { " FAIL" })
-                    }),
-            );
-        }
-        row.push(of[0].1.path.clone());
-        rows.push(row);
+        let s = TimeStats::from_samples(&wide).unwrap();
+        assert!((s.spread.unwrap() - 0.1 / 1.05).abs() < 1e-12);
+        assert!(s.noisy(), "{s:?}");
+        // Mostly 1.0 with a few outliers: the middle order statistics agree.
+        let mut tight = vec![1.0; 17];
+        tight.extend([1.5, 2.0, 0.9]);
+        let s = TimeStats::from_samples(&tight).unwrap();
+        assert_eq!(s.ci95, Some(0.0));
+        assert!(!s.noisy() && s.spread.unwrap() > 1.0);
+        // Too few samples to say.
+        assert_eq!(
+            TimeStats::from_samples(&[1.0, 2.0, 3.0]).unwrap().ci95,
+            None
+        );
     }
-    let mut header = vec!["pt".to_string(), "link".into(), "from".into()];
-    header.extend(dsts.iter().map(|d| format!("to {d} GB/s")));
-    header.push("path".into());
-    Some(format_columns(&header, &rows))
 }

@@ -166,6 +166,7 @@ pub fn run_split(
         median: transport.median + merge.median,
         min: transport.min + merge.min,
         max: transport.max + merge.max,
+        ..Default::default()
     };
     let combine_bytes = plan.combine_bytes();
 
@@ -193,6 +194,7 @@ pub fn run_split(
                 median: f64::NAN,
                 min: f64::NAN,
                 max: f64::NAN,
+                ..Default::default()
             });
             let bytes = shard.workload.bytes();
             // Each shard is also checked on its own, so a bad shard is named.

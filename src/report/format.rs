@@ -1,0 +1,152 @@
+//! How numbers and points are written in tables, CSV and messages.
+
+/// A short label of a point's parameters, e.g. `gqa b8 hq64/8 d128 ctx4096 p16 bf16` (with
+/// ` math=bf16` when the precision mode is not the default).
+pub fn params_label(kernel: &str, p: &serde_json::Value) -> String {
+    let label = params_label_core(kernel, p);
+    match p.get("math").and_then(|m| m.as_str()) {
+        Some(m) if m != "f32" => format!("{label} math={m}"),
+        _ => label,
+    }
+}
+
+fn params_label_core(kernel: &str, p: &serde_json::Value) -> String {
+    let g = |k: &str| {
+        p.get(k)
+            .map(|v| v.to_string().trim_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    match kernel {
+        "link" => format!(
+            "{} {}",
+            g("direction"),
+            human_bytes(p.get("bytes").and_then(|v| v.as_u64()).unwrap_or(0))
+        ),
+        "stream" => format!(
+            "{} {}",
+            g("op"),
+            human_bytes(p.get("bytes").and_then(|v| v.as_u64()).unwrap_or(0))
+        ),
+        "kv_decode" if g("attention") == "mla" => format!(
+            "mla b{} hq{} d{}+{} ctx{}{} p{} {}",
+            g("batch"),
+            g("q_heads"),
+            g("kv_lora_rank"),
+            g("rope_dim"),
+            g("context"),
+            if p.get("lengths").is_some() {
+                "(mixed)"
+            } else {
+                ""
+            },
+            g("page_size"),
+            g("kv_dtype")
+        ),
+        "kv_decode" => format!(
+            "gqa b{} hq{}/{} d{} ctx{}{} p{} {}",
+            g("batch"),
+            g("q_heads"),
+            g("kv_heads"),
+            g("head_dim"),
+            g("context"),
+            if p.get("lengths").is_some() {
+                "(mixed)"
+            } else {
+                ""
+            },
+            g("page_size"),
+            g("kv_dtype")
+        ),
+        "expert_gemv" => {
+            let routing = match p.get("routing") {
+                Some(serde_json::Value::Object(m)) => {
+                    m.iter().map(|(k, v)| format!("{k}{v}")).collect::<String>()
+                }
+                Some(v) => v.to_string().trim_matches('"').to_string(),
+                None => String::new(),
+            };
+            format!(
+                "E{} k{} T{} {}x{} {} {} U{}",
+                g("experts"),
+                g("top_k"),
+                g("batch"),
+                g("d_out"),
+                g("d_in"),
+                g("weight_dtype"),
+                routing,
+                g("experts_touched")
+            )
+        }
+        _ => p.to_string(),
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if v.fract() == 0.0 {
+        format!("{v:.0}{}", UNITS[u])
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+pub(super) fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or(String::new(), |x| format!("{x:.digits$}"))
+}
+
+pub fn human_time(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{:.1} us", s * 1e6)
+    }
+}
+
+/// `x` to `digits` significant figures in plain decimals: 4450, 12.3, 0.0213 (a slow
+/// backend's GB/s keeps its digits; no exponent).
+pub fn sig(x: f64, digits: usize) -> String {
+    if !x.is_finite() {
+        return format!("{x}");
+    }
+    if x == 0.0 {
+        return "0".into();
+    }
+    let magnitude = x.abs().log10().floor() as i64;
+    let decimals = (digits as i64 - 1 - magnitude).max(0) as usize;
+    format!("{x:.decimals$}")
+}
+
+/// Microseconds, to three significant figures at least (one unit for a whole column).
+pub fn micros(s: f64) -> String {
+    let us = s * 1e6;
+    if us >= 100.0 {
+        format!("{us:.0}")
+    } else {
+        sig(us, 3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn significant_figures_in_plain_decimals() {
+        assert_eq!(sig(4450.3, 3), "4450");
+        assert_eq!(sig(12.345, 3), "12.3");
+        assert_eq!(sig(0.021345, 3), "0.0213");
+        assert_eq!(sig(0.0063820395000000005, 6), "0.00638204");
+        assert_eq!(sig(-1.5, 2), "-1.5");
+        assert_eq!(sig(0.0, 3), "0");
+        assert_eq!(micros(0.0137), "13700");
+        assert_eq!(micros(3.2e-6), "3.20");
+    }
+}
