@@ -73,6 +73,25 @@ enum Command {
     },
     /// The analytic decode model: where the milliseconds and joules of a token go.
     Model(ModelArgs),
+    /// Compare two runs point by point (results.jsonl files or results folders): GB/s, time
+    /// and pJ/B of each and the change. Exits 1 when a point of B is slower than in A by more
+    /// than the threshold and beyond both medians' noise.
+    Compare {
+        a: PathBuf,
+        b: PathBuf,
+        /// A slowdown beyond this many percent (and beyond noise) is a regression.
+        #[arg(long, default_value_t = 5.0)]
+        threshold: f64,
+    },
+    /// Draw a run: GB/s against the swept axis per kernel, a line per backend,
+    /// implementation and dtype, with the stream ceiling and the spec (SVG, PNG, index.html).
+    Plot {
+        /// A results.jsonl or a results folder.
+        results: PathBuf,
+        /// Where the charts go (default: plots/ beside the results).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The hardware profiles and model presets `hardware:`, `model --model` and
     /// `--hardware` take: built in, or a file of the same name here that overrides one.
     Profiles,
@@ -95,6 +114,34 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Devices => devices(),
         Command::Profiles => profiles(),
+        Command::Plot { results, out } => {
+            match decodelab::report::plot::run(&results, out.as_deref()) {
+                Ok((dir, n)) => {
+                    println!("{n} chart(s) -> {}", dir.join("index.html").display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Compare { a, b, threshold } => {
+            match decodelab::report::compare::run(&a, &b, threshold) {
+                Ok((table, regressions)) => {
+                    print!("{table}");
+                    if regressions > 0 {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Kernels { arch, json, sass } => kernels(&arch, json, sass),
         Command::Model(args) => match model_cmd(&args) {
             Ok(()) => ExitCode::SUCCESS,

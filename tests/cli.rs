@@ -262,6 +262,105 @@ fn profiles_and_presets_work_from_any_folder() {
     );
 }
 
+#[test]
+fn compare_and_plot_read_a_run() {
+    let dir = tempdir("compare");
+    let file = dir.join("sweep.yaml");
+    std::fs::write(&file, "name: cmp\nbackends: [cpu]\nwarmup: 1\nreps: 5\nruns:\n  - kernel: stream\n    bytes: 1MiB\n  - kernel: kv_decode\n    batch: 1\n    q_heads: 8\n    kv_heads: 2\n    head_dim: 64\n    context: [64, 300, 1000]\n    kv_dtype: [bf16, fp8_e4m3]\n").unwrap();
+    let a = dir.join("a");
+    let o = bin()
+        .args(["run", "--no-progress", "--out"])
+        .arg(&a)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // The run against itself: every point matched, no regression.
+    let o = bin()
+        .arg("compare")
+        .arg(&a)
+        .arg(a.join("results.jsonl"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(text.contains("7 matched, 0 regression(s)"), "{text}");
+    // B: every kv point 20 % slower, its reps steady (no noise to hide in).
+    let slower: String = read_lines(&a.join("results.jsonl"))
+        .into_iter()
+        .map(|mut l| {
+            if l.kernel == "kv_decode" {
+                l.gbps *= 0.8;
+                l.time_s.median /= 0.8;
+                l.time_s.ci95 = Some(0.001);
+            }
+            serde_json::to_string(&l).unwrap() + "\n"
+        })
+        .collect();
+    let b = dir.join("b.jsonl");
+    std::fs::write(&b, slower).unwrap();
+    let o = bin()
+        .arg("compare")
+        .arg(&a)
+        .arg(&b)
+        .args(["--threshold", "10"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("-20.0 %") && text.contains("REGRESSION"),
+        "{text}"
+    );
+    // Beyond the threshold it is no regression.
+    let o = bin()
+        .arg("compare")
+        .arg(&a)
+        .arg(&b)
+        .args(["--threshold", "25"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    // Nothing in common is an error, not a pass.
+    std::fs::write(
+        dir.join("other.yaml"),
+        "name: other\nbackends: [cpu]\nreps: 2\nruns:\n  - kernel: stream\n    bytes: 2MiB\n",
+    )
+    .unwrap();
+    let c = dir.join("c");
+    assert!(
+        bin()
+            .args(["run", "--no-progress", "--out"])
+            .arg(&c)
+            .arg(dir.join("other.yaml"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = bin().arg("compare").arg(&a).arg(&c).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no point"));
+
+    // plot: GB/s against context, a line per dtype, the stream ceiling drawn.
+    let o = bin().arg("plot").arg(&a).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let svg = std::fs::read_to_string(a.join("plots/kv_decode-gqa.svg")).unwrap();
+    assert!(
+        svg.contains("against context")
+            && svg.contains("kv_dtype=fp8_e4m3")
+            && svg.contains("stream read cpu:0"),
+        "{svg}"
+    );
+    assert!(a.join("plots/kv_decode-gqa.png").metadata().unwrap().len() > 1000);
+    let html = std::fs::read_to_string(a.join("plots/index.html")).unwrap();
+    assert!(html.contains("kv_decode-gqa.svg"));
+    // A run of one shape has nothing to plot, and says so.
+    let o = bin().arg("plot").arg(&c).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to plot"));
+}
+
 const SWEEP: &str = "name: killme\nbackends: [cpu]\nwarmup: 1\nreps: 3\nruns:\n  - kernel: kv_decode\n    batch: [1, 2, 3, 4, 5, 6, 7, 8]\n    q_heads: 8\n    kv_heads: 2\n    head_dim: 64\n    context: [1500, 1501, 1502, 1503, 1504]\n";
 
 #[test]

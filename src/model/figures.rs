@@ -820,7 +820,7 @@ where
 
 /// The font PNGs are drawn with (SVG names it and lets the browser draw). Debian's
 /// fonts-dejavu-core, or DECODELAB_FONT.
-fn register_font() -> anyhow::Result<()> {
+pub(crate) fn register_font() -> anyhow::Result<()> {
     static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     DONE.get_or_init(|| {
         let path = std::env::var("DECODELAB_FONT").unwrap_or_else(|_| "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into());

@@ -124,6 +124,16 @@ pub fn sig(x: f64, digits: usize) -> String {
     format!("{x:.decimals$}")
 }
 
+/// An axis tick: three significant figures without trailing zeros (5, not 5.00; 0.25).
+pub fn tick(x: f64) -> String {
+    let s = sig(x, 3);
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 /// Microseconds, to three significant figures at least (one unit for a whole column).
 pub fn micros(s: f64) -> String {
     let us = s * 1e6;
@@ -146,6 +156,10 @@ mod tests {
         assert_eq!(sig(0.0063820395000000005, 6), "0.00638204");
         assert_eq!(sig(-1.5, 2), "-1.5");
         assert_eq!(sig(0.0, 3), "0");
+        assert_eq!(
+            (tick(5.0), tick(0.25), tick(600.0), tick(1e4)),
+            ("5".into(), "0.25".into(), "600".into(), "10000".into())
+        );
         assert_eq!(micros(0.0137), "13700");
         assert_eq!(micros(3.2e-6), "3.20");
     }

@@ -1,9 +1,11 @@
 //! Results: one JSON object per point, appended and flushed as each point finishes; CSV,
 //! summary.md and the terminal table are derived from those lines at the end.
 
+pub mod compare;
 pub mod csv;
 pub mod format;
 pub mod npy;
+pub mod plot;
 pub mod table;
 
 pub use csv::to_csv;
@@ -297,6 +299,34 @@ impl ResultsFile {
         self.file.sync_data()?;
         Ok(())
     }
+}
+
+/// The result lines of a run: a results.jsonl, or a results folder holding one. A line that
+/// is not a result is refused with its number.
+pub fn load_lines(path: &Path) -> anyhow::Result<Vec<ResultLine>> {
+    let file = if path.is_dir() {
+        path.join("results.jsonl")
+    } else {
+        path.to_path_buf()
+    };
+    let text =
+        std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut lines = Vec::new();
+    for (i, l) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        lines.push(serde_json::from_str(l).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}: not a decodelab result line: {e}",
+                file.display(),
+                i + 1
+            )
+        })?);
+    }
+    anyhow::ensure!(!lines.is_empty(), "{}: no result lines", file.display());
+    Ok(lines)
 }
 
 /// Write a file whole or not at all (temp file + rename).

@@ -212,7 +212,7 @@ pub fn cross_check_table(lines: &[ResultLine]) -> Option<String> {
     Some(format_columns(&header, &rows))
 }
 
-fn format_columns(header: &[String], rows: &[Vec<String>]) -> String {
+pub(super) fn format_columns(header: &[String], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
