@@ -425,10 +425,18 @@ fn model_cmd(a: &ModelArgs) -> anyhow::Result<()> {
         a.kv.as_deref(),
     )?;
     let measured = match &a.measured {
-        Some(p) => model::measured_terms(p, &m, &s)?,
+        Some(p) => model::measured_terms(p, &m, &h, &s)?,
         None => Default::default(),
     };
     let b = model::evaluate(&m, &h, &s, &measured)?;
+    if let Some(short) = &b.capacity.shortfall {
+        anyhow::bail!(
+            "{} does not fit {} x {}: {short} (raise --devices, or use smaller --weights / --kv)",
+            b.model,
+            s.devices,
+            b.hardware
+        );
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&b)?);
         return Ok(());
@@ -600,10 +608,13 @@ fn check(file: &std::path::Path, backend: Option<&str>, over: &Overrides) -> Exi
     );
     let names: Vec<String> = selected
         .iter()
-        .map(|s| format!("{}:{:?}", s.backend.name(), s.devices))
+        .map(|s| {
+            let d: Vec<String> = s.devices.iter().map(|d| d.to_string()).collect();
+            format!("{}:{}", s.backend.name(), d.join(","))
+        })
         .collect();
     println!(
-        "backends: {}  warmup {}  reps {}  cache {:?}",
+        "backends: {}  warmup {}  reps {}  cache {}",
         if names.is_empty() {
             "none available here".to_string()
         } else {
@@ -611,7 +622,11 @@ fn check(file: &std::path::Path, backend: Option<&str>, over: &Overrides) -> Exi
         },
         exp.warmup,
         exp.reps,
-        exp.cache
+        if exp.cache == decodelab::backend::CacheMode::Cold {
+            "cold"
+        } else {
+            "warm"
+        }
     );
     if let Some(h) = &exp.hardware {
         println!(

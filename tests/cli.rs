@@ -804,6 +804,14 @@ fn energy_falls_back_to_the_model_without_nvml() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let l = &read_lines(&out.join("results.jsonl"))[0];
+    // An H100 profile on a CPU run: no %spec, and a warning that says why.
+    assert_eq!(l.pct_of_spec, None);
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("warning: hardware: h100-sxm describes NVIDIA H100"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     assert_eq!(l.energy.source, "model");
     assert!(l.energy.measured.is_none());
     assert!(

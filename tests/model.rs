@@ -218,8 +218,29 @@ fn measured_bandwidths_replace_the_profile() {
     let m = model::find_model(here(), "deepseek-v3").unwrap();
     let h = model::find_hardware(here(), "h100-sxm").unwrap();
     let s = Scenario::new(48, 8192, 1);
-    let t = model::measured_terms(&path, &m, &s).unwrap();
+    let t = model::measured_terms(&path, &m, &h, &s).unwrap();
     assert_eq!((t.weights_gbps, t.kv_gbps), (Some(2500.0), Some(2800.0)));
+    assert_eq!(
+        t.warning, None,
+        "measured on an H100, held against the H100 profile"
+    );
+    // Measured on another device than the profile: said.
+    let cpu = dir.join("cpu.jsonl");
+    std::fs::write(
+        &cpu,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"H100\"", "\"Intel(R) Xeon(R)\""),
+    )
+    .unwrap();
+    let w = model::measured_terms(&cpu, &m, &h, &s)
+        .unwrap()
+        .warning
+        .unwrap();
+    assert!(
+        w.contains("Intel(R) Xeon(R)") && w.contains("H100 SXM5"),
+        "{w}"
+    );
     let spec = evaluate(&m, &h, &s, &MeasuredTerms::default()).unwrap();
     let meas = evaluate(&m, &h, &s, &t).unwrap();
     assert!(close(
@@ -233,6 +254,50 @@ fn measured_bandwidths_replace_the_profile() {
         1e-12
     ));
     assert_eq!(meas.time_ms.compute, spec.time_ms.compute);
+}
+
+#[test]
+fn a_model_that_does_not_fit_its_devices_is_said_so() {
+    // Llama-3.1-70B in bf16: 141 GB of weights, over one 80 GB H100, under two.
+    let m = model::find_model(here(), "llama-3.1-70b").unwrap();
+    let h = model::find_hardware(here(), "h100-sxm").unwrap();
+    let one = evaluate(
+        &m,
+        &h,
+        &Scenario::new(1, 4096, 1),
+        &MeasuredTerms::default(),
+    )
+    .unwrap();
+    assert!(!one.capacity.fits);
+    assert!(close(
+        one.capacity.weights_per_device,
+        2.0 * m.total_params(),
+        1e-2
+    ));
+    let why = one.capacity.shortfall.unwrap();
+    assert!(
+        why.contains("141.") && why.contains("80.0 GB") && why.contains("2 devices"),
+        "{why}"
+    );
+    let two = evaluate(
+        &m,
+        &h,
+        &Scenario::new(1, 4096, 2),
+        &MeasuredTerms::default(),
+    )
+    .unwrap();
+    assert!(two.capacity.fits && two.capacity.shortfall.is_none());
+    // The SRAM die holds the KV cache in its own tier and no model's weights.
+    let g = model::find_model(here(), "gpt-oss-120b").unwrap();
+    let sram = model::find_hardware(here(), "sram-die").unwrap();
+    let b = evaluate(
+        &g,
+        &sram,
+        &Scenario::new(1, 4096, 1),
+        &MeasuredTerms::default(),
+    )
+    .unwrap();
+    assert!(!b.capacity.fits && b.capacity.kv_memory_per_device.is_some());
 }
 
 #[test]
@@ -312,7 +377,7 @@ fn measured_links_replace_the_profile_link_and_splits_are_not_one_device_figures
     let m = model::find_model(here(), "deepseek-v3").unwrap();
     let h = model::find_hardware(here(), "h100-sxm").unwrap();
     let s = Scenario::new(64, 8192, 8);
-    let t = model::measured_terms(&path, &m, &s).unwrap();
+    let t = model::measured_terms(&path, &m, &h, &s).unwrap();
     assert_eq!(t.weights_gbps, Some(2500.0));
     assert_eq!(t.link_gbps, Some(390.0));
     // Communication time = bytes / (devices x link) + hop latency: the bandwidth part scales

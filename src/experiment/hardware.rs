@@ -79,6 +79,21 @@ pub struct EnergyConstants {
     pub pj_per_flop: PerDtype,
 }
 
+impl HardwareProfile {
+    /// Whether a device of this name is the card the profile describes: the profile id's
+    /// first word (h100, h200, b200) in the device's name. The CPU backend and lavapipe never
+    /// are.
+    pub fn describes(&self, device: &str) -> bool {
+        let key = self
+            .id
+            .split('-')
+            .next()
+            .unwrap_or(&self.id)
+            .to_ascii_lowercase();
+        !key.is_empty() && device.to_ascii_lowercase().contains(&key)
+    }
+}
+
 /// The profile `name` for an experiment in `folder` (see `profiles::find`: a file beside or
 /// above it, a path, or the built-in one). `Err(Ok(message))`: no such profile;
 /// `Err(Err(e))`: a profile file that does not parse.

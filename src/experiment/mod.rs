@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 
 /// An experiment file larger than this is not an experiment.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
+/// A file may expand to at most this many points unless it says `max_points:`: a sweep of
+/// millions is a typo, refused before it is expanded.
+pub const DEFAULT_MAX_POINTS: u64 = 100_000;
 /// Limits that keep every size computation far from overflow; larger is refused by name.
 const MAX_COUNT: u64 = 1 << 24;
 const MAX_BYTES: u64 = 1 << 44;
@@ -335,6 +338,10 @@ impl Builder<'_> {
             ));
         }
 
+        let max_points = spec
+            .max_points
+            .as_ref()
+            .map_or(DEFAULT_MAX_POINTS, |m| m.value);
         if spec.runs.value.is_empty() {
             let l = &spec.runs.referenced;
             return Err(self.err(
@@ -345,6 +352,7 @@ impl Builder<'_> {
             ));
         }
         let mut points = Vec::new();
+        let mut expected: u64 = 0;
         for (r, run) in spec.runs.value.iter().enumerate() {
             let ctx = RunCtx {
                 b: self,
@@ -352,6 +360,22 @@ impl Builder<'_> {
                 spec: &run.value,
                 line: run.value.kernel.referenced.line(),
             };
+            // Counted from the axes' lengths before anything is expanded.
+            let (count, axes) = ctx.sweep_size();
+            expected = expected.saturating_add(count);
+            if expected > max_points {
+                return Err(ctx.err_run(
+                    "kernel",
+                    format!(
+                        "this run expands to {count} points ({axes}){}, over the limit of {max_points}: narrow the sweep, or raise the limit with max_points: N",
+                        if expected > count {
+                            format!(", {expected} in the file so far")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                ));
+            }
             let splits = ctx.optional(&run.value.split, SplitKind::None);
             let imps = ctx.impls()?;
             for workload in ctx.expand(seed, points.len())? {
@@ -524,6 +548,38 @@ impl RunCtx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// How many points this run expands to, and the axes that multiply (`batch 10 x ...`).
+    fn sweep_size(&self) -> (u64, String) {
+        let kernel = self.spec.kernel.value.as_str();
+        let mut count: u64 = 1;
+        let mut parts = Vec::new();
+        let mut axes = self.spec.axes();
+        axes.sort_by_key(|&(_, line, _)| line); // as the file lists them
+        for (name, _, n) in axes {
+            let n = if name == "impl"
+                && self
+                    .spec
+                    .imp
+                    .as_ref()
+                    .is_some_and(|f| f.value.values.iter().any(|v| v == "all"))
+            {
+                crate::backend::impl_names(kernel).len().max(n)
+            } else {
+                n
+            };
+            if n > 1 {
+                parts.push(format!("{name} {n}"));
+            }
+            count = count.saturating_mul(n as u64);
+        }
+        let axes = if parts.is_empty() {
+            "no sweep axis".into()
+        } else {
+            parts.join(" x ")
+        };
+        (count, axes)
     }
 
     /// `impl:` as a list of implementations (None: best), each a name some backend has.

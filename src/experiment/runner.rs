@@ -492,6 +492,20 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
             .as_ref()
             .map_or(String::new(), |w| format!(" [{w}]"));
         say(format!("running on {}{what}{why}", devs.join(", ")));
+        if let Some(h) = &exp.hardware {
+            for d in s.physical_devices() {
+                let dev = &s.backend.devices()[d];
+                if !h.describes(&dev.name) {
+                    say(format!(
+                        "warning: hardware: {} describes {}, not {}:{d} ({}): %spec is left out, and modelled energy is that card's, not this device's",
+                        h.id,
+                        h.name,
+                        s.backend.name(),
+                        dev.name
+                    ));
+                }
+            }
+        }
     }
     if skipped_done > 0 {
         say(format!(
@@ -865,6 +879,12 @@ fn result_line(
 ) -> anyhow::Result<ResultLine> {
     let bytes = p.workload.bytes();
     let gbps = crate::split::run::gbps(bytes, stats.median);
+    // Against the spec only where the profile describes the device that ran.
+    let pct_of_spec = exp
+        .hardware
+        .as_ref()
+        .filter(|h| h.describes(&device))
+        .map(|h| 100.0 * gbps / h.memory_bandwidth_gbps);
     Ok(ResultLine {
         schema: report::SCHEMA.into(),
         experiment: exp.name.clone(),
@@ -885,10 +905,7 @@ fn result_line(
         reps,
         time_s: stats,
         gbps,
-        pct_of_spec: exp
-            .hardware
-            .as_ref()
-            .map(|h| 100.0 * gbps / h.memory_bandwidth_gbps),
+        pct_of_spec,
         pct_of_stream: None,
         cache: serde_json::to_value(exp.cache)?
             .as_str()

@@ -201,6 +201,9 @@ pub struct ExperimentFile {
     pub cache: Option<Spanned<CacheMode>>,
     #[serde(default)]
     pub energy: Option<Spanned<crate::energy::EnergyMode>>,
+    /// The most points the file may expand to (default 100000).
+    #[serde(default)]
+    pub max_points: Option<Spanned<u64>>,
     pub runs: Spanned<Vec<Spanned<RunSpec>>>,
 }
 
@@ -272,12 +275,22 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
-    /// The fields present, with their lines, for the "does not apply to this kernel" check.
+    /// The fields present, with their lines and how many values each sweeps over.
     pub fn present_fields(&self) -> Vec<(&'static str, u64)> {
+        self.axes()
+            .into_iter()
+            .map(|(n, line, _)| (n, line))
+            .collect()
+    }
+
+    /// Every field present: its name, line and number of values (a sweep axis's length).
+    pub fn axes(&self) -> Vec<(&'static str, u64, usize)> {
         macro_rules! present {
             ($($f:ident),*) => {{
                 let mut v = Vec::new();
-                $( if let Some(s) = &self.$f { v.push((stringify!($f), s.referenced.line())); } )*
+                $( if let Some(s) = &self.$f {
+                    v.push((stringify!($f), s.referenced.line(), s.value.values.len()));
+                } )*
                 v
             }};
         }

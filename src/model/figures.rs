@@ -15,14 +15,14 @@ pub fn describe(b: &Breakdown) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{} on {} x {}: batch {}, context {}, weights {:?}, KV {:?}",
+        "{} on {} x {}: batch {}, context {}, weights {}, KV {}",
         b.model,
         s.devices,
         b.hardware,
         s.batch,
         s.context,
-        s.weights.unwrap_or(ModelDtype::Bf16),
-        s.kv.unwrap_or(ModelDtype::Bf16)
+        s.weights.unwrap_or(ModelDtype::Bf16).name(),
+        s.kv.unwrap_or(ModelDtype::Bf16).name()
     );
     let _ = writeln!(
         o,
@@ -64,14 +64,18 @@ pub fn describe(b: &Breakdown) -> String {
     );
     let m = &b.measured;
     if m.weights_gbps.is_some() || m.kv_gbps.is_some() || m.link_gbps.is_some() {
+        let g = |x: Option<f64>| x.map_or("the profile's".into(), |v| format!("{v:.1} GB/s"));
         let _ = writeln!(
             o,
-            "measured bandwidths from {}: weights {:?} GB/s, KV {:?} GB/s, link {:?} GB/s (others from the profile)",
+            "measured bandwidths from {}: weights {}, KV {}, link {}",
             m.source.as_deref().unwrap_or("?"),
-            m.weights_gbps,
-            m.kv_gbps,
-            m.link_gbps
+            g(m.weights_gbps),
+            g(m.kv_gbps),
+            g(m.link_gbps)
         );
+    }
+    if let Some(w) = &m.warning {
+        let _ = writeln!(o, "warning: {w}");
     }
     o
 }

@@ -212,6 +212,9 @@ pub struct MeasuredTerms {
     /// One-way peer bandwidth between two distinct devices (the link kernel), per direction.
     pub link_gbps: Option<f64>,
     pub source: Option<String>,
+    /// The measurements are of another device than the profile describes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -232,6 +235,22 @@ pub struct Breakdown {
     pub power_w: f64,
     pub tokens_per_s_per_watt: f64,
     pub measured: MeasuredTerms,
+    pub capacity: Capacity,
+}
+
+/// Whether the model and its KV cache fit the devices' memory.
+#[derive(Clone, Debug, Serialize)]
+pub struct Capacity {
+    /// Every parameter held on each device (not only those a step reads), bytes.
+    pub weights_per_device: f64,
+    pub kv_per_device: f64,
+    /// Main memory per device, and the KV tier's where the profile has one.
+    pub memory_per_device: f64,
+    pub kv_memory_per_device: Option<f64>,
+    pub fits: bool,
+    /// What does not fit, and by how much, when something does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shortfall: Option<String>,
 }
 
 /// Expected distinct experts touched by `batch` tokens each choosing k of E uniformly.
@@ -548,7 +567,59 @@ pub fn evaluate(
         power_w,
         tokens_per_s_per_watt: system_tokens_per_s / power_w,
         measured: measured.clone(),
+        capacity: capacity(m, h, s, w, ew, kv_bytes),
     })
+}
+
+/// Weights and KV per device against the profile's memory.
+fn capacity(
+    m: &ModelPreset,
+    h: &HardwareProfile,
+    s: &Scenario,
+    w: ModelDtype,
+    ew: ModelDtype,
+    kv_bytes: f64,
+) -> Capacity {
+    let d = s.devices as f64;
+    let bf16 = ModelDtype::Bf16.bytes();
+    // Routed experts in their own dtype, everything else in the weights' (embedding and
+    // lm_head in bf16, as the step's reads count them).
+    let routed = m.moe.as_ref().map_or(0.0, |x| {
+        m.moe_layers() * x.experts as f64 * m.expert_params()
+    });
+    let embeddings = 2.0 * (m.vocab * m.hidden) as f64;
+    let rest = m.total_params() - routed - embeddings;
+    let weights = rest * w.bytes() + routed * ew.bytes() + embeddings * bf16;
+    let (weights_pd, kv_pd) = (weights / d, kv_bytes / d);
+    let memory = h.memory_bytes as f64;
+    let kv_memory = h.kv_memory.as_ref().map(|t| t.bytes as f64);
+    let gb = |x: f64| format!("{:.1} GB", x / 1e9);
+    let shortfall = match kv_memory {
+        None if weights_pd + kv_pd > memory => Some(format!(
+            "weights {} + KV {} per device need {}, the device has {}; {} devices would hold it",
+            gb(weights_pd),
+            gb(kv_pd),
+            gb(weights_pd + kv_pd),
+            gb(memory),
+            ((weights + kv_bytes) / memory).ceil()
+        )),
+        Some(kvm) if weights_pd > memory || kv_pd > kvm => Some(format!(
+            "weights {} per device in {} of memory, KV {} in {} of KV memory",
+            gb(weights_pd),
+            gb(memory),
+            gb(kv_pd),
+            gb(kvm)
+        )),
+        _ => None,
+    };
+    Capacity {
+        weights_per_device: weights_pd,
+        kv_per_device: kv_pd,
+        memory_per_device: memory,
+        kv_memory_per_device: kv_memory,
+        fits: shortfall.is_none(),
+        shortfall,
+    }
 }
 
 /// The model preset `name` (see `profiles::find`: a file in `start` or above, a path, or the
@@ -573,7 +644,12 @@ pub fn find_hardware(start: &Path, name: &str) -> anyhow::Result<HardwareProfile
 /// batch (weights) and the kv_decode result of the same attention kind nearest the batch and
 /// context (KV), one-device passing points only (a split's GB/s is over several devices); and
 /// the mean one-way link GB/s between distinct devices (communication).
-pub fn measured_terms(path: &Path, m: &ModelPreset, s: &Scenario) -> anyhow::Result<MeasuredTerms> {
+pub fn measured_terms(
+    path: &Path,
+    m: &ModelPreset,
+    h: &HardwareProfile,
+    s: &Scenario,
+) -> anyhow::Result<MeasuredTerms> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("--measured {}: {e}", path.display()))?;
     let lines: Vec<crate::report::ResultLine> = text
@@ -596,7 +672,7 @@ pub fn measured_terms(path: &Path, m: &ModelPreset, s: &Scenario) -> anyhow::Res
         .min_by(|a, b| {
             dist(p(a, "batch"), s.batch as f64).total_cmp(&dist(p(b, "batch"), s.batch as f64))
         })
-        .map(|l| l.gbps);
+        .map(|l| (l, l.gbps));
     let kv = lines
         .iter()
         .filter(|l| l.kernel == "kv_decode" && l.check.pass && l.split == "none")
@@ -606,7 +682,7 @@ pub fn measured_terms(path: &Path, m: &ModelPreset, s: &Scenario) -> anyhow::Res
             let db = dist(p(b, "batch"), s.batch as f64) + dist(p(b, "context"), s.context as f64);
             da.total_cmp(&db)
         })
-        .map(|l| l.gbps);
+        .map(|l| (l, l.gbps));
     let links: Vec<f64> = lines
         .iter()
         .filter(|l| l.check.pass)
@@ -615,10 +691,26 @@ pub fn measured_terms(path: &Path, m: &ModelPreset, s: &Scenario) -> anyhow::Res
         .map(|l| l.gbps)
         .collect();
     let link = (!links.is_empty()).then(|| links.iter().sum::<f64>() / links.len() as f64);
+    // Which devices the used figures were measured on, against the profile they replace.
+    let mut on: Vec<&str> = [weights, kv]
+        .iter()
+        .flatten()
+        .map(|(l, _)| l.device.as_str())
+        .collect();
+    on.dedup();
+    let foreign: Vec<&str> = on.iter().copied().filter(|d| !h.describes(d)).collect();
+    let warning = (!foreign.is_empty()).then(|| {
+        format!(
+            "the measurements were taken on {}, not on the profile's {}: the model mixes their bandwidths with its compute and links",
+            foreign.join(", "),
+            h.name
+        )
+    });
     Ok(MeasuredTerms {
-        weights_gbps: weights,
-        kv_gbps: kv,
+        weights_gbps: weights.map(|(_, g)| g),
+        kv_gbps: kv.map(|(_, g)| g),
         link_gbps: link,
         source: Some(path.display().to_string()),
+        warning,
     })
 }
