@@ -707,7 +707,18 @@ fn run(file: &std::path::Path, opts: RunOptions, over: &Overrides) -> ExitCode {
         Ok(s) => s,
         Err(c) => return c,
     };
+    runner::stop_on_ctrl_c();
     match runner::run(&exp, &selected, &opts) {
+        Ok(o) if o.interrupted => {
+            println!(
+                "\ninterrupted: {} results kept in {} (results.csv and summary.md written for them)\nresume with: decodelab run {} --resume {}",
+                o.lines.len(),
+                o.out_dir.join("results.jsonl").display(),
+                file.display(),
+                o.out_dir.display()
+            );
+            ExitCode::from(130)
+        }
         Ok(o) => {
             println!();
             print!("{}", report::terminal_table(&o.lines));
@@ -751,7 +762,12 @@ fn run(file: &std::path::Path, opts: RunOptions, over: &Overrides) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            // A run refused before it starts is like a refused file.
+            if e.downcast_ref::<runner::Refused>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

@@ -437,6 +437,22 @@ fn sigkill_mid_sweep_leaves_whole_lines_and_resume_finishes() {
         .unwrap();
     assert!(o.status.success());
     assert_eq!(read_lines(&results).len(), 40);
+    // Comments and spacing are not a change; a value is, refused naming both files.
+    std::fs::write(
+        &file,
+        format!(
+            "# the same sweep, commented\n{}",
+            SWEEP.replace("reps: 3", "reps:   3   # three")
+        ),
+    )
+    .unwrap();
+    let o = bin()
+        .args(["run", "--no-progress", "--resume"])
+        .arg(&out)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::write(&file, SWEEP.replace("reps: 3", "reps: 4")).unwrap();
     let o = bin()
         .args(["run", "--resume"])
@@ -444,8 +460,81 @@ fn sigkill_mid_sweep_leaves_whole_lines_and_resume_finishes() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("changed"));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a refused resume is a refused file"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("differ") && err.contains("experiment.yaml") && err.contains("sweep.yaml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ctrl_c_keeps_what_finished_and_says_how_to_resume() {
+    let dir = tempdir("ctrlc");
+    let file = dir.join("sweep.yaml");
+    std::fs::write(&file, SWEEP).unwrap();
+    let out = dir.join("out");
+    let child = bin()
+        .args(["run", "--no-progress", "--out"])
+        .arg(&out)
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let results = out.join("results.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&results)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no results appeared"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: signalling a child process this test spawned and still owns.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let kept = read_lines(&results);
+    assert!(kept.len() >= 2 && kept.len() < 40, "{} kept", kept.len());
+    assert!(
+        stdout.contains(&format!("{} results kept", kept.len())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("--resume {}", out.display())),
+        "{stdout}"
+    );
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        kept.len() + 1,
+        "the CSV holds what finished"
+    );
+    assert!(out.join("summary.md").exists());
+    // The printed command finishes the run.
+    let o = bin()
+        .args(["run", "--no-progress", "--resume"])
+        .arg(&out)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(read_lines(&results).len(), 40);
 }
 
 #[test]
@@ -473,7 +562,7 @@ fn an_existing_results_folder_is_not_overwritten() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2), "refused like a bad file");
     assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
 }
 

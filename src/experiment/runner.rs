@@ -65,6 +65,8 @@ pub struct Outcome {
     pub skipped_done: usize,
     /// Points whose implementation no selected backend has.
     pub skipped_no_impl: usize,
+    /// Ctrl-C stopped the run before its end.
+    pub interrupted: bool,
 }
 
 pub fn parse_backend_choice(s: &str) -> Result<BackendChoice, String> {
@@ -386,20 +388,66 @@ fn host_env() -> serde_json::Value {
     })
 }
 
+/// A run refused before it starts (exit code 2, like a refused file).
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Two experiment texts that say the same: equal as YAML data, whatever their comments,
+/// spacing or key order.
+fn same_experiment(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    let value = |t: &str| serde_saphyr::from_str::<serde_json::Value>(t).ok();
+    matches!((value(a), value(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Set by the first Ctrl-C: the run stops after the job in hand.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Ctrl-C stops a run between jobs (what finished is kept, the CSV and summary are written,
+/// and the resume command is printed); a second Ctrl-C stops it at once (results.jsonl holds
+/// whole lines only, so nothing is torn).
+pub fn stop_on_ctrl_c() {
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: stopping now");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: stopping after the point in hand (Ctrl-C again to stop at once)");
+    });
+}
+
+fn stopping() -> bool {
+    STOP.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow::Result<Outcome> {
     let out_dir = match (&opts.resume, &opts.out) {
         (Some(r), _) => {
-            let saved = std::fs::read_to_string(r.join("experiment.yaml")).with_context(|| {
-                format!(
-                    "--resume {}: no experiment.yaml there; is it a results folder?",
+            let saved_file = r.join("experiment.yaml");
+            let saved = std::fs::read_to_string(&saved_file).map_err(|e| {
+                Refused(format!(
+                    "--resume {}: no experiment.yaml there ({e}); is it a results folder?",
                     r.display()
-                )
+                ))
             })?;
-            if saved != exp.source {
-                bail!(
-                    "--resume {}: the experiment file changed since that run began; resume with the same file",
-                    r.display()
-                );
+            if !same_experiment(&saved, &exp.source) {
+                return Err(Refused(format!(
+                    "--resume {}: {} (saved when that run began) and {} differ beyond comments; resume with the same experiment, or start a new run",
+                    r.display(),
+                    saved_file.display(),
+                    exp.file.display()
+                ))
+                .into());
             }
             r.clone()
         }
@@ -411,11 +459,12 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
     if opts.resume.is_none() {
         let existing = out_dir.join("results.jsonl");
         if existing.metadata().map(|m| m.len() > 0).unwrap_or(false) {
-            bail!(
+            return Err(Refused(format!(
                 "{} already holds results; use --resume {} to finish them, or another --out",
                 existing.display(),
                 out_dir.display()
-            );
+            ))
+            .into());
         }
         report::write_atomic(&out_dir.join("experiment.yaml"), &exp.source)?;
     }
@@ -529,6 +578,9 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
     // implementations, other splits of the same shape) reuse them.
     let mut host: Option<HostData> = None;
     for p in order {
+        if stopping() {
+            break;
+        }
         let todo: Vec<Job> = jobs_for(p, selected)
             .into_iter()
             .filter(|j| !done.contains(&(p.index, j.backend().to_string(), j.label())))
@@ -543,6 +595,9 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
         let mut dumped = false;
         let mut ran_here: Vec<usize> = Vec::new();
         for job in todo {
+            if stopping() {
+                break;
+            }
             let where_ = format!("{}:{}", job.backend(), job.label());
             let where_ = match job.imp() {
                 Ok(i) if i != "simple" || p.imp.is_some() => format!("{where_} {i}"),
@@ -681,6 +736,7 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
         errors,
         skipped_done,
         skipped_no_impl: no_impl.len(),
+        interrupted: stopping(),
     })
 }
 
