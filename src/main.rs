@@ -152,11 +152,24 @@ fn main() -> ExitCode {
         },
         Command::Figures { dir, out, measured } => {
             match decodelab::model::figures::draw_all(&dir, &out, measured.as_deref()) {
-                Ok(written) => {
+                Ok(d) => {
+                    for w in &d.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    let skipped: Vec<String> = d
+                        .skipped
+                        .iter()
+                        .map(|(f, why)| format!("{f}: {why}"))
+                        .collect();
                     println!(
-                        "{} figures -> {}",
-                        written,
-                        out.join("index.html").display()
+                        "{} figures -> {}{}",
+                        d.written,
+                        out.join("index.html").display(),
+                        if skipped.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (not drawn: {})", skipped.join("; "))
+                        }
                     );
                     ExitCode::SUCCESS
                 }

@@ -842,7 +842,15 @@ fn figures_writes_every_figure_and_the_page() {
         .arg(&out)
         .output()
         .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Without results, figure 6 has no data: left out, and not counted.
+    assert!(
+        stdout.starts_with("5 figures") && stdout.contains("not drawn: 6-measured"),
+        "{stdout}"
+    );
+    // Every shipped configuration fits its devices: no warning.
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("does not fit"));
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();
     let mut n = 0;
     for entry in std::fs::read_dir("experiments/talk").unwrap() {
@@ -853,22 +861,111 @@ fn figures_writes_every_figure_and_the_page() {
             .unwrap()
             .to_string_lossy()
             .into_owned();
+        let drawn = stem != "6-measured";
         for ext in ["svg", "png"] {
             let f = out.join(format!("{stem}.{ext}"));
-            assert!(
+            assert_eq!(
                 f.metadata().map(|m| m.len() > 300).unwrap_or(false),
-                "{} missing or empty",
+                drawn,
+                "{}",
                 f.display()
             );
         }
-        assert!(
+        assert_eq!(
             html.contains(&format!("src=\"{stem}.svg\"")),
-            "page lacks {stem}"
+            drawn,
+            "page and {stem}"
         );
         n += 1;
     }
     assert_eq!(n, 6);
-    assert!(html.contains("skipped: no results file"));
+    assert!(html.contains("Not drawn: no results file"));
+    // Figure 1 draws the talk's split beside the reproduced one; figure 3 its frontier.
+    let svg = std::fs::read_to_string(out.join("1-joule-breakdown.svg")).unwrap();
+    assert!(
+        svg.contains("the talk") && svg.contains("59 %"),
+        "figure 1 lacks the talk's split"
+    );
+    let svg = std::fs::read_to_string(out.join("3-pareto.svg")).unwrap();
+    assert!(svg.contains("Pareto frontier") && svg.contains("B1024 x16"));
+    assert!(
+        !svg.contains(".0<") && !svg.contains("700</text>"),
+        "ticks: no .0, log axes at 1/2/5 only"
+    );
+
+    // With results, figure 6 is drawn, labelled by shape, with the hardware's line.
+    let run = tempdir("figures-run");
+    let file = run.join("r.yaml");
+    std::fs::write(&file, "name: r\nbackends: [cpu]\nreps: 2\nruns:\n  - kernel: stream\n    bytes: 1MiB\n  - kernel: kv_decode\n    batch: 1\n    q_heads: 4\n    kv_heads: 1\n    head_dim: 32\n    context: 100\n").unwrap();
+    assert!(
+        bin()
+            .args(["run", "--no-progress", "--out"])
+            .arg(run.join("o"))
+            .arg(&file)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out2 = tempdir("figures-measured");
+    let o = bin()
+        .args(["figures", "experiments/talk", "--out"])
+        .arg(&out2)
+        .arg("--measured")
+        .arg(run.join("o"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("6 figures"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("measured on"),
+        "a cpu run is not the H100 of the line"
+    );
+    let svg = std::fs::read_to_string(out2.join("6-measured.svg")).unwrap();
+    assert!(
+        svg.contains("gqa b1 hq4/1 d32 ctx100") && svg.contains("spec (3350 GB/s)"),
+        "{svg}"
+    );
+
+    // A real browser renders every figure, without a console error.
+    check_page(&out2.join("index.html"), 6);
+}
+
+/// Open `page` in headless Chromium (Playwright) and check `images` figures rendered:
+/// skipped with a reason where Playwright or Chromium is missing, unless
+/// DECODELAB_REQUIRE includes `browser`.
+fn check_page(page: &Path, images: usize) {
+    let python = std::env::var("DECODELAB_PYTHON").unwrap_or_else(|_| "python3".into());
+    let have = Command::new(&python)
+        .args(["-c", "import playwright"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Path::new("/usr/bin/chromium").exists();
+    if !have {
+        assert!(
+            !common::required("browser"),
+            "DECODELAB_REQUIRE includes browser, but {python} has no playwright or /usr/bin/chromium is missing"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: browser check (no playwright in {python}, or no /usr/bin/chromium)"
+        );
+        return;
+    }
+    let o = Command::new(&python)
+        .arg("scripts/check_page.py")
+        .arg(page)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        text.contains(&format!("{images} images, 0 problems")),
+        "{text}"
+    );
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! The talk's figures: one YAML per figure in experiments/talk/, each drawn as SVG and PNG
-//! (plotters), plus an index.html with every figure and the numbers behind it.
+//! (plotters, `charts`), plus an index.html with every figure and the numbers behind it.
+
+mod charts;
 
 use super::{Breakdown, MeasuredTerms, ModelDtype, Scenario, evaluate, find_hardware, find_model};
 use anyhow::{Context, anyhow, bail};
-use plotters::coord::Shift;
+use charts::{Plot, Series, draw};
 use plotters::prelude::*;
 use serde::Deserialize;
 use std::fmt::Write as _;
@@ -119,6 +121,9 @@ pub enum FigureSpec {
         /// Contexts at which the split is repeated in the table, to show its sensitivity.
         #[serde(default)]
         sensitivity_contexts: Vec<u64>,
+        /// The talk's own split (weights, KV, compute, communication, %), drawn beside ours.
+        #[serde(default)]
+        talk_percent: Option<[f64; 4]>,
     },
     KeyLimiter {
         title: String,
@@ -178,6 +183,23 @@ pub fn load_figure(path: &Path) -> anyhow::Result<(FigureSpec, String)> {
     Ok((spec, source))
 }
 
+/// Evaluate a point of a figure, and note where it does not fit its devices.
+fn point_noted(dir: &Path, p: &PointSpec, warnings: &mut Vec<String>) -> anyhow::Result<Breakdown> {
+    let b = point(dir, p)?;
+    if let Some(short) = &b.capacity.shortfall {
+        let w = format!(
+            "{} does not fit {} x {}: {short}",
+            p.label.clone().unwrap_or_else(|| b.model.clone()),
+            p.devices,
+            b.hardware
+        );
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
+    Ok(b)
+}
+
 /// Evaluate a point of a figure (data files are looked up from the figure's folder up).
 pub fn point(dir: &Path, p: &PointSpec) -> anyhow::Result<Breakdown> {
     let m = find_model(dir, &p.model)?;
@@ -197,28 +219,12 @@ pub struct Computed {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<String>>,
     pub note: Option<String>,
+    /// Configurations the model says cannot run (they do not fit their devices), and
+    /// measurements held against another card: shown on the page and printed.
+    pub warnings: Vec<String>,
+    /// Why the figure is not drawn (figure 6 without a results file).
+    pub skipped: Option<String>,
     plot: Plot,
-}
-
-enum Plot {
-    /// Labelled bars, each a stack of (series, value); y label.
-    Stacked {
-        bars: Vec<(String, Vec<f64>)>,
-        series: Vec<&'static str>,
-        y_label: String,
-        percent_labels: bool,
-    },
-    /// Several (label, points) series on x/y axes; marked points with labels.
-    Lines {
-        series: Vec<(String, Vec<(f64, f64)>)>,
-        marks: Vec<(String, (f64, f64))>,
-        x_label: String,
-        y_label: String,
-        log_x: bool,
-    },
-    /// Two stacked panels side by side.
-    Pair(Box<Plot>, Box<Plot>),
-    Nothing,
 }
 
 const SERIES: [&str; 4] = ["weights", "KV cache", "compute", "communication"];
@@ -235,27 +241,42 @@ fn label_of(p: &PointSpec, b: &Breakdown) -> String {
 
 pub fn compute(dir: &Path, spec: &FigureSpec, measured: Option<&Path>) -> anyhow::Result<Computed> {
     let f = |x: f64| format!("{x:.4}");
+    let mut warnings = Vec::new();
+    let done = |columns: &[&str], rows, note, plot, warnings| Computed {
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        rows,
+        note,
+        warnings,
+        skipped: None,
+        plot,
+    };
     Ok(match spec {
         FigureSpec::JouleBreakdown {
             point: p,
             sensitivity_contexts,
+            talk_percent,
             ..
         } => {
-            let b = point(dir, p)?;
+            let b = point_noted(dir, p, &mut warnings)?;
             let pct = b.energy_j_per_token.percent();
             let e = &b.energy_j_per_token;
             let mut rows: Vec<Vec<String>> = SERIES
                 .iter()
+                .enumerate()
                 .zip(split_values(e).into_iter().zip(split_values(&pct)))
-                .map(|(n, (j, p))| vec![n.to_string(), format!("{j:.5}"), format!("{p:.1}")])
+                .map(|((i, n), (j, p))| {
+                    let talk = talk_percent.map_or("-".into(), |t| format!("{:.0}", t[i]));
+                    vec![n.to_string(), format!("{j:.5}"), format!("{p:.1}"), talk]
+                })
                 .collect();
             for &ctx in sensitivity_contexts {
-                let other = point(
+                let other = point_noted(
                     dir,
                     &PointSpec {
                         context: ctx,
                         ..p.clone()
                     },
+                    &mut warnings,
                 )?
                 .energy_j_per_token
                 .percent();
@@ -266,41 +287,37 @@ pub fn compute(dir: &Path, spec: &FigureSpec, measured: Option<&Path>) -> anyhow
                         "{:.1} / {:.1} / {:.1} / {:.1}",
                         other.weights, other.kv, other.compute, other.communication
                     ),
+                    String::new(),
                 ]);
             }
-            Computed {
-                columns: vec!["part".into(), "J / token".into(), "% of J / token".into()],
-                rows,
-                note: Some(format!(
-                    "{}: batch {}, context {}, {} devices, {:.2} TB of weights and {:.2} TB of KV per step",
-                    label_of(p, &b),
-                    p.batch,
-                    p.context,
-                    p.devices,
-                    b.weight_bytes / 1e12,
-                    b.kv_bytes / 1e12
-                )),
-                plot: Plot::Stacked {
-                    bars: SERIES
-                        .iter()
-                        .zip(split_values(&pct))
-                        .map(|(n, v)| {
-                            let mut stack = vec![0.0; 4];
-                            stack[SERIES.iter().position(|s| s == n).unwrap_or(0)] = v;
-                            (n.to_string(), stack)
-                        })
-                        .collect(),
-                    series: SERIES.to_vec(),
-                    y_label: "% of joules per token".into(),
-                    percent_labels: true,
-                },
+            let mut series = vec![("reproduced".to_string(), split_values(&pct))];
+            if let Some(t) = talk_percent {
+                series.push(("the talk".to_string(), t.to_vec()));
             }
+            let note = format!(
+                "{}: batch {}, context {}, {} devices, {:.2} TB of weights and {:.2} TB of KV per step",
+                label_of(p, &b),
+                p.batch,
+                p.context,
+                p.devices,
+                b.weight_bytes / 1e12,
+                b.kv_bytes / 1e12
+            );
+            let plot = Plot::Grouped {
+                groups: SERIES.iter().map(|s| s.to_string()).collect(),
+                series,
+                y_label: "% of joules per token".into(),
+                unit: " %",
+                log_y: false,
+            };
+            let cols = ["part", "J / token", "% of J / token", "the talk's %"];
+            done(&cols, rows, Some(note), plot, warnings)
         }
         FigureSpec::KeyLimiter { points, .. } => {
             let mut rows = Vec::new();
             let mut bars = Vec::new();
             for p in points {
-                let b = point(dir, p)?;
+                let b = point_noted(dir, p, &mut warnings)?;
                 let t = &b.time_ms;
                 let pc = t.percent();
                 rows.push(vec![
@@ -317,27 +334,22 @@ pub fn compute(dir: &Path, spec: &FigureSpec, measured: Option<&Path>) -> anyhow
                 ]);
                 bars.push((label_of(p, &b), split_values(t)));
             }
-            Computed {
-                columns: [
-                    "point",
-                    "weights ms",
-                    "KV ms",
-                    "compute ms",
-                    "comm ms",
-                    "total ms",
-                    "% W/KV/C/comm",
-                ]
-                .map(String::from)
-                .to_vec(),
-                rows,
-                note: None,
-                plot: Plot::Stacked {
-                    bars,
-                    series: SERIES.to_vec(),
-                    y_label: "ms per token".into(),
-                    percent_labels: false,
-                },
-            }
+            let cols = [
+                "point",
+                "weights ms",
+                "KV ms",
+                "compute ms",
+                "comm ms",
+                "total ms",
+                "% W/KV/C/comm",
+            ];
+            let plot = Plot::Stacked {
+                bars,
+                series: SERIES.to_vec(),
+                y_label: "ms per token".into(),
+                unit: " ms",
+            };
+            done(&cols, rows, None, plot, warnings)
         }
         FigureSpec::Pareto {
             model,
@@ -354,7 +366,7 @@ pub fn compute(dir: &Path, spec: &FigureSpec, measured: Option<&Path>) -> anyhow
                 let mut pts = Vec::new();
                 for &b in batches {
                     let p = PointSpec {
-                        label: None,
+                        label: Some(format!("B{b} on {d}")),
                         model: model.clone(),
                         hardware: hardware.clone(),
                         batch: b,
@@ -363,7 +375,7 @@ pub fn compute(dir: &Path, spec: &FigureSpec, measured: Option<&Path>) -> anyhow
                         weights: None,
                         kv: None,
                     };
-                    let r = point(dir, &p)?;
+                    let r = point_noted(dir, &p, &mut warnings)?;
                     rows.push(vec![
                         d.to_string(),
                         b.to_string(),
@@ -374,7 +386,11 @@ pub fn compute(dir: &Path, spec: &FigureSpec, measured: Option<&Path>) -> anyhow
                     pts.push((r.user_tokens_per_s, r.tokens_per_s_per_watt));
                     all.push((d, b, r.user_tokens_per_s, r.tokens_per_s_per_watt));
                 }
-                series.push((format!("{d} devices"), pts));
+                series.push(Series {
+                    label: format!("{d} devices"),
+                    points: pts,
+                    line: false,
+                });
             }
             let eff = all
                 .iter()
@@ -384,32 +400,38 @@ pub fn compute(dir: &Path, spec: &FigureSpec, measured: Option<&Path>) -> anyhow
                 .iter()
                 .max_by(|a, b| a.2.total_cmp(&b.2))
                 .ok_or_else(|| anyhow!("no points"))?;
-            Computed {
-                columns: [
-                    "devices",
-                    "batch",
-                    "user tokens/s",
-                    "system tokens/s",
-                    "tokens/s per W",
-                ]
-                .map(String::from)
-                .to_vec(),
-                rows,
-                note: Some(format!(
-                    "high-efficiency decode: {} devices, batch {} ({:.2} tokens/s/W at {:.0} user tokens/s); low-latency decode: {} devices, batch {} ({:.0} user tokens/s at {:.3} tokens/s/W)",
-                    eff.0, eff.1, eff.3, eff.2, lat.0, lat.1, lat.2, lat.3
-                )),
-                plot: Plot::Lines {
-                    series,
-                    marks: vec![
-                        ("high-efficiency (peak throughput)".into(), (eff.2, eff.3)),
-                        ("low-latency".into(), (lat.2, lat.3)),
-                    ],
-                    x_label: "user tokens/s".into(),
-                    y_label: "system tokens/s per W".into(),
-                    log_x: true,
-                },
-            }
+            let frontier = pareto_frontier(&all)
+                .into_iter()
+                .map(|(d, b, x, y)| (format!("B{b} x{d}"), (x, y)))
+                .collect();
+            let note = format!(
+                "high-efficiency decode: {} devices, batch {} ({:.2} tokens/s/W at {:.0} user tokens/s); low-latency decode: {} devices, batch {} ({:.0} user tokens/s at {:.3} tokens/s/W); the line is the Pareto frontier over every configuration",
+                eff.0, eff.1, eff.3, eff.2, lat.0, lat.1, lat.2, lat.3
+            );
+            let plot = Plot::Lines {
+                series,
+                frontier,
+                marks: vec![
+                    (
+                        format!("high-efficiency (peak throughput): B{} x{}", eff.1, eff.0),
+                        (eff.2, eff.3),
+                    ),
+                    (
+                        format!("low-latency: B{} x{}", lat.1, lat.0),
+                        (lat.2, lat.3),
+                    ),
+                ],
+                x_label: "user tokens/s".into(),
+                y_label: "system tokens/s per W".into(),
+            };
+            let cols = [
+                "devices",
+                "batch",
+                "user tokens/s",
+                "system tokens/s",
+                "tokens/s per W",
+            ];
+            done(&cols, rows, Some(note), plot, warnings)
         }
         FigureSpec::CommLatency {
             model,
@@ -454,39 +476,45 @@ pub fn compute(dir: &Path, spec: &FigureSpec, measured: Option<&Path>) -> anyhow
                 pts.push((lat, r.user_tokens_per_s));
             }
             let now = eval(base)?;
-            let tenth = eval(base / 10.0)?;
-            Computed {
-                columns: [
-                    "cross-chip hop latency (us)",
-                    "communication ms/token",
-                    "total ms/token",
-                    "single-user tokens/s",
-                ]
-                .map(String::from)
-                .to_vec(),
-                rows,
-                note: Some(format!(
-                    "{} blocks x ({on_chip_hops} on-chip + {cross_chip_hops} cross-chip) hops; at {base} us per cross-chip hop: {:.0} tokens/s, at {} us (10x lower): {:.0} tokens/s ({:.1}x)",
-                    m.layers,
-                    now.user_tokens_per_s,
-                    base / 10.0,
-                    tenth.user_tokens_per_s,
-                    tenth.user_tokens_per_s / now.user_tokens_per_s
-                )),
-                plot: Plot::Lines {
-                    series: vec![(format!("{} on {devices} x {}", m.name, h.name), pts)],
-                    marks: vec![
-                        ("today".into(), (base, now.user_tokens_per_s)),
-                        (
-                            "10x lower latency".into(),
-                            (base / 10.0, tenth.user_tokens_per_s),
-                        ),
-                    ],
-                    x_label: "latency per cross-chip hop (us)".into(),
-                    y_label: "speed-of-light single-user tokens/s".into(),
-                    log_x: true,
-                },
+            if let Some(short) = &now.capacity.shortfall {
+                warnings.push(format!(
+                    "{} does not fit {devices} x {}: {short}",
+                    m.name, h.name
+                ));
             }
+            let tenth = eval(base / 10.0)?;
+            let note = format!(
+                "{} blocks x ({on_chip_hops} on-chip + {cross_chip_hops} cross-chip) hops; at {base} us per cross-chip hop: {:.0} tokens/s, at {} us (10x lower): {:.0} tokens/s ({:.1}x)",
+                m.layers,
+                now.user_tokens_per_s,
+                base / 10.0,
+                tenth.user_tokens_per_s,
+                tenth.user_tokens_per_s / now.user_tokens_per_s
+            );
+            let plot = Plot::Lines {
+                series: vec![Series {
+                    label: format!("{} on {devices} x {}", m.name, h.name),
+                    points: pts,
+                    line: true,
+                }],
+                frontier: vec![],
+                marks: vec![
+                    ("today".into(), (base, now.user_tokens_per_s)),
+                    (
+                        "10x lower latency".into(),
+                        (base / 10.0, tenth.user_tokens_per_s),
+                    ),
+                ],
+                x_label: "latency per cross-chip hop (us)".into(),
+                y_label: "speed-of-light single-user tokens/s".into(),
+            };
+            let cols = [
+                "cross-chip hop latency (us)",
+                "communication ms/token",
+                "total ms/token",
+                "single-user tokens/s",
+            ];
+            done(&cols, rows, Some(note), plot, warnings)
         }
         FigureSpec::Sram {
             model,
@@ -497,11 +525,11 @@ pub fn compute(dir: &Path, spec: &FigureSpec, measured: Option<&Path>) -> anyhow
             ..
         } => {
             let mut rows = Vec::new();
-            let (mut ebars, mut tbars) = (Vec::new(), Vec::new());
+            let (mut energy, mut time) = (Vec::new(), Vec::new());
             let mut totals = Vec::new();
             for side in [before, after] {
                 let p = PointSpec {
-                    label: None,
+                    label: Some(side.label.clone()),
                     model: model.clone(),
                     hardware: side.hardware.clone(),
                     batch: *batch,
@@ -510,7 +538,7 @@ pub fn compute(dir: &Path, spec: &FigureSpec, measured: Option<&Path>) -> anyhow
                     weights: None,
                     kv: None,
                 };
-                let b = point(dir, &p)?;
+                let b = point_noted(dir, &p, &mut warnings)?;
                 let (e, t) = (&b.energy_j_per_token, &b.time_ms);
                 rows.push(vec![
                     side.label.clone(),
@@ -522,73 +550,64 @@ pub fn compute(dir: &Path, spec: &FigureSpec, measured: Option<&Path>) -> anyhow
                     format!("{:.5}", e.total),
                     f(t.total),
                 ]);
-                ebars.push((side.label.clone(), split_values(e)));
-                tbars.push((side.label.clone(), split_values(t)));
+                energy.push((side.label.clone(), split_values(e)));
+                time.push((side.label.clone(), split_values(t)));
                 totals.push((e.total, t.total));
             }
-            Computed {
-                columns: [
-                    "system",
-                    "devices",
-                    "weights J",
-                    "KV J",
-                    "compute J",
-                    "comm J",
-                    "total J/token",
-                    "ms/token",
-                ]
-                .map(String::from)
-                .to_vec(),
-                rows,
-                note: Some(format!(
-                    "energy per token {:.1}x lower, time per token {:.1}x lower",
-                    totals[0].0 / totals[1].0,
-                    totals[0].1 / totals[1].1
-                )),
-                plot: Plot::Pair(
-                    Box::new(Plot::Stacked {
-                        bars: ebars,
-                        series: SERIES.to_vec(),
-                        y_label: "J per token".into(),
-                        percent_labels: false,
-                    }),
-                    Box::new(Plot::Stacked {
-                        bars: tbars,
-                        series: SERIES.to_vec(),
-                        y_label: "ms per token".into(),
-                        percent_labels: false,
-                    }),
-                ),
-            }
+            // Per part, before and after side by side on a log axis: the SRAM side is tens
+            // of times smaller, and a linear stack would leave it a sliver.
+            let panel = |series: Vec<(String, Vec<f64>)>, y: &str, unit| Plot::Grouped {
+                groups: SERIES.iter().map(|s| s.to_string()).collect(),
+                series,
+                y_label: y.into(),
+                unit,
+                log_y: true,
+            };
+            let note = format!(
+                "energy per token {:.1}x lower, time per token {:.1}x lower (both panels on a log scale)",
+                totals[0].0 / totals[1].0,
+                totals[0].1 / totals[1].1
+            );
+            let plot = Plot::Pair(
+                Box::new(panel(energy, "J per token", "")),
+                Box::new(panel(time, "ms per token", "")),
+            );
+            let cols = [
+                "system",
+                "devices",
+                "weights J",
+                "KV J",
+                "compute J",
+                "comm J",
+                "total J/token",
+                "ms/token",
+            ];
+            done(&cols, rows, Some(note), plot, warnings)
         }
         FigureSpec::Measured { hardware, .. } => {
             let h = find_hardware(dir, hardware)?;
             let Some(path) = measured else {
-                return Ok(Computed {
-                    columns: vec![],
-                    rows: vec![],
-                    note: Some("skipped: no results file given (decodelab figures DIR --measured results.jsonl)".into()),
-                    plot: Plot::Nothing,
-                });
+                let mut c = done(&[], vec![], None, Plot::Nothing, warnings);
+                c.skipped = Some(
+                    "no results file given (decodelab figures DIR --measured results.jsonl)".into(),
+                );
+                return Ok(c);
             };
-            let text = std::fs::read_to_string(path)
+            let lines = crate::report::load_lines(path)
                 .with_context(|| format!("--measured {}", path.display()))?;
             let pj = h.energy.as_ref().map(|e| e.memory_pj_per_bit * 8.0);
             let mut rows = Vec::new();
             let mut bars = Vec::new();
-            for l in text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<crate::report::ResultLine>(l).ok())
-            {
-                let label = format!(
-                    "{} {} {}",
-                    l.point,
-                    l.backend,
-                    crate::report::params_label(&l.kernel, &l.params)
-                );
+            let mut foreign: Vec<String> = Vec::new();
+            for l in lines.iter().filter(|l| l.split == "none" && l.check.pass) {
+                let shape = crate::report::params_label(&l.kernel, &l.params);
+                if !h.describes(&l.device) && !foreign.contains(&l.device) {
+                    foreign.push(l.device.clone());
+                }
                 rows.push(vec![
-                    label.clone(),
-                    l.device.clone(),
+                    l.point.to_string(),
+                    format!("{} {shape}", l.kernel),
+                    format!("{}:{} {}", l.backend, l.key().2, l.device),
                     format!("{:.2}", l.gbps),
                     format!("{:.0}", h.memory_bandwidth_gbps),
                     l.energy
@@ -596,230 +615,54 @@ pub fn compute(dir: &Path, spec: &FigureSpec, measured: Option<&Path>) -> anyhow
                         .map_or("-".into(), |x| format!("{x:.1}")),
                     pj.map_or("-".into(), |x| format!("{x:.1}")),
                 ]);
-                bars.push((
-                    format!("{} {}", l.point, l.backend),
-                    vec![l.gbps, 0.0, 0.0, 0.0],
+                bars.push((format!("{shape} ({})", l.backend), l.gbps));
+            }
+            if !foreign.is_empty() {
+                warnings.push(format!(
+                    "measured on {}, not on the {} the line is drawn for",
+                    foreign.join(", "),
+                    h.name
                 ));
             }
-            Computed {
-                columns: [
-                    "point",
-                    "device",
-                    "measured GB/s",
-                    "profile GB/s",
-                    "measured pJ/byte",
-                    "profile pJ/byte",
-                ]
-                .map(String::from)
-                .to_vec(),
-                rows,
-                note: Some(format!(
-                    "measured in {} (see the device column) against the {} profile",
-                    path.display(),
-                    h.name
-                )),
-                plot: Plot::Stacked {
-                    bars,
-                    series: vec!["measured GB/s"],
-                    y_label: "GB/s".into(),
-                    percent_labels: false,
-                },
-            }
+            let note = format!(
+                "measured in {} against the {} profile",
+                path.display(),
+                h.name
+            );
+            let plot = Plot::BarsWithLevel {
+                bars,
+                y_label: "GB/s".into(),
+                level: (format!("{} spec", h.name), h.memory_bandwidth_gbps),
+            };
+            let cols = [
+                "point",
+                "shape",
+                "device",
+                "measured GB/s",
+                "profile GB/s",
+                "measured pJ/byte",
+                "profile pJ/byte",
+            ];
+            done(&cols, rows, Some(note), plot, warnings)
         }
     })
 }
 
-fn colour(i: usize) -> RGBColor {
-    [
-        RGBColor(0x1f, 0x77, 0xb4),
-        RGBColor(0xff, 0x7f, 0x0e),
-        RGBColor(0x2c, 0xa0, 0x2c),
-        RGBColor(0xd6, 0x27, 0x28),
-        RGBColor(0x94, 0x67, 0xbd),
-    ][i % 5]
-}
-
-type DrawResult = anyhow::Result<()>;
-
-fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, plot: &Plot) -> DrawResult
-where
-    DB::ErrorType: 'static,
-{
-    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("plotting: {x:?}");
-    area.fill(&WHITE).map_err(e)?;
-    match plot {
-        Plot::Nothing => {
-            area.draw(&Text::new(
-                format!("{title}: no data (skipped)"),
-                (20, 40),
-                ("sans-serif", 20),
-            ))
-            .map_err(e)?;
-        }
-        Plot::Pair(a, b) => {
-            let titled = area.titled(title, ("sans-serif", 22)).map_err(e)?;
-            let (l, r) = titled.split_horizontally(titled.dim_in_pixel().0 / 2);
-            draw(&l, "", a)?;
-            draw(&r, "", b)?;
-        }
-        Plot::Stacked {
-            bars,
-            series,
-            y_label,
-            percent_labels,
-        } => {
-            let max = bars
-                .iter()
-                .map(|(_, v)| v.iter().sum::<f64>())
-                .fold(0.0, f64::max)
-                .max(1e-12)
-                * 1.15;
-            let n = bars.len();
-            let mut chart = ChartBuilder::on(area)
-                .caption(title, ("sans-serif", 22))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(70)
-                .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0.0..max)
-                .map_err(e)?;
-            let labels: Vec<String> = bars.iter().map(|(l, _)| l.clone()).collect();
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_labels(n.max(1))
-                .x_label_formatter(&|x| {
-                    let i = x.round();
-                    if (x - i).abs() < 1e-6 && i >= 0.0 {
-                        labels.get(i as usize).cloned().unwrap_or_default()
-                    } else {
-                        String::new()
-                    }
-                })
-                .y_desc(y_label.as_str())
-                .label_style(("sans-serif", 13))
-                .draw()
-                .map_err(e)?;
-            for (si, name) in series.iter().enumerate() {
-                let rects: Vec<Rectangle<(f64, f64)>> = bars
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (_, v))| {
-                        let base: f64 = v[..si].iter().sum();
-                        let top = base + v.get(si).copied().unwrap_or(0.0);
-                        Rectangle::new(
-                            [(i as f64 - 0.35, base), (i as f64 + 0.35, top)],
-                            colour(si).filled(),
-                        )
-                    })
-                    .collect();
-                chart
-                    .draw_series(rects)
-                    .map_err(e)?
-                    .label(*name)
-                    .legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour(si).filled())
-                    });
-            }
-            if *percent_labels {
-                chart
-                    .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-                        let s: f64 = v.iter().sum();
-                        Text::new(
-                            format!("{s:.1} %"),
-                            (i as f64 - 0.15, s + max * 0.02),
-                            ("sans-serif", 16),
-                        )
-                    }))
-                    .map_err(e)?;
-            }
-            if series.len() > 1 {
-                chart
-                    .configure_series_labels()
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .draw()
-                    .map_err(e)?;
-            }
-        }
-        Plot::Lines {
-            series,
-            marks,
-            x_label,
-            y_label,
-            log_x,
-        } => {
-            let pts = series
-                .iter()
-                .flat_map(|(_, p)| p.iter())
-                .chain(marks.iter().map(|(_, p)| p));
-            let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);
-            for &(x, y) in pts {
-                x0 = x0.min(x);
-                x1 = x1.max(x);
-                y1 = y1.max(y);
-            }
-            let y1 = y1 * 1.15 + 1e-12;
-            let mut cb = ChartBuilder::on(area);
-            cb.caption(title, ("sans-serif", 22))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(70);
-            if *log_x {
-                let mut chart = cb
-                    .build_cartesian_2d((x0 * 0.8..x1 * 1.25).log_scale(), 0.0..y1)
-                    .map_err(e)?;
-                chart
-                    .configure_mesh()
-                    .x_desc(x_label.as_str())
-                    .y_desc(y_label.as_str())
-                    .label_style(("sans-serif", 13))
-                    .draw()
-                    .map_err(e)?;
-                for (i, (name, p)) in series.iter().enumerate() {
-                    chart
-                        .draw_series(LineSeries::new(
-                            p.iter().copied(),
-                            colour(i).stroke_width(2),
-                        ))
-                        .map_err(e)?
-                        .label(name.as_str())
-                        .legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 15, y)], colour(i).stroke_width(2))
-                        });
-                    chart
-                        .draw_series(p.iter().map(|&q| Circle::new(q, 3, colour(i).filled())))
-                        .map_err(e)?;
-                }
-                for (label, q) in marks {
-                    chart
-                        .draw_series([Circle::new(*q, 7, BLACK.stroke_width(2))])
-                        .map_err(e)?;
-                    // Labels in the right half of the plot go to the left of their point.
-                    let span = (x1 * 1.25).ln() - (x0 * 0.8).ln();
-                    let right = q.0.ln() - (x0 * 0.8).ln() > 0.5 * span;
-                    let dx = if right {
-                        -(label.len() as i32) * 8 - 10
-                    } else {
-                        10
-                    };
-                    chart
-                        .draw_series([EmptyElement::at(*q)
-                            + Text::new(label.clone(), (dx, -18), ("sans-serif", 15))])
-                        .map_err(e)?;
-                }
-                chart
-                    .configure_series_labels()
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .draw()
-                    .map_err(e)?;
-            } else {
-                bail!("only log-x line plots are drawn");
-            }
+/// The configurations no other beats on both user tokens/s and tokens/s per W, in order of
+/// user tokens/s: (devices, batch, user tokens/s, tokens/s per W).
+fn pareto_frontier(all: &[(u64, u64, f64, f64)]) -> Vec<(u64, u64, f64, f64)> {
+    let mut v = all.to_vec();
+    v.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let mut best = f64::MIN;
+    let mut front = Vec::new();
+    for p in v {
+        if p.3 > best {
+            best = p.3;
+            front.push(p);
         }
     }
-    area.present().map_err(e)?;
-    Ok(())
+    front.reverse();
+    front
 }
 
 /// The font PNGs are drawn with (SVG names it and lets the browser draw). Debian's
@@ -843,8 +686,16 @@ fn html_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Draw every figure YAML in `dir` into `out` (SVG + PNG each) and write out/index.html.
-pub fn draw_all(dir: &Path, out: &Path, measured: Option<&Path>) -> anyhow::Result<usize> {
+/// What `draw_all` did: figures drawn, figures skipped (and why), warnings.
+pub struct Drawn {
+    pub written: usize,
+    pub skipped: Vec<(String, String)>,
+    pub warnings: Vec<String>,
+}
+
+/// Draw every figure YAML in `dir` into `out` (SVG + PNG each) and write out/index.html. A
+/// figure without data is left out and named in `skipped`.
+pub fn draw_all(dir: &Path, out: &Path, measured: Option<&Path>) -> anyhow::Result<Drawn> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -860,12 +711,16 @@ pub fn draw_all(dir: &Path, out: &Path, measured: Option<&Path>) -> anyhow::Resu
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>decodelab: the talk's figures</title>\n\
          <style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%;border:1px solid #ccc}\
          table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}\
-         pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}</style></head><body>\n\
+         pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}.warning{color:#a00}</style></head><body>\n\
          <h1>The Key Limiter of LLM Decode: Data Movement</h1>\n\
          <p>Figures of the talk reproduced by decodelab's analytic decode model. Each figure's YAML states its \
          assumptions; the numbers behind each figure are in the table under it.</p>\n",
     );
-    let mut written = 0;
+    let mut drawn = Drawn {
+        written: 0,
+        skipped: Vec::new(),
+        warnings: Vec::new(),
+    };
     for file in &files {
         let (spec, source) = load_figure(file)?;
         let stem = file
@@ -874,11 +729,24 @@ pub fn draw_all(dir: &Path, out: &Path, measured: Option<&Path>) -> anyhow::Resu
             .unwrap_or_default();
         let c = compute(file.parent().unwrap_or(Path::new(".")), &spec, measured)
             .with_context(|| format!("figure {}", file.display()))?;
+        if let Some(why) = &c.skipped {
+            let _ = writeln!(
+                html,
+                "<h2 id=\"{stem}\">{}</h2>\n<p><i>Not drawn: {}.</i></p>",
+                html_escape(spec.title()),
+                html_escape(why)
+            );
+            drawn.skipped.push((stem, why.clone()));
+            continue;
+        }
+        for w in &c.warnings {
+            drawn.warnings.push(format!("{stem}: {w}"));
+        }
         let (svg, png) = (
             out.join(format!("{stem}.svg")),
             out.join(format!("{stem}.png")),
         );
-        let size = (1000, 560);
+        let size = c.plot.size();
         draw(
             &SVGBackend::new(&svg, size).into_drawing_area(),
             spec.title(),
@@ -889,7 +757,7 @@ pub fn draw_all(dir: &Path, out: &Path, measured: Option<&Path>) -> anyhow::Resu
             spec.title(),
             &c.plot,
         )?;
-        written += 1;
+        drawn.written += 1;
         let _ = write!(
             html,
             "<h2 id=\"{stem}\">{}</h2>\n<img src=\"{stem}.svg\" alt=\"{}\">\n<p><a href=\"{stem}.png\">PNG</a></p>\n",
@@ -898,6 +766,9 @@ pub fn draw_all(dir: &Path, out: &Path, measured: Option<&Path>) -> anyhow::Resu
         );
         if let Some(note) = &c.note {
             let _ = writeln!(html, "<p><b>{}</b></p>", html_escape(note));
+        }
+        for w in &c.warnings {
+            let _ = writeln!(html, "<p class=\"warning\">warning: {}</p>", html_escape(w));
         }
         if !c.rows.is_empty() {
             html.push_str("<table><tr>");
@@ -923,5 +794,24 @@ pub fn draw_all(dir: &Path, out: &Path, measured: Option<&Path>) -> anyhow::Resu
     }
     html.push_str("</body></html>\n");
     crate::report::write_atomic(&out.join("index.html"), &html)?;
-    Ok(written)
+    Ok(drawn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frontier_keeps_only_points_no_other_beats() {
+        // (devices, batch, user tokens/s, tokens/s per W)
+        let all = [
+            (16, 1, 100.0, 1.0),
+            (16, 8, 50.0, 3.0),
+            (32, 1, 200.0, 0.5),
+            (32, 8, 60.0, 2.0), // beaten by (16, 8)? no: faster for users, less efficient
+            (72, 1, 150.0, 0.4), // beaten by (32, 1): slower and less efficient
+        ];
+        let f: Vec<(u64, u64)> = pareto_frontier(&all).iter().map(|p| (p.0, p.1)).collect();
+        assert_eq!(f, [(16, 8), (32, 8), (16, 1), (32, 1)]);
+    }
 }
