@@ -1134,3 +1134,28 @@ fn split_and_link_points_run_on_virtual_devices_and_resume() {
     );
     assert_eq!(read_lines(&out.join("results.jsonl")).len(), 10);
 }
+
+#[test]
+fn the_readme_links_to_pages_that_exist_and_its_test_command_is_ci_s() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let mut links = 0;
+    for part in readme.split("](").skip(1) {
+        let target = part.split(')').next().unwrap();
+        if target.starts_with("http") {
+            continue;
+        }
+        assert!(
+            Path::new(target).exists(),
+            "README links to {target}, which does not exist"
+        );
+        links += 1;
+    }
+    assert!(links >= 6, "{links} links");
+    // .ci/run runs the README's test command.
+    let ci = std::fs::read_to_string(".ci/run").unwrap();
+    let last = ci.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(
+        readme.contains(&format!("```sh\n{last}\n```")),
+        "CI runs `{last}`"
+    );
+}
