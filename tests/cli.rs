@@ -232,11 +232,33 @@ fn profiles_and_presets_work_from_any_folder() {
             "kimi-k2.5",
             "--hardware",
             "b200",
+            "--devices",
+            "8",
             "--json",
         ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The readable form says fp8 and bf16 as a person writes them, never Rust's Debug.
+    let o = bin()
+        .current_dir(&dir)
+        .args([
+            "model",
+            "--model",
+            "kimi-k2.5",
+            "--hardware",
+            "b200",
+            "--devices",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("weights fp8, KV bf16"), "{text}");
+    assert!(
+        !text.contains("Some(") && !text.contains("Fp8") && !text.contains("Bf16"),
+        "{text}"
+    );
     let o = bin()
         .current_dir(&dir)
         .args(["model", "--model", "kimi", "--hardware", "b200"])
