@@ -853,7 +853,7 @@ fn model_json_has_every_field() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no model 'nope'"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no model preset 'nope'"));
 }
 
 #[test]
