@@ -1121,7 +1121,7 @@ fn run_split_point(
             v.rel_l2_diff,
             v.max_abs_diff,
             p.split.name(),
-            p.split.one_device_tolerance()
+            p.split.one_device_tolerance(p.workload.math())
         ));
     }
     // Energy: the model over what the shards moved; a measured figure per device set is not

@@ -65,10 +65,13 @@ impl SplitKind {
     }
 
     /// How close a combined output must be to the one-device output: exactly equal, or
-    /// within this relative L2 difference (the sequence merge reorders sums).
-    pub fn one_device_tolerance(self) -> f64 {
-        match self {
-            SplitKind::Sequence => 1e-6,
+    /// within this relative L2 difference. The sequence merge reorders sums (1e-6 at
+    /// `math: f32`); at `math: bf16` each shard also rounds P against its own running max,
+    /// so the roundings differ by up to a bf16 step (about 4e-3 relative).
+    pub fn one_device_tolerance(self, math: crate::workload::Math) -> f64 {
+        match (self, math) {
+            (SplitKind::Sequence, crate::workload::Math::F32) => 1e-6,
+            (SplitKind::Sequence, crate::workload::Math::Bf16) => 1e-2,
             _ => 0.0,
         }
     }
@@ -617,7 +620,9 @@ pub struct VsOneDevice {
     pub pass: bool,
 }
 
-pub fn compare_outputs(kind: SplitKind, combined: &TensorSet, one: &TensorSet) -> VsOneDevice {
+/// `tolerance`: the relative L2 difference allowed when not identical
+/// (`SplitKind::one_device_tolerance`).
+pub fn compare_outputs(tolerance: f64, combined: &TensorSet, one: &TensorSet) -> VsOneDevice {
     let (mut identical, mut max_abs, mut num, mut den) = (true, 0f64, 0f64, 0f64);
     let mut shapes_agree = true;
     for t in &one.0 {
@@ -647,8 +652,7 @@ pub fn compare_outputs(kind: SplitKind, combined: &TensorSet, one: &TensorSet) -
         identical,
         max_abs_diff: max_abs,
         rel_l2_diff: rel,
-        pass: shapes_agree
-            && (identical || (rel.is_finite() && rel <= kind.one_device_tolerance())),
+        pass: shapes_agree && (identical || (rel.is_finite() && rel <= tolerance)),
     }
 }
 

@@ -230,7 +230,11 @@ pub fn run_split(
                 gbps: gbps(parent.bytes(), stats.median),
                 time_s: stats,
             }),
-            Some(compare_outputs(plan.kind, &outputs, &out)),
+            Some(compare_outputs(
+                plan.kind.one_device_tolerance(parent.math()),
+                &outputs,
+                &out,
+            )),
         )
     } else {
         (None, None)
