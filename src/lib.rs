@@ -5,7 +5,9 @@
 
 pub mod backend;
 pub mod energy;
+pub mod error;
 pub mod experiment;
+pub mod hardware;
 pub mod model;
 pub mod profiles;
 pub mod report;

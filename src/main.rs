@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use decodelab::backend::{self, Probe};
+use decodelab::experiment::preflight;
 use decodelab::experiment::runner::{self, RunOptions};
 use decodelab::experiment::{DeviceChoice, Experiment, Overrides};
 use decodelab::report;
@@ -242,17 +243,17 @@ fn load(file: &std::path::Path, over: &Overrides) -> Result<Experiment, ExitCode
     Ok(exp)
 }
 
-fn select(exp: &Experiment, backend: Option<&str>) -> Result<Vec<runner::Selected>, ExitCode> {
+fn select(exp: &Experiment, backend: Option<&str>) -> Result<Vec<preflight::Selected>, ExitCode> {
     let choice = match backend {
-        Some(b) => runner::parse_backend_choice(b).map_err(|e| {
+        Some(b) => preflight::parse_backend_choice(b).map_err(|e| {
             eprintln!("error: {e}");
             ExitCode::from(2)
         })?,
         None => exp.backends.clone(),
     };
-    let selected = runner::select(exp, &choice)
-        .and_then(|s| runner::check_fit(exp, &s).map(|_| s))
-        .and_then(|s| runner::check_energy(exp, &s).map(|_| s));
+    let selected = preflight::select(exp, &choice)
+        .and_then(|s| preflight::check_fit(exp, &s).map(|_| s))
+        .and_then(|s| preflight::check_energy(exp, &s).map(|_| s));
     selected.map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
@@ -537,7 +538,7 @@ fn devices() -> ExitCode {
             Probe::Unavailable { name, reason } => println!("{name}: unavailable ({reason})"),
         }
     }
-    match decodelab::split::nccl::version() {
+    match decodelab::backend::cuda::nccl::version() {
         Ok(v) => println!("nccl: {v} (cuda splits combine with it)"),
         Err(why) => println!("nccl: unavailable ({why}); cuda splits need it"),
     }
@@ -549,7 +550,7 @@ fn print_topology(devices: &[backend::DeviceInfo]) {
     if devices.len() < 2 {
         return;
     }
-    match decodelab::split::topology::matrix(devices) {
+    match decodelab::backend::cuda::topology::matrix(devices) {
         Ok(rows) => {
             println!(
                 "  topology (NV# = NVLinks between the pair; PIX/PXB/PHB/NODE/SYS = PCIe path):"
@@ -590,14 +591,14 @@ fn check(file: &std::path::Path, backend: Option<&str>, over: &Overrides) -> Exi
     };
     // Backends and devices are this machine's business, not the file's: where they are
     // missing the file is still checked, and the gap is a warning (run refuses it).
-    let choice = match backend.map(runner::parse_backend_choice).transpose() {
+    let choice = match backend.map(preflight::parse_backend_choice).transpose() {
         Ok(c) => c.unwrap_or_else(|| exp.backends.clone()),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let selected = match runner::select(&exp, &choice) {
+    let selected = match preflight::select(&exp, &choice) {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
@@ -606,11 +607,11 @@ fn check(file: &std::path::Path, backend: Option<&str>, over: &Overrides) -> Exi
             Vec::new()
         }
     };
-    if let Err(e) = runner::check_fit(&exp, &selected) {
+    if let Err(e) = preflight::check_fit(&exp, &selected) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    if let Err(e) = runner::check_energy(&exp, &selected) {
+    if let Err(e) = preflight::check_energy(&exp, &selected) {
         eprintln!("warning: {e}");
     }
     println!(
@@ -702,7 +703,7 @@ fn check(file: &std::path::Path, backend: Option<&str>, over: &Overrides) -> Exi
             report::human_bytes(w.bytes()),
             w.flops() as f64 / 1e9,
             report::human_bytes(memory),
-            report::human_bytes(runner::host_bytes_needed(p)),
+            report::human_bytes(preflight::host_bytes_needed(p)),
         );
     }
     let host = decodelab::backend::cpu::mem_available_bytes()

@@ -119,7 +119,7 @@ fn a_compile_error_is_an_error_with_the_log() {
 /// where NCCL is absent, unless DECODELAB_REQUIRE includes nccl.
 #[test]
 fn nccl_loads_and_reports_its_version() {
-    let version = decodelab::split::nccl::version();
+    let version = decodelab::backend::cuda::nccl::version();
     if !tool_or_skip("nccl", version.clone().map(|_| ())) {
         return;
     }

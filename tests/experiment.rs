@@ -2,7 +2,7 @@
 //! panics, however malformed the input.
 
 use decodelab::backend::CacheMode;
-use decodelab::experiment::runner;
+use decodelab::experiment::preflight;
 use decodelab::experiment::{BackendChoice, ConfigError, DeviceChoice, Experiment};
 use decodelab::workload::Workload;
 use std::path::Path;
@@ -213,8 +213,8 @@ fn top_level_fields() {
 #[test]
 fn a_point_that_cannot_fit_the_device_is_refused_before_running() {
     let e = parse("name: t\nbackends: [cpu]\nruns:\n  - kernel: stream\n    bytes: 1MiB\n  - kernel: stream\n    bytes: 8TiB\n").unwrap();
-    let sel = runner::select(&e, &e.backends).unwrap();
-    let err = runner::check_fit(&e, &sel).expect_err("8 TiB cannot fit");
+    let sel = preflight::select(&e, &e.backends).unwrap();
+    let err = preflight::check_fit(&e, &sel).expect_err("8 TiB cannot fit");
     let shown = err.to_string();
     assert_eq!(err.line, 6, "{shown}");
     assert!(
@@ -239,7 +239,9 @@ fn unavailable_backends_and_devices_are_explained() {
                 "name: t\nbackends: [{name}]\nruns:\n  - kernel: stream\n    bytes: 4096\n"
             );
             let e = parse(&text).unwrap();
-            let err = runner::select(&e, &e.backends).err().expect("unavailable");
+            let err = preflight::select(&e, &e.backends)
+                .err()
+                .expect("unavailable");
             let shown = err.to_string();
             assert!(
                 shown.contains(&format!("{name}: unavailable ({reason})")),
@@ -255,7 +257,7 @@ fn unavailable_backends_and_devices_are_explained() {
         }
     }
     let e = parse("name: t\ndevices: [3]\nruns:\n  - kernel: stream\n    bytes: 4096\n").unwrap();
-    let err = runner::select(&e, &BackendChoice::Named(vec!["cpu".into()]))
+    let err = preflight::select(&e, &BackendChoice::Named(vec!["cpu".into()]))
         .err()
         .expect("no device 3");
     assert_eq!(err.line, 2, "{err}");
@@ -358,14 +360,14 @@ fn shipped_experiments_are_valid() {
 fn auto_never_picks_an_emulated_gpu() {
     // With lavapipe installed (CI), wgpu is available but emulated: auto must take the CPU.
     let e = parse("name: t\nruns:\n  - kernel: stream\n    bytes: 4096\n").unwrap();
-    let sel = runner::select(&e, &BackendChoice::Auto).unwrap();
+    let sel = preflight::select(&e, &BackendChoice::Auto).unwrap();
     assert_eq!(sel.len(), 1);
     assert!(
         sel[0].backend.devices().iter().any(|d| !d.emulated),
         "auto chose {}",
         sel[0].backend.name()
     );
-    let all = runner::select(&e, &BackendChoice::All).unwrap();
+    let all = preflight::select(&e, &BackendChoice::All).unwrap();
     assert!(all.iter().any(|s| s.backend.name() == "cpu"));
 }
 
@@ -382,7 +384,7 @@ fn split_is_a_sweep_axis_and_virtual_places_every_device_on_device_0() {
         [SplitKind::None, SplitKind::Heads, SplitKind::Sequence]
     );
     assert!(e.virtual_devices);
-    let sel = runner::select(&e, &BackendChoice::Named(vec!["cpu".into()])).unwrap();
+    let sel = preflight::select(&e, &BackendChoice::Named(vec!["cpu".into()])).unwrap();
     assert_eq!(sel[0].devices, vec![0, 0, 0, 0]);
     assert_eq!(sel[0].physical_devices(), vec![0]);
 }
@@ -433,16 +435,16 @@ fn splits_that_cannot_be_made_are_refused_with_line_and_field() {
 fn devices_all_splits_are_checked_once_the_count_is_known() {
     // The file cannot know how many devices `all` is; the runner's check can (cpu: 1).
     let e = parse("name: t\ndevices: all\nruns:\n  - kernel: expert_gemv\n    split: experts\n    experts: 4\n    top_k: 1\n    batch: 2\n    d_in: 8\n    d_out: 8\n").unwrap();
-    let sel = runner::select(&e, &BackendChoice::Named(vec!["cpu".into()])).unwrap();
+    let sel = preflight::select(&e, &BackendChoice::Named(vec!["cpu".into()])).unwrap();
     assert!(
-        runner::check_fit(&e, &sel).is_ok(),
+        preflight::check_fit(&e, &sel).is_ok(),
         "4 experts over 1 device"
     );
     let e = parse("name: t\ndevices: all\nruns:\n  - kernel: link\n    bytes: 64\n").unwrap();
     assert_eq!(e.points.len(), 1);
     // The cpu backend has one device: no pair to link, refused rather than run as nothing.
-    let sel = runner::select(&e, &BackendChoice::Named(vec!["cpu".into()])).unwrap();
-    let err = runner::check_fit(&e, &sel).expect_err("one device has no pairs");
+    let sel = preflight::select(&e, &BackendChoice::Named(vec!["cpu".into()])).unwrap();
+    let err = preflight::check_fit(&e, &sel).expect_err("one device has no pairs");
     assert_eq!(err.line, 4, "the link run's line");
     assert!(err.to_string().contains("pairs of devices"), "{err}");
 }
@@ -574,9 +576,9 @@ fn overrides_and_only_pick_settings_and_points() {
 fn a_point_that_cannot_fit_the_host_is_refused_before_running() {
     let e = parse("name: t\nruns:\n  - kernel: stream\n    bytes: 1MiB\n  - kernel: expert_gemv\n    experts: 64\n    top_k: 2\n    batch: 1\n    d_in: 4096\n    d_out: 4096\n").unwrap();
     // 64 x 4096 x 4096 bf16 = 2 GiB of weights.
-    assert!(runner::host_bytes_needed(&e.points[1]) > 2 << 30);
-    assert!(runner::check_fit_host(&e, Some(4 << 30)).is_ok());
-    let err = runner::check_fit_host(&e, Some(1 << 30)).expect_err("2 GiB in 1 GiB");
+    assert!(preflight::host_bytes_needed(&e.points[1]) > 2 << 30);
+    assert!(preflight::check_fit_host(&e, Some(4 << 30)).is_ok());
+    let err = preflight::check_fit_host(&e, Some(1 << 30)).expect_err("2 GiB in 1 GiB");
     let shown = err.to_string();
     assert_eq!(err.line, 5, "{shown}");
     assert!(
@@ -597,14 +599,17 @@ fn energy_auto_measures_only_steps_that_move_enough() {
     };
     let small = "name: t\nenergy: auto\nruns:\n  - kernel: stream\n    bytes: 1MiB\n  - kernel: stream\n    bytes: 1GiB\n";
     let e = parse(small).unwrap();
-    let why =
-        |i: usize, e: &Experiment| match runner::meters_for(e, &dev, Some(&e.points[i].workload))
-            .measured
-        {
-            Some(Err(why)) => why,
-            Some(Ok(_)) => "measured".into(),
-            None => "not asked".into(),
-        };
+    let why = |i: usize, e: &Experiment| match preflight::meters_for(
+        e,
+        &dev,
+        Some(&e.points[i].workload),
+    )
+    .measured
+    {
+        Some(Err(why)) => why,
+        Some(Ok(_)) => "measured".into(),
+        None => "not asked".into(),
+    };
     let w = why(0, &e);
     assert!(
         w.contains("not measured") && w.contains("1MiB") && w.contains("energy: nvml"),

@@ -3,7 +3,7 @@
 
 pub mod nvml;
 
-use crate::experiment::hardware::HardwareProfile;
+use crate::hardware::HardwareProfile;
 use crate::workload::{DType, Workload};
 use serde::{Deserialize, Serialize};
 

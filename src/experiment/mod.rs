@@ -1,14 +1,15 @@
 //! Experiments: the YAML schema, validation and sweep expansion, and the runner.
 //! Everything a file can get wrong is refused here, before anything runs.
 
-pub mod error;
 pub mod filter;
-pub mod hardware;
+mod jobs;
+pub mod preflight;
 pub mod runner;
 pub mod schema;
 
-pub use error::ConfigError;
-pub use hardware::HardwareProfile;
+pub use crate::error::ConfigError;
+use crate::hardware;
+pub use crate::hardware::HardwareProfile;
 
 use crate::backend::CacheMode;
 use crate::split::SplitKind;

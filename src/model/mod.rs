@@ -5,8 +5,8 @@
 
 pub mod figures;
 
-use crate::experiment::error::ConfigError;
-use crate::experiment::hardware::{self, HardwareProfile, PerDtype};
+use crate::error::ConfigError;
+use crate::hardware::{self, HardwareProfile, PerDtype};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

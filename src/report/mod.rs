@@ -218,9 +218,21 @@ pub struct MultiDevice {
     pub one_device: Option<OneDeviceOut>,
     /// one-device time / (devices x end-to-end time).
     pub scaling_efficiency: Option<f64>,
-    pub vs_one_device: Option<crate::split::VsOneDevice>,
+    pub vs_one_device: Option<VsOneDevice>,
     /// How end-to-end time was formed.
     pub note: String,
+}
+
+/// How a combined output compares with the one-device output of the same point.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VsOneDevice {
+    /// Every element bit for bit equal.
+    pub identical: bool,
+    pub max_abs_diff: f64,
+    pub rel_l2_diff: f64,
+    /// Within the split's tolerance (exact for heads, tensor, experts, data; the sequence
+    /// merge's, `SplitKind::one_device_tolerance`).
+    pub pass: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -7,10 +7,9 @@
 //! final operations in the parent's order (see each kind below).
 
 pub mod link;
-pub mod nccl;
 pub mod run;
-pub mod topology;
 
+use crate::report::VsOneDevice;
 use crate::workload::{
     Attention, ExpertGemv, KvDecode, Lengths, Routing, Stream, StreamOp, Tensor, TensorSet,
     Workload,
@@ -606,18 +605,6 @@ fn data(s: &Stream, inputs: &TensorSet, n: usize) -> (Vec<Shard>, Merge) {
         _ => Merge::Concat(vec![("dst", 0)]),
     };
     (shards, merge)
-}
-
-/// How a combined output compares with the one-device output of the same point.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct VsOneDevice {
-    /// Every element bit for bit equal.
-    pub identical: bool,
-    pub max_abs_diff: f64,
-    pub rel_l2_diff: f64,
-    /// Within the split's tolerance (exact for heads, tensor, experts, data; 1e-6 relative
-    /// L2 for sequence).
-    pub pass: bool,
 }
 
 /// `tolerance`: the relative L2 difference allowed when not identical

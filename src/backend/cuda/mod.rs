@@ -6,7 +6,10 @@
 
 pub mod compile;
 mod multi;
+pub mod nccl;
+pub mod nvml;
 pub mod sass;
+pub mod topology;
 
 pub use multi::can_access_peer;
 

@@ -89,7 +89,7 @@ impl CudaBackend {
             enable_peer(&ctx_b, &ctx_a)?;
             format!(
                 "peer copy, {}",
-                crate::split::topology::describe(&self.devices[src], &self.devices[dst])
+                crate::backend::cuda::topology::describe(&self.devices[src], &self.devices[dst])
             )
         } else {
             "staged by the driver (no peer access between these devices)".into()
@@ -232,7 +232,7 @@ pub(super) fn nccl_gather(
     shards: &mut [Box<dyn Prepared + '_>],
     reps: usize,
 ) -> anyhow::Result<Gathered> {
-    crate::split::nccl::require().map_err(anyhow::Error::msg)?;
+    crate::backend::cuda::nccl::require().map_err(anyhow::Error::msg)?;
     let mut points: Vec<&mut Point> = Vec::new();
     for s in shards.iter_mut() {
         let p = s
@@ -309,7 +309,7 @@ pub(super) fn nccl_gather(
         outputs,
         method: format!(
             "nccl {} ({} rank{})",
-            crate::split::nccl::version().unwrap_or_default(),
+            crate::backend::cuda::nccl::version().unwrap_or_default(),
             streams.len(),
             if streams.len() == 1 { "" } else { "s" }
         ),

@@ -182,7 +182,7 @@ pub fn load_figure(path: &Path) -> anyhow::Result<(FigureSpec, String)> {
     let file = path.display().to_string();
     let source = std::fs::read_to_string(path).with_context(|| format!("cannot read {file}"))?;
     let spec = serde_saphyr::from_str(&source)
-        .map_err(|e| crate::experiment::ConfigError::from_yaml(&file, &source, &e))?;
+        .map_err(|e| crate::error::ConfigError::from_yaml(&file, &source, &e))?;
     Ok((spec, source))
 }
 

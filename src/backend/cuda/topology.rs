@@ -3,8 +3,8 @@
 //! one NUMA node, `SYS` across NUMA nodes). Read from NVML, matched to devices by PCI bus id;
 //! without NVML the topology is "unknown (why)", never an error.
 
+use super::nvml::{device_for_bus, nvml, same_pci_bus};
 use crate::backend::DeviceInfo;
-use crate::energy::nvml::{device_for_bus, nvml, same_pci_bus};
 use nvml_wrapper::enum_wrappers::device::TopologyLevel;
 
 const NVLINK_MAX_LINKS: u32 = 18;

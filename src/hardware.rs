@@ -2,7 +2,7 @@
 //! `profiles`), the spec figures a result is held against. Data, not code: each figure
 //! carries its source in a comment in the file.
 
-use super::error::ConfigError;
+use crate::error::ConfigError;
 use serde::Deserialize;
 use std::path::Path;
 
