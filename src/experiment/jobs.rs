@@ -1,8 +1,8 @@
 //! One job of a run: a point on one device, split over the run's devices, or a link between
 //! two; each returns its result line (the oracle's check, the timings, the energy).
 
+use super::host::HostData;
 use super::preflight::{Meters, Selected, meters_for};
-use super::runner::HostData;
 use super::{Experiment, Point};
 use crate::backend::How;
 use crate::report::{self, CheckOut, Energy, HostSeconds, ResultLine, TimeStats};
