@@ -14,10 +14,12 @@ __device__ __forceinline__ float decode_elem(const unsigned char* __restrict__ b
     return __half2float(reinterpret_cast<const __half*>(base)[e]);
 #elif DTYPE == 2
     return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(base)[e]);
-#else
+#elif DTYPE == 3
     __nv_fp8_e4m3 v;
     v.__x = base[e];
     return float(v);
+#else
+#error "unknown DTYPE: a dtype the kernels do not decode (workload::DType::kernel_code)"
 #endif
 }
 

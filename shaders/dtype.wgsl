@@ -24,6 +24,9 @@ fn decode_f16(w: u32, half: u32) -> f32 {
     return unpack2x16float(w)[half];
 }
 
+// A dtype code these shaders do not decode fails to compile (never read as fp8).
+const_assert DTYPE <= 3u;
+
 // The element starting at byte `byte_in_word` (0..3) of word `w`.
 fn decode_elem(w: u32, byte_in_word: u32) -> f32 {
     if (DTYPE == 0u) {

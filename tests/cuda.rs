@@ -100,6 +100,20 @@ fn ptxas_reports_are_parsed() {
 }
 
 #[test]
+fn an_unknown_dtype_code_does_not_compile() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let (_, w) = &compile::representative()[1]; // a kv_decode variant
+    let src = compile::source_for(w, 132);
+    let bad = src.replacen("#define DTYPE ", "#define DTYPE 9\n#define DTYPE_WAS ", 1);
+    let err = compile::compile(&bad, "kv_decode", "sm_90")
+        .err()
+        .expect("DTYPE 9 compiled");
+    assert!(err.contains("unknown DTYPE"), "{err}");
+}
+
+#[test]
 fn a_compile_error_is_an_error_with_the_log() {
     if !nvrtc_or_skip() {
         return;

@@ -83,3 +83,23 @@ fn the_paths_differ_where_they_should() {
     let src = shader_sources(&k, plain, 3).unwrap();
     assert!(src.contains("k_c2") && src.contains("v_c2") && !src.contains("k_c3"));
 }
+
+/// A dtype code the shaders do not decode is a compile error, never read as fp8.
+#[test]
+fn an_unknown_dtype_code_does_not_compile() {
+    let paths = ShaderPaths { subgroups: false };
+    let src = shader_sources(&gqa(1, 2, 1, 32, 32, vec![5], 4, DType::Bf16), paths, 1).unwrap();
+    assert!(src.contains("const DTYPE: u32 = 2u;"));
+    let bad = src.replace("const DTYPE: u32 = 2u;", "const DTYPE: u32 = 9u;");
+    let module = naga::front::wgsl::parse_str(&bad);
+    let refused = match module {
+        Err(_) => true,
+        Ok(m) => naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+        )
+        .validate(&m)
+        .is_err(),
+    };
+    assert!(refused, "DTYPE 9 was accepted");
+}

@@ -3,6 +3,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod plan;
 pub mod wgpu;
 
 use crate::workload::{Link, TensorSet, Workload};

@@ -3,6 +3,10 @@
 //! built once per point; reps are timed with GPU timestamp queries where the adapter has
 //! them, and with the host clock around submit-and-wait where it does not.
 
+use super::plan::{
+    Const, Constants, ExpertPlan, KvPlan, KvTarget, expert_constants, kv_constants, kv_fits,
+    kv_plan,
+};
 use super::{Backend, CacheMode, DeviceInfo, How, Prepared, Timer};
 use crate::workload::{ExpertGemv, KvDecode, Stream, StreamOp, Tensor, TensorSet, Workload};
 use anyhow::{Context, anyhow, bail};
@@ -611,7 +615,7 @@ impl Ctx {
             pages_per_chunk,
             self.limits.max_compute_workgroup_storage_size as usize,
         )?;
-        let (splits, hb) = (launch.splits, launch.hb);
+        let (splits, hb) = (launch.plan.splits, launch.plan.hb);
         let bindings_k = 10..10 + k_chunks.len() as u32;
         let bindings_v = 40..40 + v_chunks.len() as u32;
         self.check_bindings(7 + k_chunks.len() + v_chunks.len())?;
@@ -784,18 +788,19 @@ pub fn stream_source(op: StreamOp, paths: ShaderPaths) -> String {
         StreamOp::Copy => 1,
         StreamOp::Write => 2,
     };
-    let prelude = format!("const OP: u32 = {op}u;\nconst WG: u32 = {STREAM_WG}u;\n");
-    assemble(paths, &prelude, &[STREAM_WGSL])
+    let c = Constants::default()
+        .with("OP", Const::U(op))
+        .with("WG", Const::U(STREAM_WG as u64));
+    assemble(paths, &c.wgsl(), &[STREAM_WGSL])
 }
 
-/// How a kv_decode point is cut into workgroups.
+/// How a kv_decode point is cut into workgroups: the shared plan (`backend::plan`) with a
+/// WGSL workgroup (64 invocations, the adapter's workgroup memory, about 1024 workgroups to
+/// fill a large GPU, slices of at least 4 tiles), and its cache's pages per binding.
 #[derive(Clone, Debug)]
 pub struct KvLaunch {
-    /// Query heads per workgroup (a divisor of the group size).
-    pub hb: usize,
+    pub plan: KvPlan,
     pub pages_per_chunk: usize,
-    pub split_tokens: usize,
-    pub splits: usize,
 }
 
 pub fn kv_launch(
@@ -803,40 +808,22 @@ pub fn kv_launch(
     pages_per_chunk: usize,
     workgroup_memory: usize,
 ) -> anyhow::Result<KvLaunch> {
-    const WG: usize = KV_WG;
-    // Heads per workgroup: a divisor of the group size whose q and scores fit in workgroup
-    // memory; several blocks of one group re-read K, mostly from L2.
-    let group = w.group_size();
-    let fits = |hb: usize| hb * w.head_dim_k * 4 + hb * WG * 4 + 2 * WG * 4 <= workgroup_memory;
-    let hb_for = |group: usize| {
-        (1..=group.min(8))
-            .rev()
-            .find(|&h| group.is_multiple_of(h) && fits(h))
-            .unwrap_or(1)
+    let target = KvTarget {
+        wg: KV_WG,
+        shared_bytes: workgroup_memory,
+        blocks_wanted: 1024,
+        min_tiles: 4,
     };
-    let hb = hb_for(group);
-    if !fits(hb) {
+    let plan = kv_plan(w, &target);
+    if !kv_fits(w, &target, plan.hb) {
         bail!(
             "head_dim {} is too large for this adapter's workgroup memory ({workgroup_memory} bytes)",
             w.head_dim_k
         );
     }
-    // Enough context slices to fill a large GPU (~1024 workgroups), at least 4 tiles each. A
-    // heads-split shard sizes them as its whole point would, so its bits match one device.
-    let max_len = w.context_lens.iter().copied().max().unwrap_or(1);
-    let shape = w.launch_shape();
-    let blocks = shape.batch * (shape.q_heads / hb_for(shape.q_heads / shape.kv_heads));
-    let want_splits = 1024usize.div_ceil(blocks).max(1);
-    let split_tokens = max_len
-        .div_ceil(want_splits)
-        .max(4 * WG)
-        .next_multiple_of(WG);
-    let splits = max_len.div_ceil(split_tokens).max(1);
     Ok(KvLaunch {
-        hb,
+        plan,
         pages_per_chunk,
-        split_tokens,
-        splits,
     })
 }
 
@@ -847,37 +834,11 @@ pub fn kv_source(
     v_chunks: usize,
     paths: ShaderPaths,
 ) -> String {
-    const WG: usize = KV_WG;
-    let mla = w.attention == crate::workload::Attention::Mla;
-    let es = w.kv_dtype.size();
-    let [k_scale, v_scale] = w.scales();
-    let mut prelude = format!(
-        "const DTYPE: u32 = {dt}u;\nconst ELEM_BYTES: u32 = {es}u;\nconst WG: u32 = {WG}u;\nconst HB: u32 = {hb}u;\n\
-         const DK: u32 = {dk}u;\nconst DV: u32 = {dv}u;\nconst HQ: u32 = {hq}u;\nconst HKV: u32 = {hkv}u;\n\
-         const GROUP: u32 = {group}u;\nconst PAGE: u32 = {page}u;\nconst MAX_PAGES: u32 = {mp}u;\n\
-         const PAGES_PER_CHUNK: u32 = {ppc}u;\nconst SPLIT_TOKENS: u32 = {st}u;\n\
-         const SPLITS: u32 = {splits}u;\nconst BATCH: u32 = {batch}u;\nconst DV_PER_THREAD: u32 = {dvpt}u;\n\
-         const SCALE: f32 = {scale:e};\nconst K_SCALE: f32 = {k_scale:e};\nconst V_SCALE: f32 = {v_scale:e};\n\
-         const IS_MLA: bool = {mla};\nconst ROW_ALIGNED: bool = {aligned};\n",
-        dt = w.kv_dtype.kernel_code(),
-        hb = l.hb,
-        dk = w.head_dim_k,
-        dv = w.head_dim_v,
-        hq = w.q_heads,
-        hkv = w.kv_heads,
-        group = w.group_size(),
-        page = w.page_size,
-        mp = w.max_pages(),
-        ppc = l.pages_per_chunk,
-        st = l.split_tokens,
-        splits = l.splits,
-        batch = w.batch,
-        dvpt = w.head_dim_v.div_ceil(WG),
-        scale = w.scale,
-        aligned = (w.head_dim_k * es).is_multiple_of(16),
-    );
+    let c =
+        kv_constants(w, &l.plan, KV_WG).with("PAGES_PER_CHUNK", Const::U(l.pages_per_chunk as u64));
+    let mut prelude = c.wgsl();
     prelude.push_str(&chunk_accessor("k", 10..10 + k_chunks as u32));
-    if mla {
+    if w.attention == crate::workload::Attention::Mla {
         // MLA: V is the head of the cached latent, read through K's bindings.
         prelude.push_str("fn v_vec(c: u32, i: u32) -> vec4<u32> { return k_vec(c, i); }\n");
     } else {
@@ -893,20 +854,14 @@ pub fn expert_source(
     w_chunks: usize,
     paths: ShaderPaths,
 ) -> String {
-    let es = w.weight_dtype.size();
-    let mut prelude = format!(
-        "const DTYPE: u32 = {dt}u;\nconst ELEM_BYTES: u32 = {es}u;\nconst WG: u32 = {EXPERT_WG}u;\nconst ROWS: u32 = {EXPERT_ROWS}u;\n\
-         const TB: u32 = {EXPERT_TB}u;\nconst U: u32 = {touched}u;\nconst D_IN: u32 = {di}u;\nconst D_OUT: u32 = {dout}u;\n\
-         const TOP_K: u32 = {k}u;\nconst BATCH: u32 = {t}u;\nconst ROWS_PER_CHUNK: u32 = {rows_per_chunk}u;\n\
-         const SCALED: bool = {scaled};\nconst ROW_ALIGNED: bool = {aligned};\n",
-        dt = w.weight_dtype.kernel_code(),
-        di = w.d_in,
-        dout = w.d_out,
-        k = w.top_k,
-        t = w.batch,
-        scaled = w.weight_dtype.is_scaled(),
-        aligned = (w.d_in * es).is_multiple_of(16),
-    );
+    let plan = ExpertPlan {
+        wg: EXPERT_WG,
+        rows: EXPERT_ROWS,
+        tb: EXPERT_TB,
+    };
+    let c =
+        expert_constants(w, touched, &plan).with("ROWS_PER_CHUNK", Const::U(rows_per_chunk as u64));
+    let mut prelude = c.wgsl();
     prelude.push_str(&chunk_accessor("w", 10..10 + w_chunks as u32));
     assemble(paths, &prelude, &[DTYPE_WGSL, EXPERT_WGSL])
 }

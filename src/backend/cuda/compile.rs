@@ -2,6 +2,9 @@
 //! through `cudarc::nvrtc::result` so the compile log (ptxas registers, shared memory,
 //! spills) is kept. Works without a GPU: `decodelab kernels --arch sm_90`.
 
+use crate::backend::plan::{
+    Const, Constants, ExpertPlan, KvPlan, KvTarget, expert_constants, kv_constants, kv_plan,
+};
 use crate::workload::{Attention, DType, ExpertGemv, KvDecode, Math, StreamOp, Workload};
 use cudarc::nvrtc::{result, sys};
 use std::ffi::CString;
@@ -173,93 +176,42 @@ pub fn parse_ptxas(log: &str) -> Vec<KernelReport> {
     out
 }
 
-/// How a kv_decode point is cut into blocks on a device with `sms` multiprocessors.
-#[derive(Clone, Debug)]
-pub struct KvLaunch {
-    pub hb: usize,
-    pub split_tokens: usize,
-    pub splits: usize,
-}
-
-pub fn kv_launch(w: &KvDecode, sms: usize) -> KvLaunch {
-    const WG: usize = KV_WG;
-    let group = w.group_size();
-    // Up to 8 heads of one group per block, within 40 KB of static shared memory.
-    let fits = |hb: usize| hb * w.head_dim_k * 4 + hb * WG * 4 + WG * 8 <= 40 << 10;
-    let hb_for = |group: usize| {
-        (1..=group.min(8))
-            .rev()
-            .find(|&h| group.is_multiple_of(h) && fits(h))
-            .unwrap_or(1)
+/// How a kv_decode point is cut into blocks on a device with `sms` multiprocessors: the
+/// shared plan (`backend::plan`) with CUDA's block: 128 threads, 40 KB of static shared
+/// memory, about 4 blocks per SM, slices of at least 2 tiles.
+pub fn kv_launch(w: &KvDecode, sms: usize) -> KvPlan {
+    let target = KvTarget {
+        wg: KV_WG,
+        shared_bytes: 40 << 10,
+        blocks_wanted: 4 * sms,
+        min_tiles: 2,
     };
-    let hb = hb_for(group);
-    // Context slices: about 4 blocks per SM over the whole grid, at least 2 tiles each. A
-    // heads-split shard sizes them as its whole point would, so its bits match one device.
-    let max_len = w.context_lens.iter().copied().max().unwrap_or(1);
-    let shape = w.launch_shape();
-    let blocks = shape.batch * (shape.q_heads / hb_for(shape.q_heads / shape.kv_heads));
-    let want = (4 * sms).div_ceil(blocks).max(1);
-    let split_tokens = max_len.div_ceil(want).max(2 * WG).next_multiple_of(WG);
-    KvLaunch {
-        hb,
-        split_tokens,
-        splits: max_len.div_ceil(split_tokens).max(1),
-    }
+    kv_plan(w, &target)
 }
 
-fn assemble(prelude: &str, kernel: &str) -> String {
-    format!("{prelude}\n{COMMON_CUH}\n{kernel}")
+fn assemble(constants: &Constants, kernel: &str) -> String {
+    format!("{}\n{COMMON_CUH}\n{kernel}", constants.c())
 }
 
 pub fn stream_source() -> String {
     // common.cuh needs a dtype; stream moves raw words.
-    assemble("#define DTYPE 0\n#define ELEM_BYTES 4\n", STREAM_CU)
+    let c = Constants::default()
+        .with("DTYPE", Const::U(0))
+        .with("ELEM_BYTES", Const::U(4));
+    assemble(&c, STREAM_CU)
 }
 
-pub fn kv_source(w: &KvDecode, l: &KvLaunch) -> String {
-    let es = w.kv_dtype.size();
-    let [k_scale, v_scale] = w.scales();
-    let prelude = format!(
-        "#define DTYPE {}\n#define ELEM_BYTES {es}\n#define WG {KV_WG}\n#define HB {}\n#define DK {}\n#define DV {}\n\
-         #define HQ {}\n#define HKV {}\n#define GROUP {}\n#define PAGE {}\n#define MAX_PAGES {}\n\
-         #define SPLIT_TOKENS {}\n#define SPLITS {}\n#define DV_PER_THREAD {}\n#define SCALE {:e}f\n\
-         #define K_SCALE {:e}f\n#define V_SCALE {:e}f\n#define IS_MLA {}\n#define ROW_ALIGNED {}\n",
-        w.kv_dtype.kernel_code(),
-        l.hb,
-        w.head_dim_k,
-        w.head_dim_v,
-        w.q_heads,
-        w.kv_heads,
-        w.group_size(),
-        w.page_size,
-        w.max_pages(),
-        l.split_tokens,
-        l.splits,
-        w.head_dim_v.div_ceil(KV_WG),
-        w.scale,
-        k_scale,
-        v_scale,
-        (w.attention == Attention::Mla) as u32,
-        (w.head_dim_k * es).is_multiple_of(16) as u32,
-    );
-    assemble(&prelude, KV_CU)
+pub fn kv_source(w: &KvDecode, l: &KvPlan) -> String {
+    assemble(&kv_constants(w, l, KV_WG), KV_CU)
 }
 
 pub fn expert_source(w: &ExpertGemv, touched: usize) -> String {
-    let es = w.weight_dtype.size();
-    let prelude = format!(
-        "#define DTYPE {}\n#define ELEM_BYTES {es}\n#define WG {EXPERT_WG}\n#define ROWS {EXPERT_ROWS}\n#define TB {EXPERT_TB}\n\
-         #define U {touched}\n#define D_IN {}\n#define D_OUT {}\n#define TOP_K {}\n#define BATCH {}\n\
-         #define SCALED {}\n#define ROW_ALIGNED {}\n",
-        w.weight_dtype.kernel_code(),
-        w.d_in,
-        w.d_out,
-        w.top_k,
-        w.batch,
-        w.weight_dtype.is_scaled() as u32,
-        (w.d_in * es).is_multiple_of(16) as u32,
-    );
-    assemble(&prelude, EXPERT_CU)
+    let plan = ExpertPlan {
+        wg: EXPERT_WG,
+        rows: EXPERT_ROWS,
+        tb: EXPERT_TB,
+    };
+    assemble(&expert_constants(w, touched, &plan), EXPERT_CU)
 }
 
 /// The source a workload compiles to on a device with `sms` multiprocessors.

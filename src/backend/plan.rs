@@ -1,0 +1,179 @@
+//! What both GPU backends share about a kernel: how a point is cut into blocks (CUDA) or
+//! workgroups (WGSL), and one list of shape constants per kernel, rendered as C `#define`s
+//! for NVRTC and as WGSL `const`s. One plan, so the heads split's bit-exactness (a shard cuts
+//! its context as its whole point would) holds the same way on both.
+
+use crate::workload::{Attention, ExpertGemv, KvDecode};
+
+/// A constant a kernel is compiled with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Const {
+    U(u64),
+    F(f32),
+    B(bool),
+}
+
+/// The constants a kernel is compiled with, in order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Constants(pub Vec<(&'static str, Const)>);
+
+impl Constants {
+    pub fn with(mut self, name: &'static str, value: Const) -> Constants {
+        self.0.push((name, value));
+        self
+    }
+
+    /// `#define NAME value` lines (booleans as 0 or 1, floats with an `f`).
+    pub fn c(&self) -> String {
+        self.0
+            .iter()
+            .map(|(n, v)| match v {
+                Const::U(x) => format!("#define {n} {x}\n"),
+                Const::F(x) => format!("#define {n} {x:e}f\n"),
+                Const::B(x) => format!("#define {n} {}\n", u32::from(*x)),
+            })
+            .collect()
+    }
+
+    /// `const NAME: type = value;` lines.
+    pub fn wgsl(&self) -> String {
+        self.0
+            .iter()
+            .map(|(n, v)| match v {
+                Const::U(x) => format!("const {n}: u32 = {x}u;\n"),
+                Const::F(x) => format!("const {n}: f32 = {x:e};\n"),
+                Const::B(x) => format!("const {n}: bool = {x};\n"),
+            })
+            .collect()
+    }
+}
+
+/// What a backend gives a kv_decode block: its threads, its shared (workgroup) memory, how
+/// many blocks fill the device, and the fewest tiles of `wg` tokens a context slice holds.
+#[derive(Clone, Copy, Debug)]
+pub struct KvTarget {
+    pub wg: usize,
+    pub shared_bytes: usize,
+    pub blocks_wanted: usize,
+    pub min_tiles: usize,
+}
+
+/// How a kv_decode point is cut: `hb` query heads of one KV group per block, the context in
+/// `splits` slices of `split_tokens` (merged exactly with their log-sum-exp).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvPlan {
+    pub hb: usize,
+    pub split_tokens: usize,
+    pub splits: usize,
+}
+
+/// Whether `hb` heads of `w` fit a block of `t`: per head its q row (DK floats) and its
+/// scores (one per token), per token its row offset.
+pub fn kv_fits(w: &KvDecode, t: &KvTarget, hb: usize) -> bool {
+    hb * (w.head_dim_k + t.wg) * 4 + t.wg * 8 <= t.shared_bytes
+}
+
+/// The plan of `w` on `t`: the most heads of a group (up to 8, a divisor of the group) that
+/// fit a block (one, if none does: `kv_fits` says so); slices enough for `blocks_wanted`
+/// blocks over the whole point (`KvDecode::launch_shape`: a heads-split shard cuts its
+/// context as its whole point would, so its bits equal one device's).
+pub fn kv_plan(w: &KvDecode, t: &KvTarget) -> KvPlan {
+    let wg = t.wg;
+    let hb_for = |group: usize| {
+        (1..=group.min(8))
+            .rev()
+            .find(|&h| group.is_multiple_of(h) && kv_fits(w, t, h))
+            .unwrap_or(1)
+    };
+    let max_len = w.context_lens.iter().copied().max().unwrap_or(1);
+    let shape = w.launch_shape();
+    let blocks = shape.batch * (shape.q_heads / hb_for(shape.q_heads / shape.kv_heads));
+    let want = t.blocks_wanted.div_ceil(blocks).max(1);
+    let split_tokens = max_len
+        .div_ceil(want)
+        .max(t.min_tiles * wg)
+        .next_multiple_of(wg);
+    KvPlan {
+        hb: hb_for(w.group_size()),
+        split_tokens,
+        splits: max_len.div_ceil(split_tokens).max(1),
+    }
+}
+
+/// The shape constants of kv_decode's kernels (both languages read the same names).
+pub fn kv_constants(w: &KvDecode, p: &KvPlan, wg: usize) -> Constants {
+    let es = w.kv_dtype.size();
+    let [k_scale, v_scale] = w.scales();
+    Constants::default()
+        .with("DTYPE", Const::U(w.kv_dtype.kernel_code() as u64))
+        .with("ELEM_BYTES", Const::U(es as u64))
+        .with("WG", Const::U(wg as u64))
+        .with("HB", Const::U(p.hb as u64))
+        .with("DK", Const::U(w.head_dim_k as u64))
+        .with("DV", Const::U(w.head_dim_v as u64))
+        .with("HQ", Const::U(w.q_heads as u64))
+        .with("HKV", Const::U(w.kv_heads as u64))
+        .with("GROUP", Const::U(w.group_size() as u64))
+        .with("PAGE", Const::U(w.page_size as u64))
+        .with("MAX_PAGES", Const::U(w.max_pages() as u64))
+        .with("SPLIT_TOKENS", Const::U(p.split_tokens as u64))
+        .with("SPLITS", Const::U(p.splits as u64))
+        .with("BATCH", Const::U(w.batch as u64))
+        .with("DV_PER_THREAD", Const::U(w.head_dim_v.div_ceil(wg) as u64))
+        .with("SCALE", Const::F(w.scale))
+        .with("K_SCALE", Const::F(k_scale))
+        .with("V_SCALE", Const::F(v_scale))
+        .with("IS_MLA", Const::B(w.attention == Attention::Mla))
+        .with(
+            "ROW_ALIGNED",
+            Const::B((w.head_dim_k * es).is_multiple_of(16)),
+        )
+}
+
+/// How expert_gemv is cut: `rows` output rows of one touched expert per block, its tokens
+/// `tb` at a time, by `wg` threads.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpertPlan {
+    pub wg: usize,
+    pub rows: usize,
+    pub tb: usize,
+}
+
+/// The shape constants of expert_gemv's kernels.
+pub fn expert_constants(w: &ExpertGemv, touched: usize, p: &ExpertPlan) -> Constants {
+    let es = w.weight_dtype.size();
+    Constants::default()
+        .with("DTYPE", Const::U(w.weight_dtype.kernel_code() as u64))
+        .with("ELEM_BYTES", Const::U(es as u64))
+        .with("WG", Const::U(p.wg as u64))
+        .with("ROWS", Const::U(p.rows as u64))
+        .with("TB", Const::U(p.tb as u64))
+        .with("U", Const::U(touched as u64))
+        .with("D_IN", Const::U(w.d_in as u64))
+        .with("D_OUT", Const::U(w.d_out as u64))
+        .with("TOP_K", Const::U(w.top_k as u64))
+        .with("BATCH", Const::U(w.batch as u64))
+        .with("SCALED", Const::B(w.weight_dtype.is_scaled()))
+        .with("ROW_ALIGNED", Const::B((w.d_in * es).is_multiple_of(16)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_list_two_languages() {
+        let c = Constants::default()
+            .with("DK", Const::U(128))
+            .with("SCALE", Const::F(0.125))
+            .with("IS_MLA", Const::B(true));
+        assert_eq!(
+            c.c(),
+            "#define DK 128\n#define SCALE 1.25e-1f\n#define IS_MLA 1\n"
+        );
+        assert_eq!(
+            c.wgsl(),
+            "const DK: u32 = 128u;\nconst SCALE: f32 = 1.25e-1;\nconst IS_MLA: bool = true;\n"
+        );
+    }
+}
