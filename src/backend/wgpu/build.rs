@@ -1,0 +1,532 @@
+//! A point built on a device: its buffers (large tensors split over bindings), pipelines and
+//! dispatches, per kernel; `Built::finish` adds the cold-cache flush and the timing harness.
+
+use super::point::WgpuPoint;
+use super::shaders::{
+    EXPERT_ROWS, EXPERT_WG, STREAM_WG, ShaderPaths, expert_source, kv_launch, kv_source,
+    stream_source,
+};
+use super::{error_chain, take_error};
+use crate::backend::{CacheMode, Prepared};
+use crate::workload::{ExpertGemv, KvDecode, Stream, StreamOp, Tensor, TensorSet, Workload};
+use anyhow::bail;
+use wgpu::util::DeviceExt;
+
+/// What building a point needs: the device, its limits, and the shader assembly.
+pub(super) struct Ctx {
+    pub(super) device: wgpu::Device,
+    pub(super) queue: wgpu::Queue,
+    pub(super) limits: wgpu::Limits,
+    pub(super) timestamps: bool,
+    pub(super) paths: ShaderPaths,
+    pub(super) max_binding: u64,
+}
+
+/// One pipeline dispatch of a step.
+pub(super) struct Dispatch {
+    pub(super) pipeline: wgpu::ComputePipeline,
+    pub(super) bind_group: wgpu::BindGroup,
+    pub(super) groups: [u32; 3],
+}
+
+/// A point built on the device, before the timing harness is attached.
+pub(super) struct Built {
+    pub(super) ctx: Ctx,
+    pub(super) dispatches: Vec<Dispatch>,
+    /// Buffers cleared before every rep (stream read's atomic sum).
+    pub(super) clear_each_rep: Vec<wgpu::Buffer>,
+    /// (name, chunks, bytes to keep, element type/shape) of every output.
+    pub(super) outputs: Vec<(Tensor, Vec<wgpu::Buffer>)>,
+}
+
+impl Ctx {
+    pub(super) fn new(device: wgpu::Device, queue: wgpu::Queue, cap: Option<u64>) -> Ctx {
+        let limits = device.limits();
+        let mut max_binding = limits.max_storage_buffer_binding_size;
+        if let Some(cap) = cap {
+            max_binding = max_binding.min(cap.max(256));
+        }
+        let f = device.features();
+        let timestamps = f.contains(wgpu::Features::TIMESTAMP_QUERY);
+        let paths = ShaderPaths {
+            subgroups: f.contains(wgpu::Features::SUBGROUP),
+        };
+        Ctx {
+            device,
+            queue,
+            limits,
+            timestamps,
+            paths,
+            max_binding,
+        }
+    }
+
+    pub(super) fn buffer(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        extra: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        // Pad to 16 bytes: tensors are read as array<vec4<u32>>; the padding is zeros.
+        let padded;
+        let contents = if !bytes.len().is_multiple_of(16) || bytes.is_empty() {
+            let mut p = bytes.to_vec();
+            p.resize(bytes.len().next_multiple_of(16).max(16), 0);
+            padded = p;
+            &padded[..]
+        } else {
+            bytes
+        };
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST
+                    | extra,
+            })
+    }
+
+    /// Split a tensor into chunk buffers of whole `unit_bytes` units, each within one binding.
+    pub(super) fn chunked(
+        &self,
+        t: &Tensor,
+        unit_bytes: usize,
+    ) -> anyhow::Result<(Vec<wgpu::Buffer>, usize)> {
+        let per_chunk = ((self.max_binding as usize).saturating_sub(16) / unit_bytes.max(1)).max(1);
+        if unit_bytes as u64 + 16 > self.max_binding {
+            bail!(
+                "one {} unit of {} bytes exceeds a binding ({} bytes)",
+                t.name,
+                unit_bytes,
+                self.max_binding
+            );
+        }
+        let bytes_per_chunk = per_chunk * unit_bytes;
+        let chunks: Vec<wgpu::Buffer> = if t.bytes.is_empty() {
+            vec![self.buffer(t.name, &[], wgpu::BufferUsages::empty())]
+        } else {
+            t.bytes
+                .chunks(bytes_per_chunk)
+                .map(|c| self.buffer(t.name, c, wgpu::BufferUsages::empty()))
+                .collect()
+        };
+        Ok((chunks, per_chunk))
+    }
+
+    pub(super) fn check_bindings(&self, needed: usize) -> anyhow::Result<()> {
+        let max = self.limits.max_storage_buffers_per_shader_stage as usize;
+        if needed > max {
+            bail!(
+                "this point needs {needed} storage bindings; the adapter allows {max} per shader stage"
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn pipeline(
+        &self,
+        source: &str,
+        entry: &str,
+        layout: &wgpu::BindGroupLayout,
+    ) -> anyhow::Result<wgpu::ComputePipeline> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(entry),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let pl = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(entry),
+                bind_group_layouts: &[Some(layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            bail!("building WGSL pipeline '{entry}': {}", error_chain(&e));
+        }
+        Ok(pipeline)
+    }
+
+    /// A bind group layout of storage buffers (read-only or not) and one optional uniform.
+    pub(super) fn layout(&self, entries: &[(u32, Kind)]) -> wgpu::BindGroupLayout {
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = entries
+            .iter()
+            .map(|&(binding, kind)| wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match kind {
+                        Kind::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Kind::Write => wgpu::BufferBindingType::Storage { read_only: false },
+                        Kind::Uniform => wgpu::BufferBindingType::Uniform,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        self.device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: None,
+                entries: &entries,
+            })
+    }
+
+    pub(super) fn bind(
+        &self,
+        layout: &wgpu::BindGroupLayout,
+        buffers: &[(u32, &wgpu::Buffer)],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .map(|&(binding, b)| wgpu::BindGroupEntry {
+                binding,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout,
+            entries: &entries,
+        })
+    }
+
+    /// A poisoned output buffer, and the output's shape to read it back by.
+    pub(super) fn poisoned_output(&self, poisoned: Tensor) -> (Tensor, Vec<wgpu::Buffer>) {
+        let buf = self.buffer(poisoned.name, &poisoned.bytes, wgpu::BufferUsages::empty());
+        (
+            Tensor::spec(poisoned.name, poisoned.elem, poisoned.shape),
+            vec![buf],
+        )
+    }
+
+    pub(super) fn stream(self, w: &Stream, inputs: &TensorSet) -> anyhow::Result<Built> {
+        const WG: u32 = STREAM_WG;
+        let source = stream_source(w.op, self.paths);
+        let layout = self.layout(&[
+            (0, Kind::Read),
+            (1, Kind::Write),
+            (2, Kind::Write),
+            (3, Kind::Uniform),
+        ]);
+        let pipeline = self.pipeline(&source, "main", &layout)?;
+        let words = w.words();
+        // Chunks of whole 16-byte vectors, each within one binding.
+        let vecs_per_chunk = (self.max_binding as usize / 16).max(1);
+        let total_vecs = words.div_ceil(4);
+        let n_chunks = total_vecs.div_ceil(vecs_per_chunk).max(1);
+        let src_bytes = inputs.get("src").map(|t| &t.bytes[..]);
+        let dummy = self.buffer("dummy", &[0u8; 16], wgpu::BufferUsages::empty());
+        let sum = self.buffer("sum", &[0u8; 16], wgpu::BufferUsages::empty());
+        let mut dispatches = Vec::new();
+        let mut dst_chunks = Vec::new();
+        for c in 0..n_chunks {
+            let (v0, v1) = (
+                c * vecs_per_chunk,
+                ((c + 1) * vecs_per_chunk).min(total_vecs),
+            );
+            let byte_range = (v0 * 16).min(w.bytes as usize)..(v1 * 16).min(w.bytes as usize);
+            let src = match src_bytes {
+                Some(b) => self.buffer("src", &b[byte_range.clone()], wgpu::BufferUsages::empty()),
+                None => dummy.clone(),
+            };
+            let dst = if w.op == StreamOp::Read {
+                dummy.clone()
+            } else {
+                let poison = vec![0xEFu8; (v1 - v0) * 16];
+                let b = self.buffer("dst", &poison, wgpu::BufferUsages::empty());
+                dst_chunks.push(b.clone());
+                b
+            };
+            let params: [u32; 4] = [(v0 * 4) as u32, (v1 - v0) as u32, w.pattern_seed(), 0];
+            let uniform = self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("chunk"),
+                    contents: bytemuck::cast_slice(&params),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
+            let bind_group = self.bind(&layout, &[(0, &src), (1, &dst), (2, &sum), (3, &uniform)]);
+            let groups = ((v1 - v0).div_ceil(WG as usize) as u32).clamp(1, 4096);
+            dispatches.push(Dispatch {
+                pipeline: pipeline.clone(),
+                bind_group,
+                groups: [groups, 1, 1],
+            });
+        }
+        let outputs = match w.op {
+            StreamOp::Read => vec![(
+                Tensor::spec("sum", crate::workload::Elem::U32, vec![1]),
+                vec![sum.clone()],
+            )],
+            _ => vec![(
+                Tensor::spec("dst", crate::workload::Elem::U32, vec![words]),
+                dst_chunks,
+            )],
+        };
+        let clear_each_rep = if w.op == StreamOp::Read {
+            vec![sum]
+        } else {
+            vec![]
+        };
+        Ok(Built {
+            ctx: self,
+            dispatches,
+            clear_each_rep,
+            outputs,
+        })
+    }
+
+    pub(super) fn kv_decode(self, w: &KvDecode, inputs: &TensorSet) -> anyhow::Result<Built> {
+        let mla = w.attention == crate::workload::Attention::Mla;
+        let es = w.kv_dtype.size();
+        let page_k = w.page_size * w.kv_heads * w.head_dim_k * es;
+        let page_v = w.page_size * w.kv_heads * w.head_dim_v * es;
+        // Pages per chunk must agree for K and V (one page index picks both).
+        let unit = if mla { page_k } else { page_k.max(page_v) };
+        if unit as u64 + 16 > self.max_binding {
+            bail!(
+                "one KV page ({unit} bytes) exceeds a binding ({} bytes)",
+                self.max_binding
+            );
+        }
+        let pages_per_chunk = ((self.max_binding as usize).saturating_sub(16) / unit).max(1);
+        let (k_chunks, _) = self.chunked(inputs.expect("k_pages"), pages_per_chunk * page_k)?;
+        let v_chunks = if mla {
+            vec![]
+        } else {
+            self.chunked(inputs.expect("v_pages"), pages_per_chunk * page_v)?
+                .0
+        };
+
+        let launch = kv_launch(
+            w,
+            pages_per_chunk,
+            self.limits.max_compute_workgroup_storage_size as usize,
+        )?;
+        let (splits, hb) = (launch.plan.splits, launch.plan.hb);
+        let bindings_k = 10..10 + k_chunks.len() as u32;
+        let bindings_v = 40..40 + v_chunks.len() as u32;
+        self.check_bindings(7 + k_chunks.len() + v_chunks.len())?;
+        let source = kv_source(w, &launch, k_chunks.len(), v_chunks.len(), self.paths);
+
+        let mut entries = vec![
+            (0, Kind::Read),
+            (1, Kind::Read),
+            (2, Kind::Read),
+            (3, Kind::Write),
+            (4, Kind::Write),
+            (5, Kind::Write),
+            (6, Kind::Write),
+        ];
+        entries.extend(bindings_k.clone().map(|b| (b, Kind::Read)));
+        entries.extend(bindings_v.clone().map(|b| (b, Kind::Read)));
+        let layout = self.layout(&entries);
+        let attend = self.pipeline(&source, "attend", &layout)?;
+        let merge = self.pipeline(&source, "merge", &layout)?;
+
+        let q = self.buffer("q", &inputs.expect("q").bytes, wgpu::BufferUsages::empty());
+        let table = self.buffer(
+            "page_table",
+            &inputs.expect("page_table").bytes,
+            wgpu::BufferUsages::empty(),
+        );
+        let lens = self.buffer(
+            "context_lens",
+            &inputs.expect("context_lens").bytes,
+            wgpu::BufferUsages::empty(),
+        );
+        let slots = w.batch * w.q_heads * splits;
+        let partial_acc = self.buffer(
+            "partial_acc",
+            &vec![0u8; slots * w.head_dim_v * 4],
+            wgpu::BufferUsages::empty(),
+        );
+        let partial_ml = self.buffer(
+            "partial_ml",
+            &vec![0u8; slots * 8],
+            wgpu::BufferUsages::empty(),
+        );
+        let specs = KvDecode::outputs(w);
+        let (out_t, out_b) = self.poisoned_output(specs[0].poisoned());
+        let (lse_t, lse_b) = self.poisoned_output(specs[1].poisoned());
+        let mut binds: Vec<(u32, &wgpu::Buffer)> = vec![
+            (0, &q),
+            (1, &table),
+            (2, &lens),
+            (3, &partial_acc),
+            (4, &partial_ml),
+            (5, &out_b[0]),
+            (6, &lse_b[0]),
+        ];
+        binds.extend(bindings_k.zip(&k_chunks));
+        binds.extend(bindings_v.zip(&v_chunks));
+        let bind_group = self.bind(&layout, &binds);
+        let bh = (w.batch * w.q_heads) as u32;
+        let dispatches = vec![
+            Dispatch {
+                pipeline: attend,
+                bind_group: bind_group.clone(),
+                groups: [splits as u32, (w.q_heads / hb) as u32, w.batch as u32],
+            },
+            Dispatch {
+                pipeline: merge,
+                bind_group,
+                groups: [bh.min(65535), bh.div_ceil(65535), 1],
+            },
+        ];
+        let outputs = vec![(out_t, out_b), (lse_t, lse_b)];
+        Ok(Built {
+            ctx: self,
+            dispatches,
+            clear_each_rep: vec![],
+            outputs,
+        })
+    }
+
+    pub(super) fn expert_gemv(self, w: &ExpertGemv, inputs: &TensorSet) -> anyhow::Result<Built> {
+        const WG: usize = EXPERT_WG;
+        const ROWS: usize = EXPERT_ROWS;
+        let es = w.weight_dtype.size();
+        let row_bytes = w.d_in * es;
+        let (w_chunks, rows_per_chunk) = self.chunked(inputs.expect("w"), row_bytes)?;
+
+        // Routing metadata grouped by expert: offsets, expert ids, then (token, slot) pairs.
+        let (groups, weights) = w.grouped(inputs);
+        let u = w.touched().len();
+
+        let bindings_w = 10..10 + w_chunks.len() as u32;
+        self.check_bindings(6 + w_chunks.len())?;
+        let source = expert_source(w, u, rows_per_chunk, w_chunks.len(), self.paths);
+        let mut entries = vec![
+            (0, Kind::Read),
+            (1, Kind::Read),
+            (2, Kind::Read),
+            (3, Kind::Read),
+            (4, Kind::Write),
+            (5, Kind::Write),
+        ];
+        entries.extend(bindings_w.clone().map(|b| (b, Kind::Read)));
+        let layout = self.layout(&entries);
+        let gemv = self.pipeline(&source, "gemv", &layout)?;
+        let combine = self.pipeline(&source, "combine", &layout)?;
+
+        let x = self.buffer("x", &inputs.expect("x").bytes, wgpu::BufferUsages::empty());
+        let scale_bytes = inputs
+            .get("w_scale")
+            .map(|t| t.bytes.clone())
+            .unwrap_or_default();
+        let w_scale = self.buffer("w_scale", &scale_bytes, wgpu::BufferUsages::empty());
+        let groups_b = self.buffer(
+            "groups",
+            bytemuck::cast_slice(&groups),
+            wgpu::BufferUsages::empty(),
+        );
+        let weights_b = self.buffer(
+            "entry_weight",
+            bytemuck::cast_slice(&weights),
+            wgpu::BufferUsages::empty(),
+        );
+        let slot_out = self.buffer(
+            "slot_out",
+            &vec![0u8; w.batch * w.top_k * w.d_out * 4],
+            wgpu::BufferUsages::empty(),
+        );
+        let (y_t, y_b) = self.poisoned_output(w.outputs()[0].poisoned());
+        let mut binds: Vec<(u32, &wgpu::Buffer)> = vec![
+            (0, &x),
+            (1, &w_scale),
+            (2, &groups_b),
+            (3, &weights_b),
+            (4, &slot_out),
+            (5, &y_b[0]),
+        ];
+        binds.extend(bindings_w.zip(&w_chunks));
+        let bind_group = self.bind(&layout, &binds);
+        let total = (w.batch * w.d_out).div_ceil(WG) as u32;
+        let dispatches = vec![
+            Dispatch {
+                pipeline: gemv,
+                bind_group: bind_group.clone(),
+                groups: [w.d_out.div_ceil(ROWS) as u32, u as u32, 1],
+            },
+            Dispatch {
+                pipeline: combine,
+                bind_group,
+                groups: [total.min(65535), total.div_ceil(65535), 1],
+            },
+        ];
+        Ok(Built {
+            ctx: self,
+            dispatches,
+            clear_each_rep: vec![],
+            outputs: vec![(y_t, y_b)],
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Kind {
+    Read,
+    Write,
+    Uniform,
+}
+
+impl Built {
+    pub(super) fn finish(
+        self,
+        cache: CacheMode,
+        workload: &Workload,
+        cpu_adapter: bool,
+    ) -> anyhow::Result<Box<dyn Prepared>> {
+        if let Some(e) = take_error() {
+            bail!("wgpu: {e}");
+        }
+        // A software adapter shares the host's caches: a small clear keeps it honest without
+        // spending seconds per rep; on a GPU, the flush every GPU backend uses.
+        let flush_bytes = match (
+            crate::backend::gpu_flush_bytes(cache, workload),
+            cpu_adapter,
+        ) {
+            (0, _) => 0,
+            (_, true) => 32 << 20,
+            (n, false) => n.min(self.ctx.limits.max_buffer_size),
+        };
+        let flush = (flush_bytes > 0).then(|| {
+            self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("l2 flush"),
+                size: flush_bytes,
+                usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        });
+        let method = match (cache, flush_bytes) {
+            (CacheMode::Warm, _) => "warm: no flush".to_string(),
+            (CacheMode::Cold, 0) => "cold: a step moves over 4x the 512 MiB flush".to_string(),
+            (CacheMode::Cold, n) => format!(
+                "cold: {} cleared between reps",
+                crate::report::human_bytes(n)
+            ),
+        };
+        Ok(Box::new(WgpuPoint {
+            built: self,
+            flush,
+            cache_method: method,
+        }))
+    }
+}

@@ -1,0 +1,199 @@
+//! A built point timed: reps recorded with GPU timestamp queries where the adapter has them
+//! (the host clock around submit-and-wait where not), outputs read back through staging.
+
+use super::build::Built;
+use super::take_error;
+use crate::backend::{Prepared, Timer};
+use crate::workload::TensorSet;
+use anyhow::{Context, anyhow, bail};
+use std::time::Instant;
+
+pub(super) struct WgpuPoint {
+    pub(super) built: Built,
+    pub(super) flush: Option<wgpu::Buffer>,
+    pub(super) cache_method: String,
+}
+
+/// Timestamp queries per resolve batch (two per rep; wgpu allows 4096 per set).
+const REPS_PER_BATCH: usize = 1024;
+
+impl WgpuPoint {
+    /// Encode one rep; with `ts` = Some((set, i)) the pass writes timestamps 2i and 2i + 1.
+    fn encode_rep(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        ts: Option<(&wgpu::QuerySet, u32)>,
+        flush: bool,
+    ) {
+        if let (Some(f), true) = (&self.flush, flush) {
+            enc.clear_buffer(f, 0, None);
+        }
+        for b in &self.built.clear_each_rep {
+            enc.clear_buffer(b, 0, None);
+        }
+        let timestamp_writes = ts.map(|(set, i)| wgpu::ComputePassTimestampWrites {
+            query_set: set,
+            beginning_of_pass_write_index: Some(2 * i),
+            end_of_pass_write_index: Some(2 * i + 1),
+        });
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("step"),
+            timestamp_writes,
+        });
+        for d in &self.built.dispatches {
+            pass.set_pipeline(&d.pipeline);
+            pass.set_bind_group(0, &d.bind_group, &[]);
+            pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        }
+    }
+
+    fn wait(&self) -> anyhow::Result<()> {
+        self.built
+            .ctx
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("wgpu poll: {e}"))?;
+        if let Some(e) = take_error() {
+            bail!("wgpu: {e}");
+        }
+        Ok(())
+    }
+
+    /// Copy `bytes` from the start of `src` to the host.
+    fn read(&self, src: &wgpu::Buffer, bytes: u64) -> anyhow::Result<Vec<u8>> {
+        let ctx = &self.built.ctx;
+        let size = bytes.next_multiple_of(4).max(4);
+        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(src, 0, &staging, 0, size);
+        ctx.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .context("wgpu map callback")?
+            .map_err(|e| anyhow!("wgpu map: {e}"))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| anyhow!("wgpu map range: {e:?}"))?;
+        let mut out = view.to_vec();
+        drop(view);
+        staging.unmap();
+        out.truncate(bytes as usize);
+        Ok(out)
+    }
+}
+
+impl Prepared for WgpuPoint {
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn timer(&self) -> Timer {
+        if self.built.ctx.timestamps {
+            Timer::Gpu
+        } else {
+            Timer::Host
+        }
+    }
+
+    fn cache_method(&self) -> String {
+        self.cache_method.clone()
+    }
+
+    fn run(&mut self, warmup: usize, reps: usize) -> anyhow::Result<Vec<f64>> {
+        let ctx = &self.built.ctx;
+        for _ in 0..warmup {
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            self.encode_rep(&mut enc, None, true);
+            ctx.queue.submit([enc.finish()]);
+        }
+        self.wait()?;
+        let mut times = Vec::with_capacity(reps);
+        if !ctx.timestamps {
+            for _ in 0..reps {
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                self.encode_rep(&mut enc, None, true);
+                let t0 = Instant::now();
+                ctx.queue.submit([enc.finish()]);
+                self.wait()?;
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            return Ok(times);
+        }
+        let period_ns = ctx.queue.get_timestamp_period() as f64;
+        let mut done = 0;
+        while done < reps {
+            let n = (reps - done).min(REPS_PER_BATCH);
+            let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * n as u32,
+            });
+            let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("resolve"),
+                size: 16 * n as u64,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            for i in 0..n {
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                self.encode_rep(&mut enc, Some((&set, i as u32)), true);
+                if i + 1 == n {
+                    enc.resolve_query_set(&set, 0..2 * n as u32, &resolve, 0);
+                }
+                ctx.queue.submit([enc.finish()]);
+            }
+            let raw = self.read(&resolve, 16 * n as u64)?;
+            let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
+            for pair in stamps.chunks_exact(2) {
+                let ns = pair[1].wrapping_sub(pair[0]) as f64 * period_ns;
+                if !(ns > 0.0 && ns < 1e12) {
+                    bail!("GPU timestamps gave {ns} ns for a rep; the adapter's timer is unusable");
+                }
+                times.push(ns * 1e-9);
+            }
+            done += n;
+        }
+        Ok(times)
+    }
+
+    fn run_steps(&mut self, steps: u64) -> anyhow::Result<()> {
+        let ctx = &self.built.ctx;
+        let mut left = steps;
+        while left > 0 {
+            // Batches of up to 64 steps per submission keep the queue full.
+            let n = left.min(64);
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            for _ in 0..n {
+                self.encode_rep(&mut enc, None, false);
+            }
+            ctx.queue.submit([enc.finish()]);
+            left -= n;
+        }
+        self.wait()
+    }
+
+    fn read_outputs(&mut self) -> anyhow::Result<TensorSet> {
+        let mut set = Vec::new();
+        for (spec, chunks) in &self.built.outputs {
+            let want = spec.len() * spec.elem.size();
+            let mut bytes = Vec::with_capacity(want);
+            for c in chunks {
+                let left = (want - bytes.len()) as u64;
+                bytes.extend(self.read(c, left.min(c.size()))?);
+            }
+            let mut t = spec.clone();
+            t.bytes = bytes.into();
+            set.push(t);
+        }
+        Ok(TensorSet(set))
+    }
+}
