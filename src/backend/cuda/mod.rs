@@ -4,6 +4,7 @@
 //! No driver, no NVRTC or no device is "unavailable (why)", never a panic: the libraries are
 //! probed before anything in them is touched.
 
+mod build;
 pub mod compile;
 mod multi;
 pub mod nccl;
@@ -14,7 +15,7 @@ pub mod topology;
 pub use multi::can_access_peer;
 
 use super::{Backend, CacheMode, DeviceInfo, How, Prepared, Timer};
-use crate::workload::{Elem, StreamOp, Tensor, TensorSet, Workload};
+use crate::workload::{Tensor, TensorSet, Workload};
 use anyhow::{Context, anyhow, bail};
 use cudarc::driver::sys::{CUdevice_attribute as Attr, CUevent_flags};
 use cudarc::driver::{
@@ -145,23 +146,7 @@ impl Backend for CudaBackend {
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))
             .map_err(|e| anyhow!("loading the {arch} module: {e:?}"))?;
-        let func = |name: &str| {
-            module
-                .load_function(name)
-                .map_err(|e| anyhow!("kernel {name}: {e:?}"))
-        };
-        let up = |bytes: &[u8]| -> anyhow::Result<CudaSlice<u8>> {
-            // Padded to 16 bytes with zeros (kernels read whole 16-byte words); the bytes go
-            // straight from the host tensor, never through a padded host copy.
-            let mut buf = stream
-                .alloc_zeros::<u8>(bytes.len().next_multiple_of(16).max(16))
-                .map_err(|e| anyhow!("allocating {} bytes: {e:?}", bytes.len()))?;
-            stream
-                .memcpy_htod(bytes, &mut buf.slice_mut(..bytes.len()))
-                .map_err(|e| anyhow!("upload of {} bytes: {e:?}", bytes.len()))?;
-            Ok(buf)
-        };
-        let mut p = Point {
+        let p = Point {
             ctx: ctx.clone(),
             stream: stream.clone(),
             buffers: Vec::new(),
@@ -172,163 +157,14 @@ impl Backend for CudaBackend {
             clear_each_rep: None,
             compile_s,
         };
-        let cfg = |grid: (u32, u32, u32), block: u32| LaunchConfig {
-            grid_dim: grid,
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let mut b = build::Build { module, p };
         match workload {
-            Workload::Stream(w) => {
-                let n_vec = (w.bytes as usize).div_ceil(16) as u64;
-                let grid = (
-                    (n_vec.div_ceil(compile::STREAM_WG as u64)).clamp(1, (sms * 8) as u64) as u32,
-                    1,
-                    1,
-                );
-                match w.op {
-                    StreamOp::Read => {
-                        let src = p.add(up(&inputs.expect("src").bytes)?);
-                        let sum = p.add(up(&[0u8; 4])?);
-                        p.clear_each_rep = Some(sum);
-                        p.launches.push(Launch {
-                            func: func("stream_read")?,
-                            cfg: cfg(grid, compile::STREAM_WG as u32),
-                            args: vec![Arg::Buf(src), Arg::U64(n_vec), Arg::Buf(sum)],
-                        });
-                        p.outputs
-                            .push((Tensor::from_u32("sum", vec![1], &[0]), sum));
-                    }
-                    StreamOp::Copy | StreamOp::Write => {
-                        let dst_spec = Tensor::poisoned("dst", Elem::U32, vec![w.words()]);
-                        let dst = p.add(up(&dst_spec.bytes)?);
-                        if w.op == StreamOp::Copy {
-                            let src = p.add(up(&inputs.expect("src").bytes)?);
-                            p.launches.push(Launch {
-                                func: func("stream_copy")?,
-                                cfg: cfg(grid, compile::STREAM_WG as u32),
-                                args: vec![Arg::Buf(src), Arg::Buf(dst), Arg::U64(n_vec)],
-                            });
-                        } else {
-                            p.launches.push(Launch {
-                                func: func("stream_write")?,
-                                cfg: cfg(grid, compile::STREAM_WG as u32),
-                                args: vec![
-                                    Arg::Buf(dst),
-                                    Arg::U64(n_vec),
-                                    Arg::U32(w.pattern_seed()),
-                                ],
-                            });
-                        }
-                        p.outputs.push((dst_spec, dst));
-                    }
-                }
-            }
-            Workload::KvDecode(w) => {
-                let l = compile::kv_launch(w, sms);
-                let q = p.add(up(&inputs.expect("q").bytes)?);
-                let k = p.add(up(&inputs.expect("k_pages").bytes)?);
-                let v = match inputs.get("v_pages") {
-                    Some(t) => p.add(up(&t.bytes)?),
-                    None => k, // MLA: V is inside the latent
-                };
-                let table = p.add(up(&inputs.expect("page_table").bytes)?);
-                let lens = p.add(up(&inputs.expect("context_lens").bytes)?);
-                let slots = w.batch * w.q_heads * l.splits;
-                let acc = p.add(
-                    stream
-                        .alloc_zeros::<u8>(slots * w.head_dim_v * 4 + 16)
-                        .map_err(|e| anyhow!("{e:?}"))?,
-                );
-                let ml = p.add(
-                    stream
-                        .alloc_zeros::<u8>(slots * 8 + 16)
-                        .map_err(|e| anyhow!("{e:?}"))?,
-                );
-                let specs = w.outputs();
-                let (out_t, lse_t) = (specs[0].poisoned(), specs[1].poisoned());
-                let out = p.add(up(&out_t.bytes)?);
-                let lse = p.add(up(&lse_t.bytes)?);
-                p.launches.push(Launch {
-                    func: func("attend")?,
-                    cfg: cfg(
-                        (l.splits as u32, (w.q_heads / l.hb) as u32, w.batch as u32),
-                        compile::KV_WG as u32,
-                    ),
-                    args: vec![
-                        Arg::Buf(q),
-                        Arg::Buf(k),
-                        Arg::Buf(v),
-                        Arg::Buf(table),
-                        Arg::Buf(lens),
-                        Arg::Buf(acc),
-                        Arg::Buf(ml),
-                    ],
-                });
-                p.launches.push(Launch {
-                    func: func("merge")?,
-                    cfg: cfg(
-                        ((w.batch * w.q_heads) as u32, 1, 1),
-                        compile::MERGE_WG as u32,
-                    ),
-                    args: vec![Arg::Buf(acc), Arg::Buf(ml), Arg::Buf(out), Arg::Buf(lse)],
-                });
-                p.outputs.push((out_t, out));
-                p.outputs.push((lse_t, lse));
-            }
-            Workload::ExpertGemv(w) => {
-                let (groups, weights) = w.grouped(inputs);
-                let touched = w.touched();
-                let x = p.add(up(&inputs.expect("x").bytes)?);
-                let wt = p.add(up(&inputs.expect("w").bytes)?);
-                let scale = p.add(up(inputs.get("w_scale").map_or(&[][..], |t| &t.bytes))?);
-                let g = p.add(up(bytemuck::cast_slice(&groups))?);
-                let ew = p.add(up(bytemuck::cast_slice(&weights))?);
-                let slot_out = p.add(
-                    stream
-                        .alloc_zeros::<u8>(w.batch * w.top_k * w.d_out * 4 + 16)
-                        .map_err(|e| anyhow!("{e:?}"))?,
-                );
-                let y_t = w.outputs()[0].poisoned();
-                let y = p.add(up(&y_t.bytes)?);
-                p.launches.push(Launch {
-                    func: func("gemv")?,
-                    cfg: cfg(
-                        (
-                            w.d_out.div_ceil(compile::EXPERT_ROWS) as u32,
-                            touched.len() as u32,
-                            1,
-                        ),
-                        compile::EXPERT_WG as u32,
-                    ),
-                    args: vec![
-                        Arg::Buf(x),
-                        Arg::Buf(wt),
-                        Arg::Buf(scale),
-                        Arg::Buf(g),
-                        Arg::Buf(ew),
-                        Arg::Buf(slot_out),
-                    ],
-                });
-                p.launches.push(Launch {
-                    func: func("combine")?,
-                    cfg: cfg(
-                        (
-                            (w.batch * w.d_out).div_ceil(compile::COMBINE_WG) as u32,
-                            1,
-                            1,
-                        ),
-                        compile::COMBINE_WG as u32,
-                    ),
-                    args: vec![Arg::Buf(slot_out), Arg::Buf(y)],
-                });
-                p.outputs.push((y_t, y));
-            }
+            Workload::Stream(w) => b.stream(w, inputs, sms)?,
+            Workload::KvDecode(w) => b.kv_decode(w, inputs, sms)?,
+            Workload::ExpertGemv(w) => b.expert_gemv(w, inputs)?,
             Workload::Link(_) => bail!("link runs between two devices (prepare_link)"),
         }
-        // Kept as shapes only: the poisoned bytes went to the device.
-        for (spec, _) in &mut p.outputs {
-            spec.bytes = Default::default();
-        }
+        let mut p = b.p;
         let flush = super::gpu_flush_bytes(cache, workload) as usize;
         if flush > 0 {
             p.flush = Some(
@@ -400,11 +236,6 @@ struct Point {
 }
 
 impl Point {
-    fn add(&mut self, b: CudaSlice<u8>) -> usize {
-        self.buffers.push(b);
-        self.buffers.len() - 1
-    }
-
     fn step(&mut self, flush: bool) -> anyhow::Result<()> {
         if let (true, Some(f)) = (flush, self.flush.as_mut()) {
             self.stream
