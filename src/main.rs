@@ -25,12 +25,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run an experiment: every point on the chosen backends, checked against the oracle.
+    #[command(after_long_help = decodelab::registry::help_text())]
     Run {
         /// The experiment YAML (e.g. experiments/quickstart.yaml).
         file: PathBuf,
-        /// Which backend(s): auto (best available), cpu, wgpu, cuda, or all available.
+        /// Which backend(s): auto (best available), one by name (see --help), or all available.
         /// Overrides the file's `backends:`.
-        #[arg(long, value_parser = ["auto", "cpu", "wgpu", "cuda", "all"])]
+        #[arg(long, value_parser = backend_choices())]
         backend: Option<String>,
         /// Where results go (default results/<experiment>/<timestamp>/).
         #[arg(long, conflicts_with = "resume")]
@@ -50,7 +51,7 @@ enum Command {
     /// Validate an experiment: print its points and the memory each needs; runs nothing.
     Check {
         file: PathBuf,
-        #[arg(long, value_parser = ["auto", "cpu", "wgpu", "cuda", "all"])]
+        #[arg(long, value_parser = backend_choices())]
         backend: Option<String>,
         /// Only these points: indices and ranges (3,7-9) or parameters (kernel=kv_decode,batch=16);
         /// several --only keep what any keeps.
@@ -106,6 +107,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         measured: Option<PathBuf>,
     },
+}
+
+/// `--backend`'s values: auto, every backend the registry knows, all.
+fn backend_choices() -> clap::builder::PossibleValuesParser {
+    let names = std::iter::once("auto")
+        .chain(decodelab::registry::backend_names())
+        .chain(std::iter::once("all"));
+    clap::builder::PossibleValuesParser::new(names)
 }
 
 fn main() -> ExitCode {

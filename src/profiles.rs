@@ -3,6 +3,7 @@
 //! same name beside the experiment (or in a folder above it), or a path ending in `.yaml`,
 //! overrides the built-in one.
 
+use crate::error::nearest;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
@@ -145,40 +146,6 @@ pub fn find(kind: Kind, start: &Path, name: &str) -> Result<Found, String> {
     ))
 }
 
-/// The candidate a mistyped `name` most likely meant: one it begins (`h100` -> `h100-sxm`) or
-/// is contained in, else the closest by edit distance when it is close enough to be a typo.
-pub fn nearest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    let lower = name.to_ascii_lowercase();
-    if let Some(c) = candidates
-        .iter()
-        .find(|c| c.starts_with(&lower) || (lower.len() >= 3 && c.contains(lower.as_str())))
-    {
-        return Some(c);
-    }
-    candidates
-        .iter()
-        .map(|c| (edit_distance(&lower, c), *c))
-        .filter(|(d, c)| *d <= (c.len().max(lower.len()) / 3).max(1))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-/// Levenshtein distance between two short strings.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev + usize::from(ca != cb);
-            prev = row[j + 1];
-            row[j + 1] = sub.min(row[j] + 1).min(prev + 1);
-        }
-    }
-    row[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,20 +174,6 @@ mod tests {
                 kind.folder()
             );
         }
-    }
-
-    #[test]
-    fn typos_find_their_name() {
-        let hw = ["b200", "h100-sxm", "h200-sxm", "sram-die"];
-        assert_eq!(nearest("h100", &hw), Some("h100-sxm"));
-        assert_eq!(nearest("H200", &hw), Some("h200-sxm"));
-        assert_eq!(nearest("h100-smx", &hw), Some("h100-sxm"));
-        assert_eq!(nearest("sram", &hw), Some("sram-die"));
-        assert_eq!(nearest("mi300x", &hw), None);
-        let models = ["deepseek-v3", "kimi-k2.5", "llama-3.1-70b"];
-        assert_eq!(nearest("kimi", &models), Some("kimi-k2.5"));
-        assert_eq!(nearest("deepsek-v3", &models), Some("deepseek-v3"));
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

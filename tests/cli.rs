@@ -733,7 +733,7 @@ fn devices_lists_every_backend() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success());
     // Each backend is either listed with its devices or unavailable with a reason.
-    for name in decodelab::backend::BACKEND_NAMES {
+    for name in decodelab::registry::backend_names() {
         let line = text
             .lines()
             .find(|l| l.starts_with(&format!("{name}: ")))

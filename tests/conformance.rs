@@ -285,3 +285,16 @@ conformance_suite!(wgpu_small_bindings => wgpu_with(WgpuOptions { subgroups: tru
     expert_fp8_extremes,
     stream_ops_at_odd_sizes,
 );
+
+/// The suite runs on every backend the registry knows: a backend added there without an
+/// `every_case!` line here fails this test instead of going untested.
+#[test]
+fn every_registered_backend_has_a_suite() {
+    let this = include_str!("conformance.rs");
+    for name in decodelab::registry::backend_names() {
+        assert!(
+            this.contains(&format!("every_case!({name} =>")),
+            "tests/conformance.rs runs no conformance suite on backend {name}"
+        );
+    }
+}

@@ -49,7 +49,7 @@ fn a_good_file_expands_to_the_cartesian_product() {
 }
 
 #[test]
-fn design_md_example_is_valid() {
+fn readme_style_example_is_valid() {
     let text = r#"
 name: kv-sweep
 backends: [cuda, wgpu]
@@ -103,6 +103,23 @@ fn unknown_keys() {
     );
     assert!(msg.contains("unknown field"), "{msg}");
     refused("name: t\nrepz: 3\nruns: []\n", 2, "repz");
+}
+
+#[test]
+fn unknown_kernel_names_the_known_ones() {
+    let msg = refused(
+        &KV.replace("kernel: kv_decode", "kernel: kv_decod"),
+        3,
+        "kernel",
+    );
+    assert!(msg.contains("did you mean kv_decode?"), "{msg}");
+    for k in decodelab::registry::KERNELS {
+        assert!(msg.contains(k.name), "{msg}");
+    }
+    let msg = refused("name: t\nbackends: [cpu, rocm]\nruns: []\n", 2, "backends");
+    for b in decodelab::registry::backend_names() {
+        assert!(msg.contains(b), "{msg}");
+    }
 }
 
 #[test]
@@ -474,7 +491,7 @@ fn impl_is_a_sweep_axis_checked_by_name() {
     );
     // `all` is every implementation any backend has of the kernel.
     let e = parse(&format!("{KV}    impl: all\n")).unwrap();
-    let names = decodelab::backend::impl_names("kv_decode");
+    let names = decodelab::backend::impl_names(decodelab::registry::Kernel::KvDecode);
     assert_eq!(e.points.len(), 2 * names.len());
     assert!(e.points.iter().all(|p| p.imp.is_some()));
     // An unknown name is refused at its line, naming the ones that exist.

@@ -418,3 +418,15 @@ fn distinct_devices_run_their_shards_at_once() {
         [0, 1]
     );
 }
+
+/// Every backend the registry knows runs the split suite (see tests/conformance.rs).
+#[test]
+fn every_registered_backend_has_a_split_suite() {
+    let this = include_str!("split.rs");
+    for name in decodelab::registry::backend_names() {
+        assert!(
+            this.contains(&format!("split_suite!({name} =>")),
+            "tests/split.rs runs no split suite on backend {name}"
+        );
+    }
+}

@@ -6,11 +6,9 @@ pub mod cuda;
 pub mod plan;
 pub mod wgpu;
 
+use crate::registry::{self, Kernel};
 use crate::workload::{Link, TensorSet, Workload};
 use serde::{Deserialize, Serialize};
-
-/// Every backend decodelab knows, in the order `auto` prefers them.
-pub const BACKEND_NAMES: [&str; 3] = ["cuda", "wgpu", "cpu"];
 
 /// One implementation of a kernel on a backend. Each kernel keeps its simple, readable one
 /// (the reference, the fallback, the "before" of every A/B table); tuned ones register beside
@@ -18,7 +16,7 @@ pub const BACKEND_NAMES: [&str; 3] = ["cuda", "wgpu", "cpu"];
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Impl {
     pub backend: &'static str,
-    pub kernel: &'static str,
+    pub kernel: Kernel,
     pub name: &'static str,
     /// Held to the SASS budget in CI: no local memory, streamed tensors in 128-bit loads.
     pub tuned: bool,
@@ -28,53 +26,57 @@ pub struct Impl {
 /// Every implementation of every kernel, per backend in the order `impl: best` prefers them
 /// (the first that covers a point runs it).
 pub const IMPLS: &[Impl] = &[
-    simple("cpu", "stream", "rayon over 64 Ki-word chunks"),
+    simple("cpu", Kernel::Stream, "rayon over 64 Ki-word chunks"),
     simple(
         "cpu",
-        "kv_decode",
+        Kernel::KvDecode,
         "rayon over (sequence, KV head, 256-token chunk), LSE merge",
     ),
     simple(
         "cpu",
-        "expert_gemv",
+        Kernel::ExpertGemv,
         "rayon over 16-row blocks, tokens grouped by expert",
     ),
-    simple("cpu", "link", "a copy within host memory"),
-    simple("wgpu", "stream", "vec4 words, grid-stride"),
+    simple("cpu", Kernel::Link, "a copy within host memory"),
+    simple("wgpu", Kernel::Stream, "vec4 words, grid-stride"),
     simple(
         "wgpu",
-        "kv_decode",
+        Kernel::KvDecode,
         "one workgroup per (split, head block, sequence); scalar softmax",
     ),
     simple(
         "wgpu",
-        "expert_gemv",
+        Kernel::ExpertGemv,
         "a workgroup per (4 rows, touched expert)",
     ),
-    simple("wgpu", "link", "the stream copy kernel within one adapter"),
+    simple(
+        "wgpu",
+        Kernel::Link,
+        "the stream copy kernel within one adapter",
+    ),
     simple(
         "cuda",
-        "stream",
+        Kernel::Stream,
         "16-byte loads, grid-stride, unrolled by 4",
     ),
     simple(
         "cuda",
-        "kv_decode",
+        Kernel::KvDecode,
         "flash-decoding on CUDA cores: scalar softmax, scalar PV",
     ),
     simple(
         "cuda",
-        "expert_gemv",
+        Kernel::ExpertGemv,
         "a block per (4 rows, touched expert), 16-byte weight loads",
     ),
     simple(
         "cuda",
-        "link",
+        Kernel::Link,
         "peer copy (cuMemcpyPeerAsync), timed with events",
     ),
 ];
 
-const fn simple(backend: &'static str, kernel: &'static str, about: &'static str) -> Impl {
+const fn simple(backend: &'static str, kernel: Kernel, about: &'static str) -> Impl {
     Impl {
         backend,
         kernel,
@@ -85,7 +87,7 @@ const fn simple(backend: &'static str, kernel: &'static str, about: &'static str
 }
 
 /// The implementations of `kernel` on `backend`, in preference order.
-pub fn impls_of(backend: &str, kernel: &str) -> Vec<&'static Impl> {
+pub fn impls_of(backend: &str, kernel: Kernel) -> Vec<&'static Impl> {
     IMPLS
         .iter()
         .filter(|i| i.backend == backend && i.kernel == kernel)
@@ -93,7 +95,7 @@ pub fn impls_of(backend: &str, kernel: &str) -> Vec<&'static Impl> {
 }
 
 /// Every implementation name of `kernel` on any backend, each once, in table order.
-pub fn impl_names(kernel: &str) -> Vec<&'static str> {
+pub fn impl_names(kernel: Kernel) -> Vec<&'static str> {
     let mut v: Vec<&'static str> = Vec::new();
     for i in IMPLS.iter().filter(|i| i.kernel == kernel) {
         if !v.contains(&i.name) {
@@ -158,7 +160,7 @@ impl How {
 /// The implementation `impl: best` picks for a point on a backend: the first that covers it.
 pub fn best_impl(b: &dyn Backend, w: &Workload) -> Result<&'static str, String> {
     let mut why = Vec::new();
-    for i in impls_of(b.name(), w.kernel()) {
+    for i in impls_of(b.name(), w.kind()) {
         match b.covers(i.name, w) {
             Ok(()) => return Ok(i.name),
             Err(e) => why.push(format!("{}: {e}", i.name)),
@@ -302,7 +304,7 @@ pub fn probe(name: &str) -> Option<Probe> {
 }
 
 pub fn probe_all() -> Vec<Probe> {
-    BACKEND_NAMES.iter().filter_map(|n| probe(n)).collect()
+    registry::backend_names().filter_map(probe).collect()
 }
 
 /// Read every shard's outputs back to the host, `reps` times, timed on the host clock.

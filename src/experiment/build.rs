@@ -7,6 +7,7 @@ use super::{BackendChoice, DEFAULT_MAX_POINTS, DeviceChoice, Experiment, Point};
 use crate::backend::CacheMode;
 use crate::error::ConfigError;
 use crate::hardware::{self, HardwareProfile};
+use crate::registry::{self, KERNELS, Kernel};
 use crate::split::SplitKind;
 use std::path::Path;
 
@@ -126,29 +127,50 @@ impl Builder<'_> {
         Ok(name)
     }
 
+    /// `kernel:` of run `r`, looked up in the registry.
+    fn kernel(&self, r: usize, f: &Spanned<String>) -> Result<Kernel, ConfigError> {
+        Kernel::from_name(&f.value).ok_or_else(|| {
+            let names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+            let hint = crate::error::nearest(&f.value, &names)
+                .map_or(String::new(), |n| format!("did you mean {n}? "));
+            self.err(
+                f.referenced.line(),
+                f.referenced.column(),
+                format!("runs[{r}].kernel"),
+                format!(
+                    "unknown kernel '{}' ({hint}expected {})",
+                    f.value,
+                    registry::one_of(names)
+                ),
+            )
+        })
+    }
+
     fn backends(&self, spec: &ExperimentFile) -> Result<BackendChoice, ConfigError> {
-        let backends = match &spec.backends {
-            None => BackendChoice::Auto,
-            Some(b) => {
-                let l = &b.referenced;
-                let v = &b.value.values;
-                if v.len() == 1 && (v[0] == "auto" || v[0] == "all") {
-                    if v[0] == "auto" {
-                        BackendChoice::Auto
-                    } else {
-                        BackendChoice::All
-                    }
-                } else {
-                    for n in v {
-                        if !crate::backend::BACKEND_NAMES.contains(&n.as_str()) {
-                            return Err(self.err(l.line(), l.column(), "backends", format!(
-                                "unknown backend '{n}' (expected auto, all, or a list of cpu, wgpu, cuda)")));
+        let backends =
+            match &spec.backends {
+                None => BackendChoice::Auto,
+                Some(b) => {
+                    let l = &b.referenced;
+                    let v = &b.value.values;
+                    if v.len() == 1 && (v[0] == "auto" || v[0] == "all") {
+                        if v[0] == "auto" {
+                            BackendChoice::Auto
+                        } else {
+                            BackendChoice::All
                         }
+                    } else {
+                        for n in v {
+                            if !registry::is_backend(n) {
+                                return Err(self.err(l.line(), l.column(), "backends", format!(
+                                "unknown backend '{n}' (expected auto, all, or a list of {})",
+                                registry::one_of(registry::backend_names()))));
+                            }
+                        }
+                        BackendChoice::Named(v.clone())
                     }
-                    BackendChoice::Named(v.clone())
                 }
-            }
-        };
+            };
 
         Ok(backends)
     }
@@ -248,6 +270,7 @@ impl Builder<'_> {
                 index: r,
                 spec: &run.value,
                 line: run.value.kernel.referenced.line(),
+                kernel: self.kernel(r, &run.value.kernel)?,
             };
             // Counted from the axes' lengths before anything is expanded.
             let (count, axes) = ctx.sweep_size();
@@ -268,11 +291,10 @@ impl Builder<'_> {
             let splits = ctx.optional(&run.value.split, SplitKind::None);
             let imps = ctx.impls()?;
             for workload in ctx.expand(seed, points.len())? {
-                if workload.kernel() == "link" && device_count.is_some_and(|n| n < 2) {
-                    return Err(ctx.err_run(
-                        "kernel",
-                        "link runs between pairs of devices: give devices: 2 or more (or virtual: true with a count)",
-                    ));
+                if let Some(n) = device_count
+                    && let Err(msg) = ctx.kernel.check_devices(n)
+                {
+                    return Err(ctx.err_run("kernel", msg));
                 }
                 for &split in &splits {
                     if let Some(n) = device_count {

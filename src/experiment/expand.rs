@@ -6,8 +6,8 @@ use super::schema::{Field, LengthsSpec, RoutingSpec, RunSpec};
 use super::{MAX_BYTES, MAX_COUNT, MAX_ELEMENTS};
 use crate::error::ConfigError;
 use crate::workload::{
-    Attention, DType, Direction, ExpertGemv, KvDecode, Lengths, Link, Math, Routing, Stream,
-    StreamOp, Workload,
+    Attention, DType, Direction, ExpertGemv, Kernel, KvDecode, Lengths, Link, Math, Routing,
+    Stream, StreamOp, Workload,
 };
 use serde_saphyr::Spanned;
 
@@ -17,6 +17,8 @@ pub(super) struct RunCtx<'a> {
     pub(super) index: usize,
     pub(super) spec: &'a RunSpec,
     pub(super) line: u64,
+    /// `kernel:`, looked up in the registry before the run is expanded.
+    pub(super) kernel: Kernel,
 }
 
 /// Every combination of axis positions, first axis slowest.
@@ -140,7 +142,6 @@ impl RunCtx<'_> {
 
     /// How many points this run expands to, and the axes that multiply (`batch 10 x ...`).
     pub(super) fn sweep_size(&self) -> (u64, String) {
-        let kernel = self.spec.kernel.value.as_str();
         let mut count: u64 = 1;
         let mut parts = Vec::new();
         let mut axes = self.spec.axes();
@@ -153,7 +154,7 @@ impl RunCtx<'_> {
                     .as_ref()
                     .is_some_and(|f| f.value.values.iter().any(|v| v == "all"))
             {
-                crate::backend::impl_names(kernel).len().max(n)
+                crate::backend::impl_names(self.kernel).len().max(n)
             } else {
                 n
             };
@@ -172,8 +173,8 @@ impl RunCtx<'_> {
 
     /// `impl:` as a list of implementations (None: best), each a name some backend has.
     pub(super) fn impls(&self) -> Result<Vec<Option<&'static str>>, ConfigError> {
-        let kernel = self.spec.kernel.value.as_str();
-        let known = crate::backend::impl_names(kernel);
+        let kernel = self.kernel.name();
+        let known = crate::backend::impl_names(self.kernel);
         let Some(f) = &self.spec.imp else {
             return Ok(vec![None]);
         };
@@ -213,23 +214,15 @@ impl RunCtx<'_> {
         seed: u64,
         first_index: usize,
     ) -> Result<Vec<Workload>, ConfigError> {
-        let kernel = self.spec.kernel.value.as_str();
         let point_seed = |i: usize| {
             seed.wrapping_mul(1_000_003)
                 .wrapping_add((first_index + i) as u64)
         };
-        match kernel {
-            "stream" => self.expand_stream(point_seed),
-            "kv_decode" => self.expand_kv(point_seed),
-            "expert_gemv" => self.expand_expert(point_seed),
-            "link" => self.expand_link(point_seed),
-            other => Err(self.err_at(
-                &self.spec.kernel,
-                "kernel",
-                format!(
-                    "unknown kernel '{other}' (expected stream, kv_decode, expert_gemv or link)"
-                ),
-            )),
+        match self.kernel {
+            Kernel::Stream => self.expand_stream(point_seed),
+            Kernel::KvDecode => self.expand_kv(point_seed),
+            Kernel::ExpertGemv => self.expand_expert(point_seed),
+            Kernel::Link => self.expand_link(point_seed),
         }
     }
 

@@ -44,9 +44,10 @@ pub fn parse_backend_choice(s: &str) -> Result<BackendChoice, String> {
     match s {
         "auto" => Ok(BackendChoice::Auto),
         "all" => Ok(BackendChoice::All),
-        n if backend::BACKEND_NAMES.contains(&n) => Ok(BackendChoice::Named(vec![n.to_string()])),
+        n if crate::registry::is_backend(n) => Ok(BackendChoice::Named(vec![n.to_string()])),
         n => Err(format!(
-            "unknown backend '{n}' (expected auto, all, cpu, wgpu or cuda)"
+            "unknown backend '{n}' (expected auto, all, {})",
+            crate::registry::one_of(crate::registry::backend_names())
         )),
     }
 }
@@ -207,16 +208,12 @@ fn check_fit_devices(exp: &Experiment, selected: &[Selected]) -> Result<(), Conf
                 return Err(at_run(p, ".split", msg));
             }
         }
-        if n < 2
-            && let Some(p) = exp
-                .points
-                .iter()
-                .find(|p| matches!(p.workload, Workload::Link(_)))
+        if let Some((p, msg)) = exp
+            .points
+            .iter()
+            .find_map(|p| p.workload.kind().check_devices(n).err().map(|m| (p, m)))
         {
-            let msg = format!(
-                "link runs between pairs of devices; {} gives this run {n}",
-                s.backend.name()
-            );
+            let msg = format!("on {}: {msg}", s.backend.name());
             return Err(at_run(p, ".kernel", msg));
         }
         if s.backend.name() == "cuda"

@@ -7,6 +7,7 @@ use super::jobs;
 use super::preflight::Selected;
 use super::{Experiment, Point};
 use crate::backend::{self, Backend};
+use crate::registry::Kernel;
 use crate::report::{self, ResultLine, ResultsFile};
 use crate::split::SplitKind;
 use crate::workload::{TensorSet, Workload};
@@ -49,13 +50,13 @@ fn default_out_dir(exp: &Experiment) -> PathBuf {
 /// The stream op a point is held against: its own for a stream point (copy against copy),
 /// read for the decode kernels (they read what they stream), none for a link.
 fn ceiling_op(kernel: &str, params: &serde_json::Value) -> Option<String> {
-    match kernel {
-        "stream" => params
+    match Kernel::from_name(kernel)? {
+        Kernel::Stream => params
             .get("op")
             .and_then(|v| v.as_str())
             .map(str::to_string),
-        "link" => None,
-        _ => Some("read".into()),
+        Kernel::Link => None,
+        Kernel::KvDecode | Kernel::ExpertGemv => Some("read".into()),
     }
 }
 
@@ -65,7 +66,7 @@ struct Ceilings(HashMap<(String, String, String), f64>);
 
 impl Ceilings {
     fn record(&mut self, l: &ResultLine) {
-        if l.kernel == "stream" && l.check.pass && l.split == "none" {
+        if l.is(Kernel::Stream) && l.check.pass && l.split == "none" {
             let op = ceiling_op(&l.kernel, &l.params).unwrap_or_default();
             let e = self
                 .0
@@ -533,7 +534,7 @@ impl Job<'_> {
 fn impl_on(p: &Point, b: &dyn Backend) -> Option<Result<&'static str, String>> {
     match p.imp {
         Some(name) => {
-            let has = backend::impls_of(b.name(), p.workload.kernel())
+            let has = backend::impls_of(b.name(), p.workload.kind())
                 .iter()
                 .any(|i| i.name == name);
             has.then(|| {

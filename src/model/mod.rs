@@ -7,6 +7,7 @@ pub mod figures;
 
 use crate::error::ConfigError;
 use crate::hardware::{self, HardwareProfile, PerDtype};
+use crate::registry::Kernel;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -668,14 +669,14 @@ pub fn measured_terms(
     let mla = matches!(m.attention, AttentionSpec::Mla { .. });
     let weights = lines
         .iter()
-        .filter(|l| l.kernel == "expert_gemv" && l.check.pass && l.split == "none")
+        .filter(|l| l.is(Kernel::ExpertGemv) && l.check.pass && l.split == "none")
         .min_by(|a, b| {
             dist(p(a, "batch"), s.batch as f64).total_cmp(&dist(p(b, "batch"), s.batch as f64))
         })
         .map(|l| (l, l.gbps));
     let kv = lines
         .iter()
-        .filter(|l| l.kernel == "kv_decode" && l.check.pass && l.split == "none")
+        .filter(|l| l.is(Kernel::KvDecode) && l.check.pass && l.split == "none")
         .filter(|l| (l.params.get("attention").and_then(|v| v.as_str()) == Some("mla")) == mla)
         .min_by(|a, b| {
             let da = dist(p(a, "batch"), s.batch as f64) + dist(p(a, "context"), s.context as f64);

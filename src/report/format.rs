@@ -1,5 +1,7 @@
 //! How numbers and points are written in tables, CSV and messages.
 
+use crate::registry::Kernel;
+
 /// A short label of a point's parameters, e.g. `gqa b8 hq64/8 d128 ctx4096 p16 bf16` (with
 /// ` math=bf16` when the precision mode is not the default).
 pub fn params_label(kernel: &str, p: &serde_json::Value) -> String {
@@ -16,18 +18,22 @@ fn params_label_core(kernel: &str, p: &serde_json::Value) -> String {
             .map(|v| v.to_string().trim_matches('"').to_string())
             .unwrap_or_default()
     };
+    // A line from another version may name a kernel this one does not know: its raw params.
+    let Some(kernel) = Kernel::from_name(kernel) else {
+        return p.to_string();
+    };
     match kernel {
-        "link" => format!(
+        Kernel::Link => format!(
             "{} {}",
             g("direction"),
             human_bytes(p.get("bytes").and_then(|v| v.as_u64()).unwrap_or(0))
         ),
-        "stream" => format!(
+        Kernel::Stream => format!(
             "{} {}",
             g("op"),
             human_bytes(p.get("bytes").and_then(|v| v.as_u64()).unwrap_or(0))
         ),
-        "kv_decode" if g("attention") == "mla" => format!(
+        Kernel::KvDecode if g("attention") == "mla" => format!(
             "mla b{} hq{} d{}+{} ctx{}{} p{} {}",
             g("batch"),
             g("q_heads"),
@@ -42,7 +48,7 @@ fn params_label_core(kernel: &str, p: &serde_json::Value) -> String {
             g("page_size"),
             g("kv_dtype")
         ),
-        "kv_decode" => format!(
+        Kernel::KvDecode => format!(
             "gqa b{} hq{}/{} d{} ctx{}{} p{} {}",
             g("batch"),
             g("q_heads"),
@@ -57,7 +63,7 @@ fn params_label_core(kernel: &str, p: &serde_json::Value) -> String {
             g("page_size"),
             g("kv_dtype")
         ),
-        "expert_gemv" => {
+        Kernel::ExpertGemv => {
             let routing = match p.get("routing") {
                 Some(serde_json::Value::Object(m)) => {
                     m.iter().map(|(k, v)| format!("{k}{v}")).collect::<String>()
@@ -77,7 +83,6 @@ fn params_label_core(kernel: &str, p: &serde_json::Value) -> String {
                 g("experts_touched")
             )
         }
-        _ => p.to_string(),
     }
 }
 

@@ -123,7 +123,7 @@ pub struct HostSeconds {
     pub reused_inputs: bool,
 }
 
-/// One result line, in design.md's order.
+/// One result line, fields in the order docs/results.md shows them.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ResultLine {
     pub schema: String,
@@ -244,6 +244,11 @@ pub struct LinkOut {
 }
 
 impl ResultLine {
+    /// Whether this line is of kernel `k`.
+    pub fn is(&self, k: crate::registry::Kernel) -> bool {
+        self.kernel == k.name()
+    }
+
     /// Which (point, backend, device set) this line finished: what `--resume` skips. The
     /// device set is `0` for one device, `0+1+2+3` for a split, `0->1` for a link.
     pub fn key(&self) -> (usize, String, String) {

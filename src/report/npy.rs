@@ -1,5 +1,5 @@
 //! NumPy `.npy` (format 1.0) writing: a tensor's raw bytes with a header numpy can read.
-//! bf16 and f16 are written as uint16 and fp8 as uint8, bit for bit (design.md).
+//! bf16 and f16 are written as uint16 and fp8 as uint8, bit for bit, so numpy or PyTorch can reinterpret them (README, `--dump`).
 
 use crate::workload::Tensor;
 use std::io::Write;

@@ -5,6 +5,7 @@
 
 use super::format::{params_label, sig, tick};
 use super::{ResultLine, load_lines};
+use crate::registry::Kernel;
 use anyhow::{Context, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -124,7 +125,7 @@ pub fn charts(lines: &[ResultLine]) -> Vec<Chart> {
         }
         let mut levels = Vec::new();
         for l in lines.iter().filter(|l| {
-            l.kernel == "stream"
+            l.is(Kernel::Stream)
                 && l.params.get("op").and_then(|v| v.as_str()) == Some("read")
                 && l.check.pass
                 && l.split == "none"

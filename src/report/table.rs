@@ -3,6 +3,7 @@
 
 use super::format::{fmt_opt, human_bytes, human_time, micros, params_label, sig};
 use super::{LinkOut, ResultLine};
+use crate::registry::Kernel;
 
 /// The cells every table starts a result's row with: point, kernel, params, where it ran
 /// (backend:device set), its implementation, split, GB/s (three significant figures).
@@ -82,7 +83,7 @@ pub fn verdict(lines: &[ResultLine], results: &std::path::Path) -> String {
     out.push_str(&format!("ran on: {}\n", ran.join("; ")));
     let judged: Vec<&ResultLine> = lines
         .iter()
-        .filter(|l| l.kernel != "stream" && l.check.pass && l.pct_of_stream.is_some())
+        .filter(|l| !l.is(Kernel::Stream) && l.check.pass && l.pct_of_stream.is_some())
         .collect();
     let pct = |l: &&ResultLine| l.pct_of_stream.unwrap_or(0.0);
     let name = |l: &ResultLine| {
@@ -146,7 +147,7 @@ pub fn verdict(lines: &[ResultLine], results: &std::path::Path) -> String {
     ));
     if lines
         .iter()
-        .any(|l| l.kernel == "kv_decode" || l.kernel == "expert_gemv")
+        .any(|l| l.is(Kernel::KvDecode) || l.is(Kernel::ExpertGemv))
     {
         out.push_str(&format!(
             "      decodelab figures experiments/talk --measured {file}   (the talk's figures with these bandwidths)\n"

@@ -11,7 +11,7 @@ pub mod run;
 
 use crate::report::VsOneDevice;
 use crate::workload::{
-    Attention, ExpertGemv, KvDecode, Lengths, Routing, Stream, StreamOp, Tensor, TensorSet,
+    Attention, ExpertGemv, Kernel, KvDecode, Lengths, Routing, Stream, StreamOp, Tensor, TensorSet,
     Workload,
 };
 use serde::{Deserialize, Serialize};
@@ -54,12 +54,12 @@ impl SplitKind {
     }
 
     /// The splits that apply to a kernel (besides `none`).
-    pub fn for_kernel(kernel: &str) -> &'static [SplitKind] {
+    pub fn for_kernel(kernel: Kernel) -> &'static [SplitKind] {
         match kernel {
-            "kv_decode" => &[SplitKind::Heads, SplitKind::Sequence],
-            "expert_gemv" => &[SplitKind::Experts, SplitKind::Tensor],
-            "stream" => &[SplitKind::Data],
-            _ => &[],
+            Kernel::KvDecode => &[SplitKind::Heads, SplitKind::Sequence],
+            Kernel::ExpertGemv => &[SplitKind::Experts, SplitKind::Tensor],
+            Kernel::Stream => &[SplitKind::Data],
+            Kernel::Link => &[],
         }
     }
 
@@ -96,8 +96,8 @@ pub fn validate(w: &Workload, kind: SplitKind, n: usize) -> Result<(), String> {
     if kind == SplitKind::None {
         return Ok(());
     }
-    if !SplitKind::for_kernel(w.kernel()).contains(&kind) {
-        let ok: Vec<&str> = SplitKind::for_kernel(w.kernel())
+    if !SplitKind::for_kernel(w.kind()).contains(&kind) {
+        let ok: Vec<&str> = SplitKind::for_kernel(w.kind())
             .iter()
             .map(|k| k.name())
             .collect();

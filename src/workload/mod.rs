@@ -20,6 +20,7 @@ pub use math::Math;
 pub use stream::{Stream, StreamOp};
 pub use tensor::{Bytes, Elem, Tensor, TensorSet};
 
+pub use crate::registry::Kernel;
 use serde::Serialize;
 
 /// One line of a kernel's byte-accounting table: the minimum bytes one tensor contributes to
@@ -61,13 +62,18 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub fn kernel(&self) -> &'static str {
+    pub fn kind(&self) -> Kernel {
         match self {
-            Workload::Stream(_) => "stream",
-            Workload::KvDecode(_) => "kv_decode",
-            Workload::ExpertGemv(_) => "expert_gemv",
-            Workload::Link(_) => "link",
+            Workload::Stream(_) => Kernel::Stream,
+            Workload::KvDecode(_) => Kernel::KvDecode,
+            Workload::ExpertGemv(_) => Kernel::ExpertGemv,
+            Workload::Link(_) => Kernel::Link,
         }
+    }
+
+    /// The kernel's name, as YAML and result lines spell it.
+    pub fn kernel(&self) -> &'static str {
+        self.kind().name()
     }
 
     /// The parameters as they appear in a result line.

@@ -139,7 +139,7 @@ pub fn with_math(mut w: Workload, math: Math) -> Workload {
 
 /// Every implementation of `w`'s kernel on `b` that covers it: what the suites run.
 pub fn impls_covering(b: &dyn Backend, w: &Workload) -> Vec<&'static str> {
-    let v: Vec<&'static str> = decodelab::backend::impls_of(b.name(), w.kernel())
+    let v: Vec<&'static str> = decodelab::backend::impls_of(b.name(), w.kind())
         .into_iter()
         .filter(|i| b.covers(i.name, w).is_ok())
         .map(|i| i.name)

@@ -308,7 +308,7 @@ pub struct VariantReport {
 pub fn report(arch: &str, sass: bool) -> Result<Vec<VariantReport>, String> {
     let mut out = Vec::new();
     for (label, w) in representative() {
-        for imp in crate::backend::impls_of("cuda", w.kernel()) {
+        for imp in crate::backend::impls_of("cuda", w.kind()) {
             // 132 SMs (H100 SXM): only the context split depends on it.
             let source = source_for(&w, 132);
             let c = compile(&source, w.kernel(), arch)?;
