@@ -1,5 +1,6 @@
 // Storage dtypes decoded with CUDA's own types. The backend defines DTYPE (0 f32, 1 f16,
-// 2 bf16, 3 fp8_e4m3) and ELEM_BYTES before this file. Accumulation is always f32.
+// 2 bf16, 3 fp8_e4m3, 4 mxfp4), ELEM_BITS and ELEM_BYTES before this file. Accumulation is
+// always f32.
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
@@ -22,6 +23,12 @@ __device__ __forceinline__ float decode_elem(const unsigned char* __restrict__ b
 #error "unknown DTYPE: a dtype the kernels do not decode (workload::DType::kernel_code)"
 #endif
 }
+
+// Sub-byte dtypes with block scales (mxfp4) have no CUDA kernel yet: the backend refuses
+// them (covers), and a prelude that asks anyway does not compile.
+#if ELEM_BITS % 8 != 0
+#error "sub-byte dtype: these kernels index whole-byte elements (ELEM_BITS % 8 != 0)"
+#endif
 
 #define ELEMS_PER_VEC (16 / ELEM_BYTES)
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Recompute every point of a `decodelab run --dump DIR` folder with numpy and compare.
 
-Reads DIR/<point>/meta.json and the .npy arrays, decodes bf16/f16/fp8_e4m3 from their raw
-bits, recomputes out/lse (kv_decode), y (expert_gemv) or the stream result in float64, and
+Reads DIR/<point>/meta.json and the .npy arrays, decodes bf16/f16/fp8_e4m3/mxfp4 from their
+raw bits, recomputes out/lse (kv_decode), y (expert_gemv) or the stream result in float64, and
 prints the relative L2 error of the dumped outputs. Exits 1 if any exceeds the tolerance.
 
     python3 scripts/check_dump.py DIR [--tol 1e-5]
@@ -26,6 +26,20 @@ def fp8_e4m3_to_f64(bits):
     return np.where((b & 0x7F) == 0x7F, np.nan, v)
 
 
+E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])
+
+
+def mxfp4_to_f64(arr):
+    """Rows of 17-byte blocks (an E8M0 scale, then 16 bytes of two E2M1 codes, low nibble
+    first) to rows of 32 values per block."""
+    blocks = arr.reshape(arr.shape[:-1] + (arr.shape[-1] // 17, 17))
+    scale = np.exp2(blocks[..., 0].astype(np.float64) - 127.0)
+    codes = blocks[..., 1:]
+    pairs = np.stack([E2M1[codes & 0xF], E2M1[codes >> 4]], axis=-1)
+    values = pairs.reshape(blocks.shape[:-1] + (32,)) * scale[..., None]
+    return values.reshape(arr.shape[:-1] + (-1,))
+
+
 def decode(arr, dtype):
     if dtype == "f32":
         return arr.astype(np.float64)
@@ -35,6 +49,8 @@ def decode(arr, dtype):
         return (arr.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
     if dtype == "fp8_e4m3":
         return fp8_e4m3_to_f64(arr)
+    if dtype == "mxfp4":
+        return mxfp4_to_f64(arr)
     return arr.astype(np.float64)
 
 

@@ -1,6 +1,7 @@
 // Storage dtypes decoded from packed u32 words. Every tensor is bound as array<vec4<u32>>
 // (16-byte loads); a kernel picks the word and the byte within it. The prelude the backend
-// prepends defines DTYPE (0 f32, 1 f16, 2 bf16, 3 fp8_e4m3) and ELEM_BYTES.
+// prepends defines DTYPE (0 f32, 1 f16, 2 bf16, 3 fp8_e4m3, 4 mxfp4), ELEM_BITS and
+// ELEM_BYTES.
 
 // OCP E4M3FN: 1 sign, 4 exponent (bias 7), 3 mantissa bits; 0x7f/0xff are NaN.
 fn decode_fp8_e4m3(b: u32) -> f32 {
@@ -24,8 +25,10 @@ fn decode_f16(w: u32, half: u32) -> f32 {
     return unpack2x16float(w)[half];
 }
 
-// A dtype code these shaders do not decode fails to compile (never read as fp8).
+// A dtype code these shaders do not decode fails to compile (never read as fp8), and so does
+// a sub-byte dtype (mxfp4: no WGSL kernel yet; the backend refuses it first).
 const_assert DTYPE <= 3u;
+const_assert ELEM_BITS % 8u == 0u;
 
 // The element starting at byte `byte_in_word` (0..3) of word `w`.
 fn decode_elem(w: u32, byte_in_word: u32) -> f32 {

@@ -254,7 +254,7 @@ fn profiles_and_presets_work_from_any_folder() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("weights fp8, KV bf16"), "{text}");
+    assert!(text.contains("weights fp8_e4m3, KV bf16"), "{text}");
     assert!(
         !text.contains("Some(") && !text.contains("Fp8") && !text.contains("Bf16"),
         "{text}"
@@ -617,7 +617,7 @@ runs:
     batch: 5
     d_in: 96
     d_out: 24
-    weight_dtype: [f16, bf16, fp8_e4m3]
+    weight_dtype: [f16, bf16, fp8_e4m3, mxfp4]
     routing: {zipf: 1.0}
   - kernel: stream
     op: [read, copy]
@@ -689,9 +689,17 @@ fn numpy_recomputes_every_dumped_point() {
         serde_json::from_str(&std::fs::read_to_string(dump.join("2/meta.json")).unwrap()).unwrap();
     assert_eq!(meta["tensors"]["k_pages"]["npy_dtype"], "<u2"); // bf16 as raw uint16
 
+    // mxfp4 weights as raw bytes: 8 experts x 24 rows x 3 blocks of 17 (point 9).
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dump.join("9/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["tensors"]["w"]["dtype"], "mxfp4");
+    assert_eq!(meta["tensors"]["w"]["npy_dtype"], "|u1");
+    let w = std::fs::read(dump.join("9/w.npy")).unwrap();
+    assert!(String::from_utf8_lossy(&w[..128]).contains("'shape': (8, 24, 51)"));
+
     let text = check_dump(&python, &dump);
-    // 4 GQA + 2 MLA points x (out, lse), 3 expert points x y, read + copy.
-    assert!(text.contains("17 outputs recomputed"), "{text}");
+    // 4 GQA + 2 MLA points x (out, lse), 4 expert points x y, read + copy.
+    assert!(text.contains("18 outputs recomputed"), "{text}");
 }
 
 #[test]
@@ -769,6 +777,43 @@ fn devices_lists_every_backend() {
 }
 
 const SMALL: &str = "name: small\nwarmup: 1\nreps: 3\nruns:\n  - kernel: kv_decode\n    batch: 2\n    q_heads: 8\n    kv_heads: 2\n    head_dim: 64\n    context: 300\n    kv_dtype: [bf16, fp8_e4m3]\n  - kernel: kv_decode\n    attention: mla\n    batch: 2\n    q_heads: 4\n    context: 100\n  - kernel: expert_gemv\n    experts: 8\n    top_k: 2\n    batch: 4\n    d_in: 256\n    d_out: 64\n  - kernel: stream\n    op: [read, copy, write]\n    bytes: 1MiB\n";
+
+/// mxfp4 runs on the cpu backend; a GPU backend without an mxfp4 kernel refuses the file
+/// before anything runs, naming the point and the dtype, and writes nothing.
+#[test]
+fn mxfp4_runs_on_cpu_and_is_refused_where_no_kernel_covers_it() {
+    let dir = tempdir("mxfp4");
+    let file = dir.join("mx.yaml");
+    std::fs::write(&file, "name: mx\nwarmup: 1\nreps: 3\nruns:\n  - kernel: expert_gemv\n    experts: 16\n    top_k: 2\n    batch: 3\n    d_in: 96\n    d_out: 40\n    weight_dtype: mxfp4\n").unwrap();
+    let out = dir.join("cpu");
+    let o = bin()
+        .args(["run", "--no-progress", "--backend", "cpu", "--out"])
+        .arg(&out)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = read_lines(&out.join("results.jsonl"));
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].check.pass && lines[0].params["weight_dtype"] == "mxfp4");
+    // 2 touched-or-fewer experts per token: the weight bytes are U x 40 x 3 blocks x 17.
+    let u = lines[0].params["experts_touched"].as_u64().unwrap();
+    assert!(lines[0].bytes > u * 40 * 3 * 17);
+    if common::backend_or_skip("wgpu").is_none() {
+        return;
+    }
+    let out = dir.join("wgpu");
+    let o = bin()
+        .args(["run", "--no-progress", "--backend", "wgpu", "--out"])
+        .arg(&out)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("mx.yaml:5") && err.contains("mxfp4"), "{err}");
+    assert!(!out.join("results.jsonl").exists());
+}
 
 #[test]
 fn backend_all_runs_every_point_on_cpu_and_wgpu_side_by_side() {

@@ -111,6 +111,17 @@ fn an_unknown_dtype_code_does_not_compile() {
         .err()
         .expect("DTYPE 9 compiled");
     assert!(err.contains("unknown DTYPE"), "{err}");
+    // A sub-byte dtype is refused by its bits, whatever its code.
+    let bad = src.replacen(
+        "#define ELEM_BITS ",
+        "#define ELEM_BITS 4
+#define ELEM_BITS_WAS ",
+        1,
+    );
+    let err = compile::compile(&bad, "kv_decode", "sm_90")
+        .err()
+        .expect("ELEM_BITS 4 compiled");
+    assert!(err.contains("sub-byte dtype"), "{err}");
 }
 
 #[test]

@@ -123,6 +123,19 @@ fn unknown_kernel_names_the_known_ones() {
 }
 
 #[test]
+fn mxfp4_is_a_weight_format_in_whole_blocks() {
+    let msg = refused(&format!("{KV}    kv_dtype: [bf16, mxfp4]\n"), 9, "kv_dtype");
+    assert!(msg.contains("weight format"), "{msg}");
+    let expert = "name: t\nruns:\n  - kernel: expert_gemv\n    experts: 8\n    top_k: 2\n    batch: 1\n    d_in: 1001\n    d_out: 16\n    weight_dtype: mxfp4\n";
+    let msg = refused(expert, 7, "d_in");
+    assert!(msg.contains("multiple of 32"), "{msg}");
+    let e = parse(&expert.replace("1001", "2880")).unwrap();
+    assert_eq!(e.points.len(), 1);
+    // The model's name for it reads too (fp4 and fp8 are accepted as the model writes them).
+    parse(&expert.replace("1001", "64").replace("mxfp4", "fp8")).unwrap();
+}
+
+#[test]
 fn wrong_types() {
     refused(
         &KV.replace("batch: [1, 8]", "batch: [1, eight]"),

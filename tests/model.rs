@@ -4,7 +4,7 @@
 
 use decodelab::model::figures::{self, FigureSpec};
 use decodelab::model::{self, MeasuredTerms, Scenario, evaluate, expected_experts};
-use decodelab::workload::{ExpertGemv, Routing};
+use decodelab::workload::{DType, ExpertGemv, Math, Routing, Workload};
 use std::path::Path;
 
 fn here() -> &'static Path {
@@ -392,4 +392,36 @@ fn measured_links_replace_the_profile_link_and_splits_are_not_one_device_figures
         latency + bw_part(390.0),
         1e-9
     ));
+}
+
+/// gpt-oss ships its experts in MXFP4: the model's bytes per expert (4.25 bits per weight)
+/// and the byte table of an mxfp4 expert_gemv of its shapes (gate and up as one [2I, H]
+/// GEMV, down as [H, I]; 17-byte blocks of 32) are the same bytes, worked by hand too.
+#[test]
+fn gpt_oss_experts_count_the_same_bytes_as_an_mxfp4_expert_gemv() {
+    let m = model::find_model(here(), "gpt-oss-120b").unwrap();
+    assert_eq!(m.expert_weights, Some(DType::Mxfp4));
+    let (h, i) = (2880, 2880);
+    let w_bytes = |d_in: usize, d_out: usize| {
+        let ids = vec![vec![5]];
+        let w = Workload::ExpertGemv(ExpertGemv {
+            experts: 128,
+            top_k: 1,
+            batch: 1,
+            d_in,
+            d_out,
+            weight_dtype: DType::Mxfp4,
+            topk_ids: ExpertGemv::route(&Routing::Ids(ids.clone()), 128, 1, 1, 0).unwrap(),
+            routing: Routing::Ids(ids),
+            seed: 0,
+            math: Math::F32,
+        });
+        let table = w.byte_table();
+        table.iter().find(|t| t.tensor == "w").unwrap().bytes
+    };
+    let measured = w_bytes(h, 2 * i) + w_bytes(i, h);
+    let by_hand = (2 * i + h) as u64 * (2880 / 32) * 17;
+    assert_eq!(measured, by_hand);
+    let modelled = m.expert_params() * DType::Mxfp4.bits_per_value() / 8.0;
+    assert_eq!(modelled, by_hand as f64);
 }

@@ -91,6 +91,46 @@ fn fp8_scale_dequantises_in_the_oracle() {
 }
 
 #[test]
+fn mxfp4_blocks_decode_in_the_oracle_and_on_cpu() {
+    // One row of 64 values (two blocks). Block 0: scale 2^1 (code 128), every code 0x3
+    // (1.5) -> 3.0; block 1: scale 2^-2 (code 125), codes alternating 0x7 (6) and 0xA (-1)
+    // -> 1.5 and -0.25. With x = 1 everywhere: 32 x 3 + 16 x 1.5 - 16 x 0.25 = 116.
+    let w = experts(1, 1, 1, 64, 1, DType::Mxfp4, Routing::Uniform);
+    let mut inputs = w.inputs();
+    assert_eq!(inputs.get("w").unwrap().bytes.len(), 2 * 17);
+    assert!(
+        inputs.get("w_scale").is_none(),
+        "mxfp4 carries its own scales"
+    );
+    let mut bytes = vec![128u8];
+    bytes.extend([0x33; 16]);
+    bytes.push(125);
+    bytes.extend([0xA7; 16]);
+    inputs.get_mut("w").unwrap().bytes = bytes.into();
+    set_f32(&mut inputs, "x", &[1.0; 64]);
+    set_f32(&mut inputs, "topk_weights", &[1.0]);
+    assert_eq!(w.oracle(&inputs).0[0].values(), vec![116.0]);
+    let cpu = CpuBackend::new();
+    let mut p = cpu
+        .prepare(0, &w, &inputs, &How::simple(CacheMode::Warm))
+        .unwrap();
+    p.run(0, 1).unwrap();
+    assert_eq!(
+        p.read_outputs().unwrap().get("y").unwrap().as_f32(),
+        vec![116.0]
+    );
+    // Bytes: U x d_out x (d_in / 32) x 17, no separate scale tensor.
+    let by = |name: &str| {
+        w.byte_table()
+            .iter()
+            .find(|t| t.tensor == name)
+            .map(|t| t.bytes)
+    };
+    assert_eq!(by("w"), Some(2 * 17));
+    assert_eq!(by("w_scale"), None);
+}
+
+#[test]
 fn bf16_math_rounds_q_and_p_worked_by_hand() {
     // The two-token point above, at math: bf16, with q = 1 + 2^-9 (bf16 rounds it to 1).
     let (w, inputs) = two_tokens(Math::Bf16, 1.0 + 1.0 / 512.0);

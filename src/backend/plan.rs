@@ -102,10 +102,11 @@ pub fn kv_plan(w: &KvDecode, t: &KvTarget) -> KvPlan {
 
 /// The shape constants of kv_decode's kernels (both languages read the same names).
 pub fn kv_constants(w: &KvDecode, p: &KvPlan, wg: usize) -> Constants {
-    let es = w.kv_dtype.size();
+    let es = w.kv_dtype.elem_bits() / 8;
     let [k_scale, v_scale] = w.scales();
     Constants::default()
         .with("DTYPE", Const::U(w.kv_dtype.kernel_code() as u64))
+        .with("ELEM_BITS", Const::U(w.kv_dtype.elem_bits() as u64))
         .with("ELEM_BYTES", Const::U(es as u64))
         .with("WG", Const::U(wg as u64))
         .with("HB", Const::U(p.hb as u64))
@@ -141,9 +142,11 @@ pub struct ExpertPlan {
 
 /// The shape constants of expert_gemv's kernels.
 pub fn expert_constants(w: &ExpertGemv, touched: usize, p: &ExpertPlan) -> Constants {
-    let es = w.weight_dtype.size();
+    // A sub-byte dtype gives ELEM_BYTES 0: the preludes refuse it by ELEM_BITS.
+    let es = w.weight_dtype.elem_bits() / 8;
     Constants::default()
         .with("DTYPE", Const::U(w.weight_dtype.kernel_code() as u64))
+        .with("ELEM_BITS", Const::U(w.weight_dtype.elem_bits() as u64))
         .with("ELEM_BYTES", Const::U(es as u64))
         .with("WG", Const::U(p.wg as u64))
         .with("ROWS", Const::U(p.rows as u64))

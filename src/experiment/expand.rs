@@ -310,50 +310,10 @@ impl RunCtx<'_> {
         let context = self.count(&s.context, "context", kernel, MAX_COUNT)?;
         let page_size = self.count_or(&s.page_size, "page_size", 16, 1 << 20)?;
         let lengths = self.optional(&s.lengths, LengthsSpec::Equal);
-        let dtypes = self.optional(&s.kv_dtype, DType::Bf16);
+        let dtypes = self.kv_dtypes()?;
         let maths = self.optional(&s.math, Math::F32);
-        let scales: Vec<Option<f64>> = match &s.scale {
-            None => vec![None],
-            Some(f) => {
-                for &x in &f.value.values {
-                    if !(x.is_finite() && x > 0.0) {
-                        return Err(self.err_at(
-                            f,
-                            "scale",
-                            format!("{x} is not a positive finite number"),
-                        ));
-                    }
-                }
-                f.value.values.iter().map(|&x| Some(x)).collect()
-            }
-        };
-        // (kv_heads, Dk, Dv) per head-shape combination.
-        let shapes: Vec<(usize, usize, usize)> = match attention {
-            Attention::Gqa => {
-                let kvh = self.count(&s.kv_heads, "kv_heads", kernel, 1 << 16)?;
-                let hd = self.count(&s.head_dim, "head_dim", kernel, 1 << 16)?;
-                let vhd = match &s.v_head_dim {
-                    None => vec![None],
-                    Some(_) => self
-                        .count(&s.v_head_dim, "v_head_dim", kernel, 1 << 16)?
-                        .into_iter()
-                        .map(Some)
-                        .collect(),
-                };
-                product(&[kvh.len(), hd.len(), vhd.len()])
-                    .into_iter()
-                    .map(|ix| (kvh[ix[0]], hd[ix[1]], vhd[ix[2]].unwrap_or(hd[ix[1]])))
-                    .collect()
-            }
-            Attention::Mla => {
-                let rank = self.count_or(&s.kv_lora_rank, "kv_lora_rank", 512, 1 << 16)?;
-                let rope = self.optional(&s.rope_dim, 64);
-                product(&[rank.len(), rope.len()])
-                    .into_iter()
-                    .map(|ix| (1, rank[ix[0]] + rope[ix[1]] as usize, rank[ix[0]]))
-                    .collect()
-            }
-        };
+        let scales = self.kv_scales()?;
+        let shapes = self.kv_head_shapes(attention, kernel)?;
 
         let mut out = Vec::new();
         let dims = [
@@ -411,6 +371,76 @@ impl RunCtx<'_> {
             }));
         }
         Ok(out)
+    }
+
+    /// `kv_dtype:`: whole-byte dtypes only (mxfp4 is a weight format here).
+    fn kv_dtypes(&self) -> Result<Vec<DType>, ConfigError> {
+        let s = self.spec;
+        let dtypes = self.optional(&s.kv_dtype, DType::Bf16);
+        if let Some(dt) = dtypes.iter().find(|d| d.block_scale().is_some()) {
+            return Err(self.err_at(
+                s.kv_dtype.as_ref().expect("a block dtype was given"),
+                "kv_dtype",
+                format!(
+                    "{dt} is a weight format here (block scales along d_in): the KV cache takes {}",
+                    crate::registry::one_of(DType::WHOLE_BYTE.map(DType::name))
+                ),
+            ));
+        }
+        Ok(dtypes)
+    }
+
+    /// `scale:` (None: 1/sqrt(Dk)), each positive and finite.
+    fn kv_scales(&self) -> Result<Vec<Option<f64>>, ConfigError> {
+        let Some(f) = &self.spec.scale else {
+            return Ok(vec![None]);
+        };
+        for &x in &f.value.values {
+            if !(x.is_finite() && x > 0.0) {
+                return Err(self.err_at(
+                    f,
+                    "scale",
+                    format!("{x} is not a positive finite number"),
+                ));
+            }
+        }
+        Ok(f.value.values.iter().map(|&x| Some(x)).collect())
+    }
+
+    /// (kv_heads, Dk, Dv) per head-shape combination: GQA's heads and dims, or MLA's latent
+    /// rank + rope (one latent "head", V inside it).
+    fn kv_head_shapes(
+        &self,
+        attention: Attention,
+        kernel: &str,
+    ) -> Result<Vec<(usize, usize, usize)>, ConfigError> {
+        let s = self.spec;
+        Ok(match attention {
+            Attention::Gqa => {
+                let kvh = self.count(&s.kv_heads, "kv_heads", kernel, 1 << 16)?;
+                let hd = self.count(&s.head_dim, "head_dim", kernel, 1 << 16)?;
+                let vhd = match &s.v_head_dim {
+                    None => vec![None],
+                    Some(_) => self
+                        .count(&s.v_head_dim, "v_head_dim", kernel, 1 << 16)?
+                        .into_iter()
+                        .map(Some)
+                        .collect(),
+                };
+                product(&[kvh.len(), hd.len(), vhd.len()])
+                    .into_iter()
+                    .map(|ix| (kvh[ix[0]], hd[ix[1]], vhd[ix[2]].unwrap_or(hd[ix[1]])))
+                    .collect()
+            }
+            Attention::Mla => {
+                let rank = self.count_or(&s.kv_lora_rank, "kv_lora_rank", 512, 1 << 16)?;
+                let rope = self.optional(&s.rope_dim, 64);
+                product(&[rank.len(), rope.len()])
+                    .into_iter()
+                    .map(|ix| (1, rank[ix[0]] + rope[ix[1]] as usize, rank[ix[0]]))
+                    .collect()
+            }
+        })
     }
 
     fn expand_expert(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
@@ -473,6 +503,16 @@ impl RunCtx<'_> {
                 ));
             }
             self.too_large(e as u128 * dout as u128 * di as u128 + (t * di) as u128)?;
+            let dt = dtypes[ix[5]];
+            if let Some(m) = dt.row_multiple().filter(|m| di % m != 0) {
+                return Err(self.err_at(
+                    s.d_in.as_ref().expect("required above"),
+                    "d_in",
+                    format!(
+                        "{dt} stores rows in blocks of {m}: d_in ({di}) must be a multiple of {m}"
+                    ),
+                ));
+            }
             let routing = match &routings[ix[6]] {
                 RoutingSpec::Uniform => Routing::Uniform,
                 RoutingSpec::Zipf(z) if z.is_finite() && *z >= 0.0 && *z <= 100.0 => {
@@ -491,7 +531,7 @@ impl RunCtx<'_> {
                 batch: t,
                 d_in: di,
                 d_out: dout,
-                weight_dtype: dtypes[ix[5]],
+                weight_dtype: dt,
                 routing,
                 topk_ids,
                 seed: point_seed,

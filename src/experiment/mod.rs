@@ -7,6 +7,7 @@ pub mod filter;
 mod host;
 mod jobs;
 pub mod preflight;
+mod progress;
 pub mod runner;
 pub mod schema;
 

@@ -201,6 +201,26 @@ fn check_fit_devices(exp: &Experiment, selected: &[Selected]) -> Result<(), Conf
     };
     for s in selected {
         let n = s.devices.len();
+        // A point no implementation on the backend covers (mxfp4 on a GPU backend).
+        for p in exp
+            .points
+            .iter()
+            .filter(|p| !matches!(p.workload, Workload::Link(_)))
+        {
+            let b = s.backend.as_ref();
+            let covered = match p.imp {
+                None => crate::backend::best_impl(b, &p.workload).map(|_| ()),
+                Some(name) => b.covers(name, &p.workload),
+            };
+            if let Err(why) = covered {
+                let msg = format!(
+                    "point {} on {}: {why} (choose another backend with --backend or backends:)",
+                    p.index,
+                    b.name()
+                );
+                return Err(at_run(p, "", msg));
+            }
+        }
         // A split the file could not check (devices: all) is checked now the count is known.
         for p in exp.points.iter().filter(|p| p.split != SplitKind::None) {
             if let Err(msg) = crate::split::validate(&p.workload, p.split, n) {

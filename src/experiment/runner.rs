@@ -5,6 +5,7 @@
 use super::host::HostData;
 use super::jobs;
 use super::preflight::Selected;
+use super::progress::{Progress, announce, point_line};
 use super::{Experiment, Point};
 use crate::backend::{self, Backend};
 use crate::registry::Kernel;
@@ -12,9 +13,7 @@ use crate::report::{self, ResultLine, ResultsFile};
 use crate::split::SplitKind;
 use crate::workload::{TensorSet, Workload};
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{HashMap, HashSet};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Default)]
@@ -140,7 +139,7 @@ fn stopping() -> bool {
 /// Run every point of `exp` on `selected`, appending each result as it finishes.
 pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow::Result<Outcome> {
     let out_dir = results_folder(exp, opts)?;
-    let (mut results, mut lines) = ResultsFile::open(&out_dir)?;
+    let (results, lines) = ResultsFile::open(&out_dir)?;
     let done: HashSet<(usize, String, String)> = lines.iter().map(ResultLine::key).collect();
     let not_done = |p: &Point| -> Vec<Job> {
         jobs_for(p, selected)
@@ -152,7 +151,7 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
     // Stream points run first, so every later point can be held against the ceiling of its
     // kind measured on the same device in the same run.
     let mut order: Vec<&Point> = exp.points.iter().collect();
-    order.sort_by_key(|p| p.workload.kernel() != "stream");
+    order.sort_by_key(|p| p.workload.kind() != Kernel::Stream);
     let mut ceilings = Ceilings::default();
     lines.iter().for_each(|l| ceilings.record(l));
 
@@ -180,9 +179,18 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
             p.workload.kernel()
         ));
     }
-    let total_runs: usize = exp.points.iter().map(|p| jobs_for(p, selected).len()).sum();
-    let env_base = host_env();
-    let (mut failed_checks, mut errors) = (0, 0);
+    let mut r = Running {
+        exp,
+        opts,
+        total_runs: exp.points.iter().map(|p| jobs_for(p, selected).len()).sum(),
+        env_base: host_env(),
+        progress,
+        results,
+        lines,
+        ceilings,
+        failed_checks: 0,
+        errors: 0,
+    };
     // The last point's inputs and reference: its neighbours in the sweep (other
     // implementations, other splits of the same shape) reuse them.
     let mut host: Option<HostData> = None;
@@ -191,14 +199,53 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
         if stopping() {
             break;
         }
-        if todo.is_empty() {
-            continue;
+        if !todo.is_empty() {
+            r.point(p, todo, &mut host)?;
         }
+    }
+    r.progress.bar.finish_and_clear();
+    let mut lines = r.lines;
+    lines.sort_by_key(|l| (l.point, l.backend.clone(), l.key().2));
+    write_tables(exp, &out_dir, &lines)?;
+    Ok(Outcome {
+        out_dir,
+        lines,
+        failed_checks: r.failed_checks,
+        errors: r.errors,
+        skipped_done,
+        skipped_no_impl: no_impl.len(),
+        interrupted: stopping(),
+    })
+}
+
+/// A run under way: where its lines go and what it has counted so far.
+struct Running<'a> {
+    exp: &'a Experiment,
+    opts: &'a RunOptions,
+    total_runs: usize,
+    env_base: serde_json::Value,
+    progress: Progress,
+    results: ResultsFile,
+    lines: Vec<ResultLine>,
+    ceilings: Ceilings,
+    failed_checks: usize,
+    errors: usize,
+}
+
+impl Running<'_> {
+    /// Every job of one point: run, dumped (once), held against the ceilings, appended and
+    /// said; an error is counted and said, and the run goes on.
+    fn point(
+        &mut self,
+        p: &Point,
+        todo: Vec<Job>,
+        host: &mut Option<HostData>,
+    ) -> anyhow::Result<()> {
         let label = report::params_label(p.workload.kernel(), &p.workload.params_json());
-        progress
+        self.progress
             .bar
             .set_message(format!("point {} {} {label}", p.index, p.workload.kernel()));
-        let data = HostData::for_point(&mut host, &p.workload);
+        let data = HostData::for_point(host, &p.workload);
         let mut dumped = false;
         let mut ran_here: Vec<usize> = Vec::new();
         for job in todo {
@@ -206,16 +253,18 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
                 break;
             }
             let where_ = job.place(p);
-            let (mut line, outputs) = match run_job(exp, p, data, &job, &env_base) {
+            let (mut line, outputs) = match run_job(self.exp, p, data, &job, &self.env_base) {
                 Ok(v) => v,
                 Err(e) => {
-                    errors += 1;
-                    progress.bar.inc(1);
-                    progress.say(format!("point {} on {where_}: error: {e:#}", p.index));
+                    self.errors += 1;
+                    self.progress.bar.inc(1);
+                    self.progress
+                        .say(format!("point {} on {where_}: error: {e:#}", p.index));
                     continue;
                 }
             };
-            if let (Some(dump), Some(outputs)) = (opts.dump.as_ref().filter(|_| !dumped), &outputs)
+            if let (Some(dump), Some(outputs)) =
+                (self.opts.dump.as_ref().filter(|_| !dumped), &outputs)
             {
                 let dir = dump.join(p.index.to_string());
                 let from = if p.split == SplitKind::None {
@@ -227,29 +276,24 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
                     .with_context(|| format!("--dump {}", dir.display()))?;
                 dumped = true;
             }
-            ceilings.record(&line);
-            line.pct_of_stream = ceilings.pct(&line);
-            results.append(&line)?;
-            failed_checks += usize::from(!line.check.pass);
-            progress.bar.inc(1);
-            progress.say(point_line(
-                &line,
-                p,
-                &label,
-                &where_,
-                lines.len() + 1,
-                total_runs,
-            ));
-            lines.push(line);
+            self.ceilings.record(&line);
+            line.pct_of_stream = self.ceilings.pct(&line);
+            self.results.append(&line)?;
+            self.failed_checks += usize::from(!line.check.pass);
+            self.progress.bar.inc(1);
+            let n = self.lines.len() + 1;
+            let said = point_line(&line, p, &label, &where_, n, self.total_runs);
+            self.progress.say(said);
+            self.lines.push(line);
             if matches!(job, Job::Single { .. }) {
-                ran_here.push(lines.len() - 1);
+                ran_here.push(self.lines.len() - 1);
             }
         }
         if ran_here.len() > 1 {
             let parts: Vec<String> = ran_here
                 .iter()
                 .map(|&i| {
-                    let l = &lines[i];
+                    let l = &self.lines[i];
                     format!(
                         "{}:{} {:.2} GB/s ({:.1e})",
                         l.backend,
@@ -259,25 +303,14 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
                     )
                 })
                 .collect();
-            progress.say(format!(
+            self.progress.say(format!(
                 "        point {:>3} side by side: {}",
                 p.index,
                 parts.join(" | ")
             ));
         }
+        Ok(())
     }
-    progress.bar.finish_and_clear();
-    lines.sort_by_key(|l| (l.point, l.backend.clone(), l.key().2));
-    write_tables(exp, &out_dir, &lines)?;
-    Ok(Outcome {
-        out_dir,
-        lines,
-        failed_checks,
-        errors,
-        skipped_done,
-        skipped_no_impl: no_impl.len(),
-        interrupted: stopping(),
-    })
 }
 
 /// The folder results go to: a resumed run's (refused when its experiment differs beyond
@@ -358,121 +391,6 @@ fn run_job(
             jobs::run_link_point(exp, p, &data.inputs, s, *src, *dst, env_base).map(|l| (l, None))
         }
     }
-}
-
-/// The progress bar (on a terminal) and the lines printed around it.
-struct Progress {
-    bar: ProgressBar,
-}
-
-impl Progress {
-    fn new(wanted: bool, pending: usize) -> Progress {
-        let bar = if wanted && std::io::stdout().is_terminal() {
-            let b = ProgressBar::new(pending as u64);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{bar:32} {pos}/{len} points  {elapsed_precise} (eta {eta})  {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            b
-        } else {
-            ProgressBar::hidden()
-        };
-        Progress { bar }
-    }
-
-    fn say(&self, s: String) {
-        if self.bar.is_hidden() {
-            println!("{s}")
-        } else {
-            self.bar.println(s)
-        }
-    }
-}
-
-/// Where the run runs, why `auto` chose it, and a profile that is not this device.
-fn announce(exp: &Experiment, selected: &[Selected], progress: &Progress) {
-    for s in selected {
-        let devs: Vec<String> = s
-            .physical_devices()
-            .iter()
-            .map(|&d| format!("{}:{d} = {}", s.backend.name(), s.backend.devices()[d].name))
-            .collect();
-        let what = if s.backend.name() == "cpu" {
-            " (the CPU reference backend)"
-        } else {
-            ""
-        };
-        let why = s
-            .chosen
-            .as_ref()
-            .map_or(String::new(), |w| format!(" [{w}]"));
-        progress.say(format!("running on {}{what}{why}", devs.join(", ")));
-        let Some(h) = &exp.hardware else { continue };
-        for d in s.physical_devices() {
-            let dev = &s.backend.devices()[d];
-            if !h.describes(&dev.name) {
-                progress.say(format!(
-                    "warning: hardware: {} describes {}, not {}:{d} ({}): %spec is left out, and modelled energy is that card's, not this device's",
-                    h.id,
-                    h.name,
-                    s.backend.name(),
-                    dev.name
-                ));
-            }
-        }
-    }
-}
-
-/// The line printed when a job finishes.
-fn point_line(
-    line: &ResultLine,
-    p: &Point,
-    label: &str,
-    where_: &str,
-    n: usize,
-    total: usize,
-) -> String {
-    let mut extra = String::new();
-    if let Some(m) = &line.multi {
-        extra = format!(
-            "  combine {:.2} GB/s ({})",
-            m.combine.gbps,
-            report::human_time(m.combine.time_s.median)
-        );
-        if let Some(eff) = m.scaling_efficiency {
-            extra.push_str(&format!("  scaling {:.0} %", 100.0 * eff));
-        }
-        if let Some(v) = &m.vs_one_device {
-            extra.push_str(if v.identical {
-                "  = 1 device (bit-exact)"
-            } else if v.pass {
-                "  ~ 1 device"
-            } else {
-                "  != 1 device"
-            });
-        }
-    }
-    format!(
-        "[{n}/{total}] point {:>3}  {:<11} {:<44} {where_}{}  {:>9.2} GB/s  {:>10}  rel err {:.1e}  {}{extra}",
-        p.index,
-        p.workload.kernel(),
-        label,
-        if p.split == SplitKind::None {
-            String::new()
-        } else {
-            format!(" split {}", p.split.name())
-        },
-        line.gbps,
-        report::human_time(line.time_s.median),
-        line.check.rel_l2_err.unwrap_or(f64::NAN),
-        if line.check.pass {
-            "ok".to_string()
-        } else {
-            format!("FAIL ({})", line.check.reason.clone().unwrap_or_default())
-        }
-    )
 }
 
 /// One thing a point runs: on one device, split over the run's devices, or (link) between

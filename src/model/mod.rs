@@ -4,123 +4,31 @@
 //! talk's stacked bars are this sum.
 
 pub mod figures;
+mod preset;
 
-use crate::error::ConfigError;
+pub use preset::{AttentionSpec, ModelPreset, MoeSpec, find_model};
+
 use crate::hardware::{self, HardwareProfile, PerDtype};
 use crate::registry::Kernel;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::Path;
 
-/// A weight or KV dtype in the model: bytes per value and the tensor-core rate it runs at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelDtype {
-    F32,
-    Bf16,
-    F16,
-    Fp8,
-    /// MXFP4: 4-bit values with one 8-bit exponent per 32, 4.25 bits per weight.
-    Mxfp4,
+// A weight or KV dtype in the model is the workload's storage dtype (one enum: the model's
+// gpt-oss experts and a measured mxfp4 expert_gemv count the same 4.25 bits per weight).
+pub use crate::workload::DType;
+
+/// Bytes per stored value, block scales included.
+fn bytes_per_value(d: DType) -> f64 {
+    d.bits_per_value() / 8.0
 }
 
-impl ModelDtype {
-    pub fn bytes(self) -> f64 {
-        match self {
-            ModelDtype::F32 => 4.0,
-            ModelDtype::Bf16 | ModelDtype::F16 => 2.0,
-            ModelDtype::Fp8 => 1.0,
-            ModelDtype::Mxfp4 => 4.25 / 8.0,
-        }
+/// The tensor-core rate a dtype's matrix products run at.
+fn rate(d: DType, p: &PerDtype) -> f64 {
+    match d {
+        DType::F32 | DType::Bf16 | DType::F16 => p.bf16,
+        DType::Fp8E4m3 => p.fp8,
+        DType::Mxfp4 => p.fp4,
     }
-
-    fn rate(self, p: &PerDtype) -> f64 {
-        match self {
-            ModelDtype::F32 | ModelDtype::Bf16 | ModelDtype::F16 => p.bf16,
-            ModelDtype::Fp8 => p.fp8,
-            ModelDtype::Mxfp4 => p.fp4,
-        }
-    }
-
-    /// The name it is written by (bf16, fp8, mxfp4).
-    pub fn name(self) -> &'static str {
-        match self {
-            ModelDtype::F32 => "f32",
-            ModelDtype::Bf16 => "bf16",
-            ModelDtype::F16 => "f16",
-            ModelDtype::Fp8 => "fp8",
-            ModelDtype::Mxfp4 => "mxfp4",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<ModelDtype, String> {
-        match s {
-            "f32" => Ok(ModelDtype::F32),
-            "bf16" => Ok(ModelDtype::Bf16),
-            "f16" | "fp16" => Ok(ModelDtype::F16),
-            "fp8" | "fp8_e4m3" => Ok(ModelDtype::Fp8),
-            "mxfp4" | "fp4" => Ok(ModelDtype::Mxfp4),
-            _ => Err(format!(
-                "unknown dtype '{s}' (expected f32, bf16, f16, fp8, mxfp4)"
-            )),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AttentionSpec {
-    Gqa {
-        heads: u64,
-        kv_heads: u64,
-        head_dim: u64,
-        /// Layers with a sliding window cache at most this many tokens.
-        #[serde(default)]
-        sliding_window: Option<u64>,
-        /// Every n-th layer (from layer 0) uses the window.
-        #[serde(default)]
-        sliding_every: Option<u64>,
-    },
-    Mla {
-        heads: u64,
-        #[serde(default)]
-        q_lora_rank: Option<u64>,
-        kv_lora_rank: u64,
-        rope_dim: u64,
-        qk_nope_dim: u64,
-        v_head_dim: u64,
-    },
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct MoeSpec {
-    pub experts: u64,
-    pub top_k: u64,
-    pub shared: u64,
-    /// Intermediate size of one expert (gate, up and down: 3 x hidden x this).
-    pub intermediate: u64,
-}
-
-/// A model as its public config.json describes it.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelPreset {
-    pub name: String,
-    pub layers: u64,
-    pub hidden: u64,
-    pub vocab: u64,
-    pub attention: AttentionSpec,
-    /// Layers with a dense MLP (the first ones); the rest are MoE when `moe` is given.
-    pub dense_layers: u64,
-    #[serde(default)]
-    pub dense_intermediate: Option<u64>,
-    #[serde(default)]
-    pub moe: Option<MoeSpec>,
-    pub weights: ModelDtype,
-    /// Routed experts' dtype when it differs from `weights` (gpt-oss: MXFP4).
-    #[serde(default)]
-    pub expert_weights: Option<ModelDtype>,
-    pub kv: ModelDtype,
 }
 
 /// The operating point of one decode step.
@@ -129,8 +37,8 @@ pub struct Scenario {
     pub batch: u64,
     pub context: u64,
     pub devices: u64,
-    pub weights: Option<ModelDtype>,
-    pub kv: Option<ModelDtype>,
+    pub weights: Option<DType>,
+    pub kv: Option<DType>,
     /// Communications per Transformer block (the talk: 6+ on-chip, 2+ cross-chip).
     pub on_chip_hops: u64,
     pub cross_chip_hops: u64,
@@ -148,7 +56,7 @@ impl Scenario {
         kv: Option<&str>,
     ) -> anyhow::Result<Scenario> {
         let parse = |d: Option<&str>| {
-            d.map(ModelDtype::parse)
+            d.map(str::parse::<DType>)
                 .transpose()
                 .map_err(anyhow::Error::msg)
         };
@@ -259,166 +167,6 @@ pub fn expected_experts(experts: f64, top_k: f64, batch: f64) -> f64 {
     experts * (1.0 - (1.0 - top_k / experts).powf(batch))
 }
 
-impl ModelPreset {
-    /// One line of what it is: attention, experts, total and active parameters, dtypes.
-    pub fn summary(&self) -> String {
-        let attention = match &self.attention {
-            AttentionSpec::Gqa {
-                heads,
-                kv_heads,
-                head_dim,
-                ..
-            } => {
-                format!("GQA {heads}/{kv_heads} d{head_dim}")
-            }
-            AttentionSpec::Mla {
-                heads,
-                kv_lora_rank,
-                rope_dim,
-                ..
-            } => {
-                format!("MLA {heads} heads {kv_lora_rank}+{rope_dim}")
-            }
-        };
-        let moe = self.moe.as_ref().map_or("dense".to_string(), |m| {
-            format!("MoE {} experts top-{}", m.experts, m.top_k)
-        });
-        format!(
-            "{} layers, {attention}, {moe}, {:.0}B params ({:.0}B active), weights {}, KV {}",
-            self.layers,
-            self.total_params() / 1e9,
-            self.active_params() / 1e9,
-            self.weights.name(),
-            self.kv.name()
-        )
-    }
-
-    /// Parameters of one layer's attention projections.
-    pub fn attention_params(&self) -> f64 {
-        let h = self.hidden as f64;
-        match &self.attention {
-            AttentionSpec::Gqa {
-                heads,
-                kv_heads,
-                head_dim,
-                ..
-            } => {
-                let (hq, hkv, d) = (*heads as f64, *kv_heads as f64, *head_dim as f64);
-                h * hq * d + 2.0 * h * hkv * d + hq * d * h
-            }
-            AttentionSpec::Mla {
-                heads,
-                q_lora_rank,
-                kv_lora_rank,
-                rope_dim,
-                qk_nope_dim,
-                v_head_dim,
-            } => {
-                let (hq, r, rope, nope, v) = (
-                    *heads as f64,
-                    *kv_lora_rank as f64,
-                    *rope_dim as f64,
-                    *qk_nope_dim as f64,
-                    *v_head_dim as f64,
-                );
-                let q = match q_lora_rank {
-                    Some(ql) => h * *ql as f64 + *ql as f64 * hq * (nope + rope),
-                    None => h * hq * (nope + rope),
-                };
-                q + h * (r + rope) + r * hq * (nope + v) + hq * v * h
-            }
-        }
-    }
-
-    fn moe_layers(&self) -> f64 {
-        if self.moe.is_some() {
-            (self.layers - self.dense_layers.min(self.layers)) as f64
-        } else {
-            0.0
-        }
-    }
-
-    fn expert_params(&self) -> f64 {
-        self.moe
-            .as_ref()
-            .map_or(0.0, |m| 3.0 * self.hidden as f64 * m.intermediate as f64)
-    }
-
-    fn dense_mlp_params(&self) -> f64 {
-        3.0 * self.hidden as f64 * self.dense_intermediate.unwrap_or(0) as f64
-    }
-
-    /// Every parameter (embedding and lm_head counted separately).
-    pub fn total_params(&self) -> f64 {
-        let l = self.layers as f64;
-        let moe = self.moe.as_ref().map_or(0.0, |m| {
-            self.moe_layers()
-                * ((m.experts + m.shared) as f64 * self.expert_params()
-                    + (self.hidden * m.experts) as f64)
-        });
-        l * self.attention_params()
-            + self.dense_layers as f64 * self.dense_mlp_params()
-            + moe
-            + 2.0 * (self.vocab * self.hidden) as f64
-    }
-
-    /// Parameters one token multiplies by (embedding lookup excluded, lm_head included).
-    pub fn active_params(&self) -> f64 {
-        let l = self.layers as f64;
-        let moe = self.moe.as_ref().map_or(0.0, |m| {
-            self.moe_layers()
-                * ((m.top_k + m.shared) as f64 * self.expert_params()
-                    + (self.hidden * m.experts) as f64)
-        });
-        l * self.attention_params()
-            + self.dense_layers as f64 * self.dense_mlp_params()
-            + moe
-            + (self.vocab * self.hidden) as f64
-    }
-
-    /// Tokens each layer's cache holds at `context` (sliding-window layers hold fewer).
-    fn cached_tokens(&self, layer: u64, context: u64) -> u64 {
-        match &self.attention {
-            AttentionSpec::Gqa {
-                sliding_window: Some(w),
-                sliding_every: Some(n),
-                ..
-            } if *n > 0 && layer.is_multiple_of(*n) => context.min(*w),
-            _ => context,
-        }
-    }
-
-    /// Bytes one cached token occupies in one layer.
-    pub fn kv_bytes_per_token_layer(&self, kv: ModelDtype) -> f64 {
-        match &self.attention {
-            AttentionSpec::Gqa {
-                kv_heads, head_dim, ..
-            } => 2.0 * (*kv_heads * *head_dim) as f64 * kv.bytes(),
-            AttentionSpec::Mla {
-                kv_lora_rank,
-                rope_dim,
-                ..
-            } => (*kv_lora_rank + *rope_dim) as f64 * kv.bytes(),
-        }
-    }
-
-    /// FLOPs of attention per cached token per layer per sequence (QK and PV over all heads;
-    /// MLA in absorbed form: the latent is both K and V).
-    fn attention_flops_per_token(&self) -> f64 {
-        match &self.attention {
-            AttentionSpec::Gqa {
-                heads, head_dim, ..
-            } => (*heads * 2 * 2 * *head_dim) as f64,
-            AttentionSpec::Mla {
-                heads,
-                kv_lora_rank,
-                rope_dim,
-                ..
-            } => (*heads * 2 * (2 * *kv_lora_rank + *rope_dim)) as f64,
-        }
-    }
-}
-
 /// The profile fields the model needs, or a clear error naming the missing one.
 struct Needs<'a> {
     flops: &'a PerDtype,
@@ -464,24 +212,11 @@ pub fn evaluate(
         m.expert_weights.unwrap_or(w)
     };
     let kv = s.kv.unwrap_or(m.kv);
-    let hidden = m.hidden as f64;
-    let bf16 = ModelDtype::Bf16.bytes();
-
-    // Weights read once per step: everything dense, plus the experts this batch touches.
     let touched = m
         .moe
         .as_ref()
         .map(|x| expected_experts(x.experts as f64, x.top_k as f64, b));
-    let mut weight_bytes = m.layers as f64 * m.attention_params() * w.bytes()
-        + m.dense_layers as f64 * m.dense_mlp_params() * w.bytes()
-        + (m.vocab as f64 * hidden) * bf16 // lm_head, kept in bf16
-        + b * hidden * bf16; // the looked-up embedding rows
-    if let (Some(x), Some(u)) = (&m.moe, touched) {
-        weight_bytes += m.moe_layers()
-            * (x.shared as f64 * m.expert_params() * w.bytes()
-                + u * m.expert_params() * ew.bytes()
-                + (m.hidden * x.experts) as f64 * bf16);
-    }
+    let weight_bytes = weight_bytes_per_step(m, b, w, ew, touched);
 
     // KV: every sequence's cache, every layer.
     let cached: f64 = (0..m.layers)
@@ -493,27 +228,13 @@ pub fn evaluate(
     let weight_flops = 2.0 * m.active_params() * b;
     let attention_flops = b * cached * m.attention_flops_per_token();
     let flops = weight_flops + attention_flops;
-    let compute_s = weight_flops / (d * w.rate(n.flops) * 1e12)
-        + attention_flops / (d * kv.rate(n.flops) * 1e12);
-    let compute_j = (weight_flops * w.rate(&n.energy.pj_per_flop)
-        + attention_flops * kv.rate(&n.energy.pj_per_flop))
+    let compute_s = weight_flops / (d * rate(w, n.flops) * 1e12)
+        + attention_flops / (d * rate(kv, n.flops) * 1e12);
+    let compute_j = (weight_flops * rate(w, &n.energy.pj_per_flop)
+        + attention_flops * rate(kv, &n.energy.pj_per_flop))
         * 1e-12;
 
-    // Communication across devices: MoE dispatch + combine (all-to-all) and an all-reduce
-    // per block of bf16 activations, plus a latency per hop.
-    let (comm_bytes, comm_s) = if s.devices > 1 {
-        let k = m.moe.as_ref().map_or(0.0, |x| x.top_k as f64);
-        let bytes = m.layers as f64 * 2.0 * b * hidden * bf16
-            + m.moe_layers() * 2.0 * b * k * hidden * bf16;
-        let hop = s.hop_latency_us.unwrap_or(n.link.latency_us);
-        let latency = m.layers as f64
-            * (s.on_chip_hops as f64 * n.link.on_chip_latency_us + s.cross_chip_hops as f64 * hop)
-            * 1e-6;
-        let link_gbps = measured.link_gbps.unwrap_or(n.link.bandwidth_gbps);
-        (bytes, bytes / (d * link_gbps * 1e9) + latency)
-    } else {
-        (0.0, 0.0)
-    };
+    let (comm_bytes, comm_s) = communication(m, s, &n, measured);
 
     let weights_gbps = measured.weights_gbps.unwrap_or(h.memory_bandwidth_gbps);
     let (kv_spec_gbps, kv_pj_bit) = match &h.kv_memory {
@@ -572,17 +293,66 @@ pub fn evaluate(
     })
 }
 
+/// Weights read once per step: everything dense, plus the experts this batch touches
+/// (`touched` per MoE layer), the lm_head and the looked-up embedding rows in bf16.
+fn weight_bytes_per_step(
+    m: &ModelPreset,
+    b: f64,
+    w: DType,
+    ew: DType,
+    touched: Option<f64>,
+) -> f64 {
+    let hidden = m.hidden as f64;
+    let bf16 = bytes_per_value(DType::Bf16);
+    let mut bytes = m.layers as f64 * m.attention_params() * bytes_per_value(w)
+        + m.dense_layers as f64 * m.dense_mlp_params() * bytes_per_value(w)
+        + (m.vocab as f64 * hidden) * bf16 // lm_head, kept in bf16
+        + b * hidden * bf16; // the looked-up embedding rows
+    if let (Some(x), Some(u)) = (&m.moe, touched) {
+        bytes += m.moe_layers()
+            * (x.shared as f64 * m.expert_params() * bytes_per_value(w)
+                + u * m.expert_params() * bytes_per_value(ew)
+                + (m.hidden * x.experts) as f64 * bf16);
+    }
+    bytes
+}
+
+/// Communication across devices, bytes and seconds: MoE dispatch + combine (all-to-all) and
+/// an all-reduce per block of bf16 activations, plus a latency per hop.
+fn communication(
+    m: &ModelPreset,
+    s: &Scenario,
+    n: &Needs<'_>,
+    measured: &MeasuredTerms,
+) -> (f64, f64) {
+    if s.devices < 2 {
+        return (0.0, 0.0);
+    }
+    let (b, d) = (s.batch as f64, s.devices as f64);
+    let hidden = m.hidden as f64;
+    let bf16 = bytes_per_value(DType::Bf16);
+    let k = m.moe.as_ref().map_or(0.0, |x| x.top_k as f64);
+    let bytes =
+        m.layers as f64 * 2.0 * b * hidden * bf16 + m.moe_layers() * 2.0 * b * k * hidden * bf16;
+    let hop = s.hop_latency_us.unwrap_or(n.link.latency_us);
+    let latency = m.layers as f64
+        * (s.on_chip_hops as f64 * n.link.on_chip_latency_us + s.cross_chip_hops as f64 * hop)
+        * 1e-6;
+    let link_gbps = measured.link_gbps.unwrap_or(n.link.bandwidth_gbps);
+    (bytes, bytes / (d * link_gbps * 1e9) + latency)
+}
+
 /// Weights and KV per device against the profile's memory.
 fn capacity(
     m: &ModelPreset,
     h: &HardwareProfile,
     s: &Scenario,
-    w: ModelDtype,
-    ew: ModelDtype,
+    w: DType,
+    ew: DType,
     kv_bytes: f64,
 ) -> Capacity {
     let d = s.devices as f64;
-    let bf16 = ModelDtype::Bf16.bytes();
+    let bf16 = bytes_per_value(DType::Bf16);
     // Routed experts in their own dtype, everything else in the weights' (embedding and
     // lm_head in bf16, as the step's reads count them).
     let routed = m.moe.as_ref().map_or(0.0, |x| {
@@ -590,7 +360,7 @@ fn capacity(
     });
     let embeddings = 2.0 * (m.vocab * m.hidden) as f64;
     let rest = m.total_params() - routed - embeddings;
-    let weights = rest * w.bytes() + routed * ew.bytes() + embeddings * bf16;
+    let weights = rest * bytes_per_value(w) + routed * bytes_per_value(ew) + embeddings * bf16;
     let (weights_pd, kv_pd) = (weights / d, kv_bytes / d);
     let memory = h.memory_bytes as f64;
     let kv_memory = h.kv_memory.as_ref().map(|t| t.bytes as f64);
@@ -621,15 +391,6 @@ fn capacity(
         fits: shortfall.is_none(),
         shortfall,
     }
-}
-
-/// The model preset `name` (see `profiles::find`: a file in `start` or above, a path, or the
-/// built-in one).
-pub fn find_model(start: &Path, name: &str) -> anyhow::Result<ModelPreset> {
-    let f = crate::profiles::find(crate::profiles::Kind::Model, start, name)
-        .map_err(anyhow::Error::msg)?;
-    Ok(serde_saphyr::from_str(&f.text)
-        .map_err(|e| ConfigError::from_yaml(&f.label, &f.text, &e))?)
 }
 
 /// The hardware profile `name`, found as `find_model` finds presets.

@@ -1,17 +1,24 @@
 //! NumPy `.npy` (format 1.0) writing: a tensor's raw bytes with a header numpy can read.
-//! bf16 and f16 are written as uint16 and fp8 as uint8, bit for bit, so numpy or PyTorch can reinterpret them (README, `--dump`).
+//! bf16 and f16 are written as uint16 and fp8 as uint8, bit for bit, so numpy or PyTorch can
+//! reinterpret them (README, `--dump`); mxfp4 as uint8 with the last axis in bytes (its
+//! 17-byte blocks: the scale, then 16 bytes of two codes each).
 
 use crate::workload::Tensor;
 use std::io::Write;
 use std::path::Path;
 
 pub fn write_npy(path: &Path, t: &Tensor) -> std::io::Result<()> {
-    let shape = match t.shape.len() {
-        1 => format!("({},)", t.shape[0]),
+    let mut dims = t.shape.clone();
+    if let (Some(last), crate::workload::Elem::Float(d)) = (dims.last_mut(), t.elem)
+        && d.block_scale().is_some()
+    {
+        *last = d.bytes_for(*last);
+    }
+    let shape = match dims.len() {
+        1 => format!("({},)", dims[0]),
         _ => format!(
             "({})",
-            t.shape
-                .iter()
+            dims.iter()
                 .map(|d| d.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")

@@ -56,7 +56,8 @@ fn chart_of(l: &ResultLine) -> String {
     }
 }
 
-/// The charts of a run: one per kernel (and attention kind) with a swept numeric axis.
+/// The charts of a run: one per kernel (and attention kind) with a swept numeric axis. (About
+/// 100 lines: finding the swept axis and the series are one pass over a kernel's lines.)
 pub fn charts(lines: &[ResultLine]) -> Vec<Chart> {
     let mut kernels: Vec<String> = lines.iter().map(chart_of).collect();
     kernels.sort();

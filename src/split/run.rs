@@ -78,6 +78,8 @@ pub struct SplitOutcome {
 /// host-staged read-back allocates.
 const COMBINE_REPS: usize = 10;
 
+/// Prepare every shard, time them, combine their outputs, and time the same point on one
+/// device: the result line's `multi` section.
 pub fn run_split(
     backend: &dyn Backend,
     devices: &DeviceSet,
@@ -87,7 +89,87 @@ pub fn run_split(
     s: &Settings,
 ) -> anyhow::Result<SplitOutcome> {
     let concurrent = devices.concurrent();
-    let mut prepared: Vec<Box<dyn Prepared + '_>> = Vec::new();
+    let mut prepared = prepare_shards(backend, devices, plan, s)?;
+    let times = time_shards(&mut prepared, concurrent, s)?;
+    for (t, shard) in times.iter().zip(&plan.shards) {
+        anyhow::ensure!(
+            t.len() == s.reps,
+            "shard {} returned {} timings for {} reps",
+            shard.device,
+            t.len(),
+            s.reps
+        );
+    }
+    let c = combine(backend, &mut prepared, plan, parent, s.reps)?;
+    drop(prepared);
+
+    // End to end, per rep: the slowest shard (at once) or the sum of shards (in turn), plus
+    // the combine's median.
+    let e2e: Vec<f64> = (0..s.reps)
+        .map(|r| {
+            let shard_part = if concurrent {
+                times.iter().map(|t| t[r]).fold(0.0, f64::max)
+            } else {
+                times.iter().map(|t| t[r]).sum()
+            };
+            shard_part + c.out.time_s.median
+        })
+        .collect();
+    let end_to_end = TimeStats::from_samples(&e2e).context("no end-to-end timing")?;
+    let shards = shard_results(devices, plan, &times, &c.shard_outputs);
+    let shard_bytes: u64 = shards.iter().map(|s| s.bytes).sum();
+    let baseline = one_device(backend, devices, parent, parent_inputs, s)?;
+    let (one_device, vs_one_device) = match baseline {
+        Some((o, out)) => {
+            let tolerance = plan.kind.one_device_tolerance(parent.math());
+            let vs = compare_outputs(tolerance, &c.outputs, &out);
+            (Some(o), Some(vs))
+        }
+        None => (None, None),
+    };
+    let n = devices.len() as f64;
+    let scaling_efficiency = one_device
+        .as_ref()
+        .map(|o| o.time_s.median / (n * end_to_end.median))
+        .filter(|x| x.is_finite());
+    let idle = devices.len() - plan.shards.len();
+    let mut note = if concurrent {
+        "shards ran at once, one thread per device; end-to-end = slowest shard per rep + combine median".to_string()
+    } else {
+        "virtual devices share one device, so shards ran one after another; end-to-end = sum of shards per rep + combine median".to_string()
+    };
+    if idle > 0 {
+        note.push_str(&format!("; {idle} device(s) had no work"));
+    }
+    if one_device.is_none() {
+        note.push_str("; the point does not fit one device, so no one-device baseline");
+    }
+    Ok(SplitOutcome {
+        outputs: c.outputs,
+        multi: MultiDevice {
+            virtual_devices: devices.virtual_devices,
+            concurrent,
+            shards,
+            combine: c.out,
+            shard_bytes,
+            aggregate_gbps: gbps(shard_bytes, end_to_end.median),
+            one_device,
+            scaling_efficiency,
+            vs_one_device,
+            note,
+        },
+        end_to_end,
+    })
+}
+
+/// Every shard built on its device, with the shard named if one fails.
+fn prepare_shards<'b>(
+    backend: &'b dyn Backend,
+    devices: &DeviceSet,
+    plan: &Plan,
+    s: &Settings,
+) -> anyhow::Result<Vec<Box<dyn Prepared + 'b>>> {
+    let mut prepared: Vec<Box<dyn Prepared + 'b>> = Vec::new();
     for shard in &plan.shards {
         let phys = devices.physical[shard.device];
         prepared.push(
@@ -106,51 +188,62 @@ pub fn run_split(
                 })?,
         );
     }
+    Ok(prepared)
+}
 
-    // Per-shard rep times. On distinct devices the shards run at once, one thread each,
-    // released together; on virtual devices they share one device and run in turn.
-    let times: Vec<Vec<f64>> = if concurrent && prepared.len() > 1 {
-        let barrier = std::sync::Barrier::new(prepared.len());
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = prepared
-                .iter_mut()
-                .map(|p| {
-                    let barrier = &barrier;
-                    scope.spawn(move || {
-                        barrier.wait();
-                        p.run(s.warmup, s.reps)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .map_err(|_| anyhow::anyhow!("a shard's thread panicked"))?
-                })
-                .collect::<anyhow::Result<Vec<_>>>()
-        })?
-    } else {
-        prepared
+/// Per-shard rep times. On distinct devices the shards run at once, one thread each,
+/// released together; on virtual devices they share one device and run in turn.
+fn time_shards(
+    prepared: &mut [Box<dyn Prepared + '_>],
+    concurrent: bool,
+    s: &Settings,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    if !(concurrent && prepared.len() > 1) {
+        return prepared
             .iter_mut()
             .map(|p| p.run(s.warmup, s.reps))
-            .collect::<anyhow::Result<Vec<_>>>()?
-    };
-    for (t, shard) in times.iter().zip(&plan.shards) {
-        anyhow::ensure!(
-            t.len() == s.reps,
-            "shard {} returned {} timings for {} reps",
-            shard.device,
-            t.len(),
-            s.reps
-        );
+            .collect();
     }
+    let barrier = std::sync::Barrier::new(prepared.len());
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = prepared
+            .iter_mut()
+            .map(|p| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    p.run(s.warmup, s.reps)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a shard's thread panicked"))?
+            })
+            .collect()
+    })
+}
 
-    // The combine: the shards' outputs moved by the backend's transport (host-staged, or
-    // NCCL on cuda), then merged on the host; both timed, the combine is their sum.
-    let reps_c = COMBINE_REPS.min(s.reps).max(1);
-    let gathered = backend.gather(&mut prepared, reps_c)?;
-    drop(prepared);
+/// The combined outputs, the shards' own outputs, and the combine's figures.
+struct Combined {
+    outputs: TensorSet,
+    shard_outputs: Vec<TensorSet>,
+    out: CombineOut,
+}
+
+/// The combine: the shards' outputs moved by the backend's transport (host-staged, or NCCL
+/// on cuda), then merged on the host; both timed, the combine is their sum.
+fn combine(
+    backend: &dyn Backend,
+    prepared: &mut [Box<dyn Prepared + '_>],
+    plan: &Plan,
+    parent: &Workload,
+    reps: usize,
+) -> anyhow::Result<Combined> {
+    let reps_c = COMBINE_REPS.min(reps).max(1);
+    let gathered = backend.gather(prepared, reps_c)?;
     let mut merge_times = Vec::new();
     let mut combined = None;
     for _ in 0..reps_c {
@@ -158,37 +251,42 @@ pub fn run_split(
         combined = Some(plan.combine(parent, &gathered.outputs)?);
         merge_times.push(t0.elapsed().as_secs_f64());
     }
-    let shard_outputs = gathered.outputs;
     let outputs = combined.context("no combine ran")?;
     let transport = TimeStats::from_samples(&gathered.times).context("no transport timing")?;
     let merge = TimeStats::from_samples(&merge_times).context("no merge timing")?;
-    let combine_stats = TimeStats {
+    let time_s = TimeStats {
         median: transport.median + merge.median,
         min: transport.min + merge.min,
         max: transport.max + merge.max,
         ..Default::default()
     };
-    let combine_bytes = plan.combine_bytes();
+    let bytes = plan.combine_bytes();
+    Ok(Combined {
+        outputs,
+        shard_outputs: gathered.outputs,
+        out: CombineOut {
+            method: gathered.method,
+            gbps: gbps(bytes, transport.median),
+            transport_s: transport,
+            merge_s: merge,
+            bytes,
+            dispatch_bytes: plan.dispatch_bytes,
+            time_s,
+        },
+    })
+}
 
-    // End to end, per rep: the slowest shard (at once) or the sum of shards (in turn), plus
-    // the combine's median.
-    let e2e: Vec<f64> = (0..s.reps)
-        .map(|r| {
-            let shard_part = if concurrent {
-                times.iter().map(|t| t[r]).fold(0.0, f64::max)
-            } else {
-                times.iter().map(|t| t[r]).sum()
-            };
-            shard_part + combine_stats.median
-        })
-        .collect();
-    let end_to_end = TimeStats::from_samples(&e2e).context("no end-to-end timing")?;
-
-    let shards: Vec<ShardOut> = plan
-        .shards
+/// Each shard's figures, and its own check against its own oracle, so a bad shard is named.
+fn shard_results(
+    devices: &DeviceSet,
+    plan: &Plan,
+    times: &[Vec<f64>],
+    shard_outputs: &[TensorSet],
+) -> Vec<ShardOut> {
+    plan.shards
         .iter()
-        .zip(&times)
-        .zip(&shard_outputs)
+        .zip(times)
+        .zip(shard_outputs)
         .map(|((shard, t), out)| {
             let stats = TimeStats::from_samples(t).unwrap_or(TimeStats {
                 median: f64::NAN,
@@ -197,7 +295,6 @@ pub fn run_split(
                 ..Default::default()
             });
             let bytes = shard.workload.bytes();
-            // Each shard is also checked on its own, so a bad shard is named.
             let check = shard.workload.oracle(&shard.inputs).check(out);
             ShardOut {
                 device: shard.device,
@@ -209,77 +306,37 @@ pub fn run_split(
                 rel_l2_err: Some(check.rel_l2_err).filter(|x| x.is_finite()),
             }
         })
-        .collect();
-    let shard_bytes: u64 = shards.iter().map(|s| s.bytes).sum();
+        .collect()
+}
 
-    // The same point on one device: the scaling baseline and the exactness reference.
+/// The same point on the first device, when it fits there: the scaling baseline, and its
+/// outputs for the exactness comparison.
+fn one_device(
+    backend: &dyn Backend,
+    devices: &DeviceSet,
+    parent: &Workload,
+    parent_inputs: &TensorSet,
+    s: &Settings,
+) -> anyhow::Result<Option<(OneDeviceOut, TensorSet)>> {
     let first = devices.physical[0];
     let fits = backend.devices()[first]
         .memory_bytes
         .is_none_or(|m| backend.memory_needed(parent) <= m);
-    let (one_device, vs_one_device) = if fits {
-        let mut p = backend
-            .prepare(first, parent, parent_inputs, &s.how())
-            .context("the one-device run of the same point")?;
-        let t = p.run(s.warmup, s.reps)?;
-        let out = p.read_outputs()?;
-        let stats = TimeStats::from_samples(&t).context("one-device run: no timings")?;
-        (
-            Some(OneDeviceOut {
-                device: first,
-                gbps: gbps(parent.bytes(), stats.median),
-                time_s: stats,
-            }),
-            Some(compare_outputs(
-                plan.kind.one_device_tolerance(parent.math()),
-                &outputs,
-                &out,
-            )),
-        )
-    } else {
-        (None, None)
-    };
-    let n = devices.len() as f64;
-    let scaling_efficiency = one_device
-        .as_ref()
-        .map(|o| o.time_s.median / (n * end_to_end.median))
-        .filter(|x| x.is_finite());
-    let idle = devices.len() - plan.shards.len();
-    let mut note = if concurrent {
-        "shards ran at once, one thread per device; end-to-end = slowest shard per rep + combine median".to_string()
-    } else {
-        "virtual devices share one device, so shards ran one after another; end-to-end = sum of shards per rep + combine median".to_string()
-    };
-    if idle > 0 {
-        note.push_str(&format!("; {idle} device(s) had no work"));
-    }
     if !fits {
-        note.push_str("; the point does not fit one device, so no one-device baseline");
+        return Ok(None);
     }
-    Ok(SplitOutcome {
-        outputs,
-        multi: MultiDevice {
-            virtual_devices: devices.virtual_devices,
-            concurrent,
-            shards,
-            combine: CombineOut {
-                method: gathered.method,
-                transport_s: transport.clone(),
-                merge_s: merge,
-                bytes: combine_bytes,
-                dispatch_bytes: plan.dispatch_bytes,
-                gbps: gbps(combine_bytes, transport.median),
-                time_s: combine_stats,
-            },
-            shard_bytes,
-            aggregate_gbps: gbps(shard_bytes, end_to_end.median),
-            one_device,
-            scaling_efficiency,
-            vs_one_device,
-            note,
-        },
-        end_to_end,
-    })
+    let mut p = backend
+        .prepare(first, parent, parent_inputs, &s.how())
+        .context("the one-device run of the same point")?;
+    let t = p.run(s.warmup, s.reps)?;
+    let out = p.read_outputs()?;
+    let stats = TimeStats::from_samples(&t).context("one-device run: no timings")?;
+    let o = OneDeviceOut {
+        device: first,
+        gbps: gbps(parent.bytes(), stats.median),
+        time_s: stats,
+    };
+    Ok(Some((o, out)))
 }
 
 pub fn gbps(bytes: u64, seconds: f64) -> f64 {

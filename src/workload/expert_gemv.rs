@@ -206,7 +206,7 @@ impl ExpertGemv {
         } else {
             0
         };
-        e * dout * di * self.weight_dtype.size() as u64 + scales + t * di * 4 + t * k * 8
+        e * dout * self.w_row_bytes() + scales + t * di * 4 + t * k * 8
     }
 
     pub fn outputs(&self) -> Vec<OutputSpec> {
@@ -225,12 +225,18 @@ impl ExpertGemv {
             self.d_in as u64,
             self.d_out as u64,
         );
+        let row = match self.weight_dtype.block_scale() {
+            None => "d_in x sizeof(w)".to_string(),
+            Some(b) => format!(
+                "d_in / {} blocks x {} bytes (codes and scale)",
+                b.elems,
+                b.block_bytes(self.weight_dtype.elem_bits())
+            ),
+        };
         let mut table = vec![ByteTerm {
             tensor: "w",
-            bytes: u * dout * di * self.weight_dtype.size() as u64,
-            rule: format!(
-                "U x d_out x d_in x sizeof(w), U = {u} distinct experts touched, each read once"
-            ),
+            bytes: u * dout * self.w_row_bytes(),
+            rule: format!("U x d_out x {row}, U = {u} distinct experts touched, each read once"),
         }];
         if self.weight_dtype.is_scaled() {
             table.push(ByteTerm {
@@ -260,6 +266,11 @@ impl ExpertGemv {
             rule: "T x k x 4".into(),
         });
         table
+    }
+
+    /// Bytes of one stored weight row (d_in values; mxfp4: whole blocks with their scales).
+    fn w_row_bytes(&self) -> u64 {
+        self.weight_dtype.bytes_for(self.d_in) as u64
     }
 
     /// 2 x d_out x d_in per (token, chosen expert).

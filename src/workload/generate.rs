@@ -54,9 +54,17 @@ pub fn uniform(
     hi: f32,
 ) -> Tensor {
     let n: usize = shape.iter().product();
+    let (lo, hi) = (lo as f64, hi as f64);
+    if dtype == DType::Mxfp4 {
+        return Tensor {
+            name,
+            elem: Elem::Float(dtype),
+            shape,
+            bytes: mxfp4_blocks(n, seed, stream, lo, hi).into(),
+        };
+    }
     let size = dtype.size();
     let mut bytes = zeroed(n * size);
-    let (lo, hi) = (lo as f64, hi as f64);
     match dtype {
         DType::F32 => {
             // 2^23 cells: u + 0.5 is exact in f32.
@@ -106,6 +114,33 @@ pub fn uniform(
         shape,
         bytes: bytes.into(),
     }
+}
+
+/// MXFP4: values uniform in [lo, hi) on 2^24 cells, encoded block by block (each block's
+/// scale from its own largest value, as a quantiser would). Small values round to zero, as
+/// they do in a real checkpoint.
+fn mxfp4_blocks(n: usize, seed: u64, stream: u64, lo: f64, hi: f64) -> Vec<u8> {
+    const BLOCK: usize = 32;
+    const BLOCKS_PER_CHUNK: usize = 1 << 12;
+    let block_bytes = DType::Mxfp4.bytes_for(BLOCK);
+    let mut bytes = zeroed(DType::Mxfp4.bytes_for(n));
+    let step = (hi - lo) / (1u64 << 24) as f64;
+    bytes
+        .par_chunks_mut(BLOCKS_PER_CHUNK * block_bytes)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let base = rng_for(seed, stream, c as u64).next_u64();
+            for (i, out) in chunk.chunks_exact_mut(block_bytes).enumerate() {
+                let mut v = [0f32; BLOCK];
+                for (j, x) in v.iter_mut().enumerate() {
+                    let at = (i * BLOCK + j) as u64;
+                    let r = splitmix64(base.wrapping_add(at.wrapping_mul(GOLDEN)));
+                    *x = (lo + ((r >> 40) as f64 + 0.5) * step) as f32;
+                }
+                out.copy_from_slice(&super::dtype::mxfp4_encode_block(&v));
+            }
+        });
+    bytes
 }
 
 /// u32 words from the RNG, never zero (the low bit is set).
@@ -164,8 +199,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mxfp4_values_are_in_range_and_spread() {
+        let t = uniform("t", DType::Mxfp4, vec![3, 2880], (9, 1), -2.0, 2.0);
+        assert_eq!(t.bytes.len(), 3 * 90 * 17);
+        let v = t.decode_f64();
+        assert!(v.iter().all(|x| (-2.0..=2.0).contains(x)));
+        // Values under a quarter of the block scale round to zero: about 1 in 16 here.
+        let zeros = v.iter().filter(|&&x| x == 0.0).count() as f64 / v.len() as f64;
+        assert!(zeros < 0.1, "{zeros}");
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / v.len() as f64;
+        // Uniform on [-2, 2] has variance 4/3; the OCP scale rule puts a block's largest
+        // value in [4, 8) scale units and E2M1 saturates at 6, so values past 3/4 of the
+        // block's power of two clamp (here |v| > 1.5 -> 1.5): a smaller variance, about 1.15.
+        assert!(
+            mean.abs() < 0.1 && (1.05..1.25).contains(&var),
+            "{mean} {var}"
+        );
+        assert_eq!(v.iter().fold(0f64, |m, x| m.max(x.abs())), 1.5);
+        let again = uniform("t", DType::Mxfp4, vec![3, 2880], (9, 1), -2.0, 2.0);
+        assert_eq!(t.bytes, again.bytes, "seeded");
+    }
+
+    #[test]
     fn values_are_in_range_never_zero_and_spread() {
-        for dt in DType::ALL {
+        for dt in DType::WHOLE_BYTE {
             // fp8 spans its whole range, as the workloads store it (a per-tensor or per-row
             // scale carries the magnitude).
             let a = if dt == DType::Fp8E4m3 { 448.0 } else { 2.0 };

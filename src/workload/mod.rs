@@ -46,7 +46,7 @@ impl OutputSpec {
     }
 
     pub fn bytes(&self) -> u64 {
-        (self.shape.iter().product::<usize>() * self.elem.size()) as u64
+        self.elem.bytes_for(self.shape.iter().product::<usize>()) as u64
     }
 }
 
@@ -68,6 +68,15 @@ impl Workload {
             Workload::KvDecode(_) => Kernel::KvDecode,
             Workload::ExpertGemv(_) => Kernel::ExpertGemv,
             Workload::Link(_) => Kernel::Link,
+        }
+    }
+
+    /// The dtype its big tensor is stored in (the KV cache, the expert weights), if any.
+    pub fn storage_dtype(&self) -> Option<DType> {
+        match self {
+            Workload::KvDecode(k) => Some(k.kv_dtype),
+            Workload::ExpertGemv(e) => Some(e.weight_dtype),
+            Workload::Stream(_) | Workload::Link(_) => None,
         }
     }
 

@@ -46,17 +46,18 @@ impl std::fmt::Debug for Bytes {
 /// The element type of a tensor as stored in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Elem {
-    /// A storage dtype (f32, f16, bf16, fp8).
+    /// A storage dtype (f32, f16, bf16, fp8, mxfp4).
     Float(DType),
     I32,
     U32,
 }
 
 impl Elem {
-    pub fn size(self) -> usize {
+    /// Bytes that `n` elements occupy (mxfp4: whole blocks of 32 with their scales).
+    pub fn bytes_for(self, n: usize) -> usize {
         match self {
-            Elem::Float(d) => d.size(),
-            Elem::I32 | Elem::U32 => 4,
+            Elem::Float(d) => d.bytes_for(n),
+            Elem::I32 | Elem::U32 => 4 * n,
         }
     }
 
@@ -69,12 +70,13 @@ impl Elem {
     }
 
     /// The numpy dtype descriptor the raw bytes are dumped as: bf16 and f16 as raw uint16,
-    /// fp8 as raw uint8 (design.md), so numpy or PyTorch can reinterpret them.
+    /// fp8 as raw uint8 (README, `--dump`), so numpy or PyTorch can reinterpret them; mxfp4
+    /// as its raw 17-byte blocks (uint8, the last axis in bytes).
     pub fn npy_descr(self) -> &'static str {
         match self {
             Elem::Float(DType::F32) => "<f4",
             Elem::Float(DType::F16) | Elem::Float(DType::Bf16) => "<u2",
-            Elem::Float(DType::Fp8E4m3) => "|u1",
+            Elem::Float(DType::Fp8E4m3) | Elem::Float(DType::Mxfp4) => "|u1",
             Elem::I32 => "<i4",
             Elem::U32 => "<u4",
         }
@@ -241,7 +243,10 @@ impl TensorSet {
 impl Tensor {
     fn axis_geometry(&self, axis: usize) -> (usize, usize, usize) {
         let outer: usize = self.shape[..axis].iter().product();
-        let inner: usize = self.shape[axis + 1..].iter().product::<usize>() * self.elem.size();
+        // Block dtypes: the inner elements are whole rows, so whole blocks.
+        let inner = self
+            .elem
+            .bytes_for(self.shape[axis + 1..].iter().product::<usize>());
         (outer, self.shape[axis], inner)
     }
 

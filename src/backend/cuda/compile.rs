@@ -197,6 +197,7 @@ pub fn stream_source() -> String {
     // common.cuh needs a dtype; stream moves raw words.
     let c = Constants::default()
         .with("DTYPE", Const::U(0))
+        .with("ELEM_BITS", Const::U(32))
         .with("ELEM_BYTES", Const::U(4));
     assemble(&c, STREAM_CU)
 }
@@ -270,7 +271,7 @@ pub fn representative() -> Vec<(String, Workload)> {
             seed: 0,
         }),
     )];
-    for dt in DType::ALL {
+    for dt in DType::WHOLE_BYTE {
         v.push((
             format!("kv_decode gqa 64/8 d128 {dt}"),
             kv(Attention::Gqa, 64, 8, 128, 128, dt),

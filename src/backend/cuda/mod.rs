@@ -91,6 +91,10 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
+    fn covers(&self, _imp: &str, w: &Workload) -> Result<(), String> {
+        crate::backend::whole_byte_dtypes_only(self.name(), w)
+    }
+
     /// A split's shards are gathered on the first device with NCCL.
     fn gather(
         &self,
@@ -194,7 +198,7 @@ fn read_back(
     let mut bytes = stream
         .clone_dtoh(buf)
         .map_err(|e| anyhow!("read back: {e:?}"))?;
-    bytes.truncate(spec.len() * spec.elem.size());
+    bytes.truncate(spec.elem.bytes_for(spec.len()));
     Ok(Tensor {
         name: spec.name,
         elem: spec.elem,

@@ -292,6 +292,9 @@ impl Ctx {
         })
     }
 
+    /// kv_decode's bindings and dispatches. (About 100 lines on purpose: the chunking of the
+    /// cache into bindings, the partial buffers and the merge dispatch share one set of
+    /// sizes, and read best in one place.)
     pub(super) fn kv_decode(self, w: &KvDecode, inputs: &TensorSet) -> anyhow::Result<Built> {
         let mla = w.attention == crate::workload::Attention::Mla;
         let es = w.kv_dtype.size();

@@ -208,6 +208,10 @@ impl Backend for WgpuBackend {
         "wgpu"
     }
 
+    fn covers(&self, _imp: &str, w: &Workload) -> Result<(), String> {
+        crate::backend::whole_byte_dtypes_only(self.name(), w)
+    }
+
     fn devices(&self) -> &[DeviceInfo] {
         &self.devices
     }

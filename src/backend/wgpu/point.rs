@@ -184,7 +184,7 @@ impl Prepared for WgpuPoint {
     fn read_outputs(&mut self) -> anyhow::Result<TensorSet> {
         let mut set = Vec::new();
         for (spec, chunks) in &self.built.outputs {
-            let want = spec.len() * spec.elem.size();
+            let want = spec.elem.bytes_for(spec.len());
             let mut bytes = Vec::with_capacity(want);
             for c in chunks {
                 let left = (want - bytes.len()) as u64;

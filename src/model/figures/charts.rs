@@ -406,6 +406,8 @@ where
     Ok(())
 }
 
+/// A line chart: series, the Pareto frontier and marked points. (Over 100 lines on purpose:
+/// every part draws in the one chart's coordinates, set up at the top.)
 fn lines<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, plot: &Plot) -> DrawResult
 where
     DB::ErrorType: 'static,

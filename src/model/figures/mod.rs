@@ -6,7 +6,7 @@ mod compute;
 
 pub use compute::compute;
 
-use super::{Breakdown, MeasuredTerms, ModelDtype, Scenario, evaluate, find_hardware, find_model};
+use super::{Breakdown, DType, MeasuredTerms, Scenario, evaluate, find_hardware, find_model};
 use anyhow::{Context, bail};
 use charts::{Plot, draw};
 use plotters::prelude::*;
@@ -26,8 +26,8 @@ pub fn describe(b: &Breakdown) -> String {
         b.hardware,
         s.batch,
         s.context,
-        s.weights.unwrap_or(ModelDtype::Bf16).name(),
-        s.kv.unwrap_or(ModelDtype::Bf16).name()
+        s.weights.unwrap_or(DType::Bf16).name(),
+        s.kv.unwrap_or(DType::Bf16).name()
     );
     let _ = writeln!(
         o,
@@ -271,7 +271,8 @@ pub struct Drawn {
 }
 
 /// Draw every figure YAML in `dir` into `out` (SVG + PNG each) and write out/index.html. A
-/// figure without data is left out and named in `skipped`.
+/// figure without data is left out and named in `skipped`. (About 100 lines: reading, drawing
+/// and indexing the figures are one loop with one error path per figure.)
 pub fn draw_all(dir: &Path, out: &Path, measured: Option<&Path>) -> anyhow::Result<Drawn> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?

@@ -1,0 +1,286 @@
+//! The CPU backend's kernels: the reference implementations, in f32 like the GPU ones,
+//! multi-threaded with rayon over the same units of work a GPU kernel would split.
+
+use crate::workload::stream::write_pattern;
+use crate::workload::{ExpertGemv, KvDecode, Link, Stream, StreamOp, TensorSet};
+use rayon::prelude::*;
+
+/// The CPU backend has one device, so a link is a copy within host memory (both ways: two
+/// copies at once). Outputs are in `Link::outputs` order: dst, then dst_back.
+pub(super) fn link(w: &Link, inputs: &TensorSet, outputs: &mut TensorSet) {
+    fn copy(src: &[u8], dst: &mut [u8]) {
+        dst.par_chunks_mut(1 << 16)
+            .zip(src.par_chunks(1 << 16))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+    }
+    let src = &inputs.expect("src").bytes;
+    match outputs.0.as_mut_slice() {
+        [dst, back] if w.both_ways() => {
+            let src_back = &inputs.expect("src_back").bytes;
+            rayon::join(
+                || copy(src, &mut dst.bytes),
+                || copy(src_back, &mut back.bytes),
+            );
+        }
+        [dst, ..] => copy(src, &mut dst.bytes),
+        [] => {}
+    }
+}
+
+fn out_mut<'a>(outputs: &'a mut TensorSet, name: &str) -> &'a mut [u8] {
+    &mut outputs
+        .get_mut(name)
+        .unwrap_or_else(|| panic!("output '{name}' not allocated"))
+        .bytes
+}
+
+pub(super) fn stream(w: &Stream, inputs: &TensorSet, outputs: &mut TensorSet) {
+    const CHUNK: usize = 1 << 16;
+    match w.op {
+        StreamOp::Read => {
+            let src = inputs.expect("src").view::<u32>();
+            let sum = src
+                .par_chunks(CHUNK)
+                .map(|c| c.iter().fold(0u32, |a, &x| a.wrapping_add(x)))
+                .reduce(|| 0u32, u32::wrapping_add);
+            out_mut(outputs, "sum").copy_from_slice(&sum.to_le_bytes());
+        }
+        StreamOp::Copy => {
+            let src = &inputs.expect("src").bytes;
+            out_mut(outputs, "dst")
+                .par_chunks_mut(CHUNK * 4)
+                .zip(src.par_chunks(CHUNK * 4))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+        }
+        StreamOp::Write => {
+            let seed = w.pattern_seed();
+            out_mut(outputs, "dst")
+                .par_chunks_mut(CHUNK * 4)
+                .enumerate()
+                .for_each(|(c, chunk)| {
+                    let base = (c * CHUNK) as u32;
+                    for (i, x) in chunk.chunks_exact_mut(4).enumerate() {
+                        x.copy_from_slice(
+                            &write_pattern(base.wrapping_add(i as u32), seed).to_le_bytes(),
+                        );
+                    }
+                });
+        }
+    }
+}
+
+/// Online-softmax state of one query group over one chunk of a sequence.
+struct Partial {
+    b: usize,
+    g: usize,
+    m: Vec<f32>,
+    l: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+/// Paged decode attention. Tasks are (sequence, KV head, chunk of tokens): each cached row is
+/// decoded once for its whole query group, and long contexts are split across threads and
+/// merged with the log-sum-exp, the same shape as flash-decoding on a GPU. (Over 100 lines on
+/// purpose: it is the reference kernel, one loop nest read top to bottom like the GPU ones.)
+pub(super) fn kv_decode(w: &KvDecode, inputs: &TensorSet, outputs: &mut TensorSet) {
+    const CHUNK: usize = 256;
+    let q = inputs.expect("q").view::<f32>();
+    let k = &inputs.expect("k_pages").bytes;
+    let v = inputs.get("v_pages").map(|t| &t.bytes);
+    let table = inputs.expect("page_table").view::<i32>();
+    let table: &[i32] = &table;
+    let [ks, vs] = w.scales();
+    let (hq, dk, dv, gs, dt) = (
+        w.q_heads,
+        w.head_dim_k,
+        w.head_dim_v,
+        w.group_size(),
+        w.kv_dtype,
+    );
+    // Fold the softmax scale and K's dequant scale into q once (after the bf16 rounding of
+    // q at math: bf16, which rounds q as given).
+    let math = w.math;
+    let qs: Vec<f32> = q
+        .iter()
+        .map(|&x| math.operand(x) * (w.scale * ks))
+        .collect();
+
+    let tasks: Vec<(usize, usize, usize)> = (0..w.batch)
+        .flat_map(|b| {
+            (0..w.kv_heads)
+                .flat_map(move |g| (0..w.context_lens[b].div_ceil(CHUNK)).map(move |c| (b, g, c)))
+        })
+        .collect();
+    let partials: Vec<Partial> = tasks
+        .par_iter()
+        .map(|&(b, g, c)| {
+            let mut p = Partial {
+                b,
+                g,
+                m: vec![f32::NEG_INFINITY; gs],
+                l: vec![0.0; gs],
+                acc: vec![0.0; gs * dv],
+            };
+            let mut krow = vec![0f32; dk];
+            let mut vrow = vec![0f32; dv];
+            let end = ((c + 1) * CHUNK).min(w.context_lens[b]);
+            for t in c * CHUNK..end {
+                let ko = w.cache_offset(table, b, t, g, dk);
+                dt.decode_slice(k, ko, &mut krow);
+                match v {
+                    Some(v) => dt.decode_slice(v, w.cache_offset(table, b, t, g, dv), &mut vrow),
+                    None => vrow.copy_from_slice(&krow[..dv]), // MLA: V is the latent's head
+                }
+                for j in 0..gs {
+                    let qo = (b * hq + g * gs + j) * dk;
+                    let s = dot(&qs[qo..qo + dk], &krow);
+                    let acc = &mut p.acc[j * dv..(j + 1) * dv];
+                    if s > p.m[j] {
+                        let corr = (p.m[j] - s).exp();
+                        p.l[j] = p.l[j] * corr + 1.0;
+                        for (a, &x) in acc.iter_mut().zip(&vrow) {
+                            *a = *a * corr + x;
+                        }
+                        p.m[j] = s;
+                    } else {
+                        // P's row sum takes it unrounded; PV takes it as math says.
+                        let e = (s - p.m[j]).exp();
+                        p.l[j] += e;
+                        let pe = math.operand(e);
+                        for (a, &x) in acc.iter_mut().zip(&vrow) {
+                            *a += pe * x;
+                        }
+                    }
+                }
+            }
+            p
+        })
+        .collect();
+
+    // Merge the chunks of each (sequence, KV head) with the log-sum-exp.
+    let mut merged: Vec<Option<Partial>> = (0..w.batch * w.kv_heads).map(|_| None).collect();
+    for p in partials {
+        let slot = &mut merged[p.b * w.kv_heads + p.g];
+        match slot {
+            None => *slot = Some(p),
+            Some(into) => {
+                for j in 0..gs {
+                    let m = into.m[j].max(p.m[j]);
+                    let (a, b) = ((into.m[j] - m).exp(), (p.m[j] - m).exp());
+                    into.l[j] = into.l[j] * a + p.l[j] * b;
+                    for d in 0..dv {
+                        into.acc[j * dv + d] = into.acc[j * dv + d] * a + p.acc[j * dv + d] * b;
+                    }
+                    into.m[j] = m;
+                }
+            }
+        }
+    }
+    let mut out = vec![f32::NAN; w.batch * hq * dv];
+    let mut lse = vec![f32::NAN; w.batch * hq];
+    for p in merged.into_iter().flatten() {
+        for j in 0..gs {
+            let h = p.g * gs + j;
+            let row = &mut out[(p.b * hq + h) * dv..(p.b * hq + h + 1) * dv];
+            for (o, &a) in row.iter_mut().zip(&p.acc[j * dv..(j + 1) * dv]) {
+                *o = a / p.l[j] * vs;
+            }
+            lse[p.b * hq + h] = p.m[j] + p.l[j].ln();
+        }
+    }
+    out_mut(outputs, "out").copy_from_slice(bytemuck::cast_slice(&out));
+    out_mut(outputs, "lse").copy_from_slice(bytemuck::cast_slice(&lse));
+}
+
+/// Grouped GEMV: threads own blocks of output rows; within a block each touched expert's rows
+/// are decoded once and applied to every token that chose the expert.
+pub(super) fn expert_gemv(w: &ExpertGemv, inputs: &TensorSet, outputs: &mut TensorSet) {
+    const ROWS: usize = 16;
+    // math: bf16 rounds x as it enters the multiply.
+    let x: Vec<f32> = inputs
+        .expect("x")
+        .view::<f32>()
+        .iter()
+        .map(|&v| w.math.operand(v))
+        .collect();
+    let wt = &inputs.expect("w").bytes;
+    let scales = inputs.get("w_scale").map(|t| t.view::<f32>());
+    let scales: Option<&[f32]> = scales.as_deref();
+    let ids = inputs.expect("topk_ids").view::<i32>();
+    let rw = inputs.expect("topk_weights").view::<f32>();
+    let (t_count, k, di, dout, dt) = (w.batch, w.top_k, w.d_in, w.d_out, w.weight_dtype);
+
+    // Group (token, choice) pairs by expert.
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); w.experts];
+    for (slot, &e) in ids.iter().enumerate() {
+        groups[e as usize].push(slot);
+    }
+    let touched: Vec<(usize, &Vec<usize>)> = groups
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| !g.is_empty())
+        .collect();
+
+    // Each (token, choice) slot gets its own row, dot x scale x weight, and a token's slots
+    // are summed in choice order: the GPU kernels' order, so an experts split (which
+    // computes slot rows on the owners and sums them after) is bit-exact on every backend.
+    let blocks: Vec<Vec<f32>> = (0..dout.div_ceil(ROWS))
+        .into_par_iter()
+        .map(|blk| {
+            let (o0, o1) = (blk * ROWS, ((blk + 1) * ROWS).min(dout));
+            let width = o1 - o0;
+            let mut slots = vec![0f32; t_count * k * width];
+            let mut row = vec![0f32; di];
+            for &(e, entries) in &touched {
+                for o in o0..o1 {
+                    dt.decode_slice(wt, (e * dout + o) * di, &mut row);
+                    let s = scales.map_or(1.0, |s| s[e * dout + o]);
+                    for &slot in entries {
+                        let t = slot / k;
+                        let d = dot(&row, &x[t * di..(t + 1) * di]);
+                        slots[slot * width + (o - o0)] = d * s * rw[slot];
+                    }
+                }
+            }
+            let mut local = vec![0f32; t_count * width];
+            for t in 0..t_count {
+                for j in 0..k {
+                    let from = &slots[(t * k + j) * width..(t * k + j + 1) * width];
+                    for (a, &b) in local[t * width..(t + 1) * width].iter_mut().zip(from) {
+                        *a += b;
+                    }
+                }
+            }
+            local
+        })
+        .collect();
+    let mut y = vec![0f32; t_count * dout];
+    for (blk, local) in blocks.iter().enumerate() {
+        let (o0, width) = (blk * ROWS, local.len() / t_count.max(1));
+        for t in 0..t_count {
+            y[t * dout + o0..t * dout + o0 + width]
+                .copy_from_slice(&local[t * width..(t + 1) * width]);
+        }
+    }
+    out_mut(outputs, "y").copy_from_slice(bytemuck::cast_slice(&y));
+}
+
+/// f32 dot product with eight independent partial sums, so the compiler can vectorise it
+/// (a single running sum pins the order of additions and stays scalar).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
