@@ -71,20 +71,12 @@ impl ModelMeter {
 
     pub fn joules(&self, workload: &Workload) -> f64 {
         let e = self.profile.energy.as_ref().expect("checked in new");
-        let pj_flop = match storage_dtype(workload) {
+        let pj_flop = match workload.storage_dtype() {
             Some(DType::Fp8E4m3) => e.pj_per_flop.fp8,
             _ => e.pj_per_flop.bf16,
         };
         (workload.bytes() as f64 * 8.0 * e.memory_pj_per_bit + workload.flops() as f64 * pj_flop)
             * 1e-12
-    }
-}
-
-fn storage_dtype(w: &Workload) -> Option<DType> {
-    match w {
-        Workload::Stream(_) | Workload::Link(_) => None,
-        Workload::KvDecode(k) => Some(k.kv_dtype),
-        Workload::ExpertGemv(g) => Some(g.weight_dtype),
     }
 }
 

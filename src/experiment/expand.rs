@@ -227,10 +227,10 @@ impl RunCtx<'_> {
     }
 
     fn expand_stream(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
-        self.refuse_fields(&["split", "impl", "op", "bytes"], "stream")?;
+        self.refuse_fields(&["split", "impl", "op", "bytes"], Kernel::Stream.name())?;
         let s = self.spec;
         let ops = self.optional(&s.op, StreamOp::Read);
-        let sizes = self.required(&s.bytes, "bytes", "stream")?;
+        let sizes = self.required(&s.bytes, "bytes", Kernel::Stream.name())?;
         let bytes_field = s.bytes.as_ref().expect("required above");
         for sz in &sizes {
             if sz.0 < 4 || sz.0 % 4 != 0 || sz.0 > MAX_BYTES {
@@ -250,10 +250,10 @@ impl RunCtx<'_> {
     }
 
     fn expand_link(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
-        self.refuse_fields(&["impl", "bytes", "direction"], "link")?;
+        self.refuse_fields(&["impl", "bytes", "direction"], Kernel::Link.name())?;
         let s = self.spec;
         let directions = self.optional(&s.direction, Direction::OneWay);
-        let sizes = self.required(&s.bytes, "bytes", "link")?;
+        let sizes = self.required(&s.bytes, "bytes", Kernel::Link.name())?;
         let bytes_field = s.bytes.as_ref().expect("required above");
         for sz in &sizes {
             if sz.0 < 4 || sz.0 % 4 != 0 || sz.0 > MAX_BYTES {
@@ -444,7 +444,7 @@ impl RunCtx<'_> {
     }
 
     fn expand_expert(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
-        let kernel = "expert_gemv";
+        let kernel = Kernel::ExpertGemv.name();
         self.refuse_fields(
             &[
                 "split",

@@ -23,16 +23,7 @@ impl HostData {
     /// The inputs of `w`: the previous point's when they are the same, else generated (the
     /// previous ones dropped first, so two points' inputs never live at once).
     pub(super) fn for_point<'h>(slot: &'h mut Option<HostData>, w: &Workload) -> &'h mut HostData {
-        let mut plain = w.clone();
-        match &mut plain {
-            Workload::KvDecode(k) => {
-                k.math = Default::default();
-                k.launch_hint = None;
-            }
-            Workload::ExpertGemv(e) => e.math = Default::default(),
-            Workload::Stream(_) | Workload::Link(_) => {}
-        }
-        let inputs_key = format!("{plain:?}");
+        let inputs_key = format!("{:?}", w.inputs_only());
         let reference_key = format!("{w:?}");
         match slot {
             Some(h) if h.inputs_key == inputs_key => {

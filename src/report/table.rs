@@ -375,7 +375,7 @@ pub fn link_table(lines: &[ResultLine]) -> Option<String> {
         let first = of[0].0;
         let mut row = vec![
             point.to_string(),
-            params_label("link", &first.params),
+            params_label(Kernel::Link.name(), &first.params),
             format!("{backend}:{src}"),
         ];
         for d in &dsts {

@@ -80,6 +80,21 @@ impl Workload {
         }
     }
 
+    /// The same point without what does not change its inputs (the precision mode, a launch
+    /// hint): two points equal here share their generated inputs.
+    pub fn inputs_only(&self) -> Workload {
+        let mut plain = self.clone();
+        match &mut plain {
+            Workload::KvDecode(k) => {
+                k.math = Default::default();
+                k.launch_hint = None;
+            }
+            Workload::ExpertGemv(e) => e.math = Default::default(),
+            Workload::Stream(_) | Workload::Link(_) => {}
+        }
+        plain
+    }
+
     /// The kernel's name, as YAML and result lines spell it.
     pub fn kernel(&self) -> &'static str {
         self.kind().name()
