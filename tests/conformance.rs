@@ -291,12 +291,13 @@ use decodelab::backend::wgpu::WgpuOptions;
 every_case!(cpu => backend_or_skip("cpu"));
 // wgpu as it runs by default: subgroup operations where the adapter has them.
 every_case!(wgpu => backend_or_skip("wgpu"));
-// The plain path: no subgroup operations, workgroup-memory reductions only.
-every_case!(wgpu_plain => wgpu_with(WgpuOptions { subgroups: false, max_binding: None }));
+// The plain path: no subgroup operations, workgroup-memory reductions only; and wgpu's own
+// runtime checks on (bounded loops, clamped indices), as an untrusted shader would run.
+every_case!(wgpu_plain => wgpu_with(WgpuOptions { subgroups: false, max_binding: None, runtime_checks: true }));
 every_case!(cuda => backend_or_skip("cuda"));
 // Bindings capped at 96 KiB, so every cache and weight tensor of these cases spans several
 // bindings (tensors over 128 MiB would need more bindings than an adapter allows: refused).
-conformance_suite!(wgpu_small_bindings => wgpu_with(WgpuOptions { subgroups: true, max_binding: Some(96 << 10) });
+conformance_suite!(wgpu_small_bindings => wgpu_with(WgpuOptions { subgroups: true, max_binding: Some(96 << 10), runtime_checks: false });
     kv_one_token_and_page_boundaries,
     kv_mixed_lengths_long_context,
     kv_odd_head_dims_and_group_sizes,

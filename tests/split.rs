@@ -196,7 +196,8 @@ macro_rules! split_suite {
 split_suite!(cpu => backend_or_skip("cpu"));
 split_suite!(wgpu => backend_or_skip("wgpu"));
 // The plain path (no subgroup operations) reduces in another order: still exact per backend.
-split_suite!(wgpu_plain => wgpu_with(decodelab::backend::wgpu::WgpuOptions { subgroups: false, max_binding: None }));
+// It also keeps wgpu's runtime checks on, as in tests/conformance.rs.
+split_suite!(wgpu_plain => wgpu_with(decodelab::backend::wgpu::WgpuOptions { subgroups: false, max_binding: None, runtime_checks: true }));
 split_suite!(cuda => backend_or_skip("cuda"));
 
 /// The merge and the gathers on their own, without a backend: the shards' f64 oracles,

@@ -19,12 +19,17 @@ pub use shaders::{
 
 use build::{Built, Ctx};
 /// Whether to use subgroup operations when the adapter has them (the plain path otherwise),
-/// and an optional cap on the binding size (to exercise the multi-binding path on small
-/// tensors).
+/// an optional cap on the binding size (to exercise the multi-binding path on small
+/// tensors), and whether wgpu adds its runtime checks to the shaders.
 #[derive(Clone, Copy, Debug)]
 pub struct WgpuOptions {
     pub subgroups: bool,
     pub max_binding: Option<u64>,
+    /// wgpu's default shader checks: a bound counter in every loop and a clamp on every index
+    /// (`ShaderRuntimeChecks::checked`). They keep NVIDIA's compiler from unrolling, and the
+    /// arrays they clamp go to local memory (gfx-rs/wgpu #7698, #6528), so decodelab's own
+    /// shaders are built without them (see `Ctx::pipeline` for why that is sound).
+    pub runtime_checks: bool,
 }
 
 impl Default for WgpuOptions {
@@ -32,6 +37,7 @@ impl Default for WgpuOptions {
         WgpuOptions {
             subgroups: true,
             max_binding: None,
+            runtime_checks: false,
         }
     }
 }
@@ -229,7 +235,7 @@ impl Backend for WgpuBackend {
             how.imp
         );
         let (dev, queue, adapter) = self.device(device)?;
-        let ctx = Ctx::new(dev, queue, self.options.max_binding);
+        let ctx = Ctx::new(dev, queue, self.options);
         take_error();
         let point = match workload {
             Workload::Stream(w) => ctx.stream(w, inputs)?,
@@ -258,7 +264,7 @@ impl Backend for WgpuBackend {
         }
         let (dev, queue, adapter) = self.device(src)?;
         let copy = |from: &'static str, to: &'static str| -> anyhow::Result<Built> {
-            let ctx = Ctx::new(dev.clone(), queue.clone(), self.options.max_binding);
+            let ctx = Ctx::new(dev.clone(), queue.clone(), self.options);
             let stream = Stream {
                 op: StreamOp::Copy,
                 bytes: link.bytes,
