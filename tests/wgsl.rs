@@ -4,22 +4,14 @@
 mod common;
 
 use common::*;
-use decodelab::backend::wgpu::{ShaderPaths, shader_sources};
+use decodelab::backend::impls_of;
+use decodelab::backend::wgpu::{ShaderPaths, inspect, shader_sources};
 use decodelab::workload::*;
 
 fn validate(label: &str, src: &str, paths: ShaderPaths) {
-    let module = naga::front::wgsl::parse_str(src)
-        .unwrap_or_else(|e| panic!("{label}: WGSL parse error:\n{}", e.emit_to_string(src)));
-    // unpack2x16float is core WGSL; naga counts it as a capability wgpu grants natively.
-    let mut caps = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
-    if paths.subgroups {
-        caps |= naga::valid::Capabilities::SUBGROUP;
+    if let Err(e) = inspect::validate(src, paths.subgroups) {
+        panic!("{label}: {e}");
     }
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
-        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
-        .subgroup_operations(naga::valid::SubgroupOperationSet::all())
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{label}: invalid WGSL:\n{}", e.emit_to_string(src)));
 }
 
 fn variants() -> Vec<Workload> {
@@ -45,22 +37,31 @@ fn every_shader_validates_on_both_paths() {
         ShaderPaths { subgroups: true },
     ] {
         for w in variants() {
-            for chunks in [1, 3] {
-                let src = shader_sources(&w, paths, chunks).unwrap();
-                validate(
-                    &format!(
-                        "{} {} {paths:?} chunks={chunks}",
-                        w.kernel(),
-                        w.params_json()
-                    ),
-                    &src,
-                    paths,
-                );
-                n += 1;
+            for imp in impls_of("wgpu", w.kind()) {
+                for chunks in [1, 3] {
+                    // A shape the implementation does not cover runs simple instead.
+                    let Ok(src) = shader_sources(&w, imp.name, paths, chunks) else {
+                        assert_ne!(imp.name, "simple");
+                        continue;
+                    };
+                    validate(
+                        &format!(
+                            "{} {} {} {paths:?} chunks={chunks}",
+                            w.kernel(),
+                            imp.name,
+                            w.params_json()
+                        ),
+                        &src,
+                        paths,
+                    );
+                    n += 1;
+                }
             }
         }
     }
-    assert_eq!(n, 2 * 23 * 2);
+    // simple: 23 variants, 2 paths, 2 chunkings; unrolled: the 4 aligned expert variants,
+    // subgroups only, 2 chunkings.
+    assert_eq!(n, 2 * 23 * 2 + 4 * 2);
 }
 
 #[test]
@@ -72,15 +73,19 @@ fn the_paths_differ_where_they_should() {
         experts(4, 2, 3, 64, 8, DType::Bf16, Routing::Uniform),
     ] {
         assert!(
-            !shader_sources(&w, plain, 1)
+            !shader_sources(&w, "simple", plain, 1)
                 .unwrap()
                 .contains("subgroupAdd")
         );
-        assert!(shader_sources(&w, fast, 1).unwrap().contains("subgroupAdd"));
+        assert!(
+            shader_sources(&w, "simple", fast, 1)
+                .unwrap()
+                .contains("subgroupAdd")
+        );
     }
     // Three chunks: three bindings and a switch over them.
     let k = gqa(1, 2, 1, 8, 8, vec![3], 4, DType::F16);
-    let src = shader_sources(&k, plain, 3).unwrap();
+    let src = shader_sources(&k, "simple", plain, 3).unwrap();
     assert!(src.contains("k_c2") && src.contains("v_c2") && !src.contains("k_c3"));
 }
 
@@ -88,7 +93,13 @@ fn the_paths_differ_where_they_should() {
 #[test]
 fn an_unknown_dtype_code_does_not_compile() {
     let paths = ShaderPaths { subgroups: false };
-    let src = shader_sources(&gqa(1, 2, 1, 32, 32, vec![5], 4, DType::Bf16), paths, 1).unwrap();
+    let src = shader_sources(
+        &gqa(1, 2, 1, 32, 32, vec![5], 4, DType::Bf16),
+        "simple",
+        paths,
+        1,
+    )
+    .unwrap();
     assert!(src.contains("const DTYPE: u32 = 2u;"));
     assert!(accepted(&src), "the shader as built does not compile");
     let bad = src.replace("const DTYPE: u32 = 2u;", "const DTYPE: u32 = 9u;");
@@ -109,4 +120,54 @@ fn accepted(src: &str) -> bool {
         .validate(&m)
         .is_ok()
     })
+}
+
+/// What wgpu hands the driver (SPIR-V as wgpu-hal writes it): a tuned shader has no loop
+/// counter (it is built as a trusted module) and no per-thread array indexed at run time
+/// (NVIDIA keeps such arrays in local memory). The simple expert shader has one (`part`),
+/// which is what the tuned one is for.
+#[test]
+fn tuned_shaders_have_no_loop_counters_or_runtime_indexed_private_arrays() {
+    let paths = ShaderPaths { subgroups: true };
+    let mut tuned = 0;
+    for w in variants() {
+        for imp in impls_of("wgpu", w.kind()) {
+            let Ok(src) = shader_sources(&w, imp.name, paths, 3) else {
+                continue;
+            };
+            let label = format!("{} {} {}", w.kernel(), imp.name, w.params_json());
+            let built =
+                inspect::inspect(&src, true, false).unwrap_or_else(|e| panic!("{label}: {e}"));
+            for r in &built {
+                assert_eq!(
+                    r.loop_bounds, 0,
+                    "{label} {}: a trusted module has no loop counters",
+                    r.entry
+                );
+            }
+            // Under wgpu's default checks the same loops carry counters: the zero above is real.
+            let checked = inspect::inspect(&src, true, true).unwrap();
+            assert!(checked.iter().any(|r| r.loop_bounds > 0), "{label}");
+            if imp.tuned {
+                for r in &built {
+                    assert!(
+                        r.dynamic_private_arrays.is_empty(),
+                        "{label} {}: {:?}",
+                        r.entry,
+                        r.dynamic_private_arrays
+                    );
+                }
+                tuned += 1;
+            } else if w.kind() == Kernel::ExpertGemv {
+                let gemv = built.iter().find(|r| r.entry == "gemv").expect("gemv");
+                assert!(
+                    gemv.dynamic_private_arrays
+                        .iter()
+                        .any(|a| a.ends_with(": part")),
+                    "{label}: {gemv:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(tuned, 4, "the aligned expert variants, one per dtype");
 }

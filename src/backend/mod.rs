@@ -44,6 +44,14 @@ pub const IMPLS: &[Impl] = &[
         Kernel::KvDecode,
         "one workgroup per (split, head block, sequence); scalar softmax",
     ),
+    Impl {
+        backend: "wgpu",
+        kernel: Kernel::ExpertGemv,
+        name: "unrolled",
+        tuned: true,
+        about: "straight-line WGSL per shape: 256 threads per (4 rows, touched expert), \
+                4 words in flight per thread, vec4 decode and accumulators, subgroup sums",
+    },
     simple(
         "wgpu",
         Kernel::ExpertGemv,

@@ -6,7 +6,7 @@ use super::shaders::{
     EXPERT_ROWS, EXPERT_WG, STREAM_WG, ShaderPaths, expert_source, kv_launch, kv_source,
     stream_source,
 };
-use super::{WgpuOptions, error_chain, take_error};
+use super::{WgpuOptions, error_chain, take_error, unrolled};
 use crate::backend::{CacheMode, Prepared};
 use crate::workload::{ExpertGemv, KvDecode, Stream, StreamOp, Tensor, TensorSet, Workload};
 use anyhow::bail;
@@ -417,9 +417,18 @@ impl Ctx {
         })
     }
 
-    pub(super) fn expert_gemv(self, w: &ExpertGemv, inputs: &TensorSet) -> anyhow::Result<Built> {
-        const WG: usize = EXPERT_WG;
-        const ROWS: usize = EXPERT_ROWS;
+    pub(super) fn expert_gemv(
+        self,
+        w: &ExpertGemv,
+        inputs: &TensorSet,
+        imp: &str,
+    ) -> anyhow::Result<Built> {
+        let unrolled = imp == "unrolled";
+        let (wg, rows) = if unrolled {
+            (unrolled::EXPERT_WG, unrolled::EXPERT_ROWS)
+        } else {
+            (EXPERT_WG, EXPERT_ROWS)
+        };
         let es = w.weight_dtype.size();
         let row_bytes = w.d_in * es;
         let (w_chunks, rows_per_chunk) = self.chunked(inputs.expect("w"), row_bytes)?;
@@ -430,7 +439,11 @@ impl Ctx {
 
         let bindings_w = 10..10 + w_chunks.len() as u32;
         self.check_bindings(6 + w_chunks.len())?;
-        let source = expert_source(w, u, rows_per_chunk, w_chunks.len(), self.paths);
+        let source = if unrolled {
+            unrolled::expert_source(w, u, rows_per_chunk, w_chunks.len())
+        } else {
+            expert_source(w, u, rows_per_chunk, w_chunks.len(), self.paths)
+        };
         let mut entries = vec![
             (0, Kind::Read),
             (1, Kind::Read),
@@ -476,12 +489,12 @@ impl Ctx {
         ];
         binds.extend(bindings_w.zip(&w_chunks));
         let bind_group = self.bind(&layout, &binds);
-        let total = (w.batch * w.d_out).div_ceil(WG) as u32;
+        let total = (w.batch * w.d_out).div_ceil(wg) as u32;
         let dispatches = vec![
             Dispatch {
                 pipeline: gemv,
                 bind_group: bind_group.clone(),
-                groups: [w.d_out.div_ceil(ROWS) as u32, u as u32, 1],
+                groups: [w.d_out.div_ceil(rows) as u32, u as u32, 1],
             },
             Dispatch {
                 pipeline: combine,

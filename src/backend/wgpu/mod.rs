@@ -9,8 +9,10 @@ use anyhow::{anyhow, bail};
 use std::sync::{Arc, Mutex, OnceLock};
 
 mod build;
+pub mod inspect;
 mod point;
 mod shaders;
+mod unrolled;
 
 pub use shaders::{
     KvLaunch, ShaderPaths, assemble, expert_source, kv_launch, kv_source, shader_sources,
@@ -89,6 +91,15 @@ impl WgpuBackend {
             devices,
             options: WgpuOptions::default(),
         })
+    }
+
+    /// Whether shaders may use subgroup operations: asked for, and every adapter has them.
+    fn subgroups(&self) -> bool {
+        self.options.subgroups
+            && self
+                .adapters
+                .iter()
+                .all(|a| a.adapter.features().contains(wgpu::Features::SUBGROUP))
     }
 
     /// Use `options` for the devices this backend creates (before its first point).
@@ -214,8 +225,16 @@ impl Backend for WgpuBackend {
         "wgpu"
     }
 
-    fn covers(&self, _imp: &str, w: &Workload) -> Result<(), String> {
-        crate::backend::whole_byte_dtypes_only(self.name(), w)
+    fn covers(&self, imp: &str, w: &Workload) -> Result<(), String> {
+        crate::backend::whole_byte_dtypes_only(self.name(), w)?;
+        match (imp, w) {
+            ("simple", _) => Ok(()),
+            ("unrolled", Workload::ExpertGemv(e)) => unrolled::expert_covers(e, self.subgroups()),
+            _ => Err(format!(
+                "wgpu has no implementation '{imp}' of {}",
+                w.kernel()
+            )),
+        }
     }
 
     fn devices(&self) -> &[DeviceInfo] {
@@ -229,18 +248,14 @@ impl Backend for WgpuBackend {
         inputs: &TensorSet,
         how: &How,
     ) -> anyhow::Result<Box<dyn Prepared + 'a>> {
-        anyhow::ensure!(
-            how.imp == "simple",
-            "wgpu has no implementation '{}'",
-            how.imp
-        );
+        self.covers(how.imp, workload).map_err(anyhow::Error::msg)?;
         let (dev, queue, adapter) = self.device(device)?;
         let ctx = Ctx::new(dev, queue, self.options);
         take_error();
         let point = match workload {
             Workload::Stream(w) => ctx.stream(w, inputs)?,
             Workload::KvDecode(w) => ctx.kv_decode(w, inputs)?,
-            Workload::ExpertGemv(w) => ctx.expert_gemv(w, inputs)?,
+            Workload::ExpertGemv(w) => ctx.expert_gemv(w, inputs, how.imp)?,
             Workload::Link(_) => bail!("link runs between two devices (prepare_link)"),
         };
         let is_cpu = adapter.get_info().device_type == wgpu::DeviceType::Cpu;

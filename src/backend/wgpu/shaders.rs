@@ -138,10 +138,32 @@ pub fn expert_source(
     assemble(paths, &prelude, &[DTYPE_WGSL, EXPERT_WGSL])
 }
 
-/// Every shader a workload would use, assembled as for a device with `paths`, the default
-/// WebGPU workgroup memory (16 KiB) and `chunks` bindings per large tensor. For validating
-/// the WGSL without a driver (naga), in tests.
-pub fn shader_sources(w: &Workload, paths: ShaderPaths, chunks: usize) -> anyhow::Result<String> {
+/// Every shader implementation `imp` of a workload would use, assembled as for a device with
+/// `paths`, the default WebGPU workgroup memory (16 KiB) and `chunks` bindings per large
+/// tensor. For validating and inspecting the WGSL without a driver (naga).
+pub fn shader_sources(
+    w: &Workload,
+    imp: &str,
+    paths: ShaderPaths,
+    chunks: usize,
+) -> anyhow::Result<String> {
+    if imp == "unrolled"
+        && let Workload::ExpertGemv(e) = w
+    {
+        super::unrolled::expert_covers(e, paths.subgroups).map_err(anyhow::Error::msg)?;
+        let rows = (e.experts * e.d_out).div_ceil(chunks).max(1);
+        return Ok(super::unrolled::expert_source(
+            e,
+            e.touched().len(),
+            rows,
+            chunks,
+        ));
+    }
+    anyhow::ensure!(
+        imp == "simple",
+        "wgpu has no implementation '{imp}' of {}",
+        w.kernel()
+    );
     Ok(match w {
         Workload::Stream(s) => stream_source(s.op, paths),
         // A link within one adapter is the stream copy shader.

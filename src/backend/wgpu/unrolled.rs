@@ -1,0 +1,283 @@
+//! Tuned WGSL, written straight-line by Rust for one point's shape: no private arrays, no
+//! loop over a per-thread array (NVIDIA's compiler puts a dynamically indexed one in local
+//! memory), every 16-byte weight word decoded into `vec4<f32>`s by shifts and
+//! `unpack2x16float`, and vec4 accumulators. The simple shaders in shaders/ stay the
+//! reference and the fallback for the shapes these do not cover.
+
+use crate::backend::plan::{Const, ExpertPlan, expert_constants};
+use crate::workload::{DType, ExpertGemv};
+
+/// expert_gemv "unrolled": a workgroup of 256 owns 4 output rows of one touched expert and
+/// takes its tokens 4 at a time; each thread streams 16-byte words of the 4 rows (4 loads in
+/// flight) and applies each to the 4 tokens; subgroups then the workgroup sum the partials.
+pub const EXPERT_WG: usize = 256;
+pub const EXPERT_ROWS: usize = 4;
+pub const EXPERT_TB: usize = 4;
+/// WebGPU's smallest subgroup size: it bounds the subgroups per workgroup.
+const MIN_SUBGROUP: usize = 4;
+
+/// Why the unrolled expert_gemv cannot run a point, if it cannot.
+pub fn expert_covers(w: &ExpertGemv, subgroups: bool) -> Result<(), String> {
+    if !subgroups {
+        return Err("needs subgroup operations (the plain path runs simple)".into());
+    }
+    if !w.weight_dtype.elem_bits().is_multiple_of(8) {
+        return Err(format!("no WGSL decoder for {}", w.weight_dtype));
+    }
+    if !(w.d_in * w.weight_dtype.elem_bits() / 8).is_multiple_of(16) {
+        return Err(format!(
+            "d_in {} of {} is not a whole number of 16-byte words (simple covers it)",
+            w.d_in, w.weight_dtype
+        ));
+    }
+    Ok(())
+}
+
+/// The `vec4<f32>` values of 16-byte word `wd` (a `vec4<u32>`), as WGSL expressions: 1 for
+/// f32, 2 for f16 and bf16, 4 for fp8 (each the word's elements in memory order).
+fn decode(dtype: DType, wd: &str) -> Vec<String> {
+    match dtype {
+        DType::F32 => vec![format!("bitcast<vec4<f32>>({wd})")],
+        DType::F16 => ["xy", "zw"]
+            .iter()
+            .map(|p| {
+                let (a, b) = (&p[..1], &p[1..]);
+                format!("vec4<f32>(unpack2x16float({wd}.{a}), unpack2x16float({wd}.{b}))")
+            })
+            .collect(),
+        // bf16 is the top half of an f32: element 0 is a word's low half.
+        DType::Bf16 => ["xy", "zw"]
+            .iter()
+            .map(|p| {
+                let (a, b) = (&p[..1], &p[1..]);
+                format!("bf16x4({wd}.{a}, {wd}.{b})")
+            })
+            .collect(),
+        DType::Fp8E4m3 => ["x", "y", "z", "w"]
+            .iter()
+            .map(|c| format!("fp8x4({wd}.{c})"))
+            .collect(),
+        DType::Mxfp4 => unreachable!("refused by expert_covers"),
+    }
+}
+
+/// The decoders `decode` calls.
+const DECODERS: &str = "
+fn bf16x4(a: u32, b: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<f32>(a << 16u), bitcast<f32>(a & 0xffff0000u),
+                     bitcast<f32>(b << 16u), bitcast<f32>(b & 0xffff0000u));
+}
+
+// Four OCP E4M3FN bytes. Each byte's sign goes to an f16 sign and its 7 exponent and
+// mantissa bits to f16 bits 7..13: that f16 is the fp8 value times 2^-8 exactly, subnormals
+// included (both formats' exponents differ by a bias of 8). 0x7f and 0xff are NaN in E4M3
+// (the f16 pattern would read 480).
+fn fp8x4(v: u32) -> vec4<f32> {
+    let lo = ((v & 0x80u) << 8u) | ((v & 0x7fu) << 7u) | ((v & 0x8000u) << 16u) | ((v & 0x7f00u) << 15u);
+    let hi = ((v & 0x800000u) >> 8u) | ((v & 0x7f0000u) >> 9u) | (v & 0x80000000u) | ((v & 0x7f000000u) >> 1u);
+    let r = vec4<f32>(unpack2x16float(lo), unpack2x16float(hi)) * 256.0;
+    let m = vec4<u32>(v, v >> 8u, v >> 16u, v >> 24u) & vec4<u32>(0x7fu);
+    return select(r, vec4<f32>(bitcast<f32>(NAN_BITS)), m == vec4<u32>(0x7fu));
+}
+";
+
+/// The unrolled expert_gemv shader (entry points `gemv` and `combine`), bindings as the
+/// simple one's except `x`, read as `vec4<f32>`.
+pub fn expert_source(
+    w: &ExpertGemv,
+    touched: usize,
+    rows_per_chunk: usize,
+    w_chunks: usize,
+) -> String {
+    let plan = ExpertPlan {
+        wg: EXPERT_WG,
+        rows: EXPERT_ROWS,
+        tb: EXPERT_TB,
+    };
+    let words_per_vec = decode(w.weight_dtype, "w").len();
+    let c = expert_constants(w, touched, &plan)
+        .with("ROWS_PER_CHUNK", Const::U(rows_per_chunk as u64))
+        .with("MAX_SG", Const::U((EXPERT_WG / MIN_SUBGROUP) as u64))
+        .with("Q", Const::U(words_per_vec as u64))
+        .with("NAN_BITS", Const::U(0x7fc0_0000));
+    let mut s = c.wgsl();
+    s.push_str(&super::shaders::chunk_accessor(
+        "w",
+        10..10 + w_chunks as u32,
+    ));
+    s.push_str(
+        "
+@group(0) @binding(0) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> w_scale: array<f32>;
+@group(0) @binding(2) var<storage, read> groups: array<u32>;
+@group(0) @binding(3) var<storage, read> entry_weight: array<f32>;
+@group(0) @binding(4) var<storage, read_write> slot_out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+const WORDS: u32 = D_IN * ELEM_BYTES / 16u;
+var<workgroup> red: array<f32, ROWS * TB * MAX_SG>;
+",
+    );
+    s.push_str(DECODERS);
+    s.push_str(&gemv_body(w.weight_dtype));
+    s.push_str(COMBINE);
+    s
+}
+
+/// The gemv entry point, its per-(row, token) code written out.
+fn gemv_body(dtype: DType) -> String {
+    let (rows, tb) = (EXPERT_ROWS, EXPERT_TB);
+    let mut s = String::new();
+    let mut line = |t: &str| {
+        s.push_str(t);
+        s.push('\n');
+    };
+    line("@compute @workgroup_size(WG)");
+    line(
+        "fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32,",
+    );
+    line("        @builtin(subgroup_id) sg: u32, @builtin(num_subgroups) n_sg: u32,");
+    line("        @builtin(subgroup_invocation_id) lane: u32) {");
+    line("    let u = wg.y;");
+    line("    let o0 = wg.x * ROWS;");
+    line("    let e = groups[U + 1u + u];");
+    line("    let first = groups[u];");
+    line("    let last = groups[u + 1u];");
+    line("    let entries = 2u * U + 1u;");
+    // Rows past D_OUT read the last row (in range) and are never written.
+    for r in 0..rows {
+        line(&format!(
+            "    let g{r} = e * D_OUT + min(o0 + {r}u, D_OUT - 1u);\n    \
+             let c{r} = g{r} / ROWS_PER_CHUNK;\n    \
+             let b{r} = (g{r} % ROWS_PER_CHUNK) * WORDS;"
+        ));
+    }
+    line("    for (var t0 = first; t0 < last; t0 += TB) {");
+    line("        let nt = min(TB, last - t0);");
+    // Tokens past the tile's end repeat its last (in range) and are never written.
+    for t in 0..tb {
+        line(&format!(
+            "        let x{t} = groups[entries + 2u * (t0 + min({t}u, nt - 1u))] * (D_IN / 4u);"
+        ));
+    }
+    for r in 0..rows {
+        for t in 0..tb {
+            line(&format!("        var a{r}_{t} = vec4<f32>(0.0);"));
+        }
+    }
+    line("        for (var v = lid; v < WORDS; v += WG) {");
+    // Every row's load first: four 16-byte loads in flight before any arithmetic.
+    for r in 0..rows {
+        line(&format!("            let w{r} = w_vec(c{r}, b{r} + v);"));
+    }
+    let q = decode(dtype, "w").len();
+    for t in 0..tb {
+        for k in 0..q {
+            line(&format!(
+                "            let x{t}_{k} = x4[x{t} + v * Q + {k}u];"
+            ));
+        }
+    }
+    for r in 0..rows {
+        for (k, d) in decode(dtype, &format!("w{r}")).iter().enumerate() {
+            line(&format!("            let d{r}_{k} = {d};"));
+            for t in 0..tb {
+                line(&format!("            a{r}_{t} += d{r}_{k} * x{t}_{k};"));
+            }
+        }
+    }
+    line("        }");
+    // Subgroup sums, then one value per subgroup in workgroup memory, summed in order.
+    for r in 0..rows {
+        for t in 0..tb {
+            let i = r * tb + t;
+            line(&format!(
+                "        let s{i} = subgroupAdd((a{r}_{t}.x + a{r}_{t}.y) + (a{r}_{t}.z + a{r}_{t}.w));"
+            ));
+        }
+    }
+    line("        if (lane == 0u) {");
+    for i in 0..rows * tb {
+        line(&format!("            red[{i}u * MAX_SG + sg] = s{i};"));
+    }
+    line("        }");
+    line("        workgroupBarrier();");
+    line("        if (lid < ROWS * TB) {");
+    line("            let r = lid / TB;");
+    line("            let tt = lid % TB;");
+    line("            let o = o0 + r;");
+    line("            if (tt < nt && o < D_OUT) {");
+    line("                var dot = 0.0;");
+    line("                for (var i = 0u; i < n_sg; i++) {");
+    line("                    dot += red[lid * MAX_SG + i];");
+    line("                }");
+    line("                var sc = 1.0;");
+    line("                if (SCALED) {");
+    line("                    sc = w_scale[e * D_OUT + o];");
+    line("                }");
+    line("                let slot = groups[entries + 2u * (t0 + tt) + 1u];");
+    line("                slot_out[slot * D_OUT + o] = dot * sc * entry_weight[t0 + tt];");
+    line("            }");
+    line("        }");
+    line("        workgroupBarrier();");
+    line("    }");
+    line("}");
+    s
+}
+
+/// y[t, o] = the sum over the token's k choices of its slot rows, in choice order (as every
+/// backend sums them, so splits stay exact).
+const COMBINE: &str = "
+@compute @workgroup_size(WG)
+fn combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= BATCH * D_OUT) {
+        return;
+    }
+    let t = i / D_OUT;
+    let o = i % D_OUT;
+    var s = 0.0;
+    for (var j = 0u; j < TOP_K; j++) {
+        s += slot_out[(t * TOP_K + j) * D_OUT + o];
+    }
+    y[i] = s;
+}
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_dtype_decodes_a_word_into_whole_vec4s() {
+        for (dt, n) in [
+            (DType::F32, 1),
+            (DType::F16, 2),
+            (DType::Bf16, 2),
+            (DType::Fp8E4m3, 4),
+        ] {
+            assert_eq!(decode(dt, "w").len(), n, "{dt}");
+            assert_eq!(n * 4, 16 / (dt.elem_bits() / 8), "{dt}: elements per word");
+        }
+    }
+
+    #[test]
+    fn covers_whole_words_with_subgroups_only() {
+        let mut w = ExpertGemv {
+            experts: 4,
+            top_k: 2,
+            batch: 3,
+            d_in: 64,
+            d_out: 8,
+            weight_dtype: DType::Bf16,
+            routing: crate::workload::Routing::Uniform,
+            topk_ids: vec![0, 1, 2, 3, 0, 2],
+            seed: 1,
+            math: Default::default(),
+        };
+        assert!(expert_covers(&w, true).is_ok());
+        assert!(expert_covers(&w, false).unwrap_err().contains("subgroup"));
+        w.d_in = 1001;
+        assert!(expert_covers(&w, true).unwrap_err().contains("16-byte"));
+    }
+}
