@@ -1226,3 +1226,35 @@ fn the_readme_links_to_pages_that_exist_and_its_test_command_is_ci_s() {
         "CI runs `{last}`"
     );
 }
+
+#[test]
+fn run_help_names_every_kernel_backend_and_implementation() {
+    let out = bin().args(["run", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for k in decodelab::registry::KERNELS {
+        assert!(
+            help.contains(&format!("  {:<12} {}", k.name, k.about)),
+            "{}",
+            k.name
+        );
+    }
+    for b in decodelab::registry::BACKENDS {
+        assert!(
+            help.contains(&format!("  {:<12} {}", b.name, b.about)),
+            "{}",
+            b.name
+        );
+    }
+    for i in decodelab::backend::IMPLS {
+        let line = format!(
+            "  {:<5} {:<12} {:<9} {}",
+            i.backend,
+            i.kernel.name(),
+            i.name,
+            i.about
+        );
+        assert!(help.contains(&line), "{line}");
+    }
+    assert!(help.contains("unrolled") && help.contains("(tuned)"));
+}

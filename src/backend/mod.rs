@@ -49,8 +49,8 @@ pub const IMPLS: &[Impl] = &[
         kernel: Kernel::ExpertGemv,
         name: "unrolled",
         tuned: true,
-        about: "straight-line WGSL per shape: 256 threads per (4 rows, touched expert), \
-                4 words in flight per thread, vec4 decode and accumulators, subgroup sums",
+        about: "straight-line WGSL per shape: 256 threads per 4 rows, 4 words in flight, \
+                vec4 decode, subgroup sums",
     },
     simple(
         "wgpu",

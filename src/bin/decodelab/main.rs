@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run an experiment: every point on the chosen backends, checked against the oracle.
-    #[command(after_long_help = decodelab::registry::help_text())]
+    #[command(after_long_help = run_help())]
     Run {
         /// The experiment YAML (e.g. experiments/quickstart.yaml).
         file: PathBuf,
@@ -112,6 +112,24 @@ enum Command {
 }
 
 /// `--backend`'s values: auto, every backend the registry knows, all.
+/// `run --help`'s tail: the registry's kernels and backends, then every implementation.
+fn run_help() -> String {
+    let mut s = decodelab::registry::help_text();
+    s.push_str("\n\nImplementations (impl:, in the order `best` tries them):\n");
+    for i in decodelab::backend::IMPLS {
+        let tuned = if i.tuned { " (tuned)" } else { "" };
+        s.push_str(&format!(
+            "  {:<5} {:<12} {:<9} {}{tuned}\n",
+            i.backend,
+            i.kernel.name(),
+            i.name,
+            i.about
+        ));
+    }
+    s.pop();
+    s
+}
+
 fn backend_choices() -> clap::builder::PossibleValuesParser {
     let names = std::iter::once("auto")
         .chain(decodelab::registry::backend_names())
