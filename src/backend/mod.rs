@@ -39,6 +39,14 @@ pub const IMPLS: &[Impl] = &[
     ),
     simple("cpu", Kernel::Link, "a copy within host memory"),
     simple("wgpu", Kernel::Stream, "vec4 words, grid-stride"),
+    Impl {
+        backend: "wgpu",
+        kernel: Kernel::KvDecode,
+        name: "unrolled",
+        tuned: true,
+        about: "GQA, straight-line WGSL per shape: L lanes per token (q in registers), \
+                an online softmax per token group, no barrier in the token loop",
+    },
     simple(
         "wgpu",
         Kernel::KvDecode,

@@ -56,6 +56,8 @@ pub struct KvTarget {
     pub shared_bytes: usize,
     pub blocks_wanted: usize,
     pub min_tiles: usize,
+    /// The most query heads a block may hold (its per-thread registers grow with them).
+    pub max_hb: usize,
 }
 
 /// How a kv_decode point is cut: `hb` query heads of one KV group per block, the context in
@@ -73,14 +75,14 @@ pub fn kv_fits(w: &KvDecode, t: &KvTarget, hb: usize) -> bool {
     hb * (w.head_dim_k + t.wg) * 4 + t.wg * 8 <= t.shared_bytes
 }
 
-/// The plan of `w` on `t`: the most heads of a group (up to 8, a divisor of the group) that
+/// The plan of `w` on `t`: the most heads of a group (up to `max_hb`, a divisor of the group) that
 /// fit a block (one, if none does: `kv_fits` says so); slices enough for `blocks_wanted`
 /// blocks over the whole point (`KvDecode::launch_shape`: a heads-split shard cuts its
 /// context as its whole point would, so its bits equal one device's).
 pub fn kv_plan(w: &KvDecode, t: &KvTarget) -> KvPlan {
     let wg = t.wg;
     let hb_for = |group: usize| {
-        (1..=group.min(8))
+        (1..=group.min(t.max_hb))
             .rev()
             .find(|&h| group.is_multiple_of(h) && kv_fits(w, t, h))
             .unwrap_or(1)

@@ -185,6 +185,7 @@ pub fn kv_launch(w: &KvDecode, sms: usize) -> KvPlan {
         shared_bytes: 40 << 10,
         blocks_wanted: 4 * sms,
         min_tiles: 2,
+        max_hb: 8,
     };
     kv_plan(w, &target)
 }

@@ -310,7 +310,13 @@ impl Ctx {
     /// kv_decode's bindings and dispatches. (About 100 lines on purpose: the chunking of the
     /// cache into bindings, the partial buffers and the merge dispatch share one set of
     /// sizes, and read best in one place.)
-    pub(super) fn kv_decode(self, w: &KvDecode, inputs: &TensorSet) -> anyhow::Result<Built> {
+    pub(super) fn kv_decode(
+        self,
+        w: &KvDecode,
+        inputs: &TensorSet,
+        imp: &str,
+        subgroup_min: usize,
+    ) -> anyhow::Result<Built> {
         let mla = w.attention == crate::workload::Attention::Mla;
         let es = w.kv_dtype.size();
         let page_k = w.page_size * w.kv_heads * w.head_dim_k * es;
@@ -337,11 +343,22 @@ impl Ctx {
             pages_per_chunk,
             self.limits.max_compute_workgroup_storage_size as usize,
         )?;
-        let (splits, hb) = (launch.plan.splits, launch.plan.hb);
+        let unrolled = imp == "unrolled";
+        let plan = if unrolled {
+            unrolled::kv::kv_launch_plan(w, subgroup_min)
+        } else {
+            launch.plan
+        };
+        let (splits, hb) = (plan.splits, plan.hb);
         let bindings_k = 10..10 + k_chunks.len() as u32;
         let bindings_v = 40..40 + v_chunks.len() as u32;
         self.check_bindings(7 + k_chunks.len() + v_chunks.len())?;
-        let source = kv_source(w, &launch, k_chunks.len(), v_chunks.len(), self.paths);
+        let source = if unrolled {
+            let (k, v) = (k_chunks.len(), v_chunks.len());
+            unrolled::kv::kv_source(w, &plan, pages_per_chunk, k, v, subgroup_min)
+        } else {
+            kv_source(w, &launch, k_chunks.len(), v_chunks.len(), self.paths)
+        };
 
         let mut entries = vec![
             (0, Kind::Read),
@@ -425,7 +442,7 @@ impl Ctx {
     ) -> anyhow::Result<Built> {
         let unrolled = imp == "unrolled";
         let (wg, rows) = if unrolled {
-            (unrolled::EXPERT_WG, unrolled::EXPERT_ROWS)
+            (unrolled::expert::EXPERT_WG, unrolled::expert::EXPERT_ROWS)
         } else {
             (EXPERT_WG, EXPERT_ROWS)
         };
@@ -440,7 +457,7 @@ impl Ctx {
         let bindings_w = 10..10 + w_chunks.len() as u32;
         self.check_bindings(6 + w_chunks.len())?;
         let source = if unrolled {
-            unrolled::expert_source(w, u, rows_per_chunk, w_chunks.len())
+            unrolled::expert::expert_source(w, u, rows_per_chunk, w_chunks.len())
         } else {
             expert_source(w, u, rows_per_chunk, w_chunks.len(), self.paths)
         };

@@ -102,6 +102,16 @@ impl WgpuBackend {
                 .all(|a| a.adapter.features().contains(wgpu::Features::SUBGROUP))
     }
 
+    /// The smallest subgroup any adapter may run (a token's lanes must share one).
+    fn subgroup_min(&self) -> usize {
+        self.adapters
+            .iter()
+            .map(|a| a.adapter.get_info().subgroup_min_size as usize)
+            .min()
+            .unwrap_or(4)
+            .max(4)
+    }
+
     /// Use `options` for the devices this backend creates (before its first point).
     pub fn with_options(mut self, options: WgpuOptions) -> Self {
         self.options = options;
@@ -229,7 +239,12 @@ impl Backend for WgpuBackend {
         crate::backend::whole_byte_dtypes_only(self.name(), w)?;
         match (imp, w) {
             ("simple", _) => Ok(()),
-            ("unrolled", Workload::ExpertGemv(e)) => unrolled::expert_covers(e, self.subgroups()),
+            ("unrolled", Workload::ExpertGemv(e)) => {
+                unrolled::expert::expert_covers(e, self.subgroups())
+            }
+            ("unrolled", Workload::KvDecode(k)) => {
+                unrolled::kv::kv_covers(k, self.subgroups(), self.subgroup_min())
+            }
             _ => Err(format!(
                 "wgpu has no implementation '{imp}' of {}",
                 w.kernel()
@@ -254,7 +269,7 @@ impl Backend for WgpuBackend {
         take_error();
         let point = match workload {
             Workload::Stream(w) => ctx.stream(w, inputs)?,
-            Workload::KvDecode(w) => ctx.kv_decode(w, inputs)?,
+            Workload::KvDecode(w) => ctx.kv_decode(w, inputs, how.imp, self.subgroup_min())?,
             Workload::ExpertGemv(w) => ctx.expert_gemv(w, inputs, how.imp)?,
             Workload::Link(_) => bail!("link runs between two devices (prepare_link)"),
         };

@@ -12,6 +12,7 @@ use anyhow::bail;
 pub(super) const DTYPE_WGSL: &str = include_str!("../../../shaders/dtype.wgsl");
 pub(super) const STREAM_WGSL: &str = include_str!("../../../shaders/stream.wgsl");
 pub(super) const KV_WGSL: &str = include_str!("../../../shaders/kv_decode.wgsl");
+pub(super) const KV_MERGE_WGSL: &str = include_str!("../../../shaders/kv_merge.wgsl");
 pub(super) const EXPERT_WGSL: &str = include_str!("../../../shaders/expert_gemv.wgsl");
 
 /// The optional WGSL features a shader is assembled for. (No f16 path: every kernel
@@ -85,6 +86,7 @@ pub fn kv_launch(
         shared_bytes: workgroup_memory,
         blocks_wanted: 1024,
         min_tiles: 4,
+        max_hb: 8,
     };
     let plan = kv_plan(w, &target);
     if !kv_fits(w, &target, plan.hb) {
@@ -116,7 +118,7 @@ pub fn kv_source(
     } else {
         prelude.push_str(&chunk_accessor("v", 40..40 + v_chunks as u32));
     }
-    assemble(paths, &prelude, &[DTYPE_WGSL, KV_WGSL])
+    assemble(paths, &prelude, &[DTYPE_WGSL, KV_WGSL, KV_MERGE_WGSL])
 }
 
 pub fn expert_source(
@@ -150,13 +152,24 @@ pub fn shader_sources(
     if imp == "unrolled"
         && let Workload::ExpertGemv(e) = w
     {
-        super::unrolled::expert_covers(e, paths.subgroups).map_err(anyhow::Error::msg)?;
+        super::unrolled::expert::expert_covers(e, paths.subgroups).map_err(anyhow::Error::msg)?;
         let rows = (e.experts * e.d_out).div_ceil(chunks).max(1);
-        return Ok(super::unrolled::expert_source(
+        return Ok(super::unrolled::expert::expert_source(
             e,
             e.touched().len(),
             rows,
             chunks,
+        ));
+    }
+    if imp == "unrolled"
+        && let Workload::KvDecode(k) = w
+    {
+        // A lavapipe-sized subgroup (8): two words per lane at d128 bf16.
+        super::unrolled::kv::kv_covers(k, paths.subgroups, 8).map_err(anyhow::Error::msg)?;
+        let plan = super::unrolled::kv::kv_launch_plan(k, 8);
+        let per_chunk = k.num_pages().div_ceil(chunks).max(1);
+        return Ok(super::unrolled::kv::kv_source(
+            k, &plan, per_chunk, chunks, chunks, 8,
         ));
     }
     anyhow::ensure!(

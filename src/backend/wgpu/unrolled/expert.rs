@@ -1,20 +1,14 @@
-//! Tuned WGSL, written straight-line by Rust for one point's shape: no private arrays, no
-//! loop over a per-thread array (NVIDIA's compiler puts a dynamically indexed one in local
-//! memory), every 16-byte weight word decoded into `vec4<f32>`s by shifts and
-//! `unpack2x16float`, and vec4 accumulators. The simple shaders in shaders/ stay the
-//! reference and the fallback for the shapes these do not cover.
+//! expert_gemv "unrolled": a workgroup of 256 owns 4 output rows of one touched expert and
+//! takes its tokens 4 at a time; each thread streams 16-byte words of the 4 rows (4 loads in
+//! flight) and applies each to the 4 tokens; subgroups then the workgroup sum the partials.
 
+use super::{DECODERS, MIN_SUBGROUP, decode};
 use crate::backend::plan::{Const, ExpertPlan, expert_constants};
 use crate::workload::{DType, ExpertGemv};
 
-/// expert_gemv "unrolled": a workgroup of 256 owns 4 output rows of one touched expert and
-/// takes its tokens 4 at a time; each thread streams 16-byte words of the 4 rows (4 loads in
-/// flight) and applies each to the 4 tokens; subgroups then the workgroup sum the partials.
 pub const EXPERT_WG: usize = 256;
 pub const EXPERT_ROWS: usize = 4;
 pub const EXPERT_TB: usize = 4;
-/// WebGPU's smallest subgroup size: it bounds the subgroups per workgroup.
-const MIN_SUBGROUP: usize = 4;
 
 /// Why the unrolled expert_gemv cannot run a point, if it cannot.
 pub fn expert_covers(w: &ExpertGemv, subgroups: bool) -> Result<(), String> {
@@ -32,54 +26,6 @@ pub fn expert_covers(w: &ExpertGemv, subgroups: bool) -> Result<(), String> {
     }
     Ok(())
 }
-
-/// The `vec4<f32>` values of 16-byte word `wd` (a `vec4<u32>`), as WGSL expressions: 1 for
-/// f32, 2 for f16 and bf16, 4 for fp8 (each the word's elements in memory order).
-fn decode(dtype: DType, wd: &str) -> Vec<String> {
-    match dtype {
-        DType::F32 => vec![format!("bitcast<vec4<f32>>({wd})")],
-        DType::F16 => ["xy", "zw"]
-            .iter()
-            .map(|p| {
-                let (a, b) = (&p[..1], &p[1..]);
-                format!("vec4<f32>(unpack2x16float({wd}.{a}), unpack2x16float({wd}.{b}))")
-            })
-            .collect(),
-        // bf16 is the top half of an f32: element 0 is a word's low half.
-        DType::Bf16 => ["xy", "zw"]
-            .iter()
-            .map(|p| {
-                let (a, b) = (&p[..1], &p[1..]);
-                format!("bf16x4({wd}.{a}, {wd}.{b})")
-            })
-            .collect(),
-        DType::Fp8E4m3 => ["x", "y", "z", "w"]
-            .iter()
-            .map(|c| format!("fp8x4({wd}.{c})"))
-            .collect(),
-        DType::Mxfp4 => unreachable!("refused by expert_covers"),
-    }
-}
-
-/// The decoders `decode` calls.
-const DECODERS: &str = "
-fn bf16x4(a: u32, b: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<f32>(a << 16u), bitcast<f32>(a & 0xffff0000u),
-                     bitcast<f32>(b << 16u), bitcast<f32>(b & 0xffff0000u));
-}
-
-// Four OCP E4M3FN bytes. Each byte's sign goes to an f16 sign and its 7 exponent and
-// mantissa bits to f16 bits 7..13: that f16 is the fp8 value times 2^-8 exactly, subnormals
-// included (both formats' exponents differ by a bias of 8). 0x7f and 0xff are NaN in E4M3
-// (the f16 pattern would read 480).
-fn fp8x4(v: u32) -> vec4<f32> {
-    let lo = ((v & 0x80u) << 8u) | ((v & 0x7fu) << 7u) | ((v & 0x8000u) << 16u) | ((v & 0x7f00u) << 15u);
-    let hi = ((v & 0x800000u) >> 8u) | ((v & 0x7f0000u) >> 9u) | (v & 0x80000000u) | ((v & 0x7f000000u) >> 1u);
-    let r = vec4<f32>(unpack2x16float(lo), unpack2x16float(hi)) * 256.0;
-    let m = vec4<u32>(v, v >> 8u, v >> 16u, v >> 24u) & vec4<u32>(0x7fu);
-    return select(r, vec4<f32>(bitcast<f32>(NAN_BITS)), m == vec4<u32>(0x7fu));
-}
-";
 
 /// The unrolled expert_gemv shader (entry points `gemv` and `combine`), bindings as the
 /// simple one's except `x`, read as `vec4<f32>`.
@@ -101,7 +47,7 @@ pub fn expert_source(
         .with("Q", Const::U(words_per_vec as u64))
         .with("NAN_BITS", Const::U(0x7fc0_0000));
     let mut s = c.wgsl();
-    s.push_str(&super::shaders::chunk_accessor(
+    s.push_str(&super::super::shaders::chunk_accessor(
         "w",
         10..10 + w_chunks as u32,
     ));
@@ -247,19 +193,6 @@ fn combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_dtype_decodes_a_word_into_whole_vec4s() {
-        for (dt, n) in [
-            (DType::F32, 1),
-            (DType::F16, 2),
-            (DType::Bf16, 2),
-            (DType::Fp8E4m3, 4),
-        ] {
-            assert_eq!(decode(dt, "w").len(), n, "{dt}");
-            assert_eq!(n * 4, 16 / (dt.elem_bits() / 8), "{dt}: elements per word");
-        }
-    }
 
     #[test]
     fn covers_whole_words_with_subgroups_only() {
