@@ -11,7 +11,8 @@
 #   2. PyTorch at the same shapes                                         -> torch.jsonl
 #   3. the table: implementation x shape, GB/s, % of stream read, x torch -> table.md
 #   4. the cuda conformance, split and compile/SASS suites, DECODELAB_REQUIRE=cuda -> tests.txt
-#   5. the headline GQA shapes on wgpu (Vulkan on the same card), and the table again
+#   5. the headline GQA and expert shapes on wgpu (Vulkan on the same card), every
+#      implementation (simple and unrolled), and the table again
 set -uo pipefail
 OUT="${OUT:-/tmp/device-perf}"
 mkdir -p "$OUT"
@@ -81,9 +82,10 @@ export TESTS OUT
 step "cuda suites" 100 bash -c "$(declare -f run_tests); run_tests > \"\$OUT/tests.txt\" 2>&1"
 grep -E "^--- |^test result|FAILED|panicked|SKIPPED" "$OUT/tests.txt"
 
-# 5. The WGSL kernels on the same card, headline GQA shapes.
-step "perf sweep (wgpu)" 45 "$BIN" run experiments/device-perf.yaml --backend wgpu --no-progress \
-    --only kernel=stream --only attention=gqa,batch=16 --out /tmp/dp-wgpu
+# 5. The WGSL kernels on the same card: headline GQA, then expert shapes (last: the biggest).
+step "perf sweep (wgpu)" 60 "$BIN" run experiments/device-perf.yaml --backend wgpu --no-progress \
+    --only kernel=stream --only attention=gqa,batch=16 --only kernel=expert_gemv,batch=1 \
+    --out /tmp/dp-wgpu
 cp /tmp/dp-wgpu/results.jsonl "$OUT/results-wgpu.jsonl" 2>/dev/null
 table
 echo "== done in $(($(date +%s) - start))s"

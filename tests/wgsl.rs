@@ -169,5 +169,8 @@ fn tuned_shaders_have_no_loop_counters_or_runtime_indexed_private_arrays() {
             }
         }
     }
-    assert_eq!(tuned, 8, "the aligned expert and GQA variants, one per dtype");
+    assert_eq!(
+        tuned, 8,
+        "the aligned expert and GQA variants, one per dtype"
+    );
 }

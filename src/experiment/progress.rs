@@ -103,7 +103,7 @@ pub(super) fn point_line(
         }
     }
     format!(
-        "[{n}/{total}] point {:>3}  {:<11} {:<44} {where_}{}  {:>9.2} GB/s  {:>10}  rel err {:.1e}  {}{extra}",
+        "[{n}/{total}] point {:>3}  {:<11} {:<44} {where_:<15}{}  {:>9.2} GB/s  {:>10}  rel err {:.1e}  {}{extra}",
         p.index,
         p.workload.kernel(),
         label,

@@ -35,7 +35,7 @@ pub struct TimeStats {
     pub ci95: Option<f64>,
 }
 
-/// A median known to worse than this (half its 95 % confidence interval over the median)
+/// A median known no better than this (half its 95 % confidence interval, over the median)
 /// takes more reps, and is marked noisy if it still is.
 pub const NOISY_CI95: f64 = 0.02;
 

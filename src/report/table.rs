@@ -128,7 +128,7 @@ pub fn verdict(lines: &[ResultLine], results: &std::path::Path) -> String {
     let noisy = list(&|l| l.check.pass && l.time_s.noisy());
     if !noisy.is_empty() {
         out.push_str(&format!(
-            "noisy (the median known to worse than +-{:.0} % after up to 4x the reps): points {}; rerun them with --only {} --reps N\n",
+            "noisy (the median's 95 % interval wider than +-{:.0} % after up to 4x the reps): points {}; rerun them with --only {} --reps N\n",
             100.0 * super::NOISY_CI95,
             noisy.join(", "),
             noisy.join(",")
