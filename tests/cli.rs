@@ -1258,3 +1258,43 @@ fn run_help_names_every_kernel_backend_and_implementation() {
     }
     assert!(help.contains("unrolled") && help.contains("(tuned)"));
 }
+
+#[test]
+fn kernels_wgsl_reports_every_wgpu_implementation_without_a_driver() {
+    let out = bin()
+        .args(["kernels", "--wgsl", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for i in decodelab::backend::IMPLS
+        .iter()
+        .filter(|i| i.backend == "wgpu")
+    {
+        if i.kernel != decodelab::registry::Kernel::Link {
+            assert!(lines.iter().any(|l| l["impl"] == i.name), "{}", i.name);
+        }
+    }
+    for l in &lines {
+        assert_eq!(l["loop_bounds"], 0, "{l}");
+        if l["tuned"] == true {
+            assert_eq!(l["dynamic_private_arrays"], serde_json::json!([]), "{l}");
+        }
+    }
+    // The simple kv_decode's per-thread arrays are what the tuned one removes.
+    assert!(lines.iter().any(|l| {
+        l["impl"] == "simple"
+            && l["entry"] == "attend"
+            && l["dynamic_private_arrays"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+    }));
+}

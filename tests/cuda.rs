@@ -40,7 +40,7 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
     }
     for arch in ["sm_80", "sm_90"] {
         let report = compile::report(arch, false).unwrap_or_else(|e| panic!("{arch}: {e}"));
-        assert!(report.len() >= compile::representative().len());
+        assert!(report.len() >= decodelab::backend::plan::representative().len());
         for v in &report {
             let (label, kernels) = (&v.variant, &v.kernels);
             let names: Vec<&str> = kernels.iter().map(|k| k.kernel.as_str()).collect();
@@ -104,7 +104,7 @@ fn an_unknown_dtype_code_does_not_compile() {
     if !nvrtc_or_skip() {
         return;
     }
-    let (_, w) = &compile::representative()[1]; // a kv_decode variant
+    let (_, w) = &decodelab::backend::plan::representative()[1]; // a kv_decode variant
     let src = compile::source_for(w, 132);
     let bad = src.replacen("#define DTYPE ", "#define DTYPE 9\n#define DTYPE_WAS ", 1);
     let err = compile::compile(&bad, "kv_decode", "sm_90")

@@ -32,10 +32,7 @@ fn variants() -> Vec<Workload> {
 #[test]
 fn every_shader_validates_on_both_paths() {
     let mut n = 0;
-    for paths in [
-        ShaderPaths { subgroups: false },
-        ShaderPaths { subgroups: true },
-    ] {
+    for paths in [ShaderPaths::PLAIN, ShaderPaths::subgroups(8)] {
         for w in variants() {
             for imp in impls_of("wgpu", w.kind()) {
                 for chunks in [1, 3] {
@@ -66,8 +63,8 @@ fn every_shader_validates_on_both_paths() {
 
 #[test]
 fn the_paths_differ_where_they_should() {
-    let plain = ShaderPaths { subgroups: false };
-    let fast = ShaderPaths { subgroups: true };
+    let plain = ShaderPaths::PLAIN;
+    let fast = ShaderPaths::subgroups(8);
     for w in [
         stream(StreamOp::Read, 4096),
         experts(4, 2, 3, 64, 8, DType::Bf16, Routing::Uniform),
@@ -92,7 +89,7 @@ fn the_paths_differ_where_they_should() {
 /// A dtype code the shaders do not decode is a compile error, never read as fp8.
 #[test]
 fn an_unknown_dtype_code_does_not_compile() {
-    let paths = ShaderPaths { subgroups: false };
+    let paths = ShaderPaths::PLAIN;
     let src = shader_sources(
         &gqa(1, 2, 1, 32, 32, vec![5], 4, DType::Bf16),
         "simple",
@@ -128,7 +125,7 @@ fn accepted(src: &str) -> bool {
 /// which is what the tuned one is for.
 #[test]
 fn tuned_shaders_have_no_loop_counters_or_runtime_indexed_private_arrays() {
-    let paths = ShaderPaths { subgroups: true };
+    let paths = ShaderPaths::subgroups(8);
     let mut tuned = 0;
     for w in variants() {
         for imp in impls_of("wgpu", w.kind()) {

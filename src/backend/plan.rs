@@ -3,7 +3,7 @@
 //! for NVRTC and as WGSL `const`s. One plan, so the heads split's bit-exactness (a shard cuts
 //! its context as its whole point would) holds the same way on both.
 
-use crate::workload::{Attention, ExpertGemv, KvDecode};
+use crate::workload::{Attention, ExpertGemv, KvDecode, Workload};
 
 /// A constant a kernel is compiled with.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -160,6 +160,74 @@ pub fn expert_constants(w: &ExpertGemv, touched: usize, p: &ExpertPlan) -> Const
         .with("BATCH", Const::U(w.batch as u64))
         .with("SCALED", Const::B(w.weight_dtype.is_scaled()))
         .with("ROW_ALIGNED", Const::B((w.d_in * es).is_multiple_of(16)))
+}
+
+/// One point of every kernel variant: each dtype, GQA and MLA, aligned and unaligned rows.
+/// What `decodelab kernels` compiles (CUDA) and inspects (WGSL), and CI checks.
+pub fn representative() -> Vec<(String, Workload)> {
+    use crate::workload::{DType, Lengths, Math, Routing, Stream, StreamOp};
+    let kv = |attention, hq, hkv, dk, dv, dtype: DType| {
+        Workload::KvDecode(KvDecode {
+            attention,
+            batch: 8,
+            q_heads: hq,
+            kv_heads: hkv,
+            head_dim_k: dk,
+            head_dim_v: dv,
+            page_size: 16,
+            kv_dtype: dtype,
+            scale: 1.0 / (dk as f32).sqrt(),
+            context: 4096,
+            lengths: Lengths::Equal,
+            context_lens: vec![4096; 8],
+            seed: 0,
+            math: Math::F32,
+            launch_hint: None,
+        })
+    };
+    let ex = |d_in, dtype: DType| {
+        let topk_ids = ExpertGemv::route(&Routing::Uniform, 384, 8, 16, 0).unwrap_or_default();
+        Workload::ExpertGemv(ExpertGemv {
+            experts: 384,
+            top_k: 8,
+            batch: 16,
+            d_in,
+            d_out: 2048,
+            weight_dtype: dtype,
+            routing: Routing::Uniform,
+            topk_ids,
+            seed: 0,
+            math: Math::F32,
+        })
+    };
+    let mut v = vec![(
+        "stream".to_string(),
+        Workload::Stream(Stream {
+            op: StreamOp::Read,
+            bytes: 1 << 20,
+            seed: 0,
+        }),
+    )];
+    for dt in DType::WHOLE_BYTE {
+        v.push((
+            format!("kv_decode gqa 64/8 d128 {dt}"),
+            kv(Attention::Gqa, 64, 8, 128, 128, dt),
+        ));
+        v.push((
+            format!("kv_decode mla 128 heads 512+64 {dt}"),
+            kv(Attention::Mla, 128, 1, 576, 512, dt),
+        ));
+        v.push((format!("expert_gemv 7168 -> 2048 {dt}"), ex(7168, dt)));
+    }
+    v.push((
+        "kv_decode gqa d67 (unaligned) f16".into(),
+        kv(Attention::Gqa, 6, 3, 67, 45, DType::F16),
+    ));
+    v.push((
+        "expert_gemv 1001 (unaligned) bf16".into(),
+        ex(1001, DType::Bf16),
+    ));
+    v
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use crate::backend::plan::{
     Const, Constants, ExpertPlan, KvPlan, KvTarget, expert_constants, kv_constants, kv_plan,
 };
-use crate::workload::{Attention, DType, ExpertGemv, KvDecode, Math, StreamOp, Workload};
+use crate::workload::{ExpertGemv, KvDecode, Workload};
 use cudarc::nvrtc::{result, sys};
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -226,74 +226,6 @@ pub fn source_for(w: &Workload, sms: usize) -> String {
     }
 }
 
-/// One point of every kernel variant: each dtype, GQA and MLA, aligned and unaligned rows.
-/// What `decodelab kernels` compiles and CI checks for spills.
-pub fn representative() -> Vec<(String, Workload)> {
-    use crate::workload::{Lengths, Routing, Stream};
-    let kv = |attention, hq, hkv, dk, dv, dtype: DType| {
-        Workload::KvDecode(KvDecode {
-            attention,
-            batch: 8,
-            q_heads: hq,
-            kv_heads: hkv,
-            head_dim_k: dk,
-            head_dim_v: dv,
-            page_size: 16,
-            kv_dtype: dtype,
-            scale: 1.0 / (dk as f32).sqrt(),
-            context: 4096,
-            lengths: Lengths::Equal,
-            context_lens: vec![4096; 8],
-            seed: 0,
-            math: Math::F32,
-            launch_hint: None,
-        })
-    };
-    let ex = |d_in, dtype: DType| {
-        let topk_ids = ExpertGemv::route(&Routing::Uniform, 384, 8, 16, 0).unwrap_or_default();
-        Workload::ExpertGemv(ExpertGemv {
-            experts: 384,
-            top_k: 8,
-            batch: 16,
-            d_in,
-            d_out: 2048,
-            weight_dtype: dtype,
-            routing: Routing::Uniform,
-            topk_ids,
-            seed: 0,
-            math: Math::F32,
-        })
-    };
-    let mut v = vec![(
-        "stream".to_string(),
-        Workload::Stream(Stream {
-            op: StreamOp::Read,
-            bytes: 1 << 20,
-            seed: 0,
-        }),
-    )];
-    for dt in DType::WHOLE_BYTE {
-        v.push((
-            format!("kv_decode gqa 64/8 d128 {dt}"),
-            kv(Attention::Gqa, 64, 8, 128, 128, dt),
-        ));
-        v.push((
-            format!("kv_decode mla 128 heads 512+64 {dt}"),
-            kv(Attention::Mla, 128, 1, 576, 512, dt),
-        ));
-        v.push((format!("expert_gemv 7168 -> 2048 {dt}"), ex(7168, dt)));
-    }
-    v.push((
-        "kv_decode gqa d67 (unaligned) f16".into(),
-        kv(Attention::Gqa, 6, 3, 67, 45, DType::F16),
-    ));
-    v.push((
-        "expert_gemv 1001 (unaligned) bf16".into(),
-        ex(1001, DType::Bf16),
-    ));
-    v
-}
-
 /// One compiled variant of one implementation.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct VariantReport {
@@ -309,7 +241,7 @@ pub struct VariantReport {
 /// report of each kernel, its occupancy, and with `sass` its disassembly's figures.
 pub fn report(arch: &str, sass: bool) -> Result<Vec<VariantReport>, String> {
     let mut out = Vec::new();
-    for (label, w) in representative() {
+    for (label, w) in crate::backend::plan::representative() {
         for imp in crate::backend::impls_of("cuda", w.kind()) {
             // 132 SMs (H100 SXM): only the context split depends on it.
             let source = source_for(&w, 132);

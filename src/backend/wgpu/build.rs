@@ -41,7 +41,12 @@ pub(super) struct Built {
 }
 
 impl Ctx {
-    pub(super) fn new(device: wgpu::Device, queue: wgpu::Queue, options: WgpuOptions) -> Ctx {
+    pub(super) fn new(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: WgpuOptions,
+        subgroup_min: usize,
+    ) -> Ctx {
         let limits = device.limits();
         let mut max_binding = limits.max_storage_buffer_binding_size;
         if let Some(cap) = options.max_binding {
@@ -51,6 +56,7 @@ impl Ctx {
         let timestamps = f.contains(wgpu::Features::TIMESTAMP_QUERY);
         let paths = ShaderPaths {
             subgroups: f.contains(wgpu::Features::SUBGROUP),
+            subgroup_min: subgroup_min.max(4),
         };
         Ctx {
             device,
@@ -315,7 +321,6 @@ impl Ctx {
         w: &KvDecode,
         inputs: &TensorSet,
         imp: &str,
-        subgroup_min: usize,
     ) -> anyhow::Result<Built> {
         let mla = w.attention == crate::workload::Attention::Mla;
         let es = w.kv_dtype.size();
@@ -345,7 +350,7 @@ impl Ctx {
         )?;
         let unrolled = imp == "unrolled";
         let plan = if unrolled {
-            unrolled::kv::kv_launch_plan(w, subgroup_min)
+            unrolled::kv::kv_launch_plan(w, self.paths.subgroup_min)
         } else {
             launch.plan
         };
@@ -355,7 +360,7 @@ impl Ctx {
         self.check_bindings(7 + k_chunks.len() + v_chunks.len())?;
         let source = if unrolled {
             let (k, v) = (k_chunks.len(), v_chunks.len());
-            unrolled::kv::kv_source(w, &plan, pages_per_chunk, k, v, subgroup_min)
+            unrolled::kv::kv_source(w, &plan, pages_per_chunk, k, v, self.paths.subgroup_min)
         } else {
             kv_source(w, &launch, k_chunks.len(), v_chunks.len(), self.paths)
         };

@@ -7,7 +7,7 @@
 use naga::{AddressSpace, Expression, Handle, Module, TypeInner};
 
 /// One entry point's report.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ShaderReport {
     pub entry: String,
     /// Loops that carry wgpu's bound counter in the SPIR-V.
@@ -97,6 +97,49 @@ pub fn inspect(
             dynamic_private_arrays: arrays,
             spirv_words: words.len(),
         });
+    }
+    Ok(out)
+}
+
+/// One entry point of one implementation at one representative shape, as built (trusted)
+/// and as wgpu's default checks would build it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EntryReport {
+    pub variant: String,
+    #[serde(rename = "impl")]
+    pub imp: &'static str,
+    pub tuned: bool,
+    #[serde(flatten)]
+    pub built: ShaderReport,
+    /// Loop counters the same entry point carries under wgpu's default checks.
+    pub loop_bounds_checked: usize,
+}
+
+/// Every wgpu implementation at every representative shape (`backend::plan::representative`)
+/// that it covers, assembled for subgroups of at least `subgroup_min` lanes (NVIDIA: 32).
+pub fn report(subgroup_min: usize) -> Result<Vec<EntryReport>, String> {
+    let paths = super::ShaderPaths::subgroups(subgroup_min);
+    let mut out = Vec::new();
+    for (variant, w) in crate::backend::plan::representative() {
+        for imp in crate::backend::impls_of("wgpu", w.kind()) {
+            let Ok(source) = super::shader_sources(&w, imp.name, paths, 1) else {
+                continue; // a shape this implementation leaves to another
+            };
+            let checked = inspect(&source, true, true)?;
+            for built in inspect(&source, true, false)? {
+                let loop_bounds_checked = checked
+                    .iter()
+                    .find(|c| c.entry == built.entry)
+                    .map_or(0, |c| c.loop_bounds);
+                out.push(EntryReport {
+                    variant: variant.clone(),
+                    imp: imp.name,
+                    tuned: imp.tuned,
+                    built,
+                    loop_bounds_checked,
+                });
+            }
+        }
     }
     Ok(out)
 }
@@ -196,6 +239,24 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     out[lid] = acc[lid % 4u] + acc[2];
 }
 ";
+
+    #[test]
+    fn the_report_covers_every_wgpu_implementation() {
+        let r = report(32).unwrap();
+        for imp in crate::backend::IMPLS.iter().filter(|i| i.backend == "wgpu") {
+            if imp.kernel != crate::registry::Kernel::Link {
+                assert!(r.iter().any(|e| e.imp == imp.name), "{}", imp.name);
+            }
+        }
+        // Built as trusted modules: no counters; under wgpu's checks, some.
+        assert!(r.iter().all(|e| e.built.loop_bounds == 0));
+        assert!(r.iter().any(|e| e.loop_bounds_checked > 0));
+        assert!(
+            r.iter()
+                .filter(|e| e.tuned)
+                .all(|e| e.built.dynamic_private_arrays.is_empty())
+        );
+    }
 
     #[test]
     fn finds_loop_counters_only_when_checked() {

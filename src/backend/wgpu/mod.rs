@@ -265,11 +265,12 @@ impl Backend for WgpuBackend {
     ) -> anyhow::Result<Box<dyn Prepared + 'a>> {
         self.covers(how.imp, workload).map_err(anyhow::Error::msg)?;
         let (dev, queue, adapter) = self.device(device)?;
-        let ctx = Ctx::new(dev, queue, self.options);
+        let sg = adapter.get_info().subgroup_min_size as usize;
+        let ctx = Ctx::new(dev, queue, self.options, sg);
         take_error();
         let point = match workload {
             Workload::Stream(w) => ctx.stream(w, inputs)?,
-            Workload::KvDecode(w) => ctx.kv_decode(w, inputs, how.imp, self.subgroup_min())?,
+            Workload::KvDecode(w) => ctx.kv_decode(w, inputs, how.imp)?,
             Workload::ExpertGemv(w) => ctx.expert_gemv(w, inputs, how.imp)?,
             Workload::Link(_) => bail!("link runs between two devices (prepare_link)"),
         };
@@ -294,7 +295,8 @@ impl Backend for WgpuBackend {
         }
         let (dev, queue, adapter) = self.device(src)?;
         let copy = |from: &'static str, to: &'static str| -> anyhow::Result<Built> {
-            let ctx = Ctx::new(dev.clone(), queue.clone(), self.options);
+            let sg = adapter.get_info().subgroup_min_size as usize;
+            let ctx = Ctx::new(dev.clone(), queue.clone(), self.options, sg);
             let stream = Stream {
                 op: StreamOp::Copy,
                 bytes: link.bytes,

@@ -20,6 +20,24 @@ pub(super) const EXPERT_WGSL: &str = include_str!("../../../shaders/expert_gemv.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShaderPaths {
     pub subgroups: bool,
+    /// The smallest subgroup the device may run (WebGPU's floor, 4, when unknown): the
+    /// tuned kv_decode fits a token's lanes in one.
+    pub subgroup_min: usize,
+}
+
+impl ShaderPaths {
+    pub const PLAIN: ShaderPaths = ShaderPaths {
+        subgroups: false,
+        subgroup_min: 4,
+    };
+
+    /// Subgroups of at least `min` lanes (NVIDIA: 32; lavapipe: 8).
+    pub const fn subgroups(min: usize) -> ShaderPaths {
+        ShaderPaths {
+            subgroups: true,
+            subgroup_min: min,
+        }
+    }
 }
 
 /// Keep the `//! when <flag>` ... `//! end` sections of a shader whose flag holds
@@ -164,12 +182,12 @@ pub fn shader_sources(
     if imp == "unrolled"
         && let Workload::KvDecode(k) = w
     {
-        // A lavapipe-sized subgroup (8): two words per lane at d128 bf16.
-        super::unrolled::kv::kv_covers(k, paths.subgroups, 8).map_err(anyhow::Error::msg)?;
-        let plan = super::unrolled::kv::kv_launch_plan(k, 8);
+        let sg = paths.subgroup_min;
+        super::unrolled::kv::kv_covers(k, paths.subgroups, sg).map_err(anyhow::Error::msg)?;
+        let plan = super::unrolled::kv::kv_launch_plan(k, sg);
         let per_chunk = k.num_pages().div_ceil(chunks).max(1);
         return Ok(super::unrolled::kv::kv_source(
-            k, &plan, per_chunk, chunks, chunks, 8,
+            k, &plan, per_chunk, chunks, chunks, sg,
         ));
     }
     anyhow::ensure!(

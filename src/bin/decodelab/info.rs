@@ -129,6 +129,50 @@ pub fn profiles() -> ExitCode {
     status
 }
 
+/// `kernels --wgsl`: what wgpu would hand the driver for every WGSL implementation.
+pub fn wgsl_kernels(json: bool) -> ExitCode {
+    // NVIDIA's subgroups: 32 lanes (the tuned kv_decode's lanes per token depend on it).
+    let report = match decodelab::backend::wgpu::inspect::report(32) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if json {
+        for e in &report {
+            println!("{}", serde_json::to_value(e).unwrap_or_default());
+        }
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "WGSL as SPIR-V for Vulkan (naga, as wgpu-hal writes it; subgroups of 32): loop counters\n\
+         under wgpu's default checks and as decodelab builds it (trusted), and per-thread arrays\n\
+         indexed at run time (local memory on NVIDIA; a tuned shader has none)"
+    );
+    println!(
+        "{:<36} {:<9} {:<8} {:>6} {:>14} {:>8}  runtime-indexed arrays",
+        "variant", "impl", "entry", "words", "loops checked", "trusted"
+    );
+    for e in &report {
+        let arrays = if e.built.dynamic_private_arrays.is_empty() {
+            "none".to_string()
+        } else {
+            e.built.dynamic_private_arrays.join(", ")
+        };
+        println!(
+            "{:<36} {:<9} {:<8} {:>6} {:>14} {:>8}  {arrays}",
+            e.variant,
+            e.imp,
+            e.built.entry,
+            e.built.spirv_words,
+            e.loop_bounds_checked,
+            e.built.loop_bounds
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 pub fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
     use decodelab::backend::cuda::{compile, sass as budget};
     let report = match compile::report(arch, sass) {

@@ -63,7 +63,7 @@ enum Command {
     /// List every backend and its devices, or why it is unavailable.
     Devices,
     /// Compile every CUDA kernel with NVRTC for an architecture (no GPU needed) and print
-    /// registers, shared memory and spills per kernel.
+    /// registers, shared memory and spills per kernel; or, with --wgsl, inspect every WGSL one.
     Kernels {
         #[arg(long, default_value = "sm_90")]
         arch: String,
@@ -74,6 +74,11 @@ enum Command {
         /// and the hottest loop's instructions per streamed byte.
         #[arg(long)]
         sass: bool,
+        /// Instead of CUDA: every WGSL implementation as wgpu would hand it to a Vulkan
+        /// driver (SPIR-V written here by naga, no GPU or driver needed): loop counters under
+        /// wgpu's default checks and as built, and per-thread arrays indexed at run time.
+        #[arg(long, conflicts_with_all = ["sass", "arch"])]
+        wgsl: bool,
     },
     /// The analytic decode model: where the milliseconds and joules of a token go.
     Model(ModelArgs),
@@ -143,7 +148,12 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Devices => info::devices(),
         Command::Profiles => info::profiles(),
-        Command::Kernels { arch, json, sass } => info::kernels(&arch, json, sass),
+        Command::Kernels {
+            wgsl: true, json, ..
+        } => info::wgsl_kernels(json),
+        Command::Kernels {
+            arch, json, sass, ..
+        } => info::kernels(&arch, json, sass),
         Command::Plot { results, out } => plot(&results, out.as_deref()),
         Command::Compare { a, b, threshold } => compare(&a, &b, threshold),
         Command::Model(args) => model::model(&args),
