@@ -187,13 +187,30 @@ fn attend(w: &KvDecode, hb: usize, l: usize, words: usize, q4: usize) -> String 
         }
         mask /= 2;
     }
+    // Online softmax. The running max rarely grows after a slice's first tokens, so the
+    // rescale (a multiply per accumulator) runs only when it does; skipping it is exact, as
+    // its factor would be exp(0) = 1.
     for j in 0..hb {
         line(format!(
-            "        let mn{j} = select(m{j}, max(m{j}, s{j}), valid);\n        \
-             let c{j} = exp(m{j} - mn{j});\n        \
-             let p{j} = select(0.0, exp(s{j} - mn{j}), valid);\n        \
-             l{j} = l{j} * c{j} + p{j};\n        \
+            "        let mn{j} = select(m{j}, max(m{j}, s{j}), valid);"
+        ));
+    }
+    let grows: Vec<String> = (0..hb).map(|j| format!("mn{j} > m{j}")).collect();
+    line(format!("        if ({}) {{", grows.join(" || ")));
+    for j in 0..hb {
+        line(format!(
+            "            let c{j} = exp(m{j} - mn{j});
+            \
+             l{j} *= c{j};
+            \
              m{j} = mn{j};"
+        ));
+        each(&mut |wd, k| line(format!("            a{j}_{wd}_{k} *= c{j};")));
+    }
+    line("        }".into());
+    for j in 0..hb {
+        line(format!(
+            "        let p{j} = select(0.0, exp(s{j} - m{j}), valid);\n        l{j} += p{j};"
         ));
     }
     for wd in 0..words {
@@ -202,11 +219,7 @@ fn attend(w: &KvDecode, hb: usize, l: usize, words: usize, q4: usize) -> String 
         }
     }
     for j in 0..hb {
-        each(&mut |wd, k| {
-            line(format!(
-                "        a{j}_{wd}_{k} = a{j}_{wd}_{k} * c{j} + p{j} * vd{wd}_{k};"
-            ))
-        });
+        each(&mut |wd, k| line(format!("        a{j}_{wd}_{k} += p{j} * vd{wd}_{k};")));
     }
     line("    }".into());
     // Merge the token groups: their maxima and sums through workgroup memory, then their
