@@ -72,11 +72,13 @@ table
 #    implementation), NVRTC compiles and the SASS budget for this machine's toolkit.
 run_tests() {
     export DECODELAB_REQUIRE=cuda
+    local rc=0
     for suite in "conformance cuda::" "split cuda::" "cuda"; do
         echo "--- $suite"
         # shellcheck disable=SC2086 # the suite's name and its test filter
-        "$TESTS"/$suite --test-threads 4
+        "$TESTS"/$suite --test-threads 4 || rc=1
     done
+    return $rc
 }
 export TESTS OUT
 step "cuda suites" 100 bash -c "$(declare -f run_tests); run_tests > \"\$OUT/tests.txt\" 2>&1"
