@@ -44,8 +44,9 @@ pub const IMPLS: &[Impl] = &[
         kernel: Kernel::KvDecode,
         name: "unrolled",
         tuned: true,
-        about: "GQA, straight-line WGSL per shape: L lanes per token (q in registers), \
-                an online softmax per token group, no barrier in the token loop",
+        about: "straight-line WGSL per shape. GQA: L lanes per token (q in registers), an \
+                online softmax per token group; MLA: 16-token tiles, q and latent staged \
+                in workgroup memory, 2 value dims x heads per thread",
     },
     simple(
         "wgpu",

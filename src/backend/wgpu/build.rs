@@ -349,16 +349,18 @@ impl Ctx {
             self.limits.max_compute_workgroup_storage_size as usize,
         )?;
         let unrolled = imp == "unrolled";
-        let plan = if unrolled {
-            unrolled::kv::kv_launch_plan(w, self.paths.subgroup_min)
-        } else {
-            launch.plan
+        let plan = match (unrolled, mla) {
+            (true, true) => unrolled::mla::mla_launch_plan(w),
+            (true, false) => unrolled::kv::kv_launch_plan(w, self.paths.subgroup_min),
+            (false, _) => launch.plan,
         };
         let (splits, hb) = (plan.splits, plan.hb);
         let bindings_k = 10..10 + k_chunks.len() as u32;
         let bindings_v = 40..40 + v_chunks.len() as u32;
         self.check_bindings(7 + k_chunks.len() + v_chunks.len())?;
-        let source = if unrolled {
+        let source = if unrolled && mla {
+            unrolled::mla::mla_source(w, &plan, pages_per_chunk, k_chunks.len())
+        } else if unrolled {
             let (k, v) = (k_chunks.len(), v_chunks.len());
             unrolled::kv::kv_source(w, &plan, pages_per_chunk, k, v, self.paths.subgroup_min)
         } else {

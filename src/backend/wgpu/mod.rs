@@ -4,7 +4,7 @@
 //! them, and with the host clock around submit-and-wait where it does not.
 
 use super::{Backend, CacheMode, DeviceInfo, How, Prepared};
-use crate::workload::{Stream, StreamOp, TensorSet, Workload};
+use crate::workload::{Attention, Stream, StreamOp, TensorSet, Workload};
 use anyhow::{anyhow, bail};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -241,6 +241,9 @@ impl Backend for WgpuBackend {
             ("simple", _) => Ok(()),
             ("unrolled", Workload::ExpertGemv(e)) => {
                 unrolled::expert::expert_covers(e, self.subgroups())
+            }
+            ("unrolled", Workload::KvDecode(k)) if k.attention == Attention::Mla => {
+                unrolled::mla::mla_covers(k)
             }
             ("unrolled", Workload::KvDecode(k)) => {
                 unrolled::kv::kv_covers(k, self.subgroups(), self.subgroup_min())

@@ -181,6 +181,17 @@ pub fn shader_sources(
     }
     if imp == "unrolled"
         && let Workload::KvDecode(k) = w
+        && k.attention == crate::workload::Attention::Mla
+    {
+        super::unrolled::mla::mla_covers(k).map_err(anyhow::Error::msg)?;
+        let plan = super::unrolled::mla::mla_launch_plan(k);
+        let per_chunk = k.num_pages().div_ceil(chunks).max(1);
+        return Ok(super::unrolled::mla::mla_source(
+            k, &plan, per_chunk, chunks,
+        ));
+    }
+    if imp == "unrolled"
+        && let Workload::KvDecode(k) = w
     {
         let sg = paths.subgroup_min;
         super::unrolled::kv::kv_covers(k, paths.subgroups, sg).map_err(anyhow::Error::msg)?;

@@ -6,6 +6,7 @@
 
 pub mod expert;
 pub mod kv;
+pub mod mla;
 
 use crate::workload::DType;
 
