@@ -57,9 +57,9 @@ fn every_shader_validates_on_both_paths() {
         }
     }
     // simple: 23 variants, 2 paths, 2 chunkings; unrolled: the 4 aligned expert and the 4
-    // aligned GQA variants (one per dtype), subgroups only, and the 4 MLA variants on both
-    // paths, 2 chunkings each.
-    assert_eq!(n, 2 * 23 * 2 + 8 * 2 + 4 * 2 * 2);
+    // aligned GQA variants (one per dtype), subgroups only, and the 4 MLA and 3 stream
+    // variants on both paths, 2 chunkings each.
+    assert_eq!(n, 2 * 23 * 2 + 8 * 2 + 4 * 2 * 2 + 3 * 2 * 2);
 }
 
 #[test]
@@ -168,7 +168,7 @@ fn tuned_shaders_have_no_loop_counters_or_runtime_indexed_private_arrays() {
         }
     }
     assert_eq!(
-        tuned, 12,
-        "the aligned expert, GQA and MLA variants, one per dtype"
+        tuned, 15,
+        "the 3 stream ops, and the aligned expert, GQA and MLA variants, one per dtype"
     );
 }

@@ -236,9 +236,13 @@ impl Ctx {
         )
     }
 
-    pub(super) fn stream(self, w: &Stream, inputs: &TensorSet) -> anyhow::Result<Built> {
+    pub(super) fn stream(self, w: &Stream, inputs: &TensorSet, imp: &str) -> anyhow::Result<Built> {
         const WG: u32 = STREAM_WG;
-        let source = stream_source(w.op, self.paths);
+        let source = if imp == "unrolled" {
+            unrolled::stream::stream_source(w.op, self.paths)
+        } else {
+            stream_source(w.op, self.paths)
+        };
         let layout = self.layout(&[
             (0, Kind::Read),
             (1, Kind::Write),

@@ -242,6 +242,7 @@ impl Backend for WgpuBackend {
             ("unrolled", Workload::ExpertGemv(e)) => {
                 unrolled::expert::expert_covers(e, self.subgroups())
             }
+            ("unrolled", Workload::Stream(_)) => Ok(()),
             ("unrolled", Workload::KvDecode(k)) if k.attention == Attention::Mla => {
                 unrolled::mla::mla_covers(k)
             }
@@ -272,7 +273,7 @@ impl Backend for WgpuBackend {
         let ctx = Ctx::new(dev, queue, self.options, sg);
         take_error();
         let point = match workload {
-            Workload::Stream(w) => ctx.stream(w, inputs)?,
+            Workload::Stream(w) => ctx.stream(w, inputs, how.imp)?,
             Workload::KvDecode(w) => ctx.kv_decode(w, inputs, how.imp)?,
             Workload::ExpertGemv(w) => ctx.expert_gemv(w, inputs, how.imp)?,
             Workload::Link(_) => bail!("link runs between two devices (prepare_link)"),
@@ -307,7 +308,7 @@ impl Backend for WgpuBackend {
             };
             let mut src_t = inputs.expect(from).clone();
             src_t.name = "src";
-            let mut built = ctx.stream(&stream, &TensorSet(vec![src_t]))?;
+            let mut built = ctx.stream(&stream, &TensorSet(vec![src_t]), "simple")?;
             for (t, _) in &mut built.outputs {
                 t.name = to;
             }

@@ -11,6 +11,7 @@ use anyhow::bail;
 
 pub(super) const DTYPE_WGSL: &str = include_str!("../../../shaders/dtype.wgsl");
 pub(super) const STREAM_WGSL: &str = include_str!("../../../shaders/stream.wgsl");
+pub(super) const STREAM_MAIN_WGSL: &str = include_str!("../../../shaders/stream_main.wgsl");
 pub(super) const KV_WGSL: &str = include_str!("../../../shaders/kv_decode.wgsl");
 pub(super) const KV_MERGE_WGSL: &str = include_str!("../../../shaders/kv_merge.wgsl");
 pub(super) const EXPERT_WGSL: &str = include_str!("../../../shaders/expert_gemv.wgsl");
@@ -82,7 +83,7 @@ pub fn stream_source(op: StreamOp, paths: ShaderPaths) -> String {
     let c = Constants::default()
         .with("OP", Const::U(op))
         .with("WG", Const::U(STREAM_WG as u64));
-    assemble(paths, &c.wgsl(), &[STREAM_WGSL])
+    assemble(paths, &c.wgsl(), &[STREAM_WGSL, STREAM_MAIN_WGSL])
 }
 
 /// How a kv_decode point is cut into workgroups: the shared plan (`backend::plan`) with a
@@ -178,6 +179,11 @@ pub fn shader_sources(
             rows,
             chunks,
         ));
+    }
+    if imp == "unrolled"
+        && let Workload::Stream(st) = w
+    {
+        return Ok(super::unrolled::stream::stream_source(st.op, paths));
     }
     if imp == "unrolled"
         && let Workload::KvDecode(k) = w

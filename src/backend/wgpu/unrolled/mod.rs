@@ -7,6 +7,7 @@
 pub mod expert;
 pub mod kv;
 pub mod mla;
+pub mod stream;
 
 use crate::workload::DType;
 
