@@ -3,12 +3,11 @@
 
 use super::point::WgpuPoint;
 use super::shaders::{
-    EXPERT_ROWS, EXPERT_WG, STREAM_WG, ShaderPaths, expert_source, kv_launch, kv_source,
-    stream_source,
+    EXPERT_ROWS, EXPERT_WG, STREAM_WG, ShaderPaths, expert_source, stream_source,
 };
 use super::{WgpuOptions, error_chain, take_error, unrolled};
 use crate::backend::{CacheMode, Prepared};
-use crate::workload::{ExpertGemv, KvDecode, Stream, StreamOp, Tensor, TensorSet, Workload};
+use crate::workload::{ExpertGemv, Stream, StreamOp, Tensor, TensorSet, Workload};
 use anyhow::bail;
 use wgpu::util::DeviceExt;
 
@@ -320,131 +319,6 @@ impl Ctx {
     /// kv_decode's bindings and dispatches. (About 100 lines on purpose: the chunking of the
     /// cache into bindings, the partial buffers and the merge dispatch share one set of
     /// sizes, and read best in one place.)
-    pub(super) fn kv_decode(
-        self,
-        w: &KvDecode,
-        inputs: &TensorSet,
-        imp: &str,
-    ) -> anyhow::Result<Built> {
-        let mla = w.attention == crate::workload::Attention::Mla;
-        let es = w.kv_dtype.size();
-        let page_k = w.page_size * w.kv_heads * w.head_dim_k * es;
-        let page_v = w.page_size * w.kv_heads * w.head_dim_v * es;
-        // Pages per chunk must agree for K and V (one page index picks both).
-        let unit = if mla { page_k } else { page_k.max(page_v) };
-        if unit as u64 + 16 > self.max_binding {
-            bail!(
-                "one KV page ({unit} bytes) exceeds a binding ({} bytes)",
-                self.max_binding
-            );
-        }
-        let pages_per_chunk = ((self.max_binding as usize).saturating_sub(16) / unit).max(1);
-        let (k_chunks, _) = self.chunked(inputs.expect("k_pages"), pages_per_chunk * page_k)?;
-        let v_chunks = if mla {
-            vec![]
-        } else {
-            self.chunked(inputs.expect("v_pages"), pages_per_chunk * page_v)?
-                .0
-        };
-
-        let launch = kv_launch(
-            w,
-            pages_per_chunk,
-            self.limits.max_compute_workgroup_storage_size as usize,
-        )?;
-        let unrolled = imp == "unrolled";
-        let plan = match (unrolled, mla) {
-            (true, true) => unrolled::mla::mla_launch_plan(w),
-            (true, false) => unrolled::kv::kv_launch_plan(w, self.paths.subgroup_min),
-            (false, _) => launch.plan,
-        };
-        let (splits, hb) = (plan.splits, plan.hb);
-        let bindings_k = 10..10 + k_chunks.len() as u32;
-        let bindings_v = 40..40 + v_chunks.len() as u32;
-        self.check_bindings(7 + k_chunks.len() + v_chunks.len())?;
-        let source = if unrolled && mla {
-            unrolled::mla::mla_source(w, &plan, pages_per_chunk, k_chunks.len())
-        } else if unrolled {
-            let (k, v) = (k_chunks.len(), v_chunks.len());
-            unrolled::kv::kv_source(w, &plan, pages_per_chunk, k, v, self.paths.subgroup_min)
-        } else {
-            kv_source(w, &launch, k_chunks.len(), v_chunks.len(), self.paths)
-        };
-
-        let mut entries = vec![
-            (0, Kind::Read),
-            (1, Kind::Read),
-            (2, Kind::Read),
-            (3, Kind::Write),
-            (4, Kind::Write),
-            (5, Kind::Write),
-            (6, Kind::Write),
-        ];
-        entries.extend(bindings_k.clone().map(|b| (b, Kind::Read)));
-        entries.extend(bindings_v.clone().map(|b| (b, Kind::Read)));
-        let layout = self.layout(&entries);
-        let attend = self.pipeline(&source, "attend", &layout)?;
-        let merge = self.pipeline(&source, "merge", &layout)?;
-
-        let q = self.buffer("q", &inputs.expect("q").bytes, wgpu::BufferUsages::empty());
-        let table = self.buffer(
-            "page_table",
-            &inputs.expect("page_table").bytes,
-            wgpu::BufferUsages::empty(),
-        );
-        let lens = self.buffer(
-            "context_lens",
-            &inputs.expect("context_lens").bytes,
-            wgpu::BufferUsages::empty(),
-        );
-        let slots = w.batch * w.q_heads * splits;
-        let partial_acc = self.buffer(
-            "partial_acc",
-            &vec![0u8; slots * w.head_dim_v * 4],
-            wgpu::BufferUsages::empty(),
-        );
-        let partial_ml = self.buffer(
-            "partial_ml",
-            &vec![0u8; slots * 8],
-            wgpu::BufferUsages::empty(),
-        );
-        let specs = KvDecode::outputs(w);
-        let (out_t, out_b) = self.poisoned_output(specs[0].poisoned());
-        let (lse_t, lse_b) = self.poisoned_output(specs[1].poisoned());
-        let mut binds: Vec<(u32, &wgpu::Buffer)> = vec![
-            (0, &q),
-            (1, &table),
-            (2, &lens),
-            (3, &partial_acc),
-            (4, &partial_ml),
-            (5, &out_b[0]),
-            (6, &lse_b[0]),
-        ];
-        binds.extend(bindings_k.zip(&k_chunks));
-        binds.extend(bindings_v.zip(&v_chunks));
-        let bind_group = self.bind(&layout, &binds);
-        let bh = (w.batch * w.q_heads) as u32;
-        let dispatches = vec![
-            Dispatch {
-                pipeline: attend,
-                bind_group: bind_group.clone(),
-                groups: [splits as u32, (w.q_heads / hb) as u32, w.batch as u32],
-            },
-            Dispatch {
-                pipeline: merge,
-                bind_group,
-                groups: [bh.min(65535), bh.div_ceil(65535), 1],
-            },
-        ];
-        let outputs = vec![(out_t, out_b), (lse_t, lse_b)];
-        Ok(Built {
-            ctx: self,
-            dispatches,
-            clear_each_rep: vec![],
-            outputs,
-        })
-    }
-
     pub(super) fn expert_gemv(
         self,
         w: &ExpertGemv,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 mod build;
 pub mod inspect;
+mod kv;
 mod point;
 mod shaders;
 mod unrolled;

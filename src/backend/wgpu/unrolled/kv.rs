@@ -222,8 +222,26 @@ fn attend(w: &KvDecode, hb: usize, l: usize, words: usize, q4: usize) -> String 
         each(&mut |wd, k| line(format!("        a{j}_{wd}_{k} += p{j} * vd{wd}_{k};")));
     }
     line("    }".into());
-    // Merge the token groups: their maxima and sums through workgroup memory, then their
-    // accumulators added into acc_sh one group after another (a fixed order).
+    s.push_str(&merge_groups(hb, words, q4));
+    s
+}
+
+/// The end of attend: the token groups merged (their maxima and sums through workgroup
+/// memory, then their accumulators added into acc_sh one group after another, a fixed
+/// order) and the slice's partial result written.
+fn merge_groups(hb: usize, words: usize, q4: usize) -> String {
+    let mut s = String::new();
+    let mut line = |t: String| {
+        s.push_str(&t);
+        s.push('\n');
+    };
+    let each = |f: &mut dyn FnMut(usize, usize)| {
+        for wd in 0..words {
+            for k in 0..q4 {
+                f(wd, k)
+            }
+        }
+    };
     line("    if (li == 0u) {".into());
     for j in 0..hb {
         line(format!(
