@@ -2,10 +2,8 @@
 //! dispatches, per kernel; `Built::finish` adds the cold-cache flush and the timing harness.
 
 use super::point::WgpuPoint;
-use super::shaders::{
-    EXPERT_ROWS, EXPERT_WG, STREAM_WG, ShaderPaths, expert_source, stream_source,
-};
-use super::{WgpuOptions, error_chain, take_error, unrolled};
+use super::shaders::{STREAM_WG, ShaderPaths};
+use super::{WgpuOptions, error_chain, impls, take_error};
 use crate::backend::{CacheMode, Prepared};
 use crate::workload::{ExpertGemv, Stream, StreamOp, Tensor, TensorSet, Workload};
 use anyhow::bail;
@@ -237,11 +235,7 @@ impl Ctx {
 
     pub(super) fn stream(self, w: &Stream, inputs: &TensorSet, imp: &str) -> anyhow::Result<Built> {
         const WG: u32 = STREAM_WG;
-        let source = if imp == "unrolled" {
-            unrolled::stream::stream_source(w.op, self.paths)
-        } else {
-            stream_source(w.op, self.paths)
-        };
+        let source = impls::stream_for(w.op, imp, self.paths);
         let layout = self.layout(&[
             (0, Kind::Read),
             (1, Kind::Write),
@@ -325,12 +319,6 @@ impl Ctx {
         inputs: &TensorSet,
         imp: &str,
     ) -> anyhow::Result<Built> {
-        let unrolled = imp == "unrolled";
-        let (wg, rows) = if unrolled {
-            (unrolled::expert::EXPERT_WG, unrolled::expert::EXPERT_ROWS)
-        } else {
-            (EXPERT_WG, EXPERT_ROWS)
-        };
         let es = w.weight_dtype.size();
         let row_bytes = w.d_in * es;
         let (w_chunks, rows_per_chunk) = self.chunked(inputs.expect("w"), row_bytes)?;
@@ -341,11 +329,8 @@ impl Ctx {
 
         let bindings_w = 10..10 + w_chunks.len() as u32;
         self.check_bindings(6 + w_chunks.len())?;
-        let source = if unrolled {
-            unrolled::expert::expert_source(w, u, rows_per_chunk, w_chunks.len())
-        } else {
-            expert_source(w, u, rows_per_chunk, w_chunks.len(), self.paths)
-        };
+        let (source, wg, rows) =
+            impls::expert_for(w, imp, rows_per_chunk, w_chunks.len(), self.paths);
         let mut entries = vec![
             (0, Kind::Read),
             (1, Kind::Read),

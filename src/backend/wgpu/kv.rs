@@ -2,45 +2,11 @@
 //! implementation's plan and shader, the attend and merge dispatches.
 
 use super::build::{Built, Ctx, Dispatch, Kind};
-use super::shaders::{kv_launch, kv_source};
-use super::unrolled;
-use crate::backend::plan::KvPlan;
+use super::impls;
 use crate::workload::{KvDecode, TensorSet};
 use anyhow::bail;
 
 impl Ctx {
-    /// kv_decode's launch plan and WGSL for implementation `imp`: the simple shader on the
-    /// device's workgroup memory, or the unrolled GQA or MLA one.
-    fn kv_plan_and_source(
-        &self,
-        w: &KvDecode,
-        imp: &str,
-        pages_per_chunk: usize,
-        k_chunks: usize,
-        v_chunks: usize,
-    ) -> anyhow::Result<(KvPlan, String)> {
-        let sg = self.paths.subgroup_min;
-        Ok(match (imp, w.attention) {
-            ("unrolled", crate::workload::Attention::Mla) => {
-                let plan = unrolled::mla::mla_launch_plan(w);
-                let source = unrolled::mla::mla_source(w, &plan, pages_per_chunk, k_chunks);
-                (plan, source)
-            }
-            ("unrolled", _) => {
-                let plan = unrolled::kv::kv_launch_plan(w, sg);
-                let source =
-                    unrolled::kv::kv_source(w, &plan, pages_per_chunk, k_chunks, v_chunks, sg);
-                (plan, source)
-            }
-            _ => {
-                let workgroup_memory = self.limits.max_compute_workgroup_storage_size as usize;
-                let launch = kv_launch(w, pages_per_chunk, workgroup_memory)?;
-                let source = kv_source(w, &launch, k_chunks, v_chunks, self.paths);
-                (launch.plan, source)
-            }
-        })
-    }
-
     /// The point: cache bindings, shader, buffers, the two dispatches. (About 100 lines: one
     /// binding list read top to bottom, as the shader declares it.)
     pub(super) fn kv_decode(
@@ -70,8 +36,15 @@ impl Ctx {
                 .0
         };
 
-        let (plan, source) =
-            self.kv_plan_and_source(w, imp, pages_per_chunk, k_chunks.len(), v_chunks.len())?;
+        let (plan, source) = impls::kv_for(
+            w,
+            imp,
+            self.paths,
+            self.limits.max_compute_workgroup_storage_size as usize,
+            pages_per_chunk,
+            k_chunks.len(),
+            v_chunks.len(),
+        )?;
         let (splits, hb) = (plan.splits, plan.hb);
         let bindings_k = 10..10 + k_chunks.len() as u32;
         let bindings_v = 40..40 + v_chunks.len() as u32;

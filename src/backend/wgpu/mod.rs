@@ -4,20 +4,21 @@
 //! them, and with the host clock around submit-and-wait where it does not.
 
 use super::{Backend, CacheMode, DeviceInfo, How, Prepared};
-use crate::workload::{Attention, Stream, StreamOp, TensorSet, Workload};
+use crate::workload::{Stream, StreamOp, TensorSet, Workload};
 use anyhow::{anyhow, bail};
 use std::sync::{Arc, Mutex, OnceLock};
 
 mod build;
+mod impls;
 pub mod inspect;
 mod kv;
 mod point;
 mod shaders;
 mod unrolled;
 
+pub use impls::shader_sources;
 pub use shaders::{
-    KvLaunch, ShaderPaths, assemble, expert_source, kv_launch, kv_source, shader_sources,
-    stream_source,
+    KvLaunch, ShaderPaths, assemble, expert_source, kv_launch, kv_source, stream_source,
 };
 
 use build::{Built, Ctx};
@@ -238,23 +239,11 @@ impl Backend for WgpuBackend {
 
     fn covers(&self, imp: &str, w: &Workload) -> Result<(), String> {
         crate::backend::whole_byte_dtypes_only(self.name(), w)?;
-        match (imp, w) {
-            ("simple", _) => Ok(()),
-            ("unrolled", Workload::ExpertGemv(e)) => {
-                unrolled::expert::expert_covers(e, self.subgroups())
-            }
-            ("unrolled", Workload::Stream(_)) => Ok(()),
-            ("unrolled", Workload::KvDecode(k)) if k.attention == Attention::Mla => {
-                unrolled::mla::mla_covers(k)
-            }
-            ("unrolled", Workload::KvDecode(k)) => {
-                unrolled::kv::kv_covers(k, self.subgroups(), self.subgroup_min())
-            }
-            _ => Err(format!(
-                "wgpu has no implementation '{imp}' of {}",
-                w.kernel()
-            )),
-        }
+        let paths = ShaderPaths {
+            subgroups: self.subgroups(),
+            subgroup_min: self.subgroup_min(),
+        };
+        impls::covers(imp, w, paths)
     }
 
     fn devices(&self) -> &[DeviceInfo] {

@@ -6,7 +6,7 @@ use crate::backend::plan::{
     Const, Constants, ExpertPlan, KvPlan, KvTarget, expert_constants, kv_constants, kv_fits,
     kv_plan,
 };
-use crate::workload::{ExpertGemv, KvDecode, StreamOp, Workload};
+use crate::workload::{ExpertGemv, KvDecode, StreamOp};
 use anyhow::bail;
 
 pub(super) const DTYPE_WGSL: &str = include_str!("../../../shaders/dtype.wgsl");
@@ -15,6 +15,7 @@ pub(super) const STREAM_MAIN_WGSL: &str = include_str!("../../../shaders/stream_
 pub(super) const KV_WGSL: &str = include_str!("../../../shaders/kv_decode.wgsl");
 pub(super) const KV_MERGE_WGSL: &str = include_str!("../../../shaders/kv_merge.wgsl");
 pub(super) const EXPERT_WGSL: &str = include_str!("../../../shaders/expert_gemv.wgsl");
+pub(super) const EXPERT_COMBINE_WGSL: &str = include_str!("../../../shaders/expert_combine.wgsl");
 
 /// The optional WGSL features a shader is assembled for. (No f16 path: every kernel
 /// accumulates in f32, and f16 storage is widened by the core unpack2x16float.)
@@ -156,81 +157,11 @@ pub fn expert_source(
         expert_constants(w, touched, &plan).with("ROWS_PER_CHUNK", Const::U(rows_per_chunk as u64));
     let mut prelude = c.wgsl();
     prelude.push_str(&chunk_accessor("w", 10..10 + w_chunks as u32));
-    assemble(paths, &prelude, &[DTYPE_WGSL, EXPERT_WGSL])
-}
-
-/// Every shader implementation `imp` of a workload would use, assembled as for a device with
-/// `paths`, the default WebGPU workgroup memory (16 KiB) and `chunks` bindings per large
-/// tensor. For validating and inspecting the WGSL without a driver (naga).
-pub fn shader_sources(
-    w: &Workload,
-    imp: &str,
-    paths: ShaderPaths,
-    chunks: usize,
-) -> anyhow::Result<String> {
-    if imp == "unrolled"
-        && let Workload::ExpertGemv(e) = w
-    {
-        super::unrolled::expert::expert_covers(e, paths.subgroups).map_err(anyhow::Error::msg)?;
-        let rows = (e.experts * e.d_out).div_ceil(chunks).max(1);
-        return Ok(super::unrolled::expert::expert_source(
-            e,
-            e.touched().len(),
-            rows,
-            chunks,
-        ));
-    }
-    if imp == "unrolled"
-        && let Workload::Stream(st) = w
-    {
-        return Ok(super::unrolled::stream::stream_source(st.op, paths));
-    }
-    if imp == "unrolled"
-        && let Workload::KvDecode(k) = w
-        && k.attention == crate::workload::Attention::Mla
-    {
-        super::unrolled::mla::mla_covers(k).map_err(anyhow::Error::msg)?;
-        let plan = super::unrolled::mla::mla_launch_plan(k);
-        let per_chunk = k.num_pages().div_ceil(chunks).max(1);
-        return Ok(super::unrolled::mla::mla_source(
-            k, &plan, per_chunk, chunks,
-        ));
-    }
-    if imp == "unrolled"
-        && let Workload::KvDecode(k) = w
-    {
-        let sg = paths.subgroup_min;
-        super::unrolled::kv::kv_covers(k, paths.subgroups, sg).map_err(anyhow::Error::msg)?;
-        let plan = super::unrolled::kv::kv_launch_plan(k, sg);
-        let per_chunk = k.num_pages().div_ceil(chunks).max(1);
-        return Ok(super::unrolled::kv::kv_source(
-            k, &plan, per_chunk, chunks, chunks, sg,
-        ));
-    }
-    anyhow::ensure!(
-        imp == "simple",
-        "wgpu has no implementation '{imp}' of {}",
-        w.kernel()
-    );
-    Ok(match w {
-        Workload::Stream(s) => stream_source(s.op, paths),
-        // A link within one adapter is the stream copy shader.
-        Workload::Link(_) => stream_source(crate::workload::StreamOp::Copy, paths),
-        Workload::KvDecode(k) => {
-            let per_chunk = k.num_pages().div_ceil(chunks).max(1);
-            let l = kv_launch(k, per_chunk, 16384)?;
-            let v = if k.attention == crate::workload::Attention::Mla {
-                0
-            } else {
-                chunks
-            };
-            kv_source(k, &l, chunks, v, paths)
-        }
-        Workload::ExpertGemv(e) => {
-            let rows = (e.experts * e.d_out).div_ceil(chunks).max(1);
-            expert_source(e, e.touched().len(), rows, chunks, paths)
-        }
-    })
+    assemble(
+        paths,
+        &prelude,
+        &[DTYPE_WGSL, EXPERT_WGSL, EXPERT_COMBINE_WGSL],
+    )
 }
 
 /// WGSL for a tensor split over bindings `bindings`: the bindings and `<name>_vec(c, i)`, the

@@ -2,7 +2,7 @@
 //! takes its tokens 4 at a time; each thread streams 16-byte words of the 4 rows (4 loads in
 //! flight) and applies each to the 4 tokens; subgroups then the workgroup sum the partials.
 
-use super::{DECODERS, MIN_SUBGROUP, decode};
+use super::{Code, DECODERS, MIN_SUBGROUP, decode};
 use crate::backend::plan::{Const, ExpertPlan, expert_constants};
 use crate::workload::{DType, ExpertGemv};
 
@@ -66,129 +66,106 @@ var<workgroup> red: array<f32, ROWS * TB * MAX_SG>;
     );
     s.push_str(DECODERS);
     s.push_str(&gemv_body(w.weight_dtype));
-    s.push_str(COMBINE);
+    s.push_str(super::super::shaders::EXPERT_COMBINE_WGSL);
     s
 }
 
 /// The gemv entry point, its per-(row, token) code written out.
 fn gemv_body(dtype: DType) -> String {
     let (rows, tb) = (EXPERT_ROWS, EXPERT_TB);
-    let mut s = String::new();
-    let mut line = |t: &str| {
-        s.push_str(t);
-        s.push('\n');
-    };
-    line("@compute @workgroup_size(WG)");
-    line(
+    let mut c = Code::default();
+    c.line("@compute @workgroup_size(WG)");
+    c.line(
         "fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32,",
     );
-    line("        @builtin(subgroup_id) sg: u32, @builtin(num_subgroups) n_sg: u32,");
-    line("        @builtin(subgroup_invocation_id) lane: u32) {");
-    line("    let u = wg.y;");
-    line("    let o0 = wg.x * ROWS;");
-    line("    let e = groups[U + 1u + u];");
-    line("    let first = groups[u];");
-    line("    let last = groups[u + 1u];");
-    line("    let entries = 2u * U + 1u;");
+    c.line("        @builtin(subgroup_id) sg: u32, @builtin(num_subgroups) n_sg: u32,");
+    c.line("        @builtin(subgroup_invocation_id) lane: u32) {");
+    c.line("    let u = wg.y;");
+    c.line("    let o0 = wg.x * ROWS;");
+    c.line("    let e = groups[U + 1u + u];");
+    c.line("    let first = groups[u];");
+    c.line("    let last = groups[u + 1u];");
+    c.line("    let entries = 2u * U + 1u;");
     // Rows past D_OUT read the last row (in range) and are never written.
     for r in 0..rows {
-        line(&format!(
+        c.line(format!(
             "    let g{r} = e * D_OUT + min(o0 + {r}u, D_OUT - 1u);\n    \
              let c{r} = g{r} / ROWS_PER_CHUNK;\n    \
              let b{r} = (g{r} % ROWS_PER_CHUNK) * WORDS;"
         ));
     }
-    line("    for (var t0 = first; t0 < last; t0 += TB) {");
-    line("        let nt = min(TB, last - t0);");
+    c.line("    for (var t0 = first; t0 < last; t0 += TB) {");
+    c.line("        let nt = min(TB, last - t0);");
     // Tokens past the tile's end repeat its last (in range) and are never written.
     for t in 0..tb {
-        line(&format!(
+        c.line(format!(
             "        let x{t} = groups[entries + 2u * (t0 + min({t}u, nt - 1u))] * (D_IN / 4u);"
         ));
     }
     for r in 0..rows {
         for t in 0..tb {
-            line(&format!("        var a{r}_{t} = vec4<f32>(0.0);"));
+            c.line(format!("        var a{r}_{t} = vec4<f32>(0.0);"));
         }
     }
-    line("        for (var v = lid; v < WORDS; v += WG) {");
+    c.line("        for (var v = lid; v < WORDS; v += WG) {");
     // Every row's load first: four 16-byte loads in flight before any arithmetic.
     for r in 0..rows {
-        line(&format!("            let w{r} = w_vec(c{r}, b{r} + v);"));
+        c.line(format!("            let w{r} = w_vec(c{r}, b{r} + v);"));
     }
     let q = decode(dtype, "w").len();
     for t in 0..tb {
         for k in 0..q {
-            line(&format!(
+            c.line(format!(
                 "            let x{t}_{k} = x4[x{t} + v * Q + {k}u];"
             ));
         }
     }
     for r in 0..rows {
         for (k, d) in decode(dtype, &format!("w{r}")).iter().enumerate() {
-            line(&format!("            let d{r}_{k} = {d};"));
+            c.line(format!("            let d{r}_{k} = {d};"));
             for t in 0..tb {
-                line(&format!("            a{r}_{t} += d{r}_{k} * x{t}_{k};"));
+                c.line(format!("            a{r}_{t} += d{r}_{k} * x{t}_{k};"));
             }
         }
     }
-    line("        }");
+    c.line("        }");
     // Subgroup sums, then one value per subgroup in workgroup memory, summed in order.
     for r in 0..rows {
         for t in 0..tb {
             let i = r * tb + t;
-            line(&format!(
+            c.line(format!(
                 "        let s{i} = subgroupAdd((a{r}_{t}.x + a{r}_{t}.y) + (a{r}_{t}.z + a{r}_{t}.w));"
             ));
         }
     }
-    line("        if (lane == 0u) {");
+    c.line("        if (lane == 0u) {");
     for i in 0..rows * tb {
-        line(&format!("            red[{i}u * MAX_SG + sg] = s{i};"));
+        c.line(format!("            red[{i}u * MAX_SG + sg] = s{i};"));
     }
-    line("        }");
-    line("        workgroupBarrier();");
-    line("        if (lid < ROWS * TB) {");
-    line("            let r = lid / TB;");
-    line("            let tt = lid % TB;");
-    line("            let o = o0 + r;");
-    line("            if (tt < nt && o < D_OUT) {");
-    line("                var dot = 0.0;");
-    line("                for (var i = 0u; i < n_sg; i++) {");
-    line("                    dot += red[lid * MAX_SG + i];");
-    line("                }");
-    line("                var sc = 1.0;");
-    line("                if (SCALED) {");
-    line("                    sc = w_scale[e * D_OUT + o];");
-    line("                }");
-    line("                let slot = groups[entries + 2u * (t0 + tt) + 1u];");
-    line("                slot_out[slot * D_OUT + o] = dot * sc * entry_weight[t0 + tt];");
-    line("            }");
-    line("        }");
-    line("        workgroupBarrier();");
-    line("    }");
-    line("}");
-    s
+    c.line("        }");
+    c.line("        workgroupBarrier();");
+    c.line("        if (lid < ROWS * TB) {");
+    c.line("            let r = lid / TB;");
+    c.line("            let tt = lid % TB;");
+    c.line("            let o = o0 + r;");
+    c.line("            if (tt < nt && o < D_OUT) {");
+    c.line("                var dot = 0.0;");
+    c.line("                for (var i = 0u; i < n_sg; i++) {");
+    c.line("                    dot += red[lid * MAX_SG + i];");
+    c.line("                }");
+    c.line("                var sc = 1.0;");
+    c.line("                if (SCALED) {");
+    c.line("                    sc = w_scale[e * D_OUT + o];");
+    c.line("                }");
+    c.line("                let slot = groups[entries + 2u * (t0 + tt) + 1u];");
+    c.line("                slot_out[slot * D_OUT + o] = dot * sc * entry_weight[t0 + tt];");
+    c.line("            }");
+    c.line("        }");
+    c.line("        workgroupBarrier();");
+    c.line("    }");
+    c.line("}");
+    c.0
 }
-
-/// y[t, o] = the sum over the token's k choices of its slot rows, in choice order (as every
-/// backend sums them, so splits stay exact).
-const COMBINE: &str = "
-@compute @workgroup_size(WG)
-fn combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * WG;
-    if (i >= BATCH * D_OUT) {
-        return;
-    }
-    let t = i / D_OUT;
-    let o = i % D_OUT;
-    var s = 0.0;
-    for (var j = 0u; j < TOP_K; j++) {
-        s += slot_out[(t * TOP_K + j) * D_OUT + o];
-    }
-    y[i] = s;
-}
-";
 
 #[cfg(test)]
 mod tests {

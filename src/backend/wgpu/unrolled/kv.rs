@@ -5,7 +5,7 @@
 //! keeps its own online softmax over its tokens, with no workgroup memory or barrier in the
 //! token loop; the workgroup merges the groups at the end, in group order.
 
-use super::{DECODERS, decode};
+use super::{Code, DECODERS, KV_BINDINGS, decode, each};
 use crate::backend::plan::{Const, KvPlan, KvTarget, kv_constants, kv_plan};
 use crate::workload::{Attention, KvDecode};
 
@@ -99,18 +99,9 @@ pub fn kv_source(
         "v",
         40..40 + v_chunks as u32,
     ));
+    s.push_str(KV_BINDINGS);
     s.push_str(
-        "
-@group(0) @binding(0) var<storage, read> q4: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> page_table: array<i32>;
-@group(0) @binding(2) var<storage, read> context_lens: array<i32>;
-@group(0) @binding(3) var<storage, read_write> partial_acc: array<f32>;
-@group(0) @binding(4) var<storage, read_write> partial_ml: array<vec2<f32>>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> lse: array<f32>;
-
-const NEG_BIG: f32 = -3.0e38;
-const TG: u32 = WG / L;
+        "const TG: u32 = WG / L;
 var<workgroup> ml_sh: array<vec2<f32>, HB * TG>;
 var<workgroup> acc_sh: array<f32, HB * DV>;
 ",
@@ -123,65 +114,58 @@ var<workgroup> acc_sh: array<f32, HB * DV>;
 
 /// The attend entry point, written out per head, word and vec4.
 fn attend(w: &KvDecode, hb: usize, l: usize, words: usize, q4: usize) -> String {
-    let mut s = String::new();
-    let mut line = |t: String| {
-        s.push_str(&t);
-        s.push('\n');
-    };
-    let each = |f: &mut dyn FnMut(usize, usize)| {
-        for wd in 0..words {
-            for k in 0..q4 {
-                f(wd, k)
-            }
-        }
-    };
-    line("@compute @workgroup_size(WG)".into());
-    line("fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {".into());
-    line("    let split = wg.x;\n    let h0 = wg.y * HB;\n    let b = wg.z;\n    let g = h0 / GROUP;".into());
-    line("    let len = u32(context_lens[b]);\n    let start = split * SPLIT_TOKENS;\n    let end = min(start + SPLIT_TOKENS, len);".into());
-    line("    let tg = lid / L;\n    let li = lid % L;".into());
+    let mut c = Code::default();
+    c.line("@compute @workgroup_size(WG)");
+    c.line("fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {");
+    c.line("    let split = wg.x;\n    let h0 = wg.y * HB;\n    let b = wg.z;\n    let g = h0 / GROUP;");
+    c.line("    let len = u32(context_lens[b]);\n    let start = split * SPLIT_TOKENS;\n    let end = min(start + SPLIT_TOKENS, len);");
+    c.line("    let tg = lid / L;\n    let li = lid % L;");
     // q for this lane's dims of each head, scaled once.
     for j in 0..hb {
-        line(format!("    let qb{j} = (b * HQ + h0 + {j}u) * (DK / 4u);"));
-        each(&mut |wd, k| {
-            line(format!(
+        c.line(format!("    let qb{j} = (b * HQ + h0 + {j}u) * (DK / 4u);"));
+        each(words, q4, &mut |wd, k| {
+            c.line(format!(
                 "    let q{j}_{wd}_{k} = q4[qb{j} + (li + {wd}u * L) * Q4 + {k}u] * (SCALE * K_SCALE);"
             ))
         });
-        line(format!("    var m{j} = NEG_BIG;\n    var l{j} = 0.0;"));
-        each(&mut |wd, k| line(format!("    var a{j}_{wd}_{k} = vec4<f32>(0.0);")));
+        c.line(format!("    var m{j} = NEG_BIG;\n    var l{j} = 0.0;"));
+        each(words, q4, &mut |wd, k| {
+            c.line(format!("    var a{j}_{wd}_{k} = vec4<f32>(0.0);"))
+        });
     }
     // The loop runs alike for the whole workgroup (subgroup shuffles need every lane); a
     // group past the slice's end reads its first token and adds nothing.
-    line("    for (var t0 = start; t0 < end; t0 += TG) {".into());
-    line("        let valid = t0 + tg < end;\n        let t = select(t0, t0 + tg, valid);".into());
-    line("        let page = u32(page_table[b * MAX_PAGES + t / PAGE]);".into());
-    line("        let c = page / PAGES_PER_CHUNK;".into());
-    line("        let row = ((page % PAGES_PER_CHUNK) * PAGE + t % PAGE) * HKV + g;".into());
-    line("        let rk = row * (DK * ELEM_BYTES / 16u) + li;".into());
-    line("        let rv = row * (DV * ELEM_BYTES / 16u) + li;".into());
+    c.line("    for (var t0 = start; t0 < end; t0 += TG) {");
+    c.line("        let valid = t0 + tg < end;\n        let t = select(t0, t0 + tg, valid);");
+    c.line("        let page = u32(page_table[b * MAX_PAGES + t / PAGE]);");
+    c.line("        let c = page / PAGES_PER_CHUNK;");
+    c.line("        let row = ((page % PAGES_PER_CHUNK) * PAGE + t % PAGE) * HKV + g;");
+    c.line("        let rk = row * (DK * ELEM_BYTES / 16u) + li;");
+    c.line("        let rv = row * (DV * ELEM_BYTES / 16u) + li;");
     // Both rows' loads before any arithmetic.
     for wd in 0..words {
-        line(format!("        let kw{wd} = k_vec(c, rk + {wd}u * L);"));
+        c.line(format!("        let kw{wd} = k_vec(c, rk + {wd}u * L);"));
     }
     for wd in 0..words {
-        line(format!("        let vw{wd} = v_vec(c, rv + {wd}u * L);"));
+        c.line(format!("        let vw{wd} = v_vec(c, rv + {wd}u * L);"));
     }
     for wd in 0..words {
         for (k, d) in decode(w.kv_dtype, &format!("kw{wd}")).iter().enumerate() {
-            line(format!("        let kd{wd}_{k} = {d};"));
+            c.line(format!("        let kd{wd}_{k} = {d};"));
         }
     }
     for j in 0..hb {
         let mut terms = Vec::new();
-        each(&mut |wd, k| terms.push(format!("dot(q{j}_{wd}_{k}, kd{wd}_{k})")));
-        line(format!("        var s{j} = {};", terms.join(" + ")));
+        each(words, q4, &mut |wd, k| {
+            terms.push(format!("dot(q{j}_{wd}_{k}, kd{wd}_{k})"))
+        });
+        c.line(format!("        var s{j} = {};", terms.join(" + ")));
     }
     // Butterfly over the token's lanes: every lane ends with the same full score.
     let mut mask = l / 2;
     while mask > 0 {
         for j in 0..hb {
-            line(format!(
+            c.line(format!(
                 "        s{j} += subgroupShuffleXor(s{j}, {mask}u);"
             ));
         }
@@ -191,66 +175,59 @@ fn attend(w: &KvDecode, hb: usize, l: usize, words: usize, q4: usize) -> String 
     // rescale (a multiply per accumulator) runs only when it does; skipping it is exact, as
     // its factor would be exp(0) = 1.
     for j in 0..hb {
-        line(format!(
+        c.line(format!(
             "        let mn{j} = select(m{j}, max(m{j}, s{j}), valid);"
         ));
     }
     let grows: Vec<String> = (0..hb).map(|j| format!("mn{j} > m{j}")).collect();
-    line(format!("        if ({}) {{", grows.join(" || ")));
+    c.line(format!("        if ({}) {{", grows.join(" || ")));
     for j in 0..hb {
-        line(format!(
+        c.line(format!(
             "            let c{j} = exp(m{j} - mn{j});
             \
              l{j} *= c{j};
             \
              m{j} = mn{j};"
         ));
-        each(&mut |wd, k| line(format!("            a{j}_{wd}_{k} *= c{j};")));
+        each(words, q4, &mut |wd, k| {
+            c.line(format!("            a{j}_{wd}_{k} *= c{j};"))
+        });
     }
-    line("        }".into());
+    c.line("        }");
     for j in 0..hb {
-        line(format!(
+        c.line(format!(
             "        let p{j} = select(0.0, exp(s{j} - m{j}), valid);\n        l{j} += p{j};"
         ));
     }
     for wd in 0..words {
         for (k, d) in decode(w.kv_dtype, &format!("vw{wd}")).iter().enumerate() {
-            line(format!("        let vd{wd}_{k} = {d};"));
+            c.line(format!("        let vd{wd}_{k} = {d};"));
         }
     }
     for j in 0..hb {
-        each(&mut |wd, k| line(format!("        a{j}_{wd}_{k} += p{j} * vd{wd}_{k};")));
+        each(words, q4, &mut |wd, k| {
+            c.line(format!("        a{j}_{wd}_{k} += p{j} * vd{wd}_{k};"))
+        });
     }
-    line("    }".into());
-    s.push_str(&merge_groups(hb, words, q4));
-    s
+    c.line("    }");
+    c.0.push_str(&merge_groups(hb, words, q4));
+    c.0
 }
 
 /// The end of attend: the token groups merged (their maxima and sums through workgroup
 /// memory, then their accumulators added into acc_sh one group after another, a fixed
 /// order) and the slice's partial result written.
 fn merge_groups(hb: usize, words: usize, q4: usize) -> String {
-    let mut s = String::new();
-    let mut line = |t: String| {
-        s.push_str(&t);
-        s.push('\n');
-    };
-    let each = |f: &mut dyn FnMut(usize, usize)| {
-        for wd in 0..words {
-            for k in 0..q4 {
-                f(wd, k)
-            }
-        }
-    };
-    line("    if (li == 0u) {".into());
+    let mut c = Code::default();
+    c.line("    if (li == 0u) {");
     for j in 0..hb {
-        line(format!(
+        c.line(format!(
             "        ml_sh[{j}u * TG + tg] = vec2<f32>(m{j}, l{j});"
         ));
     }
-    line("    }\n    workgroupBarrier();".into());
+    c.line("    }\n    workgroupBarrier();");
     for j in 0..hb {
-        line(format!(
+        c.line(format!(
             "    var mt{j} = NEG_BIG;\n    \
              for (var i = 0u; i < TG; i++) {{\n        mt{j} = max(mt{j}, ml_sh[{j}u * TG + i].x);\n    }}\n    \
              var lt{j} = 0.0;\n    \
@@ -260,34 +237,34 @@ fn merge_groups(hb: usize, words: usize, q4: usize) -> String {
              let f{j} = exp(m{j} - mt{j});"
         ));
     }
-    line("    for (var gi = 0u; gi < TG; gi++) {".into());
-    line("        if (tg == gi) {".into());
+    c.line("    for (var gi = 0u; gi < TG; gi++) {");
+    c.line("        if (tg == gi) {");
     for j in 0..hb {
-        each(&mut |wd, k| {
-            line(format!(
+        each(words, q4, &mut |wd, k| {
+            c.line(format!(
                 "            let o{j}_{wd}_{k} = {j}u * DV + ((li + {wd}u * L) * Q4 + {k}u) * 4u;\n            \
                  let x{j}_{wd}_{k} = a{j}_{wd}_{k} * f{j};"
             ));
             for (e, comp) in ["x", "y", "z", "w"].iter().enumerate() {
-                line(format!(
+                c.line(format!(
                     "            acc_sh[o{j}_{wd}_{k} + {e}u] = select(acc_sh[o{j}_{wd}_{k} + {e}u], 0.0, gi == 0u) + x{j}_{wd}_{k}.{comp};"
                 ));
             }
         });
     }
-    line("        }\n        workgroupBarrier();\n    }".into());
+    c.line("        }\n        workgroupBarrier();\n    }");
     // Unnormalised partial result of this slice (an empty slice leaves l = 0), as simple's.
-    line("    for (var i = lid; i < HB * DV; i += WG) {".into());
-    line("        let slot = (b * HQ + h0 + i / DV) * SPLITS + split;".into());
-    line("        partial_acc[slot * DV + i % DV] = acc_sh[i];\n    }".into());
-    line("    if (lid == 0u) {".into());
+    c.line("    for (var i = lid; i < HB * DV; i += WG) {");
+    c.line("        let slot = (b * HQ + h0 + i / DV) * SPLITS + split;");
+    c.line("        partial_acc[slot * DV + i % DV] = acc_sh[i];\n    }");
+    c.line("    if (lid == 0u) {");
     for j in 0..hb {
-        line(format!(
+        c.line(format!(
             "        partial_ml[(b * HQ + h0 + {j}u) * SPLITS + split] = vec2<f32>(mt{j}, lt{j});"
         ));
     }
-    line("    }\n}".into());
-    s
+    c.line("    }\n}");
+    c.0
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! the tile's softmax; then each of the 256 threads owns 2 of the 512 value dims for every
 //! head (2 x HB accumulators in registers) and reads its 2 dims of each token's row.
 
-use super::{DECODERS, decode};
+use super::{Code, DECODERS, KV_BINDINGS, decode};
 use crate::backend::plan::{Const, KvPlan, KvTarget, kv_constants, kv_plan};
 use crate::workload::{Attention, KvDecode};
 
@@ -70,18 +70,9 @@ pub fn mla_source(w: &KvDecode, plan: &KvPlan, pages_per_chunk: usize, k_chunks:
         10..10 + k_chunks as u32,
     ));
     s.push_str(super::super::shaders::DTYPE_WGSL);
+    s.push_str(KV_BINDINGS);
     s.push_str(
-        "
-@group(0) @binding(0) var<storage, read> q4: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> page_table: array<i32>;
-@group(0) @binding(2) var<storage, read> context_lens: array<i32>;
-@group(0) @binding(3) var<storage, read_write> partial_acc: array<f32>;
-@group(0) @binding(4) var<storage, read_write> partial_ml: array<vec2<f32>>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> lse: array<f32>;
-
-const NEG_BIG: f32 = -3.0e38;
-var<workgroup> q_sh: array<vec4<f32>, HB * KC / 4u>;
+        "var<workgroup> q_sh: array<vec4<f32>, HB * KC / 4u>;
 var<workgroup> k_sh: array<vec4<f32>, T * KC / 4u>;
 var<workgroup> p_sh: array<f32, HB * T>;
 var<workgroup> ml_sh: array<vec2<f32>, HB>;
@@ -105,101 +96,93 @@ fn lat_elem(c: u32, e: u32) -> f32 {
 /// The attend entry point; the value accumulators written out per head and dim.
 fn attend(w: &KvDecode, hb: usize) -> String {
     let dpt = w.head_dim_v / MLA_WG;
-    let mut s = String::new();
-    let mut line = |t: String| {
-        s.push_str(&t);
-        s.push('\n');
-    };
-    line("@compute @workgroup_size(WG)".into());
-    line("fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {".into());
-    line("    let split = wg.x;\n    let h0 = wg.y * HB;\n    let b = wg.z;".into());
-    line("    let len = u32(context_lens[b]);\n    let start = split * SPLIT_TOKENS;\n    let end = min(start + SPLIT_TOKENS, len);".into());
+    let mut c = Code::default();
+    c.line("@compute @workgroup_size(WG)");
+    c.line("fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {");
+    c.line("    let split = wg.x;\n    let h0 = wg.y * HB;\n    let b = wg.z;");
+    c.line("    let len = u32(context_lens[b]);\n    let start = split * SPLIT_TOKENS;\n    let end = min(start + SPLIT_TOKENS, len);");
     // The (head, token) score this thread owns, when lid < HB * T.
-    line("    let sh = min(lid / T, HB - 1u);\n    let st = lid % T;".into());
-    line("    if (lid < HB) {\n        ml_sh[lid] = vec2<f32>(NEG_BIG, 0.0);\n    }".into());
+    c.line("    let sh = min(lid / T, HB - 1u);\n    let st = lid % T;");
+    c.line("    if (lid < HB) {\n        ml_sh[lid] = vec2<f32>(NEG_BIG, 0.0);\n    }");
     for h in 0..hb {
         for e in 0..dpt {
-            line(format!("    var a{h}_{e} = 0.0;"));
+            c.line(format!("    var a{h}_{e} = 0.0;"));
         }
     }
-    line("    workgroupBarrier();".into());
-    line("    for (var tile = start; tile < end; tile += T) {".into());
+    c.line("    workgroupBarrier();");
+    c.line("    for (var tile = start; tile < end; tile += T) {");
     // Rows of the tile's tokens; a token past the end reads the tile's first and counts 0.
-    line("        if (lid < T) {".into());
-    line("            let t = select(tile, tile + lid, tile + lid < end);".into());
-    line("            let page = u32(page_table[b * MAX_PAGES + t / PAGE]);".into());
-    line("            chunk_sh[lid] = page / PAGES_PER_CHUNK;".into());
-    line(
-        "            row_sh[lid] = ((page % PAGES_PER_CHUNK) * PAGE + t % PAGE) * HKV * DK;".into(),
-    );
-    line("        }\n        workgroupBarrier();".into());
-    line("        var s = 0.0;".into());
-    line("        for (var kc = 0u; kc < DK; kc += KC) {".into());
-    line("            if (lid < HB * KC / 4u) {".into());
-    line("                let h = lid / (KC / 4u);".into());
-    line("                q_sh[lid] = q4[((b * HQ + h0 + h) * DK + kc) / 4u + lid % (KC / 4u)] * (SCALE * K_SCALE);".into());
-    line("            }".into());
-    line("            for (var i = lid; i < T * WPT; i += WG) {".into());
-    line("                let tt = i / WPT;".into());
-    line("                let wd = k_vec(chunk_sh[tt], (row_sh[tt] + kc) * ELEM_BYTES / 16u + i % WPT);".into());
-    line("                let base = tt * (KC / 4u) + (i % WPT) * Q4;".into());
+    c.line("        if (lid < T) {");
+    c.line("            let t = select(tile, tile + lid, tile + lid < end);");
+    c.line("            let page = u32(page_table[b * MAX_PAGES + t / PAGE]);");
+    c.line("            chunk_sh[lid] = page / PAGES_PER_CHUNK;");
+    c.line("            row_sh[lid] = ((page % PAGES_PER_CHUNK) * PAGE + t % PAGE) * HKV * DK;");
+    c.line("        }\n        workgroupBarrier();");
+    c.line("        var s = 0.0;");
+    c.line("        for (var kc = 0u; kc < DK; kc += KC) {");
+    c.line("            if (lid < HB * KC / 4u) {");
+    c.line("                let h = lid / (KC / 4u);");
+    c.line("                q_sh[lid] = q4[((b * HQ + h0 + h) * DK + kc) / 4u + lid % (KC / 4u)] * (SCALE * K_SCALE);");
+    c.line("            }");
+    c.line("            for (var i = lid; i < T * WPT; i += WG) {");
+    c.line("                let tt = i / WPT;");
+    c.line("                let wd = k_vec(chunk_sh[tt], (row_sh[tt] + kc) * ELEM_BYTES / 16u + i % WPT);");
+    c.line("                let base = tt * (KC / 4u) + (i % WPT) * Q4;");
     for (k, d) in decode(w.kv_dtype, "wd").iter().enumerate() {
-        line(format!("                k_sh[base + {k}u] = {d};"));
+        c.line(format!("                k_sh[base + {k}u] = {d};"));
     }
-    line("            }\n            workgroupBarrier();".into());
-    line("            for (var j = 0u; j < KC / 4u; j++) {".into());
-    line("                s += dot(q_sh[sh * (KC / 4u) + j], k_sh[st * (KC / 4u) + j]);".into());
-    line("            }\n            workgroupBarrier();\n        }".into());
+    c.line("            }\n            workgroupBarrier();");
+    c.line("            for (var j = 0u; j < KC / 4u; j++) {");
+    c.line("                s += dot(q_sh[sh * (KC / 4u) + j], k_sh[st * (KC / 4u) + j]);");
+    c.line("            }\n            workgroupBarrier();\n        }");
     // The tile's softmax: one thread per head.
-    line("        if (lid < HB * T) {\n            p_sh[lid] = select(NEG_BIG, s, tile + st < end);\n        }".into());
-    line("        workgroupBarrier();".into());
-    line("        if (lid < HB) {".into());
-    line("            let ml = ml_sh[lid];\n            var mx = ml.x;".into());
-    line("            for (var i = 0u; i < T; i++) {\n                mx = max(mx, p_sh[lid * T + i]);\n            }".into());
-    line("            var sum = 0.0;".into());
-    line("            for (var i = 0u; i < T; i++) {".into());
-    line(
-        "                let p = select(0.0, exp(p_sh[lid * T + i] - mx), tile + i < end);".into(),
-    );
-    line("                p_sh[lid * T + i] = p;\n                sum += p;\n            }".into());
-    line("            let c = exp(ml.x - mx);".into());
-    line("            c_sh[lid] = c;\n            ml_sh[lid] = vec2<f32>(mx, ml.y * c + sum);\n        }".into());
-    line("        workgroupBarrier();".into());
+    c.line("        if (lid < HB * T) {\n            p_sh[lid] = select(NEG_BIG, s, tile + st < end);\n        }");
+    c.line("        workgroupBarrier();");
+    c.line("        if (lid < HB) {");
+    c.line("            let ml = ml_sh[lid];\n            var mx = ml.x;");
+    c.line("            for (var i = 0u; i < T; i++) {\n                mx = max(mx, p_sh[lid * T + i]);\n            }");
+    c.line("            var sum = 0.0;");
+    c.line("            for (var i = 0u; i < T; i++) {");
+    c.line("                let p = select(0.0, exp(p_sh[lid * T + i] - mx), tile + i < end);");
+    c.line("                p_sh[lid * T + i] = p;\n                sum += p;\n            }");
+    c.line("            let c = exp(ml.x - mx);");
+    c.line("            c_sh[lid] = c;\n            ml_sh[lid] = vec2<f32>(mx, ml.y * c + sum);\n        }");
+    c.line("        workgroupBarrier();");
     // P V: this thread's DPT dims of every head.
     for h in 0..hb {
-        line(format!("        let c{h} = c_sh[{h}u];"));
+        c.line(format!("        let c{h} = c_sh[{h}u];"));
         for e in 0..dpt {
-            line(format!("        a{h}_{e} *= c{h};"));
+            c.line(format!("        a{h}_{e} *= c{h};"));
         }
     }
-    line("        for (var i = 0u; i < min(T, end - tile); i++) {".into());
+    c.line("        for (var i = 0u; i < min(T, end - tile); i++) {");
     for e in 0..dpt {
-        line(format!(
+        c.line(format!(
             "            let v{e} = lat_elem(chunk_sh[i], row_sh[i] + lid * DPT + {e}u);"
         ));
     }
     for h in 0..hb {
-        line(format!("            let p{h} = p_sh[{h}u * T + i];"));
+        c.line(format!("            let p{h} = p_sh[{h}u * T + i];"));
         for e in 0..dpt {
-            line(format!("            a{h}_{e} += p{h} * v{e};"));
+            c.line(format!("            a{h}_{e} += p{h} * v{e};"));
         }
     }
-    line("        }\n        workgroupBarrier();\n    }".into());
+    c.line("        }\n        workgroupBarrier();\n    }");
     // Unnormalised partial result of this slice (an empty slice leaves l = 0), as simple's.
     for h in 0..hb {
-        line(format!(
+        c.line(format!(
             "    let slot{h} = (b * HQ + h0 + {h}u) * SPLITS + split;"
         ));
         for e in 0..dpt {
-            line(format!(
+            c.line(format!(
                 "    partial_acc[slot{h} * DV + lid * DPT + {e}u] = a{h}_{e};"
             ));
         }
     }
-    line("    if (lid < HB) {".into());
-    line("        partial_ml[(b * HQ + h0 + lid) * SPLITS + split] = ml_sh[lid];".into());
-    line("    }\n}".into());
-    s
+    c.line("    if (lid < HB) {");
+    c.line("        partial_ml[(b * HQ + h0 + lid) * SPLITS + split] = ml_sh[lid];");
+    c.line("    }\n}");
+    c.0
 }
 
 #[cfg(test)]

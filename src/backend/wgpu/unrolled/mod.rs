@@ -11,6 +11,40 @@ pub mod stream;
 
 use crate::workload::DType;
 
+/// WGSL written a line at a time by the generators.
+#[derive(Default)]
+struct Code(String);
+
+impl Code {
+    fn line(&mut self, text: impl AsRef<str>) {
+        self.0.push_str(text.as_ref());
+        self.0.push('\n');
+    }
+}
+
+/// `f(word, vec4)` for every 16-byte word a lane holds and every vec4 in it, in order.
+fn each(words: usize, q4: usize, f: &mut dyn FnMut(usize, usize)) {
+    for wd in 0..words {
+        for k in 0..q4 {
+            f(wd, k)
+        }
+    }
+}
+
+/// kv_decode's bindings in the unrolled shaders (as the simple shader's, but q read as
+/// `vec4<f32>`) and the merge pass's empty-max sentinel.
+const KV_BINDINGS: &str = "
+@group(0) @binding(0) var<storage, read> q4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> page_table: array<i32>;
+@group(0) @binding(2) var<storage, read> context_lens: array<i32>;
+@group(0) @binding(3) var<storage, read_write> partial_acc: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partial_ml: array<vec2<f32>>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> lse: array<f32>;
+
+const NEG_BIG: f32 = -3.0e38;
+";
+
 /// WebGPU's smallest subgroup size: it bounds the subgroups per workgroup.
 const MIN_SUBGROUP: usize = 4;
 

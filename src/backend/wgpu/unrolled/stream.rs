@@ -2,6 +2,7 @@
 //! its grid-stride loop by 4 the same way), every load issued before any is used or stored,
 //! and the op written out alone (no branch on OP in the loop).
 
+use super::Code;
 use crate::backend::plan::{Const, Constants};
 use crate::backend::wgpu::ShaderPaths;
 use crate::workload::StreamOp;
@@ -27,7 +28,7 @@ pub fn stream_source(op: StreamOp, paths: ShaderPaths) -> String {
 }
 
 fn main(op: StreamOp) -> String {
-    let mut s = String::from(
+    let s = String::from(
         "
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>,
@@ -38,15 +39,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>,
     var acc = 0u;
 ",
     );
-    let mut line = |t: String| {
-        s.push_str(&t);
-        s.push('\n');
-    };
-    line(format!(
+    let mut c = Code(s);
+    c.line(format!(
         "    for (var i = gid.x; i < n; i += {UNROLL}u * stride) {{"
     ));
     for u in 1..UNROLL {
-        line(format!("        let i{u} = i + {u}u * stride;"));
+        c.line(format!("        let i{u} = i + {u}u * stride;"));
     }
     let idx = |u: usize| {
         if u == 0 {
@@ -58,23 +56,23 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>,
     match op {
         // Out-of-range words read word i (in range) and count zero.
         StreamOp::Read | StreamOp::Copy => {
-            line("        let v0 = src[i];".into());
+            c.line("        let v0 = src[i];");
             for u in 1..UNROLL {
-                line(format!(
+                c.line(format!(
                     "        let v{u} = src[select(i, i{u}, i{u} < n)];"
                 ));
             }
             if op == StreamOp::Read {
-                line("        acc += v0.x + v0.y + v0.z + v0.w;".into());
+                c.line("        acc += v0.x + v0.y + v0.z + v0.w;");
                 for u in 1..UNROLL {
-                    line(format!(
+                    c.line(format!(
                         "        acc += select(0u, v{u}.x + v{u}.y + v{u}.z + v{u}.w, i{u} < n);"
                     ));
                 }
             } else {
-                line("        dst[i] = v0;".into());
+                c.line("        dst[i] = v0;");
                 for u in 1..UNROLL {
-                    line(format!(
+                    c.line(format!(
                         "        if (i{u} < n) {{\n            dst[i{u}] = v{u};\n        }}"
                     ));
                 }
@@ -88,21 +86,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>,
                      dst[{i}] = vec4<u32>(pattern(w{u}), pattern(w{u} + 1u), pattern(w{u} + 2u), pattern(w{u} + 3u));"
                 );
                 if u == 0 {
-                    line(format!("        {{\n            {store}\n        }}"));
+                    c.line(format!("        {{\n            {store}\n        }}"));
                 } else {
-                    line(format!(
+                    c.line(format!(
                         "        if ({i} < n) {{\n            {store}\n        }}"
                     ));
                 }
             }
         }
     }
-    line("    }".into());
+    c.line("    }");
     if op == StreamOp::Read {
-        line("    add_to_sum(acc, lid);".into());
+        c.line("    add_to_sum(acc, lid);");
     }
-    line("}".into());
-    s
+    c.line("}");
+    c.0
 }
 
 #[cfg(test)]
