@@ -269,7 +269,7 @@ impl ExpertGemv {
     }
 
     /// Bytes of one stored weight row (d_in values; mxfp4: whole blocks with their scales).
-    fn w_row_bytes(&self) -> u64 {
+    pub fn w_row_bytes(&self) -> u64 {
         self.weight_dtype.bytes_for(self.d_in) as u64
     }
 

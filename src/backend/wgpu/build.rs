@@ -319,8 +319,7 @@ impl Ctx {
         inputs: &TensorSet,
         imp: &str,
     ) -> anyhow::Result<Built> {
-        let es = w.weight_dtype.size();
-        let row_bytes = w.d_in * es;
+        let row_bytes = w.w_row_bytes() as usize;
         let (w_chunks, rows_per_chunk) = self.chunked(inputs.expect("w"), row_bytes)?;
 
         // Routing metadata grouped by expert: offsets, expert ids, then (token, slot) pairs.
