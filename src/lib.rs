@@ -5,6 +5,7 @@
 //! `experiment` reads YAML, expands sweeps and drives the runner; `report` writes results.
 
 pub mod backend;
+pub mod cluster;
 pub mod energy;
 pub mod error;
 pub mod experiment;

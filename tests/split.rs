@@ -34,6 +34,7 @@ fn split_with(
     let devices = DeviceSet {
         physical: vec![0; n],
         virtual_devices: true,
+        ranks: false,
     };
     let settings = Settings {
         warmup: 1,
@@ -386,6 +387,7 @@ fn distinct_devices_run_their_shards_at_once() {
     let set = DeviceSet {
         physical: vec![0, 1],
         virtual_devices: false,
+        ranks: false,
     };
     assert!(set.concurrent());
     assert_eq!(set.label(), "0+1");

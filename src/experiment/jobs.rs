@@ -212,15 +212,21 @@ pub(super) fn run_split_point(
     let b = s.backend.as_ref();
     let inputs = &data.inputs.clone();
     let set = s.device_set();
-    let plan = crate::split::plan(&p.workload, inputs, p.split, set.len())
-        .map_err(|m| anyhow::anyhow!(m))?;
-    let settings = crate::split::run::Settings {
-        warmup: exp.warmup,
-        reps: exp.reps,
-        cache: exp.cache,
-        imp,
+    let (plan, settings) = split_plan(exp, p, inputs, s, imp)?;
+    let outcome = match crate::cluster::world() {
+        Some(w) => crate::split::ranked::run_split_ranked(
+            w,
+            b,
+            s.devices[0],
+            &set,
+            &p.workload,
+            inputs,
+            &plan,
+            &settings,
+        )?
+        .context("rank 0 holds the outcome of a split")?,
+        None => crate::split::run::run_split(b, &set, &p.workload, inputs, &plan, &settings)?,
     };
-    let outcome = crate::split::run::run_split(b, &set, &p.workload, inputs, &plan, &settings)?;
     let t_check = Instant::now();
     let mut check = data.reference(&p.workload).check(&outcome.outputs);
     if let Some(v) = outcome.multi.vs_one_device.as_ref().filter(|v| !v.pass) {
@@ -241,11 +247,16 @@ pub(super) fn run_split_point(
     let mut env = env_for(env_base, exp, dev, first);
     env["devices"] = set.label().into();
     env["physical_devices"] = serde_json::to_value(&set.physical)?;
-    let names: Vec<String> = s
+    let mut names: Vec<String> = s
         .physical_devices()
         .iter()
         .map(|&d| b.devices()[d].name.clone())
         .collect();
+    if let Some(w) = crate::cluster::world() {
+        env["world"] = w.describe();
+        env["rank_devices"] = s.rank_devices.iter().map(|d| d.1.clone()).collect();
+        names = s.rank_devices.iter().map(|d| d.1.clone()).collect();
+    }
     let device = if set.virtual_devices {
         format!("{} x{} (virtual)", names[0], set.len())
     } else if names.iter().all(|n| *n == names[0]) {
@@ -277,6 +288,55 @@ pub(super) fn run_split_point(
     )?;
     line.multi = Some(outcome.multi);
     Ok((line, outcome.outputs))
+}
+
+/// A split point's plan over the run's devices, and the settings its shards run with.
+fn split_plan(
+    exp: &Experiment,
+    p: &Point,
+    inputs: &TensorSet,
+    s: &Selected,
+    imp: &'static str,
+) -> anyhow::Result<(crate::split::Plan, crate::split::run::Settings)> {
+    let plan = crate::split::plan(&p.workload, inputs, p.split, s.device_count())
+        .map_err(|m| anyhow::anyhow!(m))?;
+    let settings = crate::split::run::Settings {
+        warmup: exp.warmup,
+        reps: exp.reps,
+        cache: exp.cache,
+        imp,
+    };
+    Ok((plan, settings))
+}
+
+/// A split point on a rank other than 0: its shard, run with everyone's (rank 0 reports).
+pub(super) fn follow_split_point(
+    exp: &Experiment,
+    p: &Point,
+    data: &HostData,
+    s: &Selected,
+    imp: &'static str,
+    w: &crate::cluster::World,
+) -> anyhow::Result<()> {
+    let (plan, settings) = match split_plan(exp, p, &data.inputs, s, imp) {
+        Ok(v) => v,
+        // Rank 0 makes the same plan from the same file, fails the same way, and says so.
+        Err(_) => return Ok(()),
+    };
+    let b = s.backend.as_ref();
+    let set = s.device_set();
+    let ranked = crate::split::ranked::run_split_ranked;
+    ranked(
+        w,
+        b,
+        s.devices[0],
+        &set,
+        &p.workload,
+        &data.inputs,
+        &plan,
+        &settings,
+    )
+    .map(|_| ())
 }
 
 fn split_energy(exp: &Experiment, plan: &crate::split::Plan) -> Energy {

@@ -8,6 +8,7 @@ mod host;
 mod jobs;
 pub mod preflight;
 mod progress;
+pub mod ranked;
 pub mod runner;
 pub mod schema;
 

@@ -18,9 +18,18 @@ pub struct Selected {
     /// (all the same one with `virtual: true`).
     pub devices: Vec<usize>,
     pub virtual_devices: bool,
+    /// Under a launcher: the device each rank runs on (its index on its host, and
+    /// `host: name (index)`), in rank order.
+    pub rank_devices: Vec<(usize, String)>,
 }
 
 impl Selected {
+    /// How many devices the run spreads a split over: its ranks under a launcher (each
+    /// holds one device), else its logical devices.
+    pub fn device_count(&self) -> usize {
+        crate::cluster::world().map_or(self.devices.len(), |w| w.size)
+    }
+
     /// Each physical device once, in order: where one-device points run.
     pub fn physical_devices(&self) -> Vec<usize> {
         let mut v = Vec::new();
@@ -33,9 +42,17 @@ impl Selected {
     }
 
     pub fn device_set(&self) -> DeviceSet {
+        if !self.rank_devices.is_empty() {
+            return DeviceSet {
+                physical: self.rank_devices.iter().map(|d| d.0).collect(),
+                virtual_devices: false,
+                ranks: true,
+            };
+        }
         DeviceSet {
             physical: self.devices.clone(),
             virtual_devices: self.virtual_devices,
+            ranks: false,
         }
     }
 }
@@ -113,6 +130,24 @@ pub fn select(exp: &Experiment, choice: &BackendChoice) -> Result<Vec<Selected>,
     let mut selected = Vec::new();
     for b in chosen {
         let n = b.devices().len();
+        let refuse = |msg: String| {
+            if exp.devices_line > 0 {
+                ConfigError::at(&file, &exp.source, exp.devices_line, 0, "devices", msg)
+            } else {
+                ConfigError::whole_file(&file, msg)
+            }
+        };
+        if let Some(w) = crate::cluster::world() {
+            let devices = rank_device(exp, w, b.name(), n).map_err(refuse)?;
+            selected.push(Selected {
+                backend: b,
+                chosen: why_auto.clone(),
+                devices,
+                virtual_devices: false,
+                rank_devices: Vec::new(),
+            });
+            continue;
+        }
         let devices = match &exp.devices {
             DeviceChoice::Count(c) if exp.virtual_devices => vec![0; *c],
             DeviceChoice::All => (0..n).collect(),
@@ -124,20 +159,56 @@ pub fn select(exp: &Experiment, choice: &BackendChoice) -> Result<Vec<Selected>,
                 "{} has {n} device(s); device {bad} does not exist (see `decodelab devices`)",
                 b.name()
             );
-            return Err(if exp.devices_line > 0 {
-                ConfigError::at(&file, &exp.source, exp.devices_line, 0, "devices", msg)
-            } else {
-                ConfigError::whole_file(&file, msg)
-            });
+            return Err(refuse(msg));
         }
         selected.push(Selected {
             backend: b,
             chosen: why_auto.clone(),
             devices,
             virtual_devices: exp.virtual_devices,
+            rank_devices: Vec::new(),
         });
     }
     Ok(selected)
+}
+
+/// Under a launcher every rank is one device of the run: its local rank's device on its
+/// host (local rank modulo the devices it sees, so one GPU per rank as nccl-tests does).
+fn rank_device(
+    exp: &Experiment,
+    w: &crate::cluster::World,
+    backend: &str,
+    n: usize,
+) -> Result<Vec<usize>, String> {
+    let ranks = w.size;
+    if exp.virtual_devices {
+        return Err(format!(
+            "virtual: true shares one device among the logical devices of one process; under a \
+             launcher ({}, {ranks} ranks) every rank is a device: drop virtual:",
+            w.launcher
+        ));
+    }
+    match &exp.devices {
+        DeviceChoice::All => {}
+        DeviceChoice::Count(c) if *c == ranks => {}
+        other => {
+            let said = match other {
+                DeviceChoice::Count(c) => c.to_string(),
+                DeviceChoice::Indices(v) => format!("{v:?}"),
+                DeviceChoice::All => unreachable!("accepted above"),
+            };
+            return Err(format!(
+                "devices: {said}, but {} started {ranks} ranks, and under a launcher the run's \
+                 devices are its ranks (one device each); write devices: all (or {ranks}), or \
+                 start as many ranks as devices",
+                w.launcher
+            ));
+        }
+    }
+    if n == 0 {
+        return Err(format!("rank {}: {backend} has no device here", w.rank));
+    }
+    Ok(vec![w.local_rank % n])
 }
 
 /// Host memory a point needs at its peak: its inputs, outputs and reference
@@ -199,8 +270,21 @@ fn check_fit_devices(exp: &Experiment, selected: &[Selected]) -> Result<(), Conf
             msg,
         )
     };
+    if let Some(w) = crate::cluster::world()
+        && let Some(p) = exp
+            .points
+            .iter()
+            .find(|p| matches!(p.workload, Workload::Link(_)))
+    {
+        let msg = format!(
+            "link points run between devices of one process; under a launcher ({} ranks) they \
+             are not built yet: run them without mpirun/srun",
+            w.size
+        );
+        return Err(at_run(p, ".kernel", msg));
+    }
     for s in selected {
-        let n = s.devices.len();
+        let n = s.device_count();
         // A point no implementation on the backend covers (mxfp4 on a GPU backend).
         for p in exp
             .points

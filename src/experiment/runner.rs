@@ -84,7 +84,7 @@ impl Ceilings {
     }
 }
 
-fn host_env() -> serde_json::Value {
+pub(super) fn host_env() -> serde_json::Value {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     serde_json::json!({
         "decodelab": env!("CARGO_PKG_VERSION"),
@@ -124,6 +124,7 @@ static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(
 /// whole lines only, so nothing is torn).
 pub fn stop_on_ctrl_c() {
     let _ = ctrlc::set_handler(|| {
+        crate::cluster::interrupt();
         if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
             eprintln!("\ninterrupted again: stopping now");
             std::process::exit(130);
@@ -194,19 +195,45 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
     // The last point's inputs and reference: its neighbours in the sweep (other
     // implementations, other splits of the same shape) reuse them.
     let mut host: Option<HostData> = None;
+    let world = crate::cluster::world();
+    let mut ended = Ok(());
     for p in order {
         let todo = not_done(p);
         if stopping() {
             break;
         }
-        if !todo.is_empty() {
-            r.point(p, todo, &mut host)?;
+        if todo.is_empty() {
+            continue;
         }
+        if let Some(w) = world {
+            let jobs = todo.iter().map(|j| (j.backend().to_string(), j.label()));
+            let order = super::ranked::Order::Point {
+                index: p.index,
+                jobs: jobs.collect(),
+            };
+            ended = w.broadcast(Some(&order)).map(|_| ());
+        }
+        ended = ended.and_then(|()| r.point(p, todo, &mut host));
+        if ended.is_err() {
+            break;
+        }
+    }
+    if let (Some(w), Ok(())) = (world, &ended) {
+        ended = w.broadcast(Some(&super::ranked::Order::End)).map(|_| ());
     }
     r.progress.bar.finish_and_clear();
     let mut lines = r.lines;
     lines.sort_by_key(|l| (l.point, l.backend.clone(), l.key().2));
+    // What finished is kept, even when a lost rank ended the run early.
     write_tables(exp, &out_dir, &lines)?;
+    ended.with_context(|| {
+        format!(
+            "the run ended early; its {} results are kept in {} (finish it with --resume {})",
+            lines.len(),
+            out_dir.display(),
+            out_dir.display()
+        )
+    })?;
     Ok(Outcome {
         out_dir,
         lines,
@@ -255,6 +282,10 @@ impl Running<'_> {
             let where_ = job.place(p);
             let (mut line, outputs) = match run_job(self.exp, p, data, &job, &self.env_base) {
                 Ok(v) => v,
+                Err(e) if crate::cluster::is_lost(&e) => {
+                    self.errors += 1;
+                    return Err(e.context(format!("point {} on {where_}", p.index)));
+                }
                 Err(e) => {
                     self.errors += 1;
                     self.progress.bar.inc(1);
@@ -381,6 +412,9 @@ fn run_job(
     match job {
         Job::Single { s, d, imp } => {
             let imp = imp.clone().map_err(anyhow::Error::msg)?;
+            if crate::cluster::world().is_some() {
+                return super::ranked::single_on_root(exp, p, data, s, *d, imp, env_base);
+            }
             jobs::run_single(exp, p, data, s, *d, imp, env_base).map(|(l, o)| (l, Some(o)))
         }
         Job::Split { s, imp } => {
@@ -396,7 +430,7 @@ fn run_job(
 /// One thing a point runs: on one device, split over the run's devices, or (link) between
 /// one ordered pair of them.
 /// `imp` is the implementation it runs with, or why none covers the point.
-enum Job<'s> {
+pub(super) enum Job<'s> {
     Single {
         s: &'s Selected,
         d: usize,
@@ -424,7 +458,7 @@ impl Job<'_> {
         }
     }
 
-    fn backend(&self) -> &'static str {
+    pub(super) fn backend(&self) -> &'static str {
         match self {
             Job::Single { s, .. } | Job::Split { s, .. } | Job::Link { s, .. } => s.backend.name(),
         }
@@ -438,7 +472,7 @@ impl Job<'_> {
     }
 
     /// The device part of the result's key: `0`, `0+1+2+3` (`0x4` virtual), `0->1`.
-    fn label(&self) -> String {
+    pub(super) fn label(&self) -> String {
         match self {
             Job::Single { d, .. } => d.to_string(),
             Job::Split { s, .. } => s.device_set().label(),
@@ -465,7 +499,7 @@ fn impl_on(p: &Point, b: &dyn Backend) -> Option<Result<&'static str, String>> {
     }
 }
 
-fn jobs_for<'s>(p: &Point, selected: &'s [Selected]) -> Vec<Job<'s>> {
+pub(super) fn jobs_for<'s>(p: &Point, selected: &'s [Selected]) -> Vec<Job<'s>> {
     let mut jobs = Vec::new();
     for s in selected {
         let is_link = matches!(p.workload, Workload::Link(_));
@@ -485,6 +519,13 @@ fn jobs_for<'s>(p: &Point, selected: &'s [Selected]) -> Vec<Job<'s>> {
             }
         } else if p.split != SplitKind::None {
             jobs.push(Job::Split { s, imp });
+        } else if let Some(w) = crate::cluster::world() {
+            // Under a launcher the run's devices are its ranks.
+            jobs.extend((0..w.size).map(|d| Job::Single {
+                s,
+                d,
+                imp: imp.clone(),
+            }));
         } else {
             jobs.extend(s.physical_devices().into_iter().map(|d| Job::Single {
                 s,

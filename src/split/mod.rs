@@ -7,6 +7,7 @@
 //! final operations in the parent's order (see each kind below).
 
 pub mod link;
+pub mod ranked;
 pub mod run;
 mod shards;
 

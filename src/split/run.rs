@@ -3,7 +3,7 @@
 //! run the same point on one device for the scaling and the exactness comparison.
 
 use super::{Plan, compare_outputs};
-use crate::backend::{Backend, CacheMode, How, Prepared};
+use crate::backend::{Backend, CacheMode, Gathered, How, Prepared};
 use crate::report::{CombineOut, MultiDevice, OneDeviceOut, ShardOut, TimeStats};
 use crate::workload::{TensorSet, Workload};
 use anyhow::Context;
@@ -16,6 +16,9 @@ pub struct DeviceSet {
     pub physical: Vec<usize>,
     /// Several logical devices on one physical device.
     pub virtual_devices: bool,
+    /// Logical device i is rank i of a launched run (`cluster`), each on its own host's
+    /// device `physical[i]`.
+    pub ranks: bool,
 }
 
 impl DeviceSet {
@@ -29,6 +32,12 @@ impl DeviceSet {
 
     /// `0+1+2+3`: what a result line names the set by.
     pub fn label(&self) -> String {
+        if self.ranks {
+            return (0..self.len())
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("+");
+        }
         if self.virtual_devices {
             format!("{}x{}", self.physical[0], self.physical.len())
         } else {
@@ -40,8 +49,12 @@ impl DeviceSet {
         }
     }
 
-    /// Shards may run at the same time only on distinct physical devices.
+    /// Shards may run at the same time only on distinct physical devices (ranks always
+    /// run at once: each is its own process).
     pub fn concurrent(&self) -> bool {
+        if self.ranks {
+            return true;
+        }
         let mut seen = self.physical.clone();
         seen.sort_unstable();
         seen.dedup();
@@ -91,6 +104,39 @@ pub fn run_split(
     let concurrent = devices.concurrent();
     let mut prepared = prepare_shards(backend, devices, plan, s)?;
     let times = time_shards(&mut prepared, concurrent, s)?;
+    let gathered = backend.gather(&mut prepared, combine_reps(s.reps))?;
+    drop(prepared);
+    finish(
+        backend,
+        devices,
+        parent,
+        parent_inputs,
+        plan,
+        s,
+        times,
+        gathered,
+    )
+}
+
+/// How many times the combine is timed.
+pub(super) fn combine_reps(reps: usize) -> usize {
+    COMBINE_REPS.min(reps).max(1)
+}
+
+/// From the shards' rep times and gathered outputs: the combine, the one-device baseline
+/// and the figures (wherever the shards ran: threads of this process, or ranks).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn finish(
+    backend: &dyn Backend,
+    devices: &DeviceSet,
+    parent: &Workload,
+    parent_inputs: &TensorSet,
+    plan: &Plan,
+    s: &Settings,
+    times: Vec<Vec<f64>>,
+    gathered: Gathered,
+) -> anyhow::Result<SplitOutcome> {
+    let concurrent = devices.concurrent();
     for (t, shard) in times.iter().zip(&plan.shards) {
         anyhow::ensure!(
             t.len() == s.reps,
@@ -100,8 +146,7 @@ pub fn run_split(
             s.reps
         );
     }
-    let c = combine(backend, &mut prepared, plan, parent, s.reps)?;
-    drop(prepared);
+    let c = combine(gathered, plan, parent)?;
 
     // End to end, per rep: the slowest shard (at once) or the sum of shards (in turn), plus
     // the combine's median.
@@ -133,7 +178,9 @@ pub fn run_split(
         .map(|o| o.time_s.median / (n * end_to_end.median))
         .filter(|x| x.is_finite());
     let idle = devices.len() - plan.shards.len();
-    let mut note = if concurrent {
+    let mut note = if devices.ranks {
+        "shards ran at once, one rank (process) per device, started together by a message from rank 0; end-to-end = slowest shard per rep + combine median".to_string()
+    } else if concurrent {
         "shards ran at once, one thread per device; end-to-end = slowest shard per rep + combine median".to_string()
     } else {
         "virtual devices share one device, so shards ran one after another; end-to-end = sum of shards per rep + combine median".to_string()
@@ -163,7 +210,7 @@ pub fn run_split(
 }
 
 /// Every shard built on its device, with the shard named if one fails.
-fn prepare_shards<'b>(
+pub(super) fn prepare_shards<'b>(
     backend: &'b dyn Backend,
     devices: &DeviceSet,
     plan: &Plan,
@@ -193,7 +240,7 @@ fn prepare_shards<'b>(
 
 /// Per-shard rep times. On distinct devices the shards run at once, one thread each,
 /// released together; on virtual devices they share one device and run in turn.
-fn time_shards(
+pub(super) fn time_shards(
     prepared: &mut [Box<dyn Prepared + '_>],
     concurrent: bool,
     s: &Settings,
@@ -233,20 +280,12 @@ struct Combined {
     out: CombineOut,
 }
 
-/// The combine: the shards' outputs moved by the backend's transport (host-staged, or NCCL
-/// on cuda), then merged on the host; both timed, the combine is their sum.
-fn combine(
-    backend: &dyn Backend,
-    prepared: &mut [Box<dyn Prepared + '_>],
-    plan: &Plan,
-    parent: &Workload,
-    reps: usize,
-) -> anyhow::Result<Combined> {
-    let reps_c = COMBINE_REPS.min(reps).max(1);
-    let gathered = backend.gather(prepared, reps_c)?;
+/// The combine: the shards' outputs moved by a transport (host-staged, NCCL on cuda, or MPI
+/// between ranks), then merged on the host; both timed, the combine is their sum.
+fn combine(gathered: Gathered, plan: &Plan, parent: &Workload) -> anyhow::Result<Combined> {
     let mut merge_times = Vec::new();
     let mut combined = None;
-    for _ in 0..reps_c {
+    for _ in 0..gathered.times.len().max(1) {
         let t0 = Instant::now();
         combined = Some(plan.combine(parent, &gathered.outputs)?);
         merge_times.push(t0.elapsed().as_secs_f64());

@@ -47,6 +47,10 @@ enum Command {
         /// No progress bar (it is also hidden when stdout is not a terminal).
         #[arg(long)]
         no_progress: bool,
+        /// Under mpirun or srun: seconds a rank waits for another before it ends the run
+        /// (default DECODELAB_RANK_TIMEOUT, else 600; longer than the slowest point).
+        #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
+        rank_timeout: Option<f64>,
         #[command(flatten)]
         over: OverrideArgs,
     },
@@ -176,6 +180,7 @@ fn main() -> ExitCode {
             dump,
             resume,
             no_progress,
+            rank_timeout,
             over,
         } => {
             let opts = decodelab::experiment::runner::RunOptions {
@@ -185,8 +190,15 @@ fn main() -> ExitCode {
                 resume,
                 progress: !no_progress,
             };
-            run::run(&file, opts, &over.overrides())
+            run::run(&file, opts, &over.overrides(), rank_timeout)
         }
+    }
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number of seconds")),
     }
 }
 

@@ -45,39 +45,33 @@ impl OverrideArgs {
     }
 }
 
-fn load(file: &std::path::Path, over: &Overrides) -> Result<Experiment, ExitCode> {
-    let mut exp = Experiment::load(file).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(2)
-    })?;
-    exp.apply(over).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(2)
-    })?;
+/// A refusal before anything runs: the message, exit code 2.
+fn refused(msg: String) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
+fn load(file: &std::path::Path, over: &Overrides) -> Result<Experiment, String> {
+    let mut exp = Experiment::load(file).map_err(|e| e.to_string())?;
+    exp.apply(over).map_err(|e| e.to_string())?;
     Ok(exp)
 }
 
-fn select(exp: &Experiment, backend: Option<&str>) -> Result<Vec<preflight::Selected>, ExitCode> {
+fn select(exp: &Experiment, backend: Option<&str>) -> Result<Vec<preflight::Selected>, String> {
     let choice = match backend {
-        Some(b) => preflight::parse_backend_choice(b).map_err(|e| {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        })?,
+        Some(b) => preflight::parse_backend_choice(b)?,
         None => exp.backends.clone(),
     };
     let selected = preflight::select(exp, &choice)
         .and_then(|s| preflight::check_fit(exp, &s).map(|_| s))
         .and_then(|s| preflight::check_energy(exp, &s).map(|_| s));
-    selected.map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(2)
-    })
+    selected.map_err(|e| e.to_string())
 }
 
 pub fn check(file: &std::path::Path, backend: Option<&str>, over: &Overrides) -> ExitCode {
     let exp = match load(file, over) {
         Ok(e) => e,
-        Err(c) => return c,
+        Err(m) => return refused(m),
     };
     // Backends and devices are this machine's business, not the file's: where they are
     // missing the file is still checked, and the gap is a warning (run refuses it).
@@ -207,17 +201,106 @@ fn print_points(exp: &Experiment, selected: &[preflight::Selected]) {
     }
 }
 
-pub fn run(file: &std::path::Path, opts: RunOptions, over: &Overrides) -> ExitCode {
+pub fn run(
+    file: &std::path::Path,
+    opts: RunOptions,
+    over: &Overrides,
+    rank_timeout: Option<f64>,
+) -> ExitCode {
+    if let Some(t) = rank_timeout {
+        decodelab::cluster::set_timeout(t);
+    }
+    match decodelab::cluster::join_world() {
+        Ok(Some(w)) => return run_ranked(file, opts, over, w),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
     let exp = match load(file, over) {
         Ok(e) => e,
-        Err(c) => return c,
+        Err(m) => return refused(m),
     };
     let selected = match select(&exp, opts.backend.as_deref()) {
         Ok(s) => s,
-        Err(c) => return c,
+        Err(m) => return refused(m),
     };
     runner::stop_on_ctrl_c();
-    match runner::run(&exp, &selected, &opts) {
+    report_run(file, runner::run(&exp, &selected, &opts))
+}
+
+/// A run under a launcher: every rank loads and selects; rank 0 runs and reports, the others
+/// follow it. A lost rank ends every rank through the launcher (exit 1), after rank 0 kept
+/// what finished.
+fn run_ranked(
+    file: &std::path::Path,
+    opts: RunOptions,
+    over: &Overrides,
+    w: &'static decodelab::cluster::World,
+) -> ExitCode {
+    // Only rank 0 prints a refusal, once for every rank.
+    let mut setup = load(file, over).and_then(|exp| {
+        let sel = select(&exp, opts.backend.as_deref())?;
+        Ok((exp, sel))
+    });
+    let mine = match &mut setup {
+        Ok((_, sel)) => Ok(sel.as_mut_slice()),
+        Err(e) => Err(e.clone()),
+    };
+    match decodelab::experiment::ranked::agree_setup(w, mine) {
+        Ok(Ok(())) => {}
+        Ok(Err(msg)) => {
+            if w.is_root() {
+                eprintln!("error: {msg}");
+            }
+            w.finalize();
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("rank {}: error: {e:#}", w.rank);
+            w.abort(2);
+        }
+    }
+    let (exp, selected) = setup.expect("agreed above");
+    if !w.is_root() {
+        // Rank 0 decides when to stop: a Ctrl-C the launcher forwards here is its business.
+        let _ = ctrlc::set_handler(|| {});
+        if let Err(e) = decodelab::experiment::ranked::follow(&exp, &selected, w) {
+            eprintln!("rank {}: error: {e:#}", w.rank);
+            w.abort(1);
+        }
+        w.finalize();
+        return ExitCode::SUCCESS;
+    }
+    let hosts: Vec<String> = w.hosts().iter().map(|(h, n)| format!("{h} x{n}")).collect();
+    println!(
+        "world: {} ranks from {} over {}, on {}; rank timeout {} s",
+        w.size,
+        w.launcher,
+        w.library(),
+        hosts.join(", "),
+        decodelab::cluster::timeout().as_secs_f64()
+    );
+    runner::stop_on_ctrl_c();
+    let opts = RunOptions {
+        progress: false,
+        ..opts
+    };
+    let result = runner::run(&exp, &selected, &opts);
+    if let Err(e) = &result
+        && decodelab::cluster::is_lost(e)
+    {
+        eprintln!("error: {e:#}\nevery rank is being stopped");
+        w.abort(1);
+    }
+    let code = report_run(file, result);
+    w.finalize();
+    code
+}
+
+fn report_run(file: &std::path::Path, result: anyhow::Result<runner::Outcome>) -> ExitCode {
+    match result {
         Ok(o) if o.interrupted => {
             println!(
                 "\ninterrupted: {} results kept in {} (results.csv and summary.md written for them)\nresume with: decodelab run {} --resume {}",
