@@ -13,6 +13,8 @@
 #   4. the cuda conformance, split and compile/SASS suites, DECODELAB_REQUIRE=cuda -> tests.txt
 #   5. the headline GQA and expert shapes on wgpu (Vulkan on the same card), every
 #      implementation (simple and unrolled), and the table again
+#   6. every split kind as a ranked run on cuda (`mpirun -n 1`), where the machine has an
+#      mpirun                                                          -> results-ranks.jsonl
 set -uo pipefail
 OUT="${OUT:-/tmp/device-perf}"
 mkdir -p "$OUT"
@@ -90,4 +92,13 @@ step "perf sweep (wgpu)" 60 "$BIN" run experiments/device-perf.yaml --backend wg
     --out /tmp/dp-wgpu
 cp /tmp/dp-wgpu/results.jsonl "$OUT/results-wgpu.jsonl" 2>/dev/null
 table
+
+# 6. The multi-process path on CUDA: one rank (this machine has one GPU), every split kind.
+if command -v mpirun >/dev/null; then
+    step "ranks (cuda, mpirun -n 1)" 40 mpirun --allow-run-as-root -n 1 "$BIN" run \
+        experiments/ranks.yaml --backend cuda --no-progress --rank-timeout 30 --out /tmp/dp-ranks
+    cp /tmp/dp-ranks/results.jsonl "$OUT/results-ranks.jsonl" 2>/dev/null
+else
+    echo "== ranks (cuda, mpirun -n 1): SKIPPED, no mpirun on this machine"
+fi
 echo "== done in $(($(date +%s) - start))s"

@@ -300,3 +300,31 @@ fn a_device_count_other_than_the_ranks_is_refused_once_by_name() {
     assert_eq!(text.matches("devices: 3, but").count(), 1, "{text}");
     assert!(!dir.join("out/results.jsonl").exists());
 }
+
+#[test]
+fn the_readme_cluster_command_works_as_written() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let section = &readme[readme.find("## Running on a cluster").expect("the section")..];
+    let line = section
+        .lines()
+        .find(|l| l.starts_with("mpirun "))
+        .expect("an mpirun command");
+    let Some(_) = mpirun(1) else {
+        return;
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let bin = words.iter().position(|w| w.ends_with("decodelab")).unwrap();
+    assert_eq!(words[bin], "target/release/decodelab");
+    let out = tempdir("readme");
+    let o = Command::new(words[0])
+        .args(&words[1..bin])
+        .arg(env!("CARGO_BIN_EXE_decodelab"))
+        .args(&words[bin + 1..])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{line}\n{}", said(&o));
+    let lines = read_lines(&out.join("results.jsonl"));
+    assert!(!lines.is_empty() && lines.iter().all(|l| l.check.pass));
+}
