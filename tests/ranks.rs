@@ -91,12 +91,22 @@ fn splits_match_one_process(backend: &str) {
     kinds.dedup();
     assert_eq!(
         kinds,
-        ["data", "experts", "heads", "none", "sequence", "tensor"]
+        [
+            "data", "experts", "heads", "link", "none", "sequence", "tensor"
+        ]
     );
     for l in &lines {
         assert!(l.check.pass, "{l:?}");
         assert_eq!(l.env["world"]["ranks"], 4, "{l:?}");
         if l.split == "none" {
+            continue;
+        }
+        if let Some(link) = &l.link {
+            assert!(
+                link.path.starts_with("MPI between two ranks"),
+                "{}",
+                link.path
+            );
             continue;
         }
         let m = l
@@ -125,6 +135,16 @@ fn splits_match_one_process(backend: &str) {
         .collect();
     ranks.sort();
     assert_eq!(ranks, [0, 1, 2, 3]);
+    // Links: every ordered pair of ranks, each direction setting.
+    let mut pairs: Vec<String> = lines
+        .iter()
+        .filter(|l| l.link.is_some())
+        .map(|l| l.env["devices"].as_str().unwrap().to_string())
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    assert_eq!(pairs.len(), 12, "{pairs:?}");
+    assert_eq!(lines.iter().filter(|l| l.link.is_some()).count(), 24);
 
     // The same file on 4 virtual devices of one process.
     let text = std::fs::read_to_string("experiments/ranks.yaml").unwrap();
@@ -142,7 +162,10 @@ fn splits_match_one_process(backend: &str) {
         .unwrap();
     assert!(o.status.success(), "{}", said(&o));
     let mut compared = 0;
-    for l in lines.iter().filter(|l| l.split != "none") {
+    for l in lines
+        .iter()
+        .filter(|l| l.split != "none" && l.link.is_none())
+    {
         let p = l.point.to_string();
         for f in std::fs::read_dir(dir.join("one-dump").join(&p)).unwrap() {
             let name = f.unwrap().file_name();

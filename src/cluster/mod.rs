@@ -196,6 +196,13 @@ impl World {
         .into()
     }
 
+    /// Send `bytes` to `peer` while receiving its message (both ways at once).
+    pub fn exchange_bytes(&self, peer: usize, bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.mpi
+            .exchange(peer, bytes, timeout())
+            .map_err(|e| self.lost(peer, e))
+    }
+
     pub fn send<T: Serialize>(&self, to: usize, v: &T) -> anyhow::Result<()> {
         self.send_bytes(to, &serde_json::to_vec(v)?)
     }

@@ -154,41 +154,69 @@ impl Mpi {
     pub fn send(&self, to: usize, bytes: &[u8], timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let len = (bytes.len() as u64).to_le_bytes();
-        let sent = std::iter::once(&len[..])
-            .chain(bytes.chunks(CHUNK))
-            .try_for_each(|c| self.send_one(to, c, deadline, timeout));
+        let sent = self
+            .post(to, &len, bytes)
+            .and_then(|reqs| self.wait_sent(reqs, deadline, timeout));
         sent.with_context(|| format!("sending to rank {to}"))
     }
 
-    fn send_one(
+    /// Send `bytes` to `peer` and receive its message at the same time (both ways at once,
+    /// however large: the sends are posted before the receive, so neither side waits on
+    /// the other's receive).
+    pub fn exchange(
         &self,
-        to: usize,
+        peer: usize,
         bytes: &[u8],
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let len = (bytes.len() as u64).to_le_bytes();
+        let reqs = self.post(peer, &len, bytes)?;
+        let got = self.recv(peer, timeout)?;
+        self.wait_sent(reqs, deadline, timeout)
+            .with_context(|| format!("sending to rank {peer}"))?;
+        Ok(got)
+    }
+
+    /// Post a message (its length, then its chunks) without waiting; `len` and `bytes`
+    /// must stay put until `wait_sent` returns.
+    fn post(&self, to: usize, len: &[u8; 8], bytes: &[u8]) -> anyhow::Result<Vec<u64>> {
+        std::iter::once(&len[..])
+            .chain(bytes.chunks(CHUNK))
+            .map(|c| {
+                let mut req = 0u64;
+                let rc = unsafe {
+                    (self.fns.isend)(
+                        c.as_ptr().cast(),
+                        c.len() as c_int,
+                        self.byte,
+                        to as c_int,
+                        TAG,
+                        self.world,
+                        &mut req,
+                    )
+                };
+                check("MPI_Isend", rc).map(|()| req)
+            })
+            .collect()
+    }
+
+    fn wait_sent(
+        &self,
+        mut reqs: Vec<u64>,
         deadline: Instant,
         timeout: Duration,
     ) -> anyhow::Result<()> {
-        let mut req = 0u64;
-        unsafe {
-            check(
-                "MPI_Isend",
-                (self.fns.isend)(
-                    bytes.as_ptr().cast(),
-                    bytes.len() as c_int,
-                    self.byte,
-                    to as c_int,
-                    TAG,
-                    self.world,
-                    &mut req,
-                ),
-            )?;
-        }
-        poll(deadline, timeout, || {
-            let (mut flag, mut status) = (0, Status::default());
-            check("MPI_Test", unsafe {
-                (self.fns.test)(&mut req, &mut flag, &mut status)
+        for req in &mut reqs {
+            poll(deadline, timeout, || {
+                let (mut flag, mut status) = (0, Status::default());
+                check("MPI_Test", unsafe {
+                    (self.fns.test)(req, &mut flag, &mut status)
+                })?;
+                Ok((flag != 0).then_some(()))
             })?;
-            Ok((flag != 0).then_some(()))
-        })
+        }
+        Ok(())
     }
 
     /// The next message from rank `from`; fails after `timeout` without one.

@@ -386,21 +386,38 @@ pub(super) fn run_link_point(
         bail!("not a link point");
     };
     let b = s.backend.as_ref();
-    let (ps, pd) = (s.devices[src], s.devices[dst]);
-    let run = crate::split::link::run_link(
-        b,
-        (ps, pd),
-        link,
-        inputs,
-        (exp.warmup, exp.reps),
-        s.virtual_devices,
-    )?;
+    let world = crate::cluster::world();
+    let (ps, pd) = match world {
+        Some(_) => (s.rank_devices[src].0, s.rank_devices[dst].0),
+        None => (s.devices[src], s.devices[dst]),
+    };
+    let run = match world {
+        Some(w) => {
+            let ranked = crate::split::link::run_link_ranked;
+            ranked(w, (src, dst), link, inputs, (exp.warmup, exp.reps))?
+                .context("the link's source rank holds its outcome")?
+        }
+        None => crate::split::link::run_link(
+            b,
+            (ps, pd),
+            link,
+            inputs,
+            (exp.warmup, exp.reps),
+            s.virtual_devices,
+        )?,
+    };
     let stats = TimeStats::from_samples(&run.times).context("no timings came back")?;
     let check = p.workload.oracle(inputs).check(&run.outputs);
-    let dev = &b.devices()[ps];
+    // Under a launcher this process is the source rank, on its own device.
+    let dev = &b.devices()[if world.is_some() { s.devices[0] } else { ps }];
     let mut env = env_for(env_base, exp, dev, ps);
     env["devices"] = format!("{src}->{dst}").into();
     env["timer"] = serde_json::to_value(run.timer)?;
+    let mut device = format!("{} -> {}", dev.name, b.devices()[pd].name);
+    if let Some(w) = world {
+        env["world"] = w.describe();
+        device = format!("{} -> {}", s.rank_devices[src].1, s.rank_devices[dst].1);
+    }
     let energy = Energy {
         source: "none".into(),
         joules: None,
@@ -413,7 +430,7 @@ pub(super) fn run_link_point(
         exp,
         p,
         b.name(),
-        format!("{} -> {}", dev.name, b.devices()[pd].name),
+        device,
         2,
         stats,
         run.times.len(),

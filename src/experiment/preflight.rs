@@ -270,19 +270,6 @@ fn check_fit_devices(exp: &Experiment, selected: &[Selected]) -> Result<(), Conf
             msg,
         )
     };
-    if let Some(w) = crate::cluster::world()
-        && let Some(p) = exp
-            .points
-            .iter()
-            .find(|p| matches!(p.workload, Workload::Link(_)))
-    {
-        let msg = format!(
-            "link points run between devices of one process; under a launcher ({} ranks) they \
-             are not built yet: run them without mpirun/srun",
-            w.size
-        );
-        return Err(at_run(p, ".kernel", msg));
-    }
     for s in selected {
         let n = s.device_count();
         // A point no implementation on the backend covers (mxfp4 on a GPU backend).

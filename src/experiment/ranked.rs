@@ -9,7 +9,7 @@ use super::runner::{Job, jobs_for};
 use super::{Experiment, Point};
 use crate::cluster::World;
 use crate::report::ResultLine;
-use crate::workload::TensorSet;
+use crate::workload::{TensorSet, Workload};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
@@ -154,6 +154,67 @@ pub(super) fn single_on_root(
         .map_err(|e| anyhow::anyhow!("rank {d} ({}): {e}", w.ranks[d].host))
 }
 
+/// On rank 0: the line of the link from rank `src` to rank `dst` (run here when rank 0 is
+/// one end, the line received from `src` otherwise).
+pub(super) fn link_on_root(
+    exp: &Experiment,
+    p: &Point,
+    inputs: &TensorSet,
+    s: &Selected,
+    src: usize,
+    dst: usize,
+    env_base: &serde_json::Value,
+) -> anyhow::Result<ResultLine> {
+    let w = crate::cluster::world().context("not a ranked run")?;
+    if w.rank == src {
+        return super::jobs::run_link_point(exp, p, inputs, s, src, dst, env_base);
+    }
+    if w.rank == dst {
+        link_end(exp, p, inputs, (src, dst), w)?;
+    }
+    let got: Result<ResultLine, String> = w.recv(src)?;
+    got.map_err(|e| anyhow::anyhow!("rank {src} ({}): {e}", w.ranks[src].host))
+}
+
+/// The receiving end of a link between ranks.
+fn link_end(
+    exp: &Experiment,
+    p: &Point,
+    inputs: &TensorSet,
+    ends: (usize, usize),
+    w: &World,
+) -> anyhow::Result<()> {
+    let Workload::Link(link) = &p.workload else {
+        anyhow::bail!("not a link point");
+    };
+    crate::split::link::run_link_ranked(w, ends, link, inputs, (exp.warmup, exp.reps))?;
+    Ok(())
+}
+
+/// A link on a rank other than 0: run its end; the source sends rank 0 the line.
+fn follow_link(
+    exp: &Experiment,
+    p: &Point,
+    inputs: &TensorSet,
+    s: &Selected,
+    (src, dst): (usize, usize),
+    w: &World,
+) -> anyhow::Result<()> {
+    if w.rank == src {
+        let env_base = super::runner::host_env();
+        let line = super::jobs::run_link_point(exp, p, inputs, s, src, dst, &env_base);
+        if let Err(e) = &line
+            && crate::cluster::is_lost(e)
+        {
+            anyhow::bail!("{e:#}");
+        }
+        w.send(0, &line.map_err(|e| format!("{e:#}")))?;
+    } else if w.rank == dst {
+        link_end(exp, p, inputs, (src, dst), w)?;
+    }
+    Ok(())
+}
+
 /// On every rank but 0: follow rank 0's orders until it says the run is over.
 pub fn follow(exp: &Experiment, selected: &[Selected], w: &World) -> anyhow::Result<()> {
     let env_base = super::runner::host_env();
@@ -189,6 +250,9 @@ pub fn follow(exp: &Experiment, selected: &[Selected], w: &World) -> anyhow::Res
                 }
                 Job::Split { s, imp: Ok(imp) } => {
                     super::jobs::follow_split_point(exp, p, data, s, imp, w)?;
+                }
+                Job::Link { s, src, dst } => {
+                    follow_link(exp, p, &data.inputs, s, (*src, *dst), w)?;
                 }
                 _ => {}
             }

@@ -421,6 +421,10 @@ fn run_job(
             let imp = imp.clone().map_err(anyhow::Error::msg)?;
             jobs::run_split_point(exp, p, data, s, imp, env_base).map(|(l, o)| (l, Some(o)))
         }
+        Job::Link { s, src, dst } if crate::cluster::world().is_some() => {
+            super::ranked::link_on_root(exp, p, &data.inputs, s, *src, *dst, env_base)
+                .map(|l| (l, None))
+        }
         Job::Link { s, src, dst } => {
             jobs::run_link_point(exp, p, &data.inputs, s, *src, *dst, env_base).map(|l| (l, None))
         }
@@ -511,7 +515,7 @@ pub(super) fn jobs_for<'s>(p: &Point, selected: &'s [Selected]) -> Vec<Job<'s>> 
             continue;
         };
         if is_link {
-            let n = s.devices.len();
+            let n = s.device_count();
             for src in 0..n {
                 for dst in (0..n).filter(|&d| d != src) {
                     jobs.push(Job::Link { s, src, dst });

@@ -40,3 +40,77 @@ pub fn run_link(
         timer: prepared.timer(),
     })
 }
+
+/// A link between two ranks (`cluster`): rank `a` sends `link.bytes` to rank `b` over MPI
+/// (both ways: `b` sends to `a` at the same time), timed on `a` from its start word to `b`'s
+/// word that everything landed (two small-message latencies over the copy itself). Then what
+/// landed on `b` comes back to `a`, untimed, for the check. Some on `a`, None on `b`.
+pub fn run_link_ranked(
+    w: &crate::cluster::World,
+    (a, b): (usize, usize),
+    link: &Link,
+    inputs: &TensorSet,
+    (warmup, reps): (usize, usize),
+) -> anyhow::Result<Option<LinkRun>> {
+    let src = &inputs.expect("src").bytes;
+    let back = link.both_ways().then(|| &inputs.expect("src_back").bytes);
+    if w.rank == b {
+        let mut landed = Vec::new();
+        for _ in 0..warmup + reps {
+            let () = w.recv(a)?;
+            landed = match back {
+                Some(bytes) => w.exchange_bytes(a, bytes)?,
+                None => w.recv_bytes(a)?,
+            };
+            w.send(a, &())?;
+        }
+        w.send_bytes(a, &landed)?;
+        return Ok(None);
+    }
+    let mut times = Vec::new();
+    let mut landed_back = Vec::new();
+    for i in 0..warmup + reps {
+        let t0 = std::time::Instant::now();
+        w.send(b, &())?;
+        match back {
+            Some(_) => landed_back = w.exchange_bytes(b, src)?,
+            None => w.send_bytes(b, src)?,
+        }
+        let () = w.recv(b)?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let landed = w.recv_bytes(b)?;
+    let mut outputs = Vec::new();
+    for (spec, bytes) in crate::workload::Workload::Link(link.clone())
+        .outputs()
+        .into_iter()
+        .zip([landed, landed_back])
+    {
+        anyhow::ensure!(
+            bytes.len() == spec.elem.bytes_for(spec.shape.iter().product()),
+            "rank {b}: '{}' landed with {} bytes",
+            spec.name,
+            bytes.len()
+        );
+        outputs.push(crate::workload::Tensor {
+            name: spec.name,
+            elem: spec.elem,
+            shape: spec.shape,
+            bytes: bytes.into(),
+        });
+    }
+    let (ha, hb) = (&w.ranks[a].host, &w.ranks[b].host);
+    let path = if ha == hb {
+        format!("MPI between two ranks on {ha} (shared memory), host-staged")
+    } else {
+        format!("MPI between hosts {ha} -> {hb} (the network), host-staged")
+    };
+    Ok(Some(LinkRun {
+        times,
+        outputs: TensorSet(outputs),
+        path,
+        timer: Timer::Host,
+    }))
+}
