@@ -440,9 +440,15 @@ pub(super) fn run_link_point(
         "simple",
         None,
     )?;
+    // Between ranks the ends are named by rank (two ranks may each use their device 0).
+    let (src, dst) = if world.is_some() {
+        (src, dst)
+    } else {
+        (ps, pd)
+    };
     line.link = Some(report::LinkOut {
-        src: ps,
-        dst: pd,
+        src,
+        dst,
         path: run.path,
     });
     Ok(line)

@@ -237,6 +237,7 @@ pub struct VsOneDevice {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LinkOut {
+    /// The physical devices at the two ends; between ranks, the ranks.
     pub src: usize,
     pub dst: usize,
     /// e.g. `peer (NVLink x18)`, `same device (virtual)`, `host memory`.
