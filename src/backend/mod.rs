@@ -284,6 +284,28 @@ pub trait Backend: Send + Sync {
         host_staged_gather(shards, reps)
     }
 
+    /// Under a launcher: whether this backend moves shard outputs between ranks itself
+    /// (`gather_ranks`), or why not (then MPI carries them, host-staged).
+    fn rank_transport(&self) -> Result<(), String> {
+        Err(format!("{}: host-staged over MPI", self.name()))
+    }
+
+    /// Under a launcher, on every rank at once: send this rank's shard outputs (`mine`,
+    /// where it has a shard) to rank 0 with the backend's own transport, `reps` times.
+    /// Rank 0 gets the other ranks' shards' outputs in `plan` order (not its own) and the
+    /// transport's times; the others get None.
+    fn gather_ranks(
+        &self,
+        w: &crate::cluster::World,
+        local: usize,
+        mine: Option<&mut (dyn Prepared + '_)>,
+        plan: &crate::split::Plan,
+        reps: usize,
+    ) -> anyhow::Result<Option<Gathered>> {
+        let _ = (w, local, mine, plan, reps);
+        anyhow::bail!("{}: no transport between ranks", self.name())
+    }
+
     /// Prepare a `link` point: `run` times copies from device `src` to `dst` (and back, both
     /// ways), `read_outputs` returns what landed. The string names the path the bytes take.
     fn prepare_link<'a>(

@@ -1,13 +1,14 @@
 //! A split point across ranks (`cluster`): rank r prepares and times shard r on its own
 //! device, all ranks starting together on rank 0's word; rank 0 then gathers every shard's
-//! rep times and outputs over MPI (host-staged) and finishes the point as a one-process
-//! split does: the combine, the one-device baseline on its own device, the figures. A rank
-//! that fails sends its error instead, so the point ends with an error naming it, and every
-//! rank moves on together.
+//! rep times and outputs, through the backend's own transport between ranks where every
+//! rank has it (cuda: NCCL), else host-staged over MPI, and finishes the point as a
+//! one-process split does: the combine, the one-device baseline on its own device, the
+//! figures. A rank that fails sends its error instead, so the point ends with an error
+//! naming it, and every rank moves on together.
 
 use super::Plan;
 use super::run::{DeviceSet, Settings, SplitOutcome, combine_reps, finish};
-use crate::backend::{Backend, Gathered, How};
+use crate::backend::{Backend, Gathered, How, Prepared};
 use crate::cluster::World;
 use crate::workload::{Tensor, TensorSet, Workload};
 use anyhow::{Context, bail};
@@ -16,7 +17,7 @@ use std::time::Instant;
 
 /// What a rank sends for its shard: a header, then each output's bytes in the shard's
 /// output order.
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default, Clone)]
 struct Header {
     times: Vec<f64>,
     error: Option<String>,
@@ -78,14 +79,15 @@ enum Mine {
     Failed(String),
 }
 
-/// This rank's shard prepared, started with every other rank's, and run.
-fn run_mine(
-    backend: &dyn Backend,
+/// This rank's shard prepared, started with every other rank's, and run; the prepared
+/// shard is kept for a transport that sends from the device.
+fn run_mine<'b>(
+    backend: &'b dyn Backend,
     local: usize,
     plan: &Plan,
     s: &Settings,
     w: &World,
-) -> anyhow::Result<Mine> {
+) -> anyhow::Result<(Mine, Option<Box<dyn Prepared + 'b>>)> {
     let how = How {
         imp: s.imp,
         cache: s.cache,
@@ -96,30 +98,45 @@ fn run_mine(
         .transpose()
         .map_err(|e| format!("preparing its shard: {e:#}"));
     // Every rank says whether it is ready; rank 0's answer starts them all at once.
-    let ready = w.gather(&prepared.as_ref().err().cloned())?.map(|all| {
-        let errors: Vec<String> = all
-            .iter()
-            .enumerate()
-            .filter_map(|(r, e)| {
-                e.as_ref()
-                    .map(|e| format!("rank {r} ({}): {e}", w.ranks[r].host))
-            })
-            .collect();
-        (!errors.is_empty()).then(|| errors.join("; "))
-    });
+    let ready = w
+        .gather(&prepared.as_ref().err().cloned())?
+        .map(|all| agreed_errors(w, &all));
     if let Some(why) = w.broadcast(ready.as_ref())? {
-        return Ok(Mine::NotReady(why));
+        return Ok((Mine::NotReady(why), None));
     }
     let Ok(Some(mut p)) = prepared else {
-        return Ok(Mine::Ran(None));
+        return Ok((Mine::Ran(None), None));
     };
     let run = p
         .run(s.warmup, s.reps)
         .and_then(|t| Ok((t, p.read_outputs()?)));
-    Ok(match run {
+    let mine = match run {
         Ok(r) => Mine::Ran(Some(r)),
         Err(e) => Mine::Failed(format!("running its shard: {e:#}")),
-    })
+    };
+    Ok((mine, Some(p)))
+}
+
+/// Every rank's error (by rank and host), or None when there is none.
+fn agreed_errors(w: &World, all: &[Option<String>]) -> Option<String> {
+    let errors: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter_map(|(r, e)| {
+            e.as_ref()
+                .map(|e| format!("rank {r} ({}): {e}", w.ranks[r].host))
+        })
+        .collect();
+    (!errors.is_empty()).then(|| errors.join("; "))
+}
+
+/// What rank 0 collected: per shard (plan order) its rep times and outputs, and the
+/// transport's times and name.
+struct Collected {
+    times: Vec<Vec<f64>>,
+    outputs: Vec<TensorSet>,
+    transport: Vec<f64>,
+    method: String,
 }
 
 /// Run `plan` across the ranks. Rank 0 gets the outcome; the others get None.
@@ -134,92 +151,167 @@ pub fn run_split_ranked(
     plan: &Plan,
     s: &Settings,
 ) -> anyhow::Result<Option<SplitOutcome>> {
-    let mine = match run_mine(backend, local, plan, s, w)? {
+    let (mine, mut prepared) = run_mine(backend, local, plan, s, w)?;
+    let mine = match mine {
         Mine::NotReady(why) if w.is_root() => bail!("{why}"),
         Mine::NotReady(_) => return Ok(None),
         Mine::Ran(m) => Ok(m),
         Mine::Failed(why) => Err(why),
     };
-    let reps_c = combine_reps(s.reps);
+    let reps = combine_reps(s.reps);
+    // The backend's own transport only when every rank has it (one answer for all).
+    let why_not = w
+        .gather(&backend.rank_transport().err())?
+        .map(|all| agreed_errors(w, &all));
+    let own = w.broadcast(why_not.as_ref())?.is_none();
+    let collected = if own {
+        let mine_p = prepared.as_deref_mut();
+        device_gather(w, backend, local, &mine, mine_p, plan, reps)?
+    } else {
+        mpi_gather(w, &mine, plan, reps)?
+    };
+    drop(prepared);
+    let Some(c) = collected else {
+        return Ok(None);
+    };
+    let gathered = Gathered {
+        outputs: c.outputs,
+        method: c.method,
+        times: c.transport,
+    };
+    let (inputs, times) = (parent_inputs, c.times);
+    finish(backend, devices, parent, inputs, plan, s, times, gathered).map(Some)
+}
+
+/// This rank's header: its rep times, or its error.
+fn header(mine: &Result<Option<(Vec<f64>, TensorSet)>, String>) -> Header {
+    match mine {
+        Err(why) => Header {
+            error: Some(why.clone()),
+            ..Default::default()
+        },
+        Ok(Some((times, outs))) => Header {
+            times: times.clone(),
+            error: None,
+            sizes: outs.0.iter().map(|t| t.bytes.len()).collect(),
+        },
+        Ok(None) => Header::default(),
+    }
+}
+
+/// Host-staged over MPI: rank 0 asks every rank for its header and outputs, `reps` times;
+/// a rep is timed from the ask to the last answer.
+fn mpi_gather(
+    w: &World,
+    mine: &Result<Option<(Vec<f64>, TensorSet)>, String>,
+    plan: &Plan,
+    reps: usize,
+) -> anyhow::Result<Option<Collected>> {
     if !w.is_root() {
-        let payload = match &mine {
-            Err(why) => encode(
-                &Header {
-                    error: Some(why.clone()),
-                    ..Default::default()
-                },
-                &[],
-            )?,
-            Ok(Some((times, outs))) => {
-                let h = Header {
-                    times: times.clone(),
-                    error: None,
-                    sizes: outs.0.iter().map(|t| t.bytes.len()).collect(),
-                };
-                let bytes: Vec<&[u8]> = outs.0.iter().map(|t| &t.bytes[..]).collect();
-                encode(&h, &bytes)?
-            }
-            Ok(None) => encode(&Header::default(), &[])?,
+        let outs: Vec<&[u8]> = match mine {
+            Ok(Some((_, outs))) => outs.0.iter().map(|t| &t.bytes[..]).collect(),
+            _ => Vec::new(),
         };
-        for _ in 0..reps_c {
+        let payload = encode(&header(mine), &outs)?;
+        for _ in 0..reps {
             let () = w.recv(0)?;
             w.send_bytes(0, &payload)?;
         }
         return Ok(None);
     }
-    // Rank 0: ask every rank for its outputs, `reps_c` times; a rep is timed from the ask to
-    // the last answer.
-    let mut rep_times = Vec::new();
+    let mut transport = Vec::new();
     let mut last: Vec<Vec<u8>> = Vec::new();
-    for _ in 0..reps_c {
+    for _ in 0..reps {
         let t0 = Instant::now();
         (1..w.size).try_for_each(|r| w.send(r, &()))?;
         last = (1..w.size)
             .map(|r| w.recv_bytes(r))
             .collect::<anyhow::Result<_>>()?;
-        rep_times.push(t0.elapsed().as_secs_f64());
+        transport.push(t0.elapsed().as_secs_f64());
     }
-    let mut times = Vec::new();
-    let mut outputs = Vec::new();
+    let mut c = Collected {
+        times: Vec::new(),
+        outputs: Vec::new(),
+        transport,
+        method: format!("mpi to rank 0, host-staged ({} ranks)", w.size),
+    };
     let mut errors = Vec::new();
     for shard in &plan.shards {
-        let (t, o) = if shard.device == w.rank {
-            match &mine {
-                Ok(Some(m)) => m.clone(),
-                Ok(None) => bail!("rank 0 ran no shard of its own"),
-                Err(why) => {
-                    errors.push(format!("rank 0: {why}"));
-                    Default::default()
-                }
-            }
+        let (h, o) = if shard.device == w.rank {
+            own_shard(mine, &mut errors)?
         } else {
             let (h, o) = decode(&last[shard.device - 1], &shard.workload)
                 .with_context(|| format!("the message of rank {}", shard.device))?;
-            if let Some(e) = h.error {
+            if let Some(e) = &h.error {
                 errors.push(format!("rank {}: {e}", shard.device));
             }
             (h.times, o)
         };
-        times.push(t);
-        outputs.push(o);
+        c.times.push(h);
+        c.outputs.push(o);
     }
     if !errors.is_empty() {
         bail!("{}", errors.join("; "));
     }
-    let gathered = Gathered {
-        outputs,
-        method: format!("mpi to rank 0, host-staged ({} ranks)", w.size),
-        times: rep_times,
+    Ok(Some(c))
+}
+
+/// Rank 0's own shard: its times and outputs, or its error noted.
+fn own_shard(
+    mine: &Result<Option<(Vec<f64>, TensorSet)>, String>,
+    errors: &mut Vec<String>,
+) -> anyhow::Result<(Vec<f64>, TensorSet)> {
+    match mine {
+        Ok(Some(m)) => Ok(m.clone()),
+        Ok(None) => bail!("rank 0 ran no shard of its own"),
+        Err(why) => {
+            errors.push(format!("rank 0: {why}"));
+            Ok(Default::default())
+        }
+    }
+}
+
+/// The backend's own transport (cuda: NCCL): the headers (times, errors) go to rank 0 over
+/// MPI; when every shard ran, every rank enters the backend's gather at once.
+fn device_gather(
+    w: &World,
+    backend: &dyn Backend,
+    local: usize,
+    mine: &Result<Option<(Vec<f64>, TensorSet)>, String>,
+    prepared: Option<&mut (dyn Prepared + '_)>,
+    plan: &Plan,
+    reps: usize,
+) -> anyhow::Result<Option<Collected>> {
+    let headers = w.gather(&header(mine))?;
+    let verdict = headers.as_ref().map(|all| {
+        let errors: Vec<Option<String>> = all.iter().map(|h| h.error.clone()).collect();
+        agreed_errors(w, &errors)
+    });
+    if let Some(why) = w.broadcast(verdict.as_ref())? {
+        return if w.is_root() { bail!("{why}") } else { Ok(None) };
+    }
+    let gathered = backend.gather_ranks(w, local, prepared, plan, reps)?;
+    let (Some(headers), Some(g)) = (headers, gathered) else {
+        return Ok(None);
     };
-    finish(
-        backend,
-        devices,
-        parent,
-        parent_inputs,
-        plan,
-        s,
-        times,
-        gathered,
-    )
-    .map(Some)
+    // The backend returns the other ranks' shards; rank 0's own outputs are already here.
+    let mut theirs = g.outputs.into_iter();
+    let mut c = Collected {
+        times: Vec::new(),
+        outputs: Vec::new(),
+        transport: g.times,
+        method: g.method,
+    };
+    let mut errors = Vec::new();
+    for shard in &plan.shards {
+        if shard.device == w.rank {
+            let (t, o) = own_shard(mine, &mut errors)?;
+            c.times.push(t);
+            c.outputs.push(o);
+        } else {
+            c.times.push(headers[shard.device].times.clone());
+            c.outputs.push(theirs.next().context("a shard's outputs are missing")?);
+        }
+    }
+    Ok(Some(c))
 }

@@ -9,6 +9,7 @@ pub mod compile;
 mod multi;
 pub mod nccl;
 pub mod nvml;
+mod ranks;
 pub mod sass;
 pub mod topology;
 
@@ -102,6 +103,21 @@ impl Backend for CudaBackend {
         reps: usize,
     ) -> anyhow::Result<super::Gathered> {
         multi::nccl_gather(shards, reps)
+    }
+
+    fn rank_transport(&self) -> Result<(), String> {
+        nccl::require().map(|_| ())
+    }
+
+    fn gather_ranks(
+        &self,
+        w: &crate::cluster::World,
+        local: usize,
+        mine: Option<&mut (dyn Prepared + '_)>,
+        plan: &crate::split::Plan,
+        reps: usize,
+    ) -> anyhow::Result<Option<super::Gathered>> {
+        ranks::nccl_gather_ranks(w, local, mine, plan, reps)
     }
 
     fn prepare_link<'a>(
