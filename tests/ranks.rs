@@ -272,6 +272,21 @@ fn a_killed_rank_ends_the_run_with_an_error_and_keeps_what_finished() {
     let lines = read_lines(&out.join("results.jsonl"));
     assert!(!lines.is_empty() && lines.len() < 4 * 8 + 10);
     assert!(lines.iter().all(|l| l.check.pass));
+    // --resume under the launcher finishes the rest, each job once.
+    let o = mpirun(4)
+        .unwrap()
+        .arg("run")
+        .arg(out.parent().unwrap().join("slow.yaml"))
+        .arg("--resume")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", said(&o));
+    let lines = read_lines(&out.join("results.jsonl"));
+    let mut keys: Vec<_> = lines.iter().map(ResultLine::key).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!((keys.len(), lines.len()), (4 * 8 + 10, 4 * 8 + 10));
 }
 
 #[test]

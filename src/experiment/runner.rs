@@ -195,32 +195,7 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
     // The last point's inputs and reference: its neighbours in the sweep (other
     // implementations, other splits of the same shape) reuse them.
     let mut host: Option<HostData> = None;
-    let world = crate::cluster::world();
-    let mut ended = Ok(());
-    for p in order {
-        let todo = not_done(p);
-        if stopping() {
-            break;
-        }
-        if todo.is_empty() {
-            continue;
-        }
-        if let Some(w) = world {
-            let jobs = todo.iter().map(|j| (j.backend().to_string(), j.label()));
-            let order = super::ranked::Order::Point {
-                index: p.index,
-                jobs: jobs.collect(),
-            };
-            ended = w.broadcast(Some(&order)).map(|_| ());
-        }
-        ended = ended.and_then(|()| r.point(p, todo, &mut host));
-        if ended.is_err() {
-            break;
-        }
-    }
-    if let (Some(w), Ok(())) = (world, &ended) {
-        ended = w.broadcast(Some(&super::ranked::Order::End)).map(|_| ());
-    }
+    let ended = r.all_points(&order, not_done, &mut host);
     r.progress.bar.finish_and_clear();
     let mut lines = r.lines;
     lines.sort_by_key(|l| (l.point, l.backend.clone(), l.key().2));
@@ -260,6 +235,40 @@ struct Running<'a> {
 }
 
 impl Running<'_> {
+    /// Every point in `order` with jobs left, until the end, a stop, or a lost rank (the
+    /// error). Under a launcher rank 0 first tells the others which jobs of the point to run,
+    /// and at the end that the run is over.
+    fn all_points<'s>(
+        &mut self,
+        order: &[&Point],
+        not_done: impl Fn(&Point) -> Vec<Job<'s>>,
+        host: &mut Option<HostData>,
+    ) -> anyhow::Result<()> {
+        let world = crate::cluster::world();
+        for &p in order {
+            let todo = not_done(p);
+            if stopping() {
+                break;
+            }
+            if todo.is_empty() {
+                continue;
+            }
+            if let Some(w) = world {
+                let jobs = todo.iter().map(|j| (j.backend().to_string(), j.label()));
+                let order = super::ranked::Order::Point {
+                    index: p.index,
+                    jobs: jobs.collect(),
+                };
+                w.broadcast(Some(&order))?;
+            }
+            self.point(p, todo, host)?;
+        }
+        if let Some(w) = world {
+            w.broadcast(Some(&super::ranked::Order::End))?;
+        }
+        Ok(())
+    }
+
     /// Every job of one point: run, dumped (once), held against the ceilings, appended and
     /// said; an error is counted and said, and the run goes on.
     fn point(

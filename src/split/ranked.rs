@@ -288,7 +288,11 @@ fn device_gather(
         agreed_errors(w, &errors)
     });
     if let Some(why) = w.broadcast(verdict.as_ref())? {
-        return if w.is_root() { bail!("{why}") } else { Ok(None) };
+        return if w.is_root() {
+            bail!("{why}")
+        } else {
+            Ok(None)
+        };
     }
     let gathered = backend.gather_ranks(w, local, prepared, plan, reps)?;
     let (Some(headers), Some(g)) = (headers, gathered) else {
@@ -310,7 +314,8 @@ fn device_gather(
             c.outputs.push(o);
         } else {
             c.times.push(headers[shard.device].times.clone());
-            c.outputs.push(theirs.next().context("a shard's outputs are missing")?);
+            c.outputs
+                .push(theirs.next().context("a shard's outputs are missing")?);
         }
     }
     Ok(Some(c))

@@ -44,7 +44,10 @@ pub(super) fn nccl_gather_ranks(
         None
     };
     let id: Vec<std::ffi::c_char> = w.broadcast(id.as_ref())?;
-    let id = Id::uninit(id.try_into().map_err(|_| anyhow!("an NCCL id of the wrong size"))?);
+    let id = Id::uninit(
+        id.try_into()
+            .map_err(|_| anyhow!("an NCCL id of the wrong size"))?,
+    );
     let comm = Comm::from_rank(stream.clone(), w.rank, w.size, id)
         .map_err(|e| anyhow!("ncclCommInitRank (rank {} of {}): {e:?}", w.rank, w.size))?;
     // Rank 0 stages every other shard's outputs, each its exact size.
