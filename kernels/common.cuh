@@ -34,11 +34,24 @@ __device__ __forceinline__ float decode_elem(const unsigned char* __restrict__ b
 
 // The ELEMS_PER_VEC elements of one 16-byte load.
 __device__ __forceinline__ void decode_vec(uint4 v, float* out) {
+#if DTYPE == 3
+    // fp8 two at a time (cvt.rn.f16x2.e4m3x2), then the exact f16x2 -> f32 pair: the same
+    // values as one at a time, in fewer instructions. The low byte is the first element.
+    const __nv_fp8x2_storage_t* p = reinterpret_cast<const __nv_fp8x2_storage_t*>(&v);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(p[i], __NV_E4M3);
+        const float2 f = __half22float2(__half2(h));
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+#else
     const unsigned char* b = reinterpret_cast<const unsigned char*>(&v);
 #pragma unroll
     for (int i = 0; i < ELEMS_PER_VEC; i++) {
         out[i] = decode_elem(b, i);
     }
+#endif
 }
 
 __device__ __forceinline__ float warp_sum(float x) {

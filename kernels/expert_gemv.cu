@@ -66,13 +66,3 @@ extern "C" __global__ void __launch_bounds__(WG, 1) gemv(
         __syncthreads();
     }
 }
-
-extern "C" __global__ void combine(const float* __restrict__ slot_out, float* __restrict__ y) {
-    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (u64)BATCH * D_OUT) return;
-    const u64 t = i / D_OUT, o = i % D_OUT;
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < TOP_K; j++) s += slot_out[(t * TOP_K + j) * D_OUT + o];
-    y[i] = s;
-}

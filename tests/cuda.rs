@@ -105,7 +105,7 @@ fn an_unknown_dtype_code_does_not_compile() {
         return;
     }
     let (_, w) = &decodelab::backend::plan::representative()[1]; // a kv_decode variant
-    let src = compile::source_for(w, 132);
+    let src = compile::source_for(w, 132, "simple");
     let bad = src.replacen("#define DTYPE ", "#define DTYPE 9\n#define DTYPE_WAS ", 1);
     let err = compile::compile(&bad, "kv_decode", "sm_90")
         .err()
@@ -199,6 +199,17 @@ fn tuned_kernels_keep_the_sass_budget() {
                     "{} {} {}: streamed loads under 128 bits: {:?}",
                     v.variant, v.imp, k.kernel, s.streamed
                 );
+                // And its hottest streaming loop issues no more than the card can.
+                if let Some(hot) = &s.hot_loop {
+                    assert!(
+                        hot.instr_per_byte <= decodelab::backend::cuda::sass::BUDGET_INSTR_PER_BYTE,
+                        "{} {} {}: {:.3} warp-instructions per streamed byte",
+                        v.variant,
+                        v.imp,
+                        k.kernel,
+                        hot.instr_per_byte
+                    );
+                }
             }
             if v.imp == "simple"
                 && v.variant == "kv_decode gqa 64/8 d128 bf16"

@@ -95,6 +95,15 @@ pub const IMPLS: &[Impl] = &[
         Kernel::ExpertGemv,
         "a block per (4 rows, touched expert), 16-byte weight loads",
     ),
+    // After simple until it has run on a GPU (DEVELOPERS.md): compiled and SASS-read only.
+    Impl {
+        backend: "cuda",
+        kernel: Kernel::ExpertGemv,
+        name: "warp_rows",
+        tuned: true,
+        about: "a warp per 4 rows of a touched expert: 512-byte weight loads, 4 rows in \
+                flight per lane, x as float4 through L1, tokens 4 at a time, shuffle sums",
+    },
     simple(
         "cuda",
         Kernel::Link,

@@ -144,7 +144,12 @@ impl Build {
         self.launch("merge", grid, compile::MERGE_WG, args)
     }
 
-    pub(super) fn expert_gemv(&mut self, w: &ExpertGemv, inputs: &TensorSet) -> anyhow::Result<()> {
+    pub(super) fn expert_gemv(
+        &mut self,
+        w: &ExpertGemv,
+        inputs: &TensorSet,
+        imp: &str,
+    ) -> anyhow::Result<()> {
         let (groups, weights) = w.grouped(inputs);
         let touched = w.touched().len();
         let x = self.input(inputs, "x")?;
@@ -156,7 +161,7 @@ impl Build {
         let slot_out = self.zeros(w.batch * w.top_k * w.d_out * 4)?;
         let y = self.output(&w.outputs()[0])?;
         let grid = (
-            w.d_out.div_ceil(compile::EXPERT_ROWS) as u32,
+            w.d_out.div_ceil(compile::expert_plan(imp).rows) as u32,
             touched as u32,
             1,
         );

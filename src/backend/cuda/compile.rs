@@ -14,6 +14,8 @@ pub const COMMON_CUH: &str = include_str!("../../../kernels/common.cuh");
 pub const STREAM_CU: &str = include_str!("../../../kernels/stream.cu");
 pub const KV_CU: &str = include_str!("../../../kernels/kv_decode.cu");
 pub const EXPERT_CU: &str = include_str!("../../../kernels/expert_gemv.cu");
+pub const EXPERT_ROWS_CU: &str = include_str!("../../../kernels/expert_gemv_rows.cu");
+pub const EXPERT_COMBINE_CU: &str = include_str!("../../../kernels/expert_combine.cu");
 
 pub const STREAM_WG: usize = 256;
 pub const KV_WG: usize = 128;
@@ -22,6 +24,9 @@ pub const EXPERT_WG: usize = 128;
 pub const COMBINE_WG: usize = 256;
 pub const EXPERT_ROWS: usize = 4;
 pub const EXPERT_TB: usize = 8;
+/// expert_gemv `warp_rows`: output rows per warp, and tokens per chunk (at most 4).
+pub const WARP_ROWS: usize = 4;
+pub const WARP_ROWS_TB: usize = 4;
 
 /// The threads per block each kernel is launched with: what the launches use and what the
 /// occupancy report assumes.
@@ -207,22 +212,42 @@ pub fn kv_source(w: &KvDecode, l: &KvPlan) -> String {
     assemble(&kv_constants(w, l, KV_WG), KV_CU)
 }
 
-pub fn expert_source(w: &ExpertGemv, touched: usize) -> String {
-    let plan = ExpertPlan {
-        wg: EXPERT_WG,
-        rows: EXPERT_ROWS,
-        tb: EXPERT_TB,
-    };
-    assemble(&expert_constants(w, touched, &plan), EXPERT_CU)
+/// How implementation `imp` of expert_gemv cuts a point: rows per block and tokens per chunk.
+pub fn expert_plan(imp: &str) -> ExpertPlan {
+    match imp {
+        "warp_rows" => ExpertPlan {
+            wg: EXPERT_WG,
+            rows: EXPERT_WG / 32 * WARP_ROWS,
+            tb: WARP_ROWS_TB,
+        },
+        _ => ExpertPlan {
+            wg: EXPERT_WG,
+            rows: EXPERT_ROWS,
+            tb: EXPERT_TB,
+        },
+    }
 }
 
-/// The source a workload compiles to on a device with `sms` multiprocessors.
-pub fn source_for(w: &Workload, sms: usize) -> String {
+pub fn expert_source(w: &ExpertGemv, touched: usize, imp: &str) -> String {
+    let plan = expert_plan(imp);
+    let (c, gemv) = match imp {
+        "warp_rows" => (
+            expert_constants(w, touched, &plan).with("WR", Const::U(WARP_ROWS as u64)),
+            EXPERT_ROWS_CU,
+        ),
+        _ => (expert_constants(w, touched, &plan), EXPERT_CU),
+    };
+    assemble(&c, &format!("{gemv}\n{EXPERT_COMBINE_CU}"))
+}
+
+/// The source implementation `imp` of a workload compiles to on a device with `sms`
+/// multiprocessors.
+pub fn source_for(w: &Workload, sms: usize, imp: &str) -> String {
     match w {
         // A link on one device is the stream copy kernel; between devices, a peer copy.
         Workload::Stream(_) | Workload::Link(_) => stream_source(),
         Workload::KvDecode(k) => kv_source(k, &kv_launch(k, sms)),
-        Workload::ExpertGemv(e) => expert_source(e, e.touched().len()),
+        Workload::ExpertGemv(e) => expert_source(e, e.touched().len(), imp),
     }
 }
 
@@ -243,8 +268,11 @@ pub fn report(arch: &str, sass: bool) -> Result<Vec<VariantReport>, String> {
     let mut out = Vec::new();
     for (label, w) in crate::backend::plan::representative() {
         for imp in crate::backend::impls_of("cuda", w.kind()) {
+            if super::covers(imp.name, &w).is_err() {
+                continue;
+            }
             // 132 SMs (H100 SXM): only the context split depends on it.
-            let source = source_for(&w, 132);
+            let source = source_for(&w, 132, imp.name);
             let c = compile(&source, w.kernel(), arch)?;
             let listing = if sass {
                 Some(super::sass::disassemble(&c.cubin)?)

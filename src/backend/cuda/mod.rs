@@ -24,6 +24,30 @@ use cudarc::driver::{
 };
 use std::sync::Arc;
 
+/// Whether cuda's implementation `imp` covers `w`, or why not: the one place that says
+/// which points each implementation takes.
+pub fn covers(imp: &str, w: &Workload) -> Result<(), String> {
+    crate::backend::whole_byte_dtypes_only("cuda", w)?;
+    match (imp, w) {
+        ("simple", _) => Ok(()),
+        ("warp_rows", Workload::ExpertGemv(e)) => {
+            let row = e.d_in * e.weight_dtype.elem_bits() / 8;
+            if row % 16 == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "warp_rows reads rows in whole 16-byte vectors; a row of d_in {} is {row} bytes",
+                    e.d_in
+                ))
+            }
+        }
+        _ => Err(format!(
+            "cuda has no implementation '{imp}' of {}",
+            w.kernel()
+        )),
+    }
+}
+
 pub struct CudaBackend {
     devices: Vec<DeviceInfo>,
     /// (major, minor) compute capability and SM count per device.
@@ -92,8 +116,8 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
-    fn covers(&self, _imp: &str, w: &Workload) -> Result<(), String> {
-        crate::backend::whole_byte_dtypes_only(self.name(), w)
+    fn covers(&self, imp: &str, w: &Workload) -> Result<(), String> {
+        covers(imp, w)
     }
 
     /// A split's shards are gathered on the first device with NCCL.
@@ -142,11 +166,7 @@ impl Backend for CudaBackend {
         inputs: &TensorSet,
         how: &How,
     ) -> anyhow::Result<Box<dyn Prepared + 'a>> {
-        anyhow::ensure!(
-            how.imp == "simple",
-            "cuda has no implementation '{}'",
-            how.imp
-        );
+        covers(how.imp, workload).map_err(anyhow::Error::msg)?;
         let cache = how.cache;
         let &((major, minor), sms) = self
             .caps
@@ -158,7 +178,7 @@ impl Backend for CudaBackend {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let arch = format!("sm_{major}{minor}");
-        let source = compile::source_for(workload, sms);
+        let source = compile::source_for(workload, sms, how.imp);
         let t0 = std::time::Instant::now();
         let compiled =
             compile::compile(&source, workload.kernel(), &arch).map_err(anyhow::Error::msg)?;
@@ -181,7 +201,7 @@ impl Backend for CudaBackend {
         match workload {
             Workload::Stream(w) => b.stream(w, inputs, sms)?,
             Workload::KvDecode(w) => b.kv_decode(w, inputs, sms)?,
-            Workload::ExpertGemv(w) => b.expert_gemv(w, inputs)?,
+            Workload::ExpertGemv(w) => b.expert_gemv(w, inputs, how.imp)?,
             Workload::Link(_) => bail!("link runs between two devices (prepare_link)"),
         }
         let mut p = b.p;

@@ -186,10 +186,16 @@ fn parse(body: &[&str], program: &str) -> (Vec<Instr>, BTreeMap<String, u32>) {
     let mut labels = BTreeMap::new();
     let mut pending_labels: Vec<String> = Vec::new();
     let mut lines: Vec<u32> = Vec::new();
+    // Consecutive notes are one instruction's inlining chain (deepest first): all count.
+    let mut chain_done = true;
     for raw in body {
         let t = raw.trim();
         if let Some(info) = t.strip_prefix("//##") {
-            lines = source_lines(info, program);
+            if chain_done {
+                lines.clear();
+                chain_done = false;
+            }
+            lines.extend(source_lines(info, program));
         } else if let Some(label) = t.strip_suffix(':').filter(|l| l.starts_with(".L")) {
             pending_labels.push(label.to_string());
         } else if let Some(rest) = t.strip_prefix("/*") {
@@ -220,6 +226,7 @@ fn parse(body: &[&str], program: &str) -> (Vec<Instr>, BTreeMap<String, u32>) {
                 target,
                 lines: lines.clone(),
             });
+            chain_done = true;
         }
     }
     (instrs, labels)

@@ -192,7 +192,7 @@ pub fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
     }
     println!("NVRTC, {arch}: registers, shared memory, spills and occupancy per kernel");
     println!(
-        "{:<36} {:<7} {:<12} {:>5} {:>7} {:>6} {:>11}",
+        "{:<36} {:<9} {:<12} {:>5} {:>7} {:>6} {:>11}",
         "variant", "impl", "kernel", "regs", "smem B", "spill", "CTAs/SM"
     );
     let mut spills = 0;
@@ -201,7 +201,7 @@ pub fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
             let spill = k.spill_store_bytes + k.spill_load_bytes;
             spills += spill;
             println!(
-                "{:<36} {:<7} {:<12} {:>5} {:>7} {:>6} {:>3} ({})",
+                "{:<36} {:<9} {:<12} {:>5} {:>7} {:>6} {:>3} ({})",
                 v.variant,
                 v.imp,
                 k.kernel,
@@ -226,7 +226,7 @@ pub fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
             budget::AIM_INSTR_PER_BYTE
         );
         println!(
-            "{:<36} {:<7} {:<12} {:>6} {:<26} {:>6} {:>5} {:>9}  streams",
+            "{:<36} {:<9} {:<12} {:>6} {:<26} {:>6} {:>5} {:>9}  streams",
             "variant",
             "impl",
             "kernel",
@@ -255,7 +255,7 @@ pub fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
                     format!("{:.3}{mark}", h.instr_per_byte)
                 });
                 println!(
-                    "{:<36} {:<7} {:<12} {:>6} {:<26} {:>6} {:>5} {:>9}  {}",
+                    "{:<36} {:<9} {:<12} {:>6} {:<26} {:>6} {:>5} {:>9}  {}",
                     v.variant,
                     v.imp,
                     k.kernel,
