@@ -1,0 +1,135 @@
+//! The CUDA kernels run on the host: the source NVRTC would compile, built with g++ against
+//! tests/cuda_host/shim.h (threads for a block's threads, barriers for shuffles and
+//! __syncthreads, storage types decoded in software), checked against the f64 oracle. Every
+//! cuda implementation of expert_gemv at awkward shapes: rows that do not fill a warp or a
+//! block, one token, token chunks of 1 to 4, scaled fp8. What it proves without a GPU: the
+//! indexing, the tails and the reductions. Not the speed, the memory model or the real
+//! intrinsics: the conformance suite on a GPU is still the word. Needs g++ (C++20); skipped
+//! with a printed reason without it (a failure when DECODELAB_REQUIRE includes gxx).
+
+mod common;
+
+use decodelab::backend::cuda::compile;
+use decodelab::workload::{DType, Routing, Tensor, TensorSet, Workload};
+use std::path::Path;
+use std::process::Command;
+
+fn gxx_or_skip() -> bool {
+    let ok = Command::new("g++")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            !common::required("gxx"),
+            "DECODELAB_REQUIRE includes gxx, but there is no g++"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: no g++ to build CUDA kernels on the host"
+        );
+    }
+    ok
+}
+
+/// Run implementation `imp` of expert_gemv `w` on the host in `dir`: its outputs.
+fn run_on_host(w: &Workload, inputs: &TensorSet, imp: &str, dir: &Path) -> TensorSet {
+    let Workload::ExpertGemv(e) = w else {
+        panic!("an expert_gemv point")
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    let (groups, weights) = e.grouped(inputs);
+    let touched = e.touched().len();
+    let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
+    write("x.bin", &inputs.expect("x").bytes);
+    write("w.bin", &inputs.expect("w").bytes);
+    write(
+        "w_scale.bin",
+        inputs.get("w_scale").map_or(&[][..], |t| &t.bytes),
+    );
+    write("groups.bin", bytemuck::cast_slice(&groups));
+    write("entry_weight.bin", bytemuck::cast_slice(&weights));
+    write(
+        "kernel.cu",
+        compile::expert_source(e, touched, imp).as_bytes(),
+    );
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_host");
+    let exe = dir.join("run");
+    let o = Command::new("g++")
+        .args(["-std=c++20", "-O1", "-pthread", "-w"])
+        .arg("-I")
+        .arg(&here)
+        .arg("-I")
+        .arg(dir)
+        .arg(here.join("expert_driver.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "g++ {imp}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let blocks = e.d_out.div_ceil(compile::expert_plan(imp).rows);
+    let o = Command::new(&exe)
+        .arg(dir)
+        .args([blocks.to_string(), touched.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{imp} on the host: {o:?}");
+    let y = std::fs::read(dir.join("y.bin")).unwrap();
+    let y: Vec<f32> = bytemuck::pod_collect_to_vec(&y);
+    TensorSet(vec![Tensor::from_f32("y", vec![e.batch, e.d_out], &y)])
+}
+
+#[test]
+fn every_cuda_expert_gemv_matches_the_oracle_on_the_host() {
+    if !gxx_or_skip() {
+        return;
+    }
+    let shapes = [
+        // One token: rows 68 = 4 warps x 4 rows x 4 blocks + 4.
+        common::experts(10, 3, 1, 96, 68, DType::Bf16, Routing::Uniform),
+        // 7 tokens over 10 experts: chunks of 1 to 4 tokens; scaled fp8.
+        common::experts(10, 3, 7, 128, 37, DType::Fp8E4m3, Routing::Uniform),
+        // Every token on one expert: one chunk of 4, then 1.
+        common::experts(4, 1, 5, 100, 33, DType::F32, Routing::Ids(vec![vec![2]; 5])),
+        common::experts(6, 2, 3, 64, 20, DType::F16, Routing::Uniform),
+        // A row of 1001 bf16 is not whole 16-byte vectors: simple only.
+        common::experts(5, 2, 2, 1001, 9, DType::Bf16, Routing::Uniform),
+    ];
+    let base = std::env::temp_dir().join(format!("decodelab-cuda-host-{}", std::process::id()));
+    let mut ran = Vec::new();
+    for (i, w) in shapes.iter().enumerate() {
+        let inputs = w.inputs();
+        let reference = w.oracle(&inputs);
+        for imp in decodelab::backend::impls_of("cuda", w.kind()) {
+            if decodelab::backend::cuda::covers(imp.name, w).is_err() {
+                continue;
+            }
+            let out = run_on_host(
+                w,
+                &inputs,
+                imp.name,
+                &base.join(format!("{i}-{}", imp.name)),
+            );
+            let check = reference.check(&out);
+            assert!(
+                check.pass,
+                "{} on {}: {check:?}",
+                imp.name,
+                decodelab::report::params_label(w.kernel(), &w.params_json())
+            );
+            ran.push((i, imp.name));
+        }
+    }
+    // Both implementations ran, and warp_rows declined only the unaligned row.
+    assert_eq!(ran.iter().filter(|r| r.1 == "simple").count(), shapes.len());
+    assert_eq!(
+        ran.iter().filter(|r| r.1 == "warp_rows").count(),
+        shapes.len() - 1
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -1,0 +1,1 @@
+// Empty: shim.h gives what decodelab's kernels use of this header (tests/cuda_host.rs).

@@ -1,0 +1,36 @@
+// expert_gemv's two kernels on the host (shim.h): reads the point's buffers from the folder
+// in argv[1], launches gemv on a grid of argv[2] x argv[3] blocks, then combine, and writes
+// y.bin. The kernel source (kernel.cu, with the plan's #defines) is in the same folder.
+#include "shim.h"
+#include "kernel.cu"
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+template <class T> std::vector<T> read(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    std::vector<char> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    // 16 zero bytes past the end, as the device buffers are padded.
+    b.resize(b.size() + 16, 0);
+    std::vector<T> v(b.size() / sizeof(T) + 1);
+    std::memcpy(v.data(), b.data(), b.size());
+    return v;
+}
+
+int main(int argc, char** argv) {
+    if (argc != 4) return 2;
+    const std::string d = argv[1];
+    const dim3 grid{(unsigned)std::stoi(argv[2]), (unsigned)std::stoi(argv[3]), 1};
+    auto x = read<float>(d + "/x.bin");
+    auto w = read<unsigned char>(d + "/w.bin");
+    auto scale = read<float>(d + "/w_scale.bin");
+    auto groups = read<unsigned int>(d + "/groups.bin");
+    auto ew = read<float>(d + "/entry_weight.bin");
+    std::vector<float> slot_out((size_t)BATCH * TOP_K * D_OUT + 4, 0.f), y((size_t)BATCH * D_OUT, 0.f);
+    launch(grid, WG, [&] { gemv(x.data(), w.data(), scale.data(), groups.data(), ew.data(), slot_out.data()); });
+    const unsigned cw = 256;
+    launch(dim3{(unsigned)((BATCH * D_OUT + cw - 1) / cw), 1, 1}, cw, [&] { combine(slot_out.data(), y.data()); });
+    std::ofstream(d + "/y.bin", std::ios::binary).write((const char*)y.data(), y.size() * 4);
+    return 0;
+}

@@ -1,0 +1,145 @@
+// The CUDA a kernel of kernels/ uses, on the host: every thread of a block is an OS thread, a
+// warp's shuffles and a block's __syncthreads are barriers, and the storage types decode in
+// software (exactly, as the device's conversions do). tests/cuda_host.rs compiles a kernel's
+// NVRTC source against this with g++ and checks what it computes against the oracle: the
+// indexing, the tails and the reductions of a CUDA kernel are checked without a GPU (its
+// speed, memory model and real intrinsics are not).
+#pragma once
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#define DECODELAB_HOST 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+// One block runs at a time, so a block's shared arrays can be function statics.
+#define __shared__ static
+
+struct dim3 {
+    unsigned int x = 0, y = 0, z = 0;
+};
+struct uint4 {
+    unsigned int x, y, z, w;
+};
+struct float4 {
+    float x, y, z, w;
+};
+struct float2 {
+    float x, y;
+};
+
+inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+template <class T> inline T __ldg(const T* p) { return *p; }
+template <class A, class B> inline auto min(A a, B b) { return a < b ? a : b; }
+template <class A, class B> inline auto max(A a, B b) { return a > b ? a : b; }
+
+// A warp: its lanes meet at a barrier to swap values.
+struct Warp {
+    std::barrier<> meet{32};
+    float vals[32];
+};
+inline thread_local Warp* this_warp;
+inline thread_local std::barrier<>* this_block;
+
+inline float __shfl_xor_sync(unsigned int, float v, int lane_mask) {
+    const int lane = threadIdx.x & 31;
+    this_warp->vals[lane] = v;
+    this_warp->meet.arrive_and_wait();
+    const float r = this_warp->vals[lane ^ lane_mask];
+    this_warp->meet.arrive_and_wait();
+    return r;
+}
+inline void __syncthreads() { this_block->arrive_and_wait(); }
+
+// Storage types, decoded in software.
+inline float f32_from_bits(uint32_t b) {
+    float f;
+    std::memcpy(&f, &b, 4);
+    return f;
+}
+inline float half_bits_to_float(uint16_t h) {
+    const int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
+    float v = e == 0 ? std::ldexp((float)m, -24) : e == 31 ? (m ? NAN : INFINITY) : std::ldexp((float)(m | 1024), e - 25);
+    return s ? -v : v;
+}
+struct __half {
+    uint16_t bits;
+};
+struct __half2_raw {
+    uint16_t x, y;
+};
+struct __half2 {
+    uint16_t x, y;
+    __half2() = default;
+    __half2(__half2_raw r) : x(r.x), y(r.y) {}
+};
+struct __nv_bfloat16 {
+    uint16_t bits;
+};
+inline float __half2float(__half h) { return half_bits_to_float(h.bits); }
+inline float __bfloat162float(__nv_bfloat16 b) { return f32_from_bits((uint32_t)b.bits << 16); }
+inline float2 __half22float2(__half2 h) { return {half_bits_to_float(h.x), half_bits_to_float(h.y)}; }
+
+// OCP E4M3FN: bias 7, no infinities, 0x7F/0xFF NaN.
+inline float e4m3_to_float(uint8_t b) {
+    const int s = b >> 7, e = (b >> 3) & 15, m = b & 7;
+    float v = (e == 15 && m == 7) ? NAN : e == 0 ? std::ldexp((float)m, -9) : std::ldexp((float)(m | 8), e - 10);
+    return s ? -v : v;
+}
+// An e4m3 value as f16 bits (exact: every e4m3 value is an f16).
+inline uint16_t e4m3_to_half_bits(uint8_t b) {
+    const float v = e4m3_to_float(b);
+    if (std::isnan(v)) return 0x7fff;
+    uint32_t f;
+    std::memcpy(&f, &v, 4);
+    const uint16_t s = (f >> 16) & 0x8000;
+    const float a = std::fabs(v);
+    if (a == 0.f) return s;
+    int ex;
+    const float fr = std::frexp(a, &ex); // a = fr * 2^ex, fr in [0.5, 1)
+    if (ex - 1 < -14) return s | (uint16_t)std::lround(std::ldexp(a, 24)); // f16 subnormal
+    return s | (uint16_t)((ex - 1 + 15) << 10) | (uint16_t)std::lround((fr * 2 - 1) * 1024);
+}
+struct __nv_fp8_e4m3 {
+    uint8_t __x;
+    explicit operator float() const { return e4m3_to_float(__x); }
+};
+typedef uint16_t __nv_fp8x2_storage_t;
+enum __nv_fp8_interpretation_t { __NV_E4M3, __NV_E5M2 };
+inline __half2_raw __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t v, __nv_fp8_interpretation_t) {
+    return {e4m3_to_half_bits(v & 0xff), e4m3_to_half_bits(v >> 8)};
+}
+inline float fmaf(float a, float b, float c) { return std::fma(a, b, c); }
+
+// A launch: every block of the grid in turn, each with `threads` OS threads.
+inline void launch(dim3 grid, unsigned int threads, const std::function<void()>& kernel) {
+    for (unsigned int by = 0; by < grid.y; by++) {
+        for (unsigned int bx = 0; bx < grid.x; bx++) {
+            std::barrier<> block(threads);
+            std::unique_ptr<Warp[]> warps(new Warp[(threads + 31) / 32]);
+            std::vector<std::thread> ts;
+            for (unsigned int t = 0; t < threads; t++) {
+                ts.emplace_back([&, t] {
+                    threadIdx = {t, 0, 0};
+                    blockIdx = {bx, by, 0};
+                    blockDim = {threads, 1, 1};
+                    gridDim = grid;
+                    this_warp = &warps[t / 32];
+                    this_block = &block;
+                    kernel();
+                });
+            }
+            for (auto& t : ts) t.join();
+        }
+    }
+}
