@@ -133,6 +133,10 @@ pub struct KernelSass {
     /// HMMA, HGMMA, IMMA, QGMMA...: tensor-core instructions.
     pub tensor_core: usize,
     pub hot_loop: Option<HotLoop>,
+    /// The streaming loop with the fewest instructions per byte, where the kernel has
+    /// several (e.g. one per token-chunk size): the best case beside the hot loop's worst.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub light_loop: Option<HotLoop>,
 }
 
 /// One instruction: its address, opcode (with modifiers), branch target label, and the
@@ -285,6 +289,7 @@ fn summarise(
         local: 0,
         tensor_core: 0,
         hot_loop: None,
+        light_loop: None,
     };
     // Bytes one warp streams per instruction (0: not a streamed load).
     let mut stream_bytes = vec![0u64; instrs.len()];
@@ -337,15 +342,26 @@ fn summarise(
         }
         let count = body.iter().filter(|&&i| instrs[i].op != "NOP").count();
         let ratio = count as f64 / bytes as f64;
-        if s.hot_loop.as_ref().is_none_or(|h| ratio > h.instr_per_byte) {
-            s.hot_loop = Some(HotLoop {
-                start: to,
-                end: ins.addr,
-                instructions: count,
-                bytes_per_warp: bytes,
-                instr_per_byte: ratio,
-            });
+        let this = HotLoop {
+            start: to,
+            end: ins.addr,
+            instructions: count,
+            bytes_per_warp: bytes,
+            instr_per_byte: ratio,
+        };
+        if s.light_loop
+            .as_ref()
+            .is_none_or(|h| ratio < h.instr_per_byte)
+        {
+            s.light_loop = Some(this.clone());
         }
+        if s.hot_loop.as_ref().is_none_or(|h| ratio > h.instr_per_byte) {
+            s.hot_loop = Some(this);
+        }
+    }
+    // One streaming loop: it is both, and said once.
+    if s.light_loop == s.hot_loop {
+        s.light_loop = None;
     }
     s
 }

@@ -254,6 +254,10 @@ pub fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
                     };
                     format!("{:.3}{mark}", h.instr_per_byte)
                 });
+                // Several streaming loops (one per token-chunk size): the best case too.
+                let light = s.light_loop.as_ref().map_or(String::new(), |l| {
+                    format!(" (lightest loop {:.3})", l.instr_per_byte)
+                });
                 println!(
                     "{:<36} {:<9} {:<12} {:>6} {:<26} {:>6} {:>5} {:>9}  {}",
                     v.variant,
@@ -264,7 +268,7 @@ pub fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
                     s.local,
                     s.tensor_core,
                     hot,
-                    s.streamed_tensors.join(", ")
+                    s.streamed_tensors.join(", ") + &light
                 );
             }
         }
