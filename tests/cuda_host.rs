@@ -1,8 +1,9 @@
 //! The CUDA kernels run on the host: the source NVRTC would compile, built with g++ against
 //! tests/cuda_host/shim.h (threads for a block's threads, barriers for shuffles and
 //! __syncthreads, storage types decoded in software), checked against the f64 oracle. Every
-//! cuda implementation of expert_gemv at awkward shapes: rows that do not fill a warp or a
-//! block, one token, token chunks of 1 to 4, scaled fp8. What it proves without a GPU: the
+//! cuda implementation of expert_gemv at awkward shapes (rows that do not fill a warp or a
+//! block, one token, token chunks of 1 to 4, scaled fp8), and kv_decode (GQA and MLA, mixed
+//! lengths, one token, the scalar path, the context in many slices and in few). What it proves without a GPU: the
 //! indexing, the tails and the reductions. Not the speed, the memory model or the real
 //! intrinsics: the conformance suite on a GPU is still the word. Needs g++ (C++20); skipped
 //! with a printed reason without it (a failure when DECODELAB_REQUIRE includes gxx).
@@ -31,6 +32,37 @@ fn gxx_or_skip() -> bool {
         );
     }
     ok
+}
+
+/// Build `driver` (tests/cuda_host/) with `dir`'s kernel.cu, and run it on `dir` with `args`.
+fn build_and_run(driver: &str, dir: &Path, args: &[String], what: &str) {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_host");
+    let exe = dir.join("run");
+    let o = Command::new("g++")
+        .args(["-std=c++20", "-O1", "-pthread", "-w"])
+        .arg("-I")
+        .arg(&here)
+        .arg("-I")
+        .arg(dir)
+        .arg(here.join(driver))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "g++ {what}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new(&exe).arg(dir).args(args).output().unwrap();
+    assert!(o.status.success(), "{what} on the host: {o:?}");
+}
+
+/// `name`.bin of `dir` as an f32 output of `spec`'s shape.
+fn read_output(dir: &Path, spec: &decodelab::workload::OutputSpec) -> Tensor {
+    let bytes = std::fs::read(dir.join(format!("{}.bin", spec.name))).unwrap();
+    let v: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+    Tensor::from_f32(spec.name, spec.shape.clone(), &v)
 }
 
 /// Run implementation `imp` of expert_gemv `w` on the host in `dir`: its outputs.
@@ -131,5 +163,46 @@ fn every_cuda_expert_gemv_matches_the_oracle_on_the_host() {
         ran.iter().filter(|r| r.1 == "warp_rows").count(),
         shapes.len() - 1
     );
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn cuda_kv_decode_matches_the_oracle_on_the_host() {
+    if !gxx_or_skip() {
+        return;
+    }
+    let shapes = [
+        // Mixed lengths over page boundaries, one token, an empty-looking slice.
+        common::gqa(3, 8, 2, 64, 64, vec![1, 37, 300], 16, DType::Bf16),
+        // A head dim that is not whole 16-byte vectors (the scalar path), fp8 with its scales.
+        common::gqa(2, 6, 3, 67, 67, vec![129, 5], 8, DType::Fp8E4m3),
+        common::mla(2, 4, 64, 16, vec![70, 1], 32, DType::F16),
+    ];
+    let base = std::env::temp_dir().join(format!("decodelab-cuda-host-kv-{}", std::process::id()));
+    for (i, w) in shapes.iter().enumerate() {
+        let Workload::KvDecode(k) = w else {
+            unreachable!()
+        };
+        let inputs = w.inputs();
+        let reference = w.oracle(&inputs);
+        // Many SMs: the context cut into slices merged by `merge`; two SMs: few slices.
+        for sms in [132, 2] {
+            let dir = base.join(format!("{i}-{sms}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for t in &inputs.0 {
+                std::fs::write(dir.join(format!("{}.bin", t.name)), &t.bytes[..]).unwrap();
+            }
+            let source = compile::kv_source(k, &compile::kv_launch(k, sms));
+            std::fs::write(dir.join("kernel.cu"), source).unwrap();
+            build_and_run("kv_driver.cpp", &dir, &[], "kv_decode simple");
+            let out = TensorSet(w.outputs().iter().map(|s| read_output(&dir, s)).collect());
+            let check = reference.check(&out);
+            assert!(
+                check.pass,
+                "sms {sms}, {}: {check:?}",
+                decodelab::report::params_label(w.kernel(), &w.params_json())
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&base);
 }

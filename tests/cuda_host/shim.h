@@ -120,9 +120,13 @@ inline __half2_raw __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t v, __nv_fp8_i
     return {e4m3_to_half_bits(v & 0xff), e4m3_to_half_bits(v >> 8)};
 }
 inline float fmaf(float a, float b, float c) { return std::fma(a, b, c); }
+inline float __expf(float x) { return std::exp(x); }
+inline float fmaxf(float a, float b) { return std::fmax(a, b); }
+inline float2 make_float2(float x, float y) { return {x, y}; }
 
 // A launch: every block of the grid in turn, each with `threads` OS threads.
 inline void launch(dim3 grid, unsigned int threads, const std::function<void()>& kernel) {
+    for (unsigned int bz = 0; bz < std::max(grid.z, 1u); bz++)
     for (unsigned int by = 0; by < grid.y; by++) {
         for (unsigned int bx = 0; bx < grid.x; bx++) {
             std::barrier<> block(threads);
@@ -131,7 +135,7 @@ inline void launch(dim3 grid, unsigned int threads, const std::function<void()>&
             for (unsigned int t = 0; t < threads; t++) {
                 ts.emplace_back([&, t] {
                     threadIdx = {t, 0, 0};
-                    blockIdx = {bx, by, 0};
+                    blockIdx = {bx, by, bz};
                     blockDim = {threads, 1, 1};
                     gridDim = grid;
                     this_warp = &warps[t / 32];
