@@ -11,6 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// One mpirun job at a time: four ranks each already oversubscribe a 2-core machine, and the
+/// timing tests (a stuck rank, a killed one) must not wait on another test's ranks.
+static ONE_JOB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_job() -> std::sync::MutexGuard<'static, ()> {
+    ONE_JOB.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `mpirun -n N` with the flags a CI container needs (root, more ranks than cores), or None
 /// after printing why the test is skipped.
 fn mpirun(n: usize) -> Option<Command> {
@@ -67,6 +75,7 @@ fn said(o: &Output) -> String {
 /// one process: the same outputs, byte for byte (the sequence merge included: same shards,
 /// same merge order), and equal to one device wherever the split is exact.
 fn splits_match_one_process(backend: &str) {
+    let _one = one_job();
     let Some(mut ranked) = mpirun(4) else {
         return;
     };
@@ -259,6 +268,7 @@ fn hurt_rank_2(name: &str, signal: i32, timeout_s: &str) -> Option<(Output, Dura
 
 #[test]
 fn a_killed_rank_ends_the_run_with_an_error_and_keeps_what_finished() {
+    let _one = one_job();
     let Some((o, took, out)) = hurt_rank_2("killed", libc::SIGKILL, "60") else {
         return;
     };
@@ -291,6 +301,7 @@ fn a_killed_rank_ends_the_run_with_an_error_and_keeps_what_finished() {
 
 #[test]
 fn a_stuck_rank_ends_the_run_at_the_rank_timeout() {
+    let _one = one_job();
     let Some((o, took, out)) = hurt_rank_2("stuck", libc::SIGSTOP, "8") else {
         return;
     };
@@ -311,6 +322,7 @@ fn a_stuck_rank_ends_the_run_at_the_rank_timeout() {
 
 #[test]
 fn a_device_count_other_than_the_ranks_is_refused_once_by_name() {
+    let _one = one_job();
     let Some(mut cmd) = mpirun(2) else {
         return;
     };
@@ -341,6 +353,7 @@ fn a_device_count_other_than_the_ranks_is_refused_once_by_name() {
 
 #[test]
 fn the_readme_cluster_command_works_as_written() {
+    let _one = one_job();
     let readme = std::fs::read_to_string("README.md").unwrap();
     let section = &readme[readme.find("## Running on a cluster").expect("the section")..];
     let line = section
