@@ -206,3 +206,50 @@ fn cuda_kv_decode_matches_the_oracle_on_the_host() {
     }
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[test]
+fn cuda_stream_matches_the_oracle_on_the_host() {
+    if !gxx_or_skip() {
+        return;
+    }
+    use decodelab::workload::StreamOp;
+    let base = std::env::temp_dir().join(format!("decodelab-cuda-host-st-{}", std::process::id()));
+    // 1000 bytes: a last vector of 8 bytes; 100 KiB over 3 blocks: the grid-stride tail.
+    for (i, (op, bytes)) in [StreamOp::Read, StreamOp::Copy, StreamOp::Write]
+        .into_iter()
+        .flat_map(|op| [(op, 1000u64), (op, 100 << 10)])
+        .enumerate()
+    {
+        let w = common::stream(op, bytes);
+        let Workload::Stream(s) = &w else {
+            unreachable!()
+        };
+        let inputs = w.inputs();
+        let dir = base.join(i.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = inputs.get("src").map_or(&[][..], |t| &t.bytes[..]);
+        std::fs::write(dir.join("src.bin"), src).unwrap();
+        std::fs::write(dir.join("kernel.cu"), compile::stream_source()).unwrap();
+        let n_vec = bytes.div_ceil(16);
+        let name = format!("{op:?}").to_lowercase();
+        let args = [
+            name.clone(),
+            "3".into(),
+            n_vec.to_string(),
+            s.pattern_seed().to_string(),
+        ];
+        build_and_run("stream_driver.cpp", &dir, &args, &name);
+        let spec = &w.outputs()[0];
+        let mut got = std::fs::read(dir.join(format!("{}.bin", spec.name))).unwrap();
+        got.truncate(spec.shape[0] * 4);
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&got);
+        let out = TensorSet(vec![Tensor::from_u32(
+            spec.name,
+            spec.shape.clone(),
+            &words,
+        )]);
+        let check = w.oracle(&inputs).check(&out);
+        assert!(check.pass, "stream {name} {bytes} B: {check:?}");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -6,6 +6,7 @@
 // speed, memory model and real intrinsics are not).
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -43,21 +44,26 @@ template <class T> inline T __ldg(const T* p) { return *p; }
 template <class A, class B> inline auto min(A a, B b) { return a < b ? a : b; }
 template <class A, class B> inline auto max(A a, B b) { return a > b ? a : b; }
 
-// A warp: its lanes meet at a barrier to swap values.
+// A warp: its lanes meet at a barrier to swap values (any type of up to 8 bytes).
 struct Warp {
     std::barrier<> meet{32};
-    float vals[32];
+    uint64_t vals[32];
 };
 inline thread_local Warp* this_warp;
 inline thread_local std::barrier<>* this_block;
 
-inline float __shfl_xor_sync(unsigned int, float v, int lane_mask) {
+template <class T> inline T __shfl_xor_sync(unsigned int, T v, int lane_mask) {
+    static_assert(sizeof(T) <= 8);
     const int lane = threadIdx.x & 31;
-    this_warp->vals[lane] = v;
+    std::memcpy(&this_warp->vals[lane], &v, sizeof(T));
     this_warp->meet.arrive_and_wait();
-    const float r = this_warp->vals[lane ^ lane_mask];
+    T r;
+    std::memcpy(&r, &this_warp->vals[lane ^ lane_mask], sizeof(T));
     this_warp->meet.arrive_and_wait();
     return r;
+}
+inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
+    return std::atomic_ref<unsigned int>(*p).fetch_add(v);
 }
 inline void __syncthreads() { this_block->arrive_and_wait(); }
 
@@ -123,6 +129,7 @@ inline float fmaf(float a, float b, float c) { return std::fma(a, b, c); }
 inline float __expf(float x) { return std::exp(x); }
 inline float fmaxf(float a, float b) { return std::fmax(a, b); }
 inline float2 make_float2(float x, float y) { return {x, y}; }
+inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return {x, y, z, w}; }
 
 // A launch: every block of the grid in turn, each with `threads` OS threads.
 inline void launch(dim3 grid, unsigned int threads, const std::function<void()>& kernel) {

@@ -142,7 +142,7 @@ pub fn check(file: &std::path::Path, backend: Option<&str>, over: &Overrides) ->
 /// One row per point: what it moves and computes, and the memory it needs where it runs.
 fn print_points(exp: &Experiment, selected: &[preflight::Selected]) {
     println!(
-        "{:>5}  {:<11}  {:<48}  {:<11}  {:<8}  {:>12}  {:>10}  {:>14}  {:>12}",
+        "{:>5}  {:<11}  {:<48}  {:<11}  {:<9}  {:>12}  {:>10}  {:>14}  {:>12}",
         "point",
         "kernel",
         "params",
@@ -187,7 +187,7 @@ fn print_points(exp: &Experiment, selected: &[preflight::Selected]) {
             ),
         };
         println!(
-            "{:>5}  {:<11}  {:<48}  {:<11}  {:<8}  {:>12}  {:>10.3}  {:>14}  {:>12}",
+            "{:>5}  {:<11}  {:<48}  {:<11}  {:<9}  {:>12}  {:>10.3}  {:>14}  {:>12}",
             p.index,
             w.kernel(),
             report::params_label(w.kernel(), &w.params_json()),
