@@ -239,3 +239,71 @@ fn tuned_kernels_keep_the_sass_budget() {
         "{read:?}"
     );
 }
+
+/// The tensor-core fragment model (kernels/mma.cuh) compiles to HMMA for sm_80 and sm_90.
+#[test]
+fn the_tensor_core_fragment_model_compiles_to_hmma() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let source = compile::mma_check_source();
+    for arch in ["sm_80", "sm_90"] {
+        let c = compile::compile(&source, "mma_check", arch).unwrap_or_else(|e| panic!("{e}"));
+        if !nvdisasm_or_skip() {
+            continue;
+        }
+        let sass = decodelab::backend::cuda::sass::disassemble(&c.cubin).unwrap();
+        let k = decodelab::backend::cuda::sass::analyse(&sass, "mma_check", &source);
+        assert!(
+            k.iter().any(|k| k.tensor_core > 0),
+            "{arch}: no HMMA in {k:?}"
+        );
+    }
+}
+
+/// On a GPU, the fragment model multiplies: what the host shim assumes of mma.sync
+/// (tests/cuda_host.rs) is what the hardware does.
+#[test]
+fn the_tensor_core_fragment_model_multiplies_on_a_gpu() {
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    let Some(b) = common::backend_or_skip("cuda") else {
+        return;
+    };
+    let cc = b.devices()[0]
+        .details
+        .iter()
+        .find(|(k, _)| k == "compute_capability")
+        .map(|(_, v)| v.replace('.', ""))
+        .expect("a compute capability");
+    let c = compile::compile(
+        &compile::mma_check_source(),
+        "mma_check",
+        &format!("sm_{cc}"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ctx = cudarc::driver::CudaContext::new(0).unwrap();
+    let module = ctx
+        .load_module(cudarc::nvrtc::Ptx::from_binary(c.cubin))
+        .unwrap();
+    let f = module.load_function("mma_check").unwrap();
+    let stream = ctx.default_stream();
+    let (a, bm, want) = common::mma_operands();
+    let a_dev = stream.clone_htod(&a).unwrap();
+    let b_dev = stream.clone_htod(&bm).unwrap();
+    let mut d_dev = stream.alloc_zeros::<f32>(128).unwrap();
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(&a_dev).arg(&b_dev).arg(&mut d_dev);
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    unsafe { launch.launch(cfg) }.unwrap();
+    let got = stream.clone_dtoh(&d_dev).unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (*g as f64 - w).abs() <= 1e-5 * w.abs().max(1.0),
+            "D[{i}]: {g} != {w}"
+        );
+    }
+}

@@ -253,3 +253,26 @@ fn cuda_stream_matches_the_oracle_on_the_host() {
     }
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[test]
+fn the_tensor_core_fragment_model_multiplies_on_the_host() {
+    if !gxx_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("decodelab-cuda-host-mma-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b, want) = common::mma_operands();
+    std::fs::write(dir.join("a.bin"), bytemuck::cast_slice(&a)).unwrap();
+    std::fs::write(dir.join("b.bin"), bytemuck::cast_slice(&b)).unwrap();
+    std::fs::write(dir.join("kernel.cu"), compile::mma_check_source()).unwrap();
+    build_and_run("mma_driver.cpp", &dir, &[], "mma_check");
+    let got: Vec<f32> = bytemuck::pod_collect_to_vec(&std::fs::read(dir.join("d.bin")).unwrap());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        // Products of bf16 are exact in f32; 16 of them sum with f32 rounding.
+        assert!(
+            (*g as f64 - w).abs() <= 1e-5 * w.abs().max(1.0),
+            "D[{i}]: {g} != {w}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -48,6 +48,8 @@ template <class A, class B> inline auto max(A a, B b) { return a > b ? a : b; }
 struct Warp {
     std::barrier<> meet{32};
     uint64_t vals[32];
+    // One mma's fragments, every lane's.
+    uint32_t a[32][4], b[32][2];
 };
 inline thread_local Warp* this_warp;
 inline thread_local std::barrier<>* this_block;
@@ -130,6 +132,27 @@ inline float __expf(float x) { return std::exp(x); }
 inline float fmaxf(float a, float b) { return std::fmax(a, b); }
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return {x, y, z, w}; }
+
+// mma.sync m16n8k16 row.col, bf16 -> f32, from the fragments as kernels/mma.cuh lays them
+// out: every lane's fragments are pooled, and each lane computes its own four results.
+inline float bf16_bits_to_float(uint32_t bits) { return f32_from_bits(bits << 16); }
+inline void host_mma_bf16_16816(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    Warp& w = *this_warp;
+    std::memcpy(w.a[lane], a, sizeof(a));
+    std::memcpy(w.b[lane], b, sizeof(b));
+    w.meet.arrive_and_wait();
+    auto elem = [](uint32_t reg, int k) { return bf16_bits_to_float(k % 2 ? reg >> 16 : reg & 0xffff); };
+    auto A = [&](int row, int k) { return elem(w.a[(row % 8) * 4 + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k); };
+    auto B = [&](int k, int n) { return elem(w.b[n * 4 + (k % 8) / 2][k >= 8], k); };
+    for (int i = 0; i < 4; i++) {
+        const int row = g + 8 * (i >= 2), col = 2 * t + (i % 2);
+        float s = 0.f;
+        for (int k = 0; k < 16; k++) s += A(row, k) * B(k, col);
+        d[i] += s;
+    }
+    w.meet.arrive_and_wait();
+}
 
 // A launch: every block of the grid in turn, each with `threads` OS threads.
 inline void launch(dim3 grid, unsigned int threads, const std::function<void()>& kernel) {

@@ -16,6 +16,8 @@ pub const KV_CU: &str = include_str!("../../../kernels/kv_decode.cu");
 pub const EXPERT_CU: &str = include_str!("../../../kernels/expert_gemv.cu");
 pub const EXPERT_ROWS_CU: &str = include_str!("../../../kernels/expert_gemv_rows.cu");
 pub const EXPERT_COMBINE_CU: &str = include_str!("../../../kernels/expert_combine.cu");
+pub const MMA_CUH: &str = include_str!("../../../kernels/mma.cuh");
+pub const MMA_CHECK_CU: &str = include_str!("../../../kernels/mma_check.cu");
 
 pub const STREAM_WG: usize = 256;
 pub const KV_WG: usize = 128;
@@ -206,6 +208,16 @@ pub fn stream_source() -> String {
         .with("ELEM_BITS", Const::U(32))
         .with("ELEM_BYTES", Const::U(4));
     assemble(&c, STREAM_CU)
+}
+
+/// kernels/mma_check.cu with mma.cuh: the tensor-core fragment model, checked on a GPU
+/// (tests/cuda.rs) and on the host (tests/cuda_host.rs).
+pub fn mma_check_source() -> String {
+    let c = Constants::default()
+        .with("DTYPE", Const::U(2))
+        .with("ELEM_BITS", Const::U(16))
+        .with("ELEM_BYTES", Const::U(2));
+    assemble(&c, &format!("{MMA_CUH}\n{MMA_CHECK_CU}"))
 }
 
 pub fn kv_source(w: &KvDecode, l: &KvPlan) -> String {

@@ -1,0 +1,24 @@
+// Tensor cores, warp-wide: D += A * B for one m16n8k16 tile, bf16 operands and f32
+// accumulators (mma.sync.aligned.m16n8k16.row.col, sm_80 and later). The fragments, as the
+// PTX ISA lays them out (g = lane / 4, t = lane % 4; two bf16 per 32-bit register, the lower
+// index in the low half):
+//   a[0] = A[g][2t, 2t+1]   a[1] = A[g+8][2t, 2t+1]   a[2] = A[g][2t+8, 2t+9]   a[3] = A[g+8][2t+8, 2t+9]
+//   b[0] = B[2t, 2t+1][g]   b[1] = B[2t+8, 2t+9][g]
+//   d[0], d[1] = D[g][2t, 2t+1]   d[2], d[3] = D[g+8][2t, 2t+1]
+// kernels/mma_check.cu holds a kernel to this model; tests/cuda.rs runs it on a GPU and
+// tests/cuda_host.rs on the host shim, so the two agree before a kernel relies on either.
+
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+#ifdef DECODELAB_HOST
+    host_mma_bf16_16816(d, a, b);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// Two bf16 (as raw bits) in one register, `lo` in the low half.
+__device__ __forceinline__ unsigned int pack_bf16x2(unsigned short lo, unsigned short hi) {
+    return (unsigned int)lo | ((unsigned int)hi << 16);
+}
