@@ -22,3 +22,11 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const unsigned int
 __device__ __forceinline__ unsigned int pack_bf16x2(unsigned short lo, unsigned short hi) {
     return (unsigned int)lo | ((unsigned int)hi << 16);
 }
+
+// bf16 bits of x, rounded to nearest even (x finite), and back: a value's hi part; x minus
+// its hi part, rounded again, is its lo part (hi + lo keeps about 16 bits of x).
+__device__ __forceinline__ unsigned short bf16_rn_bits(float x) {
+    const unsigned int u = __float_as_uint(x);
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+__device__ __forceinline__ float bf16_bits_float(unsigned short b) { return __uint_as_float((unsigned int)b << 16); }

@@ -174,36 +174,51 @@ fn cuda_kv_decode_matches_the_oracle_on_the_host() {
     let shapes = [
         // Mixed lengths over page boundaries, one token, an empty-looking slice.
         common::gqa(3, 8, 2, 64, 64, vec![1, 37, 300], 16, DType::Bf16),
+        // A group of 8, d128, pages of 7 tokens, a length that ends mid-tile.
+        common::gqa(2, 16, 2, 128, 128, vec![203, 9], 7, DType::Bf16),
+        // A group of 3 (rows of the tensor-core tile left empty), d96.
+        common::gqa(2, 6, 2, 96, 96, vec![50, 130], 16, DType::Bf16),
         // A head dim that is not whole 16-byte vectors (the scalar path), fp8 with its scales.
         common::gqa(2, 6, 3, 67, 67, vec![129, 5], 8, DType::Fp8E4m3),
         common::mla(2, 4, 64, 16, vec![70, 1], 32, DType::F16),
     ];
     let base = std::env::temp_dir().join(format!("decodelab-cuda-host-kv-{}", std::process::id()));
+    let mut ran = Vec::new();
     for (i, w) in shapes.iter().enumerate() {
         let Workload::KvDecode(k) = w else {
             unreachable!()
         };
         let inputs = w.inputs();
         let reference = w.oracle(&inputs);
-        // Many SMs: the context cut into slices merged by `merge`; two SMs: few slices.
-        for sms in [132, 2] {
-            let dir = base.join(format!("{i}-{sms}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            for t in &inputs.0 {
-                std::fs::write(dir.join(format!("{}.bin", t.name)), &t.bytes[..]).unwrap();
+        for imp in decodelab::backend::impls_of("cuda", w.kind()) {
+            if decodelab::backend::cuda::covers(imp.name, w).is_err() {
+                continue;
             }
-            let source = compile::kv_source(k, &compile::kv_launch(k, sms));
-            std::fs::write(dir.join("kernel.cu"), source).unwrap();
-            build_and_run("kv_driver.cpp", &dir, &[], "kv_decode simple");
-            let out = TensorSet(w.outputs().iter().map(|s| read_output(&dir, s)).collect());
-            let check = reference.check(&out);
-            assert!(
-                check.pass,
-                "sms {sms}, {}: {check:?}",
-                decodelab::report::params_label(w.kernel(), &w.params_json())
-            );
+            // Many SMs: the context cut into slices merged by `merge`; two SMs: few slices.
+            for sms in [132, 2] {
+                let dir = base.join(format!("{i}-{}-{sms}", imp.name));
+                std::fs::create_dir_all(&dir).unwrap();
+                for t in &inputs.0 {
+                    std::fs::write(dir.join(format!("{}.bin", t.name)), &t.bytes[..]).unwrap();
+                }
+                let plan = compile::kv_launch(k, sms, imp.name);
+                let source = compile::kv_source(k, &plan, imp.name);
+                std::fs::write(dir.join("kernel.cu"), source).unwrap();
+                build_and_run("kv_driver.cpp", &dir, &[], imp.name);
+                let out = TensorSet(w.outputs().iter().map(|s| read_output(&dir, s)).collect());
+                let check = reference.check(&out);
+                assert!(
+                    check.pass,
+                    "{} sms {sms}, {}: {check:?}",
+                    imp.name,
+                    decodelab::report::params_label(w.kernel(), &w.params_json())
+                );
+            }
+            ran.push(imp.name);
         }
     }
+    // The tensor-core kernel took the three bf16 GQA shapes.
+    assert_eq!(ran.iter().filter(|n| **n == "mma").count(), 3, "{ran:?}");
     let _ = std::fs::remove_dir_all(&base);
 }
 

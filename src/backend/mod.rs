@@ -90,6 +90,16 @@ pub const IMPLS: &[Impl] = &[
         Kernel::KvDecode,
         "flash-decoding on CUDA cores: scalar softmax, scalar PV",
     ),
+    // After simple until it has run on a GPU (DEVELOPERS.md): checked on the host only.
+    Impl {
+        backend: "cuda",
+        kernel: Kernel::KvDecode,
+        name: "mma",
+        tuned: true,
+        about: "GQA on tensor cores (mma.sync m16n8k16): q and P split hi/lo in rows 0-7 and \
+                8-15 for f32-grade sums, 128-bit K loads straight into fragments, a softmax \
+                per warp across the lane quad, V staged per warp; bf16, groups up to 8",
+    },
     simple(
         "cuda",
         Kernel::ExpertGemv,

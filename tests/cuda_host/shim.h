@@ -22,6 +22,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 // One block runs at a time, so a block's shared arrays can be function statics.
 #define __shared__ static
 
@@ -68,6 +69,17 @@ inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
     return std::atomic_ref<unsigned int>(*p).fetch_add(v);
 }
 inline void __syncthreads() { this_block->arrive_and_wait(); }
+inline void __syncwarp(unsigned int = 0xffffffffu) { this_warp->meet.arrive_and_wait(); }
+inline unsigned int __float_as_uint(float f) {
+    unsigned int u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+inline float __uint_as_float(unsigned int u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
 
 // Storage types, decoded in software.
 inline float f32_from_bits(uint32_t b) {

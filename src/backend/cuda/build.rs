@@ -119,8 +119,9 @@ impl Build {
         w: &KvDecode,
         inputs: &TensorSet,
         sms: usize,
+        imp: &str,
     ) -> anyhow::Result<()> {
-        let l = compile::kv_launch(w, sms);
+        let l = compile::kv_launch(w, sms, imp);
         let q = self.input(inputs, "q")?;
         let k = self.input(inputs, "k_pages")?;
         let v = match inputs.get("v_pages") {

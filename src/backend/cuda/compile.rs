@@ -13,6 +13,8 @@ use std::path::PathBuf;
 pub const COMMON_CUH: &str = include_str!("../../../kernels/common.cuh");
 pub const STREAM_CU: &str = include_str!("../../../kernels/stream.cu");
 pub const KV_CU: &str = include_str!("../../../kernels/kv_decode.cu");
+pub const KV_MMA_CU: &str = include_str!("../../../kernels/kv_decode_mma.cu");
+pub const KV_MERGE_CU: &str = include_str!("../../../kernels/kv_merge.cu");
 pub const EXPERT_CU: &str = include_str!("../../../kernels/expert_gemv.cu");
 pub const EXPERT_ROWS_CU: &str = include_str!("../../../kernels/expert_gemv_rows.cu");
 pub const EXPERT_COMBINE_CU: &str = include_str!("../../../kernels/expert_combine.cu");
@@ -183,16 +185,26 @@ pub fn parse_ptxas(log: &str) -> Vec<KernelReport> {
     out
 }
 
-/// How a kv_decode point is cut into blocks on a device with `sms` multiprocessors: the
-/// shared plan (`backend::plan`) with CUDA's block: 128 threads, 40 KB of static shared
-/// memory, about 4 blocks per SM, slices of at least 2 tiles.
-pub fn kv_launch(w: &KvDecode, sms: usize) -> KvPlan {
-    let target = KvTarget {
-        wg: KV_WG,
-        shared_bytes: 40 << 10,
-        blocks_wanted: 4 * sms,
-        min_tiles: 2,
-        max_hb: 8,
+/// How implementation `imp` of kv_decode cuts a point into blocks on a device with `sms`
+/// multiprocessors: the shared plan (`backend::plan`) with CUDA's block of 128 threads and
+/// about 4 blocks per SM. simple: 40 KB of static shared memory, slices of at least 2
+/// tiles; mma: a block holds the whole group (its shared memory does not grow with heads).
+pub fn kv_launch(w: &KvDecode, sms: usize, imp: &str) -> KvPlan {
+    let target = match imp {
+        "mma" => KvTarget {
+            wg: KV_WG,
+            shared_bytes: usize::MAX / 2,
+            blocks_wanted: 4 * sms,
+            min_tiles: 1,
+            max_hb: 8,
+        },
+        _ => KvTarget {
+            wg: KV_WG,
+            shared_bytes: 40 << 10,
+            blocks_wanted: 4 * sms,
+            min_tiles: 2,
+            max_hb: 8,
+        },
     };
     kv_plan(w, &target)
 }
@@ -220,8 +232,15 @@ pub fn mma_check_source() -> String {
     assemble(&c, &format!("{MMA_CUH}\n{MMA_CHECK_CU}"))
 }
 
-pub fn kv_source(w: &KvDecode, l: &KvPlan) -> String {
-    assemble(&kv_constants(w, l, KV_WG), KV_CU)
+pub fn kv_source(w: &KvDecode, l: &KvPlan, imp: &str) -> String {
+    let attend = match imp {
+        "mma" => format!("{MMA_CUH}\n{KV_MMA_CU}"),
+        _ => KV_CU.to_string(),
+    };
+    assemble(
+        &kv_constants(w, l, KV_WG),
+        &format!("{attend}\n{KV_MERGE_CU}"),
+    )
 }
 
 /// How implementation `imp` of expert_gemv cuts a point: rows per block and tokens per chunk.
@@ -258,7 +277,7 @@ pub fn source_for(w: &Workload, sms: usize, imp: &str) -> String {
     match w {
         // A link on one device is the stream copy kernel; between devices, a peer copy.
         Workload::Stream(_) | Workload::Link(_) => stream_source(),
-        Workload::KvDecode(k) => kv_source(k, &kv_launch(k, sms)),
+        Workload::KvDecode(k) => kv_source(k, &kv_launch(k, sms, imp), imp),
         Workload::ExpertGemv(e) => expert_source(e, e.touched().len(), imp),
     }
 }

@@ -41,6 +41,22 @@ pub fn covers(imp: &str, w: &Workload) -> Result<(), String> {
                 ))
             }
         }
+        ("mma", Workload::KvDecode(k)) => {
+            use crate::workload::{Attention, DType};
+            let ok = k.attention == Attention::Gqa
+                && k.kv_dtype == DType::Bf16
+                && k.head_dim_k == k.head_dim_v
+                && k.head_dim_k % 32 == 0
+                && k.head_dim_k <= 128
+                && k.group_size() <= 8;
+            if ok {
+                Ok(())
+            } else {
+                Err("mma takes GQA with bf16 K and V of one head dim (a multiple of 32, up to 128) \
+                     and groups of up to 8 query heads"
+                    .into())
+            }
+        }
         _ => Err(format!(
             "cuda has no implementation '{imp}' of {}",
             w.kernel()
@@ -200,7 +216,7 @@ impl Backend for CudaBackend {
         let mut b = build::Build { module, p };
         match workload {
             Workload::Stream(w) => b.stream(w, inputs, sms)?,
-            Workload::KvDecode(w) => b.kv_decode(w, inputs, sms)?,
+            Workload::KvDecode(w) => b.kv_decode(w, inputs, sms, how.imp)?,
             Workload::ExpertGemv(w) => b.expert_gemv(w, inputs, how.imp)?,
             Workload::Link(_) => bail!("link runs between two devices (prepare_link)"),
         }

@@ -1,0 +1,164 @@
+// kv_decode "mma": GQA decode on tensor cores (mma.cuh), for a group of up to 8 query heads.
+// A block owns one KV head's whole group and one slice of one sequence's context, as the
+// simple kernel's plan cuts it; `merge` combines the slices. Each warp takes 16-token tiles
+// of the slice in turn and keeps its own online softmax; the warps meet once, at the end.
+//
+// Scores, S = Q K^T: A = the group's q (rows 0-7: q rounded to bf16, "hi"; rows 8-15: what hi
+// misses, "lo"; row pairs sum to f32-grade scores), B = 8 tokens' K. A lane loads 16
+// contiguous bytes of its token's K row per 32 dims and feeds them straight to two mma's:
+// the dims are taken in an order (q's fragments use the same) that makes every K load 128-bit.
+// Softmax per head across the lane quad (two shuffles). PV: A = P split hi/lo the same way,
+// B = V from the warp's tile in shared memory (staged with 128-bit loads). Needs bf16 K and
+// V of one head dim, a multiple of 32 and at most 128.
+
+#if DTYPE != 2 || IS_MLA || DK != DV || DK % 32 != 0 || DK > 128 || HB != GROUP || GROUP > 8
+#error "kv_decode mma: bf16 GQA, DK == DV, a multiple of 32 up to 128, a group of at most 8 (covers refuses the rest)"
+#endif
+
+#define NEG_BIG (-3.0e38f)
+#define WARPS (WG / 32)
+#define KC (DK / 32) // 32-dim chunks of a K row: one 16-byte load per lane each
+#define NB (DV / 8)  // 8-column blocks of the output
+
+// The row of token `t` of sequence `b`, in elements, for KV head `g`.
+__device__ __forceinline__ u64 kv_row(const int* __restrict__ page_table, int b, int t, int g) {
+    const u64 page = (u64)page_table[(u64)b * MAX_PAGES + t / PAGE];
+    return ((page * PAGE + t % PAGE) * HKV + g) * DK;
+}
+
+extern "C" __global__ void __launch_bounds__(WG) attend(
+    const float* __restrict__ q, const unsigned char* __restrict__ k, const unsigned char* __restrict__ v,
+    const int* __restrict__ page_table, const int* __restrict__ context_lens,
+    float* __restrict__ partial_acc, float2* __restrict__ partial_ml) {
+    __shared__ __align__(16) unsigned short v_sh[WARPS][16 * DV]; // each warp's V tile, bf16 bits
+    __shared__ float o_sh[WARPS][GROUP * DV];
+    __shared__ float ml_sh[WARPS][GROUP][2];
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, r = lane >> 2, c = lane & 3;
+    const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, h0 = kvh * GROUP;
+    const int len = context_lens[b];
+    const int start = split * SPLIT_TOKENS, end = min(start + SPLIT_TOKENS, len);
+
+    // q's fragments, hi in rows 0-7 and lo in rows 8-15 (head r; rows past the group are 0).
+    // Chunk j's dims 8c..8c+7 feed mma 2j (pairs 0-1, 2-3) and 2j+1 (pairs 4-5, 6-7).
+    unsigned int qa[2 * KC][4];
+#pragma unroll
+    for (int j = 0; j < KC; j++) {
+        unsigned short hi[8], lo[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const float x = r < GROUP ? q[((u64)b * HQ + h0 + r) * DK + 32 * j + 8 * c + e] * (SCALE * K_SCALE) : 0.f;
+            hi[e] = bf16_rn_bits(x);
+            lo[e] = bf16_rn_bits(x - bf16_bits_float(hi[e]));
+        }
+#pragma unroll
+        for (int m = 0; m < 2; m++) {
+            qa[2 * j + m][0] = pack_bf16x2(hi[4 * m], hi[4 * m + 1]);
+            qa[2 * j + m][1] = pack_bf16x2(lo[4 * m], lo[4 * m + 1]);
+            qa[2 * j + m][2] = pack_bf16x2(hi[4 * m + 2], hi[4 * m + 3]);
+            qa[2 * j + m][3] = pack_bf16x2(lo[4 * m + 2], lo[4 * m + 3]);
+        }
+    }
+
+    float m_run = NEG_BIG, l_part = 0.f; // head r; l_part: this lane's tokens only
+    float o[NB][4];
+#pragma unroll
+    for (int n = 0; n < NB; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+
+    for (int tile = start + 16 * warp; tile < end; tile += 16 * WARPS) {
+        // Scores of tokens tile + 8h + 2c + {0, 1} for head r, in s[h][0..1].
+        float s[2][2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int t = min(tile + 8 * h + r, end - 1); // past the end: a real row, masked below
+            const uint4* krow = reinterpret_cast<const uint4*>(k + kv_row(page_table, b, t, kvh) * 2);
+            float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int j = 0; j < KC; j++) {
+                const uint4 kv = __ldg(krow + 4 * j + c); // stream: K
+                const unsigned int b0[2] = {kv.x, kv.y}, b1[2] = {kv.z, kv.w};
+                mma_bf16_16816(acc, qa[2 * j], b0);
+                mma_bf16_16816(acc, qa[2 * j + 1], b1);
+            }
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int tok = tile + 8 * h + 2 * c + i;
+                s[h][i] = tok < end ? acc[i] + acc[2 + i] : NEG_BIG;
+            }
+        }
+        // Online softmax for head r across the quad.
+        float mx = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m_run, mx);
+        const float corr = __expf(m_run - m_new);
+        m_run = m_new;
+        unsigned short ph[2][2], pl[2][2];
+        float psum = 0.f;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const float p = s[h][i] == NEG_BIG ? 0.f : __expf(s[h][i] - m_new);
+                psum += p;
+                ph[h][i] = bf16_rn_bits(p);
+                pl[h][i] = bf16_rn_bits(p - bf16_bits_float(ph[h][i]));
+            }
+        }
+        l_part = l_part * corr + psum;
+        const unsigned int pa[4] = {pack_bf16x2(ph[0][0], ph[0][1]), pack_bf16x2(pl[0][0], pl[0][1]),
+                                    pack_bf16x2(ph[1][0], ph[1][1]), pack_bf16x2(pl[1][0], pl[1][1])};
+        // The tile's V rows into this warp's shared tile, 16 bytes per load.
+        __syncwarp();
+#pragma unroll
+        for (int i = lane; i < 16 * DV / 8; i += 32) {
+            const int tt = i / (DV / 8), part = i % (DV / 8);
+            const int t = min(tile + tt, end - 1);
+            const uint4* vrow = reinterpret_cast<const uint4*>(v + kv_row(page_table, b, t, kvh) / DK * DV * 2);
+            reinterpret_cast<uint4*>(v_sh[warp])[i] = __ldg(vrow + part); // stream: V
+        }
+        __syncwarp();
+#pragma unroll
+        for (int n = 0; n < NB; n++) {
+            const unsigned short* vs = v_sh[warp] + n * 8 + r;
+            const unsigned int vb[2] = {pack_bf16x2(vs[(2 * c) * DV], vs[(2 * c + 1) * DV]),
+                                        pack_bf16x2(vs[(2 * c + 8) * DV], vs[(2 * c + 9) * DV])};
+#pragma unroll
+            for (int i = 0; i < 4; i++) o[n][i] *= corr;
+            mma_bf16_16816(o[n], pa, vb);
+        }
+    }
+
+    // The warps meet: each leaves its (max, sum) and output per head, one warp's lanes of a
+    // quad the same head; then the block combines them for its slice.
+    l_part += __shfl_xor_sync(0xffffffffu, l_part, 1);
+    l_part += __shfl_xor_sync(0xffffffffu, l_part, 2);
+    if (r < GROUP) {
+        if (c == 0) {
+            ml_sh[warp][r][0] = m_run;
+            ml_sh[warp][r][1] = l_part;
+        }
+#pragma unroll
+        for (int n = 0; n < NB; n++) {
+            o_sh[warp][r * DV + n * 8 + 2 * c] = o[n][0] + o[n][2];
+            o_sh[warp][r * DV + n * 8 + 2 * c + 1] = o[n][1] + o[n][3];
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < GROUP * DV; i += WG) {
+        const int h = i / DV, d = i % DV;
+        float m = NEG_BIG;
+#pragma unroll
+        for (int w = 0; w < WARPS; w++) m = fmaxf(m, ml_sh[w][h][0]);
+        float acc = 0.f, l = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; w++) {
+            const float f = ml_sh[w][h][1] > 0.f ? __expf(ml_sh[w][h][0] - m) : 0.f;
+            acc += o_sh[w][i] * f;
+            l += ml_sh[w][h][1] * f;
+        }
+        const u64 slot = ((u64)b * HQ + h0 + h) * SPLITS + split;
+        partial_acc[slot * DV + d] = acc;
+        if (d == 0) partial_ml[slot] = make_float2(m, l);
+    }
+}
