@@ -1298,3 +1298,36 @@ fn kernels_wgsl_reports_every_wgpu_implementation_without_a_driver() {
                 .is_some_and(|a| !a.is_empty())
     }));
 }
+
+/// `impl: all` names tuned implementations that take only some shapes: where one does not
+/// cover a point, that point runs with the others and the run says why, instead of refusing.
+#[test]
+fn an_implementation_that_does_not_cover_a_point_skips_it_and_says_why() {
+    if common::backend_or_skip("wgpu").is_none() {
+        return;
+    }
+    let dir = tempdir("uncovered");
+    let file = dir.join("odd.yaml");
+    // A head dim of 67 is not whole 16-byte words: wgpu's unrolled does not take it.
+    std::fs::write(&file, "name: odd\nwarmup: 1\nreps: 3\nruns:\n  - kernel: kv_decode\n    impl: all\n    batch: 2\n    q_heads: 4\n    kv_heads: 2\n    head_dim: 67\n    context: 40\n    kv_dtype: f16\n").unwrap();
+    let out = dir.join("out");
+    let o = bin()
+        .args(["run", "--no-progress", "--backend", "wgpu", "--out"])
+        .arg(&out)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        said.contains("implementation 'unrolled' of kv_decode does not cover this point"),
+        "{said}"
+    );
+    let lines = read_lines(&out.join("results.jsonl"));
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].check.pass && lines[0].implementation == "simple");
+}

@@ -174,10 +174,9 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
     }
     for p in &no_impl {
         progress.say(format!(
-            "point {:>3}: no selected backend has implementation '{}' of {}; skipped",
+            "point {:>3}: {}; skipped",
             p.index,
-            p.imp.unwrap_or("best"),
-            p.workload.kernel()
+            why_no_job(p, selected)
         ));
     }
     let mut r = Running {
@@ -495,20 +494,41 @@ impl Job<'_> {
 }
 
 /// The implementation a point runs with on a backend: the named one where the backend has
-/// it (None where it does not: no job there), else the best that covers the point.
+/// it and it covers the point (None otherwise: no job there; `impl: all` names every
+/// implementation, and a tuned one may take only some shapes), else the best that covers it.
 fn impl_on(p: &Point, b: &dyn Backend) -> Option<Result<&'static str, String>> {
     match p.imp {
         Some(name) => {
             let has = backend::impls_of(b.name(), p.workload.kind())
                 .iter()
                 .any(|i| i.name == name);
-            has.then(|| {
-                b.covers(name, &p.workload).map(|()| name).map_err(|why| {
-                    format!("implementation '{name}' does not cover this point: {why}")
-                })
-            })
+            (has && b.covers(name, &p.workload).is_ok()).then_some(Ok(name))
         }
         None => Some(backend::best_impl(b, &p.workload)),
+    }
+}
+
+/// Why point `p` has no job on the selected backends (its named implementation is on none,
+/// or does not cover it where it is).
+fn why_no_job(p: &Point, selected: &[Selected]) -> String {
+    let name = p.imp.unwrap_or("best");
+    let kernel = p.workload.kernel();
+    let reasons: Vec<String> = selected
+        .iter()
+        .filter(|s| {
+            backend::impls_of(s.backend.name(), p.workload.kind())
+                .iter()
+                .any(|i| i.name == name)
+        })
+        .filter_map(|s| s.backend.covers(name, &p.workload).err())
+        .collect();
+    if reasons.is_empty() {
+        format!("no selected backend has implementation '{name}' of {kernel}")
+    } else {
+        format!(
+            "implementation '{name}' of {kernel} does not cover this point ({})",
+            reasons.join("; ")
+        )
     }
 }
 
