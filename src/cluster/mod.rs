@@ -172,14 +172,25 @@ impl World {
     /// Send a raw message to `to`.
     pub fn send_bytes(&self, to: usize, bytes: &[u8]) -> anyhow::Result<()> {
         self.mpi
-            .send(to, bytes, timeout())
+            .send(to, bytes, self.wait_for(to))
             .map_err(|e| self.lost(to, e))
+    }
+
+    /// How long this rank waits on `peer`: the other ranks wait for rank 0 twice as long as
+    /// it waits for them, since rank 0 may itself be waiting on a stuck rank, and it is the
+    /// one that can name it.
+    fn wait_for(&self, peer: usize) -> Duration {
+        if peer == 0 && !self.is_root() {
+            2 * timeout()
+        } else {
+            timeout()
+        }
     }
 
     /// The next raw message from `from`.
     pub fn recv_bytes(&self, from: usize) -> anyhow::Result<Vec<u8>> {
         self.mpi
-            .recv(from, timeout())
+            .recv(from, self.wait_for(from))
             .map_err(|e| self.lost(from, e))
     }
 

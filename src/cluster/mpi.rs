@@ -297,10 +297,7 @@ fn poll<T>(
         }
         let now = Instant::now();
         if now >= deadline {
-            bail!(
-                "no answer within the rank timeout ({} s)",
-                timeout.as_secs_f64()
-            );
+            bail!("no answer within {} s", timeout.as_secs_f64());
         }
         if super::interrupted() {
             bail!("interrupted by a signal (a launcher stops every rank when one dies)");
