@@ -6,8 +6,9 @@
 
 mod common;
 
+use common::{read_lines, tempdir};
 use decodelab::report::ResultLine;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,21 +47,6 @@ fn mpirun(n: usize) -> Option<Command> {
     ])
     .arg(env!("CARGO_BIN_EXE_decodelab"));
     Some(c)
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("decodelab-ranks-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn read_lines(path: &Path) -> Vec<ResultLine> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}")))
-        .collect()
 }
 
 fn said(o: &Output) -> String {

@@ -139,6 +139,11 @@ pub fn impls_of(backend: &str, kernel: Kernel) -> Vec<&'static Impl> {
         .collect()
 }
 
+/// Whether `backend` has an implementation called `name` of `kernel`.
+pub fn has_impl(backend: &str, kernel: Kernel, name: &str) -> bool {
+    impls_of(backend, kernel).iter().any(|i| i.name == name)
+}
+
 /// Every implementation name of `kernel` on any backend, each once, in table order.
 pub fn impl_names(kernel: Kernel) -> Vec<&'static str> {
     let mut v: Vec<&'static str> = Vec::new();

@@ -255,6 +255,36 @@ impl World {
         }
     }
 
+    /// Every rank's error (`all[r]`, None where it had none), each distinct one once with
+    /// the ranks and hosts that had it (one every rank had, alone); None when there is none.
+    pub fn errors(&self, all: &[Option<String>]) -> Option<String> {
+        let mut distinct: Vec<(&String, Vec<usize>)> = Vec::new();
+        for (r, e) in all.iter().enumerate() {
+            let Some(e) = e else { continue };
+            match distinct.iter_mut().find(|(d, _)| *d == e) {
+                Some((_, ranks)) => ranks.push(r),
+                None => distinct.push((e, vec![r])),
+            }
+        }
+        let lines: Vec<String> = distinct
+            .into_iter()
+            .map(|(e, ranks)| {
+                if ranks.len() == self.size {
+                    return e.clone();
+                }
+                let at: Vec<String> = ranks
+                    .iter()
+                    .map(|&r| match self.ranks.get(r) {
+                        Some(i) => format!("rank {r} ({})", i.host),
+                        None => format!("rank {r}"),
+                    })
+                    .collect();
+                format!("{}: {e}", at.join(", "))
+            })
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("\n"))
+    }
+
     /// Hosts in the order their first rank appears, with how many ranks each runs.
     pub fn hosts(&self) -> Vec<(String, usize)> {
         let mut hosts: Vec<(String, usize)> = Vec::new();

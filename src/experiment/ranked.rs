@@ -64,25 +64,25 @@ pub fn agree_setup(
         },
     };
     let verdict = w.gather(&me)?.map(|all| {
-        let mut errors = rank_errors(all.iter().map(|a| a.error.clone()));
+        let errors: Vec<Option<String>> = all.iter().map(|a| a.error.clone()).collect();
         let backends = |a: &Ready| a.devices.iter().map(|d| d.0.clone()).collect::<Vec<_>>();
-        if errors.is_empty()
-            && let Some((r, a)) = all
-                .iter()
-                .enumerate()
-                .find(|(_, a)| backends(a) != backends(&all[0]))
-        {
-            errors.push(format!(
-                "rank {r} selected backends {:?}, rank 0 {:?}: every rank must run the same \
-                 (name them with --backend)",
-                backends(a),
-                backends(&all[0])
-            ));
-        }
-        if errors.is_empty() {
-            Ok(all)
-        } else {
-            Err(errors.join("\n"))
+        let differs = all
+            .iter()
+            .enumerate()
+            .find(|(_, a)| backends(a) != backends(&all[0]));
+        let why = w.errors(&errors).or_else(|| {
+            differs.map(|(r, a)| {
+                format!(
+                    "rank {r} selected backends {:?}, rank 0 {:?}: every rank must run the same \
+                     (name them with --backend)",
+                    backends(a),
+                    backends(&all[0])
+                )
+            })
+        });
+        match why {
+            None => Ok(all),
+            Some(e) => Err(e),
         }
     });
     let agreed: Result<Vec<Ready>, String> = w.broadcast(verdict.as_ref())?;
@@ -96,30 +96,6 @@ pub fn agree_setup(
             }
         }
     }))
-}
-
-/// Each distinct error once, with the ranks that had it (all ranks: just the error).
-pub(super) fn rank_errors(errors: impl Iterator<Item = Option<String>>) -> Vec<String> {
-    let errors: Vec<Option<String>> = errors.collect();
-    let mut distinct: Vec<(&String, Vec<usize>)> = Vec::new();
-    for (r, e) in errors.iter().enumerate() {
-        let Some(e) = e else { continue };
-        match distinct.iter_mut().find(|(d, _)| *d == e) {
-            Some((_, ranks)) => ranks.push(r),
-            None => distinct.push((e, vec![r])),
-        }
-    }
-    distinct
-        .into_iter()
-        .map(|(e, ranks)| {
-            if ranks.len() == errors.len() {
-                e.clone()
-            } else {
-                let r: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
-                format!("rank {}: {e}", r.join(", "))
-            }
-        })
-        .collect()
 }
 
 /// Marks a line as rank `rank`'s: its device in the run is the rank.

@@ -499,9 +499,7 @@ impl Job<'_> {
 fn impl_on(p: &Point, b: &dyn Backend) -> Option<Result<&'static str, String>> {
     match p.imp {
         Some(name) => {
-            let has = backend::impls_of(b.name(), p.workload.kind())
-                .iter()
-                .any(|i| i.name == name);
+            let has = backend::has_impl(b.name(), p.workload.kind(), name);
             (has && b.covers(name, &p.workload).is_ok()).then_some(Ok(name))
         }
         None => Some(backend::best_impl(b, &p.workload)),
@@ -515,11 +513,7 @@ fn why_no_job(p: &Point, selected: &[Selected]) -> String {
     let kernel = p.workload.kernel();
     let reasons: Vec<String> = selected
         .iter()
-        .filter(|s| {
-            backend::impls_of(s.backend.name(), p.workload.kind())
-                .iter()
-                .any(|i| i.name == name)
-        })
+        .filter(|s| backend::has_impl(s.backend.name(), p.workload.kind(), name))
         .filter_map(|s| s.backend.covers(name, &p.workload).err())
         .collect();
     if reasons.is_empty() {

@@ -88,18 +88,8 @@ pub fn run_link_ranked(
         .into_iter()
         .zip([landed, landed_back])
     {
-        anyhow::ensure!(
-            bytes.len() == spec.elem.bytes_for(spec.shape.iter().product()),
-            "rank {b}: '{}' landed with {} bytes",
-            spec.name,
-            bytes.len()
-        );
-        outputs.push(crate::workload::Tensor {
-            name: spec.name,
-            elem: spec.elem,
-            shape: spec.shape,
-            bytes: bytes.into(),
-        });
+        let t = spec.with_bytes(bytes);
+        outputs.push(t.map_err(|e| anyhow::anyhow!("rank {b}: {e} landed"))?);
     }
     let (ha, hb) = (&w.ranks[a].host, &w.ranks[b].host);
     let path = if ha == hb {

@@ -10,7 +10,7 @@ use super::Plan;
 use super::run::{DeviceSet, Settings, SplitOutcome, combine_reps, finish};
 use crate::backend::{Backend, Gathered, How, Prepared};
 use crate::cluster::World;
-use crate::workload::{Tensor, TensorSet, Workload};
+use crate::workload::{TensorSet, Workload};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -51,20 +51,9 @@ fn decode(buf: &[u8], shard: &Workload) -> anyhow::Result<(Header, TensorSet)> {
     let mut at = 8 + n;
     let mut tensors = Vec::new();
     for (spec, &size) in specs.iter().zip(&h.sizes) {
-        let want = spec.elem.bytes_for(spec.shape.iter().product());
-        anyhow::ensure!(
-            size == want,
-            "'{}' has {size} bytes, expected {want}",
-            spec.name
-        );
         let bytes = buf.get(at..at + size).context("short outputs")?.to_vec();
         at += size;
-        tensors.push(Tensor {
-            name: spec.name,
-            elem: spec.elem,
-            shape: spec.shape.clone(),
-            bytes: bytes.into(),
-        });
+        tensors.push(spec.with_bytes(bytes).map_err(anyhow::Error::msg)?);
     }
     Ok((h, TensorSet(tensors)))
 }
@@ -100,7 +89,7 @@ fn run_mine<'b>(
     // Every rank says whether it is ready; rank 0's answer starts them all at once.
     let ready = w
         .gather(&prepared.as_ref().err().cloned())?
-        .map(|all| agreed_errors(w, &all));
+        .map(|all| w.errors(&all));
     if let Some(why) = w.broadcast(ready.as_ref())? {
         return Ok((Mine::NotReady(why), None));
     }
@@ -115,19 +104,6 @@ fn run_mine<'b>(
         Err(e) => Mine::Failed(format!("running its shard: {e:#}")),
     };
     Ok((mine, Some(p)))
-}
-
-/// Every rank's error (by rank and host), or None when there is none.
-fn agreed_errors(w: &World, all: &[Option<String>]) -> Option<String> {
-    let errors: Vec<String> = all
-        .iter()
-        .enumerate()
-        .filter_map(|(r, e)| {
-            e.as_ref()
-                .map(|e| format!("rank {r} ({}): {e}", w.ranks[r].host))
-        })
-        .collect();
-    (!errors.is_empty()).then(|| errors.join("; "))
 }
 
 /// What rank 0 collected: per shard (plan order) its rep times and outputs, and the
@@ -162,7 +138,7 @@ pub fn run_split_ranked(
     // The backend's own transport only when every rank has it (one answer for all).
     let why_not = w
         .gather(&backend.rank_transport().err())?
-        .map(|all| agreed_errors(w, &all));
+        .map(|all| w.errors(&all));
     let own = w.broadcast(why_not.as_ref())?.is_none();
     let collected = if own {
         let mine_p = prepared.as_deref_mut();
@@ -235,39 +211,35 @@ fn mpi_gather(
         transport,
         method: format!("mpi to rank 0, host-staged ({} ranks)", w.size),
     };
-    let mut errors = Vec::new();
+    let mut errors = vec![None; w.size];
+    errors[w.rank] = mine.as_ref().err().cloned();
     for shard in &plan.shards {
         let (h, o) = if shard.device == w.rank {
-            own_shard(mine, &mut errors)?
+            own_shard(mine)?
         } else {
             let (h, o) = decode(&last[shard.device - 1], &shard.workload)
                 .with_context(|| format!("the message of rank {}", shard.device))?;
-            if let Some(e) = &h.error {
-                errors.push(format!("rank {}: {e}", shard.device));
-            }
+            errors[shard.device] = h.error;
             (h.times, o)
         };
         c.times.push(h);
         c.outputs.push(o);
     }
-    if !errors.is_empty() {
-        bail!("{}", errors.join("; "));
+    if let Some(e) = w.errors(&errors) {
+        bail!("{e}");
     }
     Ok(Some(c))
 }
 
-/// Rank 0's own shard: its times and outputs, or its error noted.
+/// Rank 0's own shard: its times and outputs (none where it failed: its error is in the
+/// ranks' errors).
 fn own_shard(
     mine: &Result<Option<(Vec<f64>, TensorSet)>, String>,
-    errors: &mut Vec<String>,
 ) -> anyhow::Result<(Vec<f64>, TensorSet)> {
     match mine {
         Ok(Some(m)) => Ok(m.clone()),
         Ok(None) => bail!("rank 0 ran no shard of its own"),
-        Err(why) => {
-            errors.push(format!("rank 0: {why}"));
-            Ok(Default::default())
-        }
+        Err(_) => Ok(Default::default()),
     }
 }
 
@@ -285,7 +257,7 @@ fn device_gather(
     let headers = w.gather(&header(mine))?;
     let verdict = headers.as_ref().map(|all| {
         let errors: Vec<Option<String>> = all.iter().map(|h| h.error.clone()).collect();
-        agreed_errors(w, &errors)
+        w.errors(&errors)
     });
     if let Some(why) = w.broadcast(verdict.as_ref())? {
         return if w.is_root() {
@@ -306,10 +278,9 @@ fn device_gather(
         transport: g.times,
         method: g.method,
     };
-    let mut errors = Vec::new();
     for shard in &plan.shards {
         if shard.device == w.rank {
-            let (t, o) = own_shard(mine, &mut errors)?;
+            let (t, o) = own_shard(mine)?;
             c.times.push(t);
             c.outputs.push(o);
         } else {

@@ -48,6 +48,25 @@ impl OutputSpec {
     pub fn bytes(&self) -> u64 {
         self.elem.bytes_for(self.shape.iter().product::<usize>()) as u64
     }
+
+    /// This output holding `bytes` (as they came from another process), or why they cannot
+    /// be it.
+    pub fn with_bytes(&self, bytes: Vec<u8>) -> Result<Tensor, String> {
+        if bytes.len() as u64 != self.bytes() {
+            return Err(format!(
+                "'{}' has {} bytes, expected {}",
+                self.name,
+                bytes.len(),
+                self.bytes()
+            ));
+        }
+        Ok(Tensor {
+            name: self.name,
+            elem: self.elem,
+            shape: self.shape.clone(),
+            bytes: bytes.into(),
+        })
+    }
 }
 
 /// A fully resolved point: every length, routing id and seed is fixed, so the byte table,

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 use decodelab::backend::{self, Backend, Probe};
+use decodelab::report::ResultLine;
 use decodelab::workload::*;
+use std::path::{Path, PathBuf};
 
 /// Is `what` (a backend name, or `numpy`, `nvrtc`) required to be present in this run?
 pub fn required(what: &str) -> bool {
@@ -172,4 +174,21 @@ pub fn mma_operands() -> (Vec<u16>, Vec<u16>, Vec<f64>) {
         .map(|(r, c)| (0..16).map(|k| f(a[r * 16 + k]) * f(b[k * 8 + c])).sum())
         .collect();
     (a, b, d)
+}
+
+/// A fresh folder for one test, named by the test binary's pid and `name`.
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("decodelab-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Every line of a results.jsonl; a torn or invalid line fails the test.
+pub fn read_lines(path: &Path) -> Vec<ResultLine> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid line {l:?}: {e}")))
+        .collect()
 }

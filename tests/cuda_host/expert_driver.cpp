@@ -3,20 +3,9 @@
 // y.bin. The kernel source (kernel.cu, with the plan's #defines) is in the same folder.
 #include "shim.h"
 #include "kernel.cu"
-#include <cstdio>
+#include "driver.h"
 #include <fstream>
-#include <iterator>
 #include <string>
-
-template <class T> std::vector<T> read(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    std::vector<char> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    // 16 zero bytes past the end, as the device buffers are padded.
-    b.resize(b.size() + 16, 0);
-    std::vector<T> v(b.size() / sizeof(T) + 1);
-    std::memcpy(v.data(), b.data(), b.size());
-    return v;
-}
 
 int main(int argc, char** argv) {
     if (argc != 4) return 2;

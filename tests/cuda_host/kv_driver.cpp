@@ -4,18 +4,9 @@
 // the same folder.
 #include "shim.h"
 #include "kernel.cu"
+#include "driver.h"
 #include <fstream>
-#include <iterator>
 #include <string>
-
-template <class T> std::vector<T> read(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    std::vector<char> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    b.resize(b.size() + 16, 0); // padded, as the device buffers are
-    std::vector<T> v(b.size() / sizeof(T) + 1);
-    std::memcpy(v.data(), b.data(), b.size());
-    return v;
-}
 
 int main(int argc, char** argv) {
     if (argc != 2) return 2;

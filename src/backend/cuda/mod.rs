@@ -31,7 +31,7 @@ pub fn covers(imp: &str, w: &Workload) -> Result<(), String> {
     match (imp, w) {
         ("simple", _) => Ok(()),
         ("warp_rows", Workload::ExpertGemv(e)) => {
-            let row = e.d_in * e.weight_dtype.elem_bits() / 8;
+            let row = e.w_row_bytes();
             if row % 16 == 0 {
                 Ok(())
             } else {
