@@ -24,22 +24,32 @@ extern "C" __global__ void __launch_bounds__(WG, 1) gemv(
         for (int r = 0; r < ROWS; r++) {
             const int o = min(o0 + r, D_OUT - 1); // rows past the end recompute the last; not stored
             const u64 row = ((u64)e * D_OUT + o) * D_IN;
+            const float* sc = row_scales(w_scale, e, o);
 #if ROW_ALIGNED
             const uint4* w4 = reinterpret_cast<const uint4*>(w + row * ELEM_BYTES);
             for (int vi = lid; vi < D_IN / ELEMS_PER_VEC; vi += WG) {
                 float wv[ELEMS_PER_VEC];
                 decode_vec(__ldg(w4 + vi), wv); // stream: weights
+#if SCALE_BLOCK
+                const float bs = __ldg(sc + vi * ELEMS_PER_VEC / SCALE_BLOCK);
+#else
+                const float bs = 1.f;
+#endif
                 for (int tt = 0; tt < nt; tt++) {
                     const float* xt = x + (u64)entries[2 * (t0 + tt)] * D_IN + vi * ELEMS_PER_VEC;
                     float s = 0.f;
 #pragma unroll
                     for (int kk = 0; kk < ELEMS_PER_VEC; kk++) s += wv[kk] * xt[kk];
-                    part[r * TB + tt] += s;
+                    part[r * TB + tt] += s * bs;
                 }
             }
 #else
             for (int i = lid; i < D_IN; i += WG) {
+#if SCALE_BLOCK
+                const float wv = decode_elem(w, row + i) * __ldg(sc + i / SCALE_BLOCK); // stream: weights
+#else
                 const float wv = decode_elem(w, row + i); // stream: weights
+#endif
                 for (int tt = 0; tt < nt; tt++) part[r * TB + tt] += wv * x[(u64)entries[2 * (t0 + tt)] * D_IN + i];
             }
 #endif
@@ -56,7 +66,7 @@ extern "C" __global__ void __launch_bounds__(WG, 1) gemv(
                 float dot = 0.f;
 #pragma unroll
                 for (int i = 0; i < WG / 32; i++) dot += red[lid][i];
-#if SCALED
+#if SCALED && !SCALE_BLOCK
                 dot *= w_scale[(u64)e * D_OUT + o];
 #endif
                 const unsigned int slot = entries[2 * (t0 + tt) + 1];

@@ -11,6 +11,10 @@
 #error "expert_gemv rows needs rows of whole 16-byte vectors (the backend's covers refuses others)"
 #endif
 
+#if SCALE_BLOCK && (SCALE_BLOCK % WR)
+#error "a warp's WR rows must lie in one scale block"
+#endif
+
 #define WARPS (WG / 32)
 #define NV (D_IN / ELEMS_PER_VEC)
 #define XV (ELEMS_PER_VEC / 4)
@@ -28,10 +32,11 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {
 #endif
 }
 
-// acc[r][t] += row r's vector v . token t's elements of vector v, for NT tokens.
+// acc[r][t] += row r's vector v . token t's elements of vector v, for NT tokens (times the
+// vector's block scale, from the warp's row of scales sc, with block scales).
 template <int NT>
 __device__ __forceinline__ void rows_dot(const uint4 (&wv)[WR], const float4* const (&xs)[TB], int v,
-                                         float (&acc)[WR][TB]) {
+                                         const float* __restrict__ sc, float (&acc)[WR][TB]) {
     float xf[NT][ELEMS_PER_VEC];
 #pragma unroll
     for (int t = 0; t < NT; t++) {
@@ -44,14 +49,24 @@ __device__ __forceinline__ void rows_dot(const uint4 (&wv)[WR], const float4* co
             xf[t][4 * q + 3] = f.w;
         }
     }
+#if SCALE_BLOCK
+    const float bs = __ldg(sc + v * ELEMS_PER_VEC / SCALE_BLOCK);
+#endif
 #pragma unroll
     for (int r = 0; r < WR; r++) {
         float wf[ELEMS_PER_VEC];
         decode_vec(wv[r], wf);
 #pragma unroll
         for (int t = 0; t < NT; t++) {
+#if SCALE_BLOCK
+            float d = 0.f;
+#pragma unroll
+            for (int k = 0; k < ELEMS_PER_VEC; k++) d = fmaf(wf[k], xf[t][k], d);
+            acc[r][t] = fmaf(d, bs, acc[r][t]);
+#else
 #pragma unroll
             for (int k = 0; k < ELEMS_PER_VEC; k++) acc[r][t] = fmaf(wf[k], xf[t][k], acc[r][t]);
+#endif
         }
     }
 }
@@ -59,13 +74,13 @@ __device__ __forceinline__ void rows_dot(const uint4 (&wv)[WR], const float4* co
 // One chunk of NT tokens against the warp's WR rows: the streaming loop.
 template <int NT>
 __device__ __forceinline__ void rows_chunk(const uint4* const (&wrow)[WR], const float4* const (&xs)[TB],
-                                           int lane, float (&acc)[WR][TB]) {
+                                           const float* __restrict__ sc, int lane, float (&acc)[WR][TB]) {
 #pragma unroll 2
     for (int v = lane; v < NV; v += 32) {
         uint4 wv[WR];
 #pragma unroll
         for (int r = 0; r < WR; r++) wv[r] = load_stream(wrow[r] + v); // stream: weights
-        rows_dot<NT>(wv, xs, v, acc);
+        rows_dot<NT>(wv, xs, v, sc, acc);
     }
 }
 
@@ -85,6 +100,7 @@ extern "C" __global__ void __launch_bounds__(WG) gemv(
         const int o = min(o0 + r, D_OUT - 1); // rows past the end recompute the last; not stored
         wrow[r] = reinterpret_cast<const uint4*>(w + ((u64)e * D_OUT + o) * D_IN * ELEM_BYTES);
     }
+    const float* sc = row_scales(w_scale, e, o0);
     for (unsigned int t0 = first; t0 < last; t0 += TB) {
         const int nt = min((unsigned int)TB, last - t0);
         const float4* xs[TB];
@@ -101,15 +117,15 @@ extern "C" __global__ void __launch_bounds__(WG) gemv(
         }
         // Only the tokens there are: a chunk of one token streams the rows for one.
         switch (nt) {
-        case 1: rows_chunk<1>(wrow, xs, lane, acc); break;
+        case 1: rows_chunk<1>(wrow, xs, sc, lane, acc); break;
 #if TB >= 2
-        case 2: rows_chunk<2>(wrow, xs, lane, acc); break;
+        case 2: rows_chunk<2>(wrow, xs, sc, lane, acc); break;
 #endif
 #if TB >= 3
-        case 3: rows_chunk<3>(wrow, xs, lane, acc); break;
+        case 3: rows_chunk<3>(wrow, xs, sc, lane, acc); break;
 #endif
 #if TB >= 4
-        case 4: rows_chunk<4>(wrow, xs, lane, acc); break;
+        case 4: rows_chunk<4>(wrow, xs, sc, lane, acc); break;
 #endif
 #if TB > 4
 #error "rows_chunk is instantiated for TB <= 4"
@@ -122,7 +138,7 @@ extern "C" __global__ void __launch_bounds__(WG) gemv(
                 float dot = warp_sum(acc[r][t]);
                 const int o = o0 + r;
                 if (lane == 0 && t < nt && o < D_OUT) {
-#if SCALED
+#if SCALED && !SCALE_BLOCK
                     dot *= w_scale[(u64)e * D_OUT + o];
 #endif
                     const unsigned int slot = entries[2 * (t0 + t) + 1];

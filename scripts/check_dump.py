@@ -89,7 +89,12 @@ def expert_gemv(p, a, m):
     x = a["x"].astype(np.float64)
     w = decode(a["w"], m["tensors"]["w"]["dtype"])
     if "w_scale" in a:
-        w = w * a["w_scale"].astype(np.float64)[:, :, None]
+        s = a["w_scale"].astype(np.float64)
+        if s.ndim == 3:  # weight_scale block128: one per 128 x 128 block, the last partial
+            s = s.repeat(128, axis=1).repeat(128, axis=2)[:, : w.shape[1], : w.shape[2]]
+        else:
+            s = s[:, :, None]
+        w = w * s
     ids, rw = a["topk_ids"], a["topk_weights"].astype(np.float64)
     T, k = ids.shape
     y = np.zeros((T, w.shape[1]))

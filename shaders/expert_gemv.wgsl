@@ -61,6 +61,16 @@ fn reduce_partials(part: ptr<function, array<f32, ROWS * TB>>, lid: u32) {
 }
 //! end
 
+// Block scales (SCALE_BLOCK > 0): the scale of expert e's row o at column i; per-row scales
+// (SCALE_BLOCK 0) are applied to the finished dot instead, so this is 1.
+fn block_scale(e: u32, o: u32, i: u32) -> f32 {
+    if (SCALE_BLOCK == 0u) {
+        return 1.0;
+    }
+    let sb = max(SCALE_BLOCK, 1u); // never 0 here; naga folds the division either way
+    return w_scale[(e * SB_OUT + o / sb) * SB_IN + i / sb];
+}
+
 fn w_elem(c: u32, e: u32) -> f32 {
     let byte = e * ELEM_BYTES;
     return decode_elem(w_vec(c, byte >> 4u)[(byte >> 2u) & 3u], byte & 3u);
@@ -91,8 +101,10 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                     let v0 = (row * ELEM_BYTES) >> 4u;
                     for (var v = lid; v < D_IN / ELEMS_PER_VEC; v += WG) {
                         let words = w_vec(c, v0 + v);
+                        // A 16-byte word never straddles a scale block (128 elements).
+                        let bs = block_scale(e, o, v * ELEMS_PER_VEC);
                         for (var k = 0u; k < ELEMS_PER_VEC; k++) {
-                            let wv = decode_in_vec(words, k);
+                            let wv = decode_in_vec(words, k) * bs;
                             let i = v * ELEMS_PER_VEC + k;
                             for (var tt = 0u; tt < nt; tt++) {
                                 let tok = groups[entries + 2u * (t0 + tt)];
@@ -102,7 +114,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                     }
                 } else {
                     for (var i = lid; i < D_IN; i += WG) {
-                        let wv = w_elem(c, row + i);
+                        let wv = w_elem(c, row + i) * block_scale(e, o, i);
                         for (var tt = 0u; tt < nt; tt++) {
                             let tok = groups[entries + 2u * (t0 + tt)];
                             part[r * TB + tt] += wv * x[tok * D_IN + i];
@@ -120,7 +132,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             if (tt < nt && o < D_OUT) {
                 let dot = totals[lid];
                 var s = 1.0;
-                if (SCALED) {
+                if (SCALED && SCALE_BLOCK == 0u) {
                     s = w_scale[e * D_OUT + o];
                 }
                 let slot = groups[entries + 2u * (t0 + tt) + 1u];

@@ -608,6 +608,14 @@ runs:
   - kernel: stream
     op: [read, copy]
     bytes: 4KiB
+  - kernel: expert_gemv
+    experts: 4
+    top_k: 2
+    batch: 3
+    d_in: 200
+    d_out: 130
+    weight_dtype: fp8_e4m3
+    weight_scale: block128
 "#;
 
 /// The Python that has numpy (DECODELAB_PYTHON, else python3), or None after saying why the
@@ -684,8 +692,8 @@ fn numpy_recomputes_every_dumped_point() {
     assert!(String::from_utf8_lossy(&w[..128]).contains("'shape': (8, 24, 51)"));
 
     let text = check_dump(&python, &dump);
-    // 4 GQA + 2 MLA points x (out, lse), 4 expert points x y, read + copy.
-    assert!(text.contains("18 outputs recomputed"), "{text}");
+    // 4 GQA + 2 MLA points x (out, lse), 5 expert points x y, read + copy.
+    assert!(text.contains("19 outputs recomputed"), "{text}");
 }
 
 #[test]

@@ -203,6 +203,22 @@ mod cases {
         }
     }
 
+    /// fp8 with a scale per 128 x 128 block: partial blocks at both edges, rows not whole
+    /// 16-byte words (the scalar path), one token per expert and several.
+    pub fn expert_fp8_block_scales(b: &dyn Backend) {
+        for (e, k, t, di, dout) in [
+            (8, 3, 7, 300, 200),
+            (4, 2, 5, 384, 129),
+            (12, 4, 9, 1024, 130),
+            (3, 1, 1, 16, 1),
+        ] {
+            let w = with_block_scales(experts(e, k, t, di, dout, DType::Fp8E4m3, Routing::Uniform));
+            run_point(b, &w, no_edit);
+        }
+        let w = with_block_scales(experts(8, 3, 7, 1001, 37, DType::Fp8E4m3, Routing::Uniform));
+        run_point(b, &with_math(w, Math::Bf16), no_edit);
+    }
+
     pub fn expert_fp8_extremes(b: &dyn Backend) {
         let w = experts(4, 2, 3, 128, 24, DType::Fp8E4m3, Routing::Uniform);
         run_point(b, &w, fp8_extremes("w"));
@@ -278,6 +294,7 @@ macro_rules! every_case {
             expert_every_token_one_expert,
             expert_dtypes_and_odd_shapes,
             expert_fp8_extremes,
+            expert_fp8_block_scales,
             expert_mxfp4_blocks,
             bf16_math,
             unwritten_outputs_fail,
@@ -306,6 +323,7 @@ conformance_suite!(wgpu_small_bindings => wgpu_with(WgpuOptions { subgroups: tru
     expert_every_token_one_expert,
     expert_dtypes_and_odd_shapes,
     expert_fp8_extremes,
+    expert_fp8_block_scales,
     stream_ops_at_odd_sizes,
 );
 

@@ -136,6 +136,44 @@ fn mxfp4_is_a_weight_format_in_whole_blocks() {
 }
 
 #[test]
+fn block_scales_sweep_fp8_points_only() {
+    let run = "name: t\nruns:\n  - kernel: expert_gemv\n    experts: 8\n    top_k: 2\n    batch: 1\n    d_in: 256\n    d_out: 16\n";
+    // bf16 has no scales: its point is not repeated per weight_scale.
+    let e = parse(&format!(
+        "{run}    weight_dtype: [bf16, fp8_e4m3]\n    weight_scale: [row, block128]\n"
+    ))
+    .unwrap();
+    let got: Vec<String> = e
+        .points
+        .iter()
+        .map(|p| match &p.workload {
+            Workload::ExpertGemv(g) => format!("{} {:?}", g.weight_dtype, g.scale_shape()),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "bf16 None",
+            "fp8_e4m3 Some([8, 16])",
+            "fp8_e4m3 Some([8, 1, 2])"
+        ]
+    );
+    let msg = refused(
+        &format!("{run}    weight_dtype: bf16\n    weight_scale: block128\n"),
+        10,
+        "weight_scale",
+    );
+    assert!(msg.contains("fp8"), "{msg}");
+    let msg = refused(
+        &format!("{run}    weight_scale: block64\n"),
+        9,
+        "weight_scale",
+    );
+    assert!(msg.contains("block128"), "{msg}");
+}
+
+#[test]
 fn wrong_types() {
     refused(
         &KV.replace("batch: [1, 8]", "batch: [1, eight]"),

@@ -4,7 +4,7 @@
 
 use decodelab::model::figures::{self, FigureSpec};
 use decodelab::model::{self, MeasuredTerms, Scenario, evaluate, expected_experts};
-use decodelab::workload::{DType, ExpertGemv, Math, Routing, Workload};
+use decodelab::workload::{DType, ExpertGemv, Math, Routing, WeightScale, Workload};
 use std::path::Path;
 
 fn here() -> &'static Path {
@@ -411,6 +411,7 @@ fn gpt_oss_experts_count_the_same_bytes_as_an_mxfp4_expert_gemv() {
             d_in,
             d_out,
             weight_dtype: DType::Mxfp4,
+            weight_scale: WeightScale::Row,
             topk_ids: ExpertGemv::route(&Routing::Ids(ids.clone()), 128, 1, 1, 0).unwrap(),
             routing: Routing::Ids(ids),
             seed: 0,

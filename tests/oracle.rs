@@ -91,6 +91,38 @@ fn fp8_scale_dequantises_in_the_oracle() {
 }
 
 #[test]
+fn fp8_block_scales_worked_by_hand() {
+    // One expert, 130 rows x 200 columns: 2 x 2 scale blocks, the last ones partial. Every
+    // weight 1.0 (0x38), x = 1, so row o = 128 x s[o / 128][0] + 72 x s[o / 128][1].
+    let w = with_block_scales(experts(1, 1, 1, 200, 130, DType::Fp8E4m3, Routing::Uniform));
+    let mut inputs = w.inputs();
+    assert_eq!(inputs.get("w_scale").unwrap().shape, vec![1, 2, 2]);
+    inputs.get_mut("w").unwrap().bytes = vec![0x38; 130 * 200].into();
+    set_f32(&mut inputs, "x", &[1.0; 200]);
+    set_f32(&mut inputs, "w_scale", &[0.5, 0.25, 2.0, 1.0]);
+    set_f32(&mut inputs, "topk_weights", &[1.0]);
+    let (top, bottom) = (128.0 * 0.5 + 72.0 * 0.25, 128.0 * 2.0 + 72.0);
+    let want: Vec<f64> = (0..130)
+        .map(|o| if o < 128 { top } else { bottom })
+        .collect();
+    assert_eq!(w.oracle(&inputs).0[0].values(), want);
+    let cpu = CpuBackend::new();
+    let mut p = cpu
+        .prepare(0, &w, &inputs, &How::simple(CacheMode::Warm))
+        .unwrap();
+    p.run(0, 1).unwrap();
+    let got = p.read_outputs().unwrap().get("y").unwrap().as_f32();
+    assert_eq!(got, want.iter().map(|&v| v as f32).collect::<Vec<_>>());
+    // Bytes: one f32 per touched expert's block, 2 x 2 here.
+    let scale_bytes = w
+        .byte_table()
+        .iter()
+        .find(|t| t.tensor == "w_scale")
+        .map(|t| t.bytes);
+    assert_eq!(scale_bytes, Some(2 * 2 * 4));
+}
+
+#[test]
 fn mxfp4_blocks_decode_in_the_oracle_and_on_cpu() {
     // One row of 64 values (two blocks). Block 0: scale 2^1 (code 128), every code 0x3
     // (1.5) -> 3.0; block 1: scale 2^-2 (code 125), codes alternating 0x7 (6) and 0xA (-1)

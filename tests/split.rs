@@ -167,6 +167,34 @@ mod cases {
         }
     }
 
+    /// Block scales: the tensor cut falls on 128-row block edges (300 rows: 256 + 44 over 2,
+    /// 128 + 128 + 44 over 3), and experts keep their blocks whole.
+    pub fn block_scales(b: &dyn Backend) {
+        let w = with_block_scales(experts(6, 2, 5, 200, 300, DType::Fp8E4m3, Routing::Uniform));
+        for n in [2, 3] {
+            let plan = split_point(b, &w, SplitKind::Tensor, n);
+            let rows: Vec<usize> = plan
+                .shards
+                .iter()
+                .map(|s| match &s.workload {
+                    Workload::ExpertGemv(e) => e.d_out,
+                    _ => unreachable!(),
+                })
+                .collect();
+            assert_eq!(
+                rows,
+                if n == 2 {
+                    vec![256, 44]
+                } else {
+                    vec![128, 128, 44]
+                }
+            );
+        }
+        split_point(b, &w, SplitKind::Experts, 4);
+        let why = decodelab::split::validate(&w, SplitKind::Tensor, 4).unwrap_err();
+        assert!(why.contains("128-row scale blocks"), "{why}");
+    }
+
     pub fn data_stream(b: &dyn Backend) {
         for op in [StreamOp::Read, StreamOp::Copy] {
             split_point(b, &stream(op, 4 * 1001), SplitKind::Data, 3);
@@ -179,7 +207,7 @@ macro_rules! split_suite {
         mod $backend {
             use super::*;
             split_suite!(@cases $make; heads_gqa_uneven, bf16_math_heads_and_experts, heads_mla_query_heads,
-                sequence_short_and_long, experts_uneven_and_idle, tensor_uneven_rows, data_stream);
+                sequence_short_and_long, experts_uneven_and_idle, tensor_uneven_rows, block_scales, data_stream);
         }
     };
     (@cases $make:expr; $($case:ident),*) => {

@@ -90,7 +90,8 @@ pub const IMPLS: &[Impl] = &[
         Kernel::KvDecode,
         "flash-decoding on CUDA cores: scalar softmax, scalar PV",
     ),
-    // After simple until it has run on a GPU (DEVELOPERS.md): checked on the host only.
+    // After simple until it has run on a GPU (DEVELOPERS.md): the shim models its tensor-core
+    // fragments, it does not run them.
     Impl {
         backend: "cuda",
         kernel: Kernel::KvDecode,
@@ -100,12 +101,8 @@ pub const IMPLS: &[Impl] = &[
                 8-15 for f32-grade sums, 128-bit K loads straight into fragments, a softmax \
                 per warp across the lane quad, V staged per warp; bf16, groups up to 8",
     },
-    simple(
-        "cuda",
-        Kernel::ExpertGemv,
-        "a block per (4 rows, touched expert), 16-byte weight loads",
-    ),
-    // After simple until it has run on a GPU (DEVELOPERS.md): compiled and SASS-read only.
+    // Ahead of simple before a GPU has run it (DEVELOPERS.md): plain CUDA C whose only PTX
+    // is a load, so the host shim runs the arithmetic as written.
     Impl {
         backend: "cuda",
         kernel: Kernel::ExpertGemv,
@@ -114,6 +111,11 @@ pub const IMPLS: &[Impl] = &[
         about: "a warp per 4 rows of a touched expert: 512-byte weight loads, 4 rows in \
                 flight per lane, x as float4 through L1, tokens 4 at a time, shuffle sums",
     },
+    simple(
+        "cuda",
+        Kernel::ExpertGemv,
+        "a block per (4 rows, touched expert), 16-byte weight loads",
+    ),
     simple(
         "cuda",
         Kernel::Link,

@@ -3,7 +3,8 @@
 //! for NVRTC and as WGSL `const`s. One plan, so the heads split's bit-exactness (a shard cuts
 //! its context as its whole point would) holds the same way on both.
 
-use crate::workload::{Attention, ExpertGemv, KvDecode, Workload};
+use crate::workload::expert_gemv::SCALE_BLOCK;
+use crate::workload::{Attention, ExpertGemv, KvDecode, WeightScale, Workload};
 
 /// A constant a kernel is compiled with.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -146,6 +147,10 @@ pub struct ExpertPlan {
 pub fn expert_constants(w: &ExpertGemv, touched: usize, p: &ExpertPlan) -> Constants {
     // A sub-byte dtype gives ELEM_BYTES 0: the preludes refuse it by ELEM_BITS.
     let es = w.weight_dtype.elem_bits() / 8;
+    let scale_block = match (w.scale_shape(), w.weight_scale) {
+        (Some(_), WeightScale::Block128) => SCALE_BLOCK,
+        _ => 0,
+    };
     Constants::default()
         .with("DTYPE", Const::U(w.weight_dtype.kernel_code() as u64))
         .with("ELEM_BITS", Const::U(w.weight_dtype.elem_bits() as u64))
@@ -159,6 +164,16 @@ pub fn expert_constants(w: &ExpertGemv, touched: usize, p: &ExpertPlan) -> Const
         .with("TOP_K", Const::U(w.top_k as u64))
         .with("BATCH", Const::U(w.batch as u64))
         .with("SCALED", Const::B(w.weight_dtype.is_scaled()))
+        // 0: a scale per row; else the edge of a square scale block, and the blocks' grid.
+        .with("SCALE_BLOCK", Const::U(scale_block as u64))
+        .with(
+            "SB_OUT",
+            Const::U(w.d_out.div_ceil(scale_block.max(1)) as u64),
+        )
+        .with(
+            "SB_IN",
+            Const::U(w.d_in.div_ceil(scale_block.max(1)) as u64),
+        )
         .with("ROW_ALIGNED", Const::B((w.d_in * es).is_multiple_of(16)))
 }
 
@@ -185,7 +200,7 @@ pub fn representative() -> Vec<(String, Workload)> {
             launch_hint: None,
         })
     };
-    let ex = |d_in, dtype: DType| {
+    let ex = |d_in, dtype: DType, weight_scale| {
         let topk_ids = ExpertGemv::route(&Routing::Uniform, 384, 8, 16, 0).unwrap_or_default();
         Workload::ExpertGemv(ExpertGemv {
             experts: 384,
@@ -194,6 +209,7 @@ pub fn representative() -> Vec<(String, Workload)> {
             d_in,
             d_out: 2048,
             weight_dtype: dtype,
+            weight_scale,
             routing: Routing::Uniform,
             topk_ids,
             seed: 0,
@@ -217,7 +233,10 @@ pub fn representative() -> Vec<(String, Workload)> {
             format!("kv_decode mla 128 heads 512+64 {dt}"),
             kv(Attention::Mla, 128, 1, 576, 512, dt),
         ));
-        v.push((format!("expert_gemv 7168 -> 2048 {dt}"), ex(7168, dt)));
+        v.push((
+            format!("expert_gemv 7168 -> 2048 {dt}"),
+            ex(7168, dt, WeightScale::Row),
+        ));
     }
     v.push((
         "kv_decode gqa d67 (unaligned) f16".into(),
@@ -225,7 +244,11 @@ pub fn representative() -> Vec<(String, Workload)> {
     ));
     v.push((
         "expert_gemv 1001 (unaligned) bf16".into(),
-        ex(1001, DType::Bf16),
+        ex(1001, DType::Bf16, WeightScale::Row),
+    ));
+    v.push((
+        "expert_gemv 7168 -> 2048 fp8_e4m3 block128".into(),
+        ex(7168, DType::Fp8E4m3, WeightScale::Block128),
     ));
     v
 }

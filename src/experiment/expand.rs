@@ -7,7 +7,7 @@ use super::{MAX_BYTES, MAX_COUNT, MAX_ELEMENTS};
 use crate::error::ConfigError;
 use crate::workload::{
     Attention, DType, Direction, ExpertGemv, Kernel, KvDecode, Lengths, Link, Math, Routing,
-    Stream, StreamOp, Workload,
+    Stream, StreamOp, WeightScale, Workload,
 };
 use serde_saphyr::Spanned;
 
@@ -456,6 +456,7 @@ impl RunCtx<'_> {
                 "d_in",
                 "d_out",
                 "weight_dtype",
+                "weight_scale",
                 "routing",
             ],
             kernel,
@@ -469,6 +470,17 @@ impl RunCtx<'_> {
         let dtypes = self.optional(&s.weight_dtype, DType::Bf16);
         let routings = self.optional(&s.routing, RoutingSpec::Uniform);
         let maths = self.optional(&s.math, Math::F32);
+        let scales = self.optional(&s.weight_scale, WeightScale::Row);
+        if let Some(f) = &s.weight_scale
+            && scales.contains(&WeightScale::Block128)
+            && !dtypes.iter().any(|d| d.is_scaled())
+        {
+            return Err(self.err_at(
+                f,
+                "weight_scale",
+                "block128 scales fp8 weights; weight_dtype names no fp8 (scaled) dtype",
+            ));
+        }
         let routing_err = |msg: String| match &s.routing {
             Some(f) => self.err_at(f, "routing", msg),
             None => self.err_run("routing", msg),
@@ -482,6 +494,7 @@ impl RunCtx<'_> {
             d_out.len(),
             dtypes.len(),
             routings.len(),
+            scales.len(),
             maths.len(),
         ];
         for ix in product(&dims) {
@@ -503,7 +516,12 @@ impl RunCtx<'_> {
                 ));
             }
             self.too_large(e as u128 * dout as u128 * di as u128 + (t * di) as u128)?;
-            let dt = dtypes[ix[5]];
+            let (dt, weight_scale) = (dtypes[ix[5]], scales[ix[7]]);
+            // An unscaled dtype has no scales to lay out: its points are not repeated per
+            // weight_scale.
+            if !dt.is_scaled() && weight_scale != scales[0] {
+                continue;
+            }
             if let Some(m) = dt.row_multiple().filter(|m| di % m != 0) {
                 return Err(self.err_at(
                     s.d_in.as_ref().expect("required above"),
@@ -532,10 +550,15 @@ impl RunCtx<'_> {
                 d_in: di,
                 d_out: dout,
                 weight_dtype: dt,
+                weight_scale: if dt.is_scaled() {
+                    weight_scale
+                } else {
+                    WeightScale::Row
+                },
                 routing,
                 topk_ids,
                 seed: point_seed,
-                math: maths[ix[7]],
+                math: maths[ix[8]],
             }));
         }
         Ok(out)

@@ -268,6 +268,8 @@ pub struct RunSpec {
     #[serde(default)]
     pub weight_dtype: Field<DType>,
     #[serde(default)]
+    pub weight_scale: Field<crate::workload::WeightScale>,
+    #[serde(default)]
     pub routing: Field<RoutingSpec>,
     // shared
     #[serde(default)]
@@ -318,6 +320,7 @@ impl RunSpec {
             d_in,
             d_out,
             weight_dtype,
+            weight_scale,
             routing,
             batch
         );

@@ -71,6 +71,11 @@ fn params_label_core(kernel: &str, p: &serde_json::Value) -> String {
                 Some(v) => v.to_string().trim_matches('"').to_string(),
                 None => String::new(),
             };
+            // Block scales are named; per-row scales (fp8's default) are not.
+            let dtype = match p.get("weight_scale").and_then(|v| v.as_str()) {
+                Some(s) if s != "row" => format!("{}/{s}", g("weight_dtype")),
+                _ => g("weight_dtype"),
+            };
             format!(
                 "E{} k{} T{} {}x{} {} {} U{}",
                 g("experts"),
@@ -78,7 +83,7 @@ fn params_label_core(kernel: &str, p: &serde_json::Value) -> String {
                 g("batch"),
                 g("d_out"),
                 g("d_in"),
-                g("weight_dtype"),
+                dtype,
                 routing,
                 g("experts_touched")
             )

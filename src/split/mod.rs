@@ -12,7 +12,8 @@ pub mod run;
 mod shards;
 
 use crate::report::VsOneDevice;
-use crate::workload::{Attention, Kernel, StreamOp, Tensor, TensorSet, Workload};
+use crate::workload::expert_gemv::SCALE_BLOCK;
+use crate::workload::{Attention, Kernel, StreamOp, Tensor, TensorSet, WeightScale, Workload};
 use serde::{Deserialize, Serialize};
 use shards::{data, experts, heads, merge_sequence, sequence, tensor};
 use std::ops::Range;
@@ -132,8 +133,14 @@ pub fn validate(w: &Workload, kind: SplitKind, n: usize) -> Result<(), String> {
         (Workload::ExpertGemv(e), SplitKind::Experts) if e.experts < n => {
             return short("experts", e.experts);
         }
-        (Workload::ExpertGemv(e), SplitKind::Tensor) if e.d_out < n => {
-            return short("output rows (d_out)", e.d_out);
+        (Workload::ExpertGemv(e), SplitKind::Tensor) => {
+            if e.d_out < n {
+                return short("output rows (d_out)", e.d_out);
+            }
+            let blocks = e.d_out.div_ceil(SCALE_BLOCK);
+            if e.scale_shape().is_some() && e.weight_scale == WeightScale::Block128 && blocks < n {
+                return short("128-row scale blocks (weight_scale: block128)", blocks);
+            }
         }
         (Workload::Stream(s), SplitKind::Data) => {
             if s.op == StreamOp::Write {

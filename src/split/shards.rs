@@ -2,9 +2,10 @@
 //! their outputs merge back. Exact by construction where it can be (see `SplitKind`).
 
 use super::{Merge, Shard, ranges};
+use crate::workload::expert_gemv::SCALE_BLOCK;
 use crate::workload::{
     Attention, ExpertGemv, KvDecode, Lengths, Routing, Stream, StreamOp, Tensor, TensorSet,
-    Workload,
+    WeightScale, Workload,
 };
 
 fn clone_named(inputs: &TensorSet, names: &[&str]) -> Vec<Tensor> {
@@ -257,17 +258,24 @@ pub(super) fn experts(e: &ExpertGemv, inputs: &TensorSet, n: usize) -> (Vec<Shar
 }
 
 /// Tensor: every expert's output rows are cut into contiguous blocks, one per device.
+/// With 128 x 128 block scales the cuts fall on block edges, each device taking whole blocks
+/// and their scales (as tensor-parallel fp8 checkpoints are cut).
 pub(super) fn tensor(e: &ExpertGemv, inputs: &TensorSet, n: usize) -> (Vec<Shard>, Merge) {
-    let shards = ranges(e.d_out, n)
+    let block = match (e.scale_shape(), e.weight_scale) {
+        (Some(_), WeightScale::Block128) => SCALE_BLOCK,
+        _ => 1,
+    };
+    let shards = ranges(e.d_out.div_ceil(block), n)
         .into_iter()
         .enumerate()
-        .map(|(device, rows)| {
+        .map(|(device, blocks)| {
+            let rows = blocks.start * block..(blocks.end * block).min(e.d_out);
             let mut set = vec![
                 inputs.expect("x").clone(),
                 inputs.expect("w").slice_axis(1, rows.clone()),
             ];
             if let Some(s) = inputs.get("w_scale") {
-                set.push(s.slice_axis(1, rows.clone()));
+                set.push(s.slice_axis(1, blocks));
             }
             set.extend(clone_named(inputs, &["topk_ids", "topk_weights"]));
             Shard {

@@ -8,7 +8,7 @@ use super::math::Math;
 use super::tensor::{Elem, Tensor, TensorSet};
 use super::{ByteTerm, OutputSpec, dot_f64};
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How tokens choose their top-k experts (seeded, distinct per token).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -22,6 +22,21 @@ pub enum Routing {
     Ids(Vec<Vec<u32>>),
 }
 
+/// How fp8 weights carry the scale that dequantises them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightScale {
+    /// One f32 per output row.
+    #[default]
+    Row,
+    /// One f32 per block of 128 output rows x 128 input columns (the last blocks partial),
+    /// as DeepSeek-V3 and its descendants ship fp8 experts.
+    Block128,
+}
+
+/// The edge of a `block128` scale block.
+pub const SCALE_BLOCK: usize = 128;
+
 #[derive(Clone, Debug)]
 pub struct ExpertGemv {
     pub experts: usize,
@@ -30,6 +45,8 @@ pub struct ExpertGemv {
     pub d_in: usize,
     pub d_out: usize,
     pub weight_dtype: DType,
+    /// The scales' granularity; only scaled dtypes (fp8) have scales.
+    pub weight_scale: WeightScale,
     pub routing: Routing,
     /// Resolved routing: [batch, top_k] expert ids.
     pub topk_ids: Vec<u32>,
@@ -139,6 +156,7 @@ impl ExpertGemv {
             "d_in": self.d_in,
             "d_out": self.d_out,
             "weight_dtype": self.weight_dtype,
+            "weight_scale": self.scale_shape().map(|_| self.weight_scale),
             "routing": match &self.routing {
                 Routing::Ids(_) => serde_json::json!("ids"),
                 r => serde_json::to_value(r).unwrap_or_default(),
@@ -168,9 +186,10 @@ impl ExpertGemv {
                 -max,
                 max,
             ));
-            let mut scales = f32s("w_scale", vec![e, dout], 33, 0.25, 1.0).as_f32();
+            let shape = self.scale_shape().expect("a scaled dtype");
+            let mut scales = f32s("w_scale", shape.clone(), 33, 0.25, 1.0).as_f32();
             scales.iter_mut().for_each(|a| *a /= max);
-            set.push(Tensor::from_f32("w_scale", vec![e, dout], &scales));
+            set.push(Tensor::from_f32("w_scale", shape, &scales));
         } else {
             set.push(generate::uniform(
                 "w",
@@ -201,11 +220,9 @@ impl ExpertGemv {
             self.d_in as u64,
             self.d_out as u64,
         );
-        let scales = if self.weight_dtype.is_scaled() {
-            e * dout * 4
-        } else {
-            0
-        };
+        let scales = self
+            .scale_shape()
+            .map_or(0, |s| s.iter().product::<usize>() as u64 * 4);
         e * dout * self.w_row_bytes() + scales + t * di * 4 + t * k * 8
     }
 
@@ -238,12 +255,21 @@ impl ExpertGemv {
             bytes: u * dout * self.w_row_bytes(),
             rule: format!("U x d_out x {row}, U = {u} distinct experts touched, each read once"),
         }];
-        if self.weight_dtype.is_scaled() {
-            table.push(ByteTerm {
+        match (self.scale_shape(), self.weight_scale) {
+            (None, _) => {}
+            (Some(_), WeightScale::Row) => table.push(ByteTerm {
                 tensor: "w_scale",
                 bytes: u * dout * 4,
                 rule: "U x d_out x 4".into(),
-            });
+            }),
+            (Some(s), WeightScale::Block128) => table.push(ByteTerm {
+                tensor: "w_scale",
+                bytes: u * (s[1] * s[2]) as u64 * 4,
+                rule: format!(
+                    "U x ceil(d_out / {SCALE_BLOCK}) x ceil(d_in / {SCALE_BLOCK}) x 4 \
+                     (one per {SCALE_BLOCK} x {SCALE_BLOCK} block)"
+                ),
+            }),
         }
         table.push(ByteTerm {
             tensor: "x",
@@ -266,6 +292,60 @@ impl ExpertGemv {
             rule: "T x k x 4".into(),
         });
         table
+    }
+
+    /// The shape of `w_scale`, for a scaled dtype: [experts, d_out] per row, or
+    /// [experts, row blocks, column blocks] per 128 x 128 block.
+    pub fn scale_shape(&self) -> Option<Vec<usize>> {
+        let (e, dout, di) = (self.experts, self.d_out, self.d_in);
+        self.weight_dtype
+            .is_scaled()
+            .then(|| match self.weight_scale {
+                WeightScale::Row => vec![e, dout],
+                WeightScale::Block128 => {
+                    vec![e, dout.div_ceil(SCALE_BLOCK), di.div_ceil(SCALE_BLOCK)]
+                }
+            })
+    }
+
+    /// Where the scale of weight (expert `e`, row `o`, column `i`) sits in `w_scale`.
+    pub fn scale_index(&self, e: usize, o: usize, i: usize) -> usize {
+        match self.weight_scale {
+            WeightScale::Row => e * self.d_out + o,
+            WeightScale::Block128 => {
+                let (bo, bi) = (
+                    self.d_out.div_ceil(SCALE_BLOCK),
+                    self.d_in.div_ceil(SCALE_BLOCK),
+                );
+                (e * bo + o / SCALE_BLOCK) * bi + i / SCALE_BLOCK
+            }
+        }
+    }
+
+    /// The dot of decoded row `o` of expert `e` with `x`, times its scales, in f64: each
+    /// 128-column block's dot times that block's scale, summed (the oracle's definition).
+    pub fn scaled_dot_f64(
+        &self,
+        row: &[f32],
+        x: &[f64],
+        scales: Option<&[f32]>,
+        e: usize,
+        o: usize,
+    ) -> f64 {
+        let Some(s) = scales else {
+            return dot_f64(row, x);
+        };
+        match self.weight_scale {
+            WeightScale::Row => dot_f64(row, x) * s[self.scale_index(e, o, 0)] as f64,
+            WeightScale::Block128 => row
+                .chunks(SCALE_BLOCK)
+                .zip(x.chunks(SCALE_BLOCK))
+                .enumerate()
+                .map(|(b, (r, x))| {
+                    dot_f64(r, x) * s[self.scale_index(e, o, b * SCALE_BLOCK)] as f64
+                })
+                .sum(),
+        }
     }
 
     /// Bytes of one stored weight row (d_in values; mxfp4: whole blocks with their scales).
@@ -313,10 +393,10 @@ impl ExpertGemv {
                 for &e in &touched {
                     let e = e as usize;
                     dt.decode_slice(&w.bytes, (e * dout + o) * di, &mut row);
-                    let s = scales.as_ref().map_or(1.0, |s| s[e * dout + o] as f64);
                     for &slot in &slots_of[e] {
                         let t = slot / k;
-                        slots[slot] = dot_f64(&row, &x[t * di..(t + 1) * di]) * s;
+                        let x = &x[t * di..(t + 1) * di];
+                        slots[slot] = self.scaled_dot_f64(&row, x, scales.as_deref(), e, o);
                     }
                 }
                 slots

@@ -13,7 +13,7 @@ pub mod tensor;
 
 pub use check::{Check, Reference};
 pub use dtype::DType;
-pub use expert_gemv::{ExpertGemv, Routing};
+pub use expert_gemv::{ExpertGemv, Routing, WeightScale};
 pub use kv_decode::{Attention, KvDecode, KvLaunchHint, Lengths};
 pub use link::{Direction, Link};
 pub use math::Math;

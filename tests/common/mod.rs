@@ -122,11 +122,20 @@ pub fn experts(
         d_in,
         d_out,
         weight_dtype: dtype,
+        weight_scale: WeightScale::Row,
         routing,
         topk_ids,
         seed: 5,
         math: Math::F32,
     })
+}
+
+/// The same point with its fp8 weights scaled per 128 x 128 block.
+pub fn with_block_scales(mut w: Workload) -> Workload {
+    if let Workload::ExpertGemv(e) = &mut w {
+        e.weight_scale = WeightScale::Block128;
+    }
+    w
 }
 
 /// The same point at another precision mode.

@@ -18,6 +18,7 @@ pub const KV_MERGE_CU: &str = include_str!("../../../kernels/kv_merge.cu");
 pub const EXPERT_CU: &str = include_str!("../../../kernels/expert_gemv.cu");
 pub const EXPERT_ROWS_CU: &str = include_str!("../../../kernels/expert_gemv_rows.cu");
 pub const EXPERT_COMBINE_CU: &str = include_str!("../../../kernels/expert_combine.cu");
+pub const EXPERT_SCALE_CUH: &str = include_str!("../../../kernels/expert_scale.cuh");
 pub const MMA_CUH: &str = include_str!("../../../kernels/mma.cuh");
 pub const MMA_CHECK_CU: &str = include_str!("../../../kernels/mma_check.cu");
 
@@ -268,7 +269,10 @@ pub fn expert_source(w: &ExpertGemv, touched: usize, imp: &str) -> String {
         ),
         _ => (expert_constants(w, touched, &plan), EXPERT_CU),
     };
-    assemble(&c, &format!("{gemv}\n{EXPERT_COMBINE_CU}"))
+    assemble(
+        &c,
+        &format!("{EXPERT_SCALE_CUH}\n{gemv}\n{EXPERT_COMBINE_CU}"),
+    )
 }
 
 /// The source implementation `imp` of a workload compiles to on a device with `sms`

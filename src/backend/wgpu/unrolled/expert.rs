@@ -4,7 +4,7 @@
 
 use super::{Code, DECODERS, MIN_SUBGROUP, decode};
 use crate::backend::plan::{Const, ExpertPlan, expert_constants};
-use crate::workload::{DType, ExpertGemv};
+use crate::workload::{DType, ExpertGemv, WeightScale};
 
 pub const EXPERT_WG: usize = 256;
 pub const EXPERT_ROWS: usize = 4;
@@ -23,6 +23,9 @@ pub fn expert_covers(w: &ExpertGemv, subgroups: bool) -> Result<(), String> {
             "d_in {} of {} is not a whole number of 16-byte words (simple covers it)",
             w.d_in, w.weight_dtype
         ));
+    }
+    if w.scale_shape().is_some() && w.weight_scale != WeightScale::Row {
+        return Err("scales per row only (simple takes block scales)".into());
     }
     Ok(())
 }
@@ -180,6 +183,7 @@ mod tests {
             d_in: 64,
             d_out: 8,
             weight_dtype: DType::Bf16,
+            weight_scale: WeightScale::Row,
             routing: crate::workload::Routing::Uniform,
             topk_ids: vec![0, 1, 2, 3, 0, 2],
             seed: 1,
