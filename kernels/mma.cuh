@@ -18,6 +18,21 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const unsigned int
 #endif
 }
 
+// Four 8x8 b16 matrices from shared memory, transposed (ldmatrix .x4 .trans, sm_75 and later):
+// lane i gives the address of row i % 8 of matrix i / 8 (16 contiguous, 16-byte aligned
+// bytes); lane l gets in d[j] matrix j's (row 2t, column g) and (row 2t + 1, column g), the
+// first in the low half: with a matrix's rows as k, one mma B fragment register.
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned int (&d)[4], const unsigned short* row) {
+#ifdef DECODELAB_HOST
+    host_ldmatrix_x4_trans(d, row);
+#else
+    const unsigned int a = (unsigned int)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(a));
+#endif
+}
+
 // Two bf16 (as raw bits) in one register, `lo` in the low half.
 __device__ __forceinline__ unsigned int pack_bf16x2(unsigned short lo, unsigned short hi) {
     return (unsigned int)lo | ((unsigned int)hi << 16);

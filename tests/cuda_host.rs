@@ -201,6 +201,12 @@ fn cuda_kv_decode_matches_the_oracle_on_the_host() {
         // A head dim that is not whole 16-byte vectors (the scalar path), fp8 with its scales.
         common::gqa(2, 6, 3, 67, 67, vec![129, 5], 8, DType::Fp8E4m3),
         common::mla(2, 4, 64, 16, vec![70, 1], 32, DType::F16),
+        // MLA on tensor cores: 5 heads (rows of the tile left empty), one token, tile tails.
+        common::mla(2, 5, 192, 64, vec![1, 150], 16, DType::Bf16),
+        // DeepSeek's latent (512 + 64), two blocks of 8 heads, lengths around a page of 64.
+        common::mla(3, 16, 512, 64, vec![33, 64, 17], 64, DType::Bf16),
+        // Pages of 7 tokens, so tiles and pages do not line up.
+        common::mla(1, 8, 128, 64, vec![300], 7, DType::Bf16),
     ];
     let base = std::env::temp_dir().join(format!("decodelab-cuda-host-kv-{}", std::process::id()));
     let mut ran = Vec::new();
@@ -237,8 +243,8 @@ fn cuda_kv_decode_matches_the_oracle_on_the_host() {
             ran.push(imp.name);
         }
     }
-    // The tensor-core kernel took the three bf16 GQA shapes.
-    assert_eq!(ran.iter().filter(|n| **n == "mma").count(), 3, "{ran:?}");
+    // The tensor-core kernels took the three bf16 GQA shapes and the three bf16 MLA ones.
+    assert_eq!(ran.iter().filter(|n| **n == "mma").count(), 6, "{ran:?}");
     let _ = std::fs::remove_dir_all(&base);
 }
 
@@ -302,7 +308,9 @@ fn the_tensor_core_fragment_model_multiplies_on_the_host() {
     std::fs::write(dir.join("kernel.cu"), compile::mma_check_source()).unwrap();
     build_and_run("mma_driver.cpp", &dir, &[], "mma_check");
     let got: Vec<f32> = bytemuck::pod_collect_to_vec(&std::fs::read(dir.join("d.bin")).unwrap());
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+    // D from fragments loaded by hand, then with B's from ldmatrix .trans.
+    assert_eq!(got.len(), 2 * want.len());
+    for (i, (g, w)) in got.iter().zip(want.iter().cycle()).enumerate() {
         // Products of bf16 are exact in f32; 16 of them sum with f32 rounding.
         assert!(
             (*g as f64 - w).abs() <= 1e-5 * w.abs().max(1.0),

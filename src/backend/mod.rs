@@ -97,9 +97,11 @@ pub const IMPLS: &[Impl] = &[
         kernel: Kernel::KvDecode,
         name: "mma",
         tuned: true,
-        about: "GQA on tensor cores (mma.sync m16n8k16): q and P split hi/lo in rows 0-7 and \
-                8-15 for f32-grade sums, 128-bit K loads straight into fragments, a softmax \
-                per warp across the lane quad, V staged per warp; bf16, groups up to 8",
+        about: "tensor cores (mma.sync m16n8k16), q and P split hi/lo in rows 0-7 and 8-15 \
+                for f32-grade sums; bf16. GQA: 128-bit K loads straight into fragments, a \
+                softmax per warp across the lane quad, V staged per warp, groups up to 8. \
+                MLA: 8 heads per block, 16-token latent tiles by cp.async (two buffers), \
+                scores split over the latent's dims by warp, V by ldmatrix.trans",
     },
     // Ahead of simple before a GPU has run it (DEVELOPERS.md): plain CUDA C whose only PTX
     // is a load, so the host shim runs the arithmetic as written.

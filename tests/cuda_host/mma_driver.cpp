@@ -1,5 +1,5 @@
 // kernels/mma_check.cu on the host (shim.h): one warp; reads a.bin (16x16 bf16) and b.bin
-// (16x8 bf16) from argv[1], writes d.bin (16x8 f32).
+// (16x8 bf16) from argv[1], writes d.bin (16x8 f32, twice: mma_check.cu).
 #include "shim.h"
 #include "kernel.cu"
 #include <fstream>
@@ -12,8 +12,8 @@ int main(int argc, char** argv) {
     std::vector<unsigned short> a(256), b(128);
     std::ifstream(d + "/a.bin", std::ios::binary).read((char*)a.data(), 512);
     std::ifstream(d + "/b.bin", std::ios::binary).read((char*)b.data(), 256);
-    std::vector<float> out(128, -1.f);
+    std::vector<float> out(256, -1.f);
     launch(dim3{1, 1, 1}, 32, [&] { mma_check(a.data(), b.data(), out.data()); });
-    std::ofstream(d + "/d.bin", std::ios::binary).write((const char*)out.data(), 512);
+    std::ofstream(d + "/d.bin", std::ios::binary).write((const char*)out.data(), 1024);
     return 0;
 }

@@ -166,6 +166,38 @@ inline void host_mma_bf16_16816(float (&d)[4], const unsigned int (&a)[4], const
     w.meet.arrive_and_wait();
 }
 
+// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16, as the PTX ISA defines it: lane i gives
+// the address of row i % 8 of matrix i / 8 (8 b16 each); lane l gets in d[j] matrix j's
+// elements (row 2 (l % 4), column l / 4) and (row 2 (l % 4) + 1, column l / 4), the first in
+// the low half.
+inline void host_ldmatrix_x4_trans(unsigned int (&d)[4], const unsigned short* row) {
+    const int lane = threadIdx.x & 31;
+    Warp& w = *this_warp;
+    std::memcpy(&w.vals[lane], &row, sizeof(row));
+    w.meet.arrive_and_wait();
+    auto at = [&](int src_lane, int col) {
+        const unsigned short* p;
+        std::memcpy(&p, &w.vals[src_lane], sizeof(p));
+        return (unsigned int)p[col];
+    };
+    for (int j = 0; j < 4; j++) {
+        const int r0 = 8 * j + 2 * (lane % 4), col = lane / 4;
+        d[j] = at(r0, col) | (at(r0 + 1, col) << 16);
+    }
+    w.meet.arrive_and_wait();
+}
+
+// __all_sync: whether `pred` holds on every lane of the warp.
+inline int __all_sync(unsigned int, int pred) {
+    const int lane = threadIdx.x & 31;
+    this_warp->vals[lane] = pred != 0;
+    this_warp->meet.arrive_and_wait();
+    int all = 1;
+    for (int i = 0; i < 32; i++) all &= (int)this_warp->vals[i];
+    this_warp->meet.arrive_and_wait();
+    return all;
+}
+
 // A launch: every block of the grid in turn, each with `threads` OS threads.
 inline void launch(dim3 grid, unsigned int threads, const std::function<void()>& kernel) {
     for (unsigned int bz = 0; bz < std::max(grid.z, 1u); bz++)

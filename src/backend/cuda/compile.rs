@@ -5,7 +5,7 @@
 use crate::backend::plan::{
     Const, Constants, ExpertPlan, KvPlan, KvTarget, expert_constants, kv_constants, kv_plan,
 };
-use crate::workload::{ExpertGemv, KvDecode, Workload};
+use crate::workload::{Attention, ExpertGemv, KvDecode, Workload};
 use cudarc::nvrtc::{result, sys};
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ pub const COMMON_CUH: &str = include_str!("../../../kernels/common.cuh");
 pub const STREAM_CU: &str = include_str!("../../../kernels/stream.cu");
 pub const KV_CU: &str = include_str!("../../../kernels/kv_decode.cu");
 pub const KV_MMA_CU: &str = include_str!("../../../kernels/kv_decode_mma.cu");
+pub const KV_MLA_MMA_CU: &str = include_str!("../../../kernels/kv_decode_mla_mma.cu");
 pub const KV_MERGE_CU: &str = include_str!("../../../kernels/kv_merge.cu");
 pub const EXPERT_CU: &str = include_str!("../../../kernels/expert_gemv.cu");
 pub const EXPERT_ROWS_CU: &str = include_str!("../../../kernels/expert_gemv_rows.cu");
@@ -234,8 +235,9 @@ pub fn mma_check_source() -> String {
 }
 
 pub fn kv_source(w: &KvDecode, l: &KvPlan, imp: &str) -> String {
-    let attend = match imp {
-        "mma" => format!("{MMA_CUH}\n{KV_MMA_CU}"),
+    let attend = match (imp, w.attention) {
+        ("mma", Attention::Gqa) => format!("{MMA_CUH}\n{KV_MMA_CU}"),
+        ("mma", Attention::Mla) => format!("{MMA_CUH}\n{KV_MLA_MMA_CU}"),
         _ => KV_CU.to_string(),
     };
     assemble(

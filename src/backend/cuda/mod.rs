@@ -43,18 +43,25 @@ pub fn covers(imp: &str, w: &Workload) -> Result<(), String> {
         }
         ("mma", Workload::KvDecode(k)) => {
             use crate::workload::{Attention, DType};
-            let ok = k.attention == Attention::Gqa
-                && k.kv_dtype == DType::Bf16
-                && k.head_dim_k == k.head_dim_v
-                && k.head_dim_k % 32 == 0
-                && k.head_dim_k <= 128
-                && k.group_size() <= 8;
-            if ok {
+            let ok = match k.attention {
+                Attention::Gqa => {
+                    k.head_dim_k == k.head_dim_v
+                        && k.head_dim_k % 32 == 0
+                        && k.head_dim_k <= 128
+                        && k.group_size() <= 8
+                }
+                // Heads come 8 (or fewer) per block, whatever their count.
+                Attention::Mla => k.head_dim_k % 64 == 0 && k.head_dim_v % 64 == 0,
+            };
+            if ok && k.kv_dtype == DType::Bf16 {
                 Ok(())
             } else {
-                Err("mma takes GQA with bf16 K and V of one head dim (a multiple of 32, up to 128) \
-                     and groups of up to 8 query heads"
-                    .into())
+                Err(
+                    "mma takes bf16 caches: GQA with K and V of one head dim (a multiple of 32, \
+                     up to 128) and groups of up to 8 query heads; MLA with a latent and \
+                     values of a multiple of 64 dims"
+                        .into(),
+                )
             }
         }
         _ => Err(format!(
