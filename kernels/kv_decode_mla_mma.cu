@@ -1,22 +1,30 @@
-// kv_decode "mma" for MLA (absorbed): up to 8 query heads per block on tensor cores (mma.cuh),
-// one slice of one sequence's context, as the plan cuts it; `merge` combines the slices. The
-// head blocks of one slice are launched next to each other, so the latent they all read
+// kv_decode "mma" for MLA (absorbed) on tensor cores (mma.cuh): a block owns HB query heads
+// and one slice of one sequence's context, as the plan cuts it; `merge` combines the slices.
+// The head blocks of one slice are launched next to each other, so the latent they all read
 // comes from HBM once and from L2 after.
+//
+// The tile's 16 rows: at `math: f32` (HI_LO), head r's q (and P) rounded to bf16 ("hi") in row
+// r and what hi misses ("lo") in row r + 8, so row pairs sum to f32-grade results, up to 8
+// heads; at `math: bf16`, one head per row, up to 16, q and P rounded once as the oracle's
+// bf16 mode rounds them (half the tensor-core work per head).
 //
 // Per 16-token tile, 4 warps:
 //  0. the tile's latent rows (DK bf16 each) arrive in shared memory by 16-byte cp.async,
 //     the next tile's already in flight (two buffers);
-//  1. scores, S = Q K^T: A = q (rows 0-7: q rounded to bf16, "hi", one head per row; rows
-//     8-15: what hi misses, "lo"), B = the tile's latent rows; each warp takes a quarter of
-//     the DK dims (its q fragments stay in registers) and leaves partial scores;
-//  2. softmax: a thread per (head, token) sums the partials and runs the online softmax for
-//     its head across 16 lanes; P goes to shared memory split hi/lo the same way;
+//  1. scores, S = Q K^T: A = q, B = the tile's latent rows; each warp takes a quarter of the
+//     DK dims (its q fragments stay in registers) and leaves partial scores;
+//  2. softmax: a thread per (head, token), two heads each at `math: bf16`, sums the partials
+//     and runs the online softmax of its head across 16 lanes; P goes to shared memory;
 //  3. PV: each warp owns a quarter of the DV output dims: A = P, B = the first DV dims of
-//     the same latent rows (V is inside the latent).
+//     the same latent rows (V is inside the latent), by ldmatrix.trans.
 // Needs a bf16 latent, DK and DV multiples of 64 (covers refuses the rest).
 
-#if DTYPE != 2 || !IS_MLA || DK % 64 != 0 || DV % 64 != 0 || DV > DK || HB > 8 || WG != 128
-#error "kv_decode mma (MLA): a bf16 latent, DK % 64 == 0, DV % 64 == 0, up to 8 heads per block, 128 threads"
+#define HI_LO (!MATH_BF16)
+#define HM (HI_LO ? 8 : 16) // heads the tile's rows hold
+#define HPT (HM / 8)        // heads per softmax thread
+
+#if DTYPE != 2 || !IS_MLA || DK % 64 != 0 || DV % 64 != 0 || DV > DK || HB > HM || WG != 128
+#error "kv_decode mma (MLA): a bf16 latent, DK % 64 == 0, DV % 64 == 0, up to 8 heads per block (16 at math: bf16), 128 threads"
 #endif
 
 #define NEG_BIG (-3.0e38f)
@@ -68,9 +76,9 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
     const int* __restrict__ page_table, const int* __restrict__ context_lens,
     float* __restrict__ partial_acc, float2* __restrict__ partial_ml) {
     __shared__ __align__(16) unsigned short lat[2][TT * LROW];
-    __shared__ float s_part[WARPS][8][TT];
+    __shared__ float s_part[WARPS][16][TT];
     __shared__ __align__(16) unsigned short p_sh[16 * PROW];
-    __shared__ float corr_sh[8];
+    __shared__ float corr_sh[16];
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, r = lane >> 2, c = lane & 3;
     const int split = blockIdx.x, h0 = blockIdx.y * HB, b = blockIdx.z;
@@ -78,29 +86,38 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
     const int start = split * SPLIT_TOKENS, end = min(start + SPLIT_TOKENS, len);
     if (start < end) load_tile(lat[0], k, page_table, b, start, end);
 
-    // This warp's q fragments: head r's hi in row r, its lo in row r + 8, dims of k-step j.
+    // This warp's q fragments for the dims of k-step j: rows r and r + 8 as HI_LO says.
     unsigned int qa[KSW][4];
 #pragma unroll
     for (int j = 0; j < KSW; j++) {
         const int d0 = 16 * (warp * KSW + j) + 2 * c;
 #pragma unroll
         for (int half = 0; half < 2; half++) {
-            unsigned short hi[2], lo[2];
+            unsigned short top[2], bottom[2];
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                const float x = r < HB ? q[((u64)b * HQ + h0 + r) * DK + d0 + 8 * half + e] * (SCALE * K_SCALE) : 0.f;
-                hi[e] = bf16_rn_bits(x);
-                lo[e] = bf16_rn_bits(x - bf16_bits_float(hi[e]));
+                const int d = d0 + 8 * half + e;
+#if HI_LO
+                const float x = r < HB ? q[((u64)b * HQ + h0 + r) * DK + d] * (SCALE * K_SCALE) : 0.f;
+                top[e] = bf16_rn_bits(x);
+                bottom[e] = bf16_rn_bits(x - bf16_bits_float(top[e]));
+#else
+                // q rounded as it is, the scales applied to the scores.
+                top[e] = bf16_rn_bits(r < HB ? q[((u64)b * HQ + h0 + r) * DK + d] : 0.f);
+                bottom[e] = bf16_rn_bits(r + 8 < HB ? q[((u64)b * HQ + h0 + r + 8) * DK + d] : 0.f);
+#endif
             }
-            qa[j][2 * half] = pack_bf16x2(hi[0], hi[1]);
-            qa[j][2 * half + 1] = pack_bf16x2(lo[0], lo[1]);
+            qa[j][2 * half] = pack_bf16x2(top[0], top[1]);
+            qa[j][2 * half + 1] = pack_bf16x2(bottom[0], bottom[1]);
         }
     }
 
     // The softmax thread's head and token; its running max and sum (every thread of a head
     // holds the same ones).
-    const int sh_head = threadIdx.x / TT, sh_tok = threadIdx.x % TT;
-    float m_run = NEG_BIG, l_run = 0.f;
+    const int sh_head = threadIdx.x / TT, sh_tok = threadIdx.x % TT; // heads sh_head (+ 8)
+    float m_run[HPT], l_run[HPT];
+#pragma unroll
+    for (int i = 0; i < HPT; i++) m_run[i] = NEG_BIG, l_run[i] = 0.f;
     float o[NBW][4];
 #pragma unroll
     for (int n = 0; n < NBW; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
@@ -127,33 +144,47 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
                                             *reinterpret_cast<const unsigned int*>(row + 16 * j + 8)};
                 mma_bf16_16816(acc, qa[j], kb);
             }
-            // Row r (hi) plus row r + 8 (lo): head r's score of tokens 8n + 2c, +1.
+            // Tokens 8n + 2c, +1: head r's score is row r plus row r + 8 (HI_LO), or row r's,
+            // and row r + 8's is head r + 8's.
+#if HI_LO
             s_part[warp][r][8 * n + 2 * c] = acc[0] + acc[2];
             s_part[warp][r][8 * n + 2 * c + 1] = acc[1] + acc[3];
+#else
+            s_part[warp][r][8 * n + 2 * c] = acc[0];
+            s_part[warp][r][8 * n + 2 * c + 1] = acc[1];
+            s_part[warp][r + 8][8 * n + 2 * c] = acc[2];
+            s_part[warp][r + 8][8 * n + 2 * c + 1] = acc[3];
+#endif
         }
         __syncthreads();
 
         // 2. Online softmax: thread (head, token); a head's 16 tokens are 16 adjacent lanes.
-        {
-            const int tok = tile + sh_tok;
-            float s = s_part[0][sh_head][sh_tok] + s_part[1][sh_head][sh_tok] + s_part[2][sh_head][sh_tok] +
-                      s_part[3][sh_head][sh_tok];
+        const int tok = tile + sh_tok;
+#pragma unroll
+        for (int i = 0; i < HPT; i++) {
+            const int h = sh_head + 8 * i;
+            float s = s_part[0][h][sh_tok] + s_part[1][h][sh_tok] + s_part[2][h][sh_tok] + s_part[3][h][sh_tok];
+#if !HI_LO
+            s *= SCALE * K_SCALE;
+#endif
             s = tok < end ? s : NEG_BIG;
             float mx = s;
 #pragma unroll
             for (int o2 = 8; o2 > 0; o2 >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o2));
-            const float m_new = fmaxf(m_run, mx);
-            const float corr = __expf(m_run - m_new);
+            const float m_new = fmaxf(m_run[i], mx);
+            const float corr = __expf(m_run[i] - m_new);
             const float p = tok < end ? __expf(s - m_new) : 0.f;
             float ps = p;
 #pragma unroll
             for (int o2 = 8; o2 > 0; o2 >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o2);
-            m_run = m_new;
-            l_run = l_run * corr + ps;
+            m_run[i] = m_new;
+            l_run[i] = l_run[i] * corr + ps;
             const unsigned short ph = bf16_rn_bits(p);
-            p_sh[sh_head * PROW + sh_tok] = ph;
-            p_sh[(sh_head + 8) * PROW + sh_tok] = bf16_rn_bits(p - bf16_bits_float(ph));
-            if (sh_tok == 0) corr_sh[sh_head] = corr;
+            p_sh[h * PROW + sh_tok] = ph;
+#if HI_LO
+            p_sh[(h + 8) * PROW + sh_tok] = bf16_rn_bits(p - bf16_bits_float(ph));
+#endif
+            if (sh_tok == 0) corr_sh[h] = corr;
         }
         __syncthreads();
 
@@ -162,12 +193,14 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
         const unsigned int pa[4] = {pw[(r * PROW + 2 * c) / 2], pw[((r + 8) * PROW + 2 * c) / 2],
                                     pw[(r * PROW + 2 * c + 8) / 2], pw[((r + 8) * PROW + 2 * c + 8) / 2]};
         // Once the running max settles, no head's scale changes: the warp skips the rescale.
-        const float corr = corr_sh[r];
-        if (!__all_sync(0xffffffffu, corr == 1.f)) {
+        const float corr = corr_sh[r], corr8 = HI_LO ? corr : corr_sh[r + 8];
+        if (!__all_sync(0xffffffffu, corr == 1.f && corr8 == 1.f)) {
 #pragma unroll
             for (int n = 0; n < NBW; n++) {
-#pragma unroll
-                for (int i = 0; i < 4; i++) o[n][i] *= corr;
+                o[n][0] *= corr;
+                o[n][1] *= corr;
+                o[n][2] *= corr8;
+                o[n][3] *= corr8;
             }
         }
         // B for two output blocks per ldmatrix: lane i points at token (i / 8 % 2) * 8 + i % 8,
@@ -184,17 +217,31 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
         __syncthreads(); // before the next tile's load reuses this buffer
     }
 
-    // Head r's slice: rows r (hi) and r + 8 (lo) summed.
-    if (r < HB) {
-        const u64 slot = ((u64)b * HQ + h0 + r) * SPLITS + split;
+    // Head r's slice: rows r (hi) and r + 8 (lo) summed (HI_LO), or rows r and r + 8 for
+    // heads r and r + 8.
 #pragma unroll
-        for (int n = 0; n < NBW; n++) {
-            const int d = warp * (DV / WARPS) + 8 * n + 2 * c;
+    for (int n = 0; n < NBW; n++) {
+        const int d = warp * (DV / WARPS) + 8 * n + 2 * c;
+#if HI_LO
+        if (r < HB) {
+            const u64 slot = ((u64)b * HQ + h0 + r) * SPLITS + split;
             partial_acc[slot * DV + d] = o[n][0] + o[n][2];
             partial_acc[slot * DV + d + 1] = o[n][1] + o[n][3];
         }
+#else
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            if (r + 8 * i < HB) {
+                const u64 slot = ((u64)b * HQ + h0 + r + 8 * i) * SPLITS + split;
+                partial_acc[slot * DV + d] = o[n][2 * i];
+                partial_acc[slot * DV + d + 1] = o[n][2 * i + 1];
+            }
+        }
+#endif
     }
-    if (sh_tok == 0 && sh_head < HB) {
-        partial_ml[((u64)b * HQ + h0 + sh_head) * SPLITS + split] = make_float2(m_run, l_run);
+#pragma unroll
+    for (int i = 0; i < HPT; i++) {
+        const int h = sh_head + 8 * i;
+        if (sh_tok == 0 && h < HB) partial_ml[((u64)b * HQ + h0 + h) * SPLITS + split] = make_float2(m_run[i], l_run[i]);
     }
 }

@@ -4,7 +4,7 @@
 //! its context as its whole point would) holds the same way on both.
 
 use crate::workload::expert_gemv::SCALE_BLOCK;
-use crate::workload::{Attention, ExpertGemv, KvDecode, WeightScale, Workload};
+use crate::workload::{Attention, ExpertGemv, KvDecode, Math, WeightScale, Workload};
 
 /// A constant a kernel is compiled with.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -128,6 +128,7 @@ pub fn kv_constants(w: &KvDecode, p: &KvPlan, wg: usize) -> Constants {
         .with("K_SCALE", Const::F(k_scale))
         .with("V_SCALE", Const::F(v_scale))
         .with("IS_MLA", Const::B(w.attention == Attention::Mla))
+        .with("MATH_BF16", Const::B(w.math == Math::Bf16))
         .with(
             "ROW_ALIGNED",
             Const::B((w.head_dim_k * es).is_multiple_of(16)),
@@ -180,7 +181,7 @@ pub fn expert_constants(w: &ExpertGemv, touched: usize, p: &ExpertPlan) -> Const
 /// One point of every kernel variant: each dtype, GQA and MLA, aligned and unaligned rows.
 /// What `decodelab kernels` compiles (CUDA) and inspects (WGSL), and CI checks.
 pub fn representative() -> Vec<(String, Workload)> {
-    use crate::workload::{DType, Lengths, Math, Routing, Stream, StreamOp};
+    use crate::workload::{DType, Lengths, Routing, Stream, StreamOp};
     let kv = |attention, hq, hkv, dk, dv, dtype: DType| {
         Workload::KvDecode(KvDecode {
             attention,
@@ -238,6 +239,15 @@ pub fn representative() -> Vec<(String, Workload)> {
             ex(7168, dt, WeightScale::Row),
         ));
     }
+    // MLA at math: bf16 (mma holds 16 heads per block, one per row).
+    let mut mla_bf16 = kv(Attention::Mla, 128, 1, 576, 512, DType::Bf16);
+    if let Workload::KvDecode(k) = &mut mla_bf16 {
+        k.math = Math::Bf16;
+    }
+    v.push((
+        "kv_decode mla 128 heads 512+64 bf16 math bf16".into(),
+        mla_bf16,
+    ));
     v.push((
         "kv_decode gqa d67 (unaligned) f16".into(),
         kv(Attention::Gqa, 6, 3, 67, 45, DType::F16),

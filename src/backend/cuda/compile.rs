@@ -5,7 +5,7 @@
 use crate::backend::plan::{
     Const, Constants, ExpertPlan, KvPlan, KvTarget, expert_constants, kv_constants, kv_plan,
 };
-use crate::workload::{Attention, ExpertGemv, KvDecode, Workload};
+use crate::workload::{Attention, ExpertGemv, KvDecode, Math, Workload};
 use cudarc::nvrtc::{result, sys};
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -198,7 +198,11 @@ pub fn kv_launch(w: &KvDecode, sms: usize, imp: &str) -> KvPlan {
             shared_bytes: usize::MAX / 2,
             blocks_wanted: 4 * sms,
             min_tiles: 1,
-            max_hb: 8,
+            // MLA at math: bf16 holds a head per row of the tensor-core tile, not two.
+            max_hb: match (w.attention, w.math) {
+                (Attention::Mla, Math::Bf16) => 16,
+                _ => 8,
+            },
         },
         _ => KvTarget {
             wg: KV_WG,
