@@ -17,14 +17,28 @@
 //     and runs the online softmax of its head across 16 lanes; P goes to shared memory;
 //  3. PV: each warp owns a quarter of the DV output dims: A = P, B = the first DV dims of
 //     the same latent rows (V is inside the latent), by ldmatrix.trans.
-// Needs a bf16 latent, DK and DV multiples of 64 (covers refuses the rest).
+// An fp8 latent arrives as bytes into a staging buffer and is converted to f16 (exact) for the
+// tile, and the tensor cores run on f16; the scales multiply the scores and the outputs.
+// Needs a bf16 or fp8 latent, DK and DV multiples of 64 (covers refuses the rest).
 
 #define HI_LO (!MATH_BF16)
 #define HM (HI_LO ? 8 : 16) // heads the tile's rows hold
 #define HPT (HM / 8)        // heads per softmax thread
 
-#if DTYPE != 2 || !IS_MLA || DK % 64 != 0 || DV % 64 != 0 || DV > DK || HB > HM || WG != 128
-#error "kv_decode mma (MLA): a bf16 latent, DK % 64 == 0, DV % 64 == 0, up to 8 heads per block (16 at math: bf16), 128 threads"
+#if (DTYPE != 2 && DTYPE != 3) || !IS_MLA || DK % 64 != 0 || DV % 64 != 0 || DV > DK || HB > HM || WG != 128
+#error "kv_decode mma (MLA): a bf16 or fp8 latent, DK % 64 == 0, DV % 64 == 0, up to 8 heads per block (16 at math: bf16), 128 threads"
+#endif
+
+#if DTYPE == 3 // f16 operands; one f16 tile, fed from two fp8 staging buffers
+#define MMA mma_f16_16816
+#define RN_BITS f16_rn_bits
+#define BITS_FLOAT f16_bits_float
+#define LBUF 1
+#else
+#define MMA mma_bf16_16816
+#define RN_BITS bf16_rn_bits
+#define BITS_FLOAT bf16_bits_float
+#define LBUF 2
 #endif
 
 #define NEG_BIG (-3.0e38f)
@@ -42,27 +56,60 @@ __device__ __forceinline__ u64 latent_row(const int* __restrict__ page_table, in
     return (page * PAGE + t % PAGE) * DK;
 }
 
+// 16 bytes of the latent into shared memory, not waited for.
+__device__ __forceinline__ void copy16(void* to, const unsigned char* from) {
+#ifdef DECODELAB_HOST
+    *reinterpret_cast<uint4*>(to) = *reinterpret_cast<const uint4*>(from); // the same bytes, at once
+#else
+    const unsigned int sh = (unsigned int)__cvta_generic_to_shared(to);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sh), "l"(from)); // stream: latent
+#endif
+}
+
 // Tokens [tile, tile + TT) of the slice into `dst` (rows past `end` repeat the last real one;
 // their scores are masked), 16 bytes per copy, not waited for. TPT threads share a token:
-// one page lookup each, then 16-byte pieces TPT apart along the row.
-__device__ __forceinline__ void load_tile(unsigned short* dst, const unsigned char* __restrict__ k,
+// one page lookup each, then 16-byte pieces TPT apart along the row. fp8 rows land unpadded
+// (the conversion pads them).
+#if DTYPE == 3
+#define DST_ROW DK
+#else
+#define DST_ROW (LROW * 2)
+#endif
+#define PIECES (DK * ELEM_BYTES / 16) // 16-byte pieces of a latent row
+__device__ __forceinline__ void load_tile(unsigned char* dst, const unsigned char* __restrict__ k,
                                           const int* __restrict__ page_table, int b, int tile, int end) {
     const int tt = threadIdx.x / TPT, part = threadIdx.x % TPT;
-    const unsigned char* src = k + (latent_row(page_table, b, min(tile + tt, end - 1)) + part * 8) * 2;
-    unsigned short* to = dst + tt * LROW + part * 8;
+    const unsigned char* src = k + latent_row(page_table, b, min(tile + tt, end - 1)) * ELEM_BYTES + part * 16;
+    unsigned char* to = dst + tt * DST_ROW + part * 16;
 #pragma unroll
-    for (int i = 0; i < DK / 8 / TPT; i++) {
-#ifdef DECODELAB_HOST
-        *reinterpret_cast<uint4*>(to + i * TPT * 8) = *reinterpret_cast<const uint4*>(src + i * TPT * 16);
-#else
-        const unsigned int sh = (unsigned int)__cvta_generic_to_shared(to + i * TPT * 8);
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sh), "l"(src + i * TPT * 16)); // stream: latent
-#endif
+    for (int i = 0; i < (PIECES + TPT - 1) / TPT; i++) {
+        if (PIECES % TPT == 0 || part + i * TPT < PIECES) copy16(to + i * TPT * 16, src + i * TPT * 16);
     }
 #ifndef DECODELAB_HOST
     asm volatile("cp.async.commit_group;");
 #endif
 }
+
+#if DTYPE == 3
+// The staged fp8 tile into the f16 tile: 8 values per thread and step, two per cvt.
+// TPT threads per token, as the load.
+__device__ __forceinline__ void convert_tile(unsigned short* dst, const unsigned char* src) {
+    const int tt = threadIdx.x / TPT;
+#pragma unroll
+    for (int i = 0; i < DK / 8 / TPT; i++) {
+        const int part = threadIdx.x % TPT + i * TPT;
+        const uint2 w = *reinterpret_cast<const uint2*>(src + tt * DK + part * 8);
+        const __nv_fp8x2_storage_t* pairs = reinterpret_cast<const __nv_fp8x2_storage_t*>(&w);
+        unsigned int h[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(pairs[j], __NV_E4M3);
+            h[j] = (unsigned int)r.x | ((unsigned int)r.y << 16);
+        }
+        *reinterpret_cast<uint4*>(dst + tt * LROW + part * 8) = make_uint4(h[0], h[1], h[2], h[3]);
+    }
+}
+#endif
 
 // Wait until at most `n` tile loads of this thread are still in flight.
 template <int N> __device__ __forceinline__ void wait_tiles() {
@@ -75,7 +122,13 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
     const float* __restrict__ q, const unsigned char* __restrict__ k, const unsigned char* __restrict__ v,
     const int* __restrict__ page_table, const int* __restrict__ context_lens,
     float* __restrict__ partial_acc, float2* __restrict__ partial_ml) {
-    __shared__ __align__(16) unsigned short lat[2][TT * LROW];
+    __shared__ __align__(16) unsigned short lat[LBUF][TT * LROW];
+#if DTYPE == 3
+    __shared__ __align__(16) unsigned char stage[2][TT * DK];
+#define TILE_BUF(i) stage[i]
+#else
+#define TILE_BUF(i) reinterpret_cast<unsigned char*>(lat[i])
+#endif
     __shared__ float s_part[WARPS][16][TT];
     __shared__ __align__(16) unsigned short p_sh[16 * PROW];
     __shared__ float corr_sh[16];
@@ -84,7 +137,7 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
     const int split = blockIdx.x, h0 = blockIdx.y * HB, b = blockIdx.z;
     const int len = context_lens[b];
     const int start = split * SPLIT_TOKENS, end = min(start + SPLIT_TOKENS, len);
-    if (start < end) load_tile(lat[0], k, page_table, b, start, end);
+    if (start < end) load_tile(TILE_BUF(0), k, page_table, b, start, end);
 
     // This warp's q fragments for the dims of k-step j: rows r and r + 8 as HI_LO says.
     unsigned int qa[KSW][4];
@@ -97,14 +150,15 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int d = d0 + 8 * half + e;
+                // q as it is (the scales multiply the scores, so fp8's small K scale cannot
+                // push q's lo part out of f16's range).
 #if HI_LO
-                const float x = r < HB ? q[((u64)b * HQ + h0 + r) * DK + d] * (SCALE * K_SCALE) : 0.f;
-                top[e] = bf16_rn_bits(x);
-                bottom[e] = bf16_rn_bits(x - bf16_bits_float(top[e]));
+                const float x = r < HB ? q[((u64)b * HQ + h0 + r) * DK + d] : 0.f;
+                top[e] = RN_BITS(x);
+                bottom[e] = RN_BITS(x - BITS_FLOAT(top[e]));
 #else
-                // q rounded as it is, the scales applied to the scores.
-                top[e] = bf16_rn_bits(r < HB ? q[((u64)b * HQ + h0 + r) * DK + d] : 0.f);
-                bottom[e] = bf16_rn_bits(r + 8 < HB ? q[((u64)b * HQ + h0 + r + 8) * DK + d] : 0.f);
+                top[e] = RN_BITS(r < HB ? q[((u64)b * HQ + h0 + r) * DK + d] : 0.f);
+                bottom[e] = RN_BITS(r + 8 < HB ? q[((u64)b * HQ + h0 + r + 8) * DK + d] : 0.f);
 #endif
             }
             qa[j][2 * half] = pack_bf16x2(top[0], top[1]);
@@ -125,13 +179,19 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
     int buf = 0;
     for (int tile = start; tile < end; tile += TT, buf ^= 1) {
         if (tile + TT < end) {
-            load_tile(lat[buf ^ 1], k, page_table, b, tile + TT, end);
+            load_tile(TILE_BUF(buf ^ 1), k, page_table, b, tile + TT, end);
             wait_tiles<1>();
         } else {
             wait_tiles<0>();
         }
         __syncthreads();
+#if DTYPE == 3
+        convert_tile(lat[0], stage[buf]);
+        __syncthreads();
+        const unsigned short* lt = lat[0];
+#else
         const unsigned short* lt = lat[buf];
+#endif
 
         // 1. Partial scores over this warp's dims, tokens 8n + r of the tile as B's columns.
 #pragma unroll
@@ -142,7 +202,7 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
             for (int j = 0; j < KSW; j++) {
                 const unsigned int kb[2] = {*reinterpret_cast<const unsigned int*>(row + 16 * j),
                                             *reinterpret_cast<const unsigned int*>(row + 16 * j + 8)};
-                mma_bf16_16816(acc, qa[j], kb);
+                MMA(acc, qa[j], kb);
             }
             // Tokens 8n + 2c, +1: head r's score is row r plus row r + 8 (HI_LO), or row r's,
             // and row r + 8's is head r + 8's.
@@ -164,9 +224,7 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
         for (int i = 0; i < HPT; i++) {
             const int h = sh_head + 8 * i;
             float s = s_part[0][h][sh_tok] + s_part[1][h][sh_tok] + s_part[2][h][sh_tok] + s_part[3][h][sh_tok];
-#if !HI_LO
             s *= SCALE * K_SCALE;
-#endif
             s = tok < end ? s : NEG_BIG;
             float mx = s;
 #pragma unroll
@@ -179,10 +237,10 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
             for (int o2 = 8; o2 > 0; o2 >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o2);
             m_run[i] = m_new;
             l_run[i] = l_run[i] * corr + ps;
-            const unsigned short ph = bf16_rn_bits(p);
+            const unsigned short ph = RN_BITS(p);
             p_sh[h * PROW + sh_tok] = ph;
 #if HI_LO
-            p_sh[(h + 8) * PROW + sh_tok] = bf16_rn_bits(p - bf16_bits_float(ph));
+            p_sh[(h + 8) * PROW + sh_tok] = RN_BITS(p - BITS_FLOAT(ph));
 #endif
             if (sh_tok == 0) corr_sh[h] = corr;
         }
@@ -211,8 +269,8 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
             unsigned int vb[4];
             ldmatrix_x4_trans(vb, vrow + 8 * n);
             const unsigned int b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
-            mma_bf16_16816(o[n], pa, b0);
-            mma_bf16_16816(o[n + 1], pa, b1);
+            MMA(o[n], pa, b0);
+            MMA(o[n + 1], pa, b1);
         }
         __syncthreads(); // before the next tile's load reuses this buffer
     }

@@ -18,6 +18,17 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const unsigned int
 #endif
 }
 
+// The same with f16 operands (fp8 caches convert to f16 exactly, one instruction per pair).
+__device__ __forceinline__ void mma_f16_16816(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+#ifdef DECODELAB_HOST
+    host_mma_f16_16816(d, a, b);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
 // Four 8x8 b16 matrices from shared memory, transposed (ldmatrix .x4 .trans, sm_75 and later):
 // lane i gives the address of row i % 8 of matrix i / 8 (16 contiguous, 16-byte aligned
 // bytes); lane l gets in d[j] matrix j's (row 2t, column g) and (row 2t + 1, column g), the
@@ -45,3 +56,19 @@ __device__ __forceinline__ unsigned short bf16_rn_bits(float x) {
     return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 __device__ __forceinline__ float bf16_bits_float(unsigned short b) { return __uint_as_float((unsigned int)b << 16); }
+
+// f16 bits of x, rounded to nearest even, and back: the f16 counterparts of the two above.
+__device__ __forceinline__ unsigned short f16_rn_bits(float x) {
+#ifdef DECODELAB_HOST
+    return host_f16_rn_bits(x);
+#else
+    return __half_as_ushort(__float2half_rn(x));
+#endif
+}
+__device__ __forceinline__ float f16_bits_float(unsigned short b) {
+#ifdef DECODELAB_HOST
+    return half_bits_to_float(b);
+#else
+    return __half2float(__ushort_as_half(b));
+#endif
+}

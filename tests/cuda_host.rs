@@ -207,6 +207,8 @@ fn cuda_kv_decode_matches_the_oracle_on_the_host() {
         common::mla(3, 16, 512, 64, vec![33, 64, 17], 64, DType::Bf16),
         // Pages of 7 tokens, so tiles and pages do not line up.
         common::mla(1, 8, 128, 64, vec![300], 7, DType::Bf16),
+        // An fp8 latent, converted to f16 per tile: f16 tensor cores, hi/lo in f16.
+        common::mla(2, 8, 128, 64, vec![45, 130], 16, DType::Fp8E4m3),
         // math: bf16, a head per row of the tile: 16 heads per block; 12 (rows left empty).
         common::with_math(
             common::mla(3, 16, 512, 64, vec![33, 64, 17], 64, DType::Bf16),
@@ -214,6 +216,10 @@ fn cuda_kv_decode_matches_the_oracle_on_the_host() {
         ),
         common::with_math(
             common::mla(2, 12, 192, 64, vec![1, 150], 16, DType::Bf16),
+            decodelab::workload::Math::Bf16,
+        ),
+        common::with_math(
+            common::mla(1, 16, 512, 64, vec![77], 64, DType::Fp8E4m3),
             decodelab::workload::Math::Bf16,
         ),
     ];
@@ -252,8 +258,9 @@ fn cuda_kv_decode_matches_the_oracle_on_the_host() {
             ran.push(imp.name);
         }
     }
-    // The tensor-core kernels took the three bf16 GQA shapes and the five bf16 MLA ones.
-    assert_eq!(ran.iter().filter(|n| **n == "mma").count(), 8, "{ran:?}");
+    // The tensor-core kernels took the three bf16 GQA shapes and the seven bf16 and fp8 MLA
+    // ones.
+    assert_eq!(ran.iter().filter(|n| **n == "mma").count(), 10, "{ran:?}");
     let _ = std::fs::remove_dir_all(&base);
 }
 

@@ -101,8 +101,8 @@ pub const IMPLS: &[Impl] = &[
                 for f32-grade sums; bf16. GQA: 128-bit K loads straight into fragments, a \
                 softmax per warp across the lane quad, V staged per warp, groups up to 8. \
                 MLA: 8 heads per block (16 at math: bf16, a head per row), 16-token latent \
-                tiles by cp.async (two buffers), \
-                scores split over the latent's dims by warp, V by ldmatrix.trans",
+                tiles by cp.async (two buffers; fp8 converted to f16 per tile), scores split \
+                over the latent's dims by warp, V by ldmatrix.trans",
     },
     // Ahead of simple before a GPU has run it (DEVELOPERS.md): plain CUDA C whose only PTX
     // is a load, so the host shim runs the arithmetic as written.

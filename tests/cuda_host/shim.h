@@ -29,6 +29,9 @@
 struct dim3 {
     unsigned int x = 0, y = 0, z = 0;
 };
+struct __align__(8) uint2 {
+    unsigned int x, y;
+};
 struct uint4 {
     unsigned int x, y, z, w;
 };
@@ -145,16 +148,17 @@ inline float fmaxf(float a, float b) { return std::fmax(a, b); }
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return {x, y, z, w}; }
 
-// mma.sync m16n8k16 row.col, bf16 -> f32, from the fragments as kernels/mma.cuh lays them
-// out: every lane's fragments are pooled, and each lane computes its own four results.
+// mma.sync m16n8k16 row.col, bf16 or f16 -> f32, from the fragments as kernels/mma.cuh lays
+// them out: every lane's fragments are pooled, and each lane computes its own four results.
 inline float bf16_bits_to_float(uint32_t bits) { return f32_from_bits(bits << 16); }
-inline void host_mma_bf16_16816(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+template <float (*DECODE)(uint16_t)>
+inline void host_mma_16816(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     Warp& w = *this_warp;
     std::memcpy(w.a[lane], a, sizeof(a));
     std::memcpy(w.b[lane], b, sizeof(b));
     w.meet.arrive_and_wait();
-    auto elem = [](uint32_t reg, int k) { return bf16_bits_to_float(k % 2 ? reg >> 16 : reg & 0xffff); };
+    auto elem = [](uint32_t reg, int k) { return DECODE(k % 2 ? reg >> 16 : reg & 0xffff); };
     auto A = [&](int row, int k) { return elem(w.a[(row % 8) * 4 + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k); };
     auto B = [&](int k, int n) { return elem(w.b[n * 4 + (k % 8) / 2][k >= 8], k); };
     for (int i = 0; i < 4; i++) {
@@ -164,6 +168,20 @@ inline void host_mma_bf16_16816(float (&d)[4], const unsigned int (&a)[4], const
         d[i] += s;
     }
     w.meet.arrive_and_wait();
+}
+inline float bf16_bits_f(uint16_t b) { return bf16_bits_to_float(b); }
+inline void host_mma_bf16_16816(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+    host_mma_16816<bf16_bits_f>(d, a, b);
+}
+inline void host_mma_f16_16816(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+    host_mma_16816<half_bits_to_float>(d, a, b);
+}
+// f32 -> f16 bits, rounded to nearest even (g++'s _Float16 conversion).
+inline uint16_t host_f16_rn_bits(float x) {
+    const _Float16 h = (_Float16)x;
+    uint16_t b;
+    std::memcpy(&b, &h, 2);
+    return b;
 }
 
 // ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16, as the PTX ISA defines it: lane i gives
