@@ -8,17 +8,45 @@
 // contiguous bytes of its token's K row per 32 dims and feeds them straight to two mma's:
 // the dims are taken in an order (q's fragments use the same) that makes every K load 128-bit.
 // Softmax per head across the lane quad (two shuffles). PV: A = P split hi/lo the same way,
-// B = V from the warp's tile in shared memory (staged with 128-bit loads). Needs bf16 K and
-// V of one head dim, a multiple of 32 and at most 128.
+// B = V from the warp's tile in shared memory (staged with 128-bit loads). Needs bf16 or fp8
+// K and V of one head dim, a multiple of 32 (fp8: 64) and at most 128. fp8 converts to f16
+// exactly as it arrives (cvt two at a time) and runs on f16 tensor cores; q is not pre-scaled
+// (the scales multiply the scores), so its lo part stays inside f16's range.
 
-#if DTYPE != 2 || IS_MLA || DK != DV || DK % 32 != 0 || DK > 128 || HB != GROUP || GROUP > 8
-#error "kv_decode mma: bf16 GQA, DK == DV, a multiple of 32 up to 128, a group of at most 8 (covers refuses the rest)"
+#if (DTYPE != 2 && DTYPE != 3) || IS_MLA || DK != DV || DK % (64 / ELEM_BYTES) != 0 || DK > 128 || HB != GROUP || GROUP > 8
+#error "kv_decode mma: bf16 or fp8 GQA, DK == DV, a multiple of 32 (fp8: 64) up to 128, a group of at most 8 (covers refuses the rest)"
+#endif
+
+#if DTYPE == 3
+#define MMA mma_f16_16816
+#define RN_BITS f16_rn_bits
+#define BITS_FLOAT f16_bits_float
+#else
+#define MMA mma_bf16_16816
+#define RN_BITS bf16_rn_bits
+#define BITS_FLOAT bf16_bits_float
 #endif
 
 #define NEG_BIG (-3.0e38f)
 #define WARPS (WG / 32)
-#define KC (DK / 32) // 32-dim chunks of a K row: one 16-byte load per lane each
-#define NB (DV / 8)  // 8-column blocks of the output
+#define RUN (16 / ELEM_BYTES) // dims of one lane's 16-byte K load
+#define MPC (RUN / 4)         // mma's per chunk (a chunk: the quad's 4 loads, 4 x RUN dims)
+#define KC (DK / (4 * RUN))   // chunks of a K row
+#define NB (DV / 8)           // 8-column blocks of the output
+
+// 16 bytes of K or V as 16-bit operands: bf16 as stored; fp8 converted to f16 (twice the regs).
+__device__ __forceinline__ void operands(uint4 raw, unsigned int (&out)[RUN / 2]) {
+#if DTYPE == 3
+    const __nv_fp8x2_storage_t* pairs = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(pairs[i], __NV_E4M3);
+        out[i] = (unsigned int)h.x | ((unsigned int)h.y << 16);
+    }
+#else
+    out[0] = raw.x, out[1] = raw.y, out[2] = raw.z, out[3] = raw.w;
+#endif
+}
 
 // The row of token `t` of sequence `b`, in elements, for KV head `g`.
 __device__ __forceinline__ u64 kv_row(const int* __restrict__ page_table, int b, int t, int g) {
@@ -40,23 +68,24 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
     const int start = split * SPLIT_TOKENS, end = min(start + SPLIT_TOKENS, len);
 
     // q's fragments, hi in rows 0-7 and lo in rows 8-15 (head r; rows past the group are 0).
-    // Chunk j's dims 8c..8c+7 feed mma 2j (pairs 0-1, 2-3) and 2j+1 (pairs 4-5, 6-7).
-    unsigned int qa[2 * KC][4];
+    // Chunk j's dims RUN c .. RUN c + RUN - 1 (lane c's load) feed mma's MPC j + m, four each:
+    // pairs (4m, 4m+1) and (4m+2, 4m+3).
+    unsigned int qa[MPC * KC][4];
 #pragma unroll
     for (int j = 0; j < KC; j++) {
-        unsigned short hi[8], lo[8];
+        unsigned short hi[RUN], lo[RUN];
 #pragma unroll
-        for (int e = 0; e < 8; e++) {
-            const float x = r < GROUP ? q[((u64)b * HQ + h0 + r) * DK + 32 * j + 8 * c + e] * (SCALE * K_SCALE) : 0.f;
-            hi[e] = bf16_rn_bits(x);
-            lo[e] = bf16_rn_bits(x - bf16_bits_float(hi[e]));
+        for (int e = 0; e < RUN; e++) {
+            const float x = r < GROUP ? q[((u64)b * HQ + h0 + r) * DK + 4 * RUN * j + RUN * c + e] : 0.f;
+            hi[e] = RN_BITS(x);
+            lo[e] = RN_BITS(x - BITS_FLOAT(hi[e]));
         }
 #pragma unroll
-        for (int m = 0; m < 2; m++) {
-            qa[2 * j + m][0] = pack_bf16x2(hi[4 * m], hi[4 * m + 1]);
-            qa[2 * j + m][1] = pack_bf16x2(lo[4 * m], lo[4 * m + 1]);
-            qa[2 * j + m][2] = pack_bf16x2(hi[4 * m + 2], hi[4 * m + 3]);
-            qa[2 * j + m][3] = pack_bf16x2(lo[4 * m + 2], lo[4 * m + 3]);
+        for (int m = 0; m < MPC; m++) {
+            qa[MPC * j + m][0] = pack_bf16x2(hi[4 * m], hi[4 * m + 1]);
+            qa[MPC * j + m][1] = pack_bf16x2(lo[4 * m], lo[4 * m + 1]);
+            qa[MPC * j + m][2] = pack_bf16x2(hi[4 * m + 2], hi[4 * m + 3]);
+            qa[MPC * j + m][3] = pack_bf16x2(lo[4 * m + 2], lo[4 * m + 3]);
         }
     }
 
@@ -71,19 +100,22 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const int t = min(tile + 8 * h + r, end - 1); // past the end: a real row, masked below
-            const uint4* krow = reinterpret_cast<const uint4*>(k + kv_row(page_table, b, t, kvh) * 2);
+            const uint4* krow = reinterpret_cast<const uint4*>(k + kv_row(page_table, b, t, kvh) * ELEM_BYTES);
             float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
             for (int j = 0; j < KC; j++) {
-                const uint4 kv = __ldg(krow + 4 * j + c); // stream: K
-                const unsigned int b0[2] = {kv.x, kv.y}, b1[2] = {kv.z, kv.w};
-                mma_bf16_16816(acc, qa[2 * j], b0);
-                mma_bf16_16816(acc, qa[2 * j + 1], b1);
+                unsigned int kb[RUN / 2];
+                operands(__ldg(krow + 4 * j + c), kb); // stream: K
+#pragma unroll
+                for (int m = 0; m < MPC; m++) {
+                    const unsigned int bm[2] = {kb[2 * m], kb[2 * m + 1]};
+                    MMA(acc, qa[MPC * j + m], bm);
+                }
             }
 #pragma unroll
             for (int i = 0; i < 2; i++) {
                 const int tok = tile + 8 * h + 2 * c + i;
-                s[h][i] = tok < end ? acc[i] + acc[2 + i] : NEG_BIG;
+                s[h][i] = tok < end ? (acc[i] + acc[2 + i]) * (SCALE * K_SCALE) : NEG_BIG;
             }
         }
         // Online softmax for head r across the quad.
@@ -101,21 +133,25 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
             for (int i = 0; i < 2; i++) {
                 const float p = s[h][i] == NEG_BIG ? 0.f : __expf(s[h][i] - m_new);
                 psum += p;
-                ph[h][i] = bf16_rn_bits(p);
-                pl[h][i] = bf16_rn_bits(p - bf16_bits_float(ph[h][i]));
+                ph[h][i] = RN_BITS(p);
+                pl[h][i] = RN_BITS(p - BITS_FLOAT(ph[h][i]));
             }
         }
         l_part = l_part * corr + psum;
         const unsigned int pa[4] = {pack_bf16x2(ph[0][0], ph[0][1]), pack_bf16x2(pl[0][0], pl[0][1]),
                                     pack_bf16x2(ph[1][0], ph[1][1]), pack_bf16x2(pl[1][0], pl[1][1])};
-        // The tile's V rows into this warp's shared tile, 16 bytes per load.
+        // The tile's V rows into this warp's shared tile (16-bit operands), 16 bytes per load.
         __syncwarp();
 #pragma unroll
-        for (int i = lane; i < 16 * DV / 8; i += 32) {
-            const int tt = i / (DV / 8), part = i % (DV / 8);
+        for (int i = lane; i < 16 * DV / RUN; i += 32) {
+            const int tt = i / (DV / RUN), part = i % (DV / RUN);
             const int t = min(tile + tt, end - 1);
-            const uint4* vrow = reinterpret_cast<const uint4*>(v + kv_row(page_table, b, t, kvh) / DK * DV * 2);
-            reinterpret_cast<uint4*>(v_sh[warp])[i] = __ldg(vrow + part); // stream: V
+            const uint4* vrow = reinterpret_cast<const uint4*>(v + kv_row(page_table, b, t, kvh) / DK * DV * ELEM_BYTES);
+            unsigned int vo[RUN / 2];
+            operands(__ldg(vrow + part), vo); // stream: V
+#pragma unroll
+            for (int w = 0; w < RUN / 8; w++)
+                reinterpret_cast<uint4*>(v_sh[warp])[i * (RUN / 8) + w] = make_uint4(vo[4 * w], vo[4 * w + 1], vo[4 * w + 2], vo[4 * w + 3]);
         }
         __syncwarp();
 #pragma unroll
@@ -125,7 +161,7 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
                                         pack_bf16x2(vs[(2 * c + 8) * DV], vs[(2 * c + 9) * DV])};
 #pragma unroll
             for (int i = 0; i < 4; i++) o[n][i] *= corr;
-            mma_bf16_16816(o[n], pa, vb);
+            MMA(o[n], pa, vb);
         }
     }
 

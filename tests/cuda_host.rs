@@ -198,6 +198,9 @@ fn cuda_kv_decode_matches_the_oracle_on_the_host() {
         common::gqa(2, 16, 2, 128, 128, vec![203, 9], 7, DType::Bf16),
         // A group of 3 (rows of the tensor-core tile left empty), d96.
         common::gqa(2, 6, 2, 96, 96, vec![50, 130], 16, DType::Bf16),
+        // fp8 K and V, converted to f16 as they load: f16 tensor cores, d64 and d128.
+        common::gqa(3, 8, 2, 64, 64, vec![1, 37, 300], 16, DType::Fp8E4m3),
+        common::gqa(2, 16, 2, 128, 128, vec![203, 9], 7, DType::Fp8E4m3),
         // A head dim that is not whole 16-byte vectors (the scalar path), fp8 with its scales.
         common::gqa(2, 6, 3, 67, 67, vec![129, 5], 8, DType::Fp8E4m3),
         common::mla(2, 4, 64, 16, vec![70, 1], 32, DType::F16),
@@ -258,9 +261,9 @@ fn cuda_kv_decode_matches_the_oracle_on_the_host() {
             ran.push(imp.name);
         }
     }
-    // The tensor-core kernels took the three bf16 GQA shapes and the seven bf16 and fp8 MLA
-    // ones.
-    assert_eq!(ran.iter().filter(|n| **n == "mma").count(), 10, "{ran:?}");
+    // The tensor-core kernels took the five bf16 and fp8 GQA shapes of a head dim they cover
+    // and the seven MLA ones.
+    assert_eq!(ran.iter().filter(|n| **n == "mma").count(), 12, "{ran:?}");
     let _ = std::fs::remove_dir_all(&base);
 }
 

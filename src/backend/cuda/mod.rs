@@ -46,7 +46,7 @@ pub fn covers(imp: &str, w: &Workload) -> Result<(), String> {
             let ok = match k.attention {
                 Attention::Gqa => {
                     k.head_dim_k == k.head_dim_v
-                        && k.head_dim_k % 32 == 0
+                        && k.head_dim_k % (64 / (k.kv_dtype.elem_bits() / 8).max(1)) == 0
                         && k.head_dim_k <= 128
                         && k.group_size() <= 8
                 }
@@ -54,16 +54,17 @@ pub fn covers(imp: &str, w: &Workload) -> Result<(), String> {
                 Attention::Mla => k.head_dim_k % 64 == 0 && k.head_dim_v % 64 == 0,
             };
             let dtype_ok = match k.attention {
-                Attention::Gqa => k.kv_dtype == DType::Bf16,
-                Attention::Mla => matches!(k.kv_dtype, DType::Bf16 | DType::Fp8E4m3),
+                Attention::Gqa | Attention::Mla => {
+                    matches!(k.kv_dtype, DType::Bf16 | DType::Fp8E4m3)
+                }
             };
             if ok && dtype_ok {
                 Ok(())
             } else {
                 Err(
-                    "mma takes GQA with bf16 K and V of one head dim (a multiple of 32, up to \
-                     128) and groups of up to 8 query heads, and MLA with a bf16 or fp8 latent \
-                     and values of a multiple of 64 dims"
+                    "mma takes bf16 or fp8 caches: GQA with K and V of one head dim (a multiple \
+                     of 32, of 64 in fp8, up to 128) and groups of up to 8 query heads; MLA with \
+                     a latent and values of a multiple of 64 dims"
                         .into(),
                 )
             }
