@@ -322,28 +322,30 @@ impl ExpertGemv {
         }
     }
 
-    /// The dot of decoded row `o` of expert `e` with `x`, times its scales, in f64: each
-    /// 128-column block's dot times that block's scale, summed (the oracle's definition).
-    pub fn scaled_dot_f64(
+    /// The dot of decoded row `o` of expert `e` with `x`, times its scales, by `dot` (f64 in
+    /// the oracle, f32 on the cpu backend): per row, the dot times the row's scale; per block,
+    /// each 128-column block's dot times that block's scale, summed.
+    pub fn scaled_dot<X, R>(
         &self,
-        row: &[f32],
-        x: &[f64],
+        (row, x): (&[f32], &[X]),
         scales: Option<&[f32]>,
-        e: usize,
-        o: usize,
-    ) -> f64 {
+        (e, o): (usize, usize),
+        dot: impl Fn(&[f32], &[X]) -> R,
+    ) -> R
+    where
+        R: Copy + From<f32> + std::ops::Mul<Output = R> + std::iter::Sum,
+    {
         let Some(s) = scales else {
-            return dot_f64(row, x);
+            return dot(row, x);
         };
+        let scale = |i| R::from(s[self.scale_index(e, o, i)]);
         match self.weight_scale {
-            WeightScale::Row => dot_f64(row, x) * s[self.scale_index(e, o, 0)] as f64,
+            WeightScale::Row => dot(row, x) * scale(0),
             WeightScale::Block128 => row
                 .chunks(SCALE_BLOCK)
                 .zip(x.chunks(SCALE_BLOCK))
                 .enumerate()
-                .map(|(b, (r, x))| {
-                    dot_f64(r, x) * s[self.scale_index(e, o, b * SCALE_BLOCK)] as f64
-                })
+                .map(|(b, (r, x))| dot(r, x) * scale(b * SCALE_BLOCK))
                 .sum(),
         }
     }
@@ -396,7 +398,8 @@ impl ExpertGemv {
                     for &slot in &slots_of[e] {
                         let t = slot / k;
                         let x = &x[t * di..(t + 1) * di];
-                        slots[slot] = self.scaled_dot_f64(&row, x, scales.as_deref(), e, o);
+                        slots[slot] =
+                            self.scaled_dot((&row, x), scales.as_deref(), (e, o), dot_f64);
                     }
                 }
                 slots

@@ -1,9 +1,8 @@
 //! The CPU backend's kernels: the reference implementations, in f32 like the GPU ones,
 //! multi-threaded with rayon over the same units of work a GPU kernel would split.
 
-use crate::workload::expert_gemv::SCALE_BLOCK;
 use crate::workload::stream::write_pattern;
-use crate::workload::{ExpertGemv, KvDecode, Link, Stream, StreamOp, TensorSet, WeightScale};
+use crate::workload::{ExpertGemv, KvDecode, Link, Stream, StreamOp, TensorSet};
 use rayon::prelude::*;
 
 /// The CPU backend has one device, so a link is a copy within host memory (both ways: two
@@ -193,30 +192,6 @@ pub(super) fn kv_decode(w: &KvDecode, inputs: &TensorSet, outputs: &mut TensorSe
     out_mut(outputs, "lse").copy_from_slice(bytemuck::cast_slice(&lse));
 }
 
-/// Row `o` of expert `e` (decoded) . x, times its scales: per row after the dot, per block
-/// each 128-column block's dot times its scale.
-fn scaled_dot(
-    w: &ExpertGemv,
-    row: &[f32],
-    x: &[f32],
-    scales: Option<&[f32]>,
-    e: usize,
-    o: usize,
-) -> f32 {
-    let Some(s) = scales else {
-        return dot(row, x);
-    };
-    match w.weight_scale {
-        WeightScale::Row => dot(row, x) * s[w.scale_index(e, o, 0)],
-        WeightScale::Block128 => row
-            .chunks(SCALE_BLOCK)
-            .zip(x.chunks(SCALE_BLOCK))
-            .enumerate()
-            .map(|(b, (r, x))| dot(r, x) * s[w.scale_index(e, o, b * SCALE_BLOCK)])
-            .sum(),
-    }
-}
-
 /// Grouped GEMV: threads own blocks of output rows; within a block each touched expert's rows
 /// are decoded once and applied to every token that chose the expert.
 pub(super) fn expert_gemv(w: &ExpertGemv, inputs: &TensorSet, outputs: &mut TensorSet) {
@@ -261,7 +236,8 @@ pub(super) fn expert_gemv(w: &ExpertGemv, inputs: &TensorSet, outputs: &mut Tens
                     dt.decode_slice(wt, (e * dout + o) * di, &mut row);
                     for &slot in entries {
                         let t = slot / k;
-                        let d = scaled_dot(w, &row, &x[t * di..(t + 1) * di], scales, e, o);
+                        let x = &x[t * di..(t + 1) * di];
+                        let d = w.scaled_dot((&row, x), scales, (e, o), dot);
                         slots[slot * width + (o - o0)] = d * rw[slot];
                     }
                 }
