@@ -42,6 +42,17 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
         let report = compile::report(arch, false).unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert!(report.len() >= decodelab::backend::plan::representative().len());
         for v in &report {
+            // kv_launch sizes the mma grid to one wave of this many blocks per SM.
+            if v.imp == "mma" {
+                let attend = v.kernels.iter().find(|k| k.kernel == "attend").unwrap();
+                assert!(
+                    attend.ctas_per_sm as usize >= compile::MMA_BLOCKS_PER_SM,
+                    "{arch} {}: {} blocks per SM, kv_launch assumes {}",
+                    v.variant,
+                    attend.ctas_per_sm,
+                    compile::MMA_BLOCKS_PER_SM
+                );
+            }
             let (label, kernels) = (&v.variant, &v.kernels);
             let names: Vec<&str> = kernels.iter().map(|k| k.kernel.as_str()).collect();
             let want: &[&str] = if label.starts_with("stream") {

@@ -59,6 +59,10 @@ pub struct KvTarget {
     pub min_tiles: usize,
     /// The most query heads a block may hold (its per-thread registers grow with them).
     pub max_hb: usize,
+    /// `blocks_wanted` is the device's block slots (SMs x blocks per SM), and the slices are
+    /// counted to fill whole waves of them: the rounding down or up of blocks_wanted / blocks,
+    /// whichever leaves fewer slots idle (down on a tie). Otherwise rounded up.
+    pub whole_waves: bool,
 }
 
 /// How a kv_decode point is cut: `hb` query heads of one KV group per block, the context in
@@ -91,7 +95,17 @@ pub fn kv_plan(w: &KvDecode, t: &KvTarget) -> KvPlan {
     let max_len = w.context_lens.iter().copied().max().unwrap_or(1);
     let shape = w.launch_shape();
     let blocks = shape.batch * (shape.q_heads / hb_for(shape.q_heads / shape.kv_heads));
-    let want = t.blocks_wanted.div_ceil(blocks).max(1);
+    let want = if t.whole_waves {
+        let slots = t.blocks_wanted.max(1);
+        let busy = |splits: usize| {
+            let n = splits * blocks;
+            n as f64 / (n.div_ceil(slots) * slots) as f64
+        };
+        let (down, up) = ((slots / blocks).max(1), slots.div_ceil(blocks).max(1));
+        if busy(up) > busy(down) { up } else { down }
+    } else {
+        t.blocks_wanted.div_ceil(blocks).max(1)
+    };
     let split_tokens = max_len
         .div_ceil(want)
         .max(t.min_tiles * wg)
@@ -266,6 +280,26 @@ pub fn representative() -> Vec<(String, Workload)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_waves_fill_the_slots_once() {
+        // GQA 64/8, batch 8, context 4096: 64 blocks before slicing, 396 slots (132 x 3).
+        let Workload::KvDecode(w) = &representative()[1].1 else {
+            panic!("a kv_decode variant")
+        };
+        let mut t = KvTarget {
+            wg: 128,
+            shared_bytes: usize::MAX / 2,
+            blocks_wanted: 396,
+            min_tiles: 1,
+            max_hb: 8,
+            whole_waves: true,
+        };
+        // 6 slices: 384 blocks in one wave; 7 would be 448, a second wave of 52.
+        assert_eq!(kv_plan(w, &t).splits, 6);
+        t.whole_waves = false;
+        assert_eq!(kv_plan(w, &t).splits, 7);
+    }
 
     #[test]
     fn one_list_two_languages() {

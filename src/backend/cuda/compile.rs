@@ -25,6 +25,8 @@ pub const MMA_CHECK_CU: &str = include_str!("../../../kernels/mma_check.cu");
 
 pub const STREAM_WG: usize = 256;
 pub const KV_WG: usize = 128;
+/// Blocks of kv_decode `mma` that fit one SM (sm_80 and sm_90: registers allow 3).
+pub const MMA_BLOCKS_PER_SM: usize = 3;
 pub const MERGE_WG: usize = 128;
 pub const EXPERT_WG: usize = 128;
 pub const COMBINE_WG: usize = 256;
@@ -193,10 +195,13 @@ pub fn parse_ptxas(log: &str) -> Vec<KernelReport> {
 /// tiles; mma: a block holds the whole group (its shared memory does not grow with heads).
 pub fn kv_launch(w: &KvDecode, sms: usize, imp: &str) -> KvPlan {
     let target = match imp {
+        // One wave of the SMs' block slots (the tensor-core kernels' registers allow
+        // MMA_BLOCKS_PER_SM; tests/cuda.rs holds ptxas to it), not 1.3 waves of 4 per SM.
         "mma" => KvTarget {
             wg: KV_WG,
             shared_bytes: usize::MAX / 2,
-            blocks_wanted: 4 * sms,
+            blocks_wanted: MMA_BLOCKS_PER_SM * sms,
+            whole_waves: true,
             min_tiles: 1,
             // MLA at math: bf16 holds a head per row of the tensor-core tile, not two.
             max_hb: match (w.attention, w.math) {
@@ -208,6 +213,7 @@ pub fn kv_launch(w: &KvDecode, sms: usize, imp: &str) -> KvPlan {
             wg: KV_WG,
             shared_bytes: 40 << 10,
             blocks_wanted: 4 * sms,
+            whole_waves: false,
             min_tiles: 2,
             max_hb: 8,
         },

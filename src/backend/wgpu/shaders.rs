@@ -107,6 +107,7 @@ pub fn kv_launch(
         blocks_wanted: 1024,
         min_tiles: 4,
         max_hb: 8,
+        whole_waves: false,
     };
     let plan = kv_plan(w, &target);
     if !kv_fits(w, &target, plan.hb) {

@@ -69,6 +69,7 @@ pub fn kv_launch_plan(w: &KvDecode, subgroup_min: usize) -> KvPlan {
         blocks_wanted: 1024,
         min_tiles: 2,
         max_hb: (LANE_FLOATS / lane_floats(w, subgroup_min)).clamp(1, 8),
+        whole_waves: false,
     };
     kv_plan(w, &target)
 }

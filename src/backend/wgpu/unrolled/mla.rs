@@ -46,6 +46,7 @@ pub fn mla_launch_plan(w: &KvDecode) -> KvPlan {
         blocks_wanted: 1024,
         min_tiles: 2,
         max_hb: 16,
+        whole_waves: false,
     };
     kv_plan(w, &target)
 }
