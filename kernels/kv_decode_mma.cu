@@ -154,13 +154,19 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
                 reinterpret_cast<uint4*>(v_sh[warp])[i * (RUN / 8) + w] = make_uint4(vo[4 * w], vo[4 * w + 1], vo[4 * w + 2], vo[4 * w + 3]);
         }
         __syncwarp();
+        // Once the running max settles, no head's scale changes: the warp skips the rescale.
+        if (!__all_sync(0xffffffffu, corr == 1.f)) {
+#pragma unroll
+            for (int n = 0; n < NB; n++) {
+#pragma unroll
+                for (int i = 0; i < 4; i++) o[n][i] *= corr;
+            }
+        }
 #pragma unroll
         for (int n = 0; n < NB; n++) {
             const unsigned short* vs = v_sh[warp] + n * 8 + r;
             const unsigned int vb[2] = {pack_bf16x2(vs[(2 * c) * DV], vs[(2 * c + 1) * DV]),
                                         pack_bf16x2(vs[(2 * c + 8) * DV], vs[(2 * c + 9) * DV])};
-#pragma unroll
-            for (int i = 0; i < 4; i++) o[n][i] *= corr;
             MMA(o[n], pa, vb);
         }
     }
