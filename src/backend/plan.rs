@@ -3,7 +3,6 @@
 //! for NVRTC and as WGSL `const`s. One plan, so the heads split's bit-exactness (a shard cuts
 //! its context as its whole point would) holds the same way on both.
 
-use crate::workload::expert_gemv::SCALE_BLOCK;
 use crate::workload::{Attention, ExpertGemv, KvDecode, Math, WeightScale, Workload};
 
 /// A constant a kernel is compiled with.
@@ -162,9 +161,10 @@ pub struct ExpertPlan {
 pub fn expert_constants(w: &ExpertGemv, touched: usize, p: &ExpertPlan) -> Constants {
     // A sub-byte dtype gives ELEM_BYTES 0: the preludes refuse it by ELEM_BITS.
     let es = w.weight_dtype.elem_bits() / 8;
-    let scale_block = match (w.scale_shape(), w.weight_scale) {
-        (Some(_), WeightScale::Block128) => SCALE_BLOCK,
-        _ => 0,
+    // 0: a scale per row (or none); else the edge of a square scale block, and their grid.
+    let (scale_block, [sb_out, sb_in]) = match (w.scale_block(), w.scale_shape()) {
+        (Some(b), Some(s)) => (b, [s[1], s[2]]),
+        _ => (0, [1, 1]),
     };
     Constants::default()
         .with("DTYPE", Const::U(w.weight_dtype.kernel_code() as u64))
@@ -179,16 +179,9 @@ pub fn expert_constants(w: &ExpertGemv, touched: usize, p: &ExpertPlan) -> Const
         .with("TOP_K", Const::U(w.top_k as u64))
         .with("BATCH", Const::U(w.batch as u64))
         .with("SCALED", Const::B(w.weight_dtype.is_scaled()))
-        // 0: a scale per row; else the edge of a square scale block, and the blocks' grid.
         .with("SCALE_BLOCK", Const::U(scale_block as u64))
-        .with(
-            "SB_OUT",
-            Const::U(w.d_out.div_ceil(scale_block.max(1)) as u64),
-        )
-        .with(
-            "SB_IN",
-            Const::U(w.d_in.div_ceil(scale_block.max(1)) as u64),
-        )
+        .with("SB_OUT", Const::U(sb_out as u64))
+        .with("SB_IN", Const::U(sb_in as u64))
         .with("ROW_ALIGNED", Const::B((w.d_in * es).is_multiple_of(16)))
 }
 

@@ -12,8 +12,7 @@ pub mod run;
 mod shards;
 
 use crate::report::VsOneDevice;
-use crate::workload::expert_gemv::SCALE_BLOCK;
-use crate::workload::{Attention, Kernel, StreamOp, Tensor, TensorSet, WeightScale, Workload};
+use crate::workload::{Attention, Kernel, StreamOp, Tensor, TensorSet, Workload};
 use serde::{Deserialize, Serialize};
 use shards::{data, experts, heads, merge_sequence, sequence, tensor};
 use std::ops::Range;
@@ -137,9 +136,13 @@ pub fn validate(w: &Workload, kind: SplitKind, n: usize) -> Result<(), String> {
             if e.d_out < n {
                 return short("output rows (d_out)", e.d_out);
             }
-            let blocks = e.d_out.div_ceil(SCALE_BLOCK);
-            if e.scale_shape().is_some() && e.weight_scale == WeightScale::Block128 && blocks < n {
-                return short("128-row scale blocks (weight_scale: block128)", blocks);
+            if let Some(b) = e.scale_block()
+                && e.d_out.div_ceil(b) < n
+            {
+                return short(
+                    "128-row scale blocks (weight_scale: block128)",
+                    e.d_out.div_ceil(b),
+                );
             }
         }
         (Workload::Stream(s), SplitKind::Data) => {

@@ -2,10 +2,9 @@
 //! their outputs merge back. Exact by construction where it can be (see `SplitKind`).
 
 use super::{Merge, Shard, ranges};
-use crate::workload::expert_gemv::SCALE_BLOCK;
 use crate::workload::{
     Attention, ExpertGemv, KvDecode, Lengths, Routing, Stream, StreamOp, Tensor, TensorSet,
-    WeightScale, Workload,
+    Workload,
 };
 
 fn clone_named(inputs: &TensorSet, names: &[&str]) -> Vec<Tensor> {
@@ -261,10 +260,7 @@ pub(super) fn experts(e: &ExpertGemv, inputs: &TensorSet, n: usize) -> (Vec<Shar
 /// With 128 x 128 block scales the cuts fall on block edges, each device taking whole blocks
 /// and their scales (as tensor-parallel fp8 checkpoints are cut).
 pub(super) fn tensor(e: &ExpertGemv, inputs: &TensorSet, n: usize) -> (Vec<Shard>, Merge) {
-    let block = match (e.scale_shape(), e.weight_scale) {
-        (Some(_), WeightScale::Block128) => SCALE_BLOCK,
-        _ => 1,
-    };
+    let block = e.scale_block().unwrap_or(1);
     let shards = ranges(e.d_out.div_ceil(block), n)
         .into_iter()
         .enumerate()

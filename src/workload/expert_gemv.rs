@@ -294,30 +294,30 @@ impl ExpertGemv {
         table
     }
 
+    /// The edge of a square scale block, where the weights have scales per block (fp8 with
+    /// `weight_scale: block128`); None for scales per row and for unscaled dtypes.
+    pub fn scale_block(&self) -> Option<usize> {
+        (self.weight_dtype.is_scaled() && self.weight_scale == WeightScale::Block128)
+            .then_some(SCALE_BLOCK)
+    }
+
     /// The shape of `w_scale`, for a scaled dtype: [experts, d_out] per row, or
-    /// [experts, row blocks, column blocks] per 128 x 128 block.
+    /// [experts, row blocks, column blocks] per block.
     pub fn scale_shape(&self) -> Option<Vec<usize>> {
         let (e, dout, di) = (self.experts, self.d_out, self.d_in);
-        self.weight_dtype
-            .is_scaled()
-            .then(|| match self.weight_scale {
-                WeightScale::Row => vec![e, dout],
-                WeightScale::Block128 => {
-                    vec![e, dout.div_ceil(SCALE_BLOCK), di.div_ceil(SCALE_BLOCK)]
-                }
-            })
+        match self.scale_block() {
+            Some(b) => Some(vec![e, dout.div_ceil(b), di.div_ceil(b)]),
+            None => self.weight_dtype.is_scaled().then(|| vec![e, dout]),
+        }
     }
 
     /// Where the scale of weight (expert `e`, row `o`, column `i`) sits in `w_scale`.
     pub fn scale_index(&self, e: usize, o: usize, i: usize) -> usize {
-        match self.weight_scale {
-            WeightScale::Row => e * self.d_out + o,
-            WeightScale::Block128 => {
-                let (bo, bi) = (
-                    self.d_out.div_ceil(SCALE_BLOCK),
-                    self.d_in.div_ceil(SCALE_BLOCK),
-                );
-                (e * bo + o / SCALE_BLOCK) * bi + i / SCALE_BLOCK
+        match self.scale_block() {
+            None => e * self.d_out + o,
+            Some(b) => {
+                let (bo, bi) = (self.d_out.div_ceil(b), self.d_in.div_ceil(b));
+                (e * bo + o / b) * bi + i / b
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use super::{Code, DECODERS, MIN_SUBGROUP, decode};
 use crate::backend::plan::{Const, ExpertPlan, expert_constants};
-use crate::workload::{DType, ExpertGemv, WeightScale};
+use crate::workload::{DType, ExpertGemv};
 
 pub const EXPERT_WG: usize = 256;
 pub const EXPERT_ROWS: usize = 4;
@@ -24,7 +24,7 @@ pub fn expert_covers(w: &ExpertGemv, subgroups: bool) -> Result<(), String> {
             w.d_in, w.weight_dtype
         ));
     }
-    if w.scale_shape().is_some() && w.weight_scale != WeightScale::Row {
+    if w.scale_block().is_some() {
         return Err("scales per row only (simple takes block scales)".into());
     }
     Ok(())
@@ -173,6 +173,7 @@ fn gemv_body(dtype: DType) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workload::WeightScale;
 
     #[test]
     fn covers_whole_words_with_subgroups_only() {
