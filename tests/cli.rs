@@ -626,19 +626,10 @@ fn python_with_numpy() -> Option<String> {
         .args(["-c", "import numpy"])
         .status()
         .is_ok_and(|s| s.success());
-    if !has_numpy {
-        assert!(
-            !common::required("numpy"),
-            "DECODELAB_REQUIRE includes numpy, but {python} has none"
-        );
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: numpy not importable by {python} (set DECODELAB_PYTHON)"
-        );
-        return None;
-    }
-    Some(python)
+    let found = has_numpy
+        .then_some(())
+        .ok_or(format!("not importable by {python}; set DECODELAB_PYTHON"));
+    common::tool_or_skip("numpy", found).then_some(python)
 }
 
 /// scripts/check_dump.py over a --dump folder; its report, having asserted it passed.
@@ -1000,16 +991,10 @@ fn check_page(page: &Path, images: usize) {
         .output()
         .is_ok_and(|o| o.status.success())
         && Path::new("/usr/bin/chromium").exists();
-    if !have {
-        assert!(
-            !common::required("browser"),
-            "DECODELAB_REQUIRE includes browser, but {python} has no playwright or /usr/bin/chromium is missing"
-        );
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: browser check (no playwright in {python}, or no /usr/bin/chromium)"
-        );
+    let found = have.then_some(()).ok_or(format!(
+        "no playwright in {python}, or no /usr/bin/chromium"
+    ));
+    if !common::tool_or_skip("browser", found) {
         return;
     }
     let o = Command::new(&python)

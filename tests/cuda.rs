@@ -7,30 +7,14 @@ mod common;
 
 use decodelab::backend::cuda::compile;
 
-/// Whether `tool` is here; else a printed skip, or a failure when DECODELAB_REQUIRE names it.
-fn tool_or_skip(tool: &str, found: Result<(), String>) -> bool {
-    match found {
-        Ok(()) => true,
-        Err(why) => {
-            assert!(
-                !common::required(tool),
-                "DECODELAB_REQUIRE includes {tool}, but: {why}"
-            );
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED: {tool} unavailable ({why})");
-            false
-        }
-    }
-}
-
 fn nvrtc_or_skip() -> bool {
     let found = compile::nvrtc_available().and_then(|_| compile::include_dir().map(|_| ()));
-    tool_or_skip("nvrtc", found)
+    common::tool_or_skip("nvrtc", found)
 }
 
 fn nvdisasm_or_skip() -> bool {
     let found = decodelab::backend::cuda::sass::nvdisasm_path().map(|_| ());
-    tool_or_skip("nvdisasm", found)
+    common::tool_or_skip("nvdisasm", found)
 }
 
 #[test]
@@ -156,7 +140,7 @@ fn a_compile_error_is_an_error_with_the_log() {
 #[test]
 fn nccl_loads_and_reports_its_version() {
     let version = decodelab::backend::cuda::nccl::version();
-    if !tool_or_skip("nccl", version.clone().map(|_| ())) {
+    if !common::tool_or_skip("nccl", version.clone().map(|_| ())) {
         return;
     }
     let v = version.expect("checked above");

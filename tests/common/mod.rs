@@ -14,6 +14,24 @@ pub fn required(what: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `tool` (a name DECODELAB_REQUIRE may list: nvrtc, gxx, numpy, mpi, ...) is here:
+/// `found` is Ok, or says why not; then the test is skipped with the reason printed, or fails
+/// when DECODELAB_REQUIRE names the tool.
+pub fn tool_or_skip(tool: &str, found: Result<(), String>) -> bool {
+    match found {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                !required(tool),
+                "DECODELAB_REQUIRE includes {tool}, but: {why}"
+            );
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED: {tool} unavailable ({why})");
+            false
+        }
+    }
+}
+
 /// The backend, or None after printing why it is skipped. Panics if it is required.
 pub fn backend_or_skip(name: &str) -> Option<Box<dyn Backend>> {
     match backend::probe(name) {
