@@ -1,28 +1,37 @@
 // The tensor-core fragment model of mma.cuh, checked: one warp loads A (16x16) and B (16x8),
-// both bf16 row-major, into fragments as mma.cuh says, multiplies, and stores D (16x8, f32)
-// from its fragment in D[0..128]; then again with B's fragment from shared memory by
-// ldmatrix .trans, into D[128..256]. A GPU (tests/cuda.rs) and the host shim
-// (tests/cuda_host.rs) must both give A * B twice.
+// row-major 16-bit, into fragments as mma.cuh says, multiplies, and stores D (16x8, f32) from
+// its fragment: bf16 operands into D[0..128]; bf16 again with B's fragment from shared memory
+// by ldmatrix .trans into D[128..256]; f16 operands (A16, B16: the same values) into
+// D[256..384]. The cuda backend runs it on every device before `mma` may run there
+// (src/backend/cuda/fragments.rs); the host shim (tests/cuda_host.rs) must agree.
 
-extern "C" __global__ void mma_check(const unsigned short* __restrict__ A, const unsigned short* __restrict__ B,
-                                     float* __restrict__ D) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const unsigned int a[4] = {
-        pack_bf16x2(A[g * 16 + 2 * t], A[g * 16 + 2 * t + 1]),
-        pack_bf16x2(A[(g + 8) * 16 + 2 * t], A[(g + 8) * 16 + 2 * t + 1]),
-        pack_bf16x2(A[g * 16 + 2 * t + 8], A[g * 16 + 2 * t + 9]),
-        pack_bf16x2(A[(g + 8) * 16 + 2 * t + 8], A[(g + 8) * 16 + 2 * t + 9]),
-    };
-    const unsigned int b[2] = {
-        pack_bf16x2(B[(2 * t) * 8 + g], B[(2 * t + 1) * 8 + g]),
-        pack_bf16x2(B[(2 * t + 8) * 8 + g], B[(2 * t + 9) * 8 + g]),
-    };
-    float d[4] = {0.f, 0.f, 0.f, 0.f};
-    mma_bf16_16816(d, a, b);
+__device__ __forceinline__ void store_d(float* __restrict__ D, const float (&d)[4], int g, int t) {
     D[g * 8 + 2 * t] = d[0];
     D[g * 8 + 2 * t + 1] = d[1];
     D[(g + 8) * 8 + 2 * t] = d[2];
     D[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
+// A's and B's fragments loaded by hand from global memory.
+__device__ __forceinline__ void fragments(const unsigned short* __restrict__ A, const unsigned short* __restrict__ B,
+                                          int g, int t, unsigned int (&a)[4], unsigned int (&b)[2]) {
+    a[0] = pack_bf16x2(A[g * 16 + 2 * t], A[g * 16 + 2 * t + 1]);
+    a[1] = pack_bf16x2(A[(g + 8) * 16 + 2 * t], A[(g + 8) * 16 + 2 * t + 1]);
+    a[2] = pack_bf16x2(A[g * 16 + 2 * t + 8], A[g * 16 + 2 * t + 9]);
+    a[3] = pack_bf16x2(A[(g + 8) * 16 + 2 * t + 8], A[(g + 8) * 16 + 2 * t + 9]);
+    b[0] = pack_bf16x2(B[(2 * t) * 8 + g], B[(2 * t + 1) * 8 + g]);
+    b[1] = pack_bf16x2(B[(2 * t + 8) * 8 + g], B[(2 * t + 9) * 8 + g]);
+}
+
+extern "C" __global__ void mma_check(const unsigned short* __restrict__ A, const unsigned short* __restrict__ B,
+                                     const unsigned short* __restrict__ A16, const unsigned short* __restrict__ B16,
+                                     float* __restrict__ D) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    unsigned int a[4], b[2];
+    fragments(A, B, g, t, a, b);
+    float d[4] = {0.f, 0.f, 0.f, 0.f};
+    mma_bf16_16816(d, a, b);
+    store_d(D, d, g, t);
 
     // B's rows (k) as two 8x8 matrices, k 0-7 and 8-15 (lanes 16-31 repeat them).
     __shared__ __align__(16) unsigned short b_sh[16 * 8];
@@ -33,8 +42,11 @@ extern "C" __global__ void mma_check(const unsigned short* __restrict__ A, const
     const unsigned int b2[2] = {bt[0], bt[1]};
     float d2[4] = {0.f, 0.f, 0.f, 0.f};
     mma_bf16_16816(d2, a, b2);
-    D[128 + g * 8 + 2 * t] = d2[0];
-    D[128 + g * 8 + 2 * t + 1] = d2[1];
-    D[128 + (g + 8) * 8 + 2 * t] = d2[2];
-    D[128 + (g + 8) * 8 + 2 * t + 1] = d2[3];
+    store_d(D + 128, d2, g, t);
+
+    unsigned int a16[4], b16[2];
+    fragments(A16, B16, g, t, a16, b16);
+    float d3[4] = {0.f, 0.f, 0.f, 0.f};
+    mma_f16_16816(d3, a16, b16);
+    store_d(D + 256, d3, g, t);
 }

@@ -10,7 +10,7 @@
 
 mod common;
 
-use decodelab::backend::cuda::compile;
+use decodelab::backend::cuda::{compile, fragments};
 use decodelab::workload::{DType, Routing, Tensor, TensorSet, Workload};
 use std::path::Path;
 use std::process::Command;
@@ -313,20 +313,14 @@ fn the_tensor_core_fragment_model_multiplies_on_the_host() {
     }
     let dir = std::env::temp_dir().join(format!("decodelab-cuda-host-mma-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (a, b, want) = common::mma_operands();
-    std::fs::write(dir.join("a.bin"), bytemuck::cast_slice(&a)).unwrap();
-    std::fs::write(dir.join("b.bin"), bytemuck::cast_slice(&b)).unwrap();
+    let o = fragments::operands();
+    for (name, v) in [("a", &o.a), ("b", &o.b), ("a16", &o.a16), ("b16", &o.b16)] {
+        std::fs::write(dir.join(format!("{name}.bin")), bytemuck::cast_slice(v)).unwrap();
+    }
     std::fs::write(dir.join("kernel.cu"), compile::mma_check_source()).unwrap();
     build_and_run("mma_driver.cpp", &dir, &[], "mma_check");
     let got: Vec<f32> = bytemuck::pod_collect_to_vec(&std::fs::read(dir.join("d.bin")).unwrap());
-    // D from fragments loaded by hand, then with B's from ldmatrix .trans.
-    assert_eq!(got.len(), 2 * want.len());
-    for (i, (g, w)) in got.iter().zip(want.iter().cycle()).enumerate() {
-        // Products of bf16 are exact in f32; 16 of them sum with f32 rounding.
-        assert!(
-            (*g as f64 - w).abs() <= 1e-5 * w.abs().max(1.0),
-            "D[{i}]: {g} != {w}"
-        );
-    }
+    // The same check the cuda backend runs on each device before `mma` runs there.
+    fragments::check(&got, &o.product).unwrap_or_else(|e| panic!("{e}"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -85,13 +85,9 @@ pub const IMPLS: &[Impl] = &[
         Kernel::Stream,
         "16-byte loads, grid-stride, unrolled by 4",
     ),
-    simple(
-        "cuda",
-        Kernel::KvDecode,
-        "flash-decoding on CUDA cores: scalar softmax, scalar PV",
-    ),
-    // After simple until it has run on a GPU (DEVELOPERS.md): the shim models its tensor-core
-    // fragments, it does not run them.
+    // Ahead of simple where the device's tensor cores pass the fragment self-check
+    // (cuda/fragments.rs, DEVELOPERS.md): the host shim models the fragments, the device
+    // confirms them before `mma` runs there; elsewhere simple runs, and the point says why.
     Impl {
         backend: "cuda",
         kernel: Kernel::KvDecode,
@@ -105,6 +101,11 @@ pub const IMPLS: &[Impl] = &[
                 tiles by cp.async (two buffers; fp8 converted to f16 per tile), scores split \
                 over the latent's dims by warp, V by ldmatrix.trans",
     },
+    simple(
+        "cuda",
+        Kernel::KvDecode,
+        "flash-decoding on CUDA cores: scalar softmax, scalar PV",
+    ),
     // Ahead of simple before a GPU has run it (DEVELOPERS.md): plain CUDA C whose only PTX
     // is a load, so the host shim runs the arithmetic as written.
     Impl {
@@ -228,6 +229,16 @@ pub fn best_impl(b: &dyn Backend, w: &Workload) -> Result<&'static str, String> 
         b.name(),
         why.join("; ")
     ))
+}
+
+/// The implementations `impl: best` prefers to `chosen` on `b` which do not cover `w`, each
+/// as `name: why`: what a result line says when a tuned kernel was passed over.
+pub fn passed_over(b: &dyn Backend, w: &Workload, chosen: &str) -> Vec<String> {
+    impls_of(b.name(), w.kind())
+        .into_iter()
+        .take_while(|i| i.name != chosen)
+        .filter_map(|i| b.covers(i.name, w).err().map(|e| format!("{}: {e}", i.name)))
+        .collect()
 }
 
 /// Bytes a GPU backend clears before each cold rep: more than any last-level cache of today
@@ -417,4 +428,58 @@ pub fn host_staged_gather(
         method: "host-staged".into(),
         times,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// wgpu's table with `unrolled` refusing every point: what `best` picks and passes over.
+    struct Refusing;
+
+    impl Backend for Refusing {
+        fn name(&self) -> &'static str {
+            "wgpu"
+        }
+        fn devices(&self) -> &[DeviceInfo] {
+            &[]
+        }
+        fn covers(&self, imp: &str, _: &Workload) -> Result<(), String> {
+            match imp {
+                "unrolled" => Err("not this shape".into()),
+                _ => Ok(()),
+            }
+        }
+        fn prepare<'a>(
+            &'a self,
+            _: usize,
+            _: &Workload,
+            _: &TensorSet,
+            _: &How,
+        ) -> anyhow::Result<Box<dyn Prepared + 'a>> {
+            anyhow::bail!("not for running")
+        }
+    }
+
+    #[test]
+    fn a_result_names_the_tuned_implementations_best_passed_over() {
+        let w = Workload::Stream(crate::workload::Stream {
+            op: crate::workload::StreamOp::Read,
+            bytes: 4096,
+            seed: 1,
+        });
+        // wgpu prefers simple to unrolled for stream: nothing ahead of simple.
+        assert_eq!(best_impl(&Refusing, &w), Ok("simple"));
+        assert!(passed_over(&Refusing, &w, "simple").is_empty());
+        let (_, kv) = plan::representative()
+            .into_iter()
+            .find(|(_, w)| matches!(w, Workload::KvDecode(_)))
+            .expect("a kv_decode point");
+        assert_eq!(best_impl(&Refusing, &kv), Ok("simple"));
+        assert_eq!(
+            passed_over(&Refusing, &kv, "simple"),
+            ["unrolled: not this shape"]
+        );
+        assert!(passed_over(&Refusing, &kv, "unrolled").is_empty());
+    }
 }

@@ -31,7 +31,7 @@ pub(super) fn env_for(
 pub(super) fn result_line(
     exp: &Experiment,
     p: &Point,
-    backend: &str,
+    backend: &dyn crate::backend::Backend,
     device: String,
     device_count: usize,
     stats: TimeStats,
@@ -55,8 +55,13 @@ pub(super) fn result_line(
         experiment: exp.name.clone(),
         point: p.index,
         kernel: p.workload.kernel().into(),
-        backend: backend.into(),
+        backend: backend.name().into(),
         implementation: imp.into(),
+        passed_over: if p.imp.is_none() {
+            crate::backend::passed_over(backend, &p.workload, imp)
+        } else {
+            Vec::new()
+        },
         device,
         device_count,
         split: if matches!(p.workload, Workload::Link(_)) {
@@ -152,7 +157,7 @@ pub(super) fn run_single(
     let line = result_line(
         exp,
         p,
-        b.name(),
+        b,
         dev.name.clone(),
         1,
         stats,
@@ -275,7 +280,7 @@ pub(super) fn run_split_point(
     let mut line = result_line(
         exp,
         p,
-        b.name(),
+        b,
         device,
         set.len(),
         outcome.end_to_end,
@@ -429,7 +434,7 @@ pub(super) fn run_link_point(
     let mut line = result_line(
         exp,
         p,
-        b.name(),
+        b,
         device,
         2,
         stats,

@@ -134,6 +134,10 @@ pub struct ResultLine {
     /// Which implementation of the kernel ran ("simple", or a tuned one).
     #[serde(rename = "impl", default)]
     pub implementation: String,
+    /// Under `impl: best`, the implementations preferred to the one that ran which do not
+    /// cover this point here, each with why (`mma: ...`); absent when the first ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passed_over: Vec<String>,
     pub device: String,
     pub device_count: usize,
     pub split: String,

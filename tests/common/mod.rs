@@ -187,22 +187,6 @@ pub fn stream(op: StreamOp, bytes: u64) -> Workload {
     Workload::Stream(Stream { op, bytes, seed: 3 })
 }
 
-/// A 16x16 and a 16x8 matrix of bf16 values (as raw bits), and their product in f64.
-pub fn mma_operands() -> (Vec<u16>, Vec<u16>, Vec<f64>) {
-    let bf16 = |i: usize, salt: usize| {
-        let v = ((i * 37 + salt * 11) % 29) as f32 / 8.0 - 1.5;
-        half::bf16::from_f32(v).to_bits()
-    };
-    let a: Vec<u16> = (0..256).map(|i| bf16(i, 1)).collect();
-    let b: Vec<u16> = (0..128).map(|i| bf16(i, 2)).collect();
-    let f = |x: u16| half::bf16::from_bits(x).to_f64();
-    let d = (0..16)
-        .flat_map(|r| (0..8).map(move |c| (r, c)))
-        .map(|(r, c)| (0..16).map(|k| f(a[r * 16 + k]) * f(b[k * 8 + c])).sum())
-        .collect();
-    (a, b, d)
-}
-
 /// A fresh folder for one test, named by the test binary's pid and `name`.
 pub fn tempdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("decodelab-test-{}-{name}", std::process::id()));

@@ -6,6 +6,7 @@
 
 mod build;
 pub mod compile;
+pub mod fragments;
 mod multi;
 pub mod nccl;
 pub mod nvml;
@@ -80,6 +81,9 @@ pub struct CudaBackend {
     devices: Vec<DeviceInfo>,
     /// (major, minor) compute capability and SM count per device.
     caps: Vec<((i32, i32), usize)>,
+    /// Per device, once asked: whether its tensor cores multiply as kernels/mma.cuh assumes
+    /// (fragments.rs), the condition for running `mma` there.
+    tensor_cores: Vec<std::sync::OnceLock<Result<(), String>>>,
 }
 
 fn attr(dev: cudarc::driver::sys::CUdevice, a: Attr) -> i32 {
@@ -135,7 +139,42 @@ impl CudaBackend {
             });
             caps.push((cc, sms));
         }
-        Ok(CudaBackend { devices, caps })
+        let tensor_cores = devices.iter().map(|_| Default::default()).collect();
+        Ok(CudaBackend {
+            devices,
+            caps,
+            tensor_cores,
+        })
+    }
+
+    /// Whether `mma` may run on `device`: sm_80 or later, and the fragment self-check passed
+    /// there (run once per device, on first need).
+    fn tensor_cores(&self, device: usize) -> Result<(), String> {
+        let (Some(&((major, minor), _)), Some(once)) =
+            (self.caps.get(device), self.tensor_cores.get(device))
+        else {
+            return Err(format!("cuda has no device {device}"));
+        };
+        if major < 8 {
+            return Err(format!(
+                "mma needs sm_80 or later (mma.sync bf16); cuda:{device} is sm_{major}{minor}"
+            ));
+        }
+        once.get_or_init(|| {
+            let ctx = CudaContext::new(device).map_err(|e| format!("{e:?}"))?;
+            fragments::run_on(&ctx, &format!("sm_{major}{minor}"))
+        })
+        .clone()
+        .map_err(|e| format!("the tensor-core self-check failed on cuda:{device} ({e})"))
+    }
+
+    /// `covers`, and for `mma` the tensor cores of every device.
+    fn covers_here(&self, imp: &str, w: &Workload) -> Result<(), String> {
+        covers(imp, w)?;
+        if imp == "mma" {
+            (0..self.devices.len()).try_for_each(|d| self.tensor_cores(d))?;
+        }
+        Ok(())
     }
 }
 
@@ -145,7 +184,7 @@ impl Backend for CudaBackend {
     }
 
     fn covers(&self, imp: &str, w: &Workload) -> Result<(), String> {
-        covers(imp, w)
+        self.covers_here(imp, w)
     }
 
     /// A split's shards are gathered on the first device with NCCL.
@@ -195,6 +234,9 @@ impl Backend for CudaBackend {
         how: &How,
     ) -> anyhow::Result<Box<dyn Prepared + 'a>> {
         covers(how.imp, workload).map_err(anyhow::Error::msg)?;
+        if how.imp == "mma" {
+            self.tensor_cores(device).map_err(anyhow::Error::msg)?;
+        }
         let cache = how.cache;
         let &((major, minor), sms) = self
             .caps
