@@ -324,3 +324,73 @@ fn the_tensor_core_fragment_model_multiplies_on_the_host() {
     fragments::check(&got, &o.product).unwrap_or_else(|e| panic!("{e}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A sequence split's merge on the device (kernels/kv_merge_shards.cu), on the host: shards
+/// computed by the cpu backend, merged by the kernel as the first device would after NCCL,
+/// against the parent's oracle and the host merge. Sequences held by one shard (a copy),
+/// by two and by three; GQA and MLA.
+#[test]
+fn the_sequence_split_merges_on_the_device() {
+    use decodelab::backend::{Backend, CacheMode, How};
+    use decodelab::split::{SplitKind, compare_outputs, plan};
+    if !gxx_or_skip() {
+        return;
+    }
+    let cpu = decodelab::backend::cpu::CpuBackend::new();
+    let base = std::env::temp_dir().join(format!("decodelab-cuda-host-mg-{}", std::process::id()));
+    for (i, w) in [
+        common::gqa(4, 8, 2, 64, 64, vec![1, 17, 300, 40], 16, DType::Bf16),
+        common::mla(2, 5, 128, 64, vec![130, 3], 8, DType::Bf16),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let Workload::KvDecode(k) = w else {
+            unreachable!()
+        };
+        let inputs = w.inputs();
+        let p = plan(w, &inputs, SplitKind::Sequence, 3).unwrap();
+        let outs: Vec<TensorSet> = p
+            .shards
+            .iter()
+            .map(|s| {
+                let mut run = cpu
+                    .prepare(0, &s.workload, &s.inputs, &How::simple(CacheMode::Warm))
+                    .unwrap();
+                run.run(0, 1).unwrap();
+                run.read_outputs().unwrap()
+            })
+            .collect();
+        let table = p.sequence_table().expect("a sequence split's table");
+        assert_eq!(table.part_start.len(), k.batch + 1);
+        let dir = base.join(i.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        for (s, o) in outs.iter().enumerate() {
+            for name in ["out", "lse"] {
+                std::fs::write(
+                    dir.join(format!("{name}{s}.bin")),
+                    &o.expect(name).bytes[..],
+                )
+                .unwrap();
+            }
+        }
+        std::fs::write(
+            dir.join("part_start.bin"),
+            bytemuck::cast_slice(&table.part_start),
+        )
+        .unwrap();
+        let flat: Vec<i32> = table.parts.iter().flatten().copied().collect();
+        std::fs::write(dir.join("parts.bin"), bytemuck::cast_slice(&flat)).unwrap();
+        let source = compile::kv_source(k, &compile::kv_launch(k, 132, "simple"), "simple");
+        std::fs::write(dir.join("kernel.cu"), source).unwrap();
+        let shards = outs.len().to_string();
+        build_and_run("merge_driver.cpp", &dir, &[shards], "merge_shards");
+        let merged = TensorSet(w.outputs().iter().map(|s| read_output(&dir, s)).collect());
+        let check = w.oracle(&inputs).check(&merged);
+        assert!(check.pass, "{i}: {check:?}");
+        let on_host = p.combine(w, &outs).unwrap();
+        let vs = compare_outputs(1e-6, &merged, &on_host);
+        assert!(vs.pass, "{i}: device merge vs host merge: {vs:?}");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}

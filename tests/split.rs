@@ -72,6 +72,12 @@ fn split_with(
     }
     assert_eq!(out.multi.shards.len(), plan.shards.len());
     assert_eq!(out.multi.combine.bytes, plan.combine_bytes());
+    // cuda merges a sequence split on the device that gathered it; the rest on the host.
+    let on = &out.multi.combine.merge_on;
+    match (b.name(), kind) {
+        ("cuda", SplitKind::Sequence) => assert!(on.starts_with("merge_shards on cuda:"), "{on}"),
+        _ => assert_eq!(on, "host", "{what}"),
+    }
     assert!(out.end_to_end.median > 0.0);
 }
 

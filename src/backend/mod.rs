@@ -237,7 +237,11 @@ pub fn passed_over(b: &dyn Backend, w: &Workload, chosen: &str) -> Vec<String> {
     impls_of(b.name(), w.kind())
         .into_iter()
         .take_while(|i| i.name != chosen)
-        .filter_map(|i| b.covers(i.name, w).err().map(|e| format!("{}: {e}", i.name)))
+        .filter_map(|i| {
+            b.covers(i.name, w)
+                .err()
+                .map(|e| format!("{}: {e}", i.name))
+        })
         .collect()
 }
 
@@ -285,6 +289,19 @@ pub struct Gathered {
     pub method: String,
     /// Seconds per rep of the transport alone.
     pub times: Vec<f64>,
+    /// The point's outputs merged where they were gathered (cuda: a sequence split's lse
+    /// merge on the first device); None when the host merges them.
+    pub merged: Option<Merged>,
+}
+
+/// A combine's merge run on a device.
+pub struct Merged {
+    /// The point's outputs, read back from the device.
+    pub outputs: TensorSet,
+    /// Seconds per rep of the merge kernel (device timers).
+    pub times: Vec<f64>,
+    /// Where it ran: `merge_shards on cuda:0`.
+    pub on: String,
 }
 
 pub trait Backend: Send + Sync {
@@ -316,12 +333,16 @@ pub trait Backend: Send + Sync {
     ) -> anyhow::Result<Box<dyn Prepared + 'a>>;
     /// Move every shard's outputs to where the point is assembled, `reps` times, timing the
     /// transport. The default reads each shard back to the host (host-staged), on the host
-    /// clock; cuda gathers them on the first device with NCCL.
+    /// clock, and leaves the merge to the host; cuda gathers them on the first device with
+    /// NCCL and merges a sequence split there (`Gathered::merged`).
     fn gather(
         &self,
         shards: &mut [Box<dyn Prepared + '_>],
+        plan: &crate::split::Plan,
+        parent: &Workload,
         reps: usize,
     ) -> anyhow::Result<Gathered> {
+        let _ = (plan, parent);
         host_staged_gather(shards, reps)
     }
 
@@ -427,6 +448,7 @@ pub fn host_staged_gather(
         outputs,
         method: "host-staged".into(),
         times,
+        merged: None,
     })
 }
 

@@ -193,8 +193,12 @@ pub struct CombineOut {
     pub gbps: f64,
     /// Moving the shard outputs (device timers or host clock, as the method says).
     pub transport_s: TimeStats,
-    /// Merging them on the host (lse merge, slot sums, gathers).
+    /// Merging them (lse merge, slot sums, gathers), where `merge_on` says.
     pub merge_s: TimeStats,
+    /// `host`, or the kernel and device that merged (cuda's sequence split:
+    /// `merge_shards on cuda:0`, timed with events).
+    #[serde(default)]
+    pub merge_on: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

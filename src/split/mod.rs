@@ -246,7 +246,32 @@ pub fn plan(w: &Workload, inputs: &TensorSet, kind: SplitKind, n: usize) -> Resu
     })
 }
 
+/// A sequence split's merge as a device kernel reads it (kernels/kv_merge_shards.cu):
+/// sequence b's parts are `parts[part_start[b] .. part_start[b + 1]]`, each (shard, row).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SequenceTable {
+    pub part_start: Vec<i32>,
+    pub parts: Vec<[i32; 2]>,
+}
+
 impl Plan {
+    /// A sequence split's table of parts, for a merge on the device; None for other splits.
+    pub fn sequence_table(&self) -> Option<SequenceTable> {
+        let Merge::Sequence { parts } = &self.merge else {
+            return None;
+        };
+        let mut part_start = vec![0i32];
+        let mut flat = Vec::new();
+        for held in parts {
+            flat.extend(held.iter().map(|&(s, r)| [s as i32, r as i32]));
+            part_start.push(flat.len() as i32);
+        }
+        Some(SequenceTable {
+            part_start,
+            parts: flat,
+        })
+    }
+
     /// Bytes the combine moves: every shard output crosses to where the point's outputs are
     /// assembled.
     pub fn combine_bytes(&self) -> u64 {

@@ -154,6 +154,7 @@ pub fn run_split_ranked(
         outputs: c.outputs,
         method: c.method,
         times: c.transport,
+        merged: None,
     };
     let (inputs, times) = (parent_inputs, c.times);
     finish(backend, devices, parent, inputs, plan, s, times, gathered).map(Some)

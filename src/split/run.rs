@@ -104,7 +104,7 @@ pub fn run_split(
     let concurrent = devices.concurrent();
     let mut prepared = prepare_shards(backend, devices, plan, s)?;
     let times = time_shards(&mut prepared, concurrent, s)?;
-    let gathered = backend.gather(&mut prepared, combine_reps(s.reps))?;
+    let gathered = backend.gather(&mut prepared, plan, parent, combine_reps(s.reps))?;
     drop(prepared);
     finish(
         backend,
@@ -281,16 +281,26 @@ struct Combined {
 }
 
 /// The combine: the shards' outputs moved by a transport (host-staged, NCCL on cuda, or MPI
-/// between ranks), then merged on the host; both timed, the combine is their sum.
+/// between ranks), then merged where the backend merged them (cuda: a sequence split on the
+/// first device, timed with events) or on the host; both timed, the combine is their sum.
 fn combine(gathered: Gathered, plan: &Plan, parent: &Workload) -> anyhow::Result<Combined> {
-    let mut merge_times = Vec::new();
-    let mut combined = None;
-    for _ in 0..gathered.times.len().max(1) {
-        let t0 = Instant::now();
-        combined = Some(plan.combine(parent, &gathered.outputs)?);
-        merge_times.push(t0.elapsed().as_secs_f64());
-    }
-    let outputs = combined.context("no combine ran")?;
+    let (outputs, merge_times, merge_on) = match gathered.merged {
+        Some(m) => (m.outputs, m.times, m.on),
+        None => {
+            let mut merge_times = Vec::new();
+            let mut combined = None;
+            for _ in 0..gathered.times.len().max(1) {
+                let t0 = Instant::now();
+                combined = Some(plan.combine(parent, &gathered.outputs)?);
+                merge_times.push(t0.elapsed().as_secs_f64());
+            }
+            (
+                combined.context("no combine ran")?,
+                merge_times,
+                "host".into(),
+            )
+        }
+    };
     let transport = TimeStats::from_samples(&gathered.times).context("no transport timing")?;
     let merge = TimeStats::from_samples(&merge_times).context("no merge timing")?;
     let time_s = TimeStats {
@@ -308,6 +318,7 @@ fn combine(gathered: Gathered, plan: &Plan, parent: &Workload) -> anyhow::Result
             gbps: gbps(bytes, transport.median),
             transport_s: transport,
             merge_s: merge,
+            merge_on,
             bytes,
             dispatch_bytes: plan.dispatch_bytes,
             time_s,

@@ -32,6 +32,9 @@ struct dim3 {
 struct __align__(8) uint2 {
     unsigned int x, y;
 };
+struct __align__(8) int2 {
+    int x, y;
+};
 struct uint4 {
     unsigned int x, y, z, w;
 };

@@ -142,7 +142,9 @@ impl Build {
         self.launch("attend", grid, compile::KV_WG, args)?;
         let grid = ((w.batch * w.q_heads) as u32, 1, 1);
         let args = Vec::from([acc, ml, out, lse].map(Arg::Buf));
-        self.launch("merge", grid, compile::MERGE_WG, args)
+        self.launch("merge", grid, compile::MERGE_WG, args)?;
+        self.p.merge_shards = Some(self.func("merge_shards")?);
+        Ok(())
     }
 
     pub(super) fn expert_gemv(

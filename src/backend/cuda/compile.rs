@@ -16,6 +16,7 @@ pub const KV_CU: &str = include_str!("../../../kernels/kv_decode.cu");
 pub const KV_MMA_CU: &str = include_str!("../../../kernels/kv_decode_mma.cu");
 pub const KV_MLA_MMA_CU: &str = include_str!("../../../kernels/kv_decode_mla_mma.cu");
 pub const KV_MERGE_CU: &str = include_str!("../../../kernels/kv_merge.cu");
+pub const KV_MERGE_SHARDS_CU: &str = include_str!("../../../kernels/kv_merge_shards.cu");
 pub const EXPERT_CU: &str = include_str!("../../../kernels/expert_gemv.cu");
 pub const EXPERT_ROWS_CU: &str = include_str!("../../../kernels/expert_gemv_rows.cu");
 pub const EXPERT_COMBINE_CU: &str = include_str!("../../../kernels/expert_combine.cu");
@@ -42,7 +43,7 @@ pub fn block_size(kernel: &str) -> Option<usize> {
     match kernel {
         "stream_read" | "stream_copy" | "stream_write" => Some(STREAM_WG),
         "attend" => Some(KV_WG),
-        "merge" => Some(MERGE_WG),
+        "merge" | "merge_shards" => Some(MERGE_WG),
         "gemv" => Some(EXPERT_WG),
         "combine" => Some(COMBINE_WG),
         _ => None,
@@ -252,7 +253,7 @@ pub fn kv_source(w: &KvDecode, l: &KvPlan, imp: &str) -> String {
     };
     assemble(
         &kv_constants(w, l, KV_WG),
-        &format!("{attend}\n{KV_MERGE_CU}"),
+        &format!("{attend}\n{KV_MERGE_CU}\n{KV_MERGE_SHARDS_CU}"),
     )
 }
 

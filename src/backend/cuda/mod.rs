@@ -7,6 +7,7 @@
 mod build;
 pub mod compile;
 pub mod fragments;
+mod merge;
 mod multi;
 pub mod nccl;
 pub mod nvml;
@@ -187,13 +188,20 @@ impl Backend for CudaBackend {
         self.covers_here(imp, w)
     }
 
-    /// A split's shards are gathered on the first device with NCCL.
+    /// A split's shards are gathered on the first device with NCCL; a sequence split is
+    /// merged there.
     fn gather(
         &self,
         shards: &mut [Box<dyn Prepared + '_>],
+        plan: &crate::split::Plan,
+        parent: &Workload,
         reps: usize,
     ) -> anyhow::Result<super::Gathered> {
-        multi::nccl_gather(shards, reps)
+        let merge = match (parent, plan.sequence_table()) {
+            (Workload::KvDecode(k), Some(t)) => Some((k, t)),
+            _ => None,
+        };
+        multi::nccl_gather(shards, merge, reps)
     }
 
     fn rank_transport(&self) -> Result<(), String> {
@@ -266,6 +274,7 @@ impl Backend for CudaBackend {
             cache,
             clear_each_rep: None,
             compile_s,
+            merge_shards: None,
         };
         let mut b = build::Build { module, p };
         match workload {
@@ -343,6 +352,9 @@ struct Point {
     cache: CacheMode,
     clear_each_rep: Option<usize>,
     compile_s: f64,
+    /// kv_decode: the sequence split's merge (kernels/kv_merge_shards.cu), from this point's
+    /// module, for when this point's device assembles a split.
+    merge_shards: Option<CudaFunction>,
 }
 
 impl Point {

@@ -1,9 +1,11 @@
 //! CUDA across devices: the link kernel (peer copies, as nvbandwidth does), peer access, and
 //! the NCCL gather that combines a split point's shards on the first device.
 
+use super::merge::{Staged, merge_sequence};
 use super::{CudaBackend, Point};
 use crate::backend::{Gathered, Prepared, Timer};
-use crate::workload::{Link, Tensor, TensorSet};
+use crate::split::SequenceTable;
+use crate::workload::{KvDecode, Link, Tensor, TensorSet};
 use anyhow::{anyhow, bail};
 use cudarc::driver::sys::{self, CUevent_flags};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
@@ -228,8 +230,10 @@ impl Prepared for LinkPoint {
 /// distinct device; with virtual devices, one rank that sends to itself), `reps` times,
 /// timed on the host around the group call and the wait for every stream. The gathered
 /// buffers are read back from the first device, so what NCCL delivered is what is checked.
+/// With `merge` (a sequence split), the first device then merges them (merge.rs).
 pub(super) fn nccl_gather(
     shards: &mut [Box<dyn Prepared + '_>],
+    merge: Option<(&KvDecode, SequenceTable)>,
     reps: usize,
 ) -> anyhow::Result<Gathered> {
     crate::backend::cuda::nccl::require().map_err(anyhow::Error::msg)?;
@@ -305,6 +309,33 @@ pub(super) fn nccl_gather(
         }
         outputs.push(TensorSet(set));
     }
+    let merged = match merge {
+        Some((k, table)) => {
+            let func = points[0]
+                .merge_shards
+                .as_ref()
+                .ok_or_else(|| anyhow!("the first shard has no merge_shards kernel"))?;
+            let staged = points
+                .iter()
+                .zip(&staging)
+                .map(|(p, stage)| {
+                    let find = |name: &str| {
+                        p.outputs
+                            .iter()
+                            .position(|(spec, _)| spec.name == name)
+                            .map(|j| &stage[j])
+                            .ok_or_else(|| anyhow!("a shard has no '{name}' to merge"))
+                    };
+                    Ok(Staged {
+                        out: find("out")?,
+                        lse: find("lse")?,
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Some(merge_sequence(root, func, k, &table, &staged, reps)?)
+        }
+        None => None,
+    };
     Ok(Gathered {
         outputs,
         method: format!(
@@ -314,5 +345,6 @@ pub(super) fn nccl_gather(
             if streams.len() == 1 { "" } else { "s" }
         ),
         times,
+        merged,
     })
 }

@@ -113,5 +113,6 @@ pub(super) fn nccl_gather_ranks(
             w.size
         ),
         times,
+        merged: None,
     }))
 }
