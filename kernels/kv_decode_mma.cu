@@ -1,9 +1,10 @@
-// kv_decode "mma": GQA decode on tensor cores (mma.cuh), for a group of up to 8 query heads.
-// A block owns one KV head's whole group and one slice of one sequence's context, as the
-// simple kernel's plan cuts it; `merge` combines the slices. Each warp takes 16-token tiles
+// kv_decode "mma": GQA decode on tensor cores (mma.cuh). A block owns HB query heads of one
+// KV head's group (the whole group up to 8; larger groups in blocks of the largest divisor
+// up to 8, side by side, so K and V come from HBM once and from L2 after) and one slice of
+// one sequence's context, as the plan cuts it; `merge` combines the slices. Each warp takes 16-token tiles
 // of the slice in turn and keeps its own online softmax; the warps meet once, at the end.
 //
-// Scores, S = Q K^T: A = the group's q (rows 0-7: q rounded to bf16, "hi"; rows 8-15: what hi
+// Scores, S = Q K^T: A = the block's q (rows 0-7: q rounded to bf16, "hi"; rows 8-15: what hi
 // misses, "lo"; row pairs sum to f32-grade scores), B = 8 tokens' K. A lane loads 16
 // contiguous bytes of its token's K row per 32 dims and feeds them straight to two mma's:
 // the dims are taken in an order (q's fragments use the same) that makes every K load 128-bit.
@@ -13,8 +14,8 @@
 // exactly as it arrives (cvt two at a time) and runs on f16 tensor cores; q is not pre-scaled
 // (the scales multiply the scores), so its lo part stays inside f16's range.
 
-#if (DTYPE != 2 && DTYPE != 3) || IS_MLA || DK != DV || DK % (64 / ELEM_BYTES) != 0 || DK > 128 || HB != GROUP || GROUP > 8
-#error "kv_decode mma: bf16 or fp8 GQA, DK == DV, a multiple of 32 (fp8: 64) up to 128, a group of at most 8 (covers refuses the rest)"
+#if (DTYPE != 2 && DTYPE != 3) || IS_MLA || DK != DV || DK % (64 / ELEM_BYTES) != 0 || DK > 128 || HB > 8 || GROUP % HB != 0
+#error "kv_decode mma: bf16 or fp8 GQA, DK == DV, a multiple of 32 (fp8: 64) up to 128, up to 8 heads of a group per block (covers refuses the rest)"
 #endif
 
 #if DTYPE == 3
@@ -59,11 +60,11 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
     const int* __restrict__ page_table, const int* __restrict__ context_lens,
     float* __restrict__ partial_acc, float2* __restrict__ partial_ml) {
     __shared__ __align__(16) unsigned short v_sh[WARPS][16 * DV]; // each warp's V tile, bf16 bits
-    __shared__ float o_sh[WARPS][GROUP * DV];
-    __shared__ float ml_sh[WARPS][GROUP][2];
+    __shared__ float o_sh[WARPS][HB * DV];
+    __shared__ float ml_sh[WARPS][HB][2];
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, r = lane >> 2, c = lane & 3;
-    const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, h0 = kvh * GROUP;
+    const int split = blockIdx.x, b = blockIdx.z, h0 = blockIdx.y * HB, kvh = h0 / GROUP;
     const int len = context_lens[b];
     const int start = split * SPLIT_TOKENS, end = min(start + SPLIT_TOKENS, len);
 
@@ -76,7 +77,7 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
         unsigned short hi[RUN], lo[RUN];
 #pragma unroll
         for (int e = 0; e < RUN; e++) {
-            const float x = r < GROUP ? q[((u64)b * HQ + h0 + r) * DK + 4 * RUN * j + RUN * c + e] : 0.f;
+            const float x = r < HB ? q[((u64)b * HQ + h0 + r) * DK + 4 * RUN * j + RUN * c + e] : 0.f;
             hi[e] = RN_BITS(x);
             lo[e] = RN_BITS(x - BITS_FLOAT(hi[e]));
         }
@@ -175,7 +176,7 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
     // quad the same head; then the block combines them for its slice.
     l_part += __shfl_xor_sync(0xffffffffu, l_part, 1);
     l_part += __shfl_xor_sync(0xffffffffu, l_part, 2);
-    if (r < GROUP) {
+    if (r < HB) {
         if (c == 0) {
             ml_sh[warp][r][0] = m_run;
             ml_sh[warp][r][1] = l_part;
@@ -187,7 +188,7 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < GROUP * DV; i += WG) {
+    for (int i = threadIdx.x; i < HB * DV; i += WG) {
         const int h = i / DV, d = i % DV;
         float m = NEG_BIG;
 #pragma unroll

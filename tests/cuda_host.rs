@@ -193,6 +193,10 @@ fn cuda_kv_decode_matches_the_oracle_on_the_host() {
         // fp8 K and V, converted to f16 as they load: f16 tensor cores, d64 and d128.
         common::gqa(3, 8, 2, 64, 64, vec![1, 37, 300], 16, DType::Fp8E4m3),
         common::gqa(2, 16, 2, 128, 128, vec![203, 9], 7, DType::Fp8E4m3),
+        // Groups over 8: 16 in two blocks of 8 side by side; 12 (fp8) in blocks of 6; MHA.
+        common::gqa(2, 32, 2, 128, 128, vec![77, 300], 16, DType::Bf16),
+        common::gqa(2, 24, 2, 64, 64, vec![129, 1], 8, DType::Fp8E4m3),
+        common::gqa(2, 3, 3, 64, 64, vec![33, 40], 16, DType::Bf16),
         // A head dim that is not whole 16-byte vectors (the scalar path), fp8 with its scales.
         common::gqa(2, 6, 3, 67, 67, vec![129, 5], 8, DType::Fp8E4m3),
         common::mla(2, 4, 64, 16, vec![70, 1], 32, DType::F16),
@@ -253,9 +257,9 @@ fn cuda_kv_decode_matches_the_oracle_on_the_host() {
             ran.push(imp.name);
         }
     }
-    // The tensor-core kernels took the five bf16 and fp8 GQA shapes of a head dim they cover
+    // The tensor-core kernels took the eight bf16 and fp8 GQA shapes of a head dim they cover
     // and the seven MLA ones.
-    assert_eq!(ran.iter().filter(|n| **n == "mma").count(), 12, "{ran:?}");
+    assert_eq!(ran.iter().filter(|n| **n == "mma").count(), 15, "{ran:?}");
     let _ = std::fs::remove_dir_all(&base);
 }
 

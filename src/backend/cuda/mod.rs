@@ -45,14 +45,13 @@ pub fn covers(imp: &str, w: &Workload) -> Result<(), String> {
         }
         ("mma", Workload::KvDecode(k)) => {
             use crate::workload::{Attention, DType};
+            // Heads come up to 8 per block (MLA at math: bf16, 16), whatever their count.
             let ok = match k.attention {
                 Attention::Gqa => {
                     k.head_dim_k == k.head_dim_v
                         && k.head_dim_k % (64 / (k.kv_dtype.elem_bits() / 8).max(1)) == 0
                         && k.head_dim_k <= 128
-                        && k.group_size() <= 8
                 }
-                // Heads come 8 (or fewer) per block, whatever their count.
                 Attention::Mla => k.head_dim_k % 64 == 0 && k.head_dim_v % 64 == 0,
             };
             let dtype_ok = match k.attention {
@@ -65,7 +64,7 @@ pub fn covers(imp: &str, w: &Workload) -> Result<(), String> {
             } else {
                 Err(
                     "mma takes bf16 or fp8 caches: GQA with K and V of one head dim (a multiple \
-                     of 32, of 64 in fp8, up to 128) and groups of up to 8 query heads; MLA with \
+                     of 32, of 64 in fp8, up to 128); MLA with \
                      a latent and values of a multiple of 64 dims"
                         .into(),
                 )
