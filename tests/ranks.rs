@@ -114,6 +114,7 @@ fn splits_match_one_process(backend: &str) {
             l.point
         );
         assert!(m.combine.method.starts_with("mpi"), "{}", m.combine.method);
+        assert_eq!(m.combine.merge_on, "host", "{l:?}");
         assert_eq!(l.device_count, 4);
     }
     // One-device points ran on every rank, and each line says which.

@@ -354,17 +354,19 @@ pub trait Backend: Send + Sync {
 
     /// Under a launcher, on every rank at once: send this rank's shard outputs (`mine`,
     /// where it has a shard) to rank 0 with the backend's own transport, `reps` times.
-    /// Rank 0 gets the other ranks' shards' outputs in `plan` order (not its own) and the
-    /// transport's times; the others get None.
+    /// Rank 0 gets the other ranks' shards' outputs in `plan` order (not its own), the
+    /// transport's times, and the point's outputs where it merged them on its device (cuda,
+    /// a sequence split); the others get None.
     fn gather_ranks(
         &self,
         w: &crate::cluster::World,
         local: usize,
         mine: Option<&mut (dyn Prepared + '_)>,
         plan: &crate::split::Plan,
+        parent: &Workload,
         reps: usize,
     ) -> anyhow::Result<Option<Gathered>> {
-        let _ = (w, local, mine, plan, reps);
+        let _ = (w, local, mine, plan, parent, reps);
         anyhow::bail!("{}: no transport between ranks", self.name())
     }
 

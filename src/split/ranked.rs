@@ -113,6 +113,8 @@ struct Collected {
     outputs: Vec<TensorSet>,
     transport: Vec<f64>,
     method: String,
+    /// The point's outputs, where the backend merged them on rank 0's device.
+    merged: Option<crate::backend::Merged>,
 }
 
 /// Run `plan` across the ranks. Rank 0 gets the outcome; the others get None.
@@ -142,7 +144,7 @@ pub fn run_split_ranked(
     let own = w.broadcast(why_not.as_ref())?.is_none();
     let collected = if own {
         let mine_p = prepared.as_deref_mut();
-        device_gather(w, backend, local, &mine, mine_p, plan, reps)?
+        device_gather(w, backend, local, &mine, mine_p, (plan, parent), reps)?
     } else {
         mpi_gather(w, &mine, plan, reps)?
     };
@@ -154,7 +156,7 @@ pub fn run_split_ranked(
         outputs: c.outputs,
         method: c.method,
         times: c.transport,
-        merged: None,
+        merged: c.merged,
     };
     let (inputs, times) = (parent_inputs, c.times);
     finish(backend, devices, parent, inputs, plan, s, times, gathered).map(Some)
@@ -211,6 +213,7 @@ fn mpi_gather(
         outputs: Vec::new(),
         transport,
         method: format!("mpi to rank 0, host-staged ({} ranks)", w.size),
+        merged: None,
     };
     let mut errors = vec![None; w.size];
     errors[w.rank] = mine.as_ref().err().cloned();
@@ -252,7 +255,7 @@ fn device_gather(
     local: usize,
     mine: &Result<Option<(Vec<f64>, TensorSet)>, String>,
     prepared: Option<&mut (dyn Prepared + '_)>,
-    plan: &Plan,
+    (plan, parent): (&Plan, &Workload),
     reps: usize,
 ) -> anyhow::Result<Option<Collected>> {
     let headers = w.gather(&header(mine))?;
@@ -267,7 +270,7 @@ fn device_gather(
             Ok(None)
         };
     }
-    let gathered = backend.gather_ranks(w, local, prepared, plan, reps)?;
+    let gathered = backend.gather_ranks(w, local, prepared, plan, parent, reps)?;
     let (Some(headers), Some(g)) = (headers, gathered) else {
         return Ok(None);
     };
@@ -278,6 +281,7 @@ fn device_gather(
         outputs: Vec::new(),
         transport: g.times,
         method: g.method,
+        merged: g.merged,
     };
     for shard in &plan.shards {
         if shard.device == w.rank {

@@ -16,6 +16,26 @@ pub(super) struct Staged<'a> {
     pub lse: &'a CudaSlice<u8>,
 }
 
+impl<'a> Staged<'a> {
+    /// A shard's `out` and `lse` from its (output name, buffer) pairs.
+    pub fn of(
+        named: impl Iterator<Item = (&'static str, &'a CudaSlice<u8>)>,
+    ) -> anyhow::Result<Self> {
+        let (mut out, mut lse) = (None, None);
+        for (name, buf) in named {
+            match name {
+                "out" => out = Some(buf),
+                "lse" => lse = Some(buf),
+                _ => {}
+            }
+        }
+        Ok(Staged {
+            out: out.context("a shard without 'out' to merge")?,
+            lse: lse.context("a shard without 'lse' to merge")?,
+        })
+    }
+}
+
 /// Merge `staged` into the point's `out` and `lse` on `root`, `reps` times, each timed with
 /// events; the outputs are read back once.
 pub(super) fn merge_sequence(

@@ -213,9 +213,10 @@ impl Backend for CudaBackend {
         local: usize,
         mine: Option<&mut (dyn Prepared + '_)>,
         plan: &crate::split::Plan,
+        parent: &Workload,
         reps: usize,
     ) -> anyhow::Result<Option<super::Gathered>> {
-        ranks::nccl_gather_ranks(w, local, mine, plan, reps)
+        ranks::nccl_gather_ranks(w, local, mine, plan, parent, reps)
     }
 
     fn prepare_link<'a>(

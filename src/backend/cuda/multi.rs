@@ -318,19 +318,7 @@ pub(super) fn nccl_gather(
             let staged = points
                 .iter()
                 .zip(&staging)
-                .map(|(p, stage)| {
-                    let find = |name: &str| {
-                        p.outputs
-                            .iter()
-                            .position(|(spec, _)| spec.name == name)
-                            .map(|j| &stage[j])
-                            .ok_or_else(|| anyhow!("a shard has no '{name}' to merge"))
-                    };
-                    Ok(Staged {
-                        out: find("out")?,
-                        lse: find("lse")?,
-                    })
-                })
+                .map(|(p, stage)| Staged::of(p.outputs.iter().map(|(t, _)| t.name).zip(stage)))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Some(merge_sequence(root, func, k, &table, &staged, reps)?)
         }

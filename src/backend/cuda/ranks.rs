@@ -1,13 +1,15 @@
 //! NCCL between ranks (`cluster`): one communicator per split point over every rank, its
 //! unique id made on rank 0 and sent to the others by MPI (as nccl-tests bootstraps); each
 //! rank sends its shard's output buffers from its device to rank 0's, which reads them back
-//! for the combine. NCCL picks its own transport: NVLink, InfiniBand or sockets.
+//! for the per-shard checks and, for a sequence split, merges them there (merge.rs). NCCL
+//! picks its own transport: NVLink, InfiniBand or sockets.
 
+use super::merge::{Staged, merge_sequence};
 use super::{Point, read_back};
 use crate::backend::{Gathered, Prepared};
 use crate::cluster::World;
 use crate::split::Plan;
-use crate::workload::{Tensor, TensorSet};
+use crate::workload::{Tensor, TensorSet, Workload};
 use anyhow::{Context, anyhow};
 use cudarc::driver::{CudaContext, CudaSlice};
 use cudarc::nccl::{Comm, Id, result as nccl};
@@ -20,6 +22,7 @@ pub(super) fn nccl_gather_ranks(
     local: usize,
     mine: Option<&mut (dyn Prepared + '_)>,
     plan: &Plan,
+    parent: &Workload,
     reps: usize,
 ) -> anyhow::Result<Option<Gathered>> {
     let point = match mine {
@@ -105,6 +108,27 @@ pub(super) fn nccl_gather_ranks(
             .collect();
         outputs.push(TensorSet(set?));
     }
+    // A sequence split merges on rank 0's device: its own shard's buffers and the staged.
+    let merged = match (parent, plan.sequence_table(), &point) {
+        (Workload::KvDecode(k), Some(table), Some(own)) => {
+            let func = own
+                .merge_shards
+                .as_ref()
+                .context("rank 0's shard has no merge_shards kernel")?;
+            let mut theirs = staging.iter();
+            let mut staged = Vec::new();
+            for shard in &plan.shards {
+                staged.push(if shard.device == w.rank {
+                    Staged::of(own.outputs.iter().map(|(t, i)| (t.name, &own.buffers[*i])))?
+                } else {
+                    let bufs = theirs.next().context("a shard's staging is missing")?;
+                    Staged::of(bufs.iter().map(|(t, b)| (t.name, b)))?
+                });
+            }
+            Some(merge_sequence(&stream, func, k, &table, &staged, reps)?)
+        }
+        _ => None,
+    };
     Ok(Some(Gathered {
         outputs,
         method: format!(
@@ -113,6 +137,6 @@ pub(super) fn nccl_gather_ranks(
             w.size
         ),
         times,
-        merged: None,
+        merged,
     }))
 }
