@@ -101,6 +101,19 @@ pub const IMPLS: &[Impl] = &[
                 tiles by cp.async (two buffers; fp8 converted to f16 per tile), scores split \
                 over the latent's dims by warp, V by ldmatrix.trans",
     },
+    // After mma until a GPU has measured both: the candidate for MLA's one read of the
+    // latent per block.
+    Impl {
+        backend: "cuda",
+        kernel: Kernel::KvDecode,
+        name: "mma_wide",
+        tuned: true,
+        about: "MLA only: up to 64 heads per block (32 at math: f32, hi/lo rows), so a \
+                block reads its latent slice once; 8 warps, 4 row tiles of the tensor-core \
+                tile, q staged once in shared memory, a 3-tile cp.async ring (fp8 converted \
+                to f16 per tile), each V fragment (ldmatrix.trans) feeding the 4 row tiles; \
+                one block per SM",
+    },
     simple(
         "cuda",
         Kernel::KvDecode,

@@ -67,13 +67,33 @@ impl Build {
         block: usize,
         args: Vec<Arg>,
     ) -> anyhow::Result<()> {
+        self.launch_with_shared(name, grid, (block, 0), args)
+    }
+
+    /// A launch with `shared` bytes of dynamic shared memory (the function's limit raised to
+    /// it past the default 48 KB).
+    fn launch_with_shared(
+        &mut self,
+        name: &str,
+        grid: (u32, u32, u32),
+        (block, shared): (usize, usize),
+        args: Vec<Arg>,
+    ) -> anyhow::Result<()> {
         let func = self.func(name)?;
+        if shared > 48 << 10 {
+            use cudarc::driver::sys::CUfunction_attribute as A;
+            func.set_attribute(
+                A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared as i32,
+            )
+            .map_err(|e| anyhow!("kernel {name}: {shared} bytes of shared memory: {e:?}"))?;
+        }
         self.p.launches.push(Launch {
             func,
             cfg: LaunchConfig {
                 grid_dim: grid,
                 block_dim: (block as u32, 1, 1),
-                shared_mem_bytes: 0,
+                shared_mem_bytes: shared as u32,
             },
             args,
         });
@@ -139,7 +159,11 @@ impl Build {
         let lse = self.output(&specs[1])?;
         let grid = (l.splits as u32, (w.q_heads / l.hb) as u32, w.batch as u32);
         let args = Vec::from([q, k, v, table, lens, acc, ml].map(Arg::Buf));
-        self.launch("attend", grid, compile::KV_WG, args)?;
+        let block = match imp {
+            "mma_wide" => (compile::MLA_WIDE_WG, compile::mla_wide_smem(w)),
+            _ => (compile::KV_WG, 0),
+        };
+        self.launch_with_shared("attend", grid, block, args)?;
         let grid = ((w.batch * w.q_heads) as u32, 1, 1);
         let args = Vec::from([acc, ml, out, lse].map(Arg::Buf));
         self.launch("merge", grid, compile::MERGE_WG, args)?;

@@ -15,6 +15,7 @@ pub const STREAM_CU: &str = include_str!("../../../kernels/stream.cu");
 pub const KV_CU: &str = include_str!("../../../kernels/kv_decode.cu");
 pub const KV_MMA_CU: &str = include_str!("../../../kernels/kv_decode_mma.cu");
 pub const KV_MLA_MMA_CU: &str = include_str!("../../../kernels/kv_decode_mla_mma.cu");
+pub const KV_MLA_WIDE_CU: &str = include_str!("../../../kernels/kv_decode_mla_wide.cu");
 pub const KV_MERGE_CU: &str = include_str!("../../../kernels/kv_merge.cu");
 pub const KV_MERGE_SHARDS_CU: &str = include_str!("../../../kernels/kv_merge_shards.cu");
 pub const EXPERT_CU: &str = include_str!("../../../kernels/expert_gemv.cu");
@@ -29,6 +30,11 @@ pub const KV_WG: usize = 128;
 /// Blocks of kv_decode `mma` that fit one SM (sm_80 and sm_90: registers allow 3).
 pub const MMA_BLOCKS_PER_SM: usize = 3;
 pub const MERGE_WG: usize = 128;
+/// kv_decode `mma_wide` (MLA, up to 64 heads per block): 256 threads, one block per SM, a
+/// ring of 3 latent tiles in dynamic shared memory, at most 160 KB of it (sm_80 allows 163).
+pub const MLA_WIDE_WG: usize = 256;
+pub const MLA_WIDE_STAGES: usize = 3;
+pub const MLA_WIDE_MAX_SMEM: usize = 160 << 10;
 pub const EXPERT_WG: usize = 128;
 pub const COMBINE_WG: usize = 256;
 pub const EXPERT_ROWS: usize = 4;
@@ -37,11 +43,12 @@ pub const EXPERT_TB: usize = 8;
 pub const WARP_ROWS: usize = 4;
 pub const WARP_ROWS_TB: usize = 4;
 
-/// The threads per block each kernel is launched with: what the launches use and what the
-/// occupancy report assumes.
-pub fn block_size(kernel: &str) -> Option<usize> {
+/// The threads per block each kernel of implementation `imp` is launched with: what the
+/// launches use and what the occupancy report assumes.
+pub fn block_size(imp: &str, kernel: &str) -> Option<usize> {
     match kernel {
         "stream_read" | "stream_copy" | "stream_write" => Some(STREAM_WG),
+        "attend" if imp == "mma_wide" => Some(MLA_WIDE_WG),
         "attend" => Some(KV_WG),
         "merge" | "merge_shards" => Some(MERGE_WG),
         "gemv" => Some(EXPERT_WG),
@@ -210,6 +217,15 @@ pub fn kv_launch(w: &KvDecode, sms: usize, imp: &str) -> KvPlan {
                 _ => 8,
             },
         },
+        // One block per SM (its registers and shared memory), all of a 64-head model's heads.
+        "mma_wide" => KvTarget {
+            wg: MLA_WIDE_WG,
+            shared_bytes: usize::MAX / 2,
+            blocks_wanted: sms,
+            whole_waves: true,
+            min_tiles: 1,
+            max_hb: if w.math == Math::Bf16 { 64 } else { 32 },
+        },
         _ => KvTarget {
             wg: KV_WG,
             shared_bytes: 40 << 10,
@@ -249,12 +265,39 @@ pub fn kv_source(w: &KvDecode, l: &KvPlan, imp: &str) -> String {
     let attend = match (imp, w.attention) {
         ("mma", Attention::Gqa) => format!("{MMA_CUH}\n{KV_MMA_CU}"),
         ("mma", Attention::Mla) => format!("{MMA_CUH}\n{KV_MLA_MMA_CU}"),
+        ("mma_wide", _) => format!("{MMA_CUH}\n{KV_MLA_WIDE_CU}"),
         _ => KV_CU.to_string(),
     };
+    let c = match imp {
+        "mma_wide" => kv_constants(w, l, MLA_WIDE_WG)
+            .with("STAGES", Const::U(MLA_WIDE_STAGES as u64))
+            .with("SMEM_BYTES", Const::U(mla_wide_smem(w) as u64)),
+        _ => kv_constants(w, l, KV_WG),
+    };
     assemble(
-        &kv_constants(w, l, KV_WG),
+        &c,
         &format!("{attend}\n{KV_MERGE_CU}\n{KV_MERGE_SHARDS_CU}"),
     )
+}
+
+/// Bytes of dynamic shared memory a block of `mma_wide` takes for `w`, as
+/// kernels/kv_decode_mla_wide.cu lays them out (it refuses to compile when they outgrow
+/// this): q in 64 padded rows, the ring of latent tiles (fp8: bytes, and one f16 tile), the
+/// scores, P and the rescale factors.
+pub fn mla_wide_smem(w: &KvDecode) -> usize {
+    let (rows, tile) = (64, 16);
+    let lrow = (w.head_dim_k + 8) * 2;
+    let (ring_row, f16_tile) = match w.kv_dtype {
+        crate::workload::DType::Fp8E4m3 => (w.head_dim_k, tile * lrow),
+        _ => (lrow, 0),
+    };
+    let heads = if w.math == Math::Bf16 { 64 } else { 32 };
+    rows * lrow
+        + MLA_WIDE_STAGES * tile * ring_row
+        + f16_tile
+        + heads * tile * 4
+        + rows * (tile + 8) * 2
+        + heads * 4
 }
 
 /// How implementation `imp` of expert_gemv cuts a point: rows per block and tokens per chunk.
@@ -329,7 +372,12 @@ pub fn report(arch: &str, sass: bool) -> Result<Vec<VariantReport>, String> {
             };
             let mut kernels = parse_ptxas(&c.log);
             for k in &mut kernels {
-                k.threads = block_size(&k.kernel).unwrap_or(0) as u32;
+                k.threads = block_size(imp.name, &k.kernel).unwrap_or(0) as u32;
+                if let (Workload::KvDecode(kv), "mma_wide", "attend") =
+                    (&w, imp.name, k.kernel.as_str())
+                {
+                    k.shared_bytes += mla_wide_smem(kv) as u32; // dynamic: not in ptxas' count
+                }
                 let (n, why) =
                     super::sass::ctas_per_sm(arch, k.threads, k.registers, k.shared_bytes);
                 (k.ctas_per_sm, k.ctas_limited_by) = (n, why.to_string());

@@ -70,6 +70,25 @@ pub fn covers(imp: &str, w: &Workload) -> Result<(), String> {
                 )
             }
         }
+        ("mma_wide", Workload::KvDecode(k)) => {
+            use crate::workload::{Attention, DType};
+            let smem = compile::mla_wide_smem(k);
+            if k.attention == Attention::Mla
+                && matches!(k.kv_dtype, DType::Bf16 | DType::Fp8E4m3)
+                && k.head_dim_k % 64 == 0
+                && k.head_dim_v % 128 == 0
+                && k.head_dim_v <= k.head_dim_k
+                && smem <= compile::MLA_WIDE_MAX_SMEM
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "mma_wide takes MLA only, a bf16 or fp8 latent of a multiple of 64 dims                      with values of a multiple of 128, in at most {} KB of shared memory                      (this point: {} KB)",
+                    compile::MLA_WIDE_MAX_SMEM >> 10,
+                    smem.div_ceil(1024)
+                ))
+            }
+        }
         _ => Err(format!(
             "cuda has no implementation '{imp}' of {}",
             w.kernel()
@@ -168,10 +187,11 @@ impl CudaBackend {
         .map_err(|e| format!("the tensor-core self-check failed on cuda:{device} ({e})"))
     }
 
-    /// `covers`, and for `mma` the tensor cores of every device.
+    /// `covers`, and for the tensor-core kernels (`mma`, `mma_wide`) the tensor cores of
+    /// every device.
     fn covers_here(&self, imp: &str, w: &Workload) -> Result<(), String> {
         covers(imp, w)?;
-        if imp == "mma" {
+        if imp.starts_with("mma") {
             (0..self.devices.len()).try_for_each(|d| self.tensor_cores(d))?;
         }
         Ok(())
@@ -242,7 +262,7 @@ impl Backend for CudaBackend {
         how: &How,
     ) -> anyhow::Result<Box<dyn Prepared + 'a>> {
         covers(how.imp, workload).map_err(anyhow::Error::msg)?;
-        if how.imp == "mma" {
+        if how.imp.starts_with("mma") {
             self.tensor_cores(device).map_err(anyhow::Error::msg)?;
         }
         let cache = how.cache;

@@ -1,0 +1,307 @@
+// kv_decode "mma_wide" for MLA (absorbed) on tensor cores (mma.cuh): a block owns HB query
+// heads (up to 64, all of a 64-head model; 32 at `math: f32`) and one slice of one
+// sequence's context, so each latent row comes from HBM once and is read by one block, not
+// once per 8 or 16 heads as `mma` does. `merge` combines the slices.
+//
+// The tile's 64 rows are 4 tensor-core row tiles of 16. At `math: f32` (HI_LO) row tile t
+// holds heads 8t .. 8t + 7: head q (and P) rounded ("hi") in rows 0-7, what hi misses ("lo")
+// in rows 8-15, so row pairs sum to f32-grade results; at `math: bf16` one head per row, q
+// and P rounded once as the oracle's bf16 mode rounds them.
+//
+// 8 warps; per 16-token tile:
+//  0. the tile's latent rows arrive in shared memory by 16-byte cp.async, STAGES - 1 tiles
+//     ahead (a ring; fp8 lands as bytes and is converted to f16 per tile, exactly);
+//  1. scores, S = Q K^T: warp w takes row tile w / 2 and tokens 8 (w % 2) .. + 7 over every
+//     latent dim; A = q from shared memory (staged once per block), B = the latent rows;
+//  2. softmax: 16 lanes per head (one per token), each thread HB / 16 heads in turn;
+//  3. PV: warp w owns DV / 8 output dims for all 64 rows: A = P, B = the first DV dims of the
+//     same latent rows (V is inside the latent), by ldmatrix.trans, each B fragment feeding
+//     the 4 row tiles.
+// Shared memory is dynamic (SMEM_BYTES, over the 48 KB of static arrays); the launch sets
+// the function's limit. Needs a bf16 or fp8 latent, DK a multiple of 64, DV of 128, DV <= DK.
+
+#define HI_LO (!MATH_BF16)
+#define HROW (HI_LO ? 8 : 16) // heads per row tile
+#define MT 4                  // row tiles
+#define ROWS (16 * MT)
+
+#if (DTYPE != 2 && DTYPE != 3) || !IS_MLA || DK % 64 != 0 || DV % 128 != 0 || DV > DK || HB > HROW * MT || WG != 256
+#error "kv_decode mma_wide (MLA): a bf16 or fp8 latent, DK % 64 == 0, DV % 128 == 0, up to 64 heads per block (32 at math: f32), 256 threads"
+#endif
+
+#if DTYPE == 3 // f16 operands; one f16 tile, fed from the fp8 staging ring
+#define MMA mma_f16_16816
+#define RN_BITS f16_rn_bits
+#define BITS_FLOAT f16_bits_float
+#else
+#define MMA mma_bf16_16816
+#define RN_BITS bf16_rn_bits
+#define BITS_FLOAT bf16_bits_float
+#endif
+
+#define NEG_BIG (-3.0e38f)
+#define WARPS 8
+#define TT 16                // tokens per tile
+#define KS (DK / 16)         // 16-dim k-steps of a score
+#define NBW (DV / 8 / WARPS) // 8-dim output blocks per warp
+#define LROW (DK + 8)        // a row in shared memory, padded 16 bytes: no bank conflicts
+#define PROW (TT + 8)        // a row of P, padded the same way
+#define HPT ((HB + 15) / 16) // heads per softmax thread
+#define PIECES (DK * ELEM_BYTES / 16)
+
+// Shared memory, in bytes from the start: q, the tile ring (fp8: a byte ring and one f16
+// tile), the scores, P and the heads' rescale factors.
+#define Q_BYTES (ROWS * LROW * 2)
+#if DTYPE == 3
+#define RING_ROW DK
+#define F16_TILE_BYTES (TT * LROW * 2)
+#else
+#define RING_ROW (LROW * 2)
+#define F16_TILE_BYTES 0
+#endif
+#define RING_BYTES (STAGES * TT * RING_ROW)
+#define S_BYTES (HROW * MT * TT * 4)
+#define P_BYTES (ROWS * PROW * 2)
+#define SMEM_NEEDED (Q_BYTES + RING_BYTES + F16_TILE_BYTES + S_BYTES + P_BYTES + HROW * MT * 4)
+#if SMEM_NEEDED > SMEM_BYTES
+#error "kv_decode mma_wide: the layout outgrew SMEM_BYTES (compile::mla_wide_smem)"
+#endif
+
+// The row of the tile that holds head h's hi part (its lo part is 8 rows on at HI_LO).
+#define ROW_OF(h) (HI_LO ? ((h) / 8) * 16 + (h) % 8 : (h))
+
+__device__ __forceinline__ u64 latent_row(const int* __restrict__ page_table, int b, int t) {
+    const u64 page = (u64)page_table[(u64)b * MAX_PAGES + t / PAGE];
+    return (page * PAGE + t % PAGE) * DK;
+}
+
+// 16 bytes of the latent into shared memory, not waited for.
+__device__ __forceinline__ void copy16(void* to, const unsigned char* from) {
+#ifdef DECODELAB_HOST
+    *reinterpret_cast<uint4*>(to) = *reinterpret_cast<const uint4*>(from); // the same bytes, at once
+#else
+    const unsigned int sh = (unsigned int)__cvta_generic_to_shared(to);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sh), "l"(from)); // stream: latent
+#endif
+}
+
+// Tokens [tile, tile + TT) of the slice into `dst` when the tile exists (rows past `end`
+// repeat the last real one; their scores are masked), then one commit either way, so every
+// thread's groups count tiles.
+__device__ __forceinline__ void issue_tile(unsigned char* dst, const unsigned char* __restrict__ k,
+                                           const int* __restrict__ page_table, int b, int tile, int end) {
+    if (tile < end) {
+        for (int i = threadIdx.x; i < TT * PIECES; i += WG) {
+            const int tt = i / PIECES, part = i % PIECES;
+            copy16(dst + tt * RING_ROW + part * 16,
+                   k + latent_row(page_table, b, min(tile + tt, end - 1)) * ELEM_BYTES + part * 16);
+        }
+    }
+#ifndef DECODELAB_HOST
+    asm volatile("cp.async.commit_group;");
+#endif
+}
+
+// Wait for the current tile: the STAGES - 1 loads issued after it may stay in flight.
+__device__ __forceinline__ void wait_tile() {
+#ifndef DECODELAB_HOST
+    asm volatile("cp.async.wait_group %0;" ::"n"(STAGES - 1));
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(WG, 1) attend(
+    const float* __restrict__ q, const unsigned char* __restrict__ k, const unsigned char* __restrict__ v,
+    const int* __restrict__ page_table, const int* __restrict__ context_lens,
+    float* __restrict__ partial_acc, float2* __restrict__ partial_ml) {
+#ifdef DECODELAB_HOST
+    __shared__ __align__(16) unsigned char smem[SMEM_BYTES];
+#else
+    extern __shared__ __align__(16) unsigned char smem[];
+#endif
+    unsigned short* q_sh = reinterpret_cast<unsigned short*>(smem);
+    unsigned char* ring = smem + Q_BYTES;
+    unsigned short* f16_tile = reinterpret_cast<unsigned short*>(ring + RING_BYTES);
+    float* s_sh = reinterpret_cast<float*>(ring + RING_BYTES + F16_TILE_BYTES); // [head][TT]
+    unsigned short* p_sh = reinterpret_cast<unsigned short*>(s_sh + HROW * MT * TT);
+    float* corr_sh = reinterpret_cast<float*>(p_sh + ROWS * PROW);
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    const int split = blockIdx.x, h0 = blockIdx.y * HB, b = blockIdx.z;
+    const int len = context_lens[b];
+    const int start = split * SPLIT_TOKENS, end = min(start + SPLIT_TOKENS, len);
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) issue_tile(ring + s * TT * RING_ROW, k, page_table, b, start + s * TT, end);
+
+    // q into its rows, once: (hi, lo) or one rounding, as HI_LO says; rows of no head are 0.
+    for (int i = threadIdx.x; i < ROWS * DK; i += WG) {
+        const int row = i / DK, d = i % DK, t = row / 16, r = row % 16;
+        const int h = HI_LO ? t * 8 + r % 8 : row;
+        const float x = h < HB ? q[((u64)b * HQ + h0 + h) * DK + d] : 0.f;
+        const unsigned short hi = RN_BITS(x);
+        q_sh[row * LROW + d] = (HI_LO && r >= 8) ? RN_BITS(x - BITS_FLOAT(hi)) : hi;
+    }
+
+    // The softmax thread's heads (sh_head + 16 i) and token; its running max and sum.
+    const int sh_head = threadIdx.x / TT, sh_tok = threadIdx.x % TT;
+    float m_run[HPT], l_run[HPT];
+#pragma unroll
+    for (int i = 0; i < HPT; i++) m_run[i] = NEG_BIG, l_run[i] = 0.f;
+    float o[MT][NBW][4];
+#pragma unroll
+    for (int t = 0; t < MT; t++)
+#pragma unroll
+        for (int n = 0; n < NBW; n++) o[t][n][0] = o[t][n][1] = o[t][n][2] = o[t][n][3] = 0.f;
+
+    const int mt = warp / 2, nt = warp % 2; // this warp's scores: row tile, 8-token half
+    int stage = 0;
+    for (int tile = start; tile < end; tile += TT, stage = (stage + 1) % STAGES) {
+        issue_tile(ring + ((stage + STAGES - 1) % STAGES) * TT * RING_ROW, k, page_table, b,
+                   tile + (STAGES - 1) * TT, end);
+        wait_tile();
+        __syncthreads();
+#if DTYPE == 3
+        for (int i = threadIdx.x; i < TT * DK / 8; i += WG) {
+            const int tt = i / (DK / 8), part = i % (DK / 8);
+            const uint2 w8 = *reinterpret_cast<const uint2*>(ring + stage * TT * RING_ROW + tt * DK + part * 8);
+            const __nv_fp8x2_storage_t* pairs = reinterpret_cast<const __nv_fp8x2_storage_t*>(&w8);
+            unsigned int h[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(pairs[j], __NV_E4M3);
+                h[j] = (unsigned int)r.x | ((unsigned int)r.y << 16);
+            }
+            *reinterpret_cast<uint4*>(f16_tile + tt * LROW + part * 8) = make_uint4(h[0], h[1], h[2], h[3]);
+        }
+        __syncthreads();
+        const unsigned short* lt = f16_tile;
+#else
+        const unsigned short* lt = reinterpret_cast<const unsigned short*>(ring + stage * TT * RING_ROW);
+#endif
+
+        // 1. Scores of row tile mt, tokens 8 nt + g as B's columns, over every dim.
+        {
+            float acc[4] = {0.f, 0.f, 0.f, 0.f};
+            const unsigned short* qg = q_sh + (mt * 16 + g) * LROW + 2 * c;
+            const unsigned short* qg8 = qg + 8 * LROW;
+            const unsigned short* kr = lt + (8 * nt + g) * LROW + 2 * c;
+#pragma unroll 4
+            for (int j = 0; j < KS; j++) {
+                const unsigned int a[4] = {*reinterpret_cast<const unsigned int*>(qg + 16 * j),
+                                           *reinterpret_cast<const unsigned int*>(qg8 + 16 * j),
+                                           *reinterpret_cast<const unsigned int*>(qg + 16 * j + 8),
+                                           *reinterpret_cast<const unsigned int*>(qg8 + 16 * j + 8)};
+                const unsigned int kb[2] = {*reinterpret_cast<const unsigned int*>(kr + 16 * j),
+                                            *reinterpret_cast<const unsigned int*>(kr + 16 * j + 8)};
+                MMA(acc, a, kb);
+            }
+            // Tokens 8 nt + 2c, +1: row g (plus row g + 8 at HI_LO) is head mt * HROW + g.
+            const int tok = 8 * nt + 2 * c;
+#if HI_LO
+            s_sh[(mt * 8 + g) * TT + tok] = acc[0] + acc[2];
+            s_sh[(mt * 8 + g) * TT + tok + 1] = acc[1] + acc[3];
+#else
+            s_sh[(mt * 16 + g) * TT + tok] = acc[0];
+            s_sh[(mt * 16 + g) * TT + tok + 1] = acc[1];
+            s_sh[(mt * 16 + g + 8) * TT + tok] = acc[2];
+            s_sh[(mt * 16 + g + 8) * TT + tok + 1] = acc[3];
+#endif
+        }
+        __syncthreads();
+
+        // 2. Online softmax: a head's 16 tokens are 16 adjacent lanes.
+        const int tok = tile + sh_tok;
+#pragma unroll
+        for (int i = 0; i < HPT; i++) {
+            const int h = sh_head + 16 * i;
+            float s = s_sh[h * TT + sh_tok] * (SCALE * K_SCALE);
+            s = tok < end ? s : NEG_BIG;
+            float mx = s;
+#pragma unroll
+            for (int o2 = 8; o2 > 0; o2 >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o2));
+            const float m_new = fmaxf(m_run[i], mx);
+            const float corr = __expf(m_run[i] - m_new);
+            const float p = tok < end ? __expf(s - m_new) : 0.f;
+            float ps = p;
+#pragma unroll
+            for (int o2 = 8; o2 > 0; o2 >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o2);
+            m_run[i] = m_new;
+            l_run[i] = l_run[i] * corr + ps;
+            if (h < HROW * MT) {
+                const unsigned short ph = RN_BITS(p);
+                p_sh[ROW_OF(h) * PROW + sh_tok] = ph;
+#if HI_LO
+                p_sh[(ROW_OF(h) + 8) * PROW + sh_tok] = RN_BITS(p - BITS_FLOAT(ph));
+#endif
+                if (sh_tok == 0) corr_sh[h] = corr;
+            }
+        }
+        __syncthreads();
+
+        // 3. PV over this warp's output dims, every row tile; rescale first where a max moved.
+        const unsigned int* pw = reinterpret_cast<const unsigned int*>(p_sh);
+#pragma unroll
+        for (int t = 0; t < MT; t++) {
+            const float corr = corr_sh[t * HROW + g], corr8 = HI_LO ? corr : corr_sh[t * HROW + g + 8];
+            if (!__all_sync(0xffffffffu, corr == 1.f && corr8 == 1.f)) {
+#pragma unroll
+                for (int n = 0; n < NBW; n++) {
+                    o[t][n][0] *= corr;
+                    o[t][n][1] *= corr;
+                    o[t][n][2] *= corr8;
+                    o[t][n][3] *= corr8;
+                }
+            }
+        }
+        // B for two output blocks per ldmatrix: lane i points at token (i / 8 % 2) * 8 + i % 8,
+        // dims of block n + i / 16; the transpose hands each lane its (token pair, dim).
+        const unsigned short* vrow = lt + (((lane >> 3) & 1) * 8 + (lane & 7)) * LROW + warp * (DV / WARPS) + 8 * (lane >> 4);
+#pragma unroll
+        for (int n = 0; n < NBW; n += 2) {
+            unsigned int vb[4];
+            ldmatrix_x4_trans(vb, vrow + 8 * n);
+            const unsigned int b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
+#pragma unroll
+            for (int t = 0; t < MT; t++) {
+                const int row = 16 * t + g;
+                const unsigned int pa[4] = {pw[(row * PROW + 2 * c) / 2], pw[((row + 8) * PROW + 2 * c) / 2],
+                                            pw[(row * PROW + 2 * c + 8) / 2], pw[((row + 8) * PROW + 2 * c + 8) / 2]};
+                MMA(o[t][n], pa, b0);
+                MMA(o[t][n + 1], pa, b1);
+            }
+        }
+        __syncthreads(); // before the next tile's load reuses this stage
+    }
+
+    // Each head's slice: rows g (hi) and g + 8 (lo) summed (HI_LO), or rows g and g + 8 for
+    // two heads.
+#pragma unroll
+    for (int t = 0; t < MT; t++) {
+#pragma unroll
+        for (int n = 0; n < NBW; n++) {
+            const int d = warp * (DV / WARPS) + 8 * n + 2 * c;
+#if HI_LO
+            const int h = t * 8 + g;
+            if (h < HB) {
+                const u64 slot = ((u64)b * HQ + h0 + h) * SPLITS + split;
+                partial_acc[slot * DV + d] = o[t][n][0] + o[t][n][2];
+                partial_acc[slot * DV + d + 1] = o[t][n][1] + o[t][n][3];
+            }
+#else
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int h = t * 16 + g + 8 * i;
+                if (h < HB) {
+                    const u64 slot = ((u64)b * HQ + h0 + h) * SPLITS + split;
+                    partial_acc[slot * DV + d] = o[t][n][2 * i];
+                    partial_acc[slot * DV + d + 1] = o[t][n][2 * i + 1];
+                }
+            }
+#endif
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < HPT; i++) {
+        const int h = sh_head + 16 * i;
+        if (sh_tok == 0 && h < HB) partial_ml[((u64)b * HQ + h0 + h) * SPLITS + split] = make_float2(m_run[i], l_run[i]);
+    }
+}
