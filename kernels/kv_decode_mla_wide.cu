@@ -12,7 +12,8 @@
 //  0. the tile's latent rows arrive in shared memory by 16-byte cp.async, STAGES - 1 tiles
 //     ahead (a ring; fp8 lands as bytes and is converted to f16 per tile, exactly);
 //  1. scores, S = Q K^T: warp w takes row tile w / 2 and tokens 8 (w % 2) .. + 7 over every
-//     latent dim; A = q from shared memory (staged once per block), B = the latent rows;
+//     latent dim; A = q from shared memory (staged once per block), B = the latent rows,
+//     both by ldmatrix;
 //  2. softmax: 16 lanes per head (one per token), each thread HB / 16 heads in turn;
 //  3. PV: warp w owns DV / 8 output dims for all 64 rows: A = P, B = the first DV dims of the
 //     same latent rows (V is inside the latent), by ldmatrix.trans, each B fragment feeding
@@ -178,21 +179,23 @@ extern "C" __global__ void __launch_bounds__(WG, 1) attend(
         const unsigned short* lt = reinterpret_cast<const unsigned short*>(ring + stage * TT * RING_ROW);
 #endif
 
-        // 1. Scores of row tile mt, tokens 8 nt + g as B's columns, over every dim.
+        // 1. Scores of row tile mt, tokens 8 nt + g as B's columns, over every dim. A by
+        //    ldmatrix from q's rows (lane i: row (i / 8 % 2) * 8 + i % 8, dims + (i / 16) * 8);
+        //    B for two k-steps by one ldmatrix from the latent rows (lane i: token i % 8,
+        //    dims + (i / 8) * 8).
         {
             float acc[4] = {0.f, 0.f, 0.f, 0.f};
-            const unsigned short* qg = q_sh + (mt * 16 + g) * LROW + 2 * c;
-            const unsigned short* qg8 = qg + 8 * LROW;
-            const unsigned short* kr = lt + (8 * nt + g) * LROW + 2 * c;
-#pragma unroll 4
-            for (int j = 0; j < KS; j++) {
-                const unsigned int a[4] = {*reinterpret_cast<const unsigned int*>(qg + 16 * j),
-                                           *reinterpret_cast<const unsigned int*>(qg8 + 16 * j),
-                                           *reinterpret_cast<const unsigned int*>(qg + 16 * j + 8),
-                                           *reinterpret_cast<const unsigned int*>(qg8 + 16 * j + 8)};
-                const unsigned int kb[2] = {*reinterpret_cast<const unsigned int*>(kr + 16 * j),
-                                            *reinterpret_cast<const unsigned int*>(kr + 16 * j + 8)};
-                MMA(acc, a, kb);
+            const unsigned short* qa = q_sh + (mt * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LROW + (lane >> 4) * 8;
+            const unsigned short* kr = lt + (8 * nt + (lane & 7)) * LROW + (lane >> 3) * 8;
+#pragma unroll 2
+            for (int j = 0; j < KS; j += 2) {
+                unsigned int a0[4], a1[4], kb[4];
+                ldmatrix_x4(kb, kr + 16 * j);
+                ldmatrix_x4(a0, qa + 16 * j);
+                ldmatrix_x4(a1, qa + 16 * j + 16);
+                const unsigned int b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
+                MMA(acc, a0, b0);
+                MMA(acc, a1, b1);
             }
             // Tokens 8 nt + 2c, +1: row g (plus row g + 8 at HI_LO) is head mt * HROW + g.
             const int tok = 8 * nt + 2 * c;
@@ -238,7 +241,6 @@ extern "C" __global__ void __launch_bounds__(WG, 1) attend(
         __syncthreads();
 
         // 3. PV over this warp's output dims, every row tile; rescale first where a max moved.
-        const unsigned int* pw = reinterpret_cast<const unsigned int*>(p_sh);
 #pragma unroll
         for (int t = 0; t < MT; t++) {
             const float corr = corr_sh[t * HROW + g], corr8 = HI_LO ? corr : corr_sh[t * HROW + g + 8];
@@ -252,8 +254,13 @@ extern "C" __global__ void __launch_bounds__(WG, 1) attend(
                 }
             }
         }
-        // B for two output blocks per ldmatrix: lane i points at token (i / 8 % 2) * 8 + i % 8,
-        // dims of block n + i / 16; the transpose hands each lane its (token pair, dim).
+        // A = P per row tile by ldmatrix (as q's above). B for two output blocks per
+        // ldmatrix.trans: lane i points at token (i / 8 % 2) * 8 + i % 8, dims of block
+        // n + i / 16; the transpose hands each lane its (token pair, dim).
+        unsigned int pa[MT][4];
+#pragma unroll
+        for (int t = 0; t < MT; t++)
+            ldmatrix_x4(pa[t], p_sh + (16 * t + ((lane >> 3) & 1) * 8 + (lane & 7)) * PROW + (lane >> 4) * 8);
         const unsigned short* vrow = lt + (((lane >> 3) & 1) * 8 + (lane & 7)) * LROW + warp * (DV / WARPS) + 8 * (lane >> 4);
 #pragma unroll
         for (int n = 0; n < NBW; n += 2) {
@@ -262,11 +269,8 @@ extern "C" __global__ void __launch_bounds__(WG, 1) attend(
             const unsigned int b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
 #pragma unroll
             for (int t = 0; t < MT; t++) {
-                const int row = 16 * t + g;
-                const unsigned int pa[4] = {pw[(row * PROW + 2 * c) / 2], pw[((row + 8) * PROW + 2 * c) / 2],
-                                            pw[(row * PROW + 2 * c + 8) / 2], pw[((row + 8) * PROW + 2 * c + 8) / 2]};
-                MMA(o[t][n], pa, b0);
-                MMA(o[t][n + 1], pa, b1);
+                MMA(o[t][n], pa[t], b0);
+                MMA(o[t][n + 1], pa[t], b1);
             }
         }
         __syncthreads(); // before the next tile's load reuses this stage

@@ -29,6 +29,22 @@ __device__ __forceinline__ void mma_f16_16816(float (&d)[4], const unsigned int 
 #endif
 }
 
+// Four 8x8 b16 matrices from shared memory (ldmatrix .x4, sm_75 and later): lane i gives the
+// address of row i % 8 of matrix i / 8 (16 contiguous, 16-byte aligned bytes); lane l gets
+// in d[j] matrix j's (row g, columns 2t and 2t + 1), the first in the low half. With A's
+// quarters as the matrices (rows 0-7 / 8-15 x columns 0-7 / 8-15, in a[]'s order), an A
+// fragment; with K rows as a matrix's rows (tokens) and dims as its columns, B fragments.
+__device__ __forceinline__ void ldmatrix_x4(unsigned int (&d)[4], const unsigned short* row) {
+#ifdef DECODELAB_HOST
+    host_ldmatrix_x4(d, row);
+#else
+    const unsigned int a = (unsigned int)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(a));
+#endif
+}
+
 // Four 8x8 b16 matrices from shared memory, transposed (ldmatrix .x4 .trans, sm_75 and later):
 // lane i gives the address of row i % 8 of matrix i / 8 (16 contiguous, 16-byte aligned
 // bytes); lane l gets in d[j] matrix j's (row 2t, column g) and (row 2t + 1, column g), the

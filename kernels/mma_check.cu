@@ -2,7 +2,8 @@
 // row-major 16-bit, into fragments as mma.cuh says, multiplies, and stores D (16x8, f32) from
 // its fragment: bf16 operands into D[0..128]; bf16 again with B's fragment from shared memory
 // by ldmatrix .trans into D[128..256]; f16 operands (A16, B16: the same values) into
-// D[256..384]. The cuda backend runs it on every device before `mma` may run there
+// D[256..384]; bf16 with A's fragment by ldmatrix from A in shared memory into D[384..512];
+// bf16 with B's by ldmatrix from B transposed (rows n, columns k) into D[512..640]. The cuda backend runs it on every device before `mma` may run there
 // (src/backend/cuda/fragments.rs); the host shim (tests/cuda_host.rs) must agree.
 
 __device__ __forceinline__ void store_d(float* __restrict__ D, const float (&d)[4], int g, int t) {
@@ -49,4 +50,22 @@ extern "C" __global__ void mma_check(const unsigned short* __restrict__ A, const
     float d3[4] = {0.f, 0.f, 0.f, 0.f};
     mma_f16_16816(d3, a16, b16);
     store_d(D + 256, d3, g, t);
+
+    // A's quarters as four matrices: lane i points at row (i / 8 % 2) * 8 + i % 8, column
+    // (i / 16) * 8. B transposed (8 rows of 16): rows i % 8, columns (i / 8 % 2) * 8.
+    __shared__ __align__(16) unsigned short a_sh[16 * 16];
+    __shared__ __align__(16) unsigned short bt_sh[8 * 16];
+    for (int i = lane; i < 256; i += 32) a_sh[i] = A[i];
+    for (int i = lane; i < 128; i += 32) bt_sh[(i % 8) * 16 + i / 8] = B[i];
+    __syncwarp();
+    unsigned int al[4], bl[4];
+    ldmatrix_x4(al, a_sh + (((lane >> 3) & 1) * 8 + (lane & 7)) * 16 + (lane >> 4) * 8);
+    ldmatrix_x4(bl, bt_sh + (lane & 7) * 16 + ((lane >> 3) & 1) * 8);
+    float d4[4] = {0.f, 0.f, 0.f, 0.f};
+    mma_bf16_16816(d4, al, b);
+    store_d(D + 384, d4, g, t);
+    const unsigned int b5[2] = {bl[0], bl[1]};
+    float d5[4] = {0.f, 0.f, 0.f, 0.f};
+    mma_bf16_16816(d5, a, b5);
+    store_d(D + 512, d5, g, t);
 }

@@ -261,7 +261,11 @@ fn cuda_kv_decode_matches_the_oracle_on_the_host() {
     // and the seven MLA ones.
     assert_eq!(ran.iter().filter(|n| **n == "mma").count(), 15, "{ran:?}");
     // mma_wide took the MLA shapes whose values are a multiple of 128 dims.
-    assert_eq!(ran.iter().filter(|n| **n == "mma_wide").count(), 5, "{ran:?}");
+    assert_eq!(
+        ran.iter().filter(|n| **n == "mma_wide").count(),
+        5,
+        "{ran:?}"
+    );
     let _ = std::fs::remove_dir_all(&base);
 }
 

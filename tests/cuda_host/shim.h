@@ -208,6 +208,21 @@ inline void host_ldmatrix_x4_trans(unsigned int (&d)[4], const unsigned short* r
     w.meet.arrive_and_wait();
 }
 
+// ldmatrix .x4 (mma.cuh): lane l gets matrix j's row l / 4 (the address lane 8j + l / 4
+// gave), columns 2 (l % 4) and 2 (l % 4) + 1.
+inline void host_ldmatrix_x4(unsigned int (&d)[4], const unsigned short* row) {
+    const int lane = threadIdx.x & 31;
+    Warp& w = *this_warp;
+    std::memcpy(&w.vals[lane], &row, sizeof(row));
+    w.meet.arrive_and_wait();
+    for (int j = 0; j < 4; j++) {
+        const unsigned short* p;
+        std::memcpy(&p, &w.vals[8 * j + lane / 4], sizeof(p));
+        d[j] = (unsigned int)p[2 * (lane % 4)] | ((unsigned int)p[2 * (lane % 4) + 1] << 16);
+    }
+    w.meet.arrive_and_wait();
+}
+
 // __all_sync: whether `pred` holds on every lane of the warp.
 inline int __all_sync(unsigned int, int pred) {
     const int lane = threadIdx.x & 31;

@@ -9,8 +9,8 @@ use super::compile;
 use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
-/// D's length: three 16 x 8 products (mma_check.cu).
-pub const D_LEN: usize = 3 * 128;
+/// D's length: five 16 x 8 products (mma_check.cu).
+pub const D_LEN: usize = 5 * 128;
 
 /// A (16 x 16) and B (16 x 8), row-major, as bf16 and as f16 bits of the same values, and
 /// their product in f64 (16 x 8).
@@ -55,13 +55,19 @@ pub fn operands() -> Operands {
     }
 }
 
-/// Whether `d` (mma_check's output) holds the product three times, within f32 rounding of
+/// Whether `d` (mma_check's output) holds the product five times, within f32 rounding of
 /// 16 exact products; the first wrong entry otherwise.
 pub fn check(d: &[f32], product: &[f64]) -> Result<(), String> {
     if d.len() != D_LEN {
         return Err(format!("{} values, expected {D_LEN}", d.len()));
     }
-    const WHAT: [&str; 3] = ["bf16", "bf16 via ldmatrix.trans", "f16"];
+    const WHAT: [&str; 5] = [
+        "bf16",
+        "bf16 via ldmatrix.trans",
+        "f16",
+        "bf16 with A via ldmatrix",
+        "bf16 with B via ldmatrix",
+    ];
     for (i, (&got, &want)) in d.iter().zip(product.iter().cycle()).enumerate() {
         if (got as f64 - want).abs() > 1e-5 * want.abs().max(1.0) {
             return Err(format!(
