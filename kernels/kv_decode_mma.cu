@@ -9,10 +9,11 @@
 // contiguous bytes of its token's K row per 32 dims and feeds them straight to two mma's:
 // the dims are taken in an order (q's fragments use the same) that makes every K load 128-bit.
 // Softmax per head across the lane quad (two shuffles). PV: A = P split hi/lo the same way,
-// B = V from the warp's tile in shared memory (staged with 128-bit loads). Needs bf16 or fp8
-// K and V of one head dim, a multiple of 32 (fp8: 64) and at most 128. fp8 converts to f16
-// exactly as it arrives (cvt two at a time) and runs on f16 tensor cores; q is not pre-scaled
-// (the scales multiply the scores), so its lo part stays inside f16's range.
+// B = V from the warp's tile in shared memory (staged with 128-bit loads) by ldmatrix.trans.
+// Needs bf16 or fp8 K and V of one head dim, a multiple of 32 (fp8: 64) and at most 128.
+// fp8 converts to f16 exactly as it arrives (cvt two at a time) and runs on f16 tensor
+// cores; q is not pre-scaled (the scales multiply the scores), so its lo part stays inside
+// f16's range.
 
 #if (DTYPE != 2 && DTYPE != 3) || IS_MLA || DK != DV || DK % (64 / ELEM_BYTES) != 0 || DK > 128 || HB > 8 || GROUP % HB != 0
 #error "kv_decode mma: bf16 or fp8 GQA, DK == DV, a multiple of 32 (fp8: 64) up to 128, up to 8 heads of a group per block (covers refuses the rest)"
@@ -34,6 +35,7 @@
 #define MPC (RUN / 4)         // mma's per chunk (a chunk: the quad's 4 loads, 4 x RUN dims)
 #define KC (DK / (4 * RUN))   // chunks of a K row
 #define NB (DV / 8)           // 8-column blocks of the output
+#define VROW (DV + 8)         // a V row in shared memory, padded 16 bytes: no bank conflicts
 
 // 16 bytes of K or V as 16-bit operands: bf16 as stored; fp8 converted to f16 (twice the regs).
 __device__ __forceinline__ void operands(uint4 raw, unsigned int (&out)[RUN / 2]) {
@@ -59,7 +61,7 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
     const float* __restrict__ q, const unsigned char* __restrict__ k, const unsigned char* __restrict__ v,
     const int* __restrict__ page_table, const int* __restrict__ context_lens,
     float* __restrict__ partial_acc, float2* __restrict__ partial_ml) {
-    __shared__ __align__(16) unsigned short v_sh[WARPS][16 * DV]; // each warp's V tile, bf16 bits
+    __shared__ __align__(16) unsigned short v_sh[WARPS][16 * VROW]; // each warp's V tile, 16-bit operands
     __shared__ float o_sh[WARPS][HB * DV];
     __shared__ float ml_sh[WARPS][HB][2];
 
@@ -152,7 +154,7 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
             operands(__ldg(vrow + part), vo); // stream: V
 #pragma unroll
             for (int w = 0; w < RUN / 8; w++)
-                reinterpret_cast<uint4*>(v_sh[warp])[i * (RUN / 8) + w] = make_uint4(vo[4 * w], vo[4 * w + 1], vo[4 * w + 2], vo[4 * w + 3]);
+                *reinterpret_cast<uint4*>(v_sh[warp] + tt * VROW + part * RUN + 8 * w) = make_uint4(vo[4 * w], vo[4 * w + 1], vo[4 * w + 2], vo[4 * w + 3]);
         }
         __syncwarp();
         // Once the running max settles, no head's scale changes: the warp skips the rescale.
@@ -163,12 +165,16 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
                 for (int i = 0; i < 4; i++) o[n][i] *= corr;
             }
         }
+        // B for two output blocks per ldmatrix.trans: lane i points at token (i / 8 % 2) * 8 +
+        // i % 8, dims of block n + i / 16; the transpose hands each lane its (token pair, dim).
+        const unsigned short* vrow_sh = v_sh[warp] + (((lane >> 3) & 1) * 8 + (lane & 7)) * VROW + 8 * (lane >> 4);
 #pragma unroll
-        for (int n = 0; n < NB; n++) {
-            const unsigned short* vs = v_sh[warp] + n * 8 + r;
-            const unsigned int vb[2] = {pack_bf16x2(vs[(2 * c) * DV], vs[(2 * c + 1) * DV]),
-                                        pack_bf16x2(vs[(2 * c + 8) * DV], vs[(2 * c + 9) * DV])};
-            MMA(o[n], pa, vb);
+        for (int n = 0; n < NB; n += 2) {
+            unsigned int vb[4];
+            ldmatrix_x4_trans(vb, vrow_sh + 8 * n);
+            const unsigned int b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
+            MMA(o[n], pa, b0);
+            MMA(o[n + 1], pa, b1);
         }
     }
 

@@ -96,7 +96,8 @@ pub const IMPLS: &[Impl] = &[
         about: "tensor cores (mma.sync m16n8k16), q and P split hi/lo in rows 0-7 and 8-15 \
                 for f32-grade sums; bf16, or fp8 on f16 tensor cores. GQA: 128-bit K loads \
                 straight into fragments, a softmax per warp across the lane quad, V staged \
-                per warp, up to 8 heads of a group per block (larger groups side by side). \
+                per warp (ldmatrix.trans), up to 8 heads of a group per block (larger \
+                groups side by side). \
                 MLA: 8 heads per block (16 at math: bf16, a head per row), 16-token latent \
                 tiles by cp.async (two buffers; fp8 converted to f16 per tile), scores split \
                 over the latent's dims by warp, V by ldmatrix.trans",
