@@ -350,6 +350,10 @@ pub struct VariantReport {
     pub imp: &'static str,
     /// Held to the SASS budget (a tuned implementation).
     pub tuned: bool,
+    /// Blocks that read each streamed byte: kv_decode's head blocks of one KV head's slice
+    /// (the first from HBM, the rest from L2), else 1. A kernel's instructions per byte it
+    /// loads times this are its instructions per byte of HBM traffic.
+    pub readers: usize,
     pub kernels: Vec<KernelReport>,
 }
 
@@ -387,10 +391,15 @@ pub fn report(arch: &str, sass: bool) -> Result<Vec<VariantReport>, String> {
                         .find(|s| s.kernel == k.kernel);
                 }
             }
+            let readers = match &w {
+                Workload::KvDecode(k) => k.group_size() / kv_launch(k, 132, imp.name).hb,
+                _ => 1,
+            };
             out.push(VariantReport {
                 variant: label.clone(),
                 imp: imp.name,
                 tuned: imp.tuned,
+                readers,
                 kernels,
             });
         }

@@ -258,6 +258,14 @@ pub fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
                 let light = s.light_loop.as_ref().map_or(String::new(), |l| {
                     format!(" (lightest loop {:.3})", l.instr_per_byte)
                 });
+                // Head blocks that each read the same bytes (from L2 after the first).
+                let shared = match (&s.hot_loop, v.readers) {
+                    (Some(h), n) if n > 1 => format!(
+                        "; read by {n} blocks: {:.3} per HBM byte",
+                        h.instr_per_byte * n as f64
+                    ),
+                    _ => String::new(),
+                };
                 println!(
                     "{:<36} {:<9} {:<12} {:>6} {:<26} {:>6} {:>5} {:>9}  {}",
                     v.variant,
@@ -268,7 +276,7 @@ pub fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
                     s.local,
                     s.tensor_core,
                     hot,
-                    s.streamed_tensors.join(", ") + &light
+                    s.streamed_tensors.join(", ") + &light + &shared
                 );
             }
         }
