@@ -29,19 +29,12 @@
 #error "kv_decode mma (MLA): a bf16 or fp8 latent, DK % 64 == 0, DV % 64 == 0, up to 8 heads per block (16 at math: bf16), 128 threads"
 #endif
 
-#if DTYPE == 3 // f16 operands; one f16 tile, fed from two fp8 staging buffers
-#define MMA mma_f16_16816
-#define RN_BITS f16_rn_bits
-#define BITS_FLOAT f16_bits_float
+#if DTYPE == 3 // one f16 tile, fed from two fp8 staging buffers
 #define LBUF 1
 #else
-#define MMA mma_bf16_16816
-#define RN_BITS bf16_rn_bits
-#define BITS_FLOAT bf16_bits_float
 #define LBUF 2
 #endif
 
-#define NEG_BIG (-3.0e38f)
 #define WARPS 4
 #define TT 16                   // tokens per tile
 #define KSW (DK / 16 / WARPS)   // 16-dim k-steps of the scores per warp
@@ -49,22 +42,6 @@
 #define LROW (DK + 8)           // a latent row in shared memory, padded 16 bytes: no bank conflicts
 #define PROW (TT + 8)           // a row of P, padded the same way
 #define TPT (WG / TT)           // threads per token of a tile load
-
-// The latent row of token `t` of sequence `b`, in elements.
-__device__ __forceinline__ u64 latent_row(const int* __restrict__ page_table, int b, int t) {
-    const u64 page = (u64)page_table[(u64)b * MAX_PAGES + t / PAGE];
-    return (page * PAGE + t % PAGE) * DK;
-}
-
-// 16 bytes of the latent into shared memory, not waited for.
-__device__ __forceinline__ void copy16(void* to, const unsigned char* from) {
-#ifdef DECODELAB_HOST
-    *reinterpret_cast<uint4*>(to) = *reinterpret_cast<const uint4*>(from); // the same bytes, at once
-#else
-    const unsigned int sh = (unsigned int)__cvta_generic_to_shared(to);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sh), "l"(from)); // stream: latent
-#endif
-}
 
 // Tokens [tile, tile + TT) of the slice into `dst` (rows past `end` repeat the last real one;
 // their scores are masked), 16 bytes per copy, not waited for. TPT threads share a token:
@@ -223,20 +200,9 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
 #pragma unroll
         for (int i = 0; i < HPT; i++) {
             const int h = sh_head + 8 * i;
-            float s = s_part[0][h][sh_tok] + s_part[1][h][sh_tok] + s_part[2][h][sh_tok] + s_part[3][h][sh_tok];
-            s *= SCALE * K_SCALE;
-            s = tok < end ? s : NEG_BIG;
-            float mx = s;
-#pragma unroll
-            for (int o2 = 8; o2 > 0; o2 >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o2));
-            const float m_new = fmaxf(m_run[i], mx);
-            const float corr = __expf(m_run[i] - m_new);
-            const float p = tok < end ? __expf(s - m_new) : 0.f;
-            float ps = p;
-#pragma unroll
-            for (int o2 = 8; o2 > 0; o2 >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o2);
-            m_run[i] = m_new;
-            l_run[i] = l_run[i] * corr + ps;
+            const float s = s_part[0][h][sh_tok] + s_part[1][h][sh_tok] + s_part[2][h][sh_tok] + s_part[3][h][sh_tok];
+            float corr;
+            const float p = softmax_tile16(s * (SCALE * K_SCALE), tok < end, m_run[i], l_run[i], corr);
             const unsigned short ph = RN_BITS(p);
             p_sh[h * PROW + sh_tok] = ph;
 #if HI_LO

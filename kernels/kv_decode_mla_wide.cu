@@ -30,17 +30,6 @@
 #error "kv_decode mma_wide (MLA): a bf16 or fp8 latent, DK % 64 == 0, DV % 128 == 0, up to 64 heads per block (32 at math: f32), 256 threads"
 #endif
 
-#if DTYPE == 3 // f16 operands; one f16 tile, fed from the fp8 staging ring
-#define MMA mma_f16_16816
-#define RN_BITS f16_rn_bits
-#define BITS_FLOAT f16_bits_float
-#else
-#define MMA mma_bf16_16816
-#define RN_BITS bf16_rn_bits
-#define BITS_FLOAT bf16_bits_float
-#endif
-
-#define NEG_BIG (-3.0e38f)
 #define WARPS 8
 #define TT 16                // tokens per tile
 #define KS (DK / 16)         // 16-dim k-steps of a score
@@ -71,31 +60,19 @@
 // The row of the tile that holds head h's hi part (its lo part is 8 rows on at HI_LO).
 #define ROW_OF(h) (HI_LO ? ((h) / 8) * 16 + (h) % 8 : (h))
 
-__device__ __forceinline__ u64 latent_row(const int* __restrict__ page_table, int b, int t) {
-    const u64 page = (u64)page_table[(u64)b * MAX_PAGES + t / PAGE];
-    return (page * PAGE + t % PAGE) * DK;
-}
-
-// 16 bytes of the latent into shared memory, not waited for.
-__device__ __forceinline__ void copy16(void* to, const unsigned char* from) {
-#ifdef DECODELAB_HOST
-    *reinterpret_cast<uint4*>(to) = *reinterpret_cast<const uint4*>(from); // the same bytes, at once
-#else
-    const unsigned int sh = (unsigned int)__cvta_generic_to_shared(to);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sh), "l"(from)); // stream: latent
-#endif
-}
-
 // Tokens [tile, tile + TT) of the slice into `dst` when the tile exists (rows past `end`
 // repeat the last real one; their scores are masked), then one commit either way, so every
 // thread's groups count tiles.
 __device__ __forceinline__ void issue_tile(unsigned char* dst, const unsigned char* __restrict__ k,
                                            const int* __restrict__ page_table, int b, int tile, int end) {
     if (tile < end) {
-        for (int i = threadIdx.x; i < TT * PIECES; i += WG) {
-            const int tt = i / PIECES, part = i % PIECES;
-            copy16(dst + tt * RING_ROW + part * 16,
-                   k + latent_row(page_table, b, min(tile + tt, end - 1)) * ELEM_BYTES + part * 16);
+        // Unrolled: a fixed count (the SASS report counts a nested loop's body once).
+#pragma unroll
+        for (int it = 0; it < (TT * PIECES + WG - 1) / WG; it++) {
+            const int i = threadIdx.x + it * WG, tt = i / PIECES, part = i % PIECES;
+            if ((TT * PIECES) % WG == 0 || i < TT * PIECES)
+                copy16(dst + tt * RING_ROW + part * 16,
+                       k + latent_row(page_table, b, min(tile + tt, end - 1)) * ELEM_BYTES + part * 16);
         }
     }
 #ifndef DECODELAB_HOST
@@ -161,8 +138,10 @@ extern "C" __global__ void __launch_bounds__(WG, 1) attend(
         wait_tile();
         __syncthreads();
 #if DTYPE == 3
-        for (int i = threadIdx.x; i < TT * DK / 8; i += WG) {
-            const int tt = i / (DK / 8), part = i % (DK / 8);
+#pragma unroll
+        for (int it = 0; it < (TT * DK / 8 + WG - 1) / WG; it++) {
+            const int i = threadIdx.x + it * WG, tt = i / (DK / 8), part = i % (DK / 8);
+            if ((TT * DK / 8) % WG != 0 && i >= TT * DK / 8) break;
             const uint2 w8 = *reinterpret_cast<const uint2*>(ring + stage * TT * RING_ROW + tt * DK + part * 8);
             const __nv_fp8x2_storage_t* pairs = reinterpret_cast<const __nv_fp8x2_storage_t*>(&w8);
             unsigned int h[4];
@@ -184,19 +163,26 @@ extern "C" __global__ void __launch_bounds__(WG, 1) attend(
         //    B for two k-steps by one ldmatrix from the latent rows (lane i: token i % 8,
         //    dims + (i / 8) * 8).
         {
-            float acc[4] = {0.f, 0.f, 0.f, 0.f};
+            // Four accumulators, one per k-step mod 4: four chains of dependent mma's, not one.
+            float part[4][4] = {};
             const unsigned short* qa = q_sh + (mt * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LROW + (lane >> 4) * 8;
             const unsigned short* kr = lt + (8 * nt + (lane & 7)) * LROW + (lane >> 3) * 8;
-#pragma unroll 2
-            for (int j = 0; j < KS; j += 2) {
-                unsigned int a0[4], a1[4], kb[4];
-                ldmatrix_x4(kb, kr + 16 * j);
-                ldmatrix_x4(a0, qa + 16 * j);
-                ldmatrix_x4(a1, qa + 16 * j + 16);
-                const unsigned int b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
-                MMA(acc, a0, b0);
-                MMA(acc, a1, b1);
+#pragma unroll
+            for (int j = 0; j < KS; j += 4) {
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    unsigned int a0[4], a1[4], kb[4];
+                    ldmatrix_x4(kb, kr + 16 * (j + 2 * h));
+                    ldmatrix_x4(a0, qa + 16 * (j + 2 * h));
+                    ldmatrix_x4(a1, qa + 16 * (j + 2 * h) + 16);
+                    const unsigned int b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
+                    MMA(part[2 * h], a0, b0);
+                    MMA(part[2 * h + 1], a1, b1);
+                }
             }
+            float acc[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[e] = (part[0][e] + part[1][e]) + (part[2][e] + part[3][e]);
             // Tokens 8 nt + 2c, +1: row g (plus row g + 8 at HI_LO) is head mt * HROW + g.
             const int tok = 8 * nt + 2 * c;
 #if HI_LO
@@ -216,19 +202,8 @@ extern "C" __global__ void __launch_bounds__(WG, 1) attend(
 #pragma unroll
         for (int i = 0; i < HPT; i++) {
             const int h = sh_head + 16 * i;
-            float s = s_sh[h * TT + sh_tok] * (SCALE * K_SCALE);
-            s = tok < end ? s : NEG_BIG;
-            float mx = s;
-#pragma unroll
-            for (int o2 = 8; o2 > 0; o2 >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o2));
-            const float m_new = fmaxf(m_run[i], mx);
-            const float corr = __expf(m_run[i] - m_new);
-            const float p = tok < end ? __expf(s - m_new) : 0.f;
-            float ps = p;
-#pragma unroll
-            for (int o2 = 8; o2 > 0; o2 >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o2);
-            m_run[i] = m_new;
-            l_run[i] = l_run[i] * corr + ps;
+            float corr;
+            const float p = softmax_tile16(s_sh[h * TT + sh_tok] * (SCALE * K_SCALE), tok < end, m_run[i], l_run[i], corr);
             if (h < HROW * MT) {
                 const unsigned short ph = RN_BITS(p);
                 p_sh[ROW_OF(h) * PROW + sh_tok] = ph;

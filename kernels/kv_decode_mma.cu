@@ -19,16 +19,6 @@
 #error "kv_decode mma: bf16 or fp8 GQA, DK == DV, a multiple of 32 (fp8: 64) up to 128, up to 8 heads of a group per block (covers refuses the rest)"
 #endif
 
-#if DTYPE == 3
-#define MMA mma_f16_16816
-#define RN_BITS f16_rn_bits
-#define BITS_FLOAT f16_bits_float
-#else
-#define MMA mma_bf16_16816
-#define RN_BITS bf16_rn_bits
-#define BITS_FLOAT bf16_bits_float
-#endif
-
 #define NEG_BIG (-3.0e38f)
 #define WARPS (WG / 32)
 #define RUN (16 / ELEM_BYTES) // dims of one lane's 16-byte K load

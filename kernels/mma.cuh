@@ -88,3 +88,15 @@ __device__ __forceinline__ float f16_bits_float(unsigned short b) {
     return __half2float(__ushort_as_half(b));
 #endif
 }
+
+// The operands a cache's dtype runs on: bf16 as stored; fp8 converted to f16 (exactly), on
+// f16 tensor cores. MMA, and the rounding of q and P into (and back from) that type.
+#if DTYPE == 3
+#define MMA mma_f16_16816
+#define RN_BITS f16_rn_bits
+#define BITS_FLOAT f16_bits_float
+#else
+#define MMA mma_bf16_16816
+#define RN_BITS bf16_rn_bits
+#define BITS_FLOAT bf16_bits_float
+#endif

@@ -103,12 +103,15 @@ pub const IMPLS: &[Impl] = &[
                 over the latent's dims by warp, V by ldmatrix.trans",
     },
     // After mma until a GPU has measured both: the candidate for MLA's one read of the
-    // latent per block.
+    // latent per block. Not held to the SASS budget yet: with its loops unrolled (so the
+    // report counts what runs) its tile loop spends 0.25 (bf16) to 0.39 (fp8)
+    // warp-instructions per byte a block loads, about what mma spends per HBM byte; what it
+    // saves is L2 traffic (the latent read once, not 4-16 times).
     Impl {
         backend: "cuda",
         kernel: Kernel::KvDecode,
         name: "mma_wide",
-        tuned: true,
+        tuned: false,
         about: "MLA only: up to 64 heads per block (32 at math: f32, hi/lo rows), so a \
                 block reads its latent slice once; 8 warps, 4 row tiles of the tensor-core \
                 tile, q staged once in shared memory, a 3-tile cp.async ring (fp8 converted \

@@ -23,6 +23,7 @@ pub const EXPERT_ROWS_CU: &str = include_str!("../../../kernels/expert_gemv_rows
 pub const EXPERT_COMBINE_CU: &str = include_str!("../../../kernels/expert_combine.cu");
 pub const EXPERT_SCALE_CUH: &str = include_str!("../../../kernels/expert_scale.cuh");
 pub const MMA_CUH: &str = include_str!("../../../kernels/mma.cuh");
+pub const MLA_LATENT_CUH: &str = include_str!("../../../kernels/mla_latent.cuh");
 pub const MMA_CHECK_CU: &str = include_str!("../../../kernels/mma_check.cu");
 
 pub const STREAM_WG: usize = 256;
@@ -264,8 +265,8 @@ pub fn mma_check_source() -> String {
 pub fn kv_source(w: &KvDecode, l: &KvPlan, imp: &str) -> String {
     let attend = match (imp, w.attention) {
         ("mma", Attention::Gqa) => format!("{MMA_CUH}\n{KV_MMA_CU}"),
-        ("mma", Attention::Mla) => format!("{MMA_CUH}\n{KV_MLA_MMA_CU}"),
-        ("mma_wide", _) => format!("{MMA_CUH}\n{KV_MLA_WIDE_CU}"),
+        ("mma", Attention::Mla) => format!("{MMA_CUH}\n{MLA_LATENT_CUH}\n{KV_MLA_MMA_CU}"),
+        ("mma_wide", _) => format!("{MMA_CUH}\n{MLA_LATENT_CUH}\n{KV_MLA_WIDE_CU}"),
         _ => KV_CU.to_string(),
     };
     let c = match imp {
