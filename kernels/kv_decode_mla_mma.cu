@@ -75,15 +75,8 @@ __device__ __forceinline__ void convert_tile(unsigned short* dst, const unsigned
 #pragma unroll
     for (int i = 0; i < DK / 8 / TPT; i++) {
         const int part = threadIdx.x % TPT + i * TPT;
-        const uint2 w = *reinterpret_cast<const uint2*>(src + tt * DK + part * 8);
-        const __nv_fp8x2_storage_t* pairs = reinterpret_cast<const __nv_fp8x2_storage_t*>(&w);
-        unsigned int h[4];
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(pairs[j], __NV_E4M3);
-            h[j] = (unsigned int)r.x | ((unsigned int)r.y << 16);
-        }
-        *reinterpret_cast<uint4*>(dst + tt * LROW + part * 8) = make_uint4(h[0], h[1], h[2], h[3]);
+        *reinterpret_cast<uint4*>(dst + tt * LROW + part * 8) =
+            f16x8_of_fp8x8(*reinterpret_cast<const uint2*>(src + tt * DK + part * 8));
     }
 }
 #endif

@@ -142,15 +142,8 @@ extern "C" __global__ void __launch_bounds__(WG, 1) attend(
         for (int it = 0; it < (TT * DK / 8 + WG - 1) / WG; it++) {
             const int i = threadIdx.x + it * WG, tt = i / (DK / 8), part = i % (DK / 8);
             if ((TT * DK / 8) % WG != 0 && i >= TT * DK / 8) break;
-            const uint2 w8 = *reinterpret_cast<const uint2*>(ring + stage * TT * RING_ROW + tt * DK + part * 8);
-            const __nv_fp8x2_storage_t* pairs = reinterpret_cast<const __nv_fp8x2_storage_t*>(&w8);
-            unsigned int h[4];
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(pairs[j], __NV_E4M3);
-                h[j] = (unsigned int)r.x | ((unsigned int)r.y << 16);
-            }
-            *reinterpret_cast<uint4*>(f16_tile + tt * LROW + part * 8) = make_uint4(h[0], h[1], h[2], h[3]);
+            *reinterpret_cast<uint4*>(f16_tile + tt * LROW + part * 8) =
+                f16x8_of_fp8x8(*reinterpret_cast<const uint2*>(ring + stage * TT * RING_ROW + tt * DK + part * 8));
         }
         __syncthreads();
         const unsigned short* lt = f16_tile;
@@ -204,14 +197,13 @@ extern "C" __global__ void __launch_bounds__(WG, 1) attend(
             const int h = sh_head + 16 * i;
             float corr;
             const float p = softmax_tile16(s_sh[h * TT + sh_tok] * (SCALE * K_SCALE), tok < end, m_run[i], l_run[i], corr);
-            if (h < HROW * MT) {
-                const unsigned short ph = RN_BITS(p);
-                p_sh[ROW_OF(h) * PROW + sh_tok] = ph;
+            // h < 16 HPT <= HROW MT: every head of the loop has a row (of zeros past HB).
+            const unsigned short ph = RN_BITS(p);
+            p_sh[ROW_OF(h) * PROW + sh_tok] = ph;
 #if HI_LO
-                p_sh[(ROW_OF(h) + 8) * PROW + sh_tok] = RN_BITS(p - BITS_FLOAT(ph));
+            p_sh[(ROW_OF(h) + 8) * PROW + sh_tok] = RN_BITS(p - BITS_FLOAT(ph));
 #endif
-                if (sh_tok == 0) corr_sh[h] = corr;
-            }
+            if (sh_tok == 0) corr_sh[h] = corr;
         }
         __syncthreads();
 

@@ -32,10 +32,7 @@ __device__ __forceinline__ void operands(uint4 raw, unsigned int (&out)[RUN / 2]
 #if DTYPE == 3
     const __nv_fp8x2_storage_t* pairs = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw);
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(pairs[i], __NV_E4M3);
-        out[i] = (unsigned int)h.x | ((unsigned int)h.y << 16);
-    }
+    for (int i = 0; i < 8; i++) out[i] = f16x2_of_fp8x2(pairs[i]);
 #else
     out[0] = raw.x, out[1] = raw.y, out[2] = raw.z, out[3] = raw.w;
 #endif

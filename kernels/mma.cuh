@@ -89,6 +89,18 @@ __device__ __forceinline__ float f16_bits_float(unsigned short b) {
 #endif
 }
 
+// Two fp8 (e4m3) as two f16 in one register, the first in the low half: exact, one cvt.
+__device__ __forceinline__ unsigned int f16x2_of_fp8x2(__nv_fp8x2_storage_t pair) {
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
+    return (unsigned int)h.x | ((unsigned int)h.y << 16);
+}
+
+// Eight fp8 (8 bytes) as eight f16 (16 bytes), in order.
+__device__ __forceinline__ uint4 f16x8_of_fp8x8(uint2 w) {
+    const __nv_fp8x2_storage_t* p = reinterpret_cast<const __nv_fp8x2_storage_t*>(&w);
+    return make_uint4(f16x2_of_fp8x2(p[0]), f16x2_of_fp8x2(p[1]), f16x2_of_fp8x2(p[2]), f16x2_of_fp8x2(p[3]));
+}
+
 // The operands a cache's dtype runs on: bf16 as stored; fp8 converted to f16 (exactly), on
 // f16 tensor cores. MMA, and the rounding of q and P into (and back from) that type.
 #if DTYPE == 3

@@ -159,10 +159,10 @@ impl Build {
         let lse = self.output(&specs[1])?;
         let grid = (l.splits as u32, (w.q_heads / l.hb) as u32, w.batch as u32);
         let args = Vec::from([q, k, v, table, lens, acc, ml].map(Arg::Buf));
-        let block = match imp {
-            "mma_wide" => (compile::MLA_WIDE_WG, compile::mla_wide_smem(w)),
-            _ => (compile::KV_WG, 0),
-        };
+        let block = (
+            compile::block_size(imp, "attend").unwrap_or(compile::KV_WG),
+            compile::kv_dynamic_shared(w, imp),
+        );
         self.launch_with_shared("attend", grid, block, args)?;
         let grid = ((w.batch * w.q_heads) as u32, 1, 1);
         let args = Vec::from([acc, ml, out, lse].map(Arg::Buf));

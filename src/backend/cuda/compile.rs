@@ -281,6 +281,15 @@ pub fn kv_source(w: &KvDecode, l: &KvPlan, imp: &str) -> String {
     )
 }
 
+/// Bytes of dynamic shared memory kv_decode's `attend` of implementation `imp` launches with
+/// for `w`, over its static arrays: what the launch asks for and the occupancy report adds.
+pub fn kv_dynamic_shared(w: &KvDecode, imp: &str) -> usize {
+    match imp {
+        "mma_wide" => mla_wide_smem(w),
+        _ => 0,
+    }
+}
+
 /// Bytes of dynamic shared memory a block of `mma_wide` takes for `w`, as
 /// kernels/kv_decode_mla_wide.cu lays them out (it refuses to compile when they outgrow
 /// this): q in 64 padded rows, the ring of latent tiles (fp8: bytes, and one f16 tile), the
@@ -378,10 +387,9 @@ pub fn report(arch: &str, sass: bool) -> Result<Vec<VariantReport>, String> {
             let mut kernels = parse_ptxas(&c.log);
             for k in &mut kernels {
                 k.threads = block_size(imp.name, &k.kernel).unwrap_or(0) as u32;
-                if let (Workload::KvDecode(kv), "mma_wide", "attend") =
-                    (&w, imp.name, k.kernel.as_str())
-                {
-                    k.shared_bytes += mla_wide_smem(kv) as u32; // dynamic: not in ptxas' count
+                if let (Workload::KvDecode(kv), "attend") = (&w, k.kernel.as_str()) {
+                    // Dynamic: not in ptxas' count.
+                    k.shared_bytes += kv_dynamic_shared(kv, imp.name) as u32;
                 }
                 let (n, why) =
                     super::sass::ctas_per_sm(arch, k.threads, k.registers, k.shared_bytes);

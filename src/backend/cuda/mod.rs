@@ -96,6 +96,12 @@ pub fn covers(imp: &str, w: &Workload) -> Result<(), String> {
     }
 }
 
+/// The implementations that rely on the tensor-core fragment layout (kernels/mma.cuh), so
+/// run only where the device passes the self-check (fragments.rs).
+fn uses_tensor_cores(imp: &str) -> bool {
+    matches!(imp, "mma" | "mma_wide")
+}
+
 pub struct CudaBackend {
     devices: Vec<DeviceInfo>,
     /// (major, minor) compute capability and SM count per device.
@@ -191,7 +197,7 @@ impl CudaBackend {
     /// every device.
     fn covers_here(&self, imp: &str, w: &Workload) -> Result<(), String> {
         covers(imp, w)?;
-        if imp.starts_with("mma") {
+        if uses_tensor_cores(imp) {
             (0..self.devices.len()).try_for_each(|d| self.tensor_cores(d))?;
         }
         Ok(())
@@ -262,7 +268,7 @@ impl Backend for CudaBackend {
         how: &How,
     ) -> anyhow::Result<Box<dyn Prepared + 'a>> {
         covers(how.imp, workload).map_err(anyhow::Error::msg)?;
-        if how.imp.starts_with("mma") {
+        if uses_tensor_cores(how.imp) {
             self.tensor_cores(device).map_err(anyhow::Error::msg)?;
         }
         let cache = how.cache;
