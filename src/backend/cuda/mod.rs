@@ -83,7 +83,8 @@ pub fn covers(imp: &str, w: &Workload) -> Result<(), String> {
                 Ok(())
             } else {
                 Err(format!(
-                    "mma_wide takes MLA only, a bf16 or fp8 latent of a multiple of 64 dims                      with values of a multiple of 128, in at most {} KB of shared memory                      (this point: {} KB)",
+                    "mma_wide takes MLA only, a bf16 or fp8 latent of a multiple of 64 dims with values \
+                     of a multiple of 128, in at most {} KB of shared memory (this point: {} KB)",
                     compile::MLA_WIDE_MAX_SMEM >> 10,
                     smem.div_ceil(1024)
                 ))
