@@ -26,6 +26,10 @@
 #define KC (DK / (4 * RUN))   // chunks of a K row
 #define NB (DV / 8)           // 8-column blocks of the output
 #define VROW (DV + 8)         // a V row in shared memory, padded 16 bytes: no bank conflicts
+#define VPT (DV / RUN / 4)    // V loads per token of a lane (the quad shares a token's row)
+// Odd rows of the V tile take their parts rotated, so a quarter-warp's 16-byte stores (rows r,
+// r + 1, four lanes each) land on 8 distinct bank groups (at d64 and d128; 2-way at d32, d96).
+#define VSHIFT ((4 - (VROW * 2 / 16)) & 7)
 
 // 16 bytes of K or V as 16-bit operands: bf16 as stored; fp8 converted to f16 (twice the regs).
 __device__ __forceinline__ void operands(uint4 raw, unsigned int (&out)[RUN / 2]) {
@@ -85,12 +89,27 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
     for (int n = 0; n < NB; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
 
     for (int tile = start + 16 * warp; tile < end; tile += 16 * WARPS) {
+        // This lane's tokens, tile + r and tile + 8 + r (past the end: the last real row, masked
+        // below): their K rows feed its score fragments and their V rows (DK == DV: the same
+        // offset) its quad's share of the warp's V tile, so a lane looks up two rows per tile.
+        u64 at[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) at[h] = kv_row(page_table, b, min(tile + 8 * h + r, end - 1), kvh) * ELEM_BYTES;
+        // V's loads go out with K's: both are in flight through the scores and the softmax.
+        uint4 vraw[2][VPT];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+#pragma unroll
+            for (int i = 0; i < VPT; i++) {
+                const int part = (c + 4 * i + (r & 1) * VSHIFT) % (DV / RUN);
+                vraw[h][i] = __ldg(reinterpret_cast<const uint4*>(v + at[h]) + part); // stream: V
+            }
+        }
         // Scores of tokens tile + 8h + 2c + {0, 1} for head r, in s[h][0..1].
         float s[2][2];
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int t = min(tile + 8 * h + r, end - 1); // past the end: a real row, masked below
-            const uint4* krow = reinterpret_cast<const uint4*>(k + kv_row(page_table, b, t, kvh) * ELEM_BYTES);
+            const uint4* krow = reinterpret_cast<const uint4*>(k + at[h]);
             float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
             for (int j = 0; j < KC; j++) {
@@ -130,18 +149,21 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
         l_part = l_part * corr + psum;
         const unsigned int pa[4] = {pack_bf16x2(ph[0][0], ph[0][1]), pack_bf16x2(pl[0][0], pl[0][1]),
                                     pack_bf16x2(ph[1][0], ph[1][1]), pack_bf16x2(pl[1][0], pl[1][1])};
-        // The tile's V rows into this warp's shared tile (16-bit operands), 16 bytes per load.
+        // The lane's V parts into this warp's shared tile (16-bit operands), once the warp is
+        // done reading the last tile's.
         __syncwarp();
 #pragma unroll
-        for (int i = lane; i < 16 * DV / RUN; i += 32) {
-            const int tt = i / (DV / RUN), part = i % (DV / RUN);
-            const int t = min(tile + tt, end - 1);
-            const uint4* vrow = reinterpret_cast<const uint4*>(v + kv_row(page_table, b, t, kvh) / DK * DV * ELEM_BYTES);
-            unsigned int vo[RUN / 2];
-            operands(__ldg(vrow + part), vo); // stream: V
+        for (int h = 0; h < 2; h++) {
 #pragma unroll
-            for (int w = 0; w < RUN / 8; w++)
-                *reinterpret_cast<uint4*>(v_sh[warp] + tt * VROW + part * RUN + 8 * w) = make_uint4(vo[4 * w], vo[4 * w + 1], vo[4 * w + 2], vo[4 * w + 3]);
+            for (int i = 0; i < VPT; i++) {
+                const int part = (c + 4 * i + (r & 1) * VSHIFT) % (DV / RUN);
+                unsigned int vo[RUN / 2];
+                operands(vraw[h][i], vo);
+#pragma unroll
+                for (int w = 0; w < RUN / 8; w++)
+                    *reinterpret_cast<uint4*>(v_sh[warp] + (8 * h + r) * VROW + part * RUN + 8 * w) =
+                        make_uint4(vo[4 * w], vo[4 * w + 1], vo[4 * w + 2], vo[4 * w + 3]);
+            }
         }
         __syncwarp();
         // Once the running max settles, no head's scale changes: the warp skips the rescale.
