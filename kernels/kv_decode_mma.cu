@@ -30,6 +30,8 @@
 // Odd rows of the V tile take their parts rotated, so a quarter-warp's 16-byte stores (rows r,
 // r + 1, four lanes each) land on 8 distinct bank groups (at d64 and d128; 2-way at d32, d96).
 #define VSHIFT ((4 - (VROW * 2 / 16)) & 7)
+// The 16-byte part of its token's V row that lane (r, c) loads i-th, and stores there.
+#define V_PART(r, c, i) (((c) + 4 * (i) + ((r) & 1) * VSHIFT) % (DV / RUN))
 
 // 16 bytes of K or V as 16-bit operands: bf16 as stored; fp8 converted to f16 (twice the regs).
 __device__ __forceinline__ void operands(uint4 raw, unsigned int (&out)[RUN / 2]) {
@@ -101,8 +103,7 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
         for (int h = 0; h < 2; h++) {
 #pragma unroll
             for (int i = 0; i < VPT; i++) {
-                const int part = (c + 4 * i + (r & 1) * VSHIFT) % (DV / RUN);
-                vraw[h][i] = __ldg(reinterpret_cast<const uint4*>(v + at[h]) + part); // stream: V
+                vraw[h][i] = __ldg(reinterpret_cast<const uint4*>(v + at[h]) + V_PART(r, c, i)); // stream: V
             }
         }
         // Scores of tokens tile + 8h + 2c + {0, 1} for head r, in s[h][0..1].
@@ -156,7 +157,7 @@ extern "C" __global__ void __launch_bounds__(WG) attend(
         for (int h = 0; h < 2; h++) {
 #pragma unroll
             for (int i = 0; i < VPT; i++) {
-                const int part = (c + 4 * i + (r & 1) * VSHIFT) % (DV / RUN);
+                const int part = V_PART(r, c, i);
                 unsigned int vo[RUN / 2];
                 operands(vraw[h][i], vo);
 #pragma unroll
