@@ -27,11 +27,19 @@ pub struct Impl {
 /// (the first that covers a point runs it).
 pub const IMPLS: &[Impl] = &[
     simple("cpu", Kernel::Stream, "rayon over 64 Ki-word chunks"),
+    // The vector paths, fastest first: `best` takes the first this CPU has
+    // (cpu/vector/simd.rs; DECODELAB_CPU_ISA caps it).
+    cpu_vector(Kernel::KvDecode, "avx512", CPU_KV),
+    cpu_vector(Kernel::KvDecode, "avx2", CPU_KV),
+    cpu_vector(Kernel::KvDecode, "portable", CPU_KV),
     simple(
         "cpu",
         Kernel::KvDecode,
         "rayon over (sequence, KV head, 256-token chunk), LSE merge",
     ),
+    cpu_vector(Kernel::ExpertGemv, "avx512", CPU_EXPERT),
+    cpu_vector(Kernel::ExpertGemv, "avx2", CPU_EXPERT),
+    cpu_vector(Kernel::ExpertGemv, "portable", CPU_EXPERT),
     simple(
         "cpu",
         Kernel::ExpertGemv,
@@ -144,6 +152,21 @@ pub const IMPLS: &[Impl] = &[
         "peer copy (cuMemcpyPeerAsync), timed with events",
     ),
 ];
+
+const CPU_KV: &str = "simple's tasks in 16-token tiles: rows decoded once in registers, \
+    scores from 4-head x 2-4-token register blocks, a vector exp, PV in 4-head blocks";
+const CPU_EXPERT: &str = "simple's 16-row blocks: 4 rows of an expert decoded in registers \
+    against up to 4 of its tokens";
+
+const fn cpu_vector(kernel: Kernel, name: &'static str, about: &'static str) -> Impl {
+    Impl {
+        backend: "cpu",
+        kernel,
+        name,
+        tuned: true,
+        about,
+    }
+}
 
 const fn simple(backend: &'static str, kernel: Kernel, about: &'static str) -> Impl {
     Impl {
@@ -385,6 +408,13 @@ pub trait Backend: Send + Sync {
     ) -> anyhow::Result<Option<Gathered>> {
         let _ = (w, local, mine, plan, parent, reps);
         anyhow::bail!("{}: no transport between ranks", self.name())
+    }
+
+    /// The device's compute ceiling, measured now (a point's roofline holds it against this
+    /// and the stream read of the same run), or why there is none.
+    fn compute_ceiling(&self, device: usize) -> Result<crate::report::Peak, String> {
+        let _ = device;
+        Err(format!("no compute ceiling on {}", self.name()))
     }
 
     /// Prepare a `link` point: `run` times copies from device `src` to `dst` (and back, both

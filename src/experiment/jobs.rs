@@ -77,6 +77,7 @@ pub(super) fn result_line(
         gbps,
         pct_of_spec,
         pct_of_stream: None,
+        roofline: None,
         cache: serde_json::to_value(exp.cache)?
             .as_str()
             .unwrap_or("")

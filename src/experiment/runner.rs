@@ -9,7 +9,7 @@ use super::progress::{Progress, announce, point_line};
 use super::{Experiment, Point};
 use crate::backend::{self, Backend};
 use crate::registry::Kernel;
-use crate::report::{self, ResultLine, ResultsFile};
+use crate::report::{self, ResultLine, ResultsFile, Roofline};
 use crate::split::SplitKind;
 use crate::workload::{TensorSet, Workload};
 use anyhow::Context;
@@ -59,9 +59,13 @@ fn ceiling_op(kernel: &str, params: &serde_json::Value) -> Option<String> {
     }
 }
 
-/// The best stream GB/s of each kind on each backend device, and points held against it.
+/// The best stream GB/s of each kind on each backend device, each device's compute ceiling
+/// (measured once, when its first decode point finishes), and points held against them.
 #[derive(Default)]
-struct Ceilings(HashMap<(String, String, String), f64>);
+struct Ceilings(
+    HashMap<(String, String, String), f64>,
+    HashMap<(String, String), Result<crate::report::Peak, String>>,
+);
 
 impl Ceilings {
     fn record(&mut self, l: &ResultLine) {
@@ -73,6 +77,25 @@ impl Ceilings {
                 .or_insert(0.0);
             *e = e.max(l.gbps);
         }
+    }
+
+    /// `l` against both ceilings of its device (decode points only).
+    fn roofline(&mut self, l: &ResultLine, b: &dyn Backend, device: usize) -> Option<Roofline> {
+        if l.flops == 0 || l.split != "none" {
+            return None;
+        }
+        let peak = self
+            .1
+            .entry((l.backend.clone(), l.key().2))
+            .or_insert_with(|| b.compute_ceiling(device));
+        let stream = self.0.get(&(l.backend.clone(), l.key().2, "read".into()));
+        Some(Roofline::of(
+            l.flops,
+            l.bytes,
+            l.time_s.median,
+            stream.copied(),
+            peak,
+        ))
     }
 
     /// `l`'s GB/s as a percentage of its ceiling, once one was measured.
@@ -317,6 +340,9 @@ impl Running<'_> {
             }
             self.ceilings.record(&line);
             line.pct_of_stream = self.ceilings.pct(&line);
+            if let Job::Single { s, d, .. } = &job {
+                line.roofline = self.ceilings.roofline(&line, s.backend.as_ref(), *d);
+            }
             self.results.append(&line)?;
             self.failed_checks += usize::from(!line.check.pass);
             self.progress.bar.inc(1);

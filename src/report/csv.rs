@@ -15,7 +15,7 @@ fn csv_field(s: &str) -> String {
 const HEAD: [&str; 7] = [
     "point", "kernel", "backend", "impl", "device", "devices", "split",
 ];
-const TAIL: [&str; 26] = [
+const TAIL: [&str; 30] = [
     "label",
     "bytes",
     "reps",
@@ -26,6 +26,10 @@ const TAIL: [&str; 26] = [
     "gbps",
     "pct_of_spec",
     "pct_of_stream",
+    "flop_per_byte",
+    "bound",
+    "roofline_s",
+    "pct_of_roofline",
     "cache",
     "energy_source",
     "pj_per_byte",
@@ -104,6 +108,12 @@ pub fn to_csv(lines: &[ResultLine]) -> String {
             num(Some(l.gbps)),
             num(l.pct_of_spec),
             num(l.pct_of_stream),
+            num(l.roofline.as_ref().map(|r| r.flop_per_byte)),
+            l.roofline
+                .as_ref()
+                .map_or(String::new(), |r| r.bound.clone()),
+            num(l.roofline.as_ref().and_then(|r| r.time_s)),
+            num(l.roofline.as_ref().and_then(|r| r.pct)),
             l.cache.clone(),
             l.energy.source.clone(),
             num(l.energy.pj_per_byte),

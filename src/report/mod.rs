@@ -6,10 +6,13 @@ pub mod csv;
 pub mod format;
 pub mod npy;
 pub mod plot;
+pub mod plot_roofline;
+pub mod roofline;
 pub mod table;
 
 pub use csv::to_csv;
 pub use format::{human_bytes, human_time, params_label};
+pub use roofline::{Peak, Roofline};
 pub use table::{
     cross_check_table, link_table, split_table, summary_markdown, terminal_table, verdict,
 };
@@ -149,6 +152,10 @@ pub struct ResultLine {
     pub gbps: f64,
     pub pct_of_spec: Option<f64>,
     pub pct_of_stream: Option<f64>,
+    /// Decode points: the point against both of this run's ceilings (absent for stream and
+    /// link points, and in results of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roofline: Option<Roofline>,
     pub cache: String,
     pub energy: Energy,
     pub check: CheckOut,

@@ -164,7 +164,7 @@ pub fn charts(lines: &[ResultLine]) -> Vec<Chart> {
     out
 }
 
-fn colour(i: usize) -> RGBColor {
+pub(super) fn colour(i: usize) -> RGBColor {
     [
         RGBColor(0x1f, 0x77, 0xb4),
         RGBColor(0xff, 0x7f, 0x0e),
@@ -266,9 +266,11 @@ pub fn run(results: &Path, out: Option<&Path>) -> anyhow::Result<(PathBuf, usize
     };
     let out = out.map_or_else(|| folder.join("plots"), Path::to_path_buf);
     let charts = charts(&lines);
+    let roofs = super::plot_roofline::roofs(&lines);
     anyhow::ensure!(
-        !charts.is_empty(),
-        "{}: nothing to plot: no kernel was swept along {} (a single shape is a table, not a plot)",
+        !charts.is_empty() || !roofs.is_empty(),
+        "{}: nothing to plot: no kernel was swept along {} and no point carries both ceilings \
+         (a single shape is a table, not a plot)",
         results.display(),
         AXES.join(", ")
     );
@@ -284,6 +286,21 @@ pub fn run(results: &Path, out: Option<&Path>) -> anyhow::Result<(PathBuf, usize
         lines.len(),
         results.display()
     );
+    for (i, r) in roofs.iter().enumerate() {
+        let stem = format!("roofline-{i}");
+        let size = (1000, 620);
+        let svg = out.join(format!("{stem}.svg"));
+        super::plot_roofline::draw(&SVGBackend::new(&svg, size).into_drawing_area(), r)?;
+        let png = out.join(format!("{stem}.png"));
+        super::plot_roofline::draw(&BitMapBackend::new(&png, size).into_drawing_area(), r)?;
+        let _ = writeln!(
+            html,
+            "<h2>{} against its roofline</h2>\n<img src=\"{stem}.svg\" alt=\"roofline of {}\">\n<p><a href=\"{stem}.png\">PNG</a>. \
+             The bent line: stream read x FLOP per byte, up to the compute ceiling ({}). A point on the slope \
+             is held by memory; under the flat part, by compute.</p>",
+            r.device, r.device, r.peak
+        );
+    }
     for c in &charts {
         let stem = c.kernel.clone();
         let size = (1000, 560);
@@ -304,11 +321,11 @@ pub fn run(results: &Path, out: Option<&Path>) -> anyhow::Result<(PathBuf, usize
             let _ = writeln!(html, "<p><b>{n}</b></p>");
         }
     }
-    html.push_str("<h2>Points</h2>\n<table><tr><th>point</th><th>kernel</th><th>params</th><th>backend</th><th>impl</th><th>GB/s</th><th>% stream</th><th>check</th></tr>\n");
+    html.push_str("<h2>Points</h2>\n<table><tr><th>point</th><th>kernel</th><th>params</th><th>backend</th><th>impl</th><th>GB/s</th><th>% stream</th><th>% roofline</th><th>check</th></tr>\n");
     for l in &lines {
         let _ = writeln!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}:{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}:{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             l.point,
             l.kernel,
             params_label(&l.kernel, &l.params).replace('<', "&lt;"),
@@ -317,10 +334,11 @@ pub fn run(results: &Path, out: Option<&Path>) -> anyhow::Result<(PathBuf, usize
             l.implementation,
             sig(l.gbps, 3),
             l.pct_of_stream.map_or("-".into(), |p| format!("{p:.1}")),
+            l.roofline.as_ref().map_or("-".into(), |r| r.short()),
             if l.check.pass { "ok" } else { "FAIL" }
         );
     }
     html.push_str("</table></body></html>\n");
     super::write_atomic(&out.join("index.html"), &html)?;
-    Ok((out, charts.len()))
+    Ok((out, charts.len() + roofs.len()))
 }

@@ -35,6 +35,8 @@ fn table_rows(lines: &[ResultLine]) -> (Vec<&'static str>, Vec<Vec<String>>) {
         "GB/s",
         "%spec",
         "%stream",
+        "F/B",
+        "%roof",
         "median us",
         "+-%",
         "pJ/B",
@@ -48,6 +50,10 @@ fn table_rows(lines: &[ResultLine]) -> (Vec<&'static str>, Vec<Vec<String>>) {
             row.extend([
                 fmt_opt(l.pct_of_spec, 1),
                 fmt_opt(l.pct_of_stream, 1),
+                l.roofline
+                    .as_ref()
+                    .map_or("-".into(), |r| sig(r.flop_per_byte, 3)),
+                roof_cell(l),
                 micros(l.time_s.median),
                 l.time_s
                     .ci95
@@ -70,6 +76,20 @@ fn table_rows(lines: &[ResultLine]) -> (Vec<&'static str>, Vec<Vec<String>>) {
     (header, rows)
 }
 
+/// `62.1 mem` / `40.3 cmp` (% of the roofline, and the ceiling that sets it), or `-`.
+fn roof_cell(l: &ResultLine) -> String {
+    match l.roofline.as_ref() {
+        Some(r) => match r.pct {
+            Some(p) => format!(
+                "{p:.1} {}",
+                if r.bound == "compute" { "cmp" } else { "mem" }
+            ),
+            None => "?".into(),
+        },
+        None => "-".into(),
+    }
+}
+
 /// The end of a run in a few lines: which backends ran where, the points closest to and
 /// furthest from their ceiling, the noisy and the failed ones, and what to run next.
 pub fn verdict(lines: &[ResultLine], results: &std::path::Path) -> String {
@@ -81,11 +101,32 @@ pub fn verdict(lines: &[ResultLine], results: &std::path::Path) -> String {
     ran.sort();
     ran.dedup();
     out.push_str(&format!("ran on: {}\n", ran.join("; ")));
+    // Held against the roofline where both ceilings were measured, else the stream ceiling.
+    let roof = |l: &ResultLine| l.roofline.as_ref().and_then(|r| r.pct);
+    let by_roof = lines.iter().any(|l| roof(l).is_some());
     let judged: Vec<&ResultLine> = lines
         .iter()
-        .filter(|l| !l.is(Kernel::Stream) && l.check.pass && l.pct_of_stream.is_some())
+        .filter(|l| !l.is(Kernel::Stream) && l.check.pass)
+        .filter(|l| match by_roof {
+            true => roof(l).is_some(),
+            false => l.pct_of_stream.is_some(),
+        })
         .collect();
-    let pct = |l: &&ResultLine| l.pct_of_stream.unwrap_or(0.0);
+    let pct = |l: &&ResultLine| match by_roof {
+        true => roof(l).unwrap_or(0.0),
+        false => l.pct_of_stream.unwrap_or(0.0),
+    };
+    let what = if by_roof {
+        "its roofline"
+    } else {
+        "the stream ceiling"
+    };
+    let bound = |l: &ResultLine| {
+        l.roofline
+            .as_ref()
+            .filter(|_| by_roof)
+            .map_or(String::new(), |r| format!(", {}-bound", r.bound))
+    };
     let name = |l: &ResultLine| {
         format!(
             "point {} {} {} on {}:{} {}",
@@ -102,17 +143,19 @@ pub fn verdict(lines: &[ResultLine], results: &std::path::Path) -> String {
         judged.iter().min_by(|a, b| pct(a).total_cmp(&pct(b))),
     ) {
         out.push_str(&format!(
-            "closest to the stream ceiling: {} at {:.1} % ({} GB/s)\n",
+            "closest to {what}: {} at {:.1} % ({} GB/s{})\n",
             name(best),
             pct(best),
-            sig(best.gbps, 3)
+            sig(best.gbps, 3),
+            bound(best)
         ));
         if judged.len() > 1 {
             out.push_str(&format!(
-                "furthest from it:              {} at {:.1} % ({} GB/s)\n",
+                "furthest from it: {} at {:.1} % ({} GB/s{})\n",
                 name(worst),
                 pct(worst),
-                sig(worst.gbps, 3)
+                sig(worst.gbps, 3),
+                bound(worst)
             ));
         }
     }

@@ -27,7 +27,7 @@ pub(super) fn link(w: &Link, inputs: &TensorSet, outputs: &mut TensorSet) {
     }
 }
 
-fn out_mut<'a>(outputs: &'a mut TensorSet, name: &str) -> &'a mut [u8] {
+pub(super) fn out_mut<'a>(outputs: &'a mut TensorSet, name: &str) -> &'a mut [u8] {
     &mut outputs
         .get_mut(name)
         .unwrap_or_else(|| panic!("output '{name}' not allocated"))
@@ -69,13 +69,27 @@ pub(super) fn stream(w: &Stream, inputs: &TensorSet, outputs: &mut TensorSet) {
     }
 }
 
-/// Online-softmax state of one query group over one chunk of a sequence.
-struct Partial {
-    b: usize,
-    g: usize,
-    m: Vec<f32>,
-    l: Vec<f32>,
-    acc: Vec<f32>,
+/// Tokens per kv_decode task: contexts are split into chunks this long across threads.
+pub(super) const CHUNK: usize = 256;
+
+/// Online-softmax state of one query group over one chunk of a sequence: per head of the
+/// group its running max `m`, sum `l` and unnormalised output `acc` (dv values per head).
+pub(super) struct Partial {
+    pub b: usize,
+    pub g: usize,
+    pub m: Vec<f32>,
+    pub l: Vec<f32>,
+    pub acc: Vec<f32>,
+}
+
+/// The (sequence, KV head, chunk) tasks of a step, in the order their partials merge.
+pub(super) fn kv_tasks(w: &KvDecode) -> Vec<(usize, usize, usize)> {
+    (0..w.batch)
+        .flat_map(|b| {
+            (0..w.kv_heads)
+                .flat_map(move |g| (0..w.context_lens[b].div_ceil(CHUNK)).map(move |c| (b, g, c)))
+        })
+        .collect()
 }
 
 /// Paged decode attention. Tasks are (sequence, KV head, chunk of tokens): each cached row is
@@ -83,13 +97,12 @@ struct Partial {
 /// merged with the log-sum-exp, the same shape as flash-decoding on a GPU. (Over 100 lines on
 /// purpose: it is the reference kernel, one loop nest read top to bottom like the GPU ones.)
 pub(super) fn kv_decode(w: &KvDecode, inputs: &TensorSet, outputs: &mut TensorSet) {
-    const CHUNK: usize = 256;
     let q = inputs.expect("q").view::<f32>();
     let k = &inputs.expect("k_pages").bytes;
     let v = inputs.get("v_pages").map(|t| &t.bytes);
     let table = inputs.expect("page_table").view::<i32>();
     let table: &[i32] = &table;
-    let [ks, vs] = w.scales();
+    let [ks, _] = w.scales();
     let (hq, dk, dv, gs, dt) = (
         w.q_heads,
         w.head_dim_k,
@@ -105,13 +118,7 @@ pub(super) fn kv_decode(w: &KvDecode, inputs: &TensorSet, outputs: &mut TensorSe
         .map(|&x| math.operand(x) * (w.scale * ks))
         .collect();
 
-    let tasks: Vec<(usize, usize, usize)> = (0..w.batch)
-        .flat_map(|b| {
-            (0..w.kv_heads)
-                .flat_map(move |g| (0..w.context_lens[b].div_ceil(CHUNK)).map(move |c| (b, g, c)))
-        })
-        .collect();
-    let partials: Vec<Partial> = tasks
+    let partials: Vec<Partial> = kv_tasks(w)
         .par_iter()
         .map(|&(b, g, c)| {
             let mut p = Partial {
@@ -156,8 +163,14 @@ pub(super) fn kv_decode(w: &KvDecode, inputs: &TensorSet, outputs: &mut TensorSe
             p
         })
         .collect();
+    merge_partials(w, partials, outputs);
+}
 
-    // Merge the chunks of each (sequence, KV head) with the log-sum-exp.
+/// Merge the chunks of each (sequence, KV head) with the log-sum-exp, in task order, and
+/// write out and lse (V's dequant scale applied here).
+pub(super) fn merge_partials(w: &KvDecode, partials: Vec<Partial>, outputs: &mut TensorSet) {
+    let (hq, dv, gs) = (w.q_heads, w.head_dim_v, w.group_size());
+    let vs = w.scales()[1];
     let mut merged: Vec<Option<Partial>> = (0..w.batch * w.kv_heads).map(|_| None).collect();
     for p in partials {
         let slot = &mut merged[p.b * w.kv_heads + p.g];
@@ -242,27 +255,32 @@ pub(super) fn expert_gemv(w: &ExpertGemv, inputs: &TensorSet, outputs: &mut Tens
                     }
                 }
             }
-            let mut local = vec![0f32; t_count * width];
-            for t in 0..t_count {
-                for j in 0..k {
-                    let from = &slots[(t * k + j) * width..(t * k + j + 1) * width];
-                    for (a, &b) in local[t * width..(t + 1) * width].iter_mut().zip(from) {
-                        *a += b;
-                    }
-                }
-            }
-            local
+            slots
         })
         .collect();
+    let y = sum_slots(w, ROWS, &blocks);
+    out_mut(outputs, "y").copy_from_slice(bytemuck::cast_slice(&y));
+}
+
+/// y from each row block's slot values ([slot][row in block], blocks of `rows` rows): a
+/// token's slots summed in choice order starting from 0, the order every backend keeps.
+pub(super) fn sum_slots(w: &ExpertGemv, rows: usize, blocks: &[Vec<f32>]) -> Vec<f32> {
+    let (t_count, k, dout) = (w.batch, w.top_k, w.d_out);
     let mut y = vec![0f32; t_count * dout];
-    for (blk, local) in blocks.iter().enumerate() {
-        let (o0, width) = (blk * ROWS, local.len() / t_count.max(1));
+    for (blk, slots) in blocks.iter().enumerate() {
+        let o0 = blk * rows;
+        let width = rows.min(dout - o0);
         for t in 0..t_count {
-            y[t * dout + o0..t * dout + o0 + width]
-                .copy_from_slice(&local[t * width..(t + 1) * width]);
+            let out = &mut y[t * dout + o0..t * dout + o0 + width];
+            for j in 0..k {
+                let from = &slots[(t * k + j) * width..(t * k + j + 1) * width];
+                for (a, &b) in out.iter_mut().zip(from) {
+                    *a += b;
+                }
+            }
         }
     }
-    out_mut(outputs, "y").copy_from_slice(bytemuck::cast_slice(&y));
+    y
 }
 
 /// f32 dot product with eight independent partial sums, so the compiler can vectorise it

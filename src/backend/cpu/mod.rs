@@ -3,12 +3,14 @@
 //! to be cross-checked against.
 
 mod kernels;
+pub mod vector;
 
 use super::{Backend, CacheMode, DeviceInfo, How, Prepared, Timer};
 use crate::workload::{Link, TensorSet, Workload};
 use kernels::{expert_gemv, kv_decode, link, stream};
 use rayon::prelude::*;
 use std::time::Instant;
+use vector::Isa;
 
 pub struct CpuBackend {
     devices: Vec<DeviceInfo>,
@@ -59,6 +61,23 @@ impl Backend for CpuBackend {
         true
     }
 
+    /// simple covers everything; a vector path covers kv_decode and expert_gemv in the
+    /// dtypes it decodes in registers, on a CPU that has it.
+    fn covers(&self, imp: &str, workload: &Workload) -> Result<(), String> {
+        let Some(isa) = Isa::from_name(imp) else {
+            return Ok(());
+        };
+        match workload {
+            Workload::KvDecode(w) => vector::covers(isa, w.kv_dtype),
+            Workload::ExpertGemv(w) => vector::covers(isa, w.weight_dtype),
+            Workload::Stream(_) | Workload::Link(_) => Err(format!(
+                "{} is not built for {}",
+                isa.name(),
+                workload.kernel()
+            )),
+        }
+    }
+
     fn prepare<'a>(
         &'a self,
         device: usize,
@@ -67,11 +86,16 @@ impl Backend for CpuBackend {
         how: &How,
     ) -> anyhow::Result<Box<dyn Prepared + 'a>> {
         anyhow::ensure!(device == 0, "cpu has one device (0), not {device}");
-        anyhow::ensure!(
-            how.imp == "simple",
-            "cpu has no implementation '{}'",
-            how.imp
-        );
+        let path = match how.imp {
+            "simple" => None,
+            name => match Isa::from_name(name) {
+                Some(isa) => {
+                    self.covers(name, workload).map_err(anyhow::Error::msg)?;
+                    Some(isa)
+                }
+                None => anyhow::bail!("cpu has no implementation '{name}'"),
+            },
+        };
         anyhow::ensure!(
             !matches!(workload, Workload::Link(_)),
             "link runs between two devices (prepare_link)"
@@ -79,6 +103,7 @@ impl Backend for CpuBackend {
         let outputs = TensorSet(workload.outputs().iter().map(|o| o.poisoned()).collect());
         let flush = Flush::for_point(how.cache, workload, self.llc_bytes);
         Ok(Box::new(CpuPoint {
+            path,
             workload: workload.clone(),
             inputs: inputs.clone(), // shares the runner's buffers: no copy
             outputs,
@@ -89,6 +114,24 @@ impl Backend for CpuBackend {
             },
             flush,
         }))
+    }
+
+    /// f32 FMA chains on every thread, on the fastest vector path this CPU has (the unit
+    /// the vector kernels compute with).
+    fn compute_ceiling(&self, _device: usize) -> Result<crate::report::Peak, String> {
+        let isa = Isa::ALL
+            .into_iter()
+            .find(|i| i.allowed().is_ok())
+            .unwrap_or(Isa::Portable);
+        let gflops = vector::peak_gflops(isa)?;
+        Ok(crate::report::Peak {
+            gflops,
+            unit: format!(
+                "f32 FMA chains, {}, {} threads",
+                isa.name(),
+                rayon::current_num_threads()
+            ),
+        })
     }
 
     fn prepare_link<'a>(
@@ -105,6 +148,7 @@ impl Backend for CpuBackend {
         let workload = Workload::Link(link.clone());
         let outputs = TensorSet(workload.outputs().iter().map(|o| o.poisoned()).collect());
         let point = CpuPoint {
+            path: None,
             workload,
             inputs: inputs.clone(),
             outputs,
@@ -120,6 +164,8 @@ impl Backend for CpuBackend {
 }
 
 struct CpuPoint {
+    /// The vector path of a tuned implementation; None runs simple.
+    path: Option<Isa>,
     workload: Workload,
     inputs: TensorSet,
     outputs: TensorSet,
@@ -232,16 +278,19 @@ impl CpuPoint {
 
     fn step(&mut self) {
         let CpuPoint {
+            path,
             workload,
             inputs,
             outputs,
             ..
         } = self;
-        match workload {
-            Workload::Stream(w) => stream(w, inputs, outputs),
-            Workload::KvDecode(w) => kv_decode(w, inputs, outputs),
-            Workload::ExpertGemv(w) => expert_gemv(w, inputs, outputs),
-            Workload::Link(w) => link(w, inputs, outputs),
+        match (workload, *path) {
+            (Workload::Stream(w), _) => stream(w, inputs, outputs),
+            (Workload::KvDecode(w), Some(isa)) => vector::kv_decode(isa, w, inputs, outputs),
+            (Workload::KvDecode(w), None) => kv_decode(w, inputs, outputs),
+            (Workload::ExpertGemv(w), Some(isa)) => vector::expert_gemv(isa, w, inputs, outputs),
+            (Workload::ExpertGemv(w), None) => expert_gemv(w, inputs, outputs),
+            (Workload::Link(w), _) => link(w, inputs, outputs),
         }
     }
 }

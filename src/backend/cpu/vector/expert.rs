@@ -1,0 +1,158 @@
+//! expert_gemv on the vector paths. Simple's units of work (blocks of 16 output rows, every
+//! touched expert within a block) and its slot order; within a block, 4 rows of an expert
+//! stream at once, decoded in registers, against up to 4 of its tokens (x rows zero-padded
+//! to whole vectors, read from cache), so each weight byte is loaded once per 4 tokens.
+
+use super::simd::{Aligned, Simd};
+use crate::workload::{ExpertGemv, WeightScale, expert_gemv::SCALE_BLOCK};
+
+/// What every row block of one step reads.
+pub(super) struct ExpertCtx<'a> {
+    pub w: &'a ExpertGemv,
+    /// x after math's rounding, [batch] rows of `dip` values, zero-padded.
+    pub x: Aligned,
+    pub dip: usize,
+    pub wt: &'a [u8],
+    pub scales: Option<&'a [f32]>,
+    /// Touched experts with their (token, choice) slots.
+    pub touched: Vec<(usize, Vec<usize>)>,
+    pub rw: &'a [f32],
+}
+
+/// Output rows per unit of work.
+pub(super) const ROWS: usize = 16;
+
+/// One block of output rows: every slot's value of these rows, [slot][row in block].
+///
+/// # Safety
+/// The CPU must have `S`'s features; the dtype must be one the vector paths decode.
+#[inline(always)]
+pub(super) unsafe fn block<S: Simd>(cx: &ExpertCtx, blk: usize) -> Vec<f32> {
+    let w = cx.w;
+    let (o0, o1) = (blk * ROWS, ((blk + 1) * ROWS).min(w.d_out));
+    let width = o1 - o0;
+    let mut slots = vec![0f32; w.batch * w.top_k * width];
+    let wide = if S::LANES == 16 { 4 } else { 2 };
+    for (e, entries) in &cx.touched {
+        let mut o = o0;
+        while o < o1 {
+            let r = if o + 4 <= o1 { 4 } else { 1 };
+            for group in entries.chunks(wide) {
+                let at = Rows {
+                    e: *e,
+                    o,
+                    o0,
+                    width,
+                };
+                // SAFETY: the caller's contract; rows o..o+r are inside the block.
+                unsafe {
+                    match (r, group.len()) {
+                        (4, 4) => rows::<S, 4, 4>(cx, at, group, &mut slots),
+                        (4, 3) => rows::<S, 4, 3>(cx, at, group, &mut slots),
+                        (4, 2) => rows::<S, 4, 2>(cx, at, group, &mut slots),
+                        (4, _) => rows::<S, 4, 1>(cx, at, group, &mut slots),
+                        (_, 4) => rows::<S, 1, 4>(cx, at, group, &mut slots),
+                        (_, 3) => rows::<S, 1, 3>(cx, at, group, &mut slots),
+                        (_, 2) => rows::<S, 1, 2>(cx, at, group, &mut slots),
+                        _ => rows::<S, 1, 1>(cx, at, group, &mut slots),
+                    }
+                }
+            }
+            o += r;
+        }
+    }
+    slots
+}
+
+/// Where a register block's rows are: expert e, rows o.., in the block starting at o0.
+#[derive(Clone, Copy)]
+struct Rows {
+    e: usize,
+    o: usize,
+    o0: usize,
+    width: usize,
+}
+
+/// R rows of expert e against T of its slots: dot x scales x routing weight into `slots`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
+unsafe fn rows<S: Simd, const R: usize, const T: usize>(
+    cx: &ExpertCtx,
+    at: Rows,
+    group: &[usize],
+    slots: &mut [f32],
+) {
+    let w = cx.w;
+    let (di, dt, k) = (w.d_in, w.weight_dtype, w.top_k);
+    let size = dt.size();
+    let row_start: [usize; R] = std::array::from_fn(|r| (at.e * w.d_out + at.o + r) * di);
+    let xs: [*const f32; T] = std::array::from_fn(|t| cx.x[group[t] / k * cx.dip..].as_ptr());
+    let block_scaled = cx.scales.is_some() && w.weight_scale == WeightScale::Block128;
+    let seg = if block_scaled { SCALE_BLOCK } else { di };
+    let base = cx.wt.as_ptr();
+    assert!(
+        (row_start[R - 1] + di) * size <= cx.wt.len(),
+        "rows out of the weights"
+    );
+    // SAFETY: whole vectors stay below d_in in each row (asserted inside the tensor); x rows
+    // are padded to `dip`, a whole number of vectors past d_in.
+    unsafe {
+        let mut total = [[S::splat(0.0); T]; R];
+        let mut s0 = 0;
+        while s0 < di {
+            let s1 = (s0 + seg).min(di);
+            let whole = s0 + (s1 - s0) / S::LANES * S::LANES;
+            let mut acc = [[S::splat(0.0); T]; R];
+            let mut i = s0;
+            while i < whole {
+                // Loops, not array::from_fn: a closure would not inline the intrinsics.
+                let mut wv = [S::splat(0.0); R];
+                for r in 0..R {
+                    wv[r] = S::decode(dt, base.add((row_start[r] + i) * size));
+                }
+                for t in 0..T {
+                    let xv = S::load(xs[t].add(i));
+                    for r in 0..R {
+                        acc[r][t] = S::fma(wv[r], xv, acc[r][t]);
+                    }
+                }
+                i += S::LANES;
+            }
+            if whole < s1 {
+                // The row's last values: decoded by the dtype, zero-padded to a vector.
+                let mut tail = [[0f32; 16]; R];
+                for r in 0..R {
+                    dt.decode_slice(cx.wt, row_start[r] + whole, &mut tail[r][..s1 - whole]);
+                }
+                for t in 0..T {
+                    let xv = S::load(xs[t].add(whole));
+                    for r in 0..R {
+                        acc[r][t] = S::fma(S::load(tail[r].as_ptr()), xv, acc[r][t]);
+                    }
+                }
+            }
+            for r in 0..R {
+                for t in 0..T {
+                    total[r][t] = match (block_scaled, cx.scales) {
+                        (true, Some(s)) => {
+                            let scale = s[w.scale_index(at.e, at.o + r, s0)];
+                            S::fma(acc[r][t], S::splat(scale), total[r][t])
+                        }
+                        _ => acc[r][t],
+                    };
+                }
+            }
+            s0 = s1;
+        }
+        for r in 0..R {
+            let row_scale = match cx.scales {
+                Some(s) if !block_scaled => s[w.scale_index(at.e, at.o + r, 0)],
+                _ => 1.0,
+            };
+            for (t, &slot) in group.iter().enumerate() {
+                let d = S::hsum(total[r][t]) * row_scale;
+                slots[slot * at.width + (at.o + r - at.o0)] = d * cx.rw[slot];
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! kv_decode on the vector paths. A task is one chunk of one sequence, every KV head of it,
+//! so a thread reads each cache page whole (a token's heads are contiguous) and the
+//! hardware prefetcher streams it. Within a chunk, 16-token tiles, and per KV head:
+//! - its K and V rows decoded once into L1 tiles of f32, padded to whole vectors with zeros;
+//! - the group's scores, a head at a time, as 16 running dot products (one per token) folded
+//!   by one shuffle tree into a vector of 16 scores;
+//! - the softmax over that vector with a vector exp;
+//! - PV in register blocks of 4 heads x 2-4 vectors of value dims.
+//!
+//! Partials come out per (sequence, KV head, chunk) and merge as simple's do.
+
+use super::simd::{Aligned, Simd, decode_row};
+use crate::backend::cpu::kernels::Partial;
+use crate::workload::{KvDecode, Math};
+
+/// Tokens per tile: one vector of scores per head on AVX-512, two on 8 lanes.
+const TILE: usize = 16;
+
+/// What every task of one step reads.
+pub(super) struct KvCtx<'a> {
+    pub w: &'a KvDecode,
+    /// q with the softmax and K scales folded in (after math's rounding), [B x Hq] rows of
+    /// `dkp` values, zero-padded.
+    pub q: Aligned,
+    pub k: &'a [u8],
+    pub v: Option<&'a [u8]>,
+    pub table: &'a [i32],
+    pub dkp: usize,
+    pub dvp: usize,
+    /// Tokens per task: a whole number of tiles.
+    pub chunk: usize,
+}
+
+impl<'a> KvCtx<'a> {
+    pub fn new(
+        w: &'a KvDecode,
+        q: &[f32],
+        (k, v): (&'a [u8], Option<&'a [u8]>),
+        table: &'a [i32],
+        lanes: usize,
+    ) -> Self {
+        let (dk, dv) = (w.head_dim_k, w.head_dim_v);
+        let (dkp, dvp) = (dk.next_multiple_of(lanes), dv.next_multiple_of(lanes));
+        let fold = w.scale * w.scales()[0];
+        let mut qp = Aligned::zeroed(w.batch * w.q_heads * dkp);
+        for (row, src) in qp.chunks_exact_mut(dkp).zip(q.chunks_exact(dk)) {
+            for (o, &x) in row.iter_mut().zip(src) {
+                *o = w.math.operand(x) * fold;
+            }
+        }
+        // Enough tasks to keep every thread busy to the end (8 per thread), each of 1 to 16
+        // tiles: a chunk's merge costs a few vectors per head, a tile costs thousands.
+        let tokens: usize = w.context_lens.iter().sum();
+        let per_task = tokens.div_ceil(8 * rayon::current_num_threads());
+        let chunk = per_task.clamp(TILE, 16 * TILE).next_multiple_of(TILE);
+        KvCtx {
+            w,
+            q: qp,
+            k,
+            v,
+            table,
+            dkp,
+            dvp,
+            chunk,
+        }
+    }
+
+    /// The (sequence, chunk) tasks of a step.
+    pub fn tasks(&self) -> Vec<(usize, usize)> {
+        let w = self.w;
+        (0..w.batch)
+            .flat_map(|b| (0..w.context_lens[b].div_ceil(self.chunk)).map(move |c| (b, c)))
+            .collect()
+    }
+}
+
+/// One head group's running softmax state over a chunk.
+struct Group {
+    m: Vec<f32>,
+    l: Vec<f32>,
+    /// gs rows of dvp values.
+    acc: Aligned,
+}
+
+/// One (sequence, chunk) task: the online-softmax partial of every KV head, in head order.
+///
+/// # Safety
+/// The CPU must have `S`'s features; the dtype must be one the vector paths decode.
+#[inline(always)]
+pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, (b, c): (usize, usize)) -> Vec<Partial> {
+    let w = cx.w;
+    let (gs, dk, dv, dkp, dvp) = (w.group_size(), w.head_dim_k, w.head_dim_v, cx.dkp, cx.dvp);
+    let dt = w.kv_dtype;
+    let hkv = w.kv_heads;
+    // Every head's rows of the tile (L2-resident), decoded token by token: a token's rows
+    // of all heads are contiguous, so the reads stream.
+    let mut kt = Aligned::zeroed(hkv * TILE * dkp);
+    let mut vt = Aligned::zeroed(if cx.v.is_some() { hkv * TILE * dvp } else { 0 });
+    let mut s = Aligned::zeroed(gs * TILE);
+    let mut groups: Vec<Group> = (0..w.kv_heads)
+        .map(|_| Group {
+            m: vec![f32::NEG_INFINITY; gs],
+            l: vec![0f32; gs],
+            acc: Aligned::zeroed(gs * dvp),
+        })
+        .collect();
+    let end = ((c + 1) * cx.chunk).min(w.context_lens[b]);
+    for t0 in (c * cx.chunk..end).step_by(TILE) {
+        let n = TILE.min(end - t0);
+        // No software prefetch: the tile's rows are read in address order (a page's tokens,
+        // each token's heads), which the hardware prefetcher streams; explicit prefetches of
+        // the next tile, at once or a head at a time, measured slower on the CI machine.
+        for i in 0..n {
+            for g in 0..hkv {
+                let ko = w.cache_offset(cx.table, b, t0 + i, g, dk);
+                let at = (g * TILE + i) * dkp;
+                // SAFETY: the caller's contract (features, dtype); rows are inside their
+                // tensors (decode_row asserts it).
+                unsafe { decode_row::<S>(dt, cx.k, ko, &mut kt[at..at + dk]) };
+                if let Some(v) = cx.v {
+                    let vo = w.cache_offset(cx.table, b, t0 + i, g, dv);
+                    let at = (g * TILE + i) * dvp;
+                    unsafe { decode_row::<S>(dt, v, vo, &mut vt[at..at + dv]) };
+                }
+            }
+        }
+        for (g, st) in groups.iter_mut().enumerate() {
+            let kt = &kt[g * TILE * dkp..(g + 1) * TILE * dkp];
+            let vt = match cx.v {
+                Some(_) => &vt[g * TILE * dvp..(g + 1) * TILE * dvp],
+                None => &vt[..0],
+            };
+            let q = &cx.q[(b * w.q_heads + g * gs) * dkp..][..gs * dkp];
+            // SAFETY: buffers are sized for gs heads, TILE tokens and padded rows. Rows past
+            // n hold an earlier tile's values: their scores are masked below.
+            unsafe { scores::<S>(q, kt, gs, dkp, &mut s) };
+            for j in 0..gs {
+                // SAFETY: the row is TILE values.
+                let (m_new, sum) =
+                    unsafe { softmax_tile::<S>(&mut s[j * TILE..(j + 1) * TILE], n, st.m[j]) };
+                let corr = (st.m[j] - m_new).exp();
+                // P's row sum takes it unrounded; PV takes it as math says.
+                st.l[j] = st.l[j] * corr + sum;
+                if w.math != Math::F32 {
+                    for p in &mut s[j * TILE..j * TILE + n] {
+                        *p = w.math.operand(*p);
+                    }
+                }
+                if corr != 1.0 {
+                    // SAFETY: the head's accumulator is dvp values, whole vectors.
+                    unsafe { scale_row::<S>(&mut st.acc[j * dvp..(j + 1) * dvp], corr) };
+                }
+                st.m[j] = m_new;
+            }
+            let (vs, stride) = match cx.v {
+                Some(_) => (vt, dvp),
+                None => (kt, dkp), // MLA: V is the latent's first dv values of each row
+            };
+            // SAFETY: as above.
+            unsafe { pv::<S>(&s, vs, stride, (gs, n, dvp), &mut st.acc) };
+        }
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(g, st)| Partial {
+            b,
+            g,
+            m: st.m,
+            l: st.l,
+            acc: st.acc[..gs * dvp]
+                .chunks_exact(dvp)
+                .flat_map(|r| r[..dv].iter().copied())
+                .collect(),
+        })
+        .collect()
+}
+
+/// One head's tile of scores (n of TILE valid) against its running max `m`: the new max,
+/// and the row turned into e^(s - max) in place with its sum. Vector ops throughout: scalar
+/// max and sum chains cost more than the tile's FMAs.
+#[inline(always)]
+unsafe fn softmax_tile<S: Simd>(row: &mut [f32], n: usize, m: f32) -> (f32, f32) {
+    row[n..].fill(f32::NEG_INFINITY);
+    // SAFETY: `row` is TILE values, a whole number of vectors.
+    unsafe {
+        let mut mx = S::splat(m);
+        for c in row.chunks_exact(S::LANES) {
+            mx = S::max(mx, S::load(c.as_ptr()));
+        }
+        let m_new = S::hmax(mx);
+        let mut sum = S::splat(0.0);
+        for c in row.chunks_exact_mut(S::LANES) {
+            let e = S::exp(S::sub(S::load(c.as_ptr()), S::splat(m_new)));
+            sum = S::add(sum, e);
+            S::store(c.as_mut_ptr(), e);
+        }
+        // Masked lanes add at most TILE x e^-87 (the exp's floor) to the sum: nothing at f32.
+        (m_new, S::hsum(sum))
+    }
+}
+
+/// row *= c, a vector at a time.
+#[inline(always)]
+unsafe fn scale_row<S: Simd>(row: &mut [f32], c: f32) {
+    // SAFETY: `row` is a whole number of vectors.
+    unsafe {
+        for v in row.chunks_exact_mut(S::LANES) {
+            S::store(v.as_mut_ptr(), S::mul(S::load(v.as_ptr()), S::splat(c)));
+        }
+    }
+}
+
+/// s[j * TILE + i] = q_j . k_i for the group's heads and all TILE tokens of the tile: per
+/// head and LANES tokens, one running vector per token, folded into LANES scores at once.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
+unsafe fn scores<S: Simd>(q: &[f32], kt: &[f32], gs: usize, dkp: usize, s: &mut [f32]) {
+    let (q, kt, s) = (q.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
+    // SAFETY: head j's q row and the tile's TILE rows of kt are inside their buffers.
+    unsafe {
+        for j in 0..gs {
+            for i0 in (0..TILE).step_by(S::LANES) {
+                let mut acc = [S::splat(0.0); 16];
+                for d in (0..dkp).step_by(S::LANES) {
+                    let qv = S::load(q.add(j * dkp + d));
+                    for t in 0..S::LANES {
+                        acc[t] = S::fma(qv, S::load(kt.add((i0 + t) * dkp + d)), acc[t]);
+                    }
+                }
+                S::store(s.add(j * TILE + i0), S::transpose_sum(&acc));
+            }
+        }
+    }
+}
+
+/// acc_j += sum over the tile's n tokens of p[j][i] * v_i, for every head j of the group.
+#[inline(always)]
+unsafe fn pv<S: Simd>(
+    p: &[f32],
+    vt: &[f32],
+    stride: usize,
+    (gs, n, dvp): (usize, usize, usize),
+    acc: &mut [f32],
+) {
+    let (p, vt, acc) = (p.as_ptr(), vt.as_ptr(), acc.as_mut_ptr());
+    let wide = if S::LANES == 16 { 4 } else { 2 };
+    // SAFETY: every block stays inside heads j..j+H, dims d..d+C*LANES <= dvp and n tokens.
+    unsafe {
+        let mut j = 0;
+        while j < gs {
+            let h = if j + 4 <= gs { 4 } else { 1 };
+            let mut d = 0;
+            while d < dvp {
+                let c = if d + wide * S::LANES <= dvp { wide } else { 1 };
+                let at = (j, d);
+                match (h, c) {
+                    (4, 4) => pv_block::<S, 4, 4>(p, vt, stride, n, dvp, at, acc),
+                    (4, 2) => pv_block::<S, 4, 2>(p, vt, stride, n, dvp, at, acc),
+                    (4, _) => pv_block::<S, 4, 1>(p, vt, stride, n, dvp, at, acc),
+                    (_, 4) => pv_block::<S, 1, 4>(p, vt, stride, n, dvp, at, acc),
+                    (_, 2) => pv_block::<S, 1, 2>(p, vt, stride, n, dvp, at, acc),
+                    _ => pv_block::<S, 1, 1>(p, vt, stride, n, dvp, at, acc),
+                }
+                d += c * S::LANES;
+            }
+            j += h;
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
+unsafe fn pv_block<S: Simd, const H: usize, const C: usize>(
+    p: *const f32,
+    vt: *const f32,
+    stride: usize,
+    n: usize,
+    dvp: usize,
+    (j, d): (usize, usize),
+    acc: *mut f32,
+) {
+    // SAFETY: the caller keeps heads j..j+H and dims d..d+C*LANES inside acc and vt's rows.
+    unsafe {
+        let at = |h: usize, c: usize| (j + h) * dvp + d + c * S::LANES;
+        // Loops, not array::from_fn: a closure would not inline the intrinsics.
+        let mut a = [[S::splat(0.0); C]; H];
+        for h in 0..H {
+            for c in 0..C {
+                a[h][c] = S::load(acc.add(at(h, c)));
+            }
+        }
+        for i in 0..n {
+            let mut v = [S::splat(0.0); C];
+            for c in 0..C {
+                v[c] = S::load(vt.add(i * stride + d + c * S::LANES));
+            }
+            for h in 0..H {
+                let pb = S::splat(*p.add((j + h) * TILE + i));
+                for c in 0..C {
+                    a[h][c] = S::fma(pb, v[c], a[h][c]);
+                }
+            }
+        }
+        for h in 0..H {
+            for c in 0..C {
+                S::store(acc.add(at(h, c)), a[h][c]);
+            }
+        }
+    }
+}

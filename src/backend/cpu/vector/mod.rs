@@ -1,0 +1,250 @@
+//! The cpu backend's tuned implementations, one per vector path (`avx512`, `avx2`,
+//! `portable`): the kernel bodies are generic over `simd::Simd`, and each path instantiates
+//! them inside a `#[target_feature]` entry. `simple` stays beside them as the reference.
+
+mod expert;
+mod kv;
+mod peak;
+pub mod simd;
+
+use super::kernels::{Partial, merge_partials, out_mut, sum_slots};
+use crate::workload::{ExpertGemv, KvDecode, TensorSet};
+use expert::{ExpertCtx, ROWS};
+use kv::KvCtx;
+use rayon::prelude::*;
+pub use simd::Isa;
+use simd::{Portable, Simd};
+
+/// Whether path `isa` covers a point of this storage dtype on this CPU, or why not.
+pub fn covers(isa: Isa, dt: crate::workload::DType) -> Result<(), String> {
+    isa.allowed()?;
+    if simd::decodes(dt) {
+        Ok(())
+    } else {
+        Err(format!("{dt} is decoded by simple only"))
+    }
+}
+
+/// Instantiate `$m::$f::<S>($args)` for a path: an entry with the path's target features per
+/// path (so the intrinsics inline), and a dispatcher over `Isa`.
+macro_rules! per_isa {
+    ($name:ident, $m:ident::$f:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        fn $name(isa: Isa, $($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+            unsafe fn avx512($($arg: $ty),*) -> $ret {
+                // SAFETY: reached only where the CPU has these features (below).
+                unsafe { $m::$f::<simd::Avx512>($($arg),*) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn avx2($($arg: $ty),*) -> $ret {
+                // SAFETY: as above.
+                unsafe { $m::$f::<simd::Avx2>($($arg),*) }
+            }
+            assert!(isa.on_this_cpu().is_ok(), "{} on a CPU without it", isa.name());
+            match isa {
+                // SAFETY: the CPU has the path's features (asserted above).
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2($($arg),*) },
+                // SAFETY: the portable path needs no feature.
+                _ => unsafe { $m::$f::<Portable>($($arg),*) },
+            }
+        }
+    };
+}
+
+per_isa!(kv_task, kv::task, (cx: &KvCtx, t: (usize, usize)) -> Vec<Partial>);
+per_isa!(expert_block, expert::block, (cx: &ExpertCtx, blk: usize) -> Vec<f32>);
+per_isa!(peak_chains, peak::chains, (n: usize, a: f32, b: f32) -> f64);
+
+/// The measured f32 FMA ceiling of this CPU on path `isa`, every rayon thread at once: the
+/// best of 5 rounds of about 20 ms, in GFLOP/s. Err if a chain ends anywhere but where
+/// its closed form says (a broken path, not a slow one).
+pub fn peak_gflops(isa: Isa) -> Result<f64, String> {
+    const STEPS: usize = 1 << 20;
+    let threads = rayon::current_num_threads();
+    let lanes = lanes(isa);
+    let (a, b) = (std::hint::black_box(1.0f32), std::hint::black_box(1.0f32));
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        let sums: Vec<f64> = (0..threads)
+            .into_par_iter()
+            .map(|_| peak_chains(isa, STEPS, a, b))
+            .collect();
+        let s = t0.elapsed().as_secs_f64();
+        let want = peak::expected(STEPS, lanes);
+        if let Some(got) = sums.iter().find(|&&g| g != want) {
+            return Err(format!(
+                "{} FMA chains summed to {got}, not {want}",
+                isa.name()
+            ));
+        }
+        best = best.max(peak::flops(STEPS, lanes) * threads as f64 / s / 1e9);
+    }
+    Ok(best)
+}
+
+fn lanes(isa: Isa) -> usize {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => simd::Avx512::LANES,
+        _ => Portable::LANES,
+    }
+}
+
+pub(super) fn kv_decode(isa: Isa, w: &KvDecode, inputs: &TensorSet, outputs: &mut TensorSet) {
+    let q = inputs.expect("q").view::<f32>();
+    let table = inputs.expect("page_table").view::<i32>();
+    let k = &inputs.expect("k_pages").bytes;
+    let v = inputs.get("v_pages").map(|t| &t.bytes[..]);
+    let cx = KvCtx::new(w, &q, (k, v), &table, lanes(isa));
+    let partials: Vec<Vec<Partial>> = cx
+        .tasks()
+        .into_par_iter()
+        .map(|t| kv_task(isa, &cx, t))
+        .collect();
+    let partials = partials.into_iter().flatten().collect();
+    merge_partials(w, partials, outputs);
+}
+
+pub(super) fn expert_gemv(isa: Isa, w: &ExpertGemv, inputs: &TensorSet, outputs: &mut TensorSet) {
+    let dip = w.d_in.next_multiple_of(lanes(isa));
+    let x_in = inputs.expect("x").view::<f32>();
+    let mut x = simd::Aligned::zeroed(w.batch * dip);
+    for (row, src) in x.chunks_exact_mut(dip).zip(x_in.chunks_exact(w.d_in)) {
+        for (o, &v) in row.iter_mut().zip(src) {
+            *o = w.math.operand(v);
+        }
+    }
+    let scales = inputs.get("w_scale").map(|t| t.view::<f32>());
+    let rw = inputs.expect("topk_weights").view::<f32>();
+    let ids = inputs.expect("topk_ids").view::<i32>();
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); w.experts];
+    for (slot, &e) in ids.iter().enumerate() {
+        groups[e as usize].push(slot);
+    }
+    let cx = ExpertCtx {
+        w,
+        x,
+        dip,
+        wt: &inputs.expect("w").bytes,
+        scales: scales.as_deref(),
+        touched: groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, g)| !g.is_empty())
+            .collect(),
+        rw: &rw,
+    };
+    let blocks: Vec<Vec<f32>> = (0..w.d_out.div_ceil(ROWS))
+        .into_par_iter()
+        .map(|blk| expert_block(isa, &cx, blk))
+        .collect();
+    let y = sum_slots(w, ROWS, &blocks);
+    out_mut(outputs, "y").copy_from_slice(bytemuck::cast_slice(&y));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::DType;
+
+    /// Every vector operation the kernels use, on path S, against scalar arithmetic: the
+    /// decoders of every dtype (whole vectors and the row tail), the shuffle tree, exp.
+    #[inline(always)]
+    unsafe fn ops_match_scalar<S: Simd>() -> Result<(), String> {
+        let l = S::LANES;
+        // Decoders: every code of fp8 (the extremes and subnormals too), and values that
+        // round in the 16-bit formats.
+        for dt in [DType::F32, DType::F16, DType::Bf16, DType::Fp8E4m3] {
+            let n = if dt == DType::Fp8E4m3 { 256 } else { 3 * l + 5 };
+            let bytes: Vec<u8> = match dt {
+                DType::Fp8E4m3 => (0..=255u8).filter(|&c| c & 0x7F != 0x7F).collect(),
+                _ => dt.encode(
+                    &(0..n)
+                        .map(|i| (i as f32 - 20.3) * 0.731)
+                        .collect::<Vec<_>>(),
+                ),
+            };
+            let n = bytes.len() / dt.size();
+            let mut want = vec![0f32; n];
+            dt.decode_slice(&bytes, 0, &mut want);
+            for start in [0, 1] {
+                let mut got = vec![f32::NAN; n - start];
+                // SAFETY: the caller's contract.
+                unsafe { simd::decode_row::<S>(dt, &bytes, start, &mut got) };
+                if got != want[start..] {
+                    return Err(format!(
+                        "{dt} from {start}: {got:?} vs {:?}",
+                        &want[start..]
+                    ));
+                }
+            }
+        }
+        // The shuffle tree: lane i is the sum of vector i.
+        let vals: Vec<f32> = (0..16 * l)
+            .map(|i| ((i * 37) % 101) as f32 - 50.0)
+            .collect();
+        let mut acc = [unsafe { S::splat(0.0) }; 16];
+        for (i, a) in acc.iter_mut().enumerate().take(l) {
+            *a = unsafe { S::load(vals[i * l..].as_ptr()) };
+        }
+        let mut out = vec![0f32; l];
+        unsafe { S::store(out.as_mut_ptr(), S::transpose_sum(&acc)) };
+        for (i, &o) in out.iter().enumerate() {
+            let want: f32 = vals[i * l..(i + 1) * l].iter().sum();
+            if o != want {
+                return Err(format!("transpose_sum lane {i}: {o} vs {want}"));
+            }
+        }
+        // exp over softmax's range, within 4 ulp.
+        for k in 0..2000 {
+            let x = -87.0 + k as f32 * 0.0435;
+            let mut e = vec![0f32; l];
+            unsafe { S::store(e.as_mut_ptr(), S::exp(S::splat(x))) };
+            let want = (x as f64).exp();
+            if ((e[0] as f64 - want) / want).abs() > 4.0 * f32::EPSILON as f64 {
+                return Err(format!("exp({x}) = {} vs {want}", e[0]));
+            }
+        }
+        Ok(())
+    }
+
+    per_isa!(check_ops, tests::ops_match_scalar, () -> Result<(), String>);
+
+    #[test]
+    fn every_path_on_this_cpu_matches_scalar_arithmetic() {
+        let mut ran = 0;
+        for isa in Isa::ALL {
+            match isa.on_this_cpu() {
+                Ok(()) => {
+                    check_ops(isa).unwrap_or_else(|e| panic!("{}: {e}", isa.name()));
+                    ran += 1;
+                }
+                Err(why) => eprintln!("SKIPPED: the {} path ({why})", isa.name()),
+            }
+        }
+        assert!(ran >= 1, "the portable path runs everywhere");
+    }
+
+    #[test]
+    fn the_fma_ceiling_is_measured_and_checked() {
+        let isa = Isa::ALL
+            .into_iter()
+            .find(|i| i.on_this_cpu().is_ok())
+            .unwrap();
+        let g = peak_gflops(isa).expect("the chains end where their closed form says");
+        assert!(g > 0.5, "{g} GFLOP/s");
+        // The closed form: chain i of every lane ends at i + n.
+        assert_eq!(
+            peak::expected(10, 4),
+            (0..peak::CHAINS)
+                .map(|i| 4.0 * (i + 10) as f64)
+                .sum::<f64>()
+        );
+    }
+}
