@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""The cpu bench table: per point, simple and every vector path (GB/s, % of roofline, the
+bound), and ONNX Runtime at the same shape where it runs one, from a decodelab results.jsonl
+and scripts/ort_reference.py's lines.
+
+    python3 scripts/cpu_table.py RESULTS.jsonl [ORT.jsonl] > table.md
+"""
+import json
+import sys
+
+
+def label(l):
+    p = l["params"]
+    if l["kernel"] == "kv_decode":
+        if p["attention"] == "mla":
+            return f"mla b{p['batch']} hq{p['q_heads']} ctx{p['context']} {p['kv_dtype']}"
+        return f"gqa b{p['batch']} hq{p['q_heads']}/{p['kv_heads']} d{p['head_dim']} ctx{p['context']} {p['kv_dtype']}"
+    if l["kernel"] == "expert_gemv":
+        return f"E{p['experts']} k{p['top_k']} T{p['batch']} {p['d_out']}x{p['d_in']} {p['weight_dtype']}"
+    return f"{l['kernel']} {p.get('op', '')} {p.get('bytes', '')}"
+
+
+def main():
+    lines = [json.loads(x) for x in open(sys.argv[1])]
+    peer = {}
+    if len(sys.argv) > 2:
+        for x in open(sys.argv[2]):
+            o = json.loads(x)
+            peer[o["point"]] = o
+    streams = [l for l in lines if l["kernel"] == "stream"]
+    for l in streams:
+        print(f"- stream {l['params']['op']}: {l['gbps']:.1f} GB/s")
+    peaks = {l["roofline"]["peak"]: l["roofline"]["peak_gflops"] for l in lines if l.get("roofline") and l["roofline"].get("peak_gflops")}
+    for unit, g in peaks.items():
+        print(f"- compute ceiling ({unit}): {g:.0f} GFLOP/s")
+    print()
+    impls = []
+    for l in lines:
+        if l["kernel"] != "stream" and l["impl"] not in impls:
+            impls.append(l["impl"])
+    head = ["pt", "point", "F/B", "bound"] + [f"{i} GB/s (%roof)" for i in impls] + ["ort GB/s", "best / ort"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    by_point = {}
+    for l in lines:
+        if l["kernel"] != "stream" and l["check"]["pass"]:
+            by_point.setdefault(l["point"], {})[l["impl"]] = l
+    for pt, row in sorted(by_point.items()):
+        any_l = next(iter(row.values()))
+        r = any_l.get("roofline") or {}
+        cells = [str(pt), label(any_l), f"{r.get('flop_per_byte', 0):.3g}", r.get("bound", "-")]
+        best = 0.0
+        for i in impls:
+            l = row.get(i)
+            if l is None:
+                cells.append("-")
+                continue
+            pct = (l.get("roofline") or {}).get("pct")
+            cells.append(f"{l['gbps']:.2f} ({pct:.0f} %)" if pct is not None else f"{l['gbps']:.2f}")
+            if i != "simple":
+                best = max(best, l["gbps"])
+        o = peer.get(pt)
+        if o and "gbps" in o:
+            cells += [f"{o['gbps']:.2f}", f"{best / o['gbps']:.2f}x"]
+        else:
+            cells += ["-", "-"]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

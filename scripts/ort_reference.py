@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""ONNX Runtime on the CPU at the same shapes as a decodelab cpu run: one JSON line per point
+of a results.jsonl that the peer can run, timed like decodelab (warm-up, median of reps, a
+1 GiB write before each rep so the inputs start out of cache) and held to the point's own
+byte count, so "x ort" compares times for the same job.
+
+    python3 scripts/ort_reference.py RESULTS.jsonl [--reps 20] [--threads N] > ort.jsonl
+
+Needs onnxruntime, onnx and numpy (a venv of its own: scripts/cpu-bench.sh makes one); CI
+does not run it. What ONNX Runtime runs for each kernel (its CPU kernels are f32; points
+stored in other dtypes are skipped, since the peer would move other bytes):
+  kv_decode gqa  MatMul(q, K^T) -> Softmax -> MatMul(P, V) per (sequence, KV head group) on a
+                 contiguous f32 cache, K stored transposed for the peer (its best layout; no
+                 paging: the easier memory pattern)
+  kv_decode mla  the absorbed form the same way: scores over the latent, V = its first dims
+  expert_gemv    one MatMul per (token, chosen expert) on f32 weights [d_in, d_out], summed
+                 with the routing weights (ORT has no grouped GEMV); tokens that share an
+                 expert share its MatMul
+"""
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+SCRATCH = np.zeros(1 << 28, dtype=np.float32)  # 1 GiB, written before each rep
+
+
+def session(graph, threads):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def timed(run, reps, warmup=2):
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(reps):
+        SCRATCH += 1.0
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), times
+
+
+def f32(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def kv_decode(p, threads, reps):
+    """Attention of one decode step: q [B*Hkv, G, Dk], K^T [B*Hkv, Dk, L], V [B*Hkv, L, Dv]."""
+    if p["kv_dtype"] != "f32" or p.get("lengths") is not None:
+        return None, "f32 caches of equal lengths only"
+    mla = p["attention"] == "mla"
+    b, hq, ctx = p["batch"], p["q_heads"], p["context"]
+    hkv = 1 if mla else p["kv_heads"]
+    dk, dv = p["head_dim"], p["v_head_dim"]
+    g = hq // hkv
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((b * hkv, g, dk), dtype=np.float32)
+    kt = rng.standard_normal((b * hkv, dk, ctx), dtype=np.float32)
+    feeds = {"q": q, "kt": kt}
+    nodes = [
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),
+        helper.make_node("Mul", ["s", "scale"], ["ss"]),
+        helper.make_node("Softmax", ["ss"], ["p"], axis=-1),
+    ]
+    inits = [helper.make_tensor("scale", TensorProto.FLOAT, [], [p["scale"]])]
+    inputs = [f32("q", list(q.shape)), f32("kt", list(kt.shape))]
+    if mla:
+        # V is the latent's first dv dims: [B, L, Dv] from K^T's rows, as the peer would
+        # keep a second, row-major copy of it (the absorbed form reads the latent twice).
+        v = np.ascontiguousarray(kt[:, :dv, :].transpose(0, 2, 1))
+    else:
+        v = rng.standard_normal((b * hkv, ctx, dv), dtype=np.float32)
+    feeds["v"] = v
+    inputs.append(f32("v", list(v.shape)))
+    nodes.append(helper.make_node("MatMul", ["p", "v"], ["out"]))
+    graph = helper.make_graph(nodes, "kv", inputs, [f32("out", None)], inits)
+    s = session(graph, threads)
+    median, _ = timed(lambda: s.run(None, feeds), reps)
+    return median, "MatMul-Softmax-MatMul, contiguous f32 cache, K transposed"
+
+
+def expert_gemv(p, threads, reps):
+    if p["weight_dtype"] != "f32":
+        return None, "f32 weights only"
+    t, k, din, dout = p["batch"], p["top_k"], p["d_in"], p["d_out"]
+    touched = p.get("experts_touched", min(p["experts"], t * k))
+    rng = np.random.default_rng(2)
+    # Each touched expert's weights once, its tokens stacked as the rows of one MatMul.
+    per = [t * k // touched + (1 if e < (t * k) % touched else 0) for e in range(touched)]
+    feeds, nodes, inputs, outs = {}, [], [], []
+    for e in range(touched):
+        x = rng.standard_normal((max(per[e], 1), din), dtype=np.float32)
+        w = rng.standard_normal((din, dout), dtype=np.float32)
+        feeds[f"x{e}"], feeds[f"w{e}"] = x, w
+        inputs += [f32(f"x{e}", list(x.shape)), f32(f"w{e}", list(w.shape))]
+        nodes.append(helper.make_node("MatMul", [f"x{e}", f"w{e}"], [f"y{e}"]))
+        outs.append(f32(f"y{e}", None))
+    graph = helper.make_graph(nodes, "experts", inputs, outs)
+    s = session(graph, threads)
+    median, _ = timed(lambda: s.run(None, feeds), reps)
+    return median, f"{touched} MatMuls, f32 weights as inputs"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=0, help="0: ORT's default (every core)")
+    a = ap.parse_args()
+    seen = set()
+    for line in open(a.results):
+        l = json.loads(line)
+        if l["backend"] != "cpu" or l["split"] != "none" or l["point"] in seen:
+            continue
+        seen.add(l["point"])
+        run = {"kv_decode": kv_decode, "expert_gemv": expert_gemv}.get(l["kernel"])
+        if run is None:
+            continue
+        median, how = run(l["params"], a.threads, a.reps)
+        out = {"point": l["point"], "kernel": l["kernel"], "peer": f"onnxruntime {ort.__version__}", "how": how}
+        if median is not None:
+            out.update(median_s=median, gbps=l["bytes"] / median / 1e9)
+        print(json.dumps(out), flush=True)
+        print(f"point {l['point']}: {how}: " + (f"{out['gbps']:.2f} GB/s" if median else "skipped"), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
