@@ -1347,3 +1347,47 @@ fn an_implementation_that_does_not_cover_a_point_skips_it_and_says_why() {
     assert_eq!(lines.len(), 1);
     assert!(lines[0].check.pass && lines[0].implementation == "simple");
 }
+
+#[test]
+fn decodelab_cpu_isa_caps_the_vector_path_and_the_line_names_it() {
+    let dir = tempdir("isa");
+    let file = dir.join("isa.yaml");
+    std::fs::write(&file, "name: isa\nbackends: [cpu]\nreps: 2\nwarmup: 0\nruns:\n  - kernel: kv_decode\n    batch: 1\n    q_heads: 8\n    kv_heads: 2\n    head_dim: 64\n    context: 100\n").unwrap();
+    let run = |cap: &str, out: &str| {
+        let out = dir.join(out);
+        let o = bin()
+            .env("DECODELAB_CPU_ISA", cap)
+            .args(["run", "--no-progress", "--energy", "off", "--out"])
+            .arg(&out)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        read_lines(&out.join("results.jsonl")).remove(0)
+    };
+    // portable runs on every CPU; a path above the cap is passed over, and the line says why.
+    let l = run("portable", "p");
+    assert_eq!(l.implementation, "portable");
+    assert!(l.check.pass);
+    if decodelab::backend::cpu::vector::Isa::Avx2
+        .on_this_cpu()
+        .is_ok()
+    {
+        assert!(
+            l.passed_over
+                .iter()
+                .any(|p| p.starts_with("avx2:") && p.contains("caps it")),
+            "{:?}",
+            l.passed_over
+        );
+        assert_eq!(run("avx2", "a").implementation, "avx2");
+    }
+    // A name that is no path runs simple, and says so.
+    let l = run("sse9", "s");
+    assert_eq!(l.implementation, "simple");
+    assert!(
+        l.passed_over.iter().any(|p| p.contains("names no path")),
+        "{:?}",
+        l.passed_over
+    );
+}

@@ -11,10 +11,10 @@
 
 use super::simd::{Aligned, Simd, decode_row};
 use crate::backend::cpu::kernels::Partial;
-use crate::workload::{KvDecode, Math};
+use crate::workload::{DType, KvDecode, Math};
 
 /// Tokens per tile: one vector of scores per head on AVX-512, two on 8 lanes.
-const TILE: usize = 16;
+const TILE: usize = 32;
 
 /// What every task of one step reads.
 pub(super) struct KvCtx<'a> {
@@ -74,6 +74,43 @@ impl<'a> KvCtx<'a> {
     }
 }
 
+/// Where a tile's TILE rows of one head lie, and how they are stored: in the cache itself
+/// (fused decode) or in an f32 tile.
+#[derive(Clone, Copy)]
+struct Rows {
+    at: [*const u8; TILE],
+    dt: DType,
+}
+
+impl Rows {
+    /// Rows in a cache tensor: element offsets from `offset`, each `dim` values long.
+    fn of(bytes: &[u8], dt: DType, offset: impl Fn(usize) -> usize, dim: usize) -> Rows {
+        let size = dt.size();
+        let at = std::array::from_fn(|t| {
+            let o = offset(t) * size;
+            assert!(o + dim * size <= bytes.len(), "row out of its tensor");
+            bytes[o..].as_ptr()
+        });
+        Rows { at, dt }
+    }
+
+    /// The first n rows of an f32 tile with rows of `stride` values (rows past n: the last).
+    fn tile(tile: &[f32], stride: usize, n: usize) -> Rows {
+        let at = std::array::from_fn(|t| tile[t.min(n - 1) * stride..].as_ptr() as *const u8);
+        Rows { at, dt: DType::F32 }
+    }
+
+    /// Values d..d+LANES of row t.
+    ///
+    /// # Safety
+    /// The CPU must have `S`'s features; the row must hold them.
+    #[inline(always)]
+    unsafe fn load<S: Simd>(&self, t: usize, d: usize) -> S::V {
+        // SAFETY: the caller's contract.
+        unsafe { S::decode(self.dt, self.at[t].add(d * self.dt.size())) }
+    }
+}
+
 /// One head group's running softmax state over a chunk.
 struct Group {
     m: Vec<f32>,
@@ -92,12 +129,24 @@ pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, (b, c): (usize, usize)) -> Vec<Pa
     let (gs, dk, dv, dkp, dvp) = (w.group_size(), w.head_dim_k, w.head_dim_v, cx.dkp, cx.dvp);
     let dt = w.kv_dtype;
     let hkv = w.kv_heads;
-    // Every head's rows of the tile (L2-resident), decoded token by token: a token's rows
-    // of all heads are contiguous, so the reads stream.
-    let mut kt = Aligned::zeroed(hkv * TILE * dkp);
-    let mut vt = Aligned::zeroed(if cx.v.is_some() { hkv * TILE * dvp } else { 0 });
+    // GQA with whole-vector head dims in a cheap dtype (a shift or a convert) reads K and V
+    // where they lie, decoding in registers as the scores and PV load them (each row twice
+    // for a group of 8). Otherwise (MLA: a latent row serves 16-128 heads; fp8: six
+    // instructions a vector; odd dims) each head's rows are decoded once into an L1 tile of
+    // padded f32 rows first.
+    let fused = cx.v.is_some()
+        && gs <= 8
+        && dt != DType::Fp8E4m3
+        && dk % S::LANES == 0
+        && dv % S::LANES == 0;
+    let mut kt = Aligned::zeroed(if fused { 0 } else { TILE * dkp });
+    let mut vt = Aligned::zeroed(if fused || cx.v.is_none() {
+        0
+    } else {
+        TILE * dvp
+    });
     let mut s = Aligned::zeroed(gs * TILE);
-    let mut groups: Vec<Group> = (0..w.kv_heads)
+    let mut groups: Vec<Group> = (0..hkv)
         .map(|_| Group {
             m: vec![f32::NEG_INFINITY; gs],
             l: vec![0f32; gs],
@@ -107,33 +156,41 @@ pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, (b, c): (usize, usize)) -> Vec<Pa
     let end = ((c + 1) * cx.chunk).min(w.context_lens[b]);
     for t0 in (c * cx.chunk..end).step_by(TILE) {
         let n = TILE.min(end - t0);
-        // No software prefetch: the tile's rows are read in address order (a page's tokens,
-        // each token's heads), which the hardware prefetcher streams; explicit prefetches of
-        // the next tile, at once or a head at a time, measured slower on the CI machine.
-        for i in 0..n {
-            for g in 0..hkv {
-                let ko = w.cache_offset(cx.table, b, t0 + i, g, dk);
-                let at = (g * TILE + i) * dkp;
-                // SAFETY: the caller's contract (features, dtype); rows are inside their
-                // tensors (decode_row asserts it).
-                unsafe { decode_row::<S>(dt, cx.k, ko, &mut kt[at..at + dk]) };
-                if let Some(v) = cx.v {
-                    let vo = w.cache_offset(cx.table, b, t0 + i, g, dv);
-                    let at = (g * TILE + i) * dvp;
-                    unsafe { decode_row::<S>(dt, v, vo, &mut vt[at..at + dv]) };
-                }
-            }
-        }
         for (g, st) in groups.iter_mut().enumerate() {
-            let kt = &kt[g * TILE * dkp..(g + 1) * TILE * dkp];
-            let vt = match cx.v {
-                Some(_) => &vt[g * TILE * dvp..(g + 1) * TILE * dvp],
-                None => &vt[..0],
+            // Row t of the tile, for t < TILE: rows past n repeat the last one (their
+            // scores are masked, their P is never read).
+            let row = |t: usize, dim: usize| w.cache_offset(cx.table, b, t0 + t.min(n - 1), g, dim);
+            let (k_rows, v_rows) = if fused {
+                let v = cx.v.unwrap_or(cx.k);
+                let k_rows = Rows::of(cx.k, dt, |t| row(t, dk), dk);
+                (k_rows, Rows::of(v, dt, |t| row(t, dv), dv))
+            } else {
+                for i in 0..n {
+                    // SAFETY: the caller's contract (features, dtype); decode_row asserts
+                    // the row is inside its tensor.
+                    unsafe {
+                        decode_row::<S>(dt, cx.k, row(i, dk), &mut kt[i * dkp..i * dkp + dk])
+                    };
+                    if let Some(v) = cx.v {
+                        unsafe {
+                            decode_row::<S>(dt, v, row(i, dv), &mut vt[i * dvp..i * dvp + dv])
+                        };
+                    }
+                }
+                let k_rows = Rows::tile(&kt, dkp, n);
+                // MLA: V is the latent's first dv values of each row.
+                let v_rows = if cx.v.is_some() {
+                    Rows::tile(&vt, dvp, n)
+                } else {
+                    k_rows
+                };
+                (k_rows, v_rows)
             };
             let q = &cx.q[(b * w.q_heads + g * gs) * dkp..][..gs * dkp];
-            // SAFETY: buffers are sized for gs heads, TILE tokens and padded rows. Rows past
-            // n hold an earlier tile's values: their scores are masked below.
-            unsafe { scores::<S>(q, kt, gs, dkp, &mut s) };
+            // SAFETY: buffers are sized for gs heads and TILE tokens; rows hold dkp (dvp)
+            // values where the kernel reads them (whole vectors: the fused rows' dims are
+            // multiples of LANES, the tiles are padded).
+            unsafe { scores::<S>(q, &k_rows, gs, dkp, &mut s) };
             for j in 0..gs {
                 // SAFETY: the row is TILE values.
                 let (m_new, sum) =
@@ -152,12 +209,8 @@ pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, (b, c): (usize, usize)) -> Vec<Pa
                 }
                 st.m[j] = m_new;
             }
-            let (vs, stride) = match cx.v {
-                Some(_) => (vt, dvp),
-                None => (kt, dkp), // MLA: V is the latent's first dv values of each row
-            };
             // SAFETY: as above.
-            unsafe { pv::<S>(&s, vs, stride, (gs, n, dvp), &mut st.acc) };
+            unsafe { pv::<S>(&s, &v_rows, (gs, n, dvp), &mut st.acc) };
         }
     }
     groups
@@ -211,24 +264,41 @@ unsafe fn scale_row<S: Simd>(row: &mut [f32], c: f32) {
     }
 }
 
-/// s[j * TILE + i] = q_j . k_i for the group's heads and all TILE tokens of the tile: per
-/// head and LANES tokens, one running vector per token, folded into LANES scores at once.
+/// s[j * TILE + i] = q_j . k_i for the group's heads and all TILE tokens of the tile, in
+/// register blocks of 4 heads x LANES/4 tokens: each loaded q and k vector feeds LANES/4 or 4
+/// FMAs (a load per FMA would be held to L1's load rate), and one shuffle tree folds the
+/// block's LANES running dots into LANES scores at once.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
-unsafe fn scores<S: Simd>(q: &[f32], kt: &[f32], gs: usize, dkp: usize, s: &mut [f32]) {
-    let (q, kt, s) = (q.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
-    // SAFETY: head j's q row and the tile's TILE rows of kt are inside their buffers.
-    unsafe {
-        for j in 0..gs {
-            for i0 in (0..TILE).step_by(S::LANES) {
+unsafe fn scores<S: Simd>(q: &[f32], k: &Rows, gs: usize, dkp: usize, s: &mut [f32]) {
+    const H: usize = 4;
+    let t_block = S::LANES / H;
+    let qp = q.as_ptr();
+    let mut out = [0f32; 16];
+    for j0 in (0..gs).step_by(H) {
+        // A group not a multiple of 4 repeats its last head; the repeats are not stored.
+        let head = |h: usize| (j0 + h).min(gs - 1);
+        for i0 in (0..TILE).step_by(t_block) {
+            // SAFETY: heads < gs and tokens < TILE index rows inside q and k.
+            unsafe {
                 let mut acc = [S::splat(0.0); 16];
                 for d in (0..dkp).step_by(S::LANES) {
-                    let qv = S::load(q.add(j * dkp + d));
-                    for t in 0..S::LANES {
-                        acc[t] = S::fma(qv, S::load(kt.add((i0 + t) * dkp + d)), acc[t]);
+                    let mut qv = [S::splat(0.0); H];
+                    for h in 0..H {
+                        qv[h] = S::load(qp.add(head(h) * dkp + d));
+                    }
+                    for t in 0..t_block {
+                        let kv = k.load::<S>(i0 + t, d);
+                        for h in 0..H {
+                            acc[h * t_block + t] = S::fma(qv[h], kv, acc[h * t_block + t]);
+                        }
                     }
                 }
-                S::store(s.add(j * TILE + i0), S::transpose_sum(&acc));
+                S::store(out.as_mut_ptr(), S::transpose_sum(&acc));
+            }
+            for h in 0..H.min(gs - j0) {
+                let row = &mut s[(j0 + h) * TILE + i0..][..t_block];
+                row.copy_from_slice(&out[h * t_block..(h + 1) * t_block]);
             }
         }
     }
@@ -236,14 +306,8 @@ unsafe fn scores<S: Simd>(q: &[f32], kt: &[f32], gs: usize, dkp: usize, s: &mut 
 
 /// acc_j += sum over the tile's n tokens of p[j][i] * v_i, for every head j of the group.
 #[inline(always)]
-unsafe fn pv<S: Simd>(
-    p: &[f32],
-    vt: &[f32],
-    stride: usize,
-    (gs, n, dvp): (usize, usize, usize),
-    acc: &mut [f32],
-) {
-    let (p, vt, acc) = (p.as_ptr(), vt.as_ptr(), acc.as_mut_ptr());
+unsafe fn pv<S: Simd>(p: &[f32], v: &Rows, (gs, n, dvp): (usize, usize, usize), acc: &mut [f32]) {
+    let (p, acc) = (p.as_ptr(), acc.as_mut_ptr());
     let wide = if S::LANES == 16 { 4 } else { 2 };
     // SAFETY: every block stays inside heads j..j+H, dims d..d+C*LANES <= dvp and n tokens.
     unsafe {
@@ -255,12 +319,12 @@ unsafe fn pv<S: Simd>(
                 let c = if d + wide * S::LANES <= dvp { wide } else { 1 };
                 let at = (j, d);
                 match (h, c) {
-                    (4, 4) => pv_block::<S, 4, 4>(p, vt, stride, n, dvp, at, acc),
-                    (4, 2) => pv_block::<S, 4, 2>(p, vt, stride, n, dvp, at, acc),
-                    (4, _) => pv_block::<S, 4, 1>(p, vt, stride, n, dvp, at, acc),
-                    (_, 4) => pv_block::<S, 1, 4>(p, vt, stride, n, dvp, at, acc),
-                    (_, 2) => pv_block::<S, 1, 2>(p, vt, stride, n, dvp, at, acc),
-                    _ => pv_block::<S, 1, 1>(p, vt, stride, n, dvp, at, acc),
+                    (4, 4) => pv_block::<S, 4, 4>(p, v, n, dvp, at, acc),
+                    (4, 2) => pv_block::<S, 4, 2>(p, v, n, dvp, at, acc),
+                    (4, _) => pv_block::<S, 4, 1>(p, v, n, dvp, at, acc),
+                    (_, 4) => pv_block::<S, 1, 4>(p, v, n, dvp, at, acc),
+                    (_, 2) => pv_block::<S, 1, 2>(p, v, n, dvp, at, acc),
+                    _ => pv_block::<S, 1, 1>(p, v, n, dvp, at, acc),
                 }
                 d += c * S::LANES;
             }
@@ -273,8 +337,7 @@ unsafe fn pv<S: Simd>(
 #[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
 unsafe fn pv_block<S: Simd, const H: usize, const C: usize>(
     p: *const f32,
-    vt: *const f32,
-    stride: usize,
+    vr: &Rows,
     n: usize,
     dvp: usize,
     (j, d): (usize, usize),
@@ -293,7 +356,7 @@ unsafe fn pv_block<S: Simd, const H: usize, const C: usize>(
         for i in 0..n {
             let mut v = [S::splat(0.0); C];
             for c in 0..C {
-                v[c] = S::load(vt.add(i * stride + d + c * S::LANES));
+                v[c] = vr.load::<S>(i, d + c * S::LANES);
             }
             for h in 0..H {
                 let pb = S::splat(*p.add((j + h) * TILE + i));

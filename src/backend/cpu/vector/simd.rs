@@ -318,14 +318,15 @@ mod x86 {
                         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w))
                     }
                     _ => {
-                        // fp8_e4m3: each byte to the f16 with its exponent and mantissa in
-                        // place and its sign on top, converted in hardware.
-                        let b = _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i));
-                        let mag =
-                            _mm256_slli_epi16::<7>(_mm256_and_si256(b, _mm256_set1_epi16(0x7F)));
-                        let sign =
-                            _mm256_slli_epi16::<8>(_mm256_and_si256(b, _mm256_set1_epi16(0x80)));
-                        let h = _mm512_cvtph_ps(_mm256_or_si256(mag, sign));
+                        // fp8_e4m3: each byte sign-extended to 16 bits and shifted left 7:
+                        // the f16 with fp8's exponent and mantissa in place and its sign on top
+                        // (bit 14, the sign's copy, cleared), converted in hardware.
+                        let b = _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i));
+                        let bits = _mm256_and_si256(
+                            _mm256_slli_epi16::<7>(b),
+                            _mm256_set1_epi16(0xBF80u16 as i16),
+                        );
+                        let h = _mm512_cvtph_ps(bits);
                         _mm512_mul_ps(h, _mm512_set1_ps(FP8_AS_F16_SCALE))
                     }
                 }
@@ -430,10 +431,10 @@ mod x86 {
                         _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
                     }
                     _ => {
-                        let b = _mm_cvtepu8_epi16(_mm_loadl_epi64(p as *const __m128i));
-                        let mag = _mm_slli_epi16::<7>(_mm_and_si128(b, _mm_set1_epi16(0x7F)));
-                        let sign = _mm_slli_epi16::<8>(_mm_and_si128(b, _mm_set1_epi16(0x80)));
-                        let h = _mm256_cvtph_ps(_mm_or_si128(mag, sign));
+                        let b = _mm_cvtepi8_epi16(_mm_loadl_epi64(p as *const __m128i));
+                        let bits =
+                            _mm_and_si128(_mm_slli_epi16::<7>(b), _mm_set1_epi16(0xBF80u16 as i16));
+                        let h = _mm256_cvtph_ps(bits);
                         _mm256_mul_ps(h, _mm256_set1_ps(FP8_AS_F16_SCALE))
                     }
                 }
