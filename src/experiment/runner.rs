@@ -9,7 +9,7 @@ use super::progress::{Progress, announce, point_line};
 use super::{Experiment, Point};
 use crate::backend::{self, Backend};
 use crate::registry::Kernel;
-use crate::report::{self, ResultLine, ResultsFile, Roofline};
+use crate::report::{self, FolderLock, ResultLine, ResultsFile, Roofline};
 use crate::split::SplitKind;
 use crate::workload::{TensorSet, Workload};
 use anyhow::Context;
@@ -129,6 +129,21 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// A result line could not be written (disk full, I/O error): the run stopped, the file holds
+/// whole lines only (exit code 3).
+#[derive(Debug)]
+pub struct StoreStopped {
+    pub message: String,
+}
+
+impl std::fmt::Display for StoreStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StoreStopped {}
+
 /// Two experiment texts that say the same: equal as YAML data, whatever their comments,
 /// spacing or key order.
 fn same_experiment(a: &str, b: &str) -> bool {
@@ -162,8 +177,10 @@ fn stopping() -> bool {
 
 /// Run every point of `exp` on `selected`, appending each result as it finishes.
 pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow::Result<Outcome> {
-    let out_dir = results_folder(exp, opts)?;
-    let (results, lines) = ResultsFile::open(&out_dir)?;
+    let (out_dir, lock) = results_folder(exp, opts)?;
+    let opened =
+        ResultsFile::open(&out_dir, lock, &exp.name).map_err(|e| Refused(format!("{e:#}")))?;
+    let (results, lines) = (opened.file, opened.lines);
     let done: HashSet<(usize, String, String)> = lines.iter().map(ResultLine::key).collect();
     let not_done = |p: &Point| -> Vec<Job> {
         jobs_for(p, selected)
@@ -189,6 +206,9 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
         .collect();
     let progress = Progress::new(opts.progress, pending);
     announce(exp, selected, &progress);
+    for note in &opened.notes {
+        progress.say(format!("resume: {note}"));
+    }
     if skipped_done > 0 {
         progress.say(format!(
             "resuming {}: {skipped_done} results already there, {pending} to go",
@@ -221,8 +241,24 @@ pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow
     r.progress.bar.finish_and_clear();
     let mut lines = r.lines;
     lines.sort_by_key(|l| (l.point, l.backend.clone(), l.key().2));
-    // What finished is kept, even when a lost rank ended the run early.
-    write_tables(exp, &out_dir, &lines)?;
+    // What finished is kept, even when a lost rank ended the run early. After a failed write
+    // the tables are tried too (whole or not at all), but the store's error is the one said.
+    let tables = write_tables(exp, &out_dir, &lines);
+    if let Err(e) = &ended
+        && let Some(f) = e.downcast_ref::<report::StoreFailed>()
+    {
+        return Err(StoreStopped {
+            message: format!(
+                "{f}
+the run stopped after {} results; free the space (or fix the disk), then finish it with: decodelab run {} --resume {}",
+                lines.len(),
+                exp.file.display(),
+                out_dir.display()
+            ),
+        }
+        .into());
+    }
+    tables?;
     ended.with_context(|| {
         format!(
             "the run ended early; its {} results are kept in {} (finish it with --resume {})",
@@ -380,7 +416,7 @@ impl Running<'_> {
 
 /// The folder results go to: a resumed run's (refused when its experiment differs beyond
 /// comments), `--out`, or a new timestamped one; never one that already holds results.
-fn results_folder(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf> {
+fn results_folder(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<(PathBuf, FolderLock)> {
     let out_dir = match (&opts.resume, &opts.out) {
         (Some(r), _) => {
             let saved_file = r.join("experiment.yaml");
@@ -406,6 +442,8 @@ fn results_folder(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf
     };
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    // One writer per folder, before anything in it is read or written.
+    let lock = FolderLock::acquire(&out_dir).map_err(|e| Refused(format!("{e:#}")))?;
     if opts.resume.is_none() {
         let existing = out_dir.join("results.jsonl");
         if existing.metadata().map(|m| m.len() > 0).unwrap_or(false) {
@@ -418,7 +456,7 @@ fn results_folder(exp: &Experiment, opts: &RunOptions) -> anyhow::Result<PathBuf
         }
         report::write_atomic(&out_dir.join("experiment.yaml"), &exp.source)?;
     }
-    Ok(out_dir)
+    Ok((out_dir, lock))
 }
 
 /// results.csv and summary.md, from every line of the run (resumed ones too).

@@ -8,19 +8,19 @@ pub mod npy;
 pub mod plot;
 pub mod plot_roofline;
 pub mod roofline;
+pub mod store;
 pub mod table;
 
 pub use csv::to_csv;
 pub use format::{human_bytes, human_time, params_label};
 pub use roofline::{Peak, Roofline};
+pub use store::{FolderLock, ResultsFile, StoreFailed, write_atomic};
 pub use table::{
     cross_check_table, link_table, split_table, summary_markdown, terminal_table, verdict,
 };
 
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const SCHEMA: &str = "decodelab.result/1";
 
@@ -284,56 +284,6 @@ impl ResultLine {
     }
 }
 
-/// The results file: every line is written whole and flushed before the next point starts,
-/// so SIGKILL leaves only complete lines (at worst one torn tail, cut off on resume).
-pub struct ResultsFile {
-    file: File,
-    pub path: PathBuf,
-}
-
-impl ResultsFile {
-    /// Open for appending, first cutting any torn last line a killed run left.
-    pub fn open(dir: &Path) -> anyhow::Result<(ResultsFile, Vec<ResultLine>)> {
-        let path = dir.join("results.jsonl");
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)?;
-        let mut lines = Vec::new();
-        let mut good_len = 0u64;
-        let mut reader = BufReader::new(&file);
-        let mut buf = String::new();
-        loop {
-            buf.clear();
-            let n = reader.read_line(&mut buf)?;
-            if n == 0 || !buf.ends_with('\n') {
-                break;
-            }
-            match serde_json::from_str::<ResultLine>(buf.trim_end()) {
-                Ok(l) => lines.push(l),
-                Err(_) => break, // a torn or foreign line: everything from here is cut
-            }
-            good_len += n as u64;
-        }
-        drop(reader);
-        if file.metadata()?.len() != good_len {
-            file.set_len(good_len)?;
-            file.seek(SeekFrom::End(0))?;
-        }
-        Ok((ResultsFile { file, path }, lines))
-    }
-
-    pub fn append(&mut self, line: &ResultLine) -> anyhow::Result<()> {
-        let mut text = serde_json::to_string(line)?;
-        text.push('\n');
-        // One write of the whole line, then to disk: a crash never splits earlier lines.
-        self.file.write_all(text.as_bytes())?;
-        self.file.sync_data()?;
-        Ok(())
-    }
-}
-
 /// The result lines of a run: a results.jsonl, or a results folder holding one. A line that
 /// is not a result is refused with its number.
 pub fn load_lines(path: &Path) -> anyhow::Result<Vec<ResultLine>> {
@@ -360,14 +310,6 @@ pub fn load_lines(path: &Path) -> anyhow::Result<Vec<ResultLine>> {
     }
     anyhow::ensure!(!lines.is_empty(), "{}: no result lines", file.display());
     Ok(lines)
-}
-
-/// Write a file whole or not at all (temp file + rename).
-pub fn write_atomic(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 #[cfg(test)]

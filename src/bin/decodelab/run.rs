@@ -354,8 +354,11 @@ fn report_run(file: &std::path::Path, result: anyhow::Result<runner::Outcome>) -
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            // A run refused before it starts is like a refused file.
-            if e.downcast_ref::<runner::Refused>().is_some() {
+            // A run refused before it starts is like a refused file; a run whose results
+            // could not be written has its own code (the file holds whole lines: resume).
+            if e.downcast_ref::<runner::StoreStopped>().is_some() {
+                ExitCode::from(3)
+            } else if e.downcast_ref::<runner::Refused>().is_some() {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)
