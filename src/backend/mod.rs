@@ -28,23 +28,24 @@ pub struct Impl {
 pub const IMPLS: &[Impl] = &[
     simple("cpu", Kernel::Stream, "rayon over 64 Ki-word chunks"),
     // The vector paths, fastest first: `best` takes the first this CPU has
-    // (cpu/vector/simd.rs; DECODELAB_CPU_ISA caps it).
+    // (cpu/vector/simd.rs; DECODELAB_CPU_ISA caps it). portable comes after simple until it
+    // beats it where it is the only path (aarch64 has not run it).
     cpu_vector(Kernel::KvDecode, "avx512", CPU_KV),
     cpu_vector(Kernel::KvDecode, "avx2", CPU_KV),
-    cpu_vector(Kernel::KvDecode, "portable", CPU_KV),
     simple(
         "cpu",
         Kernel::KvDecode,
         "rayon over (sequence, KV head, 256-token chunk), LSE merge",
     ),
+    cpu_vector(Kernel::KvDecode, "portable", CPU_KV),
     cpu_vector(Kernel::ExpertGemv, "avx512", CPU_EXPERT),
     cpu_vector(Kernel::ExpertGemv, "avx2", CPU_EXPERT),
-    cpu_vector(Kernel::ExpertGemv, "portable", CPU_EXPERT),
     simple(
         "cpu",
         Kernel::ExpertGemv,
         "rayon over 16-row blocks, tokens grouped by expert",
     ),
+    cpu_vector(Kernel::ExpertGemv, "portable", CPU_EXPERT),
     simple("cpu", Kernel::Link, "a copy within host memory"),
     simple("wgpu", Kernel::Stream, "vec4 words, grid-stride"),
     // After simple: simple's read is within 2 % of CUDA's on an H200, and the ceiling every

@@ -150,7 +150,7 @@ impl ResultsFile {
         let mut notes = Vec::new();
         if !dropped.is_empty() {
             for &(number, _, ref why) in &dropped {
-                let before = lines.iter().filter(|(n, _)| *n < number).count();
+                let before = lines.iter().filter(|(n, _, _)| *n < number).count();
                 let after = lines.len() - before;
                 notes.push(format!(
                     "{}: line {number} is not a result ({why}): kept {before} points before it and {after} after it; it is set aside in results.dropped and its point runs again",
@@ -166,9 +166,10 @@ impl ResultsFile {
                 aside.write_all(b"\n")?;
             }
             aside.sync_all()?;
+            // The good lines as they were written, byte for byte.
             let mut kept = Vec::new();
-            for (_, l) in &lines {
-                kept.extend_from_slice(serde_json::to_string(l)?.as_bytes());
+            for (_, _, raw) in &lines {
+                kept.extend_from_slice(raw);
                 kept.push(b'\n');
             }
             write_atomic_bytes(&path, &kept)?;
@@ -183,7 +184,7 @@ impl ResultsFile {
                 appended: 0,
                 _lock: lock,
             },
-            lines: lines.into_iter().map(|(_, l)| l).collect(),
+            lines: lines.into_iter().map(|(_, l, _)| l).collect(),
             notes,
         })
     }
@@ -229,10 +230,14 @@ impl ResultsFile {
     }
 }
 
-/// A line as read: its number (from 1) and the line, or its raw bytes and why it is not one.
-type Scanned = (Vec<(usize, ResultLine)>, Vec<(usize, Vec<u8>, String)>);
+/// A line as read: its number (from 1), the line and its bytes; or its bytes and why it is
+/// not one.
+type Scanned<'t> = (
+    Vec<(usize, ResultLine, &'t [u8])>,
+    Vec<(usize, Vec<u8>, String)>,
+);
 
-fn scan(path: &Path, text: &[u8], experiment: &str) -> anyhow::Result<Scanned> {
+fn scan<'t>(path: &Path, text: &'t [u8], experiment: &str) -> anyhow::Result<Scanned<'t>> {
     let (mut good, mut bad) = (Vec::new(), Vec::new());
     let mut pieces: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
     // What follows the last newline: empty, or a line cut short.
@@ -256,7 +261,7 @@ fn scan(path: &Path, text: &[u8], experiment: &str) -> anyhow::Result<Scanned> {
                 path.display(),
                 l.experiment
             ),
-            Ok(l) => good.push((number, l)),
+            Ok(l) => good.push((number, l, *raw)),
             Err(e) => bad.push((number, raw.to_vec(), format!("corrupt: {e}"))),
         }
     }
@@ -329,7 +334,7 @@ mod tests {
             &line(4, "e")[..40]
         );
         let (good, bad) = scan(p, text.as_bytes(), "e").unwrap();
-        let points: Vec<usize> = good.iter().map(|(_, l)| l.point).collect();
+        let points: Vec<usize> = good.iter().map(|(_, l, _)| l.point).collect();
         assert_eq!(
             points,
             [0, 1, 3],
