@@ -62,9 +62,7 @@ __device__ __forceinline__ void load_tile(unsigned char* dst, const unsigned cha
     for (int i = 0; i < (PIECES + TPT - 1) / TPT; i++) {
         if (PIECES % TPT == 0 || part + i * TPT < PIECES) copy16(to + i * TPT * 16, src + i * TPT * 16);
     }
-#ifndef DECODELAB_HOST
-    asm volatile("cp.async.commit_group;");
-#endif
+    copies_commit();
 }
 
 #if DTYPE == 3
@@ -83,9 +81,7 @@ __device__ __forceinline__ void convert_tile(unsigned short* dst, const unsigned
 
 // Wait until at most `n` tile loads of this thread are still in flight.
 template <int N> __device__ __forceinline__ void wait_tiles() {
-#ifndef DECODELAB_HOST
-    asm volatile("cp.async.wait_group %0;" ::"n"(N));
-#endif
+    copies_wait<N>();
 }
 
 extern "C" __global__ void __launch_bounds__(WG) attend(

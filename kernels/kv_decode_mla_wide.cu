@@ -75,16 +75,12 @@ __device__ __forceinline__ void issue_tile(unsigned char* dst, const unsigned ch
                        k + latent_row(page_table, b, min(tile + tt, end - 1)) * ELEM_BYTES + part * 16);
         }
     }
-#ifndef DECODELAB_HOST
-    asm volatile("cp.async.commit_group;");
-#endif
+    copies_commit();
 }
 
 // Wait for the current tile: the STAGES - 1 loads issued after it may stay in flight.
 __device__ __forceinline__ void wait_tile() {
-#ifndef DECODELAB_HOST
-    asm volatile("cp.async.wait_group %0;" ::"n"(STAGES - 1));
-#endif
+    copies_wait<STAGES - 1>();
 }
 
 extern "C" __global__ void __launch_bounds__(WG, 1) attend(
@@ -117,6 +113,18 @@ extern "C" __global__ void __launch_bounds__(WG, 1) attend(
         const float x = h < HB ? q[((u64)b * HQ + h0 + h) * DK + d] : 0.f;
         const unsigned short hi = RN_BITS(x);
         q_sh[row * LROW + d] = (HI_LO && r >= 8) ? RN_BITS(x - BITS_FLOAT(hi)) : hi;
+    }
+    // The row tiles' heads no softmax thread has (16 HPT and up): P zero and no rescale, set
+    // once, so PV adds nothing there and skips the rescale once no real head's max moves.
+    for (int h = 16 * HPT + threadIdx.x; h < HROW * MT; h += WG) {
+        corr_sh[h] = 1.f;
+#pragma unroll
+        for (int tk = 0; tk < TT; tk++) {
+            p_sh[ROW_OF(h) * PROW + tk] = 0;
+#if HI_LO
+            p_sh[(ROW_OF(h) + 8) * PROW + tk] = 0;
+#endif
+        }
     }
 
     // The softmax thread's heads (sh_head + 16 i) and token; its running max and sum.

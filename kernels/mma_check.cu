@@ -3,8 +3,13 @@
 // its fragment: bf16 operands into D[0..128]; bf16 again with B's fragment from shared memory
 // by ldmatrix .trans into D[128..256]; f16 operands (A16, B16: the same values) into
 // D[256..384]; bf16 with A's fragment by ldmatrix from A in shared memory into D[384..512];
-// bf16 with B's by ldmatrix from B transposed (rows n, columns k) into D[512..640]. The cuda backend runs it on every device before `mma` may run there
-// (src/backend/cuda/fragments.rs); the host shim (tests/cuda_host.rs) must agree.
+// bf16 with B's by ldmatrix from B transposed (rows n, columns k) into D[512..640]; and the
+// two B fragments of one ldmatrix .x4 .trans over a 16 x 16 B (k x n: B, then B's columns in
+// reverse), addressed as the kv_decode kernels address V (lane i: row i % 8 + (i / 8 % 2) 8,
+// columns 8 (i / 16)), into D[640..768] (matrices 0-1: B) and D[768..896] (matrices 2-3: B
+// reversed), so every matrix of the .x4 is checked. The cuda backend runs it on every device
+// before `mma` may run there (src/backend/cuda/fragments.rs); the host shim
+// (tests/cuda_host.rs) must agree.
 
 __device__ __forceinline__ void store_d(float* __restrict__ D, const float (&d)[4], int g, int t) {
     D[g * 8 + 2 * t] = d[0];
@@ -68,4 +73,20 @@ extern "C" __global__ void mma_check(const unsigned short* __restrict__ A, const
     float d5[4] = {0.f, 0.f, 0.f, 0.f};
     mma_bf16_16816(d5, a, b5);
     store_d(D + 512, d5, g, t);
+
+    // A 16 x 16 B: columns 0-7 are B, columns 8-15 B's columns 7..0.
+    __shared__ __align__(16) unsigned short bw_sh[16 * 16];
+    for (int i = lane; i < 256; i += 32) {
+        const int k = i / 16, n = i % 16;
+        bw_sh[i] = B[k * 8 + (n < 8 ? n : 15 - n)];
+    }
+    __syncwarp();
+    unsigned int bw[4];
+    ldmatrix_x4_trans(bw, bw_sh + (((lane >> 3) & 1) * 8 + (lane & 7)) * 16 + 8 * (lane >> 4));
+    const unsigned int b6[2] = {bw[0], bw[1]}, b7[2] = {bw[2], bw[3]};
+    float d6[4] = {0.f, 0.f, 0.f, 0.f}, d7[4] = {0.f, 0.f, 0.f, 0.f};
+    mma_bf16_16816(d6, a, b6);
+    mma_bf16_16816(d7, a, b7);
+    store_d(D + 640, d6, g, t);
+    store_d(D + 768, d7, g, t);
 }

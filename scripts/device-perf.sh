@@ -15,6 +15,11 @@
 #      implementation (simple and unrolled), and the table again
 #   6. every split kind as a ranked run on cuda (`mpirun -n 1`), where the machine has an
 #      mpirun                                                          -> results-ranks.jsonl
+#   7. the SASS budget with this machine's own toolkit (NVRTC and nvdisasm of /usr/local/cuda
+#      where it has one)                                                 -> sass.txt
+# On an H100 (80 GB; a plain device call gets one first) the points that do not fit are
+# dropped: `decodelab check` lists each point's device memory, and the sweep runs with
+# --only of those that fit this card; card.txt and the table say which card it was.
 set -uo pipefail
 OUT="${OUT:-/tmp/device-perf}"
 mkdir -p "$OUT"
@@ -54,15 +59,29 @@ export PYTHONUNBUFFERED=1
 } > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 
+# The card, and the points of the sweep that fit its memory (with 10 % to spare).
+card="$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)"
+mem_mib="$(echo "$card" | awk -F', ' '{print $2}')"
+echo "card: ${card:-unknown}" | tee "$OUT/card.txt"
+FIT=()
+if [ -n "$mem_mib" ]; then
+    fit="$("$BIN" check experiments/device-perf.yaml --backend cuda 2>/dev/null | python3 scripts/points_that_fit.py "$mem_mib")"
+    if [ -n "$fit" ] && [ "$fit" != "all" ]; then
+        FIT=(--only "$fit")
+        echo "dropped on this card (over ${mem_mib} MiB): the points not in $fit" | tee -a "$OUT/card.txt"
+    fi
+fi
+
 table() {
     python3 scripts/device_table.py "$OUT/results-cuda.jsonl" "$OUT/results-wgpu.jsonl" \
         --torch "$OUT/torch.jsonl" > "$OUT/table.md" 2>&1
+    { echo; echo "card: ${card:-unknown}"; } >> "$OUT/table.md"
     cat "$OUT/table.md"
 }
 
 # 1. Every implementation at the headline shapes; results copied even from a killed run.
 rm -rf /tmp/dp-cuda /tmp/dp-wgpu
-step "perf sweep (cuda)" 150 "$BIN" run experiments/device-perf.yaml --no-progress --out /tmp/dp-cuda
+step "perf sweep (cuda)" 150 "$BIN" run experiments/device-perf.yaml "${FIT[@]}" --no-progress --out /tmp/dp-cuda
 cp /tmp/dp-cuda/results.jsonl "$OUT/results-cuda.jsonl" 2>/dev/null
 
 # 2. PyTorch at the same shapes, then 3. the table.
@@ -101,4 +120,7 @@ if command -v mpirun >/dev/null; then
 else
     echo "== ranks (cuda, mpirun -n 1): SKIPPED, no mpirun on this machine"
 fi
+# 7. The SASS budget as this machine's toolkit compiles it (device-env.sh points NVRTC, the
+#    headers and nvdisasm at /usr/local/cuda where it exists).
+step "sass (this toolkit)" 30 sh -c "'$BIN' kernels --arch sm_90 --sass > '$OUT/sass.txt' 2>&1"
 echo "== done in $(($(date +%s) - start))s"

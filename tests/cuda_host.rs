@@ -26,12 +26,15 @@ fn gxx_or_skip() -> bool {
     common::tool_or_skip("gxx", found)
 }
 
-/// Build `driver` (tests/cuda_host/) with `dir`'s kernel.cu, and run it on `dir` with `args`.
-fn build_and_run(driver: &str, dir: &Path, args: &[String], what: &str) {
+/// Build `driver` (tests/cuda_host/) with `dir`'s kernel.cu against the strict shim (and
+/// `defines`), with misaligned vector accesses stopped at their line: the executable.
+fn build(driver: &str, dir: &Path, defines: &[&str], what: &str) -> std::path::PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_host");
     let exe = dir.join("run");
     let o = Command::new("g++")
         .args(["-std=c++20", "-O1", "-pthread", "-w"])
+        .args(["-fsanitize=alignment", "-fno-sanitize-recover=all"])
+        .args(defines.iter().map(|d| format!("-D{d}")))
         .arg("-I")
         .arg(&here)
         .arg("-I")
@@ -46,6 +49,16 @@ fn build_and_run(driver: &str, dir: &Path, args: &[String], what: &str) {
         "g++ {what}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    exe
+}
+
+/// Build `driver` with `dir`'s kernel.cu, and run it on `dir` with `args`.
+fn build_and_run(driver: &str, dir: &Path, args: &[String], what: &str) {
+    build_and_run_with(driver, dir, args, what, &[]);
+}
+
+fn build_and_run_with(driver: &str, dir: &Path, args: &[String], what: &str, defines: &[&str]) {
+    let exe = build(driver, dir, defines, what);
     let o = Command::new(&exe).arg(dir).args(args).output().unwrap();
     assert!(o.status.success(), "{what} on the host: {o:?}");
 }
@@ -78,24 +91,7 @@ fn run_on_host(w: &Workload, inputs: &TensorSet, imp: &str, dir: &Path) -> Tenso
         "kernel.cu",
         compile::expert_source(e, touched, imp).as_bytes(),
     );
-    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_host");
-    let exe = dir.join("run");
-    let o = Command::new("g++")
-        .args(["-std=c++20", "-O1", "-pthread", "-w"])
-        .arg("-I")
-        .arg(&here)
-        .arg("-I")
-        .arg(dir)
-        .arg(here.join("expert_driver.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "g++ {imp}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let exe = build("expert_driver.cpp", dir, &[], imp);
     let blocks = e.d_out.div_ceil(compile::expert_plan(imp).rows);
     let o = Command::new(&exe)
         .arg(dir)
@@ -337,7 +333,58 @@ fn the_tensor_core_fragment_model_multiplies_on_the_host() {
     let got: Vec<f32> = bytemuck::pod_collect_to_vec(&std::fs::read(dir.join("d.bin")).unwrap());
     // The same check the cuda backend runs on each device before `mma` runs there.
     fragments::check(&got, &o.product).unwrap_or_else(|e| panic!("{e}"));
+    // A model of ldmatrix .x4 .trans that hands back matrices 0 and 1 where 2 and 3 belong
+    // fails it: the check sees all four matrices (it once compared only the first two).
+    build_and_run_with(
+        "mma_driver.cpp",
+        &dir,
+        &[],
+        "mma_check",
+        &["DECODELAB_SHIM_WRONG_X4_TRANS"],
+    );
+    let got: Vec<f32> = bytemuck::pod_collect_to_vec(&std::fs::read(dir.join("d.bin")).unwrap());
+    let e = fragments::check(&got, &o.product).unwrap_err();
+    assert!(
+        e.contains("ldmatrix.trans of a 16x16 B, matrices 2-3"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The strict shim catches what the lenient one let through: an MLA kernel that waits for
+/// one cp.async group too few reads a tile that has not landed (NaN bytes), and fails the
+/// oracle; the same kernel as written passes.
+#[test]
+fn a_cp_async_wait_one_group_short_fails_on_the_strict_shim() {
+    if !gxx_or_skip() {
+        return;
+    }
+    let w = common::mla(2, 8, 128, 64, vec![45, 130], 16, DType::Bf16);
+    let Workload::KvDecode(k) = &w else {
+        unreachable!()
+    };
+    let inputs = w.inputs();
+    let reference = w.oracle(&inputs);
+    let dir = std::env::temp_dir().join(format!("decodelab-cuda-host-wait-{}", std::process::id()));
+    for imp in ["mma", "mma_wide"] {
+        std::fs::create_dir_all(&dir).unwrap();
+        for t in &inputs.0 {
+            std::fs::write(dir.join(format!("{}.bin", t.name)), &t.bytes[..]).unwrap();
+        }
+        let plan = compile::kv_launch(k, 2, imp);
+        std::fs::write(dir.join("kernel.cu"), compile::kv_source(k, &plan, imp)).unwrap();
+        for (skew, pass) in [("0", true), ("1", false)] {
+            let define = format!("DECODELAB_SHIM_WAIT_SKEW={skew}");
+            build_and_run_with("kv_driver.cpp", &dir, &[], imp, &[&define]);
+            let out = TensorSet(w.outputs().iter().map(|s| read_output(&dir, s)).collect());
+            let check = reference.check(&out);
+            assert_eq!(
+                check.pass, pass,
+                "{imp}, waits {skew} group(s) short: {check:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// A sequence split's merge on the device (kernels/kv_merge_shards.cu), on the host: shards

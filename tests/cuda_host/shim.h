@@ -3,13 +3,23 @@
 // software (exactly, as the device's conversions do). tests/cuda_host.rs compiles a kernel's
 // NVRTC source against this with g++ and checks what it computes against the oracle: the
 // indexing, the tails and the reductions of a CUDA kernel are checked without a GPU (its
-// speed, memory model and real intrinsics are not).
+// speed and real intrinsics are not).
+//
+// Strict, unless DECODELAB_SHIM_LENIENT is defined: no kinder than the hardware where it is
+// cheap to be as unkind.
+// - Shared memory holds NaN bytes (0xFF) at every block's start: a read before a write shows.
+// - A cp.async copy lands at the cp.async.wait_group that guarantees it, not when issued.
+// - ldmatrix rows and cp.async addresses must be 16-byte aligned (else abort, naming where);
+//   uint4 and uint2 are 16- and 8-byte aligned types, so g++'s -fsanitize=alignment (which
+//   tests/cuda_host.rs builds with) stops a misaligned vector access at its line.
 #pragma once
 #include <algorithm>
 #include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -23,8 +33,28 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-// One block runs at a time, so a block's shared arrays can be function statics.
+// One block runs at a time, so a block's shared arrays can be function statics: in a section
+// of their own, so a launch can poison them all between blocks.
+#ifdef DECODELAB_SHIM_LENIENT
 #define __shared__ static
+inline void poison_shared() {}
+#else
+#define __shared__ __attribute__((section("decodelab_shared"))) static
+extern "C" char __start_decodelab_shared[] __attribute__((weak));
+extern "C" char __stop_decodelab_shared[] __attribute__((weak));
+inline void poison_shared() {
+    if (__start_decodelab_shared && __stop_decodelab_shared)
+        std::memset(__start_decodelab_shared, 0xFF, __stop_decodelab_shared - __start_decodelab_shared);
+}
+#endif
+
+// An address the hardware needs aligned, checked: abort naming the access and its caller.
+inline void host_aligned(const void* p, unsigned bytes, const char* what, const char* file, int line) {
+    if (reinterpret_cast<uintptr_t>(p) % bytes != 0) {
+        std::fprintf(stderr, "%s:%d: %s at %p is not %u-byte aligned\n", file, line, what, p, bytes);
+        std::abort();
+    }
+}
 
 struct dim3 {
     unsigned int x = 0, y = 0, z = 0;
@@ -35,7 +65,7 @@ struct __align__(8) uint2 {
 struct __align__(8) int2 {
     int x, y;
 };
-struct uint4 {
+struct __align__(16) uint4 {
     unsigned int x, y, z, w;
 };
 struct float4 {
@@ -191,7 +221,9 @@ inline uint16_t host_f16_rn_bits(float x) {
 // the address of row i % 8 of matrix i / 8 (8 b16 each); lane l gets in d[j] matrix j's
 // elements (row 2 (l % 4), column l / 4) and (row 2 (l % 4) + 1, column l / 4), the first in
 // the low half.
-inline void host_ldmatrix_x4_trans(unsigned int (&d)[4], const unsigned short* row) {
+inline void host_ldmatrix_x4_trans(unsigned int (&d)[4], const unsigned short* row,
+                                   const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    host_aligned(row, 16, "an ldmatrix .trans row", file, line);
     const int lane = threadIdx.x & 31;
     Warp& w = *this_warp;
     std::memcpy(&w.vals[lane], &row, sizeof(row));
@@ -202,7 +234,12 @@ inline void host_ldmatrix_x4_trans(unsigned int (&d)[4], const unsigned short* r
         return (unsigned int)p[col];
     };
     for (int j = 0; j < 4; j++) {
+#ifdef DECODELAB_SHIM_WRONG_X4_TRANS
+        // A deliberately wrong model (tests/cuda_host.rs): matrices 2 and 3 as 0 and 1.
+        const int r0 = 8 * (j % 2) + 2 * (lane % 4), col = lane / 4;
+#else
         const int r0 = 8 * j + 2 * (lane % 4), col = lane / 4;
+#endif
         d[j] = at(r0, col) | (at(r0 + 1, col) << 16);
     }
     w.meet.arrive_and_wait();
@@ -210,7 +247,9 @@ inline void host_ldmatrix_x4_trans(unsigned int (&d)[4], const unsigned short* r
 
 // ldmatrix .x4 (mma.cuh): lane l gets matrix j's row l / 4 (the address lane 8j + l / 4
 // gave), columns 2 (l % 4) and 2 (l % 4) + 1.
-inline void host_ldmatrix_x4(unsigned int (&d)[4], const unsigned short* row) {
+inline void host_ldmatrix_x4(unsigned int (&d)[4], const unsigned short* row,
+                             const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    host_aligned(row, 16, "an ldmatrix row", file, line);
     const int lane = threadIdx.x & 31;
     Warp& w = *this_warp;
     std::memcpy(&w.vals[lane], &row, sizeof(row));
@@ -234,11 +273,47 @@ inline int __all_sync(unsigned int, int pred) {
     return all;
 }
 
-// A launch: every block of the grid in turn, each with `threads` OS threads.
+// cp.async, 16 bytes: queued per thread, landing at the wait that guarantees the group
+// (DECODELAB_SHIM_WAIT_SKEW shortens every wait, as a kernel waiting too little would: a
+// test shows the strict shim catches it).
+struct HostCopy {
+    void* to;
+    const void* from;
+};
+inline thread_local std::vector<HostCopy> host_cp_open;
+inline thread_local std::vector<std::vector<HostCopy>> host_cp_groups;
+inline void host_cp_async16(void* to, const void* from, const char* file = __builtin_FILE(),
+                            int line = __builtin_LINE()) {
+    host_aligned(to, 16, "a cp.async destination", file, line);
+    host_aligned(from, 16, "a cp.async source", file, line);
+#ifdef DECODELAB_SHIM_LENIENT
+    std::memcpy(to, from, 16);
+#else
+    host_cp_open.push_back({to, from});
+#endif
+}
+inline void host_cp_async_commit() {
+    host_cp_groups.push_back(std::move(host_cp_open));
+    host_cp_open.clear();
+}
+#ifndef DECODELAB_SHIM_WAIT_SKEW
+#define DECODELAB_SHIM_WAIT_SKEW 0
+#endif
+inline void host_cp_async_wait(int pending) {
+    pending += DECODELAB_SHIM_WAIT_SKEW;
+    while ((int)host_cp_groups.size() > pending) {
+        for (const HostCopy& c : host_cp_groups.front()) std::memcpy(c.to, c.from, 16);
+        host_cp_groups.erase(host_cp_groups.begin());
+    }
+}
+
+// A launch: every block of the grid in turn, each with `threads` OS threads; shared memory
+// poisoned before each.
 inline void launch(dim3 grid, unsigned int threads, const std::function<void()>& kernel) {
     for (unsigned int bz = 0; bz < std::max(grid.z, 1u); bz++)
     for (unsigned int by = 0; by < grid.y; by++) {
         for (unsigned int bx = 0; bx < grid.x; bx++) {
+            poison_shared();
             std::barrier<> block(threads);
             std::unique_ptr<Warp[]> warps(new Warp[(threads + 31) / 32]);
             std::vector<std::thread> ts;

@@ -9,8 +9,8 @@ use super::compile;
 use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
-/// D's length: five 16 x 8 products (mma_check.cu).
-pub const D_LEN: usize = 5 * 128;
+/// D's length: seven 16 x 8 products (mma_check.cu).
+pub const D_LEN: usize = 7 * 128;
 
 /// A (16 x 16) and B (16 x 8), row-major, as bf16 and as f16 bits of the same values, and
 /// their product in f64 (16 x 8).
@@ -55,20 +55,25 @@ pub fn operands() -> Operands {
     }
 }
 
-/// Whether `d` (mma_check's output) holds the product five times, within f32 rounding of
-/// 16 exact products; the first wrong entry otherwise.
+/// Whether `d` (mma_check's output) holds the product six times and, last, the product with
+/// its columns reversed (B's reversed columns through ldmatrix .x4 .trans matrices 2-3),
+/// within f32 rounding of 16 exact products; the first wrong entry otherwise.
 pub fn check(d: &[f32], product: &[f64]) -> Result<(), String> {
     if d.len() != D_LEN {
         return Err(format!("{} values, expected {D_LEN}", d.len()));
     }
-    const WHAT: [&str; 5] = [
+    const WHAT: [&str; 7] = [
         "bf16",
         "bf16 via ldmatrix.trans",
         "f16",
         "bf16 with A via ldmatrix",
         "bf16 with B via ldmatrix",
+        "bf16 via ldmatrix.trans of a 16x16 B, matrices 0-1",
+        "bf16 via ldmatrix.trans of a 16x16 B, matrices 2-3",
     ];
-    for (i, (&got, &want)) in d.iter().zip(product.iter().cycle()).enumerate() {
+    let reversed: Vec<f64> = (0..128).map(|i| product[i / 8 * 8 + 7 - i % 8]).collect();
+    let want = product.iter().cycle().take(6 * 128).chain(&reversed);
+    for (i, (&got, &want)) in d.iter().zip(want).enumerate() {
         if (got as f64 - want).abs() > 1e-5 * want.abs().max(1.0) {
             return Err(format!(
                 "{} mma: D[{}][{}] = {got}, expected {want}",
@@ -120,14 +125,26 @@ mod tests {
     #[test]
     fn the_check_takes_the_product_and_names_a_wrong_fragment() {
         let o = operands();
+        let reversed = (0..128).map(|i| o.product[i / 8 * 8 + 7 - i % 8]);
         let good: Vec<f32> = o
             .product
             .iter()
+            .copied()
             .cycle()
-            .take(D_LEN)
-            .map(|&x| x as f32)
+            .take(6 * 128)
+            .chain(reversed)
+            .map(|x| x as f32)
             .collect();
         assert_eq!(check(&good, &o.product), Ok(()));
+        // Matrices 2 and 3 of the .x4 .trans handing back matrices 0 and 1 (the blind spot
+        // this check closes): the last block holds the product, not its reverse.
+        let mut blind = good.clone();
+        blind[768..].copy_from_slice(&good[640..768]);
+        let e = check(&blind, &o.product).unwrap_err();
+        assert!(
+            e.starts_with("bf16 via ldmatrix.trans of a 16x16 B, matrices 2-3"),
+            "{e}"
+        );
         // Two columns of the f16 product swapped, as a wrong B fragment would.
         let mut bad = good.clone();
         bad.swap(256 + 3 * 8, 256 + 3 * 8 + 1);
