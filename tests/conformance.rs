@@ -81,6 +81,22 @@ fn fp8_extremes(name: &'static str) -> impl Fn(&mut TensorSet) {
 mod cases {
     use super::*;
 
+    /// The roofline's compute ceiling: measured (and checked against its closed form inside)
+    /// on cpu and wgpu; cuda has none yet and says so (the line reads `roofline: unknown`).
+    pub fn compute_ceiling_measured_or_said_why(b: &dyn Backend) {
+        match b.compute_ceiling(0) {
+            Ok(p) => {
+                assert!(p.gflops.is_finite() && p.gflops > 0.0, "{p:?}");
+                assert!(p.unit.contains("FMA chains"), "{}", p.unit);
+            }
+            Err(why) => assert!(
+                b.name() == "cuda" && why.contains("no compute ceiling"),
+                "{}: {why}",
+                b.name()
+            ),
+        }
+    }
+
     pub fn stream_ops_at_odd_sizes(b: &dyn Backend) {
         for op in [StreamOp::Read, StreamOp::Copy, StreamOp::Write] {
             for bytes in [4, 4 * 1001, (1 << 16) + 4, 3 << 20] {
@@ -299,6 +315,7 @@ macro_rules! every_case {
             bf16_math,
             unwritten_outputs_fail,
             tensors_over_128_mib,
+            compute_ceiling_measured_or_said_why,
         );
     };
 }
