@@ -22,11 +22,12 @@ def label(l):
 
 def main():
     lines = [json.loads(x) for x in open(sys.argv[1])]
+    key = lambda kernel, params: (kernel, json.dumps(params, sort_keys=True))
     peer = {}
     if len(sys.argv) > 2:
         for x in open(sys.argv[2]):
             o = json.loads(x)
-            peer[o["point"]] = o
+            peer[key(o["kernel"], o["params"])] = o
     streams = [l for l in lines if l["kernel"] == "stream"]
     for l in streams:
         print(f"- stream {l['params']['op']}: {l['gbps']:.1f} GB/s")
@@ -38,17 +39,19 @@ def main():
     for l in lines:
         if l["kernel"] != "stream" and l["impl"] not in impls:
             impls.append(l["impl"])
-    head = ["pt", "point", "F/B", "bound"] + [f"{i} GB/s (%roof)" for i in impls] + ["ort GB/s", "best / ort"]
+    head = ["pts", "shape", "F/B", "bound"] + [f"{i} GB/s (%roof)" for i in impls] + ["ort GB/s", "best / ort"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    by_point = {}
+    # One row per shape: impl: all makes a point per implementation of it.
+    by_shape = {}
     for l in lines:
         if l["kernel"] != "stream" and l["check"]["pass"]:
-            by_point.setdefault(l["point"], {})[l["impl"]] = l
-    for pt, row in sorted(by_point.items()):
+            by_shape.setdefault(key(l["kernel"], l["params"]), {})[l["impl"]] = l
+    for shape, row in sorted(by_shape.items(), key=lambda kv: min(l["point"] for l in kv[1].values())):
         any_l = next(iter(row.values()))
         r = any_l.get("roofline") or {}
-        cells = [str(pt), label(any_l), f"{r.get('flop_per_byte', 0):.3g}", r.get("bound", "-")]
+        pts = "-".join(str(p) for p in sorted({min(l["point"] for l in row.values()), max(l["point"] for l in row.values())}))
+        cells = [pts, label(any_l), f"{r.get('flop_per_byte', 0):.3g}", r.get("bound", "-")]
         best = 0.0
         for i in impls:
             l = row.get(i)
@@ -59,7 +62,7 @@ def main():
             cells.append(f"{l['gbps']:.2f} ({pct:.0f} %)" if pct is not None else f"{l['gbps']:.2f}")
             if i != "simple":
                 best = max(best, l["gbps"])
-        o = peer.get(pt)
+        o = peer.get(shape)
         if o and "gbps" in o:
             cells += [f"{o['gbps']:.2f}", f"{best / o['gbps']:.2f}x"]
         else:
