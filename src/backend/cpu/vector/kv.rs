@@ -13,8 +13,10 @@ use super::simd::{Aligned, Simd, decode_row};
 use crate::backend::cpu::kernels::Partial;
 use crate::workload::{DType, KvDecode, Math};
 
-/// Tokens per tile: one vector of scores per head on AVX-512, two on 8 lanes.
-const TILE: usize = 32;
+/// Tokens per tile: what a tile costs per head (its softmax, and the rescale of a head's dv
+/// accumulators when its max moves) spread over 64 tokens; MLA's many heads need it most
+/// (bench/2026-12-06-cpu-xeon has 16, 32 and 64 side by side).
+const TILE: usize = 64;
 
 /// What every task of one step reads.
 pub(super) struct KvCtx<'a> {
