@@ -322,6 +322,14 @@ pub trait Prepared: Send {
     }
 }
 
+/// A device's measured compute ceiling (`Backend::compute_ceiling`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Peak {
+    pub gflops: f64,
+    /// What measured it: `f32 FMA chains, avx512, 2 threads`.
+    pub unit: String,
+}
+
 /// Shard outputs moved to where a split point is assembled, and how they travelled.
 pub struct Gathered {
     /// Per shard, in shard order, on the host (from the last rep).
@@ -413,7 +421,7 @@ pub trait Backend: Send + Sync {
 
     /// The device's compute ceiling, measured now (a point's roofline holds it against this
     /// and the stream read of the same run), or why there is none.
-    fn compute_ceiling(&self, device: usize) -> Result<crate::report::Peak, String> {
+    fn compute_ceiling(&self, device: usize) -> Result<Peak, String> {
         let _ = device;
         Err(format!("no compute ceiling on {}", self.name()))
     }

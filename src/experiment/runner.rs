@@ -64,7 +64,7 @@ fn ceiling_op(kernel: &str, params: &serde_json::Value) -> Option<String> {
 #[derive(Default)]
 struct Ceilings(
     HashMap<(String, String, String), f64>,
-    HashMap<(String, String), Result<crate::report::Peak, String>>,
+    HashMap<(String, String), Result<crate::backend::Peak, String>>,
 );
 
 impl Ceilings {

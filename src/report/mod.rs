@@ -13,7 +13,7 @@ pub mod table;
 
 pub use csv::to_csv;
 pub use format::{human_bytes, human_time, params_label};
-pub use roofline::{Peak, Roofline};
+pub use roofline::Roofline;
 pub use store::{FolderLock, ResultsFile, StoreFailed, write_atomic};
 pub use table::{
     cross_check_table, link_table, split_table, summary_markdown, terminal_table, verdict,

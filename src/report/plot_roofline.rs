@@ -144,7 +144,7 @@ mod tests {
             100,
             1e-6,
             Some(10.0),
-            &Ok(super::super::Peak {
+            &Ok(crate::backend::Peak {
                 gflops: 100.0,
                 unit: "t".into(),
             }),

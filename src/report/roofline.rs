@@ -1,15 +1,8 @@
 //! A point against its roofline: the time the slower of its two ceilings allows, from this
 //! run's stream read (bytes) and compute ceiling (FLOPs), and how close the point came.
 
+use crate::backend::Peak;
 use serde::{Deserialize, Serialize};
-
-/// A device's measured compute ceiling.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Peak {
-    pub gflops: f64,
-    /// What measured it: `f32 FMA chains, avx512, 2 threads`.
-    pub unit: String,
-}
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Roofline {

@@ -118,13 +118,13 @@ impl Backend for CpuBackend {
 
     /// f32 FMA chains on every thread, on the fastest vector path this CPU has (the unit
     /// the vector kernels compute with).
-    fn compute_ceiling(&self, _device: usize) -> Result<crate::report::Peak, String> {
+    fn compute_ceiling(&self, _device: usize) -> Result<crate::backend::Peak, String> {
         let isa = Isa::ALL
             .into_iter()
             .find(|i| i.allowed().is_ok())
             .unwrap_or(Isa::Portable);
         let gflops = vector::peak_gflops(isa)?;
-        Ok(crate::report::Peak {
+        Ok(crate::backend::Peak {
             gflops,
             unit: format!(
                 "f32 FMA chains, {}, {} threads",

@@ -275,14 +275,14 @@ impl Backend for WgpuBackend {
 
     /// shaders/peak.wgsl's f32 FMA chains: 4096 workgroups of 256 threads on a GPU (275 GFLOP,
     /// a few milliseconds on a big card), 32 on a CPU adapter (lavapipe).
-    fn compute_ceiling(&self, device: usize) -> Result<crate::report::Peak, String> {
+    fn compute_ceiling(&self, device: usize) -> Result<crate::backend::Peak, String> {
         let (dev, queue, adapter) = self.device(device).map_err(|e| format!("{e:#}"))?;
         let is_cpu = adapter.get_info().device_type == wgpu::DeviceType::Cpu;
         let sg = adapter.get_info().subgroup_min_size as usize;
         let ctx = Ctx::new(dev, queue, self.options, sg);
         let groups = if is_cpu { 32 } else { 4096 };
         let gflops = ctx.peak_gflops(groups).map_err(|e| format!("{e:#}"))?;
-        Ok(crate::report::Peak {
+        Ok(crate::backend::Peak {
             gflops,
             unit: format!("f32 FMA chains (peak.wgsl), {} threads", groups * 256),
         })
