@@ -81,20 +81,14 @@ fn fp8_extremes(name: &'static str) -> impl Fn(&mut TensorSet) {
 mod cases {
     use super::*;
 
-    /// The roofline's compute ceiling: measured (and checked against its closed form inside)
-    /// on cpu and wgpu; cuda has none yet and says so (the line reads `roofline: unknown`).
+    /// The roofline's compute ceiling: measured on every backend, and checked against its
+    /// closed form inside (a wrong chain is an error, not a figure).
     pub fn compute_ceiling_measured_or_said_why(b: &dyn Backend) {
-        match b.compute_ceiling(0) {
-            Ok(p) => {
-                assert!(p.gflops.is_finite() && p.gflops > 0.0, "{p:?}");
-                assert!(p.unit.contains("FMA chains"), "{}", p.unit);
-            }
-            Err(why) => assert!(
-                b.name() == "cuda" && why.contains("no compute ceiling"),
-                "{}: {why}",
-                b.name()
-            ),
-        }
+        let p = b
+            .compute_ceiling(0)
+            .unwrap_or_else(|why| panic!("{}: {why}", b.name()));
+        assert!(p.gflops.is_finite() && p.gflops > 0.0, "{p:?}");
+        assert!(p.unit.contains("FMA chains"), "{}", p.unit);
     }
 
     pub fn stream_ops_at_odd_sizes(b: &dyn Backend) {

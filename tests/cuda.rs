@@ -257,6 +257,26 @@ fn the_tensor_core_fragment_model_compiles_to_hmma() {
     }
 }
 
+/// The CUDA-core compute ceiling (kernels/peak.cu) compiles, its chains in registers: FFMA,
+/// no local memory.
+#[test]
+fn the_compute_ceiling_kernel_compiles_to_register_fma_chains() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let source = compile::peak_source();
+    let c = compile::compile(&source, "peak", "sm_90").unwrap_or_else(|e| panic!("{e}"));
+    if !nvdisasm_or_skip() {
+        return;
+    }
+    let sass = decodelab::backend::cuda::sass::disassemble(&c.cubin).unwrap();
+    assert!(sass.contains("FFMA"), "no FFMA in peak_fma");
+    assert!(
+        !sass.contains("LDL") && !sass.contains("STL"),
+        "local memory in peak_fma"
+    );
+}
+
 /// On a GPU, the fragment model multiplies: what the host shim assumes of mma.sync
 /// (tests/cuda_host.rs) is what the hardware does, on every device (the check the backend
 /// runs before `mma` may run there, and `impl: best` then picks it).

@@ -351,6 +351,24 @@ fn the_tensor_core_fragment_model_multiplies_on_the_host() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The CUDA-core compute ceiling's kernel on the host: every thread's chains end where the
+/// closed form says (the check the backend runs on a GPU).
+#[test]
+fn the_compute_ceiling_kernel_sums_to_its_closed_form_on_the_host() {
+    if !gxx_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("decodelab-cuda-host-peak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("kernel.cu"), compile::peak_source()).unwrap();
+    build_and_run("peak_driver.cpp", &dir, &[], "peak_fma");
+    let out: Vec<f32> = bytemuck::pod_collect_to_vec(&std::fs::read(dir.join("out.bin")).unwrap());
+    assert_eq!(out.len(), 3 * 64);
+    let want = decodelab::backend::cuda::peak::expected(100);
+    assert!(out.iter().all(|&x| x == want), "{:?} vs {want}", &out[..4]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The strict shim catches what the lenient one let through: an MLA kernel that waits for
 /// one cp.async group too few reads a tile that has not landed (NaN bytes), and fails the
 /// oracle; the same kernel as written passes.

@@ -25,6 +25,7 @@ pub const EXPERT_SCALE_CUH: &str = include_str!("../../../kernels/expert_scale.c
 pub const MMA_CUH: &str = include_str!("../../../kernels/mma.cuh");
 pub const MLA_LATENT_CUH: &str = include_str!("../../../kernels/mla_latent.cuh");
 pub const MMA_CHECK_CU: &str = include_str!("../../../kernels/mma_check.cu");
+pub const PEAK_CU: &str = include_str!("../../../kernels/peak.cu");
 
 pub const STREAM_WG: usize = 256;
 pub const KV_WG: usize = 128;
@@ -260,6 +261,16 @@ pub fn mma_check_source() -> String {
         .with("ELEM_BITS", Const::U(16))
         .with("ELEM_BYTES", Const::U(2));
     assemble(&c, &format!("{MMA_CUH}\n{MMA_CHECK_CU}"))
+}
+
+/// kernels/peak.cu, the CUDA-core compute ceiling. It has no shape; common.cuh, which every
+/// kernel source starts with, wants a storage dtype, so it gets bf16's (unused).
+pub fn peak_source() -> String {
+    let c = Constants::default()
+        .with("DTYPE", Const::U(2))
+        .with("ELEM_BITS", Const::U(16))
+        .with("ELEM_BYTES", Const::U(2));
+    assemble(&c, PEAK_CU)
 }
 
 pub fn kv_source(w: &KvDecode, l: &KvPlan, imp: &str) -> String {
