@@ -253,24 +253,24 @@ pub fn stream_source() -> String {
     assemble(&c, STREAM_CU)
 }
 
+/// What common.cuh wants of a kernel with no storage dtype of its own (the self-check, the
+/// compute ceiling): bf16's constants, unused.
+fn shapeless() -> Constants {
+    Constants::default()
+        .with("DTYPE", Const::U(2))
+        .with("ELEM_BITS", Const::U(16))
+        .with("ELEM_BYTES", Const::U(2))
+}
+
 /// kernels/mma_check.cu with mma.cuh: the tensor-core fragment model, checked on a GPU
 /// (tests/cuda.rs) and on the host (tests/cuda_host.rs).
 pub fn mma_check_source() -> String {
-    let c = Constants::default()
-        .with("DTYPE", Const::U(2))
-        .with("ELEM_BITS", Const::U(16))
-        .with("ELEM_BYTES", Const::U(2));
-    assemble(&c, &format!("{MMA_CUH}\n{MMA_CHECK_CU}"))
+    assemble(&shapeless(), &format!("{MMA_CUH}\n{MMA_CHECK_CU}"))
 }
 
-/// kernels/peak.cu, the CUDA-core compute ceiling. It has no shape; common.cuh, which every
-/// kernel source starts with, wants a storage dtype, so it gets bf16's (unused).
+/// kernels/peak.cu, the CUDA-core compute ceiling.
 pub fn peak_source() -> String {
-    let c = Constants::default()
-        .with("DTYPE", Const::U(2))
-        .with("ELEM_BITS", Const::U(16))
-        .with("ELEM_BYTES", Const::U(2));
-    assemble(&c, PEAK_CU)
+    assemble(&shapeless(), PEAK_CU)
 }
 
 pub fn kv_source(w: &KvDecode, l: &KvPlan, imp: &str) -> String {

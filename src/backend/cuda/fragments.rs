@@ -86,11 +86,13 @@ pub fn check(d: &[f32], product: &[f64]) -> Result<(), String> {
     Ok(())
 }
 
+/// A driver error as the message of a step: `what: error`.
+pub(super) fn err(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> String {
+    move |e| format!("{what}: {e:?}")
+}
+
 /// Compile mma_check for `arch`, run it on `ctx`'s device and check what it wrote.
 pub fn run_on(ctx: &Arc<CudaContext>, arch: &str) -> Result<(), String> {
-    fn err(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> String {
-        move |e| format!("{what}: {e:?}")
-    }
     let c = compile::compile(&compile::mma_check_source(), "mma_check", arch)?;
     let module = ctx
         .load_module(cudarc::nvrtc::Ptx::from_binary(c.cubin))

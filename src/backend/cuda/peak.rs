@@ -3,6 +3,7 @@
 //! and synchronize (best of 3), every thread's sum checked against the closed form.
 
 use super::compile;
+use super::fragments::err;
 use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
@@ -16,9 +17,6 @@ pub fn expected(steps: i32) -> f32 {
 
 /// GFLOP/s of f32 FMA on `ctx`'s device, with `sms` multiprocessors.
 pub fn run_on(ctx: &Arc<CudaContext>, arch: &str, sms: usize) -> Result<f64, String> {
-    fn err(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> String {
-        move |e| format!("{what}: {e:?}")
-    }
     let c = compile::compile(&compile::peak_source(), "peak", arch)?;
     let module = ctx
         .load_module(cudarc::nvrtc::Ptx::from_binary(c.cubin))

@@ -224,6 +224,38 @@ impl Ctx {
         })
     }
 
+    /// Copy `bytes` from the start of `src` to the host (through a mapped staging buffer).
+    pub(super) fn read_back(&self, src: &wgpu::Buffer, bytes: u64) -> anyhow::Result<Vec<u8>> {
+        let size = bytes.next_multiple_of(4).max(4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(src, 0, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow::anyhow!("wgpu poll: {e}"))?;
+        rx.recv()
+            .map_err(|e| anyhow::anyhow!("wgpu map callback: {e}"))?
+            .map_err(|e| anyhow::anyhow!("wgpu map: {e}"))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| anyhow::anyhow!("wgpu map range: {e:?}"))?;
+        let mut out = view.to_vec();
+        drop(view);
+        staging.unmap();
+        out.truncate(bytes as usize);
+        Ok(out)
+    }
+
     /// A poisoned output buffer, and the output's shape to read it back by.
     pub(super) fn poisoned_output(&self, poisoned: Tensor) -> (Tensor, Vec<wgpu::Buffer>) {
         let buf = self.buffer(poisoned.name, &poisoned.bytes, wgpu::BufferUsages::empty());

@@ -3,7 +3,7 @@
 //! checked against the closed form.
 
 use super::build::{Ctx, Kind};
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 
 /// Steps and lanes of peak.wgsl: a thread's 32 lanes, starting at 0..32, end at s + STEPS.
 const STEPS: u64 = 4096;
@@ -57,34 +57,5 @@ impl Ctx {
             bail!("peak.wgsl: thread {i} summed to {got}, not {want}");
         }
         Ok(2.0 * (threads * LANES * STEPS) as f64 / best / 1e9)
-    }
-
-    fn read_back(&self, src: &wgpu::Buffer, bytes: u64) -> anyhow::Result<Vec<u8>> {
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
-        self.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow!("wgpu poll: {e}"))?;
-        rx.recv()
-            .context("wgpu map callback")?
-            .map_err(|e| anyhow!("wgpu map: {e}"))?;
-        let view = staging
-            .get_mapped_range(..)
-            .map_err(|e| anyhow!("wgpu map range: {e:?}"))?;
-        let out = view.to_vec();
-        drop(view);
-        staging.unmap();
-        Ok(out)
     }
 }

@@ -5,7 +5,7 @@ use super::build::Built;
 use super::take_error;
 use crate::backend::{Prepared, Timer};
 use crate::workload::TensorSet;
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use std::time::Instant;
 
 pub(super) struct WgpuPoint {
@@ -61,32 +61,10 @@ impl WgpuPoint {
 
     /// Copy `bytes` from the start of `src` to the host.
     fn read(&self, src: &wgpu::Buffer, bytes: u64) -> anyhow::Result<Vec<u8>> {
-        let ctx = &self.built.ctx;
-        let size = bytes.next_multiple_of(4).max(4);
-        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(src, 0, &staging, 0, size);
-        ctx.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.wait()?;
-        rx.recv()
-            .context("wgpu map callback")?
-            .map_err(|e| anyhow!("wgpu map: {e}"))?;
-        let view = staging
-            .get_mapped_range(..)
-            .map_err(|e| anyhow!("wgpu map range: {e:?}"))?;
-        let mut out = view.to_vec();
-        drop(view);
-        staging.unmap();
-        out.truncate(bytes as usize);
+        let out = self.built.ctx.read_back(src, bytes)?;
+        if let Some(e) = take_error() {
+            bail!("wgpu: {e}");
+        }
         Ok(out)
     }
 }
