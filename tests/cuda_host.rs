@@ -63,6 +63,25 @@ fn build_and_run_with(driver: &str, dir: &Path, args: &[String], what: &str, def
     assert!(o.status.success(), "{what} on the host: {o:?}");
 }
 
+/// Implementation `imp` of kv_decode `k` on the host in `dir`, planned for `sms` SMs and built
+/// with `defines`: its outputs.
+fn run_kv_on_host(
+    k: &decodelab::workload::KvDecode,
+    inputs: &TensorSet,
+    (imp, sms): (&str, usize),
+    dir: &Path,
+    defines: &[&str],
+) -> TensorSet {
+    std::fs::create_dir_all(dir).unwrap();
+    for t in &inputs.0 {
+        std::fs::write(dir.join(format!("{}.bin", t.name)), &t.bytes[..]).unwrap();
+    }
+    let plan = compile::kv_launch(k, sms, imp);
+    std::fs::write(dir.join("kernel.cu"), compile::kv_source(k, &plan, imp)).unwrap();
+    build_and_run_with("kv_driver.cpp", dir, &[], imp, defines);
+    TensorSet(k.outputs().iter().map(|s| read_output(dir, s)).collect())
+}
+
 /// `name`.bin of `dir` as an f32 output of `spec`'s shape.
 fn read_output(dir: &Path, spec: &decodelab::workload::OutputSpec) -> Tensor {
     let bytes = std::fs::read(dir.join(format!("{}.bin", spec.name))).unwrap();
@@ -238,15 +257,7 @@ fn cuda_kv_decode_matches_the_oracle_on_the_host() {
             // Many SMs: the context cut into slices merged by `merge`; two SMs: few slices.
             for sms in [132, 2] {
                 let dir = base.join(format!("{i}-{}-{sms}", imp.name));
-                std::fs::create_dir_all(&dir).unwrap();
-                for t in &inputs.0 {
-                    std::fs::write(dir.join(format!("{}.bin", t.name)), &t.bytes[..]).unwrap();
-                }
-                let plan = compile::kv_launch(k, sms, imp.name);
-                let source = compile::kv_source(k, &plan, imp.name);
-                std::fs::write(dir.join("kernel.cu"), source).unwrap();
-                build_and_run("kv_driver.cpp", &dir, &[], imp.name);
-                let out = TensorSet(w.outputs().iter().map(|s| read_output(&dir, s)).collect());
+                let out = run_kv_on_host(k, &inputs, (imp.name, sms), &dir, &[]);
                 let check = reference.check(&out);
                 assert!(
                     check.pass,
@@ -385,16 +396,9 @@ fn a_cp_async_wait_one_group_short_fails_on_the_strict_shim() {
     let reference = w.oracle(&inputs);
     let dir = std::env::temp_dir().join(format!("decodelab-cuda-host-wait-{}", std::process::id()));
     for imp in ["mma", "mma_wide"] {
-        std::fs::create_dir_all(&dir).unwrap();
-        for t in &inputs.0 {
-            std::fs::write(dir.join(format!("{}.bin", t.name)), &t.bytes[..]).unwrap();
-        }
-        let plan = compile::kv_launch(k, 2, imp);
-        std::fs::write(dir.join("kernel.cu"), compile::kv_source(k, &plan, imp)).unwrap();
         for (skew, pass) in [("0", true), ("1", false)] {
             let define = format!("DECODELAB_SHIM_WAIT_SKEW={skew}");
-            build_and_run_with("kv_driver.cpp", &dir, &[], imp, &[&define]);
-            let out = TensorSet(w.outputs().iter().map(|s| read_output(&dir, s)).collect());
+            let out = run_kv_on_host(k, &inputs, (imp, 2), &dir, &[&define]);
             let check = reference.check(&out);
             assert_eq!(
                 check.pass, pass,

@@ -88,7 +88,8 @@ impl Ceilings {
             .1
             .entry((l.backend.clone(), l.key().2))
             .or_insert_with(|| b.compute_ceiling(device));
-        let stream = self.0.get(&(l.backend.clone(), l.key().2, "read".into()));
+        let op = ceiling_op(&l.kernel, &l.params)?;
+        let stream = self.0.get(&(l.backend.clone(), l.key().2, op));
         Some(Roofline::of(
             l.flops,
             l.bytes,

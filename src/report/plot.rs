@@ -243,16 +243,30 @@ where
             .draw_series(p.iter().map(|&q| Circle::new(q, 3, colour(k).filled())))
             .map_err(e)?;
     }
+    legend_and_present(&mut chart, area, SeriesLabelPosition::UpperLeft)
+}
+
+/// Draw a chart's legend at `at` in the house style, and put the area out.
+pub(super) fn legend_and_present<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    area: &DrawingArea<DB, Shift>,
+    at: SeriesLabelPosition,
+) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: CoordTranslate,
+{
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("plotting: {x:?}");
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(at)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 13))
         .draw()
         .map_err(e)?;
-    area.present().map_err(e)?;
-    Ok(())
+    area.present().map_err(e)
 }
 
 /// Draw every chart of `results` into `out` (default: `plots/` beside the results), with an

@@ -118,16 +118,7 @@ where
             .label(*imp)
             .legend(move |(x, y)| Circle::new((x + 7, y), 4, c.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(e)?;
-    area.present().map_err(e)?;
-    Ok(())
+    super::plot::legend_and_present(&mut chart, area, SeriesLabelPosition::LowerRight)
 }
 
 #[cfg(test)]

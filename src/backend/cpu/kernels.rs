@@ -223,16 +223,7 @@ pub(super) fn expert_gemv(w: &ExpertGemv, inputs: &TensorSet, outputs: &mut Tens
     let rw = inputs.expect("topk_weights").view::<f32>();
     let (t_count, k, di, dout, dt) = (w.batch, w.top_k, w.d_in, w.d_out, w.weight_dtype);
 
-    // Group (token, choice) pairs by expert.
-    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); w.experts];
-    for (slot, &e) in ids.iter().enumerate() {
-        groups[e as usize].push(slot);
-    }
-    let touched: Vec<(usize, &Vec<usize>)> = groups
-        .iter()
-        .enumerate()
-        .filter(|(_, g)| !g.is_empty())
-        .collect();
+    let touched = slots_by_expert(w, &ids);
 
     // Each (token, choice) slot gets its own row, dot x scale x weight, and a token's slots
     // are summed in choice order: the GPU kernels' order, so an experts split (which
@@ -244,7 +235,7 @@ pub(super) fn expert_gemv(w: &ExpertGemv, inputs: &TensorSet, outputs: &mut Tens
             let width = o1 - o0;
             let mut slots = vec![0f32; t_count * k * width];
             let mut row = vec![0f32; di];
-            for &(e, entries) in &touched {
+            for &(e, ref entries) in &touched {
                 for o in o0..o1 {
                     dt.decode_slice(wt, (e * dout + o) * di, &mut row);
                     for &slot in entries {
@@ -260,6 +251,20 @@ pub(super) fn expert_gemv(w: &ExpertGemv, inputs: &TensorSet, outputs: &mut Tens
         .collect();
     let y = sum_slots(w, ROWS, &blocks);
     out_mut(outputs, "y").copy_from_slice(bytemuck::cast_slice(&y));
+}
+
+/// The (token, choice) slots of `ids` ([batch, top_k] expert ids) grouped by expert: every
+/// touched expert, ascending, with its slots in slot order.
+pub(super) fn slots_by_expert(w: &ExpertGemv, ids: &[i32]) -> Vec<(usize, Vec<usize>)> {
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); w.experts];
+    for (slot, &e) in ids.iter().enumerate() {
+        groups[e as usize].push(slot);
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, g)| !g.is_empty())
+        .collect()
 }
 
 /// y from each row block's slot values ([slot][row in block], blocks of `rows` rows): a

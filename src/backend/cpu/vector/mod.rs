@@ -7,7 +7,7 @@ mod kv;
 mod peak;
 pub mod simd;
 
-use super::kernels::{Partial, merge_partials, out_mut, sum_slots};
+use super::kernels::{Partial, merge_partials, out_mut, slots_by_expert, sum_slots};
 use crate::workload::{ExpertGemv, KvDecode, TensorSet};
 use expert::{ExpertCtx, ROWS};
 use kv::KvCtx;
@@ -123,21 +123,13 @@ pub(super) fn expert_gemv(isa: Isa, w: &ExpertGemv, inputs: &TensorSet, outputs:
     let scales = inputs.get("w_scale").map(|t| t.view::<f32>());
     let rw = inputs.expect("topk_weights").view::<f32>();
     let ids = inputs.expect("topk_ids").view::<i32>();
-    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); w.experts];
-    for (slot, &e) in ids.iter().enumerate() {
-        groups[e as usize].push(slot);
-    }
     let cx = ExpertCtx {
         w,
         x,
         dip,
         wt: &inputs.expect("w").bytes,
         scales: scales.as_deref(),
-        touched: groups
-            .into_iter()
-            .enumerate()
-            .filter(|(_, g)| !g.is_empty())
-            .collect(),
+        touched: slots_by_expert(w, &ids),
         rw: &rw,
     };
     let blocks: Vec<Vec<f32>> = (0..w.d_out.div_ceil(ROWS))
