@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use decodelab::backend::{Backend, CacheMode, How};
+use decodelab::backend::{Backend, CacheMode, How, Unit};
 use decodelab::workload::dtype::fp8_e4m3_encode;
 use decodelab::workload::*;
 
@@ -85,10 +85,33 @@ mod cases {
     /// closed form inside (a wrong chain is an error, not a figure).
     pub fn compute_ceiling_measured_or_said_why(b: &dyn Backend) {
         let p = b
-            .compute_ceiling(0)
+            .compute_ceiling(0, Unit::Cores)
             .unwrap_or_else(|why| panic!("{}: {why}", b.name()));
         assert!(p.gflops.is_finite() && p.gflops > 0.0, "{p:?}");
         assert!(p.unit.contains("FMA chains"), "{}", p.unit);
+        // A matrix unit's ceiling, where an implementation computes on one.
+        let matrix: Vec<&str> = decodelab::backend::IMPLS
+            .iter()
+            .filter(|i| i.backend == b.name() && b.compute_unit(i.name) == Unit::Matrix)
+            .map(|i| i.name)
+            .collect();
+        match b.compute_ceiling(0, Unit::Matrix) {
+            Ok(m) => {
+                assert!(
+                    !matrix.is_empty(),
+                    "{}: a matrix ceiling nothing uses",
+                    b.name()
+                );
+                assert!(
+                    m.gflops.is_finite() && m.gflops > p.gflops,
+                    "{m:?} vs {p:?}"
+                );
+            }
+            Err(why) => eprintln!(
+                "SKIPPED: {} matrix ceiling ({why}; used by {matrix:?})",
+                b.name()
+            ),
+        }
     }
 
     pub fn stream_ops_at_odd_sizes(b: &dyn Backend) {
@@ -125,6 +148,18 @@ mod cases {
             );
         }
         run_point(b, &gqa(1, 2, 1, 1, 1, vec![3], 1, DType::F32), no_edit);
+        // Groups wider than a 16-row tile, not a multiple of it, pages of 7 tokens: a tiled
+        // kernel's head blocks, padded rows and rows gathered across pages (cpu's amx).
+        run_point(
+            b,
+            &gqa(2, 40, 2, 64, 64, vec![100, 3], 7, DType::Bf16),
+            no_edit,
+        );
+        run_point(
+            b,
+            &mla(2, 20, 64, 32, vec![70, 1], 16, DType::Bf16),
+            no_edit,
+        );
     }
 
     pub fn kv_mla(b: &dyn Backend) {

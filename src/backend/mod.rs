@@ -30,6 +30,13 @@ pub const IMPLS: &[Impl] = &[
     // The vector paths, fastest first: `best` takes the first this CPU has
     // (cpu/vector/simd.rs; DECODELAB_CPU_ISA caps it). portable comes after simple until it
     // beats it where it is the only path (aarch64 has not run it).
+    cpu_vector(
+        Kernel::KvDecode,
+        "amx",
+        "bf16 caches on AMX tiles: S = q . K^T and P . V by tdpbf16ps (q and P split hi/lo \
+         at math: f32), K^T and V as VNNI pairs once a 64-token tile, online softmax in \
+         AVX-512",
+    ),
     cpu_vector(Kernel::KvDecode, "avx512", CPU_KV),
     cpu_vector(Kernel::KvDecode, "avx2", CPU_KV),
     simple(
@@ -154,8 +161,9 @@ pub const IMPLS: &[Impl] = &[
     ),
 ];
 
-const CPU_KV: &str = "simple's tasks in 16-token tiles: rows decoded once in registers, \
-    scores from 4-head x 2-4-token register blocks, a vector exp, PV in 4-head blocks";
+const CPU_KV: &str = "(sequence, chunk) tasks in 64-token tiles: GQA rows decoded in \
+    registers where they lie (MLA, fp8: into L1 tiles), scores from 4-head x 4-token register \
+    blocks, a vector exp, PV in 4-head blocks";
 const CPU_EXPERT: &str = "simple's 16-row blocks: 4 rows of an expert decoded in registers \
     against up to 4 of its tokens";
 
@@ -322,6 +330,15 @@ pub trait Prepared: Send {
     }
 }
 
+/// The unit an implementation computes on; a point is held against that unit's ceiling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// Vector FMA: a CPU's SIMD lanes, CUDA cores, shader ALUs.
+    Cores,
+    /// Matrix units: tensor cores (`mma.sync`), AMX tiles.
+    Matrix,
+}
+
 /// A device's measured compute ceiling (`Backend::compute_ceiling`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Peak {
@@ -419,10 +436,16 @@ pub trait Backend: Send + Sync {
         anyhow::bail!("{}: no transport between ranks", self.name())
     }
 
-    /// The device's compute ceiling, measured now (a point's roofline holds it against this
-    /// and the stream read of the same run), or why there is none.
-    fn compute_ceiling(&self, device: usize) -> Result<Peak, String> {
-        let _ = device;
+    /// The unit implementation `imp` computes on.
+    fn compute_unit(&self, imp: &str) -> Unit {
+        let _ = imp;
+        Unit::Cores
+    }
+
+    /// The ceiling of `unit` on the device, measured now (a point's roofline holds it
+    /// against this and the stream read of the same run), or why there is none.
+    fn compute_ceiling(&self, device: usize, unit: Unit) -> Result<Peak, String> {
+        let _ = (device, unit);
         Err(format!("no compute ceiling on {}", self.name()))
     }
 

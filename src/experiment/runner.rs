@@ -59,12 +59,13 @@ fn ceiling_op(kernel: &str, params: &serde_json::Value) -> Option<String> {
     }
 }
 
-/// The best stream GB/s of each kind on each backend device, each device's compute ceiling
-/// (measured once, when its first decode point finishes), and points held against them.
+/// The best stream GB/s of each kind on each backend device, each device unit's compute
+/// ceiling (measured once, when its first decode point on that unit finishes), and points
+/// held against them.
 #[derive(Default)]
 struct Ceilings(
     HashMap<(String, String, String), f64>,
-    HashMap<(String, String), Result<crate::backend::Peak, String>>,
+    HashMap<(String, String, crate::backend::Unit), Result<crate::backend::Peak, String>>,
 );
 
 impl Ceilings {
@@ -84,10 +85,11 @@ impl Ceilings {
         if l.flops == 0 || l.split != "none" {
             return None;
         }
+        let unit = b.compute_unit(&l.implementation);
         let peak = self
             .1
-            .entry((l.backend.clone(), l.key().2))
-            .or_insert_with(|| b.compute_ceiling(device));
+            .entry((l.backend.clone(), l.key().2, unit))
+            .or_insert_with(|| b.compute_ceiling(device, unit));
         let op = ceiling_op(&l.kernel, &l.params)?;
         let stream = self.0.get(&(l.backend.clone(), l.key().2, op));
         Some(Roofline::of(

@@ -21,7 +21,8 @@ pub struct Roof {
     pub points: Vec<(String, String, f64, f64)>,
 }
 
-/// The roofs of a run: one per backend device whose decode points carry both ceilings.
+/// The roofs of a run: one per backend device and compute unit (a CPU's FMA lanes and its
+/// AMX tiles have ceilings of their own) whose decode points carry both ceilings.
 pub fn roofs(lines: &[ResultLine]) -> Vec<Roof> {
     let mut out: Vec<Roof> = Vec::new();
     for l in lines.iter().filter(|l| l.check.pass && l.split == "none") {
@@ -32,7 +33,10 @@ pub fn roofs(lines: &[ResultLine]) -> Vec<Roof> {
             continue;
         };
         let device = format!("{}:{}", l.backend, l.key().2);
-        let i = match out.iter().position(|x| x.device == device) {
+        let i = match out
+            .iter()
+            .position(|x| x.device == device && x.peak == r.peak)
+        {
             Some(i) => i,
             None => {
                 out.push(Roof {
@@ -71,10 +75,11 @@ where
     let y0 = ys.fold(f64::MAX, f64::min) / 2.0;
     let y1 = r.peak_gflops * 2.0;
     let title = format!(
-        "{}: roofline (stream read {} GB/s, {} GFLOP/s)",
+        "{}: roofline (stream read {} GB/s, {} GFLOP/s of {})",
         r.device,
         sig(r.stream_gbps, 3),
-        sig(r.peak_gflops, 3)
+        sig(r.peak_gflops, 3),
+        r.peak.split(',').next().unwrap_or_default()
     );
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 20))

@@ -67,15 +67,7 @@ impl Backend for CpuBackend {
         let Some(isa) = Isa::from_name(imp) else {
             return Ok(());
         };
-        match workload {
-            Workload::KvDecode(w) => vector::covers(isa, w.kv_dtype),
-            Workload::ExpertGemv(w) => vector::covers(isa, w.weight_dtype),
-            Workload::Stream(_) | Workload::Link(_) => Err(format!(
-                "{} is not built for {}",
-                isa.name(),
-                workload.kernel()
-            )),
-        }
+        vector::covers(isa, workload)
     }
 
     fn prepare<'a>(
@@ -116,21 +108,37 @@ impl Backend for CpuBackend {
         }))
     }
 
-    /// f32 FMA chains on every thread, on the fastest vector path this CPU has (the unit
-    /// the vector kernels compute with).
-    fn compute_ceiling(&self, _device: usize) -> Result<crate::backend::Peak, String> {
+    fn compute_unit(&self, imp: &str) -> crate::backend::Unit {
+        match Isa::from_name(imp) {
+            Some(Isa::Amx) => crate::backend::Unit::Matrix,
+            _ => crate::backend::Unit::Cores,
+        }
+    }
+
+    /// Cores: f32 FMA chains on every thread, on the fastest vector path this CPU has (the
+    /// unit the vector kernels compute with). Matrix: AMX `tdpbf16ps` chains.
+    fn compute_ceiling(
+        &self,
+        _device: usize,
+        unit: crate::backend::Unit,
+    ) -> Result<crate::backend::Peak, String> {
+        let threads = rayon::current_num_threads();
+        if unit == crate::backend::Unit::Matrix {
+            Isa::Amx.allowed()?;
+            return Ok(crate::backend::Peak {
+                gflops: vector::amx_peak_gflops()?,
+                unit: format!("bf16 tile dot chains (AMX tdpbf16ps), {threads} threads"),
+            });
+        }
         let isa = Isa::ALL
             .into_iter()
+            .filter(|&i| i != Isa::Amx)
             .find(|i| i.allowed().is_ok())
             .unwrap_or(Isa::Portable);
         let gflops = vector::peak_gflops(isa)?;
         Ok(crate::backend::Peak {
             gflops,
-            unit: format!(
-                "f32 FMA chains, {}, {} threads",
-                isa.name(),
-                rayon::current_num_threads()
-            ),
+            unit: format!("f32 FMA chains, {}, {threads} threads", isa.name()),
         })
     }
 

@@ -211,9 +211,24 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
+    fn compute_unit(&self, imp: &str) -> crate::backend::Unit {
+        if uses_tensor_cores(imp) {
+            crate::backend::Unit::Matrix
+        } else {
+            crate::backend::Unit::Cores
+        }
+    }
+
     /// kernels/peak.cu's FMA chains on the CUDA cores (peak.rs). The tensor cores' ceiling
-    /// is not measured yet: a point on `mma` is held against the CUDA cores' one.
-    fn compute_ceiling(&self, device: usize) -> Result<crate::backend::Peak, String> {
+    /// (`mma.sync`) is not measured yet, so a point on `mma` says so.
+    fn compute_ceiling(
+        &self,
+        device: usize,
+        unit: crate::backend::Unit,
+    ) -> Result<crate::backend::Peak, String> {
+        if unit == crate::backend::Unit::Matrix {
+            return Err("the tensor cores' ceiling (mma.sync) is not measured yet".into());
+        }
         let &((major, minor), sms) = self
             .caps
             .get(device)

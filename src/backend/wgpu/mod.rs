@@ -275,7 +275,14 @@ impl Backend for WgpuBackend {
 
     /// shaders/peak.wgsl's f32 FMA chains: 4096 workgroups of 256 threads on a GPU (275 GFLOP,
     /// a few milliseconds on a big card), 32 on a CPU adapter (lavapipe).
-    fn compute_ceiling(&self, device: usize) -> Result<crate::backend::Peak, String> {
+    fn compute_ceiling(
+        &self,
+        device: usize,
+        unit: crate::backend::Unit,
+    ) -> Result<crate::backend::Peak, String> {
+        if unit != crate::backend::Unit::Cores {
+            return Err("wgpu has no matrix-unit kernel".into());
+        }
         let (dev, queue, adapter) = self.device(device).map_err(|e| format!("{e:#}"))?;
         let is_cpu = adapter.get_info().device_type == wgpu::DeviceType::Cpu;
         let sg = adapter.get_info().subgroup_min_size as usize;

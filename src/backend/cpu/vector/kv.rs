@@ -50,11 +50,7 @@ impl<'a> KvCtx<'a> {
                 *o = w.math.operand(x) * fold;
             }
         }
-        // Enough tasks to keep every thread busy to the end (8 per thread), each of 1 to 16
-        // tiles: a chunk's merge costs a few vectors per head, a tile costs thousands.
-        let tokens: usize = w.context_lens.iter().sum();
-        let per_task = tokens.div_ceil(8 * rayon::current_num_threads());
-        let chunk = per_task.clamp(TILE, 16 * TILE).next_multiple_of(TILE);
+        let chunk = chunk_tokens(w, TILE);
         KvCtx {
             w,
             q: qp,
@@ -69,11 +65,24 @@ impl<'a> KvCtx<'a> {
 
     /// The (sequence, chunk) tasks of a step.
     pub fn tasks(&self) -> Vec<(usize, usize)> {
-        let w = self.w;
-        (0..w.batch)
-            .flat_map(|b| (0..w.context_lens[b].div_ceil(self.chunk)).map(move |c| (b, c)))
-            .collect()
+        tasks(self.w, self.chunk)
     }
+}
+
+/// Tokens per task, a whole number of `tile`s: enough tasks to keep every thread busy to the
+/// end (8 per thread), each of 1 to 16 tiles (a chunk's merge costs a few vectors per head,
+/// a tile costs thousands).
+pub(super) fn chunk_tokens(w: &KvDecode, tile: usize) -> usize {
+    let tokens: usize = w.context_lens.iter().sum();
+    let per_task = tokens.div_ceil(8 * rayon::current_num_threads());
+    per_task.clamp(tile, 16 * tile).next_multiple_of(tile)
+}
+
+/// The (sequence, chunk) tasks of a step with chunks of `chunk` tokens.
+pub(super) fn tasks(w: &KvDecode, chunk: usize) -> Vec<(usize, usize)> {
+    (0..w.batch)
+        .flat_map(|b| (0..w.context_lens[b].div_ceil(chunk)).map(move |c| (b, c)))
+        .collect()
 }
 
 /// Where a tile's TILE rows of one head lie, and how they are stored: in the cache itself

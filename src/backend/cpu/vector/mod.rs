@@ -1,9 +1,13 @@
-//! The cpu backend's tuned implementations, one per vector path (`avx512`, `avx2`,
+//! The cpu backend's tuned implementations, one per vector path (`amx`, `avx512`, `avx2`,
 //! `portable`): the kernel bodies are generic over `simd::Simd`, and each path instantiates
-//! them inside a `#[target_feature]` entry. `simple` stays beside them as the reference.
+//! them inside a `#[target_feature]` entry; `amx` adds tile kernels (kv_amx.rs) and runs
+//! the rest as `avx512`. `simple` stays beside them as the reference.
 
+mod amx;
 mod expert;
 mod kv;
+#[cfg(target_arch = "x86_64")]
+mod kv_amx;
 mod peak;
 pub mod simd;
 
@@ -15,9 +19,26 @@ use rayon::prelude::*;
 pub use simd::Isa;
 use simd::{Portable, Simd};
 
-/// Whether path `isa` covers a point of this storage dtype on this CPU, or why not.
-pub fn covers(isa: Isa, dt: crate::workload::DType) -> Result<(), String> {
+/// Whether path `isa` covers this point on this CPU, or why not.
+pub fn covers(isa: Isa, workload: &crate::workload::Workload) -> Result<(), String> {
+    use crate::workload::Workload;
     isa.allowed()?;
+    let dt = match workload {
+        #[cfg(target_arch = "x86_64")]
+        Workload::KvDecode(w) if isa == Isa::Amx => return kv_amx::covers(w),
+        Workload::KvDecode(w) => w.kv_dtype,
+        Workload::ExpertGemv(_) if isa == Isa::Amx => {
+            return Err("amx runs kv_decode; expert_gemv runs on avx512".into());
+        }
+        Workload::ExpertGemv(w) => w.weight_dtype,
+        other => {
+            return Err(format!(
+                "{} is not built for {}",
+                isa.name(),
+                other.kernel()
+            ));
+        }
+    };
     if simd::decodes(dt) {
         Ok(())
     } else {
@@ -46,7 +67,7 @@ macro_rules! per_isa {
             match isa {
                 // SAFETY: the CPU has the path's features (asserted above).
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { avx512($($arg),*) },
+                Isa::Amx | Isa::Avx512 => unsafe { avx512($($arg),*) },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { avx2($($arg),*) },
                 // SAFETY: the portable path needs no feature.
@@ -88,10 +109,43 @@ pub fn peak_gflops(isa: Isa) -> Result<f64, String> {
     Ok(best)
 }
 
+/// The measured AMX ceiling, every rayon thread at once: `tdpbf16ps` chains on tiles of
+/// ones, the best of 5 rounds, in GFLOP/s (2 per multiply-add). Err if a sum ends anywhere
+/// but where its closed form says.
+pub fn amx_peak_gflops() -> Result<f64, String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const STEPS: usize = 1 << 16;
+        Isa::Amx.on_this_cpu()?;
+        let threads = rayon::current_num_threads();
+        let mut best = 0f64;
+        for _ in 0..5 {
+            let t0 = std::time::Instant::now();
+            // SAFETY: permitted (on_this_cpu asked the OS).
+            let sums: Vec<f64> = (0..threads)
+                .into_par_iter()
+                .map(|_| unsafe { amx::chains(STEPS) })
+                .collect();
+            let s = t0.elapsed().as_secs_f64();
+            if let Some(got) = sums.iter().find(|&&g| g != amx::expected(STEPS)) {
+                return Err(format!(
+                    "AMX chains summed to {got}, not {}",
+                    amx::expected(STEPS)
+                ));
+            }
+            let flops = 2.0 * (4 * amx::TILE_MACS * STEPS) as f64;
+            best = best.max(flops * threads as f64 / s / 1e9);
+        }
+        Ok(best)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Err("AMX runs on x86-64 only".into())
+}
+
 fn lanes(isa: Isa) -> usize {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => simd::Avx512::LANES,
+        Isa::Amx | Isa::Avx512 => simd::Avx512::LANES,
         _ => Portable::LANES,
     }
 }
@@ -101,6 +155,17 @@ pub(super) fn kv_decode(isa: Isa, w: &KvDecode, inputs: &TensorSet, outputs: &mu
     let table = inputs.expect("page_table").view::<i32>();
     let k = &inputs.expect("k_pages").bytes;
     let v = inputs.get("v_pages").map(|t| &t.bytes[..]);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Amx {
+        assert!(covers(isa, &crate::workload::Workload::KvDecode(w.clone())).is_ok());
+        let cx = kv_amx::AmxCtx::new(w, &q, (k, v), &table);
+        let partials: Vec<Vec<Partial>> = kv::tasks(w, cx.chunk)
+            .into_par_iter()
+            // SAFETY: the path is allowed on this CPU (permission asked) and covers w.
+            .map(|t| unsafe { kv_amx::task(&cx, t) })
+            .collect();
+        return merge_partials(w, partials.into_iter().flatten().collect(), outputs);
+    }
     let cx = KvCtx::new(w, &q, (k, v), &table, lanes(isa));
     let partials: Vec<Vec<Partial>> = cx
         .tasks()

@@ -8,6 +8,8 @@ use crate::workload::DType;
 /// A vector path of the cpu backend, named as the implementation that runs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
+    /// AVX-512 with AMX-BF16 tiles (kv_decode of bf16 caches; the rest as `avx512`).
+    Amx,
     /// AVX-512F + BW (16 f32 lanes), F16C conversions.
     Avx512,
     /// AVX2 + FMA + F16C (8 f32 lanes).
@@ -23,10 +25,11 @@ pub const ISA_ENV: &str = "DECODELAB_CPU_ISA";
 
 impl Isa {
     /// Fastest first: the order `impl: best` tries them in.
-    pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+    pub const ALL: [Isa; 4] = [Isa::Amx, Isa::Avx512, Isa::Avx2, Isa::Portable];
 
     pub fn name(self) -> &'static str {
         match self {
+            Isa::Amx => "amx",
             Isa::Avx512 => "avx512",
             Isa::Avx2 => "avx2",
             Isa::Portable => "portable",
@@ -45,11 +48,13 @@ impl Isa {
             .copied()
             .filter(|f| !has_feature(f))
             .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("this CPU lacks {}", missing.join(", ")))
+        if !missing.is_empty() {
+            return Err(format!("this CPU lacks {}", missing.join(", ")));
         }
+        if self == Isa::Amx {
+            super::amx::permitted()?;
+        }
+        Ok(())
     }
 
     /// Whether `impl: best` may pick this path: on this CPU, and not above `DECODELAB_CPU_ISA`.
@@ -59,7 +64,7 @@ impl Isa {
             None => Ok(()),
             Some(cap) => match Isa::from_name(&cap) {
                 None => Err(format!(
-                    "{ISA_ENV}={cap} names no path (avx512, avx2, portable)"
+                    "{ISA_ENV}={cap} names no path (amx, avx512, avx2, portable)"
                 )),
                 Some(c) if (self as u8) < (c as u8) => Err(format!("{ISA_ENV}={cap} caps it")),
                 Some(_) => Ok(()),
@@ -69,6 +74,7 @@ impl Isa {
 
     fn features(self) -> &'static [&'static str] {
         match self {
+            Isa::Amx => &["avx512f", "avx512bw", "avx512bf16", "f16c", "fma"],
             Isa::Avx512 => &["avx512f", "avx512bw", "f16c", "fma"],
             Isa::Avx2 => &["avx2", "fma", "f16c"],
             Isa::Portable => &[],
@@ -81,6 +87,7 @@ fn has_feature(f: &str) -> bool {
     match f {
         "avx512f" => is_x86_feature_detected!("avx512f"),
         "avx512bw" => is_x86_feature_detected!("avx512bw"),
+        "avx512bf16" => is_x86_feature_detected!("avx512bf16"),
         "avx2" => is_x86_feature_detected!("avx2"),
         "fma" => is_x86_feature_detected!("fma"),
         "f16c" => is_x86_feature_detected!("f16c"),

@@ -1,0 +1,444 @@
+//! kv_decode on AMX tiles, for bf16 caches: the cache's own bf16 values are the tile
+//! operands, so GQA's 8 and MLA's 16-128 heads a row serves cost the tile unit, not the
+//! FMA ports. Per task (one chunk of one sequence), per KV head, per 64-token tile:
+//! - K^T in VNNI pairs (16 x 16 transposes of 32-bit (d, d+1) pairs), built once a tile
+//!   and shared by every head;
+//! - S[heads x tokens] = Q . K^T: A is q, one tile per 32 dims, `hi` and `lo` bf16 halves
+//!   at `math: f32` (q = hi + lo keeps f32-grade scores; the cache's values are exact);
+//! - the online softmax per head along its tokens (AVX-512), P written as the next A
+//!   operand, split hi + lo the same way;
+//! - V in VNNI pairs of tokens (one `vpermt2w` per 16 dims and pair), then
+//!   acc[heads x dv] += P . V on C tiles loaded from and stored to the accumulator.
+//!
+//! Partials come out per (sequence, KV head, chunk) and merge as simple's do.
+
+use super::amx::{Tiles, tile_dp, tile_load, tile_store, tile_zero};
+use super::kv::chunk_tokens;
+use super::simd::{Aligned, Avx512, Simd};
+use crate::backend::cpu::kernels::Partial;
+use crate::workload::{DType, KvDecode, Math};
+use std::arch::x86_64::*;
+
+/// Tokens per tile: four 16-token blocks of scores, two 32-token steps of PV.
+const TILE: usize = 64;
+
+/// Whether the AMX kernel runs this point, or why not.
+pub fn covers(w: &KvDecode) -> Result<(), String> {
+    if w.kv_dtype != DType::Bf16 {
+        return Err(format!(
+            "amx reads bf16 caches as tile operands, not {}",
+            w.kv_dtype
+        ));
+    }
+    if !w.head_dim_k.is_multiple_of(32) || !w.head_dim_v.is_multiple_of(64) {
+        return Err(format!(
+            "amx needs K dims in multiples of 32 and V dims of 64, not {}/{}",
+            w.head_dim_k, w.head_dim_v
+        ));
+    }
+    Ok(())
+}
+
+/// What every task of one step reads.
+pub(super) struct AmxCtx<'a> {
+    pub w: &'a KvDecode,
+    pub q: &'a [f32],
+    pub k: &'a [u8],
+    pub v: Option<&'a [u8]>,
+    pub table: &'a [i32],
+    pub chunk: usize,
+}
+
+impl<'a> AmxCtx<'a> {
+    pub fn new(
+        w: &'a KvDecode,
+        q: &'a [f32],
+        (k, v): (&'a [u8], Option<&'a [u8]>),
+        table: &'a [i32],
+    ) -> Self {
+        let chunk = chunk_tokens(w, TILE);
+        AmxCtx {
+            w,
+            q,
+            k,
+            v,
+            table,
+            chunk,
+        }
+    }
+}
+
+/// bf16 by round-to-nearest-even (finite inputs).
+fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// A zeroed buffer of u16 starting on a cache line (tile rows are 64 bytes).
+fn zeroed_u16(n: usize) -> Aligned {
+    Aligned::zeroed(n.div_ceil(2))
+}
+
+fn as_u16(a: &mut Aligned) -> &mut [u16] {
+    bytemuck::cast_slice_mut(&mut a[..])
+}
+
+/// The sizes one task works in.
+#[derive(Clone, Copy)]
+struct Shape {
+    gs: usize,
+    /// Head blocks of 16 (a tile's rows).
+    hb: usize,
+    /// 32-dim steps of K.
+    ks: usize,
+    /// 16-dim blocks of V.
+    db: usize,
+    dk: usize,
+    dv: usize,
+    /// q and P as hi + lo (`math: f32`), or hi alone (`math: bf16`, exact).
+    split: bool,
+}
+
+/// One KV head's running state over a chunk: its q as A tiles, and the online softmax.
+struct Head {
+    /// [head block][k step][hi, lo][16 heads][32 dims] bf16.
+    qa: Aligned,
+    m: Vec<f32>,
+    l: Vec<f32>,
+    /// [heads (padded to 16)][dv] f32.
+    acc: Aligned,
+}
+
+/// One (sequence, chunk) task: the online-softmax partial of every KV head, in head order.
+/// Tiles outer, heads inner, so the thread reads each cache page whole (a token's heads are
+/// contiguous) and the prefetcher streams it.
+///
+/// # Safety
+/// `amx::permitted()` must be Ok and the CPU must have AVX-512 F/BW/BF16; `covers(w)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma,f16c")]
+pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
+    let w = cx.w;
+    let gs = w.group_size();
+    let sh = Shape {
+        gs,
+        hb: gs.div_ceil(16),
+        ks: w.head_dim_k / 32,
+        db: w.head_dim_v / 16,
+        dk: w.head_dim_k,
+        dv: w.head_dim_v,
+        split: w.math == Math::F32,
+    };
+    let hp = sh.hb * 16;
+    let fold = w.scale * w.scales()[0];
+    // C (0-3) and A (4) tiles hold heads: min(16, gs) rows; B (5, 6) 16 rows.
+    // SAFETY: the caller's contract (permission).
+    let _tiles = unsafe { Tiles::configure(gs.min(16), &[0, 1, 2, 3, 4]) };
+    let mut heads: Vec<Head> = (0..w.kv_heads)
+        .map(|g| Head {
+            qa: q_tiles(cx, sh, b, g),
+            m: vec![f32::NEG_INFINITY; hp],
+            l: vec![0f32; hp],
+            acc: Aligned::zeroed(hp * sh.dv),
+        })
+        .collect();
+    let mut kt = zeroed_u16(4 * sh.ks * 512);
+    let mut vv = zeroed_u16(sh.db * 32 * 32);
+    let mut pa = zeroed_u16(sh.hb * 2 * 2 * 512);
+    let mut s = Aligned::zeroed(hp * TILE);
+    let end = ((c + 1) * cx.chunk).min(w.context_lens[b]);
+    for t0 in (c * cx.chunk..end).step_by(TILE) {
+        let n = TILE.min(end - t0);
+        // Row t of the tile (rows past n repeat the last one: their P is zero) is token slot
+        // slots[t] + g of the cache, each slot a token's kv_heads rows.
+        let slots: [usize; TILE] =
+            std::array::from_fn(|t| w.cache_offset(cx.table, b, t0 + t.min(n - 1), 0, 1));
+        for (g, h) in heads.iter_mut().enumerate() {
+            let k_rows = rows(cx.k, &slots, g, sh.dk);
+            // MLA: V is the latent's first dv values of each row.
+            let v_rows = match cx.v {
+                Some(v) => rows(v, &slots, g, sh.dv),
+                None => k_rows,
+            };
+            // SAFETY: every row pointer holds dk (dv) bf16 values (`rows` asserts it); the
+            // buffers are sized for sh above; the caller's contract.
+            unsafe {
+                k_transposed(&k_rows, sh.ks, as_u16(&mut kt));
+                scores(sh, &h.qa, &kt, &mut s);
+                softmax(sh, (n, fold), &mut s, (&mut h.m, &mut h.l), &mut h.acc);
+                p_tiles(sh, &s, as_u16(&mut pa));
+                v_pairs(&v_rows, sh.dv, as_u16(&mut vv));
+                pv(sh, n, &pa, &vv, &mut h.acc);
+            }
+        }
+    }
+    heads
+        .into_iter()
+        .enumerate()
+        .map(|(g, h)| Partial {
+            b,
+            g,
+            m: h.m[..gs].to_vec(),
+            l: h.l[..gs].to_vec(),
+            acc: h.acc[..gs * sh.dv].to_vec(),
+        })
+        .collect()
+}
+
+/// KV head g's q heads as A tiles: [head block][k step][hi, lo][16 heads][32 dims], after
+/// math's rounding (the softmax scale is applied to the scores, so at `math: bf16` lo is 0).
+fn q_tiles(cx: &AmxCtx, sh: Shape, b: usize, g: usize) -> Aligned {
+    let w = cx.w;
+    let mut qa = zeroed_u16(sh.hb * sh.ks * 2 * 512);
+    let qa16 = as_u16(&mut qa);
+    for h in 0..sh.gs {
+        let row = &cx.q[(b * w.q_heads + g * sh.gs + h) * sh.dk..][..sh.dk];
+        for (d, &x) in row.iter().enumerate() {
+            let x = w.math.operand(x);
+            let hi = bf16_bits(x);
+            let lo = bf16_bits(x - f32::from_bits((hi as u32) << 16));
+            let at = (((h / 16) * sh.ks + d / 32) * 2 * 16 + h % 16) * 32 + d % 32;
+            qa16[at] = hi;
+            qa16[at + 512] = lo;
+        }
+    }
+    qa
+}
+
+/// The tile's row pointers for KV head g in a bf16 cache tensor of `dim`-value rows.
+fn rows(bytes: &[u8], slots: &[usize; TILE], g: usize, dim: usize) -> [*const u8; TILE] {
+    let last = slots.iter().max().unwrap_or(&0) + g;
+    assert!((last + 1) * dim * 2 <= bytes.len(), "row out of its tensor");
+    // SAFETY: every row lies inside `bytes` (asserted for the furthest).
+    std::array::from_fn(|t| unsafe { bytes.as_ptr().add((slots[t] + g) * dim * 2) })
+}
+
+/// kt[token block][k step] = 16 rows (dim pairs) x 16 tokens x 2: the B operand of
+/// S = Q . K^T, by 16 x 16 transposes of the rows' 32-bit pairs.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn k_transposed(k: &[*const u8; TILE], ks: usize, kt: &mut [u16]) {
+    for tb in 0..TILE / 16 {
+        for s in 0..ks {
+            // SAFETY: each row holds ks x 32 bf16 values; kt holds 4 x ks tiles of 512.
+            unsafe {
+                let r: [__m512i; 16] = std::array::from_fn(|i| {
+                    _mm512_loadu_si512(k[tb * 16 + i].add(s * 64) as *const __m512i)
+                });
+                let out = transpose16(r);
+                let dst = kt.as_mut_ptr().add((tb * ks + s) * 512);
+                for (j, o) in out.iter().enumerate() {
+                    _mm512_storeu_si512(dst.add(j * 32) as *mut __m512i, *o);
+                }
+            }
+        }
+    }
+}
+
+/// A 16 x 16 transpose of 32-bit elements: out[j] lane i = r[i] lane j.
+#[inline(always)]
+unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+    // SAFETY: register shuffles only; the caller has AVX-512F.
+    unsafe {
+        let mut t = [_mm512_setzero_si512(); 16];
+        for k in 0..8 {
+            t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+            t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+        }
+        // u[4k + j], 128-bit lane L: element 4L + j of rows 4k..4k+3.
+        let mut u = [_mm512_setzero_si512(); 16];
+        for k in 0..4 {
+            u[4 * k] = _mm512_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+            u[4 * k + 1] = _mm512_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+            u[4 * k + 2] = _mm512_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+            u[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+        }
+        let mut out = [_mm512_setzero_si512(); 16];
+        for j in 0..4 {
+            let v0 = _mm512_shuffle_i32x4::<0x88>(u[j], u[4 + j]);
+            let w0 = _mm512_shuffle_i32x4::<0xDD>(u[j], u[4 + j]);
+            let v1 = _mm512_shuffle_i32x4::<0x88>(u[8 + j], u[12 + j]);
+            let w1 = _mm512_shuffle_i32x4::<0xDD>(u[8 + j], u[12 + j]);
+            out[j] = _mm512_shuffle_i32x4::<0x88>(v0, v1);
+            out[8 + j] = _mm512_shuffle_i32x4::<0xDD>(v0, v1);
+            out[4 + j] = _mm512_shuffle_i32x4::<0x88>(w0, w1);
+            out[12 + j] = _mm512_shuffle_i32x4::<0xDD>(w0, w1);
+        }
+        out
+    }
+}
+
+/// s[head][token] = q_head . k_token (unscaled) for the tile's 64 tokens. Four C tiles (the
+/// four 16-token blocks) take turns, so no `tdpbf16ps` waits on the one before it.
+#[inline(always)]
+unsafe fn scores(sh: Shape, qa: &[f32], kt: &[f32], s: &mut [f32]) {
+    let (qa, kt) = (qa.as_ptr() as *const u16, kt.as_ptr() as *const u16);
+    let b = |tb: usize, k: usize| kt.wrapping_add((tb * sh.ks + k) * 512);
+    // SAFETY: tiles read inside qa and kt as laid out in `q_tiles` and `k_transposed`; C
+    // rows (heads) stored inside s's hp rows of TILE.
+    unsafe {
+        for hb in 0..sh.hb {
+            tile_zero!(0);
+            tile_zero!(1);
+            tile_zero!(2);
+            tile_zero!(3);
+            for part in 0..1 + sh.split as usize {
+                for k in 0..sh.ks {
+                    tile_load!(4, qa.add(((hb * sh.ks + k) * 2 + part) * 512), 64usize);
+                    tile_load!(5, b(0, k), 64usize);
+                    tile_dp!(0, 4, 5);
+                    tile_load!(6, b(1, k), 64usize);
+                    tile_dp!(1, 4, 6);
+                    tile_load!(5, b(2, k), 64usize);
+                    tile_dp!(2, 4, 5);
+                    tile_load!(6, b(3, k), 64usize);
+                    tile_dp!(3, 4, 6);
+                }
+            }
+            let o = s.as_mut_ptr().add(hb * 16 * TILE);
+            tile_store!(0, o, 4 * TILE);
+            tile_store!(1, o.add(16), 4 * TILE);
+            tile_store!(2, o.add(32), 4 * TILE);
+            tile_store!(3, o.add(48), 4 * TILE);
+        }
+    }
+}
+
+/// The online softmax of each head over the tile's n tokens: s becomes P (zero past n),
+/// m and l move on (l from P unrounded), and a head's accumulator is rescaled when its max
+/// moves. `math: bf16`'s rounding of P is `p_tiles`' conversion (nearest-even, as
+/// `Math::operand`; P is 0 or at least e^-87, never subnormal).
+#[inline(always)]
+unsafe fn softmax(
+    sh: Shape,
+    (n, fold): (usize, f32),
+    s: &mut [f32],
+    (m, l): (&mut [f32], &mut [f32]),
+    acc: &mut [f32],
+) {
+    type S = Avx512;
+    // SAFETY: s holds hp rows of TILE values (4 vectors); acc hp rows of dv.
+    unsafe {
+        for j in 0..sh.gs {
+            let row = s.as_mut_ptr().add(j * TILE);
+            let mut v: [__m512; 4] = std::array::from_fn(|i| {
+                let x = S::mul(S::load(row.add(16 * i)), S::splat(fold));
+                let valid = (n.saturating_sub(16 * i)).min(16);
+                _mm512_mask_mov_ps(S::splat(f32::NEG_INFINITY), ((1u32 << valid) - 1) as u16, x)
+            });
+            let mx = S::hmax(S::max(S::max(v[0], v[1]), S::max(v[2], v[3]))).max(m[j]);
+            let mut sum = S::splat(0.0);
+            for (i, x) in v.iter_mut().enumerate() {
+                let valid = (n.saturating_sub(16 * i)).min(16);
+                let e = S::exp(S::sub(*x, S::splat(mx)));
+                *x = _mm512_maskz_mov_ps(((1u32 << valid) - 1) as u16, e);
+                sum = S::add(sum, *x);
+                S::store(row.add(16 * i), *x);
+            }
+            let corr = (m[j] - mx).exp();
+            l[j] = l[j] * corr + S::hsum(sum);
+            m[j] = mx;
+            if corr != 1.0 {
+                let a = acc.as_mut_ptr().add(j * sh.dv);
+                for d in (0..sh.dv).step_by(16) {
+                    S::store(a.add(d), S::mul(S::load(a.add(d)), S::splat(corr)));
+                }
+            }
+        }
+    }
+}
+
+/// P as A tiles: pa[head block][32-token step][hi, lo][16 heads][32 tokens].
+#[inline(always)]
+unsafe fn p_tiles(sh: Shape, s: &[f32], pa: &mut [u16]) {
+    // SAFETY: s rows of TILE values; pa as laid out above.
+    unsafe {
+        for j in 0..sh.gs {
+            for i in 0..TILE / 16 {
+                let p = _mm512_loadu_ps(s.as_ptr().add(j * TILE + 16 * i));
+                let hi = _mm512_cvtneps_pbh(p);
+                let at = (((j / 16) * 2 + i / 2) * 2 * 16 + j % 16) * 32 + (i % 2) * 16;
+                _mm256_storeu_si256(pa.as_mut_ptr().add(at) as *mut __m256i, transmute_bh(hi));
+                if sh.split {
+                    let back = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                        transmute_bh(hi),
+                    )));
+                    let lo = _mm512_cvtneps_pbh(_mm512_sub_ps(p, back));
+                    _mm256_storeu_si256(
+                        pa.as_mut_ptr().add(at + 512) as *mut __m256i,
+                        transmute_bh(lo),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn transmute_bh(x: __m256bh) -> __m256i {
+    // SAFETY: both are 256 bits of plain data.
+    unsafe { std::mem::transmute(x) }
+}
+
+/// vv[16-dim block][token pair][16 dims][2]: V as the B operand of P . V.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn v_pairs(v: &[*const u8; TILE], dv: usize, vv: &mut [u16]) {
+    // Lane 2i takes a's element i (of 32), lane 2i + 1 b's: the first 16 dims, then the next.
+    let lo: [i16; 32] = std::array::from_fn(|i| ((i / 2) + 32 * (i % 2)) as i16);
+    let hi: [i16; 32] = std::array::from_fn(|i| (16 + (i / 2) + 32 * (i % 2)) as i16);
+    // SAFETY: rows hold dv bf16 values; vv holds dv/16 blocks of 32 pairs of 32 values.
+    unsafe {
+        let (lo, hi) = (
+            _mm512_loadu_si512(lo.as_ptr() as *const __m512i),
+            _mm512_loadu_si512(hi.as_ptr() as *const __m512i),
+        );
+        for r in 0..TILE / 2 {
+            for c in 0..dv / 32 {
+                let a = _mm512_loadu_si512(v[2 * r].add(c * 64) as *const __m512i);
+                let b = _mm512_loadu_si512(v[2 * r + 1].add(c * 64) as *const __m512i);
+                let dst = vv.as_mut_ptr();
+                let o0 = _mm512_permutex2var_epi16(a, lo, b);
+                let o1 = _mm512_permutex2var_epi16(a, hi, b);
+                _mm512_storeu_si512(dst.add(((2 * c) * 32 + r) * 32) as *mut __m512i, o0);
+                _mm512_storeu_si512(dst.add(((2 * c + 1) * 32 + r) * 32) as *mut __m512i, o1);
+            }
+        }
+    }
+}
+
+/// acc[heads][dv] += P . V for the tile (the second 32 tokens skipped when none is valid):
+/// four C tiles (64 value dims) at a time, taking turns as in `scores`.
+#[inline(always)]
+unsafe fn pv(sh: Shape, n: usize, pa: &[f32], vv: &[f32], acc: &mut [f32]) {
+    let (pa, vv) = (pa.as_ptr() as *const u16, vv.as_ptr() as *const u16);
+    let stride = 4 * sh.dv;
+    let b = |db: usize, kt: usize| vv.wrapping_add((db * 32 + kt * 16) * 32);
+    // SAFETY: tiles inside pa and vv as laid out in `p_tiles` and `v_pairs`; C tiles of the
+    // head block's rows x 16 dims inside acc (dv is a multiple of 64: `covers`).
+    unsafe {
+        for hb in 0..sh.hb {
+            for d0 in (0..sh.db).step_by(4) {
+                let cp = acc.as_mut_ptr().add(hb * 16 * sh.dv + d0 * 16);
+                tile_load!(0, cp, stride);
+                tile_load!(1, cp.add(16), stride);
+                tile_load!(2, cp.add(32), stride);
+                tile_load!(3, cp.add(48), stride);
+                for kt in 0..1 + (n > 32) as usize {
+                    for part in 0..1 + sh.split as usize {
+                        tile_load!(4, pa.add(((hb * 2 + kt) * 2 + part) * 512), 64usize);
+                        tile_load!(5, b(d0, kt), 64usize);
+                        tile_dp!(0, 4, 5);
+                        tile_load!(6, b(d0 + 1, kt), 64usize);
+                        tile_dp!(1, 4, 6);
+                        tile_load!(5, b(d0 + 2, kt), 64usize);
+                        tile_dp!(2, 4, 5);
+                        tile_load!(6, b(d0 + 3, kt), 64usize);
+                        tile_dp!(3, 4, 6);
+                    }
+                }
+                tile_store!(0, cp, stride);
+                tile_store!(1, cp.add(16), stride);
+                tile_store!(2, cp.add(32), stride);
+                tile_store!(3, cp.add(48), stride);
+            }
+        }
+    }
+}
