@@ -64,7 +64,13 @@ fn quickstart_runs_and_every_check_passes() {
             assert!((r.flop_per_byte - l.flops as f64 / l.bytes as f64).abs() < 1e-12);
             let pct = 100.0 * mem.max(cmp) / l.time_s.median;
             assert!((r.pct.unwrap() - pct).abs() < 1e-6 * pct, "{l:?}");
-            assert!(r.peak.contains("FMA chains"), "{}", r.peak);
+            // Each point against the unit it computes on: AMX tiles, or FMA lanes.
+            let unit = if l.implementation == "amx" {
+                "AMX tdpbf16ps"
+            } else {
+                "FMA chains"
+            };
+            assert!(r.peak.contains(unit), "{}: {}", l.implementation, r.peak);
         } else {
             assert!(l.roofline.is_none());
         }
@@ -127,16 +133,18 @@ fn quickstart_runs_and_every_check_passes() {
     }
     assert!(!csv_text.contains("e-"), "no exponents: {csv_text}");
     // Every line names its implementation and where its host seconds went.
-    // Stream runs simple; the decode kernels the fastest vector path this CPU has.
-    let path = decodelab::backend::cpu::vector::Isa::ALL
-        .into_iter()
-        .find(|i| i.allowed().is_ok())
-        .unwrap();
+    // The fastest path this CPU has: AMX for bf16 caches, AVX-512 or AVX2 for the rest
+    // (stream: simple without either).
+    use decodelab::backend::cpu::vector::Isa;
+    let best = |of: &[Isa]| of.iter().copied().find(|i| i.allowed().is_ok());
+    let vector = best(&[Isa::Avx512, Isa::Avx2, Isa::Portable]).unwrap();
     for l in &lines {
-        let want = if l.kernel == "stream" {
-            "simple"
-        } else {
-            path.name()
+        let want = match l.kernel.as_str() {
+            "stream" => best(&[Isa::Avx512, Isa::Avx2]).map_or("simple", Isa::name),
+            "kv_decode" if l.params["kv_dtype"] == "bf16" => {
+                best(&[Isa::Amx]).unwrap_or(vector).name()
+            }
+            _ => vector.name(),
         };
         assert_eq!(l.implementation, want, "{l:?}");
         let h = l.host_s.as_ref().expect("host_s");

@@ -26,7 +26,13 @@ pub struct Impl {
 /// Every implementation of every kernel, per backend in the order `impl: best` prefers them
 /// (the first that covers a point runs it).
 pub const IMPLS: &[Impl] = &[
-    simple("cpu", Kernel::Stream, "rayon over 64 Ki-word chunks"),
+    cpu_vector(Kernel::Stream, "avx512", CPU_STREAM),
+    cpu_vector(Kernel::Stream, "avx2", CPU_STREAM),
+    simple(
+        "cpu",
+        Kernel::Stream,
+        "rayon over 64 Ki-word chunks; copy by memcpy",
+    ),
     // The vector paths, fastest first: `best` takes the first this CPU has
     // (cpu/vector/simd.rs; DECODELAB_CPU_ISA caps it). portable comes after simple until it
     // beats it where it is the only path (aarch64 has not run it).
@@ -164,6 +170,8 @@ pub const IMPLS: &[Impl] = &[
 const CPU_KV: &str = "(sequence, chunk) tasks in 64-token tiles: GQA rows decoded in \
     registers where they lie (MLA, fp8: into L1 tiles), scores from 4-head x 4-token register \
     blocks, a vector exp, PV in 4-head blocks";
+const CPU_STREAM: &str = "256 KiB chunks: read sums 4 vectors in flight; copy and write by \
+    non-temporal stores (no read for ownership), a fence per chunk";
 const CPU_EXPERT: &str = "simple's 16-row blocks: 4 rows of an expert decoded in registers \
     against up to 4 of its tokens";
 

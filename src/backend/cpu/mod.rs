@@ -293,7 +293,8 @@ impl CpuPoint {
             ..
         } = self;
         match (workload, *path) {
-            (Workload::Stream(w), _) => stream(w, inputs, outputs),
+            (Workload::Stream(w), Some(isa)) => vector::stream(isa, w, inputs, outputs),
+            (Workload::Stream(w), None) => stream(w, inputs, outputs),
             (Workload::KvDecode(w), Some(isa)) => vector::kv_decode(isa, w, inputs, outputs),
             (Workload::KvDecode(w), None) => kv_decode(w, inputs, outputs),
             (Workload::ExpertGemv(w), Some(isa)) => vector::expert_gemv(isa, w, inputs, outputs),

@@ -10,6 +10,7 @@ mod kv;
 mod kv_amx;
 mod peak;
 pub mod simd;
+mod stream;
 
 use super::kernels::{Partial, merge_partials, out_mut, slots_by_expert, sum_slots};
 use crate::workload::{ExpertGemv, KvDecode, TensorSet};
@@ -18,6 +19,7 @@ use kv::KvCtx;
 use rayon::prelude::*;
 pub use simd::Isa;
 use simd::{Portable, Simd};
+pub(super) use stream::stream;
 
 /// Whether path `isa` covers this point on this CPU, or why not.
 pub fn covers(isa: Isa, workload: &crate::workload::Workload) -> Result<(), String> {
@@ -31,6 +33,7 @@ pub fn covers(isa: Isa, workload: &crate::workload::Workload) -> Result<(), Stri
             return Err("amx runs kv_decode; expert_gemv runs on avx512".into());
         }
         Workload::ExpertGemv(w) => w.weight_dtype,
+        Workload::Stream(_) if matches!(isa, Isa::Avx512 | Isa::Avx2) => return Ok(()),
         other => {
             return Err(format!(
                 "{} is not built for {}",
