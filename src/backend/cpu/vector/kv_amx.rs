@@ -17,6 +17,7 @@ use super::kv::chunk_tokens;
 use super::simd::{Aligned, Avx512, Simd};
 use crate::backend::cpu::kernels::Partial;
 use crate::workload::{DType, KvDecode, Math};
+use rayon::prelude::*;
 use std::arch::x86_64::*;
 
 /// Tokens per tile: four 16-token blocks of scores, two 32-token steps of PV.
@@ -42,7 +43,10 @@ pub fn covers(w: &KvDecode) -> Result<(), String> {
 /// What every task of one step reads.
 pub(super) struct AmxCtx<'a> {
     pub w: &'a KvDecode,
-    pub q: &'a [f32],
+    sh: Shape,
+    /// Every (sequence, KV head)'s q heads as A tiles (`q_tiles`), `q_len` bf16 each.
+    qa: Aligned,
+    q_len: usize,
     pub k: &'a [u8],
     pub v: Option<&'a [u8]>,
     pub table: &'a [i32],
@@ -52,18 +56,38 @@ pub(super) struct AmxCtx<'a> {
 impl<'a> AmxCtx<'a> {
     pub fn new(
         w: &'a KvDecode,
-        q: &'a [f32],
+        q: &[f32],
         (k, v): (&'a [u8], Option<&'a [u8]>),
         table: &'a [i32],
     ) -> Self {
-        let chunk = chunk_tokens(w, TILE);
+        let gs = w.group_size();
+        let sh = Shape {
+            gs,
+            hb: gs.div_ceil(16),
+            ks: w.head_dim_k / 32,
+            db: w.head_dim_v / 16,
+            dk: w.head_dim_k,
+            dv: w.head_dim_v,
+            split: w.math == Math::F32,
+        };
+        let q_len = sh.hb * sh.ks * 2 * 512;
+        let mut qa = zeroed_u16(w.batch * w.kv_heads * q_len);
+        as_u16(&mut qa)
+            .par_chunks_mut(q_len)
+            .enumerate()
+            .for_each(|(bg, out)| {
+                let heads = &q[bg * gs * sh.dk..(bg + 1) * gs * sh.dk];
+                q_tiles(sh, w.math, heads, out);
+            });
         AmxCtx {
             w,
-            q,
+            sh,
+            qa,
+            q_len,
             k,
             v,
             table,
-            chunk,
+            chunk: chunk_tokens(w, TILE),
         }
     }
 }
@@ -99,10 +123,8 @@ struct Shape {
     split: bool,
 }
 
-/// One KV head's running state over a chunk: its q as A tiles, and the online softmax.
+/// One KV head's online softmax over a chunk.
 struct Head {
-    /// [head block][k step][hi, lo][16 heads][32 dims] bf16.
-    qa: Aligned,
     m: Vec<f32>,
     l: Vec<f32>,
     /// [heads (padded to 16)][dv] f32.
@@ -117,32 +139,23 @@ struct Head {
 /// `amx::permitted()` must be Ok and the CPU must have AVX-512 F/BW/BF16; `covers(w)`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma,f16c")]
 pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
-    let w = cx.w;
-    let gs = w.group_size();
-    let sh = Shape {
-        gs,
-        hb: gs.div_ceil(16),
-        ks: w.head_dim_k / 32,
-        db: w.head_dim_v / 16,
-        dk: w.head_dim_k,
-        dv: w.head_dim_v,
-        split: w.math == Math::F32,
-    };
+    let (w, sh, gs) = (cx.w, cx.sh, cx.sh.gs);
     let hp = sh.hb * 16;
     let fold = w.scale * w.scales()[0];
     // C (0-3) and A (4) tiles hold heads: min(16, gs) rows; B (5, 6) 16 rows.
     // SAFETY: the caller's contract (permission).
     let _tiles = unsafe { Tiles::configure(gs.min(16), &[0, 1, 2, 3, 4]) };
     let mut heads: Vec<Head> = (0..w.kv_heads)
-        .map(|g| Head {
-            qa: q_tiles(cx, sh, b, g),
+        .map(|_| Head {
             m: vec![f32::NEG_INFINITY; hp],
             l: vec![0f32; hp],
             acc: Aligned::zeroed(hp * sh.dv),
         })
         .collect();
-    let mut kt = zeroed_u16(4 * sh.ks * 512);
-    let mut vv = zeroed_u16(sh.db * 32 * 32);
+    let hkv = w.kv_heads;
+    let (kt_len, vv_len) = (4 * sh.ks * 512, sh.db * 32 * 32);
+    let mut kt = zeroed_u16(hkv * kt_len);
+    let mut vv = zeroed_u16(hkv * vv_len);
     let mut pa = zeroed_u16(sh.hb * 2 * 2 * 512);
     let mut s = Aligned::zeroed(hp * TILE);
     let end = ((c + 1) * cx.chunk).min(w.context_lens[b]);
@@ -152,7 +165,10 @@ pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
         // slots[t] + g of the cache, each slot a token's kv_heads rows.
         let slots: [usize; TILE] =
             std::array::from_fn(|t| w.cache_offset(cx.table, b, t0 + t.min(n - 1), 0, 1));
-        for (g, h) in heads.iter_mut().enumerate() {
+        // Every head's operands first, so the tile's pages are read in one pass (a token's
+        // heads are contiguous), then each head's tile products from L2.
+        let (kt16, vv16) = (as_u16(&mut kt), as_u16(&mut vv));
+        for g in 0..hkv {
             let k_rows = rows(cx.k, &slots, g, sh.dk);
             // MLA: V is the latent's first dv values of each row.
             let v_rows = match cx.v {
@@ -160,14 +176,20 @@ pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
                 None => k_rows,
             };
             // SAFETY: every row pointer holds dk (dv) bf16 values (`rows` asserts it); the
-            // buffers are sized for sh above; the caller's contract.
+            // buffers hold hkv of each.
             unsafe {
-                k_transposed(&k_rows, sh.ks, as_u16(&mut kt));
-                scores(sh, &h.qa, &kt, &mut s);
+                k_transposed(&k_rows, sh.ks, &mut kt16[g * kt_len..]);
+                v_pairs(&v_rows, sh.dv, &mut vv16[g * vv_len..]);
+            }
+        }
+        for (g, h) in heads.iter_mut().enumerate() {
+            // SAFETY: the buffers are sized for sh above; the caller's contract.
+            unsafe {
+                let qa = &cx.qa[(b * hkv + g) * cx.q_len / 2..];
+                scores(sh, qa, &kt[g * kt_len / 2..], &mut s);
                 softmax(sh, (n, fold), &mut s, (&mut h.m, &mut h.l), &mut h.acc);
                 p_tiles(sh, &s, as_u16(&mut pa));
-                v_pairs(&v_rows, sh.dv, as_u16(&mut vv));
-                pv(sh, n, &pa, &vv, &mut h.acc);
+                pv(sh, n, &pa, &vv[g * vv_len / 2..], &mut h.acc);
             }
         }
     }
@@ -184,24 +206,21 @@ pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
         .collect()
 }
 
-/// KV head g's q heads as A tiles: [head block][k step][hi, lo][16 heads][32 dims], after
-/// math's rounding (the softmax scale is applied to the scores, so at `math: bf16` lo is 0).
-fn q_tiles(cx: &AmxCtx, sh: Shape, b: usize, g: usize) -> Aligned {
-    let w = cx.w;
-    let mut qa = zeroed_u16(sh.hb * sh.ks * 2 * 512);
-    let qa16 = as_u16(&mut qa);
-    for h in 0..sh.gs {
-        let row = &cx.q[(b * w.q_heads + g * sh.gs + h) * sh.dk..][..sh.dk];
-        for (d, &x) in row.iter().enumerate() {
-            let x = w.math.operand(x);
-            let hi = bf16_bits(x);
-            let lo = bf16_bits(x - f32::from_bits((hi as u32) << 16));
-            let at = (((h / 16) * sh.ks + d / 32) * 2 * 16 + h % 16) * 32 + d % 32;
-            qa16[at] = hi;
-            qa16[at + 512] = lo;
+/// One KV head's q heads (gs rows of dk) as A tiles: [head block][k step][hi, lo][16
+/// heads][32 dims], after math's rounding (the softmax scale is applied to the scores, so
+/// at `math: bf16` lo is 0). `out` is zeroed: padded heads stay 0.
+fn q_tiles(sh: Shape, math: Math, heads: &[f32], out: &mut [u16]) {
+    for (h, row) in heads.chunks_exact(sh.dk).enumerate() {
+        for (k, dims) in row.chunks_exact(32).enumerate() {
+            let at = (((h / 16) * sh.ks + k) * 2 * 16 + h % 16) * 32;
+            let (hi, lo) = out[at..at + 512 + 32].split_at_mut(512);
+            for ((x, hi), lo) in dims.iter().zip(&mut hi[..32]).zip(&mut lo[..32]) {
+                let x = math.operand(*x);
+                *hi = bf16_bits(x);
+                *lo = bf16_bits(x - f32::from_bits((*hi as u32) << 16));
+            }
         }
     }
-    qa
 }
 
 /// The tile's row pointers for KV head g in a bf16 cache tensor of `dim`-value rows.
