@@ -257,8 +257,8 @@ fn the_tensor_core_fragment_model_compiles_to_hmma() {
     }
 }
 
-/// The CUDA-core compute ceiling (kernels/peak.cu) compiles, its chains in registers: FFMA,
-/// no local memory.
+/// The compute ceilings (kernels/peak.cu) compile, their chains in registers: FFMA and
+/// HMMA, no local memory.
 #[test]
 fn the_compute_ceiling_kernel_compiles_to_register_fma_chains() {
     if !nvrtc_or_skip() {
@@ -271,9 +271,10 @@ fn the_compute_ceiling_kernel_compiles_to_register_fma_chains() {
     }
     let sass = decodelab::backend::cuda::sass::disassemble(&c.cubin).unwrap();
     assert!(sass.contains("FFMA"), "no FFMA in peak_fma");
+    assert!(sass.contains("HMMA"), "no HMMA in peak_mma");
     assert!(
         !sass.contains("LDL") && !sass.contains("STL"),
-        "local memory in peak_fma"
+        "local memory in peak.cu"
     );
 }
 

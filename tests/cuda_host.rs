@@ -362,8 +362,8 @@ fn the_tensor_core_fragment_model_multiplies_on_the_host() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The CUDA-core compute ceiling's kernel on the host: every thread's chains end where the
-/// closed form says (the check the backend runs on a GPU).
+/// The compute ceilings' kernels on the host, CUDA cores and tensor cores: every thread's
+/// chains end where the closed form says (the check the backend runs on a GPU).
 #[test]
 fn the_compute_ceiling_kernel_sums_to_its_closed_form_on_the_host() {
     if !gxx_or_skip() {
@@ -377,6 +377,11 @@ fn the_compute_ceiling_kernel_sums_to_its_closed_form_on_the_host() {
     assert_eq!(out.len(), 3 * 64);
     let want = decodelab::backend::cuda::peak::expected(100);
     assert!(out.iter().all(|&x| x == want), "{:?} vs {want}", &out[..4]);
+    // The tensor cores' chains, through the shim's mma model.
+    let mma: Vec<f32> = bytemuck::pod_collect_to_vec(&std::fs::read(dir.join("mma.bin")).unwrap());
+    assert_eq!(mma.len(), 2 * 64);
+    let want = decodelab::backend::cuda::peak::expected_mma(10);
+    assert!(mma.iter().all(|&x| x == want), "{:?} vs {want}", &mma[..4]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

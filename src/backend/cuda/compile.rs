@@ -270,7 +270,7 @@ pub fn mma_check_source() -> String {
 
 /// kernels/peak.cu, the CUDA-core compute ceiling.
 pub fn peak_source() -> String {
-    assemble(&shapeless(), PEAK_CU)
+    assemble(&shapeless(), &format!("{MMA_CUH}\n{PEAK_CU}"))
 }
 
 pub fn kv_source(w: &KvDecode, l: &KvPlan, imp: &str) -> String {

@@ -219,22 +219,31 @@ impl Backend for CudaBackend {
         }
     }
 
-    /// kernels/peak.cu's FMA chains on the CUDA cores (peak.rs). The tensor cores' ceiling
-    /// (`mma.sync`) is not measured yet, so a point on `mma` says so.
+    /// kernels/peak.cu's chains (peak.rs): FMA on the CUDA cores; bf16 `mma.sync` on the
+    /// tensor cores, what `mma` and `mma_wide` issue (sm_80 and later).
     fn compute_ceiling(
         &self,
         device: usize,
         unit: crate::backend::Unit,
     ) -> Result<crate::backend::Peak, String> {
-        if unit == crate::backend::Unit::Matrix {
-            return Err("the tensor cores' ceiling (mma.sync) is not measured yet".into());
-        }
         let &((major, minor), sms) = self
             .caps
             .get(device)
             .ok_or_else(|| format!("cuda has no device {device}"))?;
         let ctx = CudaContext::new(device).map_err(|e| format!("cuda device {device}: {e:?}"))?;
-        let gflops = peak::run_on(&ctx, &format!("sm_{major}{minor}"), sms)?;
+        let arch = format!("sm_{major}{minor}");
+        if unit == crate::backend::Unit::Matrix {
+            if major < 8 {
+                return Err(format!("no bf16 mma.sync on {arch}"));
+            }
+            return Ok(crate::backend::Peak {
+                gflops: peak::run_mma_on(&ctx, &arch, sms)?,
+                unit: format!(
+                    "bf16 mma.sync m16n8k16 chains on the tensor cores (peak.cu), {sms} SMs"
+                ),
+            });
+        }
+        let gflops = peak::run_on(&ctx, &arch, sms)?;
         Ok(crate::backend::Peak {
             gflops,
             unit: format!("f32 FMA chains on the CUDA cores (peak.cu), {sms} SMs"),
