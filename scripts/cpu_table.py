@@ -30,7 +30,7 @@ def main():
             peer[key(o["kernel"], o["params"])] = o
     streams = [l for l in lines if l["kernel"] == "stream"]
     for l in streams:
-        print(f"- stream {l['params']['op']}: {l['gbps']:.1f} GB/s")
+        print(f"- stream {l['params']['op']} ({l['impl']}): {l['gbps']:.1f} GB/s")
     peaks = {l["roofline"]["peak"]: l["roofline"]["peak_gflops"] for l in lines if l.get("roofline") and l["roofline"].get("peak_gflops")}
     for unit, g in peaks.items():
         print(f"- compute ceiling ({unit}): {g:.0f} GFLOP/s")
@@ -39,7 +39,7 @@ def main():
     for l in lines:
         if l["kernel"] != "stream" and l["impl"] not in impls:
             impls.append(l["impl"])
-    head = ["pts", "shape", "F/B", "bound"] + [f"{i} GB/s (%roof)" for i in impls] + ["ort GB/s", "best / ort"]
+    head = ["pts", "shape", "F/B"] + [f"{i} GB/s (%roof, bound)" for i in impls] + ["ort GB/s", "best / ort"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     # One row per shape: impl: all makes a point per implementation of it.
@@ -51,15 +51,17 @@ def main():
         any_l = next(iter(row.values()))
         r = any_l.get("roofline") or {}
         pts = "-".join(str(p) for p in sorted({min(l["point"] for l in row.values()), max(l["point"] for l in row.values())}))
-        cells = [pts, label(any_l), f"{r.get('flop_per_byte', 0):.3g}", r.get("bound", "-")]
+        cells = [pts, label(any_l), f"{r.get('flop_per_byte', 0):.3g}"]
         best = 0.0
         for i in impls:
             l = row.get(i)
             if l is None:
                 cells.append("-")
                 continue
-            pct = (l.get("roofline") or {}).get("pct")
-            cells.append(f"{l['gbps']:.2f} ({pct:.0f} %)" if pct is not None else f"{l['gbps']:.2f}")
+            # Each implementation against the unit it computes on (AMX tiles or FMA lanes).
+            lr = l.get("roofline") or {}
+            pct = lr.get("pct")
+            cells.append(f"{l['gbps']:.2f} ({pct:.0f} % {lr['bound'][:3]})" if pct is not None else f"{l['gbps']:.2f}")
             if i != "simple":
                 best = max(best, l["gbps"])
         o = peer.get(shape)
