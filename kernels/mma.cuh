@@ -5,8 +5,8 @@
 //   a[0] = A[g][2t, 2t+1]   a[1] = A[g+8][2t, 2t+1]   a[2] = A[g][2t+8, 2t+9]   a[3] = A[g+8][2t+8, 2t+9]
 //   b[0] = B[2t, 2t+1][g]   b[1] = B[2t+8, 2t+9][g]
 //   d[0], d[1] = D[g][2t, 2t+1]   d[2], d[3] = D[g+8][2t, 2t+1]
-// kernels/mma_check.cu holds a kernel to this model; tests/cuda.rs runs it on a GPU and
-// tests/cuda_host.rs on the host shim, so the two agree before a kernel relies on either.
+// kernels/mma_check.cu holds a kernel to this model; tests/it/cuda.rs runs it on a GPU and
+// tests/it/cuda_host.rs on the host shim, so the two agree before a kernel relies on either.
 
 __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
 #ifdef DECODELAB_HOST

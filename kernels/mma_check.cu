@@ -9,7 +9,7 @@
 // columns 8 (i / 16)), into D[640..768] (matrices 0-1: B) and D[768..896] (matrices 2-3: B
 // reversed), so every matrix of the .x4 is checked. The cuda backend runs it on every device
 // before `mma` may run there (src/backend/cuda/fragments.rs); the host shim
-// (tests/cuda_host.rs) must agree.
+// (tests/it/cuda_host.rs) must agree.
 
 __device__ __forceinline__ void store_d(float* __restrict__ D, const float (&d)[4], int g, int t) {
     D[g * 8 + 2 * t] = d[0];

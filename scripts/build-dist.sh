@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Build here what a lent GPU machine runs (it has no Rust): the release binary and the test
-# executables of the suites that run on a GPU (conformance, split, cuda), stripped, under
-# dist/; and, with --gl, the Vulkan loader debs under .gl/ (the device README's recipe) so
+# Build here what a lent GPU machine runs (it has no Rust): the release binary and the
+# integration-test executable (`it`: the conformance, split and cuda suites run on a GPU
+# through its `cuda::` filter), stripped, under dist/; and, with --gl, the Vulkan loader debs under .gl/ (the device README's recipe) so
 # the wgpu backend finds the NVIDIA ICD there. Then, through the device tool:
 #   run(command="bash scripts/device-perf.sh", carry=["dist", ".gl"], timeout_s=420)
 set -euo pipefail
@@ -10,10 +10,10 @@ cd "$(dirname "$0")/.."
 cargo build --release
 mkdir -p dist/tests
 cp target/release/decodelab dist/decodelab
-# The test executables, by suite name (cargo prints their hashed paths as JSON).
+# The test executable (cargo prints its hashed path as JSON).
 cargo test --release --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, shutil, sys
-want = {"conformance", "split", "cuda"}
+want = {"it"}
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in want and m["target"]["kind"] == ["test"]:

@@ -1,1 +1,1 @@
-// Empty: shim.h gives what decodelab's kernels use of this header (tests/cuda_host.rs).
+// Empty: shim.h gives what decodelab's kernels use of this header (tests/it/cuda_host.rs).

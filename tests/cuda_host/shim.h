@@ -1,6 +1,6 @@
 // The CUDA a kernel of kernels/ uses, on the host: every thread of a block is an OS thread, a
 // warp's shuffles and a block's __syncthreads are barriers, and the storage types decode in
-// software (exactly, as the device's conversions do). tests/cuda_host.rs compiles a kernel's
+// software (exactly, as the device's conversions do). tests/it/cuda_host.rs compiles a kernel's
 // NVRTC source against this with g++ and checks what it computes against the oracle: the
 // indexing, the tails and the reductions of a CUDA kernel are checked without a GPU (its
 // speed and real intrinsics are not).
@@ -11,7 +11,7 @@
 // - A cp.async copy lands at the cp.async.wait_group that guarantees it, not when issued.
 // - ldmatrix rows and cp.async addresses must be 16-byte aligned (else abort, naming where);
 //   uint4 and uint2 are 16- and 8-byte aligned types, so g++'s -fsanitize=alignment (which
-//   tests/cuda_host.rs builds with) stops a misaligned vector access at its line.
+//   tests/it/cuda_host.rs builds with) stops a misaligned vector access at its line.
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -235,7 +235,7 @@ inline void host_ldmatrix_x4_trans(unsigned int (&d)[4], const unsigned short* r
     };
     for (int j = 0; j < 4; j++) {
 #ifdef DECODELAB_SHIM_WRONG_X4_TRANS
-        // A deliberately wrong model (tests/cuda_host.rs): matrices 2 and 3 as 0 and 1.
+        // A deliberately wrong model (tests/it/cuda_host.rs): matrices 2 and 3 as 0 and 1.
         const int r0 = 8 * (j % 2) + 2 * (lane % 4), col = lane / 4;
 #else
         const int r0 = 8 * j + 2 * (lane % 4), col = lane / 4;

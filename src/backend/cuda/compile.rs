@@ -206,7 +206,7 @@ pub fn parse_ptxas(log: &str) -> Vec<KernelReport> {
 pub fn kv_launch(w: &KvDecode, sms: usize, imp: &str) -> KvPlan {
     let target = match imp {
         // One wave of the SMs' block slots (the tensor-core kernels' registers allow
-        // MMA_BLOCKS_PER_SM; tests/cuda.rs holds ptxas to it), not 1.3 waves of 4 per SM.
+        // MMA_BLOCKS_PER_SM; tests/it/cuda.rs holds ptxas to it), not 1.3 waves of 4 per SM.
         "mma" => KvTarget {
             wg: KV_WG,
             shared_bytes: usize::MAX / 2,
@@ -263,7 +263,7 @@ fn shapeless() -> Constants {
 }
 
 /// kernels/mma_check.cu with mma.cuh: the tensor-core fragment model, checked on a GPU
-/// (tests/cuda.rs) and on the host (tests/cuda_host.rs).
+/// (tests/it/cuda.rs) and on the host (tests/it/cuda_host.rs).
 pub fn mma_check_source() -> String {
     assemble(&shapeless(), &format!("{MMA_CUH}\n{MMA_CHECK_CU}"))
 }

@@ -4,9 +4,9 @@
 //! Needs Open MPI's mpirun (skipped with a printed reason, a failure when DECODELAB_REQUIRE
 //! includes mpi).
 
-mod common;
+use crate::common;
 
-use common::{read_lines, tempdir};
+use common::{read_lines, tempdir, wait_for_lines};
 use decodelab::report::ResultLine;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -231,15 +231,12 @@ fn hurt_rank_2(name: &str, signal: i32, timeout_s: &str) -> Option<(Output, Dura
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let results = dir.join("out/results.jsonl");
-    let t0 = Instant::now();
-    while std::fs::metadata(&results).map(|m| m.len()).unwrap_or(0) == 0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no result within a minute"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_lines(
+        &dir.join("out/results.jsonl"),
+        1,
+        None,
+        Duration::from_secs(60),
+    );
     let pid = rank_pid(2).expect("rank 2 is running");
     let hurt = Instant::now();
     unsafe { libc::kill(pid, signal) };

@@ -1,13 +1,13 @@
 //! The binary end to end: the quickstart, kill mid-sweep and resume, --dump read by numpy,
 //! check and devices.
 
-mod common;
+use crate::common;
 
-use common::{read_lines, tempdir};
+use common::{read_lines, tempdir, wait_for_lines};
 use decodelab::report::ResultLine;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_decodelab"))
@@ -426,22 +426,7 @@ fn sigkill_mid_sweep_leaves_whole_lines_and_resume_finishes() {
         .spawn()
         .unwrap();
     let results = out.join("results.jsonl");
-    let start = Instant::now();
-    while std::fs::read_to_string(&results)
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
-        < 3
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no results appeared"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "run ended before it was killed"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_lines(&results, 3, Some(&mut child), Duration::from_secs(120));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let before = std::fs::read_to_string(&results).unwrap();
@@ -535,18 +520,7 @@ fn ctrl_c_keeps_what_finished_and_says_how_to_resume() {
         .spawn()
         .unwrap();
     let results = out.join("results.jsonl");
-    let start = Instant::now();
-    while std::fs::read_to_string(&results)
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
-        < 2
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no results appeared"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_lines(&results, 2, None, Duration::from_secs(120));
     // SAFETY: signalling a child process this test spawned and still owns.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let o = child.wait_with_output().unwrap();

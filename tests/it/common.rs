@@ -203,3 +203,32 @@ pub fn read_lines(path: &Path) -> Vec<ResultLine> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid line {l:?}: {e}")))
         .collect()
 }
+
+/// Wait, polling every 2 ms for at most `limit`, until `results` holds at least `n` lines (the
+/// moment a test kills or signals a run); with `child`, fail if the run ends first.
+pub fn wait_for_lines(
+    results: &Path,
+    n: usize,
+    mut child: Option<&mut std::process::Child>,
+    limit: std::time::Duration,
+) {
+    let start = std::time::Instant::now();
+    let lines = || {
+        std::fs::read_to_string(results)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    while lines() < n {
+        assert!(
+            start.elapsed() < limit,
+            "{n} results did not appear in {limit:?}"
+        );
+        if let Some(c) = child.as_deref_mut() {
+            assert!(
+                c.try_wait().unwrap().is_none(),
+                "the run ended before it had {n} results"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}

@@ -1,7 +1,7 @@
 //! One conformance suite, instantiated for every backend. A backend that is absent is skipped
 //! with a printed reason (a failure when DECODELAB_REQUIRE names it).
 
-mod common;
+use crate::common;
 
 use common::*;
 use decodelab::backend::{Backend, CacheMode, How, Unit};
@@ -381,7 +381,7 @@ fn every_registered_backend_has_a_suite() {
     for name in decodelab::registry::backend_names() {
         assert!(
             this.contains(&format!("every_case!({name} =>")),
-            "tests/conformance.rs runs no conformance suite on backend {name}"
+            "tests/it/conformance.rs runs no conformance suite on backend {name}"
         );
     }
 }

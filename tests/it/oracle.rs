@@ -1,7 +1,7 @@
 //! The oracle and the byte tables against values worked by hand, so neither is checked only
 //! against itself.
 
-mod common;
+use crate::common;
 
 use common::*;
 use decodelab::backend::{Backend, CacheMode, How, cpu::CpuBackend};

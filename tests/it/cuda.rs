@@ -3,7 +3,7 @@
 //! DECODELAB_REQUIRE includes nvrtc. (Running the kernels is the conformance suite's `cuda`
 //! instantiation, on a machine with a GPU.)
 
-mod common;
+use crate::common;
 
 use decodelab::backend::cuda::{compile, fragments};
 use decodelab::workload::DType;
@@ -279,7 +279,7 @@ fn the_compute_ceiling_kernel_compiles_to_register_fma_chains() {
 }
 
 /// On a GPU, the fragment model multiplies: what the host shim assumes of mma.sync
-/// (tests/cuda_host.rs) is what the hardware does, on every device (the check the backend
+/// (tests/it/cuda_host.rs) is what the hardware does, on every device (the check the backend
 /// runs before `mma` may run there, and `impl: best` then picks it).
 #[test]
 fn the_tensor_core_fragment_model_multiplies_on_a_gpu() {

@@ -3,7 +3,7 @@
 //! corrupt line in the middle. Each test fails if the lock, the rollback or the resume scan
 //! is removed.
 
-mod common;
+use crate::common;
 
 use common::{read_lines, tempdir};
 use decodelab::report::ResultLine;

@@ -8,7 +8,7 @@
 //! intrinsics: the conformance suite on a GPU is still the word. Needs g++ (C++20); skipped
 //! with a printed reason without it (a failure when DECODELAB_REQUIRE includes gxx).
 
-mod common;
+use crate::common;
 
 use decodelab::backend::cuda::{compile, fragments};
 use decodelab::workload::{DType, Routing, Tensor, TensorSet, Workload};

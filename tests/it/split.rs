@@ -4,7 +4,7 @@
 //! awkward shapes: counts not divisible by the device count, one-token sequences, sequences
 //! shorter than the device count, devices with no work.
 
-mod common;
+use crate::common;
 
 use common::*;
 use decodelab::backend::{Backend, CacheMode, How};
@@ -231,7 +231,7 @@ macro_rules! split_suite {
 split_suite!(cpu => backend_or_skip("cpu"));
 split_suite!(wgpu => backend_or_skip("wgpu"));
 // The plain path (no subgroup operations) reduces in another order: still exact per backend.
-// It also keeps wgpu's runtime checks on, as in tests/conformance.rs.
+// It also keeps wgpu's runtime checks on, as in tests/it/conformance.rs.
 split_suite!(wgpu_plain => wgpu_with(decodelab::backend::wgpu::WgpuOptions { subgroups: false, max_binding: None, runtime_checks: true }));
 split_suite!(cuda => backend_or_skip("cuda"));
 
@@ -456,14 +456,14 @@ fn distinct_devices_run_their_shards_at_once() {
     );
 }
 
-/// Every backend the registry knows runs the split suite (see tests/conformance.rs).
+/// Every backend the registry knows runs the split suite (see tests/it/conformance.rs).
 #[test]
 fn every_registered_backend_has_a_split_suite() {
     let this = include_str!("split.rs");
     for name in decodelab::registry::backend_names() {
         assert!(
             this.contains(&format!("split_suite!({name} =>")),
-            "tests/split.rs runs no split suite on backend {name}"
+            "tests/it/split.rs runs no split suite on backend {name}"
         );
     }
 }

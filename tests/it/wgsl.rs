@@ -1,7 +1,7 @@
 //! Every WGSL shader, assembled for every kernel variant and both shader paths (plain, and
 //! subgroups), passes naga's validation: no driver needed.
 
-mod common;
+use crate::common;
 
 use common::*;
 use decodelab::backend::impls_of;
