@@ -113,7 +113,7 @@ pub const IMPLS: &[Impl] = &[
     Impl {
         backend: "cuda",
         kernel: Kernel::KvDecode,
-        name: "mma",
+        name: cuda::impls::CudaImpl::Mma.name(),
         tuned: true,
         about: "tensor cores (mma.sync m16n8k16), q and P split hi/lo in rows 0-7 and 8-15 \
                 for f32-grade sums; bf16, or fp8 on f16 tensor cores. GQA: 128-bit K loads \
@@ -132,7 +132,7 @@ pub const IMPLS: &[Impl] = &[
     Impl {
         backend: "cuda",
         kernel: Kernel::KvDecode,
-        name: "mma_wide",
+        name: cuda::impls::CudaImpl::MmaWide.name(),
         tuned: false,
         about: "MLA only: up to 64 heads per block (32 at math: f32, hi/lo rows), so a \
                 block reads its latent slice once; 8 warps, 4 row tiles of the tensor-core \
@@ -150,7 +150,7 @@ pub const IMPLS: &[Impl] = &[
     Impl {
         backend: "cuda",
         kernel: Kernel::ExpertGemv,
-        name: "warp_rows",
+        name: cuda::impls::CudaImpl::WarpRows.name(),
         tuned: true,
         about: "a warp per 4 rows of a touched expert: 512-byte weight loads, 4 rows in \
                 flight per lane, x as float4 through L1, tokens 4 at a time, shuffle sums",

@@ -5,6 +5,7 @@
 
 use crate::common;
 
+use decodelab::backend::cuda::impls::{CudaImpl, LaunchPlan};
 use decodelab::backend::cuda::{compile, fragments};
 use decodelab::workload::DType;
 
@@ -27,12 +28,12 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
         let report = compile::report(arch, false).unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert!(report.len() >= decodelab::backend::plan::representative().len());
         for v in &report {
-            // kv_launch sizes the mma grid to one wave of this many blocks per SM.
+            // The mma plan sizes its grid to one wave of this many blocks per SM.
             if v.imp == "mma" {
                 let attend = v.kernels.iter().find(|k| k.kernel == "attend").unwrap();
                 assert!(
                     attend.ctas_per_sm as usize >= compile::MMA_BLOCKS_PER_SM,
-                    "{arch} {}: {} blocks per SM, kv_launch assumes {}",
+                    "{arch} {}: {} blocks per SM, the mma plan assumes {}",
                     v.variant,
                     attend.ctas_per_sm,
                     compile::MMA_BLOCKS_PER_SM
@@ -101,7 +102,7 @@ fn an_unknown_dtype_code_does_not_compile() {
         return;
     }
     let (_, w) = &decodelab::backend::plan::representative()[1]; // a kv_decode variant
-    let src = compile::source_for(w, 132, "simple");
+    let src = LaunchPlan::of(CudaImpl::Simple, w, 132).source;
     let bad = src.replacen("#define DTYPE ", "#define DTYPE 9\n#define DTYPE_WAS ", 1);
     let err = compile::compile(&bad, "kv_decode", "sm_90")
         .err()

@@ -10,6 +10,7 @@
 
 use crate::common;
 
+use decodelab::backend::cuda::impls::{CudaImpl, LaunchPlan, Shape};
 use decodelab::backend::cuda::{compile, fragments};
 use decodelab::workload::{DType, Routing, Tensor, TensorSet, Workload};
 use std::path::Path;
@@ -76,8 +77,9 @@ fn run_kv_on_host(
     for t in &inputs.0 {
         std::fs::write(dir.join(format!("{}.bin", t.name)), &t.bytes[..]).unwrap();
     }
-    let plan = compile::kv_launch(k, sms, imp);
-    std::fs::write(dir.join("kernel.cu"), compile::kv_source(k, &plan, imp)).unwrap();
+    let imp_ = CudaImpl::from_name(imp).expect("a cuda implementation");
+    let plan = LaunchPlan::of(imp_, &Workload::KvDecode(k.clone()), sms);
+    std::fs::write(dir.join("kernel.cu"), plan.source).unwrap();
     build_and_run_with("kv_driver.cpp", dir, &[], imp, defines);
     TensorSet(k.outputs().iter().map(|s| read_output(dir, s)).collect())
 }
@@ -106,12 +108,13 @@ fn run_on_host(w: &Workload, inputs: &TensorSet, imp: &str, dir: &Path) -> Tenso
     );
     write("groups.bin", bytemuck::cast_slice(&groups));
     write("entry_weight.bin", bytemuck::cast_slice(&weights));
-    write(
-        "kernel.cu",
-        compile::expert_source(e, touched, imp).as_bytes(),
-    );
+    let plan = LaunchPlan::of(CudaImpl::from_name(imp).unwrap(), w, 132);
+    write("kernel.cu", plan.source.as_bytes());
+    let Shape::Expert(rows) = plan.shape else {
+        unreachable!("an expert_gemv plan")
+    };
     let exe = build("expert_driver.cpp", dir, &[], imp);
-    let blocks = e.d_out.div_ceil(compile::expert_plan(imp).rows);
+    let blocks = e.d_out.div_ceil(rows.rows);
     let o = Command::new(&exe)
         .arg(dir)
         .args([blocks.to_string(), touched.to_string()])
@@ -470,7 +473,7 @@ fn the_sequence_split_merges_on_the_device() {
         .unwrap();
         let flat: Vec<i32> = table.parts.iter().flatten().copied().collect();
         std::fs::write(dir.join("parts.bin"), bytemuck::cast_slice(&flat)).unwrap();
-        let source = compile::kv_source(k, &compile::kv_launch(k, 132, "simple"), "simple");
+        let source = LaunchPlan::of(CudaImpl::Simple, w, 132).source;
         std::fs::write(dir.join("kernel.cu"), source).unwrap();
         let shards = outs.len().to_string();
         build_and_run("merge_driver.cpp", &dir, &[shards], "merge_shards");

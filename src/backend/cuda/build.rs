@@ -1,10 +1,11 @@
 //! A point put on a device: its inputs uploaded, its poisoned outputs, its scratch and its
-//! launches, per kernel (the shapes come from `compile`'s plan and block sizes).
+//! launches, per kernel (the shapes come from the implementation's `LaunchPlan`).
 
 use super::compile;
+use super::impls::Shape;
 use super::{Arg, Launch, Point};
 use crate::workload::{ExpertGemv, KvDecode, OutputSpec, Stream, StreamOp, Tensor, TensorSet};
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig};
 use std::sync::Arc;
 
@@ -138,10 +139,16 @@ impl Build {
         &mut self,
         w: &KvDecode,
         inputs: &TensorSet,
-        sms: usize,
-        imp: &str,
+        shape: &Shape,
     ) -> anyhow::Result<()> {
-        let l = compile::kv_launch(w, sms, imp);
+        let &Shape::Kv {
+            plan: ref l,
+            block,
+            shared,
+        } = shape
+        else {
+            bail!("kv_decode launched without its plan");
+        };
         let q = self.input(inputs, "q")?;
         let k = self.input(inputs, "k_pages")?;
         let v = match inputs.get("v_pages") {
@@ -159,11 +166,7 @@ impl Build {
         let lse = self.output(&specs[1])?;
         let grid = (l.splits as u32, (w.q_heads / l.hb) as u32, w.batch as u32);
         let args = Vec::from([q, k, v, table, lens, acc, ml].map(Arg::Buf));
-        let block = (
-            compile::block_size(imp, "attend").unwrap_or(compile::KV_WG),
-            compile::kv_dynamic_shared(w, imp),
-        );
-        self.launch_with_shared("attend", grid, block, args)?;
+        self.launch_with_shared("attend", grid, (block, shared), args)?;
         let grid = ((w.batch * w.q_heads) as u32, 1, 1);
         let args = Vec::from([acc, ml, out, lse].map(Arg::Buf));
         self.launch("merge", grid, compile::MERGE_WG, args)?;
@@ -175,8 +178,11 @@ impl Build {
         &mut self,
         w: &ExpertGemv,
         inputs: &TensorSet,
-        imp: &str,
+        shape: &Shape,
     ) -> anyhow::Result<()> {
+        let Shape::Expert(plan) = shape else {
+            bail!("expert_gemv launched without its plan");
+        };
         let (groups, weights) = w.grouped(inputs);
         let touched = w.touched().len();
         let x = self.input(inputs, "x")?;
@@ -187,11 +193,7 @@ impl Build {
         // One row per (token, choice) slot; `combine` sums a token's slots.
         let slot_out = self.zeros(w.batch * w.top_k * w.d_out * 4)?;
         let y = self.output(&w.outputs()[0])?;
-        let grid = (
-            w.d_out.div_ceil(compile::expert_plan(imp).rows) as u32,
-            touched as u32,
-            1,
-        );
+        let grid = (w.d_out.div_ceil(plan.rows) as u32, touched as u32, 1);
         let args = Vec::from([x, wt, scale, g, ew, slot_out].map(Arg::Buf));
         self.launch("gemv", grid, compile::EXPERT_WG, args)?;
         let grid = (

@@ -2,10 +2,9 @@
 //! through `cudarc::nvrtc::result` so the compile log (ptxas registers, shared memory,
 //! spills) is kept. Works without a GPU: `decodelab kernels --arch sm_90`.
 
-use crate::backend::plan::{
-    Const, Constants, ExpertPlan, KvPlan, KvTarget, expert_constants, kv_constants, kv_plan,
-};
-use crate::workload::{Attention, ExpertGemv, KvDecode, Math, Workload};
+use super::impls::{CudaImpl, LaunchPlan, Shape};
+use crate::backend::plan::{Const, Constants};
+use crate::workload::Workload;
 use cudarc::nvrtc::{result, sys};
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -45,13 +44,11 @@ pub const EXPERT_TB: usize = 8;
 pub const WARP_ROWS: usize = 4;
 pub const WARP_ROWS_TB: usize = 4;
 
-/// The threads per block each kernel of implementation `imp` is launched with: what the
-/// launches use and what the occupancy report assumes.
-pub fn block_size(imp: &str, kernel: &str) -> Option<usize> {
+/// The threads per block of the kernels whose block no implementation changes (kv_decode's
+/// `attend` is the implementation's: `LaunchPlan::block_size`).
+pub fn block_size(kernel: &str) -> Option<usize> {
     match kernel {
         "stream_read" | "stream_copy" | "stream_write" => Some(STREAM_WG),
-        "attend" if imp == "mma_wide" => Some(MLA_WIDE_WG),
-        "attend" => Some(KV_WG),
         "merge" | "merge_shards" => Some(MERGE_WG),
         "gemv" => Some(EXPERT_WG),
         "combine" => Some(COMBINE_WG),
@@ -199,48 +196,7 @@ pub fn parse_ptxas(log: &str) -> Vec<KernelReport> {
     out
 }
 
-/// How implementation `imp` of kv_decode cuts a point into blocks on a device with `sms`
-/// multiprocessors: the shared plan (`backend::plan`) with CUDA's block of 128 threads and
-/// about 4 blocks per SM. simple: 40 KB of static shared memory, slices of at least 2
-/// tiles; mma: a block holds the whole group (its shared memory does not grow with heads).
-pub fn kv_launch(w: &KvDecode, sms: usize, imp: &str) -> KvPlan {
-    let target = match imp {
-        // One wave of the SMs' block slots (the tensor-core kernels' registers allow
-        // MMA_BLOCKS_PER_SM; tests/it/cuda.rs holds ptxas to it), not 1.3 waves of 4 per SM.
-        "mma" => KvTarget {
-            wg: KV_WG,
-            shared_bytes: usize::MAX / 2,
-            blocks_wanted: MMA_BLOCKS_PER_SM * sms,
-            whole_waves: true,
-            min_tiles: 1,
-            // MLA at math: bf16 holds a head per row of the tensor-core tile, not two.
-            max_hb: match (w.attention, w.math) {
-                (Attention::Mla, Math::Bf16) => 16,
-                _ => 8,
-            },
-        },
-        // One block per SM (its registers and shared memory), all of a 64-head model's heads.
-        "mma_wide" => KvTarget {
-            wg: MLA_WIDE_WG,
-            shared_bytes: usize::MAX / 2,
-            blocks_wanted: sms,
-            whole_waves: true,
-            min_tiles: 1,
-            max_hb: if w.math == Math::Bf16 { 64 } else { 32 },
-        },
-        _ => KvTarget {
-            wg: KV_WG,
-            shared_bytes: 40 << 10,
-            blocks_wanted: 4 * sms,
-            whole_waves: false,
-            min_tiles: 2,
-            max_hb: 8,
-        },
-    };
-    kv_plan(w, &target)
-}
-
-fn assemble(constants: &Constants, kernel: &str) -> String {
+pub(super) fn assemble(constants: &Constants, kernel: &str) -> String {
     format!("{}\n{COMMON_CUH}\n{kernel}", constants.c())
 }
 
@@ -268,99 +224,9 @@ pub fn mma_check_source() -> String {
     assemble(&shapeless(), &format!("{MMA_CUH}\n{MMA_CHECK_CU}"))
 }
 
-/// kernels/peak.cu, the CUDA-core compute ceiling.
+/// kernels/peak.cu, the compute ceilings (CUDA cores and tensor cores).
 pub fn peak_source() -> String {
     assemble(&shapeless(), &format!("{MMA_CUH}\n{PEAK_CU}"))
-}
-
-pub fn kv_source(w: &KvDecode, l: &KvPlan, imp: &str) -> String {
-    let attend = match (imp, w.attention) {
-        ("mma", Attention::Gqa) => format!("{MMA_CUH}\n{KV_MMA_CU}"),
-        ("mma", Attention::Mla) => format!("{MMA_CUH}\n{MLA_LATENT_CUH}\n{KV_MLA_MMA_CU}"),
-        ("mma_wide", _) => format!("{MMA_CUH}\n{MLA_LATENT_CUH}\n{KV_MLA_WIDE_CU}"),
-        _ => KV_CU.to_string(),
-    };
-    let c = match imp {
-        "mma_wide" => kv_constants(w, l, MLA_WIDE_WG)
-            .with("STAGES", Const::U(MLA_WIDE_STAGES as u64))
-            .with("SMEM_BYTES", Const::U(mla_wide_smem(w) as u64)),
-        _ => kv_constants(w, l, KV_WG),
-    };
-    assemble(
-        &c,
-        &format!("{attend}\n{KV_MERGE_CU}\n{KV_MERGE_SHARDS_CU}"),
-    )
-}
-
-/// Bytes of dynamic shared memory kv_decode's `attend` of implementation `imp` launches with
-/// for `w`, over its static arrays: what the launch asks for and the occupancy report adds.
-pub fn kv_dynamic_shared(w: &KvDecode, imp: &str) -> usize {
-    match imp {
-        "mma_wide" => mla_wide_smem(w),
-        _ => 0,
-    }
-}
-
-/// Bytes of dynamic shared memory a block of `mma_wide` takes for `w`, as
-/// kernels/kv_decode_mla_wide.cu lays them out (it refuses to compile when they outgrow
-/// this): q in 64 padded rows, the ring of latent tiles (fp8: bytes, and one f16 tile), the
-/// scores, P and the rescale factors.
-pub fn mla_wide_smem(w: &KvDecode) -> usize {
-    let (rows, tile) = (64, 16);
-    let lrow = (w.head_dim_k + 8) * 2;
-    let (ring_row, f16_tile) = match w.kv_dtype {
-        crate::workload::DType::Fp8E4m3 => (w.head_dim_k, tile * lrow),
-        _ => (lrow, 0),
-    };
-    let heads = if w.math == Math::Bf16 { 64 } else { 32 };
-    rows * lrow
-        + MLA_WIDE_STAGES * tile * ring_row
-        + f16_tile
-        + heads * tile * 4
-        + rows * (tile + 8) * 2
-        + heads * 4
-}
-
-/// How implementation `imp` of expert_gemv cuts a point: rows per block and tokens per chunk.
-pub fn expert_plan(imp: &str) -> ExpertPlan {
-    match imp {
-        "warp_rows" => ExpertPlan {
-            wg: EXPERT_WG,
-            rows: EXPERT_WG / 32 * WARP_ROWS,
-            tb: WARP_ROWS_TB,
-        },
-        _ => ExpertPlan {
-            wg: EXPERT_WG,
-            rows: EXPERT_ROWS,
-            tb: EXPERT_TB,
-        },
-    }
-}
-
-pub fn expert_source(w: &ExpertGemv, touched: usize, imp: &str) -> String {
-    let plan = expert_plan(imp);
-    let (c, gemv) = match imp {
-        "warp_rows" => (
-            expert_constants(w, touched, &plan).with("WR", Const::U(WARP_ROWS as u64)),
-            EXPERT_ROWS_CU,
-        ),
-        _ => (expert_constants(w, touched, &plan), EXPERT_CU),
-    };
-    assemble(
-        &c,
-        &format!("{EXPERT_SCALE_CUH}\n{gemv}\n{EXPERT_COMBINE_CU}"),
-    )
-}
-
-/// The source implementation `imp` of a workload compiles to on a device with `sms`
-/// multiprocessors.
-pub fn source_for(w: &Workload, sms: usize, imp: &str) -> String {
-    match w {
-        // A link on one device is the stream copy kernel; between devices, a peer copy.
-        Workload::Stream(_) | Workload::Link(_) => stream_source(),
-        Workload::KvDecode(k) => kv_source(k, &kv_launch(k, sms, imp), imp),
-        Workload::ExpertGemv(e) => expert_source(e, e.touched().len(), imp),
-    }
 }
 
 /// One compiled variant of one implementation.
@@ -383,13 +249,16 @@ pub struct VariantReport {
 pub fn report(arch: &str, sass: bool) -> Result<Vec<VariantReport>, String> {
     let mut out = Vec::new();
     for (label, w) in crate::backend::plan::representative() {
-        for imp in crate::backend::impls_of("cuda", w.kind()) {
-            if super::covers(imp.name, &w).is_err() {
+        for entry in crate::backend::impls_of("cuda", w.kind()) {
+            let Some(imp) = CudaImpl::from_name(entry.name) else {
+                continue;
+            };
+            if imp.covers(&w).is_err() {
                 continue;
             }
             // 132 SMs (H100 SXM): only the context split depends on it.
-            let source = source_for(&w, 132, imp.name);
-            let c = compile(&source, w.kernel(), arch)?;
+            let plan = LaunchPlan::of(imp, &w, 132);
+            let c = compile(&plan.source, w.kernel(), arch)?;
             let listing = if sass {
                 Some(super::sass::disassemble(&c.cubin)?)
             } else {
@@ -397,28 +266,26 @@ pub fn report(arch: &str, sass: bool) -> Result<Vec<VariantReport>, String> {
             };
             let mut kernels = parse_ptxas(&c.log);
             for k in &mut kernels {
-                k.threads = block_size(imp.name, &k.kernel).unwrap_or(0) as u32;
-                if let (Workload::KvDecode(kv), "attend") = (&w, k.kernel.as_str()) {
-                    // Dynamic: not in ptxas' count.
-                    k.shared_bytes += kv_dynamic_shared(kv, imp.name) as u32;
-                }
+                k.threads = plan.block_size(&k.kernel).unwrap_or(0) as u32;
+                // Dynamic: not in ptxas' count.
+                k.shared_bytes += plan.dynamic_shared(&k.kernel) as u32;
                 let (n, why) =
                     super::sass::ctas_per_sm(arch, k.threads, k.registers, k.shared_bytes);
                 (k.ctas_per_sm, k.ctas_limited_by) = (n, why.to_string());
                 if let Some(listing) = &listing {
-                    k.sass = super::sass::analyse(listing, w.kernel(), &source)
+                    k.sass = super::sass::analyse(listing, w.kernel(), &plan.source)
                         .into_iter()
                         .find(|s| s.kernel == k.kernel);
                 }
             }
-            let readers = match &w {
-                Workload::KvDecode(k) => k.group_size() / kv_launch(k, 132, imp.name).hb,
+            let readers = match (&w, &plan.shape) {
+                (Workload::KvDecode(k), Shape::Kv { plan, .. }) => k.group_size() / plan.hb,
                 _ => 1,
             };
             out.push(VariantReport {
                 variant: label.clone(),
-                imp: imp.name,
-                tuned: imp.tuned,
+                imp: entry.name,
+                tuned: entry.tuned,
                 readers,
                 kernels,
             });

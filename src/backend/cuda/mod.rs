@@ -7,6 +7,7 @@
 mod build;
 pub mod compile;
 pub mod fragments;
+pub mod impls;
 mod merge;
 mod multi;
 pub mod nccl;
@@ -25,83 +26,24 @@ use cudarc::driver::sys::{CUdevice_attribute as Attr, CUevent_flags};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, result,
 };
+use impls::{CudaImpl, LaunchPlan};
 use std::sync::Arc;
 
-/// Whether cuda's implementation `imp` covers `w`, or why not: the one place that says
-/// which points each implementation takes.
+/// Whether cuda's implementation `imp` covers `w`, or why not (impls.rs says, per
+/// implementation).
 pub fn covers(imp: &str, w: &Workload) -> Result<(), String> {
-    crate::backend::whole_byte_dtypes_only("cuda", w)?;
-    match (imp, w) {
-        ("simple", _) => Ok(()),
-        ("warp_rows", Workload::ExpertGemv(e)) => {
-            let row = e.w_row_bytes();
-            if row % 16 == 0 {
-                Ok(())
-            } else {
-                Err(format!(
-                    "warp_rows reads rows in whole 16-byte vectors; a row of d_in {} is {row} bytes",
-                    e.d_in
-                ))
-            }
-        }
-        ("mma", Workload::KvDecode(k)) => {
-            use crate::workload::{Attention, DType};
-            // Heads come up to 8 per block (MLA at math: bf16, 16), whatever their count.
-            let ok = match k.attention {
-                Attention::Gqa => {
-                    k.head_dim_k == k.head_dim_v
-                        && k.head_dim_k % (64 / (k.kv_dtype.elem_bits() / 8).max(1)) == 0
-                        && k.head_dim_k <= 128
-                }
-                Attention::Mla => k.head_dim_k % 64 == 0 && k.head_dim_v % 64 == 0,
-            };
-            let dtype_ok = match k.attention {
-                Attention::Gqa | Attention::Mla => {
-                    matches!(k.kv_dtype, DType::Bf16 | DType::Fp8E4m3)
-                }
-            };
-            if ok && dtype_ok {
-                Ok(())
-            } else {
-                Err(
-                    "mma takes bf16 or fp8 caches: GQA with K and V of one head dim (a multiple \
-                     of 32, of 64 in fp8, up to 128); MLA with \
-                     a latent and values of a multiple of 64 dims"
-                        .into(),
-                )
-            }
-        }
-        ("mma_wide", Workload::KvDecode(k)) => {
-            use crate::workload::{Attention, DType};
-            let smem = compile::mla_wide_smem(k);
-            if k.attention == Attention::Mla
-                && matches!(k.kv_dtype, DType::Bf16 | DType::Fp8E4m3)
-                && k.head_dim_k % 64 == 0
-                && k.head_dim_v % 128 == 0
-                && k.head_dim_v <= k.head_dim_k
-                && smem <= compile::MLA_WIDE_MAX_SMEM
-            {
-                Ok(())
-            } else {
-                Err(format!(
-                    "mma_wide takes MLA only, a bf16 or fp8 latent of a multiple of 64 dims with values \
-                     of a multiple of 128, in at most {} KB of shared memory (this point: {} KB)",
-                    compile::MLA_WIDE_MAX_SMEM >> 10,
-                    smem.div_ceil(1024)
-                ))
-            }
-        }
-        _ => Err(format!(
+    match CudaImpl::from_name(imp) {
+        Some(i) => i.covers(w),
+        None => Err(format!(
             "cuda has no implementation '{imp}' of {}",
             w.kernel()
         )),
     }
 }
 
-/// The implementations that rely on the tensor-core fragment layout (kernels/mma.cuh), so
-/// run only where the device passes the self-check (fragments.rs).
+/// Whether `imp` relies on the tensor-core fragment layout (the self-check must pass first).
 fn uses_tensor_cores(imp: &str) -> bool {
-    matches!(imp, "mma" | "mma_wide")
+    CudaImpl::from_name(imp).is_some_and(CudaImpl::tensor_cores)
 }
 
 pub struct CudaBackend {
@@ -323,10 +265,12 @@ impl Backend for CudaBackend {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let arch = format!("sm_{major}{minor}");
-        let source = compile::source_for(workload, sms, how.imp);
+        let imp = CudaImpl::from_name(how.imp)
+            .ok_or_else(|| anyhow!("cuda has no implementation '{}'", how.imp))?;
+        let plan = LaunchPlan::of(imp, workload, sms);
         let t0 = std::time::Instant::now();
         let compiled =
-            compile::compile(&source, workload.kernel(), &arch).map_err(anyhow::Error::msg)?;
+            compile::compile(&plan.source, workload.kernel(), &arch).map_err(anyhow::Error::msg)?;
         let compile_s = t0.elapsed().as_secs_f64();
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))
@@ -346,8 +290,8 @@ impl Backend for CudaBackend {
         let mut b = build::Build { module, p };
         match workload {
             Workload::Stream(w) => b.stream(w, inputs, sms)?,
-            Workload::KvDecode(w) => b.kv_decode(w, inputs, sms, how.imp)?,
-            Workload::ExpertGemv(w) => b.expert_gemv(w, inputs, how.imp)?,
+            Workload::KvDecode(w) => b.kv_decode(w, inputs, &plan.shape)?,
+            Workload::ExpertGemv(w) => b.expert_gemv(w, inputs, &plan.shape)?,
             Workload::Link(_) => bail!("link runs between two devices (prepare_link)"),
         }
         let mut p = b.p;
