@@ -443,6 +443,9 @@ impl RunCtx<'_> {
         })
     }
 
+    /// Every expert_gemv point of the entry: the product of its axes, each checked. (About
+    /// 100 lines: nine axes read, then one pass over their product, each point checked where
+    /// its fields are known; per-kernel axes (issue 26) will shorten it.)
     fn expand_expert(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
         let kernel = Kernel::ExpertGemv.name();
         self.refuse_fields(
@@ -507,13 +510,10 @@ impl RunCtx<'_> {
             );
             if k > e {
                 let f = s.top_k.as_ref().expect("required above");
-                return Err(self.err_at(
-                    f,
-                    "top_k",
-                    format!(
-                        "top_k ({k}) is larger than experts ({e}): a token picks distinct experts"
-                    ),
-                ));
+                let why = format!(
+                    "top_k ({k}) is larger than experts ({e}): a token picks distinct experts"
+                );
+                return Err(self.err_at(f, "top_k", why));
             }
             self.too_large(e as u128 * dout as u128 * di as u128 + (t * di) as u128)?;
             let (dt, weight_scale) = (dtypes[ix[5]], scales[ix[7]]);
@@ -523,24 +523,13 @@ impl RunCtx<'_> {
                 continue;
             }
             if let Some(m) = dt.row_multiple().filter(|m| di % m != 0) {
-                return Err(self.err_at(
-                    s.d_in.as_ref().expect("required above"),
-                    "d_in",
-                    format!(
-                        "{dt} stores rows in blocks of {m}: d_in ({di}) must be a multiple of {m}"
-                    ),
-                ));
+                let f = s.d_in.as_ref().expect("required above");
+                let why = format!(
+                    "{dt} stores rows in blocks of {m}: d_in ({di}) must be a multiple of {m}"
+                );
+                return Err(self.err_at(f, "d_in", why));
             }
-            let routing = match &routings[ix[6]] {
-                RoutingSpec::Uniform => Routing::Uniform,
-                RoutingSpec::Zipf(z) if z.is_finite() && *z >= 0.0 && *z <= 100.0 => {
-                    Routing::Zipf(*z)
-                }
-                RoutingSpec::Zipf(z) => {
-                    return Err(routing_err(format!("zipf exponent {z} must be in 0..=100")));
-                }
-                RoutingSpec::Ids(ids) => Routing::Ids(ids.clone()),
-            };
+            let routing = routing_of(&routings[ix[6]]).map_err(routing_err)?;
             let point_seed = seed(out.len() / maths.len());
             let topk_ids = ExpertGemv::route(&routing, e, k, t, point_seed).map_err(routing_err)?;
             out.push(Workload::ExpertGemv(ExpertGemv {
@@ -562,5 +551,15 @@ impl RunCtx<'_> {
             }));
         }
         Ok(out)
+    }
+}
+
+/// A `routing:` value as the workload takes it, or why not.
+fn routing_of(spec: &RoutingSpec) -> Result<Routing, String> {
+    match spec {
+        RoutingSpec::Uniform => Ok(Routing::Uniform),
+        RoutingSpec::Zipf(z) if z.is_finite() && *z >= 0.0 && *z <= 100.0 => Ok(Routing::Zipf(*z)),
+        RoutingSpec::Zipf(z) => Err(format!("zipf exponent {z} must be in 0..=100")),
+        RoutingSpec::Ids(ids) => Ok(Routing::Ids(ids.clone())),
     }
 }

@@ -26,22 +26,38 @@ pub(super) fn env_for(
     env
 }
 
-/// The parts of a result line every job fills the same way.
-#[allow(clippy::too_many_arguments)]
+/// What a job measured, and where: the parts of its result line that differ by job.
+pub(super) struct Measured<'a> {
+    /// The device's name (a split: the set; a link: `src -> dst`).
+    pub device: String,
+    pub device_count: usize,
+    pub stats: TimeStats,
+    pub reps: usize,
+    pub check: &'a crate::workload::Check,
+    pub energy: Energy,
+    pub env: serde_json::Value,
+    pub imp: &'a str,
+    pub host_s: Option<HostSeconds>,
+}
+
+/// A job's result line: the point's own figures, and what the job measured.
 pub(super) fn result_line(
     exp: &Experiment,
     p: &Point,
     backend: &dyn crate::backend::Backend,
-    device: String,
-    device_count: usize,
-    stats: TimeStats,
-    reps: usize,
-    check: &crate::workload::Check,
-    energy: Energy,
-    env: serde_json::Value,
-    imp: &str,
-    host_s: Option<HostSeconds>,
+    m: Measured,
 ) -> anyhow::Result<ResultLine> {
+    let Measured {
+        device,
+        device_count,
+        stats,
+        reps,
+        check,
+        energy,
+        env,
+        imp,
+        host_s,
+    } = m;
     let bytes = p.workload.bytes();
     let gbps = crate::split::run::gbps(bytes, stats.median);
     // Against the spec only where the profile describes the device that ran.
@@ -155,20 +171,18 @@ pub(super) fn run_single(
     let mut env = env_for(env_base, exp, dev, d);
     env["timer"] = serde_json::to_value(prepared.timer())?;
     env["cache_method"] = prepared.cache_method().into();
-    let line = result_line(
-        exp,
-        p,
-        b,
-        dev.name.clone(),
-        1,
+    let measured = Measured {
+        device: dev.name.clone(),
+        device_count: 1,
         stats,
-        times.len(),
-        &check,
+        reps: times.len(),
+        check: &check,
         energy,
         env,
         imp,
-        Some(host_s),
-    )?;
+        host_s: Some(host_s),
+    };
+    let line = result_line(exp, p, b, measured)?;
     Ok((line, outputs))
 }
 
@@ -278,20 +292,18 @@ pub(super) fn run_split_point(
         check: t_check.elapsed().as_secs_f64(),
         reused_inputs: data.reused,
     };
-    let mut line = result_line(
-        exp,
-        p,
-        b,
+    let measured = Measured {
         device,
-        set.len(),
-        outcome.end_to_end,
-        exp.reps,
-        &check,
+        device_count: set.len(),
+        stats: outcome.end_to_end,
+        reps: exp.reps,
+        check: &check,
         energy,
         env,
         imp,
-        Some(host_s),
-    )?;
+        host_s: Some(host_s),
+    };
+    let mut line = result_line(exp, p, b, measured)?;
     line.multi = Some(outcome.multi);
     Ok((line, outcome.outputs))
 }
@@ -432,20 +444,18 @@ pub(super) fn run_link_point(
         modelled: None,
         note: Some("link energy is not measured or modelled".into()),
     };
-    let mut line = result_line(
-        exp,
-        p,
-        b,
+    let measured = Measured {
         device,
-        2,
+        device_count: 2,
         stats,
-        run.times.len(),
-        &check,
+        reps: run.times.len(),
+        check: &check,
         energy,
         env,
-        "simple",
-        None,
-    )?;
+        imp: "simple",
+        host_s: None,
+    };
+    let mut line = result_line(exp, p, b, measured)?;
     // Between ranks the ends are named by rank (two ranks may each use their device 0).
     let (src, dst) = if world.is_some() {
         (src, dst)

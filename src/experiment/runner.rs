@@ -178,7 +178,8 @@ fn stopping() -> bool {
     STOP.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-/// Run every point of `exp` on `selected`, appending each result as it finishes.
+/// Run every point of `exp` on `selected`, appending each result as it finishes. (About 100
+/// lines: the per-point loop's stops, the store's faults and the progress share its state.)
 pub fn run(exp: &Experiment, selected: &[Selected], opts: &RunOptions) -> anyhow::Result<Outcome> {
     let (out_dir, lock) = results_folder(exp, opts)?;
     let opened =

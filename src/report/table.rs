@@ -91,7 +91,8 @@ fn roof_cell(l: &ResultLine) -> String {
 }
 
 /// The end of a run in a few lines: which backends ran where, the points closest to and
-/// furthest from their ceiling, the noisy and the failed ones, and what to run next.
+/// furthest from their ceiling, the noisy and the failed ones, and what to run next. (About
+/// 100 lines: the verdict's paragraphs in the order it prints them, each a few lines.)
 pub fn verdict(lines: &[ResultLine], results: &std::path::Path) -> String {
     let mut out = String::new();
     let mut ran: Vec<String> = lines

@@ -230,7 +230,9 @@ impl Prepared for LinkPoint {
 /// distinct device; with virtual devices, one rank that sends to itself), `reps` times,
 /// timed on the host around the group call and the wait for every stream. The gathered
 /// buffers are read back from the first device, so what NCCL delivered is what is checked.
-/// With `merge` (a sequence split), the first device then merges them (merge.rs).
+/// With `merge` (a sequence split), the first device then merges them (merge.rs). (About 100
+/// lines: the communicators, the staging buffers and the reps share one scope, so NCCL's
+/// buffers outlive every group call that names them.)
 pub(super) fn nccl_gather(
     shards: &mut [Box<dyn Prepared + '_>],
     merge: Option<(&KvDecode, SequenceTable)>,

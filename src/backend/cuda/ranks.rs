@@ -8,15 +8,59 @@ use super::merge::{Staged, merge_sequence};
 use super::{Point, read_back};
 use crate::backend::{Gathered, Prepared};
 use crate::cluster::World;
-use crate::split::Plan;
+use crate::split::{Plan, Shard};
 use crate::workload::{Tensor, TensorSet, Workload};
 use anyhow::{Context, anyhow};
-use cudarc::driver::{CudaContext, CudaSlice};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use cudarc::nccl::{Comm, Id, result as nccl};
+use std::sync::Arc;
 use std::time::Instant;
+
+/// Every rank's communicator on `stream`: rank 0 makes the NCCL id and broadcasts it.
+fn join(w: &World, stream: &Arc<CudaStream>) -> anyhow::Result<Comm> {
+    let id = if w.is_root() {
+        let id = Id::new().map_err(|e| anyhow!("ncclGetUniqueId: {e:?}"))?;
+        Some(id.internal().to_vec())
+    } else {
+        None
+    };
+    let id: Vec<std::ffi::c_char> = w.broadcast(id.as_ref())?;
+    let id = Id::uninit(
+        id.try_into()
+            .map_err(|_| anyhow!("an NCCL id of the wrong size"))?,
+    );
+    Comm::from_rank(stream.clone(), w.rank, w.size, id)
+        .map_err(|e| anyhow!("ncclCommInitRank (rank {} of {}): {e:?}", w.rank, w.size))
+}
+
+/// Per shard, per output: its (poisoned) tensor and a device buffer for it.
+type Staging = Vec<Vec<(Tensor, CudaSlice<u8>)>>;
+
+/// A staging buffer on `stream` for each output of each shard, its exact size, with the
+/// output's (poisoned) tensor.
+fn stage(stream: &Arc<CudaStream>, shards: &[&Shard]) -> anyhow::Result<Staging> {
+    shards
+        .iter()
+        .map(|shard| {
+            shard
+                .workload
+                .outputs()
+                .iter()
+                .map(|spec| {
+                    let t = spec.poisoned();
+                    let buf = stream
+                        .alloc_zeros::<u8>(t.bytes.len())
+                        .map_err(|e| anyhow!("staging: {e:?}"))?;
+                    Ok((t, buf))
+                })
+                .collect()
+        })
+        .collect()
+}
 
 /// Gather every other rank's shard outputs on rank 0 with NCCL, `reps` times, each rep
 /// started by rank 0's word and timed on rank 0 from the group call to its stream's end.
+/// (About 100 lines: the reps, the read-back and the merge use the same staging buffers.)
 pub(super) fn nccl_gather_ranks(
     w: &World,
     local: usize,
@@ -40,35 +84,14 @@ pub(super) fn nccl_gather_ranks(
             .map_err(|e| anyhow!("cuda device {local}: {e:?}"))?
             .default_stream(),
     };
-    let id = if w.is_root() {
-        let id = Id::new().map_err(|e| anyhow!("ncclGetUniqueId: {e:?}"))?;
-        Some(id.internal().to_vec())
-    } else {
-        None
-    };
-    let id: Vec<std::ffi::c_char> = w.broadcast(id.as_ref())?;
-    let id = Id::uninit(
-        id.try_into()
-            .map_err(|_| anyhow!("an NCCL id of the wrong size"))?,
-    );
-    let comm = Comm::from_rank(stream.clone(), w.rank, w.size, id)
-        .map_err(|e| anyhow!("ncclCommInitRank (rank {} of {}): {e:?}", w.rank, w.size))?;
+    let comm = join(w, &stream)?;
     // Rank 0 stages every other shard's outputs, each its exact size.
     let theirs: Vec<_> = plan.shards.iter().filter(|s| s.device != w.rank).collect();
-    let mut staging: Vec<Vec<(Tensor, CudaSlice<u8>)>> = Vec::new();
-    if w.is_root() {
-        for shard in &theirs {
-            let mut bufs = Vec::new();
-            for spec in shard.workload.outputs() {
-                let t = spec.poisoned();
-                let buf = stream
-                    .alloc_zeros::<u8>(t.bytes.len())
-                    .map_err(|e| anyhow!("staging: {e:?}"))?;
-                bufs.push((t, buf));
-            }
-            staging.push(bufs);
-        }
-    }
+    let mut staging = if w.is_root() {
+        stage(&stream, &theirs)?
+    } else {
+        Vec::new()
+    };
     let mut times = Vec::new();
     for _ in 0..reps {
         stream.synchronize().map_err(|e| anyhow!("cuda: {e:?}"))?;

@@ -174,7 +174,7 @@ pub fn wgsl_kernels(json: bool) -> ExitCode {
 }
 
 pub fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
-    use decodelab::backend::cuda::{compile, sass as budget};
+    use decodelab::backend::cuda::compile;
     let report = match compile::report(arch, sass) {
         Ok(r) => r,
         Err(e) => {
@@ -218,68 +218,75 @@ pub fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
         report.len()
     );
     if sass {
-        println!(
-            "\nSASS ({arch}): global loads by width (streamed tensors' in brackets), local memory,\n\
-             tensor cores, and the hottest loop's warp-instructions per streamed byte (budget {} at\n\
-             4.8 TB/s on 132 SMs; a roofline kernel aims under {})",
-            budget::BUDGET_INSTR_PER_BYTE,
-            budget::AIM_INSTR_PER_BYTE
-        );
-        println!(
-            "{:<36} {:<9} {:<12} {:>6} {:<26} {:>6} {:>5} {:>9}  streams",
-            "variant",
-            "impl",
-            "kernel",
-            "instrs",
-            "LDG 128/64/32/16/8 [streamed]",
-            "LDL/STL",
-            "MMA",
-            "instr/B",
-        );
-        for v in &report {
-            for k in &v.kernels {
-                let Some(s) = &k.sass else { continue };
-                let w = |x: &budget::Widths| {
-                    [128, 64, 32, 16, 8]
-                        .iter()
-                        .map(|b| x.0.get(b).copied().unwrap_or(0).to_string())
-                        .collect::<Vec<_>>()
-                        .join("/")
-                };
-                let hot = s.hot_loop.as_ref().map_or("-".to_string(), |h| {
-                    let mark = if h.instr_per_byte > budget::BUDGET_INSTR_PER_BYTE {
-                        " over"
-                    } else {
-                        ""
-                    };
-                    format!("{:.3}{mark}", h.instr_per_byte)
-                });
-                // Several streaming loops (one per token-chunk size): the best case too.
-                let light = s.light_loop.as_ref().map_or(String::new(), |l| {
-                    format!(" (lightest loop {:.3})", l.instr_per_byte)
-                });
-                // Head blocks that each read the same bytes (from L2 after the first).
-                let shared = match (&s.hot_loop, v.readers) {
-                    (Some(h), n) if n > 1 => format!(
-                        "; read by {n} blocks: {:.3} per HBM byte",
-                        h.instr_per_byte * n as f64
-                    ),
-                    _ => String::new(),
-                };
-                println!(
-                    "{:<36} {:<9} {:<12} {:>6} {:<26} {:>6} {:>5} {:>9}  {}",
-                    v.variant,
-                    v.imp,
-                    k.kernel,
-                    s.instructions,
-                    format!("{} [{}]", w(&s.loads), w(&s.streamed)),
-                    s.local,
-                    s.tensor_core,
-                    hot,
-                    s.streamed_tensors.join(", ") + &light + &shared
-                );
-            }
-        }
+        print_sass(arch, &report);
     }
     ExitCode::SUCCESS
+}
+
+/// `kernels --sass`'s table: each kernel's loads by width, local memory, tensor-core
+/// instructions and its hottest loop's warp-instructions per streamed byte.
+fn print_sass(arch: &str, report: &[decodelab::backend::cuda::compile::VariantReport]) {
+    use decodelab::backend::cuda::sass as budget;
+    println!(
+        "\nSASS ({arch}): global loads by width (streamed tensors' in brackets), local memory,\n\
+         tensor cores, and the hottest loop's warp-instructions per streamed byte (budget {} at\n\
+         4.8 TB/s on 132 SMs; a roofline kernel aims under {})",
+        budget::BUDGET_INSTR_PER_BYTE,
+        budget::AIM_INSTR_PER_BYTE
+    );
+    println!(
+        "{:<36} {:<9} {:<12} {:>6} {:<26} {:>6} {:>5} {:>9}  streams",
+        "variant",
+        "impl",
+        "kernel",
+        "instrs",
+        "LDG 128/64/32/16/8 [streamed]",
+        "LDL/STL",
+        "MMA",
+        "instr/B",
+    );
+    for v in report {
+        for k in &v.kernels {
+            let Some(s) = &k.sass else { continue };
+            let w = |x: &budget::Widths| {
+                [128, 64, 32, 16, 8]
+                    .iter()
+                    .map(|b| x.0.get(b).copied().unwrap_or(0).to_string())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            };
+            let hot = s.hot_loop.as_ref().map_or("-".to_string(), |h| {
+                let mark = if h.instr_per_byte > budget::BUDGET_INSTR_PER_BYTE {
+                    " over"
+                } else {
+                    ""
+                };
+                format!("{:.3}{mark}", h.instr_per_byte)
+            });
+            // Several streaming loops (one per token-chunk size): the best case too.
+            let light = s.light_loop.as_ref().map_or(String::new(), |l| {
+                format!(" (lightest loop {:.3})", l.instr_per_byte)
+            });
+            // Head blocks that each read the same bytes (from L2 after the first).
+            let shared = match (&s.hot_loop, v.readers) {
+                (Some(h), n) if n > 1 => format!(
+                    "; read by {n} blocks: {:.3} per HBM byte",
+                    h.instr_per_byte * n as f64
+                ),
+                _ => String::new(),
+            };
+            println!(
+                "{:<36} {:<9} {:<12} {:>6} {:<26} {:>6} {:>5} {:>9}  {}",
+                v.variant,
+                v.imp,
+                k.kernel,
+                s.instructions,
+                format!("{} [{}]", w(&s.loads), w(&s.streamed)),
+                s.local,
+                s.tensor_core,
+                hot,
+                s.streamed_tensors.join(", ") + &light + &shared
+            );
+        }
+    }
 }

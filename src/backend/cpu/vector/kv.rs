@@ -131,6 +131,8 @@ struct Group {
 }
 
 /// One (sequence, chunk) task: the online-softmax partial of every KV head, in head order.
+/// (About 100 lines: the tile loop with its two row sources, in the cache or in L1 tiles,
+/// side by side.)
 ///
 /// # Safety
 /// The CPU must have `S`'s features; the dtype must be one the vector paths decode.
