@@ -14,5 +14,6 @@ pub mod model;
 pub mod profiles;
 pub mod registry;
 pub mod report;
+pub mod shard;
 pub mod split;
 pub mod workload;

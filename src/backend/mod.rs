@@ -412,7 +412,7 @@ pub trait Backend: Send + Sync {
     fn gather(
         &self,
         shards: &mut [Box<dyn Prepared + '_>],
-        plan: &crate::split::Plan,
+        plan: &crate::shard::Plan,
         parent: &Workload,
         reps: usize,
     ) -> anyhow::Result<Gathered> {
@@ -436,7 +436,7 @@ pub trait Backend: Send + Sync {
         w: &crate::cluster::World,
         local: usize,
         mine: Option<&mut (dyn Prepared + '_)>,
-        plan: &crate::split::Plan,
+        plan: &crate::shard::Plan,
         parent: &Workload,
         reps: usize,
     ) -> anyhow::Result<Option<Gathered>> {

@@ -1,7 +1,7 @@
 //! The file's settings: name, backends, devices, hardware, reps, cache, energy; then its
 //! points (`expand`). Every refusal names the file, line and field.
 
-use super::expand::RunCtx;
+use super::expand::{Builder, RunCtx};
 use super::schema::{ExperimentFile, NameOrNumber};
 use super::{BackendChoice, DEFAULT_MAX_POINTS, DeviceChoice, Experiment, Point};
 use crate::backend::CacheMode;
@@ -11,24 +11,9 @@ use crate::registry::{self, KERNELS, Kernel};
 use crate::split::SplitKind;
 use std::path::Path;
 
-pub(super) struct Builder<'a> {
-    pub(super) file: &'a str,
-    pub(super) source: &'a str,
-}
-
 type Spanned<T> = serde_saphyr::Spanned<T>;
 
 impl Builder<'_> {
-    pub(super) fn err(
-        &self,
-        line: u64,
-        col: u64,
-        field: impl Into<String>,
-        msg: impl Into<String>,
-    ) -> ConfigError {
-        ConfigError::at(self.file, self.source, line, col, field, msg)
-    }
-
     pub(super) fn build(
         &self,
         path: &Path,

@@ -1,7 +1,6 @@
 //! One entry of `runs:` expanded into workloads: every list a sweep axis, each combination a
 //! point, each value checked where it stands in the file.
 
-use super::build::Builder;
 use super::schema::{Field, LengthsSpec, RoutingSpec, RunSpec};
 use super::{MAX_BYTES, MAX_COUNT, MAX_ELEMENTS};
 use crate::error::ConfigError;
@@ -10,6 +9,25 @@ use crate::workload::{
     Stream, StreamOp, WeightScale, Workload,
 };
 use serde_saphyr::Spanned;
+
+/// An experiment file being built (build.rs): its name and text, so every refusal, here or
+/// there, points at its line.
+pub(super) struct Builder<'a> {
+    pub(super) file: &'a str,
+    pub(super) source: &'a str,
+}
+
+impl Builder<'_> {
+    pub(super) fn err(
+        &self,
+        line: u64,
+        col: u64,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::at(self.file, self.source, line, col, field, msg)
+    }
+}
 
 /// Expansion of one entry of `runs:` into points.
 pub(super) struct RunCtx<'a> {

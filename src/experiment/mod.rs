@@ -10,6 +10,7 @@ pub mod preflight;
 mod progress;
 pub mod ranked;
 pub mod runner;
+mod schedule;
 pub mod schema;
 
 pub use crate::error::ConfigError;
@@ -18,7 +19,7 @@ pub use crate::hardware::HardwareProfile;
 use crate::backend::CacheMode;
 use crate::split::SplitKind;
 use crate::workload::Workload;
-use build::Builder;
+use expand::Builder;
 use schema::ExperimentFile;
 use std::path::{Path, PathBuf};
 

@@ -5,7 +5,7 @@
 
 use super::host::HostData;
 use super::preflight::Selected;
-use super::runner::{Job, jobs_for};
+use super::schedule::{Job, host_env, jobs_for};
 use super::{Experiment, Point};
 use crate::cluster::World;
 use crate::report::ResultLine;
@@ -177,7 +177,7 @@ fn follow_link(
     w: &World,
 ) -> anyhow::Result<()> {
     if w.rank == src {
-        let env_base = super::runner::host_env();
+        let env_base = host_env();
         let line = super::jobs::run_link_point(exp, p, inputs, s, src, dst, &env_base);
         if let Err(e) = &line
             && crate::cluster::is_lost(e)
@@ -193,7 +193,7 @@ fn follow_link(
 
 /// On every rank but 0: follow rank 0's orders until it says the run is over.
 pub fn follow(exp: &Experiment, selected: &[Selected], w: &World) -> anyhow::Result<()> {
-    let env_base = super::runner::host_env();
+    let env_base = host_env();
     let mut host: Option<HostData> = None;
     loop {
         let (index, todo) = match w.broadcast::<Order>(None)? {

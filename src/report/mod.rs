@@ -9,6 +9,7 @@ pub mod plot;
 pub mod plot_roofline;
 pub mod roofline;
 pub mod store;
+pub mod style;
 pub mod table;
 
 pub use csv::to_csv;

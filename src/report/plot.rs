@@ -164,19 +164,6 @@ pub fn charts(lines: &[ResultLine]) -> Vec<Chart> {
     out
 }
 
-pub(super) fn colour(i: usize) -> RGBColor {
-    [
-        RGBColor(0x1f, 0x77, 0xb4),
-        RGBColor(0xff, 0x7f, 0x0e),
-        RGBColor(0x2c, 0xa0, 0x2c),
-        RGBColor(0xd6, 0x27, 0x28),
-        RGBColor(0x94, 0x67, 0xbd),
-        RGBColor(0x8c, 0x56, 0x4b),
-        RGBColor(0xe3, 0x77, 0xc2),
-        RGBColor(0x7f, 0x7f, 0x7f),
-    ][i % 8]
-}
-
 fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Chart) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
@@ -214,7 +201,7 @@ where
         let style = if label == "spec" {
             BLACK.stroke_width(1)
         } else {
-            colour(i).mix(0.6).stroke_width(1)
+            super::style::colour(i).mix(0.6).stroke_width(1)
         };
         chart
             .draw_series(DashedLineSeries::new(
@@ -232,41 +219,24 @@ where
         chart
             .draw_series(LineSeries::new(
                 p.iter().copied(),
-                colour(k).stroke_width(2),
+                super::style::colour(k).stroke_width(2),
             ))
             .map_err(e)?
             .label(label.as_str())
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 15, y)], colour(k).stroke_width(2))
+                PathElement::new(
+                    vec![(x, y), (x + 15, y)],
+                    super::style::colour(k).stroke_width(2),
+                )
             });
         chart
-            .draw_series(p.iter().map(|&q| Circle::new(q, 3, colour(k).filled())))
+            .draw_series(
+                p.iter()
+                    .map(|&q| Circle::new(q, 3, super::style::colour(k).filled())),
+            )
             .map_err(e)?;
     }
-    legend_and_present(&mut chart, area, SeriesLabelPosition::UpperLeft)
-}
-
-/// Draw a chart's legend at `at` in the house style, and put the area out.
-pub(super) fn legend_and_present<'a, DB, CT>(
-    chart: &mut ChartContext<'a, DB, CT>,
-    area: &DrawingArea<DB, Shift>,
-    at: SeriesLabelPosition,
-) -> anyhow::Result<()>
-where
-    DB: DrawingBackend + 'a,
-    DB::ErrorType: 'static,
-    CT: CoordTranslate,
-{
-    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("plotting: {x:?}");
-    chart
-        .configure_series_labels()
-        .position(at)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(e)?;
-    area.present().map_err(e)
+    super::style::legend_and_present(&mut chart, area, SeriesLabelPosition::UpperLeft)
 }
 
 /// Draw every chart of `results` into `out` (default: `plots/` beside the results), with an
@@ -289,7 +259,7 @@ pub fn run(results: &Path, out: Option<&Path>) -> anyhow::Result<(PathBuf, usize
         AXES.join(", ")
     );
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    crate::model::figures::register_font()?;
+    super::style::register_font()?;
     let mut html = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>decodelab: {}</title>\n\
          <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}img{{max-width:100%;border:1px solid #ccc}}\

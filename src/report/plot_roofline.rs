@@ -111,7 +111,7 @@ where
     impls.sort();
     impls.dedup();
     for (k, imp) in impls.iter().enumerate() {
-        let c = super::plot::colour(k);
+        let c = super::style::colour(k);
         chart
             .draw_series(
                 r.points
@@ -123,7 +123,7 @@ where
             .label(*imp)
             .legend(move |(x, y)| Circle::new((x + 7, y), 4, c.filled()));
     }
-    super::plot::legend_and_present(&mut chart, area, SeriesLabelPosition::LowerRight)
+    super::style::legend_and_present(&mut chart, area, SeriesLabelPosition::LowerRight)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! values never depend on the thread count.
 
 use super::dtype::DType;
-use super::tensor::{Elem, Tensor};
+use super::tensor::{Elem, Tensor, zeroed};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
@@ -17,29 +17,6 @@ pub(crate) fn rng_for(seed: u64, stream: u64, chunk: u64) -> rand_pcg::Pcg64Mcg 
         .wrapping_add(stream.wrapping_mul(0xD1B5_4A32_D192_ED03))
         .wrapping_add(chunk.wrapping_mul(0x94D0_49BB_1331_11EB));
     rand_pcg::Pcg64Mcg::seed_from_u64(mixed)
-}
-
-/// Buffers at least this large are advised onto huge pages.
-const HUGE_PAGE_MIN: usize = 32 << 20;
-
-/// `n` zero bytes, untouched until written. On Linux a large buffer is advised onto
-/// transparent huge pages before its first touch: first-touch page faults were most of the
-/// system time of a big point (4 GiB: 4.4 s in 4 KiB faults, 2.0 s in 2 MiB ones, on the
-/// CI machine).
-pub fn zeroed(n: usize) -> Vec<u8> {
-    let v = vec![0u8; n];
-    #[cfg(target_os = "linux")]
-    if n >= HUGE_PAGE_MIN {
-        const HUGE: usize = 2 << 20;
-        let start = (v.as_ptr() as usize).next_multiple_of(HUGE);
-        let end = (v.as_ptr() as usize + n) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: the range lies inside `v`'s live allocation; MADV_HUGEPAGE changes how
-            // its pages are backed, never their contents. A refusal (THP off) is harmless.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-        }
-    }
-    v
 }
 
 /// A tensor of values uniform in [lo, hi), stored in `dtype`: each value is the midpoint of

@@ -241,3 +241,19 @@ pub(crate) fn dot_f64<T: Copy + Into<f64>>(a: &[T], b: &[f64]) -> f64 {
     }
     acc.iter().sum::<f64>() + tail
 }
+
+/// Bytes in binary units: `64MiB`, `1.5GiB` (tables, refusals, and the backends' limits).
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if v.fract() == 0.0 {
+        format!("{v:.0}{}", UNITS[u])
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}

@@ -149,7 +149,7 @@ impl Tensor {
             Elem::U32 | Elem::I32 => 0xDEAD_BEEFu32,
             Elem::Float(other) => panic!("outputs are f32 or u32, not {other}"),
         };
-        let mut bytes = super::generate::zeroed(n * 4);
+        let mut bytes = zeroed(n * 4);
         bytes.par_chunks_mut(1 << 16).for_each(|c| {
             c.chunks_exact_mut(4)
                 .for_each(|w| w.copy_from_slice(&word.to_le_bytes()))
@@ -295,4 +295,27 @@ impl Tensor {
             bytes: bytes.into(),
         }
     }
+}
+
+/// Buffers at least this large are advised onto huge pages.
+const HUGE_PAGE_MIN: usize = 32 << 20;
+
+/// `n` zero bytes, untouched until written. On Linux a large buffer is advised onto
+/// transparent huge pages before its first touch: first-touch page faults were most of the
+/// system time of a big point (4 GiB: 4.4 s in 4 KiB faults, 2.0 s in 2 MiB ones, on the
+/// CI machine).
+pub fn zeroed(n: usize) -> Vec<u8> {
+    let v = vec![0u8; n];
+    #[cfg(target_os = "linux")]
+    if n >= HUGE_PAGE_MIN {
+        const HUGE: usize = 2 << 20;
+        let start = (v.as_ptr() as usize).next_multiple_of(HUGE);
+        let end = (v.as_ptr() as usize + n) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: the range lies inside `v`'s live allocation; MADV_HUGEPAGE changes how
+            // its pages are backed, never their contents. A refusal (THP off) is harmless.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    v
 }

@@ -25,7 +25,8 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
         return;
     }
     for arch in ["sm_80", "sm_90"] {
-        let report = compile::report(arch, false).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let report = decodelab::backend::cuda::impls::report(arch, false)
+            .unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert!(report.len() >= decodelab::backend::plan::representative().len());
         for v in &report {
             // The mma plan sizes its grid to one wave of this many blocks per SM.
@@ -165,7 +166,8 @@ fn tuned_kernels_keep_the_sass_budget() {
     if !nvrtc_or_skip() || !nvdisasm_or_skip() {
         return;
     }
-    let report = compile::report("sm_90", true).unwrap_or_else(|e| panic!("{e}"));
+    let report =
+        decodelab::backend::cuda::impls::report("sm_90", true).unwrap_or_else(|e| panic!("{e}"));
     let mut flagged_simple = false;
     for v in &report {
         for k in &v.kernels {

@@ -7,6 +7,7 @@ mod conformance;
 mod cuda;
 mod cuda_host;
 mod experiment;
+mod layers;
 mod model;
 mod oracle;
 mod ranks;

@@ -322,6 +322,71 @@ pub fn mla_wide_smem(w: &KvDecode) -> usize {
         + heads * 4
 }
 
+/// One compiled variant of one implementation.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VariantReport {
+    pub variant: String,
+    #[serde(rename = "impl")]
+    pub imp: &'static str,
+    /// Held to the SASS budget (a tuned implementation).
+    pub tuned: bool,
+    /// Blocks that read each streamed byte: kv_decode's head blocks of one KV head's slice
+    /// (the first from HBM, the rest from L2), else 1. A kernel's instructions per byte it
+    /// loads times this are its instructions per byte of HBM traffic.
+    pub readers: usize,
+    pub kernels: Vec<compile::KernelReport>,
+}
+
+/// Compile every representative variant of every cuda implementation for `arch`: ptxas'
+/// report of each kernel, its occupancy, and with `sass` its disassembly's figures.
+pub fn report(arch: &str, sass: bool) -> Result<Vec<VariantReport>, String> {
+    let mut out = Vec::new();
+    for (label, w) in crate::backend::plan::representative() {
+        for entry in crate::backend::impls_of("cuda", w.kind()) {
+            let Some(imp) = CudaImpl::from_name(entry.name) else {
+                continue;
+            };
+            if imp.covers(&w).is_err() {
+                continue;
+            }
+            // 132 SMs (H100 SXM): only the context split depends on it.
+            let plan = LaunchPlan::of(imp, &w, 132);
+            let c = compile::compile(&plan.source, w.kernel(), arch)?;
+            let listing = if sass {
+                Some(super::sass::disassemble(&c.cubin)?)
+            } else {
+                None
+            };
+            let mut kernels = compile::parse_ptxas(&c.log);
+            for k in &mut kernels {
+                k.threads = plan.block_size(&k.kernel).unwrap_or(0) as u32;
+                // Dynamic: not in ptxas' count.
+                k.shared_bytes += plan.dynamic_shared(&k.kernel) as u32;
+                let (n, why) =
+                    super::sass::ctas_per_sm(arch, k.threads, k.registers, k.shared_bytes);
+                (k.ctas_per_sm, k.ctas_limited_by) = (n, why.to_string());
+                if let Some(listing) = &listing {
+                    k.sass = super::sass::analyse(listing, w.kernel(), &plan.source)
+                        .into_iter()
+                        .find(|s| s.kernel == k.kernel);
+                }
+            }
+            let readers = match (&w, &plan.shape) {
+                (Workload::KvDecode(k), Shape::Kv { plan, .. }) => k.group_size() / plan.hb,
+                _ => 1,
+            };
+            out.push(VariantReport {
+                variant: label.clone(),
+                imp: entry.name,
+                tuned: entry.tuned,
+                readers,
+                kernels,
+            });
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! the merge reads them there and only the point's outputs come back for the check.
 
 use crate::backend::Merged;
-use crate::split::SequenceTable;
+use crate::shard::SequenceTable;
 use crate::workload::{KvDecode, Tensor, TensorSet};
 use anyhow::{Context, anyhow};
 use cudarc::driver::sys::CUevent_flags;

@@ -201,7 +201,7 @@ impl Backend for CudaBackend {
     fn gather(
         &self,
         shards: &mut [Box<dyn Prepared + '_>],
-        plan: &crate::split::Plan,
+        plan: &crate::shard::Plan,
         parent: &Workload,
         reps: usize,
     ) -> anyhow::Result<super::Gathered> {
@@ -221,7 +221,7 @@ impl Backend for CudaBackend {
         w: &crate::cluster::World,
         local: usize,
         mine: Option<&mut (dyn Prepared + '_)>,
-        plan: &crate::split::Plan,
+        plan: &crate::shard::Plan,
         parent: &Workload,
         reps: usize,
     ) -> anyhow::Result<Option<super::Gathered>> {
@@ -416,7 +416,7 @@ impl Prepared for Point {
             (CacheMode::Cold, None) => "cold: a step moves over 4x the 512 MiB flush".into(),
             (CacheMode::Cold, Some(f)) => format!(
                 "cold: {} cleared between reps",
-                crate::report::human_bytes(f.len() as u64)
+                crate::workload::human_bytes(f.len() as u64)
             ),
         }
     }

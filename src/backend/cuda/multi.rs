@@ -4,7 +4,7 @@
 use super::merge::{Staged, merge_sequence};
 use super::{CudaBackend, Point};
 use crate::backend::{Gathered, Prepared, Timer};
-use crate::split::SequenceTable;
+use crate::shard::SequenceTable;
 use crate::workload::{KvDecode, Link, Tensor, TensorSet};
 use anyhow::{anyhow, bail};
 use cudarc::driver::sys::{self, CUevent_flags};

@@ -8,7 +8,7 @@ use super::merge::{Staged, merge_sequence};
 use super::{Point, read_back};
 use crate::backend::{Gathered, Prepared};
 use crate::cluster::World;
-use crate::split::{Plan, Shard};
+use crate::shard::{Plan, Shard};
 use crate::workload::{Tensor, TensorSet, Workload};
 use anyhow::{Context, anyhow};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};

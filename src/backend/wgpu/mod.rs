@@ -217,11 +217,11 @@ fn describe(index: usize, a: &wgpu::Adapter) -> DeviceInfo {
             ),
             (
                 "max_binding".into(),
-                crate::report::human_bytes(l.max_storage_buffer_binding_size),
+                crate::workload::human_bytes(l.max_storage_buffer_binding_size),
             ),
             (
                 "max_buffer".into(),
-                crate::report::human_bytes(l.max_buffer_size),
+                crate::workload::human_bytes(l.max_buffer_size),
             ),
             (
                 "max_storage_buffers_per_stage".into(),

@@ -3,8 +3,8 @@
 
 use super::build::Built;
 use super::take_error;
-use crate::backend::{Prepared, Timer};
-use crate::workload::TensorSet;
+use crate::backend::{CacheMode, Prepared, Timer};
+use crate::workload::{TensorSet, Workload};
 use anyhow::{anyhow, bail};
 use std::time::Instant;
 
@@ -66,6 +66,51 @@ impl WgpuPoint {
             bail!("wgpu: {e}");
         }
         Ok(out)
+    }
+}
+
+impl Built {
+    /// The point, its cache flush attached.
+    pub(super) fn finish(
+        self,
+        cache: CacheMode,
+        workload: &Workload,
+        cpu_adapter: bool,
+    ) -> anyhow::Result<Box<dyn Prepared>> {
+        if let Some(e) = take_error() {
+            bail!("wgpu: {e}");
+        }
+        // A software adapter shares the host's caches: a small clear keeps it honest without
+        // spending seconds per rep; on a GPU, the flush every GPU backend uses.
+        let flush_bytes = match (
+            crate::backend::gpu_flush_bytes(cache, workload),
+            cpu_adapter,
+        ) {
+            (0, _) => 0,
+            (_, true) => 32 << 20,
+            (n, false) => n.min(self.ctx.limits.max_buffer_size),
+        };
+        let flush = (flush_bytes > 0).then(|| {
+            self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("l2 flush"),
+                size: flush_bytes,
+                usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        });
+        let method = match (cache, flush_bytes) {
+            (CacheMode::Warm, _) => "warm: no flush".to_string(),
+            (CacheMode::Cold, 0) => "cold: a step moves over 4x the 512 MiB flush".to_string(),
+            (CacheMode::Cold, n) => format!(
+                "cold: {} cleared between reps",
+                crate::workload::human_bytes(n)
+            ),
+        };
+        Ok(Box::new(WgpuPoint {
+            built: self,
+            flush,
+            cache_method: method,
+        }))
     }
 }
 

@@ -174,8 +174,7 @@ pub fn wgsl_kernels(json: bool) -> ExitCode {
 }
 
 pub fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
-    use decodelab::backend::cuda::compile;
-    let report = match compile::report(arch, sass) {
+    let report = match decodelab::backend::cuda::impls::report(arch, sass) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -225,7 +224,7 @@ pub fn kernels(arch: &str, json: bool, sass: bool) -> ExitCode {
 
 /// `kernels --sass`'s table: each kernel's loads by width, local memory, tensor-core
 /// instructions and its hottest loop's warp-instructions per streamed byte.
-fn print_sass(arch: &str, report: &[decodelab::backend::cuda::compile::VariantReport]) {
+fn print_sass(arch: &str, report: &[decodelab::backend::cuda::impls::VariantReport]) {
     use decodelab::backend::cuda::sass as budget;
     println!(
         "\nSASS ({arch}): global loads by width (streamed tensors' in brackets), local memory,\n\

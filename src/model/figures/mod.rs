@@ -242,21 +242,6 @@ fn label_of(p: &PointSpec, b: &Breakdown) -> String {
         .unwrap_or_else(|| format!("{} B{} ctx{}", b.model, p.batch, p.context))
 }
 
-/// The font PNGs are drawn with (SVG names it and lets the browser draw). Debian's
-/// fonts-dejavu-core, or DECODELAB_FONT.
-pub(crate) fn register_font() -> anyhow::Result<()> {
-    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    DONE.get_or_init(|| {
-        let path = std::env::var("DECODELAB_FONT").unwrap_or_else(|_| "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into());
-        let bytes = std::fs::read(&path).map_err(|e| format!(
-            "PNG figures need a TrueType font: {path}: {e} (apt-get install fonts-dejavu-core, or set DECODELAB_FONT)"))?;
-        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| format!("{path} is not a usable font"))
-    })
-    .clone()
-    .map_err(anyhow::Error::msg)
-}
-
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -284,7 +269,7 @@ pub fn draw_all(dir: &Path, out: &Path, measured: Option<&Path>) -> anyhow::Resu
         bail!("no figure YAMLs in {}", dir.display());
     }
     std::fs::create_dir_all(out)?;
-    register_font()?;
+    crate::report::style::register_font()?;
     let mut html = String::from(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>decodelab: the talk's figures</title>\n\
          <style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%;border:1px solid #ccc}\
