@@ -6,6 +6,7 @@ mod expand;
 pub mod filter;
 mod host;
 mod jobs;
+mod place;
 pub mod preflight;
 mod progress;
 pub mod ranked;

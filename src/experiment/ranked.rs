@@ -3,13 +3,12 @@
 //! hold), runs its own share, collects every other rank's result lines and writes them.
 //! The other ranks (`follow`) run what they are told and send back what they measured.
 
+use super::Experiment;
 use super::host::HostData;
+use super::place::{Place, run_job};
 use super::preflight::Selected;
-use super::schedule::{Job, host_env, jobs_for};
-use super::{Experiment, Point};
+use super::schedule::{host_env, jobs_for};
 use crate::cluster::World;
-use crate::report::ResultLine;
-use crate::workload::{TensorSet, Workload};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
@@ -98,99 +97,6 @@ pub fn agree_setup(
     }))
 }
 
-/// Marks a line as rank `rank`'s: its device in the run is the rank.
-fn as_rank(mut line: ResultLine, w: &World, rank: usize, local_device: usize) -> ResultLine {
-    line.env["device_index"] = rank.into();
-    line.env["rank"] = rank.into();
-    line.env["host"] = w.ranks[rank].host.clone().into();
-    line.env["local_device"] = local_device.into();
-    line.env["world"] = w.describe();
-    line
-}
-
-/// On rank 0: the line of a one-device job on rank `d` (run here for rank 0, received from
-/// rank `d` otherwise; a rank's error comes back as this job's error).
-pub(super) fn single_on_root(
-    exp: &Experiment,
-    p: &Point,
-    data: &mut HostData,
-    s: &Selected,
-    d: usize,
-    imp: &'static str,
-    env_base: &serde_json::Value,
-) -> anyhow::Result<(ResultLine, Option<TensorSet>)> {
-    let w = crate::cluster::world().context("not a ranked run")?;
-    if d == w.rank {
-        let local = s.devices[0];
-        let (line, out) = super::jobs::run_single(exp, p, data, s, local, imp, env_base)?;
-        return Ok((as_rank(line, w, d, local), Some(out)));
-    }
-    let got: Result<ResultLine, String> = w.recv(d)?;
-    got.map(|l| (l, None))
-        .map_err(|e| anyhow::anyhow!("rank {d} ({}): {e}", w.ranks[d].host))
-}
-
-/// On rank 0: the line of the link from rank `src` to rank `dst` (run here when rank 0 is
-/// one end, the line received from `src` otherwise).
-pub(super) fn link_on_root(
-    exp: &Experiment,
-    p: &Point,
-    inputs: &TensorSet,
-    s: &Selected,
-    src: usize,
-    dst: usize,
-    env_base: &serde_json::Value,
-) -> anyhow::Result<ResultLine> {
-    let w = crate::cluster::world().context("not a ranked run")?;
-    if w.rank == src {
-        return super::jobs::run_link_point(exp, p, inputs, s, src, dst, env_base);
-    }
-    if w.rank == dst {
-        link_end(exp, p, inputs, (src, dst), w)?;
-    }
-    let got: Result<ResultLine, String> = w.recv(src)?;
-    got.map_err(|e| anyhow::anyhow!("rank {src} ({}): {e}", w.ranks[src].host))
-}
-
-/// The receiving end of a link between ranks.
-fn link_end(
-    exp: &Experiment,
-    p: &Point,
-    inputs: &TensorSet,
-    ends: (usize, usize),
-    w: &World,
-) -> anyhow::Result<()> {
-    let Workload::Link(link) = &p.workload else {
-        anyhow::bail!("not a link point");
-    };
-    crate::split::link::run_link_ranked(w, ends, link, inputs, (exp.warmup, exp.reps))?;
-    Ok(())
-}
-
-/// A link on a rank other than 0: run its end; the source sends rank 0 the line.
-fn follow_link(
-    exp: &Experiment,
-    p: &Point,
-    inputs: &TensorSet,
-    s: &Selected,
-    (src, dst): (usize, usize),
-    w: &World,
-) -> anyhow::Result<()> {
-    if w.rank == src {
-        let env_base = host_env();
-        let line = super::jobs::run_link_point(exp, p, inputs, s, src, dst, &env_base);
-        if let Err(e) = &line
-            && crate::cluster::is_lost(e)
-        {
-            anyhow::bail!("{e:#}");
-        }
-        w.send(0, &line.map_err(|e| format!("{e:#}")))?;
-    } else if w.rank == dst {
-        link_end(exp, p, inputs, (src, dst), w)?;
-    }
-    Ok(())
-}
-
 /// On every rank but 0: follow rank 0's orders until it says the run is over.
 pub fn follow(exp: &Experiment, selected: &[Selected], w: &World) -> anyhow::Result<()> {
     let env_base = host_env();
@@ -211,27 +117,7 @@ pub fn follow(exp: &Experiment, selected: &[Selected], w: &World) -> anyhow::Res
             .iter()
             .filter(|j| todo.contains(&(j.backend().to_string(), j.label())));
         for job in wanted {
-            match job {
-                Job::Single { s, d, imp } if *d == w.rank => {
-                    let local = s.devices[0];
-                    let line = imp
-                        .clone()
-                        .map_err(anyhow::Error::msg)
-                        .and_then(|imp| {
-                            super::jobs::run_single(exp, p, data, s, local, imp, &env_base)
-                        })
-                        .map(|(l, _)| as_rank(l, w, *d, local))
-                        .map_err(|e| format!("{e:#}"));
-                    w.send(0, &line)?;
-                }
-                Job::Split { s, imp: Ok(imp) } => {
-                    super::jobs::follow_split_point(exp, p, data, s, imp, w)?;
-                }
-                Job::Link { s, src, dst } => {
-                    follow_link(exp, p, &data.inputs, s, (*src, *dst), w)?;
-                }
-                _ => {}
-            }
+            run_job(Place::Follower(w), (exp, p, data), job, &env_base)?;
         }
     }
 }

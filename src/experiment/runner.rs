@@ -4,6 +4,7 @@
 
 use super::host::HostData;
 use super::jobs;
+use super::place::{Place, run_job};
 use super::preflight::Selected;
 use super::progress::{Progress, announce, point_line};
 use super::schedule::{Job, host_env, jobs_for, why_no_job};
@@ -12,7 +13,6 @@ use crate::backend::Backend;
 use crate::registry::Kernel;
 use crate::report::{self, FolderLock, ResultLine, ResultsFile, Roofline};
 use crate::split::SplitKind;
-use crate::workload::TensorSet;
 use anyhow::Context;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -342,7 +342,13 @@ impl Running<'_> {
                 break;
             }
             let where_ = job.place(p);
-            let (mut line, outputs) = match run_job(self.exp, p, data, &job, &self.env_base) {
+            let place = match crate::cluster::world() {
+                Some(w) => Place::Root(w),
+                None => Place::Local,
+            };
+            let ran = run_job(place, (self.exp, p, data), &job, &self.env_base)
+                .and_then(|r| r.context("rank 0 gets every line"));
+            let (mut line, outputs) = match ran {
                 Ok(v) => v,
                 Err(e) if crate::cluster::is_lost(&e) => {
                     self.errors += 1;
@@ -466,34 +472,4 @@ fn write_tables(exp: &Experiment, out_dir: &Path, lines: &[ResultLine]) -> anyho
             &out_dir.join("results.jsonl"),
         ),
     )
-}
-
-/// One job's line and outputs (none for a link).
-fn run_job(
-    exp: &Experiment,
-    p: &Point,
-    data: &mut HostData,
-    job: &Job,
-    env_base: &serde_json::Value,
-) -> anyhow::Result<(ResultLine, Option<TensorSet>)> {
-    match job {
-        Job::Single { s, d, imp } => {
-            let imp = imp.clone().map_err(anyhow::Error::msg)?;
-            if crate::cluster::world().is_some() {
-                return super::ranked::single_on_root(exp, p, data, s, *d, imp, env_base);
-            }
-            jobs::run_single(exp, p, data, s, *d, imp, env_base).map(|(l, o)| (l, Some(o)))
-        }
-        Job::Split { s, imp } => {
-            let imp = imp.clone().map_err(anyhow::Error::msg)?;
-            jobs::run_split_point(exp, p, data, s, imp, env_base).map(|(l, o)| (l, Some(o)))
-        }
-        Job::Link { s, src, dst } if crate::cluster::world().is_some() => {
-            super::ranked::link_on_root(exp, p, &data.inputs, s, *src, *dst, env_base)
-                .map(|l| (l, None))
-        }
-        Job::Link { s, src, dst } => {
-            jobs::run_link_point(exp, p, &data.inputs, s, *src, *dst, env_base).map(|l| (l, None))
-        }
-    }
 }
