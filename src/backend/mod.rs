@@ -61,8 +61,8 @@ pub const IMPLS: &[Impl] = &[
     cpu_vector(Kernel::ExpertGemv, "portable", CPU_EXPERT),
     simple("cpu", Kernel::Link, "a copy within host memory"),
     simple("wgpu", Kernel::Stream, "vec4 words, grid-stride"),
-    // After simple: simple's read is within 2 % of CUDA's on an H200, and the ceiling every
-    // point is held against should not move to a variant no GPU has run yet.
+    // After simple: the ceiling every point is held against should not move to a variant no
+    // GPU has run yet (bench/2026-11-28-h200 has simple's read beside CUDA's).
     Impl {
         backend: "wgpu",
         kernel: Kernel::Stream,
@@ -125,10 +125,9 @@ pub const IMPLS: &[Impl] = &[
                 over the latent's dims by warp, V by ldmatrix.trans",
     },
     // After mma until a GPU has measured both: the candidate for MLA's one read of the
-    // latent per block. Not held to the SASS budget yet: with its loops unrolled (so the
-    // report counts what runs) its tile loop spends 0.25 (bf16) to 0.39 (fp8)
-    // warp-instructions per byte a block loads, about what mma spends per HBM byte; what it
-    // saves is L2 traffic (the latent read once, not 4-16 times).
+    // latent per block. Not held to the SASS budget yet (its tile loop's instructions per
+    // byte: `decodelab kernels --sass`, and DEVELOPERS.md's GPU section); what it saves is
+    // L2 traffic (the latent read once, not 4-16 times).
     Impl {
         backend: "cuda",
         kernel: Kernel::KvDecode,

@@ -302,8 +302,7 @@ const HUGE_PAGE_MIN: usize = 32 << 20;
 
 /// `n` zero bytes, untouched until written. On Linux a large buffer is advised onto
 /// transparent huge pages before its first touch: first-touch page faults were most of the
-/// system time of a big point (4 GiB: 4.4 s in 4 KiB faults, 2.0 s in 2 MiB ones, on the
-/// CI machine).
+/// system time of a big point (DEVELOPERS.md, "Host work per point").
 pub fn zeroed(n: usize) -> Vec<u8> {
     let v = vec![0u8; n];
     #[cfg(target_os = "linux")]
