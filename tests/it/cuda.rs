@@ -303,3 +303,48 @@ fn the_tensor_core_fragment_model_multiplies_on_a_gpu() {
     let w = common::gqa(2, 16, 2, 128, 128, vec![37, 300], 16, DType::Bf16);
     assert_eq!(decodelab::backend::best_impl(b.as_ref(), &w), Ok("mma"));
 }
+
+/// Every kernel of every cuda implementation's representative variants takes the parameters
+/// its launch (backend/cuda/build.rs) names, in that order: what `args::in_order` checks
+/// before any launch on a GPU, held here without one.
+#[test]
+fn every_launch_names_its_kernels_parameters() {
+    use decodelab::backend::cuda::args::params_of;
+    let launches: &[(&str, &[&str])] = &[
+        ("stream_read", &["src", "n_vec", "sum"]),
+        ("stream_copy", &["src", "dst", "n_vec"]),
+        ("stream_write", &["dst", "n_vec", "seed"]),
+        (
+            "attend",
+            &[
+                "q",
+                "k",
+                "v",
+                "page_table",
+                "context_lens",
+                "partial_acc",
+                "partial_ml",
+            ],
+        ),
+        ("merge", &["partial_acc", "partial_ml", "out", "lse"]),
+        (
+            "gemv",
+            &["x", "w", "w_scale", "groups", "entry_weight", "slot_out"],
+        ),
+        ("combine", &["slot_out", "y"]),
+    ];
+    let mut checked = 0;
+    for (label, w) in decodelab::backend::plan::representative() {
+        for imp in CudaImpl::ALL.into_iter().filter(|i| i.covers(&w).is_ok()) {
+            let source = LaunchPlan::of(imp, &w, 132).source;
+            for (kernel, names) in launches {
+                if let Some(params) = params_of(&source, kernel) {
+                    assert_eq!(params, *names, "{label} {}: {kernel}", imp.name());
+                    checked += 1;
+                }
+            }
+        }
+    }
+    // stream: 3 kernels; kv_decode: attend and merge; expert_gemv: gemv and combine.
+    assert!(checked >= 20, "only {checked} kernels found");
+}

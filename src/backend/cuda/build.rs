@@ -9,12 +9,14 @@ use anyhow::{anyhow, bail};
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig};
 use std::sync::Arc;
 
-pub(super) struct Build {
+pub(super) struct Build<'s> {
     pub(super) module: Arc<CudaModule>,
+    /// The source the module was compiled from: launches name their arguments against it.
+    pub(super) source: &'s str,
     pub(super) p: Point,
 }
 
-impl Build {
+impl Build<'_> {
     fn func(&self, name: &str) -> anyhow::Result<CudaFunction> {
         self.module
             .load_function(name)
@@ -66,7 +68,7 @@ impl Build {
         name: &str,
         grid: (u32, u32, u32),
         block: usize,
-        args: Vec<Arg>,
+        args: Vec<(&'static str, Arg)>,
     ) -> anyhow::Result<()> {
         self.launch_with_shared(name, grid, (block, 0), args)
     }
@@ -78,8 +80,9 @@ impl Build {
         name: &str,
         grid: (u32, u32, u32),
         (block, shared): (usize, usize),
-        args: Vec<Arg>,
+        args: Vec<(&'static str, Arg)>,
     ) -> anyhow::Result<()> {
+        let args = super::args::in_order(name, args, self.source)?;
         let func = self.func(name)?;
         if shared > 48 << 10 {
             use cudarc::driver::sys::CUfunction_attribute as A;
@@ -118,18 +121,30 @@ impl Build {
                 let src = self.input(inputs, "src")?;
                 let sum = self.output(&dst)?;
                 self.p.clear_each_rep = Some(sum);
-                let args = vec![Arg::Buf(src), Arg::U64(n_vec), Arg::Buf(sum)];
+                let args = vec![
+                    ("src", Arg::Buf(src)),
+                    ("n_vec", Arg::U64(n_vec)),
+                    ("sum", Arg::Buf(sum)),
+                ];
                 self.launch("stream_read", grid, compile::STREAM_WG, args)
             }
             StreamOp::Copy => {
                 let dst = self.output(&dst)?;
                 let src = self.input(inputs, "src")?;
-                let args = vec![Arg::Buf(src), Arg::Buf(dst), Arg::U64(n_vec)];
+                let args = vec![
+                    ("src", Arg::Buf(src)),
+                    ("dst", Arg::Buf(dst)),
+                    ("n_vec", Arg::U64(n_vec)),
+                ];
                 self.launch("stream_copy", grid, compile::STREAM_WG, args)
             }
             StreamOp::Write => {
                 let dst = self.output(&dst)?;
-                let args = vec![Arg::Buf(dst), Arg::U64(n_vec), Arg::U32(w.pattern_seed())];
+                let args = vec![
+                    ("dst", Arg::Buf(dst)),
+                    ("n_vec", Arg::U64(n_vec)),
+                    ("seed", Arg::U32(w.pattern_seed())),
+                ];
                 self.launch("stream_write", grid, compile::STREAM_WG, args)
             }
         }
@@ -165,10 +180,23 @@ impl Build {
         let out = self.output(&specs[0])?;
         let lse = self.output(&specs[1])?;
         let grid = (l.splits as u32, (w.q_heads / l.hb) as u32, w.batch as u32);
-        let args = Vec::from([q, k, v, table, lens, acc, ml].map(Arg::Buf));
+        let args = named_bufs([
+            ("q", q),
+            ("k", k),
+            ("v", v),
+            ("page_table", table),
+            ("context_lens", lens),
+            ("partial_acc", acc),
+            ("partial_ml", ml),
+        ]);
         self.launch_with_shared("attend", grid, (block, shared), args)?;
         let grid = ((w.batch * w.q_heads) as u32, 1, 1);
-        let args = Vec::from([acc, ml, out, lse].map(Arg::Buf));
+        let args = named_bufs([
+            ("partial_acc", acc),
+            ("partial_ml", ml),
+            ("out", out),
+            ("lse", lse),
+        ]);
         self.launch("merge", grid, compile::MERGE_WG, args)?;
         self.p.merge_shards = Some(self.func("merge_shards")?);
         Ok(())
@@ -194,14 +222,26 @@ impl Build {
         let slot_out = self.zeros(w.batch * w.top_k * w.d_out * 4)?;
         let y = self.output(&w.outputs()[0])?;
         let grid = (w.d_out.div_ceil(plan.rows) as u32, touched as u32, 1);
-        let args = Vec::from([x, wt, scale, g, ew, slot_out].map(Arg::Buf));
+        let args = named_bufs([
+            ("x", x),
+            ("w", wt),
+            ("w_scale", scale),
+            ("groups", g),
+            ("entry_weight", ew),
+            ("slot_out", slot_out),
+        ]);
         self.launch("gemv", grid, compile::EXPERT_WG, args)?;
         let grid = (
             (w.batch * w.d_out).div_ceil(compile::COMBINE_WG) as u32,
             1,
             1,
         );
-        let args = Vec::from([slot_out, y].map(Arg::Buf));
+        let args = named_bufs([("slot_out", slot_out), ("y", y)]);
         self.launch("combine", grid, compile::COMBINE_WG, args)
     }
+}
+
+/// Buffers as named arguments.
+fn named_bufs<const N: usize>(bufs: [(&'static str, usize); N]) -> Vec<(&'static str, Arg)> {
+    bufs.into_iter().map(|(n, b)| (n, Arg::Buf(b))).collect()
 }

@@ -4,6 +4,7 @@
 //! No driver, no NVRTC or no device is "unavailable (why)", never a panic: the libraries are
 //! probed before anything in them is touched.
 
+pub mod args;
 mod build;
 pub mod compile;
 pub mod fragments;
@@ -287,7 +288,11 @@ impl Backend for CudaBackend {
             compile_s,
             merge_shards: None,
         };
-        let mut b = build::Build { module, p };
+        let mut b = build::Build {
+            module,
+            source: &plan.source,
+            p,
+        };
         match workload {
             Workload::Stream(w) => b.stream(w, inputs, sms)?,
             Workload::KvDecode(w) => b.kv_decode(w, inputs, &plan.shape)?,
@@ -308,6 +313,7 @@ impl Backend for CudaBackend {
     }
 }
 
+#[derive(Debug)]
 enum Arg {
     Buf(usize),
     U64(u64),
