@@ -68,15 +68,9 @@ pub struct Series {
     pub line: bool,
 }
 
+/// The house colours (report/style.rs), six of them: the figures' series cycle sooner.
 pub fn colour(i: usize) -> RGBColor {
-    [
-        RGBColor(0x1f, 0x77, 0xb4),
-        RGBColor(0xff, 0x7f, 0x0e),
-        RGBColor(0x2c, 0xa0, 0x2c),
-        RGBColor(0xd6, 0x27, 0x28),
-        RGBColor(0x94, 0x67, 0xbd),
-        RGBColor(0x8c, 0x56, 0x4b),
-    ][i % 6]
+    crate::report::style::colour(i % 6)
 }
 
 /// Labels of a log axis: 1, 2 and 5 times a power of ten, the others left blank.
