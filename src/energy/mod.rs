@@ -21,27 +21,7 @@ pub enum EnergyMode {
     Off,
 }
 
-/// What a meter reports for one point.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Figures {
-    pub joules_per_step: f64,
-    pub pj_per_byte: f64,
-    /// Measured only: energy above the idle power over the same time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pj_per_byte_above_idle: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_w: Option<f64>,
-    /// Measured only: the lowest and highest pJ/byte over the windows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spread_pj_per_byte: Option<[f64; 2]>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub windows: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window_s: Option<f64>,
-    /// Modelled only: which profile's constants.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub profile: Option<String>,
-}
+pub use crate::report::Figures;
 
 /// Something that turns a point into joules: NVML around real runs, or the energy model.
 pub trait Meter {

@@ -78,6 +78,28 @@ impl TimeStats {
     }
 }
 
+/// What a meter reports for one point (`energy` fills it).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Figures {
+    pub joules_per_step: f64,
+    pub pj_per_byte: f64,
+    /// Measured only: energy above the idle power over the same time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pj_per_byte_above_idle: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_w: Option<f64>,
+    /// Measured only: the lowest and highest pJ/byte over the windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_pj_per_byte: Option<[f64; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_s: Option<f64>,
+    /// Modelled only: which profile's constants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
 /// The energy of one step: the primary figure (measured where it exists, else modelled),
 /// and both sides in full.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -87,9 +109,9 @@ pub struct Energy {
     pub joules: Option<f64>,
     pub pj_per_byte: Option<f64>,
     #[serde(default)]
-    pub measured: Option<crate::energy::Figures>,
+    pub measured: Option<Figures>,
     #[serde(default)]
-    pub modelled: Option<crate::energy::Figures>,
+    pub modelled: Option<Figures>,
     /// Why a side is missing (no NVML, no profile), when one is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
