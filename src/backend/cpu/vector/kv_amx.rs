@@ -1,6 +1,6 @@
-//! kv_decode on AMX tiles, for bf16 caches: the cache's own bf16 values are the tile
-//! operands, so GQA's 8 and MLA's 16-128 heads a row serves cost the tile unit, not the
-//! FMA ports. Per task (one chunk of one sequence), per KV head, per 64-token tile:
+//! kv_decode on AMX tiles, for bf16 caches (and fp8, converted to bf16 exactly as the
+//! operands are built): the cache's values are the tile operands, so GQA's 8 and MLA's
+//! 16-128 heads a row serves cost the tile unit, not the FMA ports. Per task (one chunk of one sequence), per KV head, per 64-token tile:
 //! - K^T in VNNI pairs (16 x 16 transposes of 32-bit (d, d+1) pairs), built once a tile
 //!   and shared by every head;
 //! - S[heads x tokens] = Q . K^T: A is q, one tile per 32 dims, `hi` and `lo` bf16 halves
@@ -25,9 +25,9 @@ const TILE: usize = 64;
 
 /// Whether the AMX kernel runs this point, or why not.
 pub fn covers(w: &KvDecode) -> Result<(), String> {
-    if w.kv_dtype != DType::Bf16 {
+    if !matches!(w.kv_dtype, DType::Bf16 | DType::Fp8E4m3) {
         return Err(format!(
-            "amx reads bf16 caches as tile operands, not {}",
+            "amx reads bf16 caches (and fp8, exactly converted to bf16), not {}",
             w.kv_dtype
         ));
     }
@@ -142,6 +142,7 @@ pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
     let (w, sh, gs) = (cx.w, cx.sh, cx.sh.gs);
     let hp = sh.hb * 16;
     let fold = w.scale * w.scales()[0];
+    let (fp8, esize) = (w.kv_dtype == DType::Fp8E4m3, w.kv_dtype.size());
     // C (0-3) and A (4) tiles hold heads: min(16, gs) rows; B (5, 6) 16 rows.
     // SAFETY: the caller's contract (permission).
     let _tiles = unsafe { Tiles::configure(gs.min(16), &[0, 1, 2, 3, 4]) };
@@ -169,17 +170,22 @@ pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
         // heads are contiguous), then each head's tile products from L2.
         let (kt16, vv16) = (as_u16(&mut kt), as_u16(&mut vv));
         for g in 0..hkv {
-            let k_rows = rows(cx.k, &slots, g, sh.dk);
+            let k_rows = rows(cx.k, &slots, g, sh.dk * esize);
             // MLA: V is the latent's first dv values of each row.
             let v_rows = match cx.v {
-                Some(v) => rows(v, &slots, g, sh.dv),
+                Some(v) => rows(v, &slots, g, sh.dv * esize),
                 None => k_rows,
             };
             // SAFETY: every row pointer holds dk (dv) bf16 values (`rows` asserts it); the
             // buffers hold hkv of each.
             unsafe {
-                k_transposed(&k_rows, sh.ks, &mut kt16[g * kt_len..]);
-                v_pairs(&v_rows, sh.dv, &mut vv16[g * vv_len..]);
+                if fp8 {
+                    k_transposed::<true>(&k_rows, sh.ks, &mut kt16[g * kt_len..]);
+                    v_pairs::<true>(&v_rows, sh.dv, &mut vv16[g * vv_len..]);
+                } else {
+                    k_transposed::<false>(&k_rows, sh.ks, &mut kt16[g * kt_len..]);
+                    v_pairs::<false>(&v_rows, sh.dv, &mut vv16[g * vv_len..]);
+                }
             }
         }
         for (g, h) in heads.iter_mut().enumerate() {
@@ -223,25 +229,43 @@ fn q_tiles(sh: Shape, math: Math, heads: &[f32], out: &mut [u16]) {
     }
 }
 
-/// The tile's row pointers for KV head g in a bf16 cache tensor of `dim`-value rows.
-fn rows(bytes: &[u8], slots: &[usize; TILE], g: usize, dim: usize) -> [*const u8; TILE] {
+/// The tile's row pointers for KV head g in a cache tensor of `row`-byte rows.
+fn rows(bytes: &[u8], slots: &[usize; TILE], g: usize, row: usize) -> [*const u8; TILE] {
     let last = slots.iter().max().unwrap_or(&0) + g;
-    assert!((last + 1) * dim * 2 <= bytes.len(), "row out of its tensor");
+    assert!((last + 1) * row <= bytes.len(), "row out of its tensor");
     // SAFETY: every row lies inside `bytes` (asserted for the furthest).
-    std::array::from_fn(|t| unsafe { bytes.as_ptr().add((slots[t] + g) * dim * 2) })
+    std::array::from_fn(|t| unsafe { bytes.as_ptr().add((slots[t] + g) * row) })
+}
+
+/// 32 cache values at `p` as 32 bf16: bf16 as stored; fp8 e4m3 decoded and converted, which
+/// is exact (3 mantissa bits and exponents 2^-9..2^8 fit bf16).
+#[inline(always)]
+unsafe fn load32<const FP8: bool>(p: *const u8) -> __m512i {
+    // SAFETY: the caller's row holds 32 values at p; AVX-512 F/BW/BF16 (the caller's).
+    unsafe {
+        if FP8 {
+            let lo = _mm512_cvtneps_pbh(Avx512::decode(DType::Fp8E4m3, p));
+            let hi = _mm512_cvtneps_pbh(Avx512::decode(DType::Fp8E4m3, p.add(16)));
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(transmute_bh(lo)), transmute_bh(hi))
+        } else {
+            _mm512_loadu_si512(p as *const __m512i)
+        }
+    }
 }
 
 /// kt[token block][k step] = 16 rows (dim pairs) x 16 tokens x 2: the B operand of
 /// S = Q . K^T, by 16 x 16 transposes of the rows' 32-bit pairs.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn k_transposed(k: &[*const u8; TILE], ks: usize, kt: &mut [u16]) {
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma,f16c")]
+unsafe fn k_transposed<const FP8: bool>(k: &[*const u8; TILE], ks: usize, kt: &mut [u16]) {
+    let step = if FP8 { 32 } else { 64 };
     for tb in 0..TILE / 16 {
         for s in 0..ks {
             // SAFETY: each row holds ks x 32 bf16 values; kt holds 4 x ks tiles of 512.
             unsafe {
-                let r: [__m512i; 16] = std::array::from_fn(|i| {
-                    _mm512_loadu_si512(k[tb * 16 + i].add(s * 64) as *const __m512i)
-                });
+                let mut r = [_mm512_setzero_si512(); 16];
+                for (i, r) in r.iter_mut().enumerate() {
+                    *r = load32::<FP8>(k[tb * 16 + i].add(s * step));
+                }
                 let out = transpose16(r);
                 let dst = kt.as_mut_ptr().add((tb * ks + s) * 512);
                 for (j, o) in out.iter().enumerate() {
@@ -398,8 +422,9 @@ fn transmute_bh(x: __m256bh) -> __m256i {
 }
 
 /// vv[16-dim block][token pair][16 dims][2]: V as the B operand of P . V.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn v_pairs(v: &[*const u8; TILE], dv: usize, vv: &mut [u16]) {
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma,f16c")]
+unsafe fn v_pairs<const FP8: bool>(v: &[*const u8; TILE], dv: usize, vv: &mut [u16]) {
+    let step = if FP8 { 32 } else { 64 };
     // Lane 2i takes a's element i (of 32), lane 2i + 1 b's: the first 16 dims, then the next.
     let lo: [i16; 32] = std::array::from_fn(|i| ((i / 2) + 32 * (i % 2)) as i16);
     let hi: [i16; 32] = std::array::from_fn(|i| (16 + (i / 2) + 32 * (i % 2)) as i16);
@@ -411,8 +436,8 @@ unsafe fn v_pairs(v: &[*const u8; TILE], dv: usize, vv: &mut [u16]) {
         );
         for r in 0..TILE / 2 {
             for c in 0..dv / 32 {
-                let a = _mm512_loadu_si512(v[2 * r].add(c * 64) as *const __m512i);
-                let b = _mm512_loadu_si512(v[2 * r + 1].add(c * 64) as *const __m512i);
+                let a = load32::<FP8>(v[2 * r].add(c * step));
+                let b = load32::<FP8>(v[2 * r + 1].add(c * step));
                 let dst = vv.as_mut_ptr();
                 let o0 = _mm512_permutex2var_epi16(a, lo, b);
                 let o1 = _mm512_permutex2var_epi16(a, hi, b);
