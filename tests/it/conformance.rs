@@ -155,11 +155,9 @@ mod cases {
             &gqa(2, 40, 2, 64, 64, vec![100, 3], 7, DType::Bf16),
             no_edit,
         );
-        run_point(
-            b,
-            &mla(2, 20, 64, 32, vec![70, 1], 16, DType::Bf16),
-            no_edit,
-        );
+        for dt in [DType::Bf16, DType::Fp8E4m3] {
+            run_point(b, &mla(2, 20, 64, 32, vec![70, 1], 16, dt), no_edit);
+        }
     }
 
     pub fn kv_mla(b: &dyn Backend) {
