@@ -133,15 +133,17 @@ fn quickstart_runs_and_every_check_passes() {
     }
     assert!(!csv_text.contains("e-"), "no exponents: {csv_text}");
     // Every line names its implementation and where its host seconds went.
-    // The fastest path this CPU has: AMX for bf16 caches, AVX-512 or AVX2 for the rest
-    // (stream: simple without either).
+    // The fastest path this CPU has: AMX for bf16 and fp8 caches, AVX-512 or AVX2 for the
+    // rest (stream: simple without either).
     use decodelab::backend::cpu::vector::Isa;
     let best = |of: &[Isa]| of.iter().copied().find(|i| i.allowed().is_ok());
     let vector = best(&[Isa::Avx512, Isa::Avx2, Isa::Portable]).unwrap();
     for l in &lines {
         let want = match l.kernel.as_str() {
             "stream" => best(&[Isa::Avx512, Isa::Avx2]).map_or("simple", Isa::name),
-            "kv_decode" if l.params["kv_dtype"] == "bf16" => {
+            "kv_decode"
+                if ["bf16", "fp8_e4m3"].contains(&l.params["kv_dtype"].as_str().unwrap()) =>
+            {
                 best(&[Isa::Amx]).unwrap_or(vector).name()
             }
             _ => vector.name(),
