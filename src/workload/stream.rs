@@ -32,6 +32,13 @@ pub fn write_pattern(i: u32, seed: u32) -> u32 {
     i.wrapping_mul(0x9E37_79B1) ^ seed
 }
 
+/// Word i of `dst` (word `first + i` of the tensor, little-endian) = write_pattern(first + i).
+pub fn fill_pattern(dst: &mut [u8], first: u32, seed: u32) {
+    for (i, x) in dst.chunks_exact_mut(4).enumerate() {
+        x.copy_from_slice(&write_pattern(first.wrapping_add(i as u32), seed).to_le_bytes());
+    }
+}
+
 impl Stream {
     pub fn words(&self) -> usize {
         (self.bytes / 4) as usize

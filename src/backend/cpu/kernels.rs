@@ -1,7 +1,7 @@
 //! The CPU backend's kernels: the reference implementations, in f32 like the GPU ones,
 //! multi-threaded with rayon over the same units of work a GPU kernel would split.
 
-use crate::workload::stream::write_pattern;
+use crate::workload::stream::fill_pattern;
 use crate::workload::{ExpertGemv, KvDecode, Link, Stream, StreamOp, TensorSet};
 use rayon::prelude::*;
 
@@ -57,14 +57,7 @@ pub(super) fn stream(w: &Stream, inputs: &TensorSet, outputs: &mut TensorSet) {
             out_mut(outputs, "dst")
                 .par_chunks_mut(CHUNK * 4)
                 .enumerate()
-                .for_each(|(c, chunk)| {
-                    let base = (c * CHUNK) as u32;
-                    for (i, x) in chunk.chunks_exact_mut(4).enumerate() {
-                        x.copy_from_slice(
-                            &write_pattern(base.wrapping_add(i as u32), seed).to_le_bytes(),
-                        );
-                    }
-                });
+                .for_each(|(c, chunk)| fill_pattern(chunk, (c * CHUNK) as u32, seed));
         }
     }
 }

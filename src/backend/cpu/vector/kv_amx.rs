@@ -92,10 +92,9 @@ impl<'a> AmxCtx<'a> {
     }
 }
 
-/// bf16 by round-to-nearest-even (finite inputs).
+/// bf16 by round-to-nearest-even.
 fn bf16_bits(x: f32) -> u16 {
-    let b = x.to_bits();
-    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+    half::bf16::from_f32(x).to_bits()
 }
 
 /// A zeroed buffer of u16 starting on a cache line (tile rows are 64 bytes).

@@ -89,27 +89,21 @@ per_isa!(peak_chains, peak::chains, (n: usize, a: f32, b: f32) -> f64);
 /// its closed form says (a broken path, not a slow one).
 pub fn peak_gflops(isa: Isa) -> Result<f64, String> {
     const STEPS: usize = 1 << 20;
-    let threads = rayon::current_num_threads();
     let lanes = lanes(isa);
     let (a, b) = (std::hint::black_box(1.0f32), std::hint::black_box(1.0f32));
-    let mut best = 0f64;
-    for _ in 0..5 {
-        let t0 = std::time::Instant::now();
-        let sums: Vec<f64> = (0..threads)
-            .into_par_iter()
-            .map(|_| peak_chains(isa, STEPS, a, b))
-            .collect();
-        let s = t0.elapsed().as_secs_f64();
-        let want = peak::expected(STEPS, lanes);
-        if let Some(got) = sums.iter().find(|&&g| g != want) {
-            return Err(format!(
-                "{} FMA chains summed to {got}, not {want}",
-                isa.name()
-            ));
-        }
-        best = best.max(peak::flops(STEPS, lanes) * threads as f64 / s / 1e9);
-    }
-    Ok(best)
+    let chains = || peak_chains(isa, STEPS, a, b);
+    best_rate(
+        chains,
+        peak::expected(STEPS, lanes),
+        peak::flops(STEPS, lanes),
+    )
+    .map_err(|got| {
+        format!(
+            "{} FMA chains summed to {got}, not {}",
+            isa.name(),
+            peak::expected(STEPS, lanes)
+        )
+    })
 }
 
 /// The measured AMX ceiling, every rayon thread at once: `tdpbf16ps` chains on tiles of
@@ -120,29 +114,31 @@ pub fn amx_peak_gflops() -> Result<f64, String> {
     {
         const STEPS: usize = 1 << 16;
         Isa::Amx.on_this_cpu()?;
-        let threads = rayon::current_num_threads();
-        let mut best = 0f64;
-        for _ in 0..5 {
-            let t0 = std::time::Instant::now();
-            // SAFETY: permitted (on_this_cpu asked the OS).
-            let sums: Vec<f64> = (0..threads)
-                .into_par_iter()
-                .map(|_| unsafe { amx::chains(STEPS) })
-                .collect();
-            let s = t0.elapsed().as_secs_f64();
-            if let Some(got) = sums.iter().find(|&&g| g != amx::expected(STEPS)) {
-                return Err(format!(
-                    "AMX chains summed to {got}, not {}",
-                    amx::expected(STEPS)
-                ));
-            }
-            let flops = 2.0 * (4 * amx::TILE_MACS * STEPS) as f64;
-            best = best.max(flops * threads as f64 / s / 1e9);
-        }
-        Ok(best)
+        // SAFETY: permitted (on_this_cpu asked the OS).
+        let chains = || unsafe { amx::chains(STEPS) };
+        let flops = 2.0 * (4 * amx::TILE_MACS * STEPS) as f64;
+        best_rate(chains, amx::expected(STEPS), flops)
+            .map_err(|got| format!("AMX chains summed to {got}, not {}", amx::expected(STEPS)))
     }
     #[cfg(not(target_arch = "x86_64"))]
     Err("AMX runs on x86-64 only".into())
+}
+
+/// `chains` on every rayon thread at once, 5 rounds: the best rate in GFLOP/s (`flops` per
+/// thread per round), or the first sum that is not `want`.
+fn best_rate(chains: impl Fn() -> f64 + Sync, want: f64, flops: f64) -> Result<f64, f64> {
+    let threads = rayon::current_num_threads();
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        let sums: Vec<f64> = (0..threads).into_par_iter().map(|_| chains()).collect();
+        let s = t0.elapsed().as_secs_f64();
+        if let Some(&got) = sums.iter().find(|&&g| g != want) {
+            return Err(got);
+        }
+        best = best.max(flops * threads as f64 / s / 1e9);
+    }
+    Ok(best)
 }
 
 fn lanes(isa: Isa) -> usize {
@@ -160,7 +156,10 @@ pub(super) fn kv_decode(isa: Isa, w: &KvDecode, inputs: &TensorSet, outputs: &mu
     let v = inputs.get("v_pages").map(|t| &t.bytes[..]);
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Amx {
-        assert!(covers(isa, &crate::workload::Workload::KvDecode(w.clone())).is_ok());
+        assert!(
+            kv_amx::covers(w).is_ok(),
+            "amx on a point it does not cover"
+        );
         let cx = kv_amx::AmxCtx::new(w, &q, (k, v), &table);
         let partials: Vec<Vec<Partial>> = kv::tasks(w, cx.chunk)
             .into_par_iter()

@@ -4,7 +4,7 @@
 
 use super::Isa;
 use crate::backend::cpu::kernels::out_mut;
-use crate::workload::stream::write_pattern;
+use crate::workload::stream::fill_pattern;
 use crate::workload::{Stream, StreamOp, TensorSet};
 use rayon::prelude::*;
 
@@ -76,18 +76,12 @@ fn write(isa: Isa, d: &mut [u8], first: u32, seed: u32) {
         _ => {}
     }
     let _ = isa;
-    write_words(d, first, seed);
+    fill_pattern(d, first, seed);
 }
 
 fn words(b: &[u8]) -> impl Iterator<Item = u32> + '_ {
     b.chunks_exact(4)
         .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
-}
-
-fn write_words(d: &mut [u8], first: u32, seed: u32) {
-    for (i, x) in d.chunks_exact_mut(4).enumerate() {
-        x.copy_from_slice(&write_pattern(first.wrapping_add(i as u32), seed).to_le_bytes());
-    }
 }
 
 /// How many bytes from `p` to the next multiple of `align` (at most the length).
@@ -97,7 +91,7 @@ fn head(p: *const u8, align: usize, len: usize) -> usize {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{head, words, write_words};
+    use super::{fill_pattern, head, words};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2")]
@@ -151,10 +145,10 @@ mod x86 {
                 // Word boundaries: d starts on one (chunks are whole words of an aligned
                 // tensor), so the head is whole words.
                 if d.as_ptr() as usize % 4 != 0 {
-                    return write_words(d, first, seed);
+                    return fill_pattern(d, first, seed);
                 }
                 let h = head(d.as_ptr(), $w, d.len()) / 4 * 4;
-                write_words(&mut d[..h], first, seed);
+                fill_pattern(&mut d[..h], first, seed);
                 let body = (d.len() - h) / $w * $w;
                 let i0 = first.wrapping_add(h as u32 / 4);
                 // SAFETY: aligned stores to d[h..h + body].
@@ -172,7 +166,7 @@ mod x86 {
                     _mm_sfence();
                 }
                 let done = (h + body) / 4;
-                write_words(&mut d[h + body..], first.wrapping_add(done as u32), seed);
+                fill_pattern(&mut d[h + body..], first.wrapping_add(done as u32), seed);
             }
         };
     }
@@ -228,7 +222,7 @@ mod tests {
                 copy(isa, &mut d[off % 64..off % 64 + len], s);
                 assert_eq!(&d[off % 64..off % 64 + len], s, "{isa:?} copy {off} {len}");
                 let mut want = vec![0u8; len];
-                write_words(&mut want, 77, 0xABCD);
+                fill_pattern(&mut want, 77, 0xABCD);
                 write(isa, &mut d[off % 64..off % 64 + len], 77, 0xABCD);
                 assert_eq!(
                     &d[off % 64..off % 64 + len],
