@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Recompute every point of a `decodelab run --dump DIR` folder with numpy and compare.
 
-Reads DIR/<point>/meta.json and the .npy arrays, decodes bf16/f16/fp8_e4m3/mxfp4 from their
+Reads DIR/<point>/meta.json and the .npy arrays, decodes bf16/f16/fp8_e4m3 and the 4-bit
+weight formats (int4_g32, int4_g128, mxfp4, nvfp4: codes and their group scales) from their
 raw bits, recomputes out/lse (kv_decode), y (expert_gemv) or the stream result in float64, and
 prints the relative L2 error of the dumped outputs. Exits 1 if any exceeds the tolerance.
 
@@ -29,15 +30,27 @@ def fp8_e4m3_to_f64(bits):
 E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])
 
 
-def mxfp4_to_f64(arr):
-    """Rows of 17-byte blocks (an E8M0 scale, then 16 bytes of two E2M1 codes, low nibble
-    first) to rows of 32 values per block."""
-    blocks = arr.reshape(arr.shape[:-1] + (arr.shape[-1] // 17, 17))
-    scale = np.exp2(blocks[..., 0].astype(np.float64) - 127.0)
-    codes = blocks[..., 1:]
-    pairs = np.stack([E2M1[codes & 0xF], E2M1[codes >> 4]], axis=-1)
-    values = pairs.reshape(blocks.shape[:-1] + (32,)) * scale[..., None]
-    return values.reshape(arr.shape[:-1] + (-1,))
+INT4 = np.array([0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1], dtype=np.float64)
+# dtype: (what a code means, values per scale, how a scale is stored)
+FOUR_BIT = {
+    "int4_g32": (INT4, 32, "bf16"),
+    "int4_g128": (INT4, 128, "bf16"),
+    "mxfp4": (E2M1, 32, "e8m0"),
+    "nvfp4": (E2M1, 16, "fp8_e4m3"),
+}
+
+
+def four_bit_to_f64(codes, scales, dtype):
+    """Codes two per byte, low nibble first (value i of a little-endian int32 in bits
+    4i..4i+3), times the scale of their group along the last axis."""
+    table, group, scale_dtype = FOUR_BIT[dtype]
+    pairs = np.stack([table[codes & 0xF], table[codes >> 4]], axis=-1)
+    values = pairs.reshape(codes.shape[:-1] + (codes.shape[-1] * 2,))
+    if scale_dtype == "e8m0":
+        s = np.exp2(scales.astype(np.float64) - 127.0)
+    else:
+        s = decode(scales, scale_dtype)
+    return values * np.repeat(s, group, axis=-1)
 
 
 def decode(arr, dtype):
@@ -49,8 +62,6 @@ def decode(arr, dtype):
         return (arr.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
     if dtype == "fp8_e4m3":
         return fp8_e4m3_to_f64(arr)
-    if dtype == "mxfp4":
-        return mxfp4_to_f64(arr)
     return arr.astype(np.float64)
 
 
@@ -87,8 +98,14 @@ def kv_decode(p, a, m):
 
 def expert_gemv(p, a, m):
     x = a["x"].astype(np.float64)
-    w = decode(a["w"], m["tensors"]["w"]["dtype"])
-    if "w_scale" in a:
+    dt = m["tensors"]["w"]["dtype"]
+    if dt in FOUR_BIT:
+        w = four_bit_to_f64(a["w"], a["w_scale"], dt)
+        if "w_scale_2" in a:  # nvfp4: one f32 per expert
+            w = w * a["w_scale_2"].astype(np.float64)[:, None, None]
+    else:
+        w = decode(a["w"], dt)
+    if "w_scale" in a and dt not in FOUR_BIT:
         s = a["w_scale"].astype(np.float64)
         if s.ndim == 3:  # weight_scale block128: one per 128 x 128 block, the last partial
             s = s.repeat(128, axis=1).repeat(128, axis=2)[:, : w.shape[1], : w.shape[2]]

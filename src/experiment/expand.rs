@@ -391,16 +391,16 @@ impl RunCtx<'_> {
         Ok(out)
     }
 
-    /// `kv_dtype:`: whole-byte dtypes only (mxfp4 is a weight format here).
+    /// `kv_dtype:`: whole-byte dtypes only (the 4-bit dtypes are weight formats here).
     fn kv_dtypes(&self) -> Result<Vec<DType>, ConfigError> {
         let s = self.spec;
         let dtypes = self.optional(&s.kv_dtype, DType::Bf16);
-        if let Some(dt) = dtypes.iter().find(|d| d.block_scale().is_some()) {
+        if let Some(dt) = dtypes.iter().find(|d| d.groups().is_some()) {
             return Err(self.err_at(
                 s.kv_dtype.as_ref().expect("a block dtype was given"),
                 "kv_dtype",
                 format!(
-                    "{dt} is a weight format here (block scales along d_in): the KV cache takes {}",
+                    "{dt} is a weight format here (4-bit codes, a scale per group along d_in): the KV cache takes {}",
                     crate::registry::one_of(DType::WHOLE_BYTE.map(DType::name))
                 ),
             ));
@@ -543,7 +543,7 @@ impl RunCtx<'_> {
             if let Some(m) = dt.row_multiple().filter(|m| di % m != 0) {
                 let f = s.d_in.as_ref().expect("required above");
                 let why = format!(
-                    "{dt} stores rows in blocks of {m}: d_in ({di}) must be a multiple of {m}"
+                    "{dt} has a scale per group of {m} along d_in: d_in ({di}) must be a multiple of {m}"
                 );
                 return Err(self.err_at(f, "d_in", why));
             }

@@ -1,7 +1,7 @@
 //! NumPy `.npy` (format 1.0) writing: a tensor's raw bytes with a header numpy can read.
 //! bf16 and f16 are written as uint16 and fp8 as uint8, bit for bit, so numpy or PyTorch can
-//! reinterpret them (README, `--dump`); mxfp4 as uint8 with the last axis in bytes (its
-//! 17-byte blocks: the scale, then 16 bytes of two codes each).
+//! reinterpret them (README, `--dump`); 4-bit codes as uint8 with the last axis in bytes
+//! (two codes each, low nibble first).
 
 use crate::workload::Tensor;
 use std::io::Write;
@@ -10,7 +10,7 @@ use std::path::Path;
 pub fn write_npy(path: &Path, t: &Tensor) -> std::io::Result<()> {
     let mut dims = t.shape.clone();
     if let (Some(last), crate::workload::Elem::Float(d)) = (dims.last_mut(), t.elem)
-        && d.block_scale().is_some()
+        && d.groups().is_some()
     {
         *last = d.bytes_for(*last);
     }

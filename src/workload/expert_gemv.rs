@@ -2,7 +2,8 @@
 //! expert so each touched expert's weights cross the memory bus once per step.
 
 use super::check::{RefOutput, Reference};
-use super::dtype::DType;
+use super::dtype::{DType, FP8_E4M3_MAX};
+use super::fourbit::E2M1_MAX;
 use super::generate::{self, rng_for};
 use super::math::Math;
 use super::tensor::{Elem, Tensor, TensorSet};
@@ -174,7 +175,27 @@ impl ExpertGemv {
         let mut set = vec![f32s("x", vec![t, di], 31, -1.0, 1.0)];
         let dt = self.weight_dtype;
         let w_shape = vec![e, dout, di];
-        if dt.is_scaled() {
+        if let Some(g) = dt.groups() {
+            // Group scales from each group's own values; nvfp4's per-expert f32 is drawn so
+            // that the block scales stay inside e4m3's range.
+            let tensor = if g.tensor_scale {
+                let unit = W_AMPLITUDE / (E2M1_MAX * FP8_E4M3_MAX);
+                let t = f32s("w_scale_2", vec![e], 35, unit, 2.0 * unit);
+                set.push(t.clone());
+                t.as_f32()
+            } else {
+                vec![]
+            };
+            let (w, scales) = generate::quantized(
+                ("w", "w_scale"),
+                dt,
+                w_shape,
+                (self.seed, 32),
+                (-W_AMPLITUDE, W_AMPLITUDE),
+                &tensor,
+            );
+            set.extend([w, scales]);
+        } else if dt.is_scaled() {
             // Stored values span fp8's full range; a per-row scale carries each row's own
             // magnitude.
             let max = dt.max_finite();
@@ -223,7 +244,10 @@ impl ExpertGemv {
         let scales = self
             .scale_shape()
             .map_or(0, |s| s.iter().product::<usize>() as u64 * 4);
-        e * dout * self.w_row_bytes() + scales + t * di * 4 + t * k * 8
+        let groups = self.weight_dtype.groups().map_or(0, |g| {
+            e * dout * self.group_scale_row_bytes() + if g.tensor_scale { e * 4 } else { 0 }
+        });
+        e * dout * self.w_row_bytes() + scales + groups + t * di * 4 + t * k * 8
     }
 
     pub fn outputs(&self) -> Vec<OutputSpec> {
@@ -242,19 +266,35 @@ impl ExpertGemv {
             self.d_in as u64,
             self.d_out as u64,
         );
-        let row = match self.weight_dtype.block_scale() {
-            None => "d_in x sizeof(w)".to_string(),
-            Some(b) => format!(
-                "d_in / {} blocks x {} bytes (codes and scale)",
-                b.elems,
-                b.block_bytes(self.weight_dtype.elem_bits())
-            ),
+        let row = match self.weight_dtype.groups() {
+            None => "d_in x sizeof(w)",
+            Some(_) => "d_in / 2 (4-bit codes, two per byte)",
         };
         let mut table = vec![ByteTerm {
             tensor: "w",
             bytes: u * dout * self.w_row_bytes(),
             rule: format!("U x d_out x {row}, U = {u} distinct experts touched, each read once"),
         }];
+        if let Some(g) = self.weight_dtype.groups() {
+            table.push(ByteTerm {
+                tensor: "w_scale",
+                bytes: u * dout * self.group_scale_row_bytes(),
+                rule: format!(
+                    "U x d_out x d_in / {} x {} ({} scale per group of {})",
+                    g.elems,
+                    g.scale.bytes(),
+                    g.scale.name(),
+                    g.elems
+                ),
+            });
+            if g.tensor_scale {
+                table.push(ByteTerm {
+                    tensor: "w_scale_2",
+                    bytes: u * 4,
+                    rule: "U x 4 (one f32 per expert)".into(),
+                });
+            }
+        }
         match (self.scale_shape(), self.weight_scale) {
             (None, _) => {}
             (Some(_), WeightScale::Row) => table.push(ByteTerm {
@@ -311,9 +351,10 @@ impl ExpertGemv {
         }
     }
 
-    /// Where the scale of weight (expert `e`, row `o`, column `i`) sits in `w_scale`.
+    /// Where the f32 scale of weight (expert `e`, row `o`, column `i`) sits in `dot_scales`.
     pub fn scale_index(&self, e: usize, o: usize, i: usize) -> usize {
         match self.scale_block() {
+            None if self.weight_dtype.groups().is_some() => e,
             None => e * self.d_out + o,
             Some(b) => {
                 let (bo, bi) = (self.d_out.div_ceil(b), self.d_in.div_ceil(b));
@@ -322,9 +363,38 @@ impl ExpertGemv {
         }
     }
 
-    /// The dot of decoded row `o` of expert `e` with `x`, times its scales, by `dot` (f64 in
-    /// the oracle, f32 on the cpu backend): per row, the dot times the row's scale; per block,
-    /// each 128-column block's dot times that block's scale, summed.
+    /// Bytes of one row's group scales (4-bit dtypes).
+    pub fn group_scale_row_bytes(&self) -> u64 {
+        self.weight_dtype
+            .groups()
+            .map_or(0, |g| (self.d_in / g.elems * g.scale.bytes()) as u64)
+    }
+
+    /// The f32 scales a row's dot is multiplied by: fp8's `w_scale` (per row or per block),
+    /// nvfp4's `w_scale_2` (per expert); None for the rest.
+    pub fn dot_scales<'a>(&self, inputs: &'a TensorSet) -> Option<std::borrow::Cow<'a, [f32]>> {
+        let name = match self.weight_dtype.groups() {
+            Some(g) if g.tensor_scale => "w_scale_2",
+            Some(_) => return None,
+            None if self.weight_dtype.is_scaled() => "w_scale",
+            None => return None,
+        };
+        Some(inputs.expect(name).view::<f32>())
+    }
+
+    /// Decode row `o` of expert `e` into `out` (d_in values; 4-bit: code x group scale).
+    pub fn decode_row(&self, inputs: &TensorSet, (e, o): (usize, usize), out: &mut [f32]) {
+        let start = (e * self.d_out + o) * self.d_in;
+        let w = &inputs.expect("w").bytes;
+        match self.weight_dtype.groups() {
+            None => self.weight_dtype.decode_slice(w, start, out),
+            Some(g) => g.decode(w, &inputs.expect("w_scale").bytes, start, out),
+        }
+    }
+
+    /// The dot of decoded row `o` of expert `e` with `x`, times its f32 scales (`dot_scales`),
+    /// by `dot` (f64 in the oracle, f32 on the cpu backend): per row or expert, the dot times
+    /// that scale; per block, each 128-column block's dot times that block's scale, summed.
     pub fn scaled_dot<X, R>(
         &self,
         (row, x): (&[f32], &[X]),
@@ -350,7 +420,7 @@ impl ExpertGemv {
         }
     }
 
-    /// Bytes of one stored weight row (d_in values; mxfp4: whole blocks with their scales).
+    /// Bytes of one stored weight row's codes (d_in values; 4-bit: without the group scales).
     pub fn w_row_bytes(&self) -> u64 {
         self.weight_dtype.bytes_for(self.d_in) as u64
     }
@@ -376,11 +446,9 @@ impl ExpertGemv {
             .iter()
             .map(|&v| math.operand(v) as f64)
             .collect();
-        let w = inputs.expect("w");
-        let scales = inputs.get("w_scale").map(|s| s.view::<f32>());
+        let scales = self.dot_scales(inputs);
         let rw = inputs.expect("topk_weights").view::<f32>();
         let (t_count, k, di, dout) = (self.batch, self.top_k, self.d_in, self.d_out);
-        let dt = self.weight_dtype;
         let mut slots_of = vec![Vec::new(); self.experts];
         for (slot, &e) in self.topk_ids.iter().enumerate() {
             slots_of[e as usize].push(slot);
@@ -394,7 +462,7 @@ impl ExpertGemv {
                 let mut slots = vec![0f64; t_count * k];
                 for &e in &touched {
                     let e = e as usize;
-                    dt.decode_slice(&w.bytes, (e * dout + o) * di, &mut row);
+                    self.decode_row(inputs, (e, o), &mut row);
                     for &slot in &slots_of[e] {
                         let t = slot / k;
                         let x = &x[t * di..(t + 1) * di];

@@ -32,14 +32,6 @@ pub fn uniform(
 ) -> Tensor {
     let n: usize = shape.iter().product();
     let (lo, hi) = (lo as f64, hi as f64);
-    if dtype == DType::Mxfp4 {
-        return Tensor {
-            name,
-            elem: Elem::Float(dtype),
-            shape,
-            bytes: mxfp4_blocks(n, seed, stream, lo, hi).into(),
-        };
-    }
     let size = dtype.size();
     let mut bytes = zeroed(n * size);
     match dtype {
@@ -93,31 +85,67 @@ pub fn uniform(
     }
 }
 
-/// MXFP4: values uniform in [lo, hi) on 2^24 cells, encoded block by block (each block's
-/// scale from its own largest value, as a quantiser would). Small values round to zero, as
-/// they do in a real checkpoint.
-fn mxfp4_blocks(n: usize, seed: u64, stream: u64, lo: f64, hi: f64) -> Vec<u8> {
-    const BLOCK: usize = 32;
-    const BLOCKS_PER_CHUNK: usize = 1 << 12;
-    let block_bytes = DType::Mxfp4.bytes_for(BLOCK);
-    let mut bytes = zeroed(DType::Mxfp4.bytes_for(n));
+/// A 4-bit tensor: values uniform in [lo, hi) on 2^24 cells, quantized group by group
+/// (each group's scale from its own largest value, as a quantiser would), so small values
+/// round to zero as they do in a real checkpoint. Returns the codes (`name`, `shape`) and the
+/// group scales (`scale_name`, `shape` with the last axis in groups). `tensor[s]` is the
+/// per-tensor scale of outer slice s (nvfp4: one per expert), else empty.
+pub fn quantized(
+    (name, scale_name): (&'static str, &'static str),
+    dtype: DType,
+    shape: Vec<usize>,
+    (seed, stream): (u64, u64),
+    (lo, hi): (f32, f32),
+    tensor: &[f32],
+) -> (Tensor, Tensor) {
+    const GROUPS_PER_CHUNK: usize = 1 << 12;
+    let g = dtype.groups().expect("a 4-bit dtype");
+    let n: usize = shape.iter().product();
+    let groups = n / g.elems;
+    let per_slice = groups / tensor.len().max(1);
+    let (lo, hi) = (lo as f64, hi as f64);
     let step = (hi - lo) / (1u64 << 24) as f64;
-    bytes
-        .par_chunks_mut(BLOCKS_PER_CHUNK * block_bytes)
+    let (cb, sb) = (g.elems / 2, g.scale.bytes());
+    let mut codes = zeroed(n / 2);
+    let mut scales = zeroed(groups * sb);
+    codes
+        .par_chunks_mut(GROUPS_PER_CHUNK * cb)
+        .zip(scales.par_chunks_mut(GROUPS_PER_CHUNK * sb))
         .enumerate()
-        .for_each(|(c, chunk)| {
+        .for_each(|(c, (codes, scales))| {
             let base = rng_for(seed, stream, c as u64).next_u64();
-            for (i, out) in chunk.chunks_exact_mut(block_bytes).enumerate() {
-                let mut v = [0f32; BLOCK];
+            let mut v = vec![0f32; g.elems];
+            for (i, (out, scale)) in codes
+                .chunks_exact_mut(cb)
+                .zip(scales.chunks_exact_mut(sb))
+                .enumerate()
+            {
                 for (j, x) in v.iter_mut().enumerate() {
-                    let at = (i * BLOCK + j) as u64;
+                    let at = (i * g.elems + j) as u64;
                     let r = splitmix64(base.wrapping_add(at.wrapping_mul(GOLDEN)));
                     *x = (lo + ((r >> 40) as f64 + 0.5) * step) as f32;
                 }
-                out.copy_from_slice(&super::dtype::mxfp4_encode_block(&v));
+                let group = c * GROUPS_PER_CHUNK + i;
+                let t = tensor.get(group / per_slice.max(1)).copied().unwrap_or(1.0);
+                g.quantize(&v, t, out, scale);
             }
         });
-    bytes
+    let mut scale_shape = shape.clone();
+    *scale_shape.last_mut().expect("a shaped tensor") /= g.elems;
+    (
+        Tensor {
+            name,
+            elem: Elem::Float(dtype),
+            shape,
+            bytes: codes.into(),
+        },
+        Tensor {
+            name: scale_name,
+            elem: g.scale.elem(),
+            shape: scale_shape,
+            bytes: scales.into(),
+        },
+    )
 }
 
 /// u32 words from the RNG, never zero (the low bit is set).
@@ -176,26 +204,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mxfp4_values_are_in_range_and_spread() {
-        let t = uniform("t", DType::Mxfp4, vec![3, 2880], (9, 1), -2.0, 2.0);
-        assert_eq!(t.bytes.len(), 3 * 90 * 17);
-        let v = t.decode_f64();
-        assert!(v.iter().all(|x| (-2.0..=2.0).contains(x)));
-        // Values under a quarter of the block scale round to zero: about 1 in 16 here.
-        let zeros = v.iter().filter(|&&x| x == 0.0).count() as f64 / v.len() as f64;
-        assert!(zeros < 0.1, "{zeros}");
-        let mean = v.iter().sum::<f64>() / v.len() as f64;
-        let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / v.len() as f64;
-        // Uniform on [-2, 2] has variance 4/3; the OCP scale rule puts a block's largest
-        // value in [4, 8) scale units and E2M1 saturates at 6, so values past 3/4 of the
-        // block's power of two clamp (here |v| > 1.5 -> 1.5): a smaller variance, about 1.15.
-        assert!(
-            mean.abs() < 0.1 && (1.05..1.25).contains(&var),
-            "{mean} {var}"
-        );
-        assert_eq!(v.iter().fold(0f64, |m, x| m.max(x.abs())), 1.5);
-        let again = uniform("t", DType::Mxfp4, vec![3, 2880], (9, 1), -2.0, 2.0);
-        assert_eq!(t.bytes, again.bytes, "seeded");
+    fn four_bit_values_are_in_range_and_spread() {
+        for dt in DType::FOUR_BIT {
+            let g = dt.groups().unwrap();
+            let tensor: Vec<f32> = if g.tensor_scale {
+                vec![2.0 / 6.0 / 448.0; 3]
+            } else {
+                vec![]
+            };
+            let make = || quantized(("t", "s"), dt, vec![3, 2944], (9, 1), (-2.0, 2.0), &tensor);
+            let (t, s) = make();
+            assert_eq!(t.bytes.len(), 3 * 2944 / 2, "{dt}");
+            assert_eq!(s.shape, vec![3, 2944 / g.elems], "{dt}");
+            assert_eq!(s.bytes.len(), 3 * 2944 / g.elems * g.scale.bytes(), "{dt}");
+            let mut v = vec![0f32; 3 * 2944];
+            g.decode(&t.bytes, &s.bytes, 0, &mut v);
+            let scale = tensor.first().copied().unwrap_or(1.0) as f64;
+            let v: Vec<f64> = v.iter().map(|&x| x as f64 * scale).collect();
+            // The E2M1 formats clamp a group's values past 3/4 of its power of two (mxfp4)
+            // and round small ones to zero; int4 keeps 15 levels per group.
+            // int4's -8 reaches 8 / 7.5 of a group's largest value.
+            assert!(v.iter().all(|x| (-2.15..=2.05).contains(x)), "{dt}");
+            let zeros = v.iter().filter(|&&x| x == 0.0).count() as f64 / v.len() as f64;
+            assert!(zeros < 0.15, "{dt}: {zeros}");
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / v.len() as f64;
+            // Uniform on [-2, 2] has variance 4/3; mxfp4's clamping takes it to about 1.15.
+            assert!(
+                mean.abs() < 0.1 && (1.05..1.45).contains(&var),
+                "{dt}: {mean} {var}"
+            );
+            assert_eq!(t.bytes, make().0.bytes, "{dt}: seeded");
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 pub mod check;
 pub mod dtype;
 pub mod expert_gemv;
+pub mod fourbit;
+pub mod fp8;
 pub mod generate;
 pub mod kv_decode;
 pub mod link;

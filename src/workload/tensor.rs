@@ -46,18 +46,21 @@ impl std::fmt::Debug for Bytes {
 /// The element type of a tensor as stored in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Elem {
-    /// A storage dtype (f32, f16, bf16, fp8, mxfp4).
+    /// A storage dtype (f32, f16, bf16, fp8; 4-bit codes, two per byte).
     Float(DType),
     I32,
     U32,
+    /// Raw bytes with a meaning of their own (mxfp4's E8M0 scales).
+    U8,
 }
 
 impl Elem {
-    /// Bytes that `n` elements occupy (mxfp4: whole blocks of 32 with their scales).
+    /// Bytes that `n` elements occupy (4-bit codes: two per byte).
     pub fn bytes_for(self, n: usize) -> usize {
         match self {
             Elem::Float(d) => d.bytes_for(n),
             Elem::I32 | Elem::U32 => 4 * n,
+            Elem::U8 => n,
         }
     }
 
@@ -66,17 +69,19 @@ impl Elem {
             Elem::Float(d) => d.name(),
             Elem::I32 => "i32",
             Elem::U32 => "u32",
+            Elem::U8 => "u8",
         }
     }
 
     /// The numpy dtype descriptor the raw bytes are dumped as: bf16 and f16 as raw uint16,
-    /// fp8 as raw uint8 (README, `--dump`), so numpy or PyTorch can reinterpret them; mxfp4
-    /// as its raw 17-byte blocks (uint8, the last axis in bytes).
+    /// fp8 as raw uint8 (README, `--dump`), so numpy or PyTorch can reinterpret them; 4-bit
+    /// codes as uint8 with the last axis in bytes (two codes each, low nibble first).
     pub fn npy_descr(self) -> &'static str {
         match self {
             Elem::Float(DType::F32) => "<f4",
             Elem::Float(DType::F16) | Elem::Float(DType::Bf16) => "<u2",
-            Elem::Float(DType::Fp8E4m3) | Elem::Float(DType::Mxfp4) => "|u1",
+            // fp8, the 4-bit codes and E8M0 scales: raw bytes.
+            Elem::Float(_) | Elem::U8 => "|u1",
             Elem::I32 => "<i4",
             Elem::U32 => "<u4",
         }
@@ -148,6 +153,7 @@ impl Tensor {
             Elem::Float(DType::F32) => f32::NAN.to_bits(),
             Elem::U32 | Elem::I32 => 0xDEAD_BEEFu32,
             Elem::Float(other) => panic!("outputs are f32 or u32, not {other}"),
+            Elem::U8 => panic!("outputs are f32 or u32, not u8"),
         };
         let mut bytes = zeroed(n * 4);
         bytes.par_chunks_mut(1 << 16).for_each(|c| {
@@ -211,6 +217,7 @@ impl Tensor {
                 .collect(),
             Elem::I32 => self.as_i32().into_iter().map(f64::from).collect(),
             Elem::U32 => self.as_u32().into_iter().map(f64::from).collect(),
+            Elem::U8 => self.bytes.iter().map(|&b| b as f64).collect(),
         }
     }
 }

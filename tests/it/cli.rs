@@ -619,7 +619,7 @@ runs:
     batch: 5
     d_in: 96
     d_out: 24
-    weight_dtype: [f16, bf16, fp8_e4m3, mxfp4]
+    weight_dtype: [f16, bf16, fp8_e4m3, mxfp4, int4_g32, nvfp4]
     routing: {zipf: 1.0}
   - kernel: stream
     op: [read, copy]
@@ -690,17 +690,27 @@ fn numpy_recomputes_every_dumped_point() {
         serde_json::from_str(&std::fs::read_to_string(dump.join("2/meta.json")).unwrap()).unwrap();
     assert_eq!(meta["tensors"]["k_pages"]["npy_dtype"], "<u2"); // bf16 as raw uint16
 
-    // mxfp4 weights as raw bytes: 8 experts x 24 rows x 3 blocks of 17 (point 9).
+    // mxfp4 weights as raw bytes: 8 experts x 24 rows x 48 bytes of codes, and an E8M0
+    // scale per 32 (point 9); nvfp4's per-expert f32 (point 11).
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dump.join("9/meta.json")).unwrap()).unwrap();
     assert_eq!(meta["tensors"]["w"]["dtype"], "mxfp4");
     assert_eq!(meta["tensors"]["w"]["npy_dtype"], "|u1");
-    let w = std::fs::read(dump.join("9/w.npy")).unwrap();
-    assert!(String::from_utf8_lossy(&w[..128]).contains("'shape': (8, 24, 51)"));
+    let head = |f: &str| {
+        let b = std::fs::read(dump.join(f)).unwrap();
+        String::from_utf8_lossy(&b[..128]).to_string()
+    };
+    assert!(head("9/w.npy").contains("'shape': (8, 24, 48)"));
+    assert!(head("9/w_scale.npy").contains("'shape': (8, 24, 3)"));
+    assert!(
+        head("10/w_scale.npy").contains("'descr': '<u2'"),
+        "bf16 scales"
+    );
+    assert!(head("11/w_scale_2.npy").contains("'shape': (8,)"));
 
     let text = check_dump(&python, &dump);
-    // 4 GQA + 2 MLA points x (out, lse), 5 expert points x y, read + copy.
-    assert!(text.contains("19 outputs recomputed"), "{text}");
+    // 4 GQA + 2 MLA points x (out, lse), 7 expert points x y, read + copy.
+    assert!(text.contains("21 outputs recomputed"), "{text}");
 }
 
 #[test]

@@ -225,24 +225,35 @@ mod cases {
         run_point(b, &with_math(w, Math::Bf16), no_edit);
     }
 
-    /// mxfp4 (4-bit codes, an 8-bit scale per 32 along d_in): run where an implementation
-    /// covers it (the cpu backend must); elsewhere refused by name, never run unchecked.
-    pub fn expert_mxfp4_blocks(b: &dyn Backend) {
-        for (e, k, t, di, dout) in [(8, 3, 7, 2880, 37), (4, 4, 1, 32, 5), (16, 2, 9, 96, 17)] {
-            let w = experts(e, k, t, di, dout, DType::Mxfp4, Routing::Uniform);
-            let covering = decodelab::backend::impls_of(b.name(), w.kind())
-                .into_iter()
-                .filter(|i| b.covers(i.name, &w).is_ok())
-                .count();
-            if covering == 0 {
-                assert_ne!(b.name(), "cpu", "the cpu backend must run mxfp4");
-                let why = decodelab::backend::best_impl(b, &w).unwrap_err();
-                assert!(why.contains("mxfp4"), "{why}");
-                eprintln!("skip: mxfp4 on {}: {why}", b.name());
-                return;
+    /// The 4-bit formats (codes two per byte, a scale per group along d_in; nvfp4's f32 per
+    /// expert): several groups a row and one, one token per expert and several; run where an
+    /// implementation covers them (the cpu backend must), elsewhere refused by name, never
+    /// run unchecked.
+    pub fn expert_four_bit(b: &dyn Backend) {
+        for dt in DType::FOUR_BIT {
+            let g = dt.row_multiple().unwrap();
+            for (e, k, t, di, dout) in [
+                (8, 3, 7, 2944, 37),
+                (4, 4, 1, 128, 5),
+                (16, 2, 9, 384, 17),
+                (3, 1, 2, 3 * g, 7),
+                (5, 2, 1, g, 3),
+            ] {
+                let w = experts(e, k, t, di, dout, dt, Routing::Uniform);
+                let covering = decodelab::backend::impls_of(b.name(), w.kind())
+                    .into_iter()
+                    .filter(|i| b.covers(i.name, &w).is_ok())
+                    .count();
+                if covering == 0 {
+                    assert_ne!(b.name(), "cpu", "the cpu backend must run {dt}");
+                    let why = decodelab::backend::best_impl(b, &w).unwrap_err();
+                    assert!(why.contains(dt.name()), "{why}");
+                    eprintln!("skip: {dt} on {}: {why}", b.name());
+                    break;
+                }
+                run_point(b, &w, no_edit);
+                run_point(b, &with_math(w, Math::Bf16), no_edit);
             }
-            run_point(b, &w, no_edit);
-            run_point(b, &with_math(w, Math::Bf16), no_edit);
         }
     }
 
@@ -338,7 +349,7 @@ macro_rules! every_case {
             expert_dtypes_and_odd_shapes,
             expert_fp8_extremes,
             expert_fp8_block_scales,
-            expert_mxfp4_blocks,
+            expert_four_bit,
             bf16_math,
             unwritten_outputs_fail,
             tensors_over_128_mib,

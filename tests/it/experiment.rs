@@ -123,16 +123,32 @@ fn unknown_kernel_names_the_known_ones() {
 }
 
 #[test]
-fn mxfp4_is_a_weight_format_in_whole_blocks() {
-    let msg = refused(&format!("{KV}    kv_dtype: [bf16, mxfp4]\n"), 9, "kv_dtype");
-    assert!(msg.contains("weight format"), "{msg}");
-    let expert = "name: t\nruns:\n  - kernel: expert_gemv\n    experts: 8\n    top_k: 2\n    batch: 1\n    d_in: 1001\n    d_out: 16\n    weight_dtype: mxfp4\n";
-    let msg = refused(expert, 7, "d_in");
-    assert!(msg.contains("multiple of 32"), "{msg}");
-    let e = parse(&expert.replace("1001", "2880")).unwrap();
-    assert_eq!(e.points.len(), 1);
-    // The model's name for it reads too (fp4 and fp8 are accepted as the model writes them).
-    parse(&expert.replace("1001", "64").replace("mxfp4", "fp8")).unwrap();
+fn four_bit_dtypes_are_weight_formats_in_whole_groups() {
+    for (dt, group) in [
+        ("mxfp4", 32),
+        ("int4_g32", 32),
+        ("int4_g128", 128),
+        ("nvfp4", 16),
+    ] {
+        let msg = refused(&format!("{KV}    kv_dtype: [bf16, {dt}]\n"), 9, "kv_dtype");
+        assert!(msg.contains("weight format"), "{msg}");
+        let expert = format!(
+            "name: t\nruns:\n  - kernel: expert_gemv\n    experts: 8\n    top_k: 2\n    batch: 1\n    d_in: 1000\n    d_out: 16\n    weight_dtype: {dt}\n"
+        );
+        let msg = refused(&expert, 7, "d_in");
+        assert!(msg.contains(&format!("multiple of {group}")), "{msg}");
+        let e = parse(&expert.replace("1000", "2944")).unwrap();
+        assert_eq!(e.points.len(), 1);
+    }
+    // A group size that is not supported, and a near miss, with the line and field.
+    let expert = "name: t\nruns:\n  - kernel: expert_gemv\n    experts: 8\n    top_k: 2\n    batch: 1\n    d_in: 256\n    d_out: 16\n    weight_dtype: int4_g64\n";
+    let msg = refused(expert, 9, "weight_dtype");
+    assert!(msg.contains("int4_g32 or int4_g128"), "{msg}");
+    let msg = refused(&expert.replace("int4_g64", "nvfp8"), 9, "weight_dtype");
+    assert!(msg.contains("did you mean 'nvfp4'"), "{msg}");
+    // The model's names read too (fp4 and fp8 are accepted as the model writes them).
+    parse(&expert.replace("int4_g64", "fp4")).unwrap();
+    parse(&expert.replace("int4_g64", "fp8")).unwrap();
 }
 
 #[test]

@@ -209,12 +209,11 @@ pub(super) fn expert_gemv(w: &ExpertGemv, inputs: &TensorSet, outputs: &mut Tens
         .iter()
         .map(|&v| w.math.operand(v))
         .collect();
-    let wt = &inputs.expect("w").bytes;
-    let scales = inputs.get("w_scale").map(|t| t.view::<f32>());
+    let scales = w.dot_scales(inputs);
     let scales: Option<&[f32]> = scales.as_deref();
     let ids = inputs.expect("topk_ids").view::<i32>();
     let rw = inputs.expect("topk_weights").view::<f32>();
-    let (t_count, k, di, dout, dt) = (w.batch, w.top_k, w.d_in, w.d_out, w.weight_dtype);
+    let (t_count, k, di, dout) = (w.batch, w.top_k, w.d_in, w.d_out);
 
     let touched = slots_by_expert(w, &ids);
 
@@ -230,7 +229,7 @@ pub(super) fn expert_gemv(w: &ExpertGemv, inputs: &TensorSet, outputs: &mut Tens
             let mut row = vec![0f32; di];
             for &(e, ref entries) in &touched {
                 for o in o0..o1 {
-                    dt.decode_slice(wt, (e * dout + o) * di, &mut row);
+                    w.decode_row(inputs, (e, o), &mut row);
                     for &slot in entries {
                         let t = slot / k;
                         let x = &x[t * di..(t + 1) * di];

@@ -187,7 +187,7 @@ pub(super) fn expert_gemv(isa: Isa, w: &ExpertGemv, inputs: &TensorSet, outputs:
             *o = w.math.operand(v);
         }
     }
-    let scales = inputs.get("w_scale").map(|t| t.view::<f32>());
+    let scales = w.dot_scales(inputs);
     let rw = inputs.expect("topk_weights").view::<f32>();
     let ids = inputs.expect("topk_ids").view::<i32>();
     let cx = ExpertCtx {

@@ -72,7 +72,7 @@ fn decode(dtype: DType, wd: &str) -> Vec<String> {
             .iter()
             .map(|c| format!("fp8x4({wd}.{c})"))
             .collect(),
-        DType::Mxfp4 => unreachable!("refused by the covers checks"),
+        _ => unreachable!("4-bit dtypes are refused by the covers checks"),
     }
 }
 
