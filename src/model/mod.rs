@@ -6,7 +6,7 @@
 pub mod figures;
 mod preset;
 
-pub use preset::{AttentionSpec, ModelPreset, MoeSpec, find_model};
+pub use preset::{AttentionSpec, ModelPreset, MoeSpec, WeightFormats, find_model};
 
 use crate::hardware::{self, HardwareProfile, PerDtype};
 use crate::registry::Kernel;
@@ -25,9 +25,10 @@ fn bytes_per_value(d: DType) -> f64 {
 /// The tensor-core rate a dtype's matrix products run at.
 fn rate(d: DType, p: &PerDtype) -> f64 {
     match d {
-        DType::F32 | DType::Bf16 | DType::F16 => p.bf16,
+        // int4 is weight-only (W4A16): its products run on bf16 operands.
+        DType::F32 | DType::Bf16 | DType::F16 | DType::Int4G32 | DType::Int4G128 => p.bf16,
         DType::Fp8E4m3 => p.fp8,
-        DType::Mxfp4 => p.fp4,
+        DType::Mxfp4 | DType::Nvfp4 => p.fp4,
     }
 }
 
@@ -37,7 +38,9 @@ pub struct Scenario {
     pub batch: u64,
     pub context: u64,
     pub devices: u64,
-    pub weights: Option<DType>,
+    /// `--weights` as given (a dtype, or `experts=D,rest=D`), applied over the preset's;
+    /// a breakdown's scenario holds the resolved formats' name.
+    pub weights: Option<String>,
     pub kv: Option<DType>,
     /// Communications per Transformer block (the talk: 6+ on-chip, 2+ cross-chip).
     pub on_chip_hops: u64,
@@ -60,8 +63,13 @@ impl Scenario {
                 .transpose()
                 .map_err(anyhow::Error::msg)
         };
+        if let Some(w) = weights {
+            // Checked here, resolved against the preset in `evaluate`.
+            WeightFormats::parse_over(w, WeightFormats::all(DType::Bf16))
+                .map_err(anyhow::Error::msg)?;
+        }
         Ok(Scenario {
-            weights: parse(weights)?,
+            weights: weights.map(str::to_string),
             kv: parse(kv)?,
             ..Scenario::new(batch, context, devices)
         })
@@ -137,6 +145,8 @@ pub struct Breakdown {
     pub communication_bytes: f64,
     pub flops: f64,
     pub experts_touched_per_layer: Option<f64>,
+    /// The weights' dtype per class, as evaluated.
+    pub weight_formats: WeightFormats,
     pub time_ms: Split,
     pub energy_j_per_token: Split,
     pub user_tokens_per_s: f64,
@@ -205,12 +215,11 @@ pub fn evaluate(
     );
     let n = needs(h)?;
     let (b, d) = (s.batch as f64, s.devices as f64);
-    let w = s.weights.unwrap_or(m.weights);
-    let ew = if s.weights.is_some() {
-        w
-    } else {
-        m.expert_weights.unwrap_or(w)
+    let formats = match &s.weights {
+        Some(text) => WeightFormats::parse_over(text, m.weights).map_err(anyhow::Error::msg)?,
+        None => m.weights,
     };
+    let (w, ew) = (formats.rest, formats.experts);
     let kv = s.kv.unwrap_or(m.kv);
     let touched = m
         .moe
@@ -224,13 +233,22 @@ pub fn evaluate(
         .sum();
     let kv_bytes = b * cached * m.kv_bytes_per_token_layer(kv);
 
-    // FLOPs: 2 per active parameter per token at the weights' rate; attention at the KV's.
-    let weight_flops = 2.0 * m.active_params() * b;
+    // FLOPs: 2 per active parameter per token, the routed experts' at their dtype's rate
+    // and the rest at theirs; attention at the KV's.
+    let routed_active = m
+        .moe
+        .as_ref()
+        .map_or(0.0, |x| m.moe_layers() * x.top_k as f64 * m.expert_params());
+    let expert_flops = 2.0 * routed_active * b;
+    let rest_flops = 2.0 * (m.active_params() - routed_active) * b;
     let attention_flops = b * cached * m.attention_flops_per_token();
-    let flops = weight_flops + attention_flops;
-    let compute_s = weight_flops / (d * rate(w, n.flops) * 1e12)
-        + attention_flops / (d * rate(kv, n.flops) * 1e12);
-    let compute_j = (weight_flops * rate(w, &n.energy.pj_per_flop)
+    let flops = expert_flops + rest_flops + attention_flops;
+    let compute_s = (expert_flops / rate(ew, n.flops)
+        + rest_flops / rate(w, n.flops)
+        + attention_flops / rate(kv, n.flops))
+        / (d * 1e12);
+    let compute_j = (expert_flops * rate(ew, &n.energy.pj_per_flop)
+        + rest_flops * rate(w, &n.energy.pj_per_flop)
         + attention_flops * rate(kv, &n.energy.pj_per_flop))
         * 1e-12;
 
@@ -268,7 +286,7 @@ pub fn evaluate(
         model: m.name.clone(),
         hardware: h.name.clone(),
         scenario: Scenario {
-            weights: Some(w),
+            weights: Some(formats.name()),
             kv: Some(kv),
             ..s.clone()
         },
@@ -277,6 +295,7 @@ pub fn evaluate(
         communication_bytes: comm_bytes,
         flops,
         experts_touched_per_layer: touched,
+        weight_formats: formats,
         time_ms: Split::new(
             time_s.weights * 1e3,
             time_s.kv * 1e3,

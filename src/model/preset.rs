@@ -56,11 +56,94 @@ pub struct ModelPreset {
     pub dense_intermediate: Option<u64>,
     #[serde(default)]
     pub moe: Option<MoeSpec>,
-    pub weights: DType,
-    /// Routed experts' dtype when it differs from `weights` (gpt-oss: MXFP4).
-    #[serde(default)]
-    pub expert_weights: Option<DType>,
+    /// `weights: bf16` for every tensor, or `weights: {experts: int4_g32, rest: bf16}`.
+    pub weights: WeightFormats,
     pub kv: DType,
+}
+
+/// The dtype of each class of weight: the routed experts, and the rest (attention, dense and
+/// shared-expert MLPs). Embedding and lm_head are counted in bf16 whatever these say.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct WeightFormats {
+    pub experts: DType,
+    pub rest: DType,
+}
+
+/// `weights:` as a file gives it: one dtype (a wrong name gets its did-you-mean), or one per
+/// class with both classes named.
+impl<'de> Deserialize<'de> for WeightFormats {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct PerClass {
+            experts: DType,
+            rest: DType,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = WeightFormats;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a dtype, or {experts: DTYPE, rest: DTYPE}")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<WeightFormats, E> {
+                s.parse().map(WeightFormats::all).map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<WeightFormats, A::Error> {
+                let p = PerClass::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(WeightFormats {
+                    experts: p.experts,
+                    rest: p.rest,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl WeightFormats {
+    pub fn all(d: DType) -> WeightFormats {
+        WeightFormats {
+            experts: d,
+            rest: d,
+        }
+    }
+
+    /// `bf16`, or `experts int4_g32, rest bf16`.
+    pub fn name(&self) -> String {
+        if self.experts == self.rest {
+            self.rest.name().to_string()
+        } else {
+            format!("experts {}, rest {}", self.experts, self.rest)
+        }
+    }
+
+    /// `--weights`: a dtype for every class, or `experts=D,rest=D` (either may be left out,
+    /// keeping the preset's), applied over `preset`.
+    pub fn parse_over(text: &str, preset: WeightFormats) -> Result<WeightFormats, String> {
+        if !text.contains('=') {
+            return text.parse().map(WeightFormats::all);
+        }
+        let mut out = preset;
+        for part in text.split(',') {
+            let (class, dtype) = part.split_once('=').ok_or_else(|| {
+                format!("'{part}' in --weights: expected CLASS=DTYPE (experts=..., rest=...)")
+            })?;
+            let d: DType = dtype.trim().parse()?;
+            match class.trim() {
+                "experts" => out.experts = d,
+                "rest" => out.rest = d,
+                other => {
+                    return Err(format!(
+                        "unknown weight class '{other}' in --weights (experts or rest)"
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl ModelPreset {

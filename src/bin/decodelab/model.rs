@@ -22,7 +22,8 @@ pub struct ModelArgs {
     /// Devices the model is spread over.
     #[arg(long, default_value_t = 1)]
     devices: u64,
-    /// Weight dtype (default: the preset's): bf16, fp8, mxfp4.
+    /// Weight dtype (default: the preset's): one for every class (bf16, fp8, int4_g32,
+    /// int4_g128, mxfp4, nvfp4), or per class over the preset's: experts=nvfp4,rest=fp8.
     #[arg(long)]
     weights: Option<String>,
     /// KV-cache dtype (default: the preset's): bf16, fp8.

@@ -20,14 +20,21 @@ pub fn describe(b: &Breakdown) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{} on {} x {}: batch {}, context {}, weights {}, KV {}",
+        "{} on {} x {}: batch {}, context {}, KV {}",
         b.model,
         s.devices,
         b.hardware,
         s.batch,
         s.context,
-        s.weights.unwrap_or(DType::Bf16).name(),
         s.kv.unwrap_or(DType::Bf16).name()
+    );
+    let f = &b.weight_formats;
+    let bits = |d: DType| format!("{d} ({} bits per weight)", d.bits_per_value());
+    let _ = writeln!(
+        o,
+        "weights: routed experts {}, the rest {} (embedding and lm_head bf16)",
+        bits(f.experts),
+        bits(f.rest)
     );
     let _ = writeln!(
         o,
