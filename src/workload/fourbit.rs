@@ -133,13 +133,25 @@ impl Groups {
         let code = |v: f32| {
             let v = (v as f64 * inv) as f32;
             match self.code {
-                Code::Int4 => (v.round_ties_even().clamp(-8.0, 7.0) as i8 as u8) & 0xF,
+                Code::Int4 => (round_even(v).clamp(-8.0, 7.0) as i8 as u8) & 0xF,
                 Code::E2m1 => e2m1_encode(v),
             }
         };
         for (pair, out) in values.chunks_exact(2).zip(codes.iter_mut()) {
             *out = code(pair[0]) | code(pair[1]) << 4;
         }
+    }
+}
+
+/// Round to nearest, ties to even, for |v| < 2^22: adding and taking away 1.5 x 2^23 leaves
+/// the f32 adder's own rounding (no libm `rintf` call on a baseline x86-64 build).
+#[inline(always)]
+fn round_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    if v.abs() < 4_194_304.0 {
+        (v + MAGIC) - MAGIC
+    } else {
+        v
     }
 }
 

@@ -13,7 +13,11 @@ pub(super) struct ExpertCtx<'a> {
     pub x: Aligned,
     pub dip: usize,
     pub wt: &'a [u8],
+    /// f32 scales per row, block or expert (`ExpertGemv::dot_scales`).
     pub scales: Option<&'a [f32]>,
+    /// A 4-bit dtype's group scales (`w_scale`); x is then laid out per 32 values as the
+    /// even positions, then the odd (`four_bit_x`).
+    pub group_scales: Option<&'a [u8]>,
     /// Touched experts with their (token, choice) slots.
     pub touched: Vec<(usize, Vec<usize>)>,
     pub rw: &'a [f32],
@@ -46,6 +50,19 @@ pub(super) unsafe fn block<S: Simd>(cx: &ExpertCtx, blk: usize) -> Vec<f32> {
                 };
                 // SAFETY: the caller's contract; rows o..o+r are inside the block.
                 unsafe {
+                    if cx.group_scales.is_some() {
+                        match (r, group.len()) {
+                            (4, 4) => rows4::<S, 4, 4>(cx, at, group, &mut slots),
+                            (4, 3) => rows4::<S, 4, 3>(cx, at, group, &mut slots),
+                            (4, 2) => rows4::<S, 4, 2>(cx, at, group, &mut slots),
+                            (4, _) => rows4::<S, 4, 1>(cx, at, group, &mut slots),
+                            (_, 4) => rows4::<S, 1, 4>(cx, at, group, &mut slots),
+                            (_, 3) => rows4::<S, 1, 3>(cx, at, group, &mut slots),
+                            (_, 2) => rows4::<S, 1, 2>(cx, at, group, &mut slots),
+                            _ => rows4::<S, 1, 1>(cx, at, group, &mut slots),
+                        }
+                        continue;
+                    }
                     match (r, group.len()) {
                         (4, 4) => rows::<S, 4, 4>(cx, at, group, &mut slots),
                         (4, 3) => rows::<S, 4, 3>(cx, at, group, &mut slots),
@@ -151,6 +168,97 @@ unsafe fn rows<S: Simd, const R: usize, const T: usize>(
             };
             for (t, &slot) in group.iter().enumerate() {
                 let d = S::hsum(total[r][t]) * row_scale;
+                slots[slot * at.width + (at.o + r - at.o0)] = d * cx.rw[slot];
+            }
+        }
+    }
+}
+
+/// x laid out for the 4-bit kernels: each 32 values as the 16 at even positions, then the 16
+/// at odd (the order `Simd::nibbles32` decodes a chunk's codes in).
+pub(super) fn four_bit_x(x: &mut [f32]) {
+    for chunk in x.chunks_exact_mut(32) {
+        let natural: [f32; 32] = chunk.try_into().expect("32 values");
+        for j in 0..16 {
+            chunk[j] = natural[2 * j];
+            chunk[16 + j] = natural[2 * j + 1];
+        }
+    }
+}
+
+/// How far ahead of a 4-bit row's loads its lines are asked for, in bytes.
+const PREFETCH: usize = 4096;
+
+/// R rows of a 4-bit expert against T of its slots, 32 values (16 bytes a row) at a time:
+/// each chunk's codes looked up in a table of their group's scaled values, so the scale
+/// costs one table per group and row, shared by every token.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
+unsafe fn rows4<S: Simd, const R: usize, const T: usize>(
+    cx: &ExpertCtx,
+    at: Rows,
+    group: &[usize],
+    slots: &mut [f32],
+) {
+    let w = cx.w;
+    let g = w.weight_dtype.groups().expect("a 4-bit dtype");
+    let scales = cx.group_scales.expect("4-bit group scales");
+    let (di, k) = (w.d_in, w.top_k);
+    let row: [usize; R] = std::array::from_fn(|r| (at.e * w.d_out + at.o + r) * di);
+    let xs: [*const f32; T] = std::array::from_fn(|t| cx.x[group[t] / k * cx.dip..].as_ptr());
+    assert!(
+        di.is_multiple_of(32) && (row[R - 1] + di) / 2 <= cx.wt.len(),
+        "rows out of the weights"
+    );
+    let base: [f32; 16] = std::array::from_fn(|c| g.value(c as u8));
+    let table = |gi: usize| -> [f32; 16] {
+        let s = g.scale.decode(scales, gi);
+        std::array::from_fn(|c| base[c] * s)
+    };
+    // SAFETY: chunks stay inside each row (asserted above); x rows hold d_in values.
+    unsafe {
+        let mut acc = [[S::splat(0.0); T]; R];
+        let mut tables = [([0f32; 16], [0f32; 16]); R];
+        for c in 0..di / 32 {
+            let v0 = c * 32;
+            // A new group starts in this chunk (groups of 32 or 128), or two do (16).
+            if v0.is_multiple_of(g.elems) || g.elems < 32 {
+                for r in 0..R {
+                    let gi = (row[r] + v0) / g.elems;
+                    let ta = table(gi);
+                    tables[r] = (ta, if g.elems < 32 { table(gi + 1) } else { ta });
+                }
+            }
+            // Loops, not closures, and x loaded once for all R rows (as `rows` does).
+            let mut wv = [[S::splat(0.0); 4]; R];
+            for r in 0..R {
+                let p = cx.wt.as_ptr().add((row[r] + v0) / 2);
+                // A row gives 16 bytes a chunk: ask for its lines well ahead, or the loads
+                // wait on memory with few lines in flight.
+                #[cfg(target_arch = "x86_64")]
+                if c % 4 == 0 {
+                    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+                }
+                S::nibbles32(p, &tables[r].0, &tables[r].1, &mut wv[r]);
+            }
+            for t in 0..T {
+                for v in 0..4 {
+                    if v * S::LANES < 32 {
+                        let xv = S::load(xs[t].add(v0 + v * S::LANES));
+                        for r in 0..R {
+                            acc[r][t] = S::fma(wv[r][v], xv, acc[r][t]);
+                        }
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            let row_scale = cx
+                .scales
+                .map_or(1.0, |s| s[w.scale_index(at.e, at.o + r, 0)]);
+            for (t, &slot) in group.iter().enumerate() {
+                let d = S::hsum(acc[r][t]) * row_scale;
                 slots[slot * at.width + (at.o + r - at.o0)] = d * cx.rw[slot];
             }
         }

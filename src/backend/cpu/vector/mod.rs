@@ -32,6 +32,16 @@ pub fn covers(isa: Isa, workload: &crate::workload::Workload) -> Result<(), Stri
         Workload::ExpertGemv(_) if isa == Isa::Amx => {
             return Err("amx runs kv_decode; expert_gemv runs on avx512".into());
         }
+        Workload::ExpertGemv(w) if w.weight_dtype.groups().is_some() => {
+            return if w.d_in.is_multiple_of(32) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} with d_in {} (not a multiple of 32) runs in simple",
+                    w.weight_dtype, w.d_in
+                ))
+            };
+        }
         Workload::ExpertGemv(w) => w.weight_dtype,
         Workload::Stream(_) if matches!(isa, Isa::Avx512 | Isa::Avx2) => return Ok(()),
         other => {
@@ -187,6 +197,9 @@ pub(super) fn expert_gemv(isa: Isa, w: &ExpertGemv, inputs: &TensorSet, outputs:
             *o = w.math.operand(v);
         }
     }
+    if w.weight_dtype.groups().is_some() {
+        x.chunks_exact_mut(dip).for_each(expert::four_bit_x);
+    }
     let scales = w.dot_scales(inputs);
     let rw = inputs.expect("topk_weights").view::<f32>();
     let ids = inputs.expect("topk_ids").view::<i32>();
@@ -196,6 +209,8 @@ pub(super) fn expert_gemv(isa: Isa, w: &ExpertGemv, inputs: &TensorSet, outputs:
         dip,
         wt: &inputs.expect("w").bytes,
         scales: scales.as_deref(),
+        group_scales: (w.weight_dtype.groups().is_some())
+            .then(|| &inputs.expect("w_scale").bytes[..]),
         touched: slots_by_expert(w, &ids),
         rw: &rw,
     };

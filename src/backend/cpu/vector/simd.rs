@@ -133,6 +133,26 @@ pub(crate) trait Simd: Copy {
     /// `LANES` stored values of `dt` (f32, f16, bf16 or fp8_e4m3) at `p`, as f32.
     unsafe fn decode(dt: DType, p: *const u8) -> Self::V;
 
+    /// The 32 values that 16 bytes of 4-bit codes at `p` stand for (two a byte, low nibble
+    /// first): each code's entry in `ta` (bytes 0..8) or `tb` (bytes 8..16), tables of a
+    /// group's scaled code values. Written as the values at even positions, then those at
+    /// odd (x is laid out to match), `32 / LANES` vectors into `out`.
+    #[inline(always)]
+    unsafe fn nibbles32(p: *const u8, ta: &[f32; 16], tb: &[f32; 16], out: &mut [Self::V; 4]) {
+        let mut buf = Line32([0.0; 32]);
+        for i in 0..16 {
+            // SAFETY: the caller passes 16 readable bytes.
+            let b = unsafe { *p.add(i) } as usize;
+            let t = if i < 8 { ta } else { tb };
+            buf.0[i] = t[b & 15];
+            buf.0[16 + i] = t[b >> 4];
+        }
+        for (v, o) in out.iter_mut().take(32 / Self::LANES).enumerate() {
+            // SAFETY: inside `buf`.
+            *o = unsafe { Self::load(buf.0.as_ptr().add(v * Self::LANES)) };
+        }
+    }
+
     /// e^x, within 2 ulp for x in [-87, 88] (below: a tiny positive value or 0; softmax's
     /// arguments are <= 0). Cody-Waite reduction, a degree-6 polynomial, 2^n by its bits.
     #[inline(always)]
@@ -180,6 +200,10 @@ pub(crate) unsafe fn decode_row<S: Simd>(dt: DType, bytes: &[u8], start: usize, 
 #[repr(C, align(64))]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct Line([f32; 16]);
+
+/// 32 f32 on a cache line boundary: one 4-bit chunk decoded.
+#[repr(C, align(64))]
+struct Line32([f32; 32]);
 
 /// A zeroed buffer of at least `n` f32s that starts on a cache line (a plain Vec<f32> starts
 /// where malloc says, and a 64-byte load across two lines costs two).
@@ -289,6 +313,21 @@ mod x86 {
         #[inline(always)]
         unsafe fn hmax(v: __m512) -> f32 {
             unsafe { _mm512_reduce_max_ps(v) }
+        }
+        #[inline(always)]
+        unsafe fn nibbles32(p: *const u8, ta: &[f32; 16], tb: &[f32; 16], out: &mut [__m512; 4]) {
+            // SAFETY: the caller passes 16 readable bytes and the path's features.
+            unsafe {
+                // Byte i in dword i: its low nibble indexes the table; bit 4 picks tb for
+                // bytes 8..16 (vpermt2ps reads 5 bits of an index).
+                let d = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
+                let half = _mm512_set_epi32(16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0);
+                let lo = _mm512_or_si512(_mm512_and_si512(d, _mm512_set1_epi32(15)), half);
+                let hi = _mm512_or_si512(_mm512_srli_epi32::<4>(d), half);
+                let (a, b) = (_mm512_loadu_ps(ta.as_ptr()), _mm512_loadu_ps(tb.as_ptr()));
+                out[0] = _mm512_permutex2var_ps(a, lo, b);
+                out[1] = _mm512_permutex2var_ps(a, hi, b);
+            }
         }
         #[inline(always)]
         unsafe fn transpose_sum(a: &[__m512; 16]) -> __m512 {
