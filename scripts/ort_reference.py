@@ -15,7 +15,9 @@ stored in other dtypes are skipped, since the peer would move other bytes):
   kv_decode mla  the absorbed form the same way: scores over the latent, V = its first dims
   expert_gemv    one MatMul per (token, chosen expert) on f32 weights [d_in, d_out], summed
                  with the routing weights (ORT has no grouped GEMV); tokens that share an
-                 expert share its MatMul
+                 expert share its MatMul. int4_g32 / int4_g128: MatMulNBits (com.microsoft,
+                 4 bits, block 32 / 128, zero point 8 = symmetric, f32 scales: 0.5 bit per
+                 weight more than decodelab's bf16 scales, held to decodelab's byte count)
 """
 import argparse
 import json
@@ -24,6 +26,7 @@ import time
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
@@ -31,7 +34,7 @@ SCRATCH = np.zeros(1 << 28, dtype=np.float32)  # 1 GiB, written before each rep
 
 
 def session(graph, threads):
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     so = ort.SessionOptions()
@@ -91,25 +94,48 @@ def kv_decode(p, threads, reps):
     return median, "MatMul-Softmax-MatMul, contiguous f32 cache, K transposed"
 
 
+def matmul_nbits(e, din, dout, block, rng):
+    """Node and initializers of one expert's MatMulNBits: B [N, K / block, block / 2]. B and
+    its scales are initializers, so ORT prepacks them once (as a deployment would); f32
+    accuracy (accuracy_level 1), as decodelab's math: f32."""
+    codes = rng.integers(0, 256, size=(dout, din // block, block // 2), dtype=np.uint8)
+    scales = rng.uniform(0.01, 0.02, size=(dout * (din // block),)).astype(np.float32)
+    node = helper.make_node(
+        "MatMulNBits", [f"x{e}", f"b{e}", f"s{e}"], [f"y{e}"], domain="com.microsoft",
+        K=din, N=dout, bits=4, block_size=block, accuracy_level=1)
+    inits = [onnx.numpy_helper.from_array(codes, f"b{e}"), onnx.numpy_helper.from_array(scales, f"s{e}")]
+    return node, inits
+
+
 def expert_gemv(p, threads, reps):
-    if p["weight_dtype"] != "f32":
-        return None, "f32 weights only"
+    block = {"int4_g32": 32, "int4_g128": 128}.get(p["weight_dtype"])
+    if p["weight_dtype"] != "f32" and block is None:
+        return None, "f32 and int4 weights only"
     t, k, din, dout = p["batch"], p["top_k"], p["d_in"], p["d_out"]
     touched = p.get("experts_touched", min(p["experts"], t * k))
     rng = np.random.default_rng(2)
     # Each touched expert's weights once, its tokens stacked as the rows of one MatMul.
     per = [t * k // touched + (1 if e < (t * k) % touched else 0) for e in range(touched)]
-    feeds, nodes, inputs, outs = {}, [], [], []
+    feeds, nodes, inputs, outs, inits = {}, [], [], [], []
     for e in range(touched):
         x = rng.standard_normal((max(per[e], 1), din), dtype=np.float32)
-        w = rng.standard_normal((din, dout), dtype=np.float32)
-        feeds[f"x{e}"], feeds[f"w{e}"] = x, w
-        inputs += [f32(f"x{e}", list(x.shape)), f32(f"w{e}", list(w.shape))]
-        nodes.append(helper.make_node("MatMul", [f"x{e}", f"w{e}"], [f"y{e}"]))
+        feeds[f"x{e}"] = x
+        inputs.append(f32(f"x{e}", list(x.shape)))
+        if block:
+            node, more = matmul_nbits(e, din, dout, block, rng)
+            nodes.append(node)
+            inits += more
+        else:
+            w = rng.standard_normal((din, dout), dtype=np.float32)
+            feeds[f"w{e}"] = w
+            inputs.append(f32(f"w{e}", list(w.shape)))
+            nodes.append(helper.make_node("MatMul", [f"x{e}", f"w{e}"], [f"y{e}"]))
         outs.append(f32(f"y{e}", [x.shape[0], dout]))
-    graph = helper.make_graph(nodes, "experts", inputs, outs)
+    graph = helper.make_graph(nodes, "experts", inputs, outs, initializer=inits)
     s = session(graph, threads)
     median, _ = timed(lambda: s.run(None, feeds), reps)
+    if block:
+        return median, f"{touched} MatMulNBits (4 bits, block {block}, f32 scales)"
     return median, f"{touched} MatMuls, f32 weights as inputs"
 
 
