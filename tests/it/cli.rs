@@ -267,7 +267,8 @@ fn profiles_and_presets_work_from_any_folder() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // The readable form says fp8 and bf16 as a person writes them, never Rust's Debug.
+    // The readable form says int4_g32 and bf16 as a person writes them, never Rust's Debug,
+    // with each class's bits per weight.
     let o = bin()
         .current_dir(&dir)
         .args([
@@ -282,9 +283,13 @@ fn profiles_and_presets_work_from_any_folder() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("weights fp8_e4m3, KV bf16"), "{text}");
+    assert!(text.contains("KV bf16"), "{text}");
     assert!(
-        !text.contains("Some(") && !text.contains("Fp8") && !text.contains("Bf16"),
+        text.contains("routed experts int4_g32 (4.5 bits per weight), the rest bf16 (16 bits"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Some(") && !text.contains("Int4") && !text.contains("Bf16"),
         "{text}"
     );
     let o = bin()
