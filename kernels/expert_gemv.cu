@@ -26,10 +26,16 @@ extern "C" __global__ void __launch_bounds__(WG, 1) gemv(
             const u64 row = ((u64)e * D_OUT + o) * D_IN;
             const float* sc = row_scales(w_scale, e, o);
 #if ROW_ALIGNED
-            const uint4* w4 = reinterpret_cast<const uint4*>(w + row * ELEM_BYTES);
+            const uint4* w4 = reinterpret_cast<const uint4*>(w + (row * ELEM_BITS >> 3));
             for (int vi = lid; vi < D_IN / ELEMS_PER_VEC; vi += WG) {
                 float wv[ELEMS_PER_VEC];
                 decode_vec(__ldg(w4 + vi), wv); // stream: weights
+#if GROUP
+                // 4-bit: each code times its group's scale (one a vector, or two for 16).
+#pragma unroll
+                for (int kk = 0; kk < ELEMS_PER_VEC; kk++)
+                    wv[kk] *= group_scale(w_scale, (row + vi * ELEMS_PER_VEC + kk) / GROUP);
+#endif
 #if SCALE_BLOCK
                 const float bs = __ldg(sc + vi * ELEMS_PER_VEC / SCALE_BLOCK);
 #else
@@ -47,6 +53,8 @@ extern "C" __global__ void __launch_bounds__(WG, 1) gemv(
             for (int i = lid; i < D_IN; i += WG) {
 #if SCALE_BLOCK
                 const float wv = decode_elem(w, row + i) * __ldg(sc + i / SCALE_BLOCK); // stream: weights
+#elif GROUP
+                const float wv = decode_elem(w, row + i) * group_scale(w_scale, (row + i) / GROUP); // stream: weights
 #else
                 const float wv = decode_elem(w, row + i); // stream: weights
 #endif
@@ -68,6 +76,9 @@ extern "C" __global__ void __launch_bounds__(WG, 1) gemv(
                 for (int i = 0; i < WG / 32; i++) dot += red[lid][i];
 #if SCALED && !SCALE_BLOCK
                 dot *= w_scale[(u64)e * D_OUT + o];
+#endif
+#if TENSOR_SCALE
+                dot *= w_scale[TS_WORD + e]; // nvfp4: the expert's f32, after the group scales
 #endif
                 const unsigned int slot = entries[2 * (t0 + tt) + 1];
                 slot_out[(u64)slot * D_OUT + o] = dot * entry_weight[t0 + tt];

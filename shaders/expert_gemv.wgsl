@@ -71,7 +71,29 @@ fn block_scale(e: u32, o: u32, i: u32) -> f32 {
     return w_scale[(e * SB_OUT + o / sb) * SB_IN + i / sb];
 }
 
+// 4-bit dtypes (GROUP > 0): the scale of the group holding element i of global row `grow`,
+// from the scale buffer's bytes (SCALE_CODE 1 bf16, 2 E8M0, 3 E4M3); else 1.
+fn group_scale(grow: u32, i: u32) -> f32 {
+    if (GROUP == 0u) {
+        return 1.0;
+    }
+    let g = max(GROUP, 1u);
+    let gi = grow * (D_IN / g) + i / g;
+    if (SCALE_CODE == 1u) {
+        let word = bitcast<u32>(w_scale[gi >> 1u]);
+        return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (gi & 1u) == 1u));
+    }
+    let b = (bitcast<u32>(w_scale[gi >> 2u]) >> (8u * (gi & 3u))) & 0xffu;
+    if (SCALE_CODE == 2u) {
+        return bitcast<f32>(select(b << 23u, 0x00400000u, b == 0u)); // 2^(b-127); 0 is 2^-127
+    }
+    return decode_fp8_e4m3(b);
+}
+
 fn w_elem(c: u32, e: u32) -> f32 {
+    if (ELEM_BITS == 4u) {
+        return decode_in_vec(w_vec(c, e >> 5u), e & 31u);
+    }
     let byte = e * ELEM_BYTES;
     return decode_elem(w_vec(c, byte >> 4u)[(byte >> 2u) & 3u], byte & 3u);
 }
@@ -98,14 +120,14 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 let c = grow / ROWS_PER_CHUNK;
                 let row = (grow % ROWS_PER_CHUNK) * D_IN; // element offset in the chunk
                 if (ROW_ALIGNED) {
-                    let v0 = (row * ELEM_BYTES) >> 4u;
+                    let v0 = select((row * ELEM_BYTES) >> 4u, row >> 5u, ELEM_BITS == 4u);
                     for (var v = lid; v < D_IN / ELEMS_PER_VEC; v += WG) {
                         let words = w_vec(c, v0 + v);
                         // A 16-byte word never straddles a scale block (128 elements).
                         let bs = block_scale(e, o, v * ELEMS_PER_VEC);
                         for (var k = 0u; k < ELEMS_PER_VEC; k++) {
-                            let wv = decode_in_vec(words, k) * bs;
                             let i = v * ELEMS_PER_VEC + k;
+                            let wv = decode_in_vec(words, k) * bs * group_scale(grow, i);
                             for (var tt = 0u; tt < nt; tt++) {
                                 let tok = groups[entries + 2u * (t0 + tt)];
                                 part[r * TB + tt] += wv * x[tok * D_IN + i];
@@ -114,7 +136,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                     }
                 } else {
                     for (var i = lid; i < D_IN; i += WG) {
-                        let wv = w_elem(c, row + i) * block_scale(e, o, i);
+                        let wv = w_elem(c, row + i) * block_scale(e, o, i) * group_scale(grow, i);
                         for (var tt = 0u; tt < nt; tt++) {
                             let tok = groups[entries + 2u * (t0 + tt)];
                             part[r * TB + tt] += wv * x[tok * D_IN + i];
@@ -134,6 +156,9 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 var s = 1.0;
                 if (SCALED && SCALE_BLOCK == 0u) {
                     s = w_scale[e * D_OUT + o];
+                }
+                if (TENSOR_SCALE) { // nvfp4: the expert's f32, after the group scales
+                    s = w_scale[TS_WORD + e];
                 }
                 let slot = groups[entries + 2u * (t0 + tt) + 1u];
                 slot_out[slot * D_OUT + o] = dot * s * entry_weight[t0 + tt];

@@ -473,18 +473,6 @@ pub trait Backend: Send + Sync {
     }
 }
 
-/// What the GPU kernels cover: whole-byte dtypes. A 4-bit dtype is refused by name, so
-/// `impl: best` and the preflight say so instead of compiling a kernel that cannot decode it
-/// (the preludes would refuse it too).
-pub fn whole_byte_dtypes_only(backend: &str, w: &Workload) -> Result<(), String> {
-    match w.storage_dtype() {
-        Some(dt) if dt.groups().is_some() => Err(format!(
-            "{dt} (4-bit codes with group scales) has no {backend} kernel yet; the cpu backend runs it"
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// The outcome of looking for a backend: usable, or why not.
 pub enum Probe {
     Available(Box<dyn Backend>),

@@ -159,8 +159,16 @@ pub struct ExpertPlan {
 
 /// The shape constants of expert_gemv's kernels.
 pub fn expert_constants(w: &ExpertGemv, touched: usize, p: &ExpertPlan) -> Constants {
-    // A sub-byte dtype gives ELEM_BYTES 0: the preludes refuse it by ELEM_BITS.
+    // A 4-bit dtype gives ELEM_BYTES 0; its codes are decoded by ELEM_BITS, its group
+    // scales (SCALE_CODE 1 bf16, 2 E8M0, 3 E4M3; 0 none) read from the scale buffer's bytes.
     let es = w.weight_dtype.elem_bits() / 8;
+    let group = w.weight_dtype.groups();
+    let scale_code = group.map_or(0, |g| match g.scale {
+        crate::workload::fourbit::ScaleCode::Bf16 => 1,
+        crate::workload::fourbit::ScaleCode::E8m0 => 2,
+        crate::workload::fourbit::ScaleCode::E4m3 => 3,
+    });
+    let ts_word = tensor_scale_word(w);
     // 0: a scale per row (or none); else the edge of a square scale block, and their grid.
     let (scale_block, [sb_out, sb_in]) = match (w.scale_block(), w.scale_shape()) {
         (Some(b), Some(s)) => (b, [s[1], s[2]]),
@@ -182,7 +190,37 @@ pub fn expert_constants(w: &ExpertGemv, touched: usize, p: &ExpertPlan) -> Const
         .with("SCALE_BLOCK", Const::U(scale_block as u64))
         .with("SB_OUT", Const::U(sb_out as u64))
         .with("SB_IN", Const::U(sb_in as u64))
-        .with("ROW_ALIGNED", Const::B((w.d_in * es).is_multiple_of(16)))
+        .with(
+            "ROW_ALIGNED",
+            Const::B((w.d_in * w.weight_dtype.elem_bits()).is_multiple_of(128)),
+        )
+        .with("GROUP", Const::U(group.map_or(0, |g| g.elems) as u64))
+        .with("SCALE_CODE", Const::U(scale_code))
+        .with(
+            "TENSOR_SCALE",
+            Const::B(group.is_some_and(|g| g.tensor_scale)),
+        )
+        .with("TS_WORD", Const::U(ts_word as u64))
+}
+
+/// Where nvfp4's f32 per expert starts in the scale buffer, in 4-byte words: after the group
+/// scales' bytes, padded to a word (the kernels read one buffer of scales).
+pub fn tensor_scale_word(w: &ExpertGemv) -> usize {
+    (w.experts * w.d_out * w.group_scale_row_bytes() as usize).div_ceil(4)
+}
+
+/// The one scale buffer the GPU kernels read: fp8's f32 scales; a 4-bit dtype's group scales'
+/// bytes, then (nvfp4) its f32 per expert from word `tensor_scale_word`; else empty.
+pub fn expert_scale_bytes(w: &ExpertGemv, inputs: &crate::workload::TensorSet) -> Vec<u8> {
+    let mut bytes: Vec<u8> = inputs
+        .get("w_scale")
+        .map(|t| t.bytes.to_vec())
+        .unwrap_or_default();
+    if let Some(t) = inputs.get("w_scale_2") {
+        bytes.resize(tensor_scale_word(w) * 4, 0);
+        bytes.extend_from_slice(&t.bytes);
+    }
+    bytes
 }
 
 /// One point of every kernel variant: each dtype, GQA and MLA, aligned and unaligned rows.
@@ -241,6 +279,12 @@ pub fn representative() -> Vec<(String, Workload)> {
             format!("kv_decode mla 128 heads 512+64 {dt}"),
             kv(Attention::Mla, 128, 1, 576, 512, dt),
         ));
+        v.push((
+            format!("expert_gemv 7168 -> 2048 {dt}"),
+            ex(7168, dt, WeightScale::Row),
+        ));
+    }
+    for dt in DType::FOUR_BIT {
         v.push((
             format!("expert_gemv 7168 -> 2048 {dt}"),
             ex(7168, dt, WeightScale::Row),

@@ -104,7 +104,7 @@ fn run_on_host(w: &Workload, inputs: &TensorSet, imp: &str, dir: &Path) -> Tenso
     write("w.bin", &inputs.expect("w").bytes);
     write(
         "w_scale.bin",
-        inputs.get("w_scale").map_or(&[][..], |t| &t.bytes),
+        &decodelab::backend::plan::expert_scale_bytes(e, inputs),
     );
     write("groups.bin", bytemuck::cast_slice(&groups));
     write("entry_weight.bin", bytemuck::cast_slice(&weights));
@@ -161,6 +161,14 @@ fn every_cuda_expert_gemv_matches_the_oracle_on_the_host() {
             DType::Fp8E4m3,
             Routing::Uniform,
         )),
+        // The 4-bit formats (simple only: warp_rows decodes whole bytes): a scale per 32
+        // (one a vector), per 128 (one per 4 vectors), mxfp4's E8M0, and nvfp4's two scales
+        // a vector with its f32 per expert, and rows that are not whole vectors.
+        common::experts(10, 3, 7, 128, 37, DType::Int4G32, Routing::Uniform),
+        common::experts(6, 2, 3, 256, 20, DType::Int4G128, Routing::Uniform),
+        common::experts(10, 3, 1, 96, 68, DType::Mxfp4, Routing::Uniform),
+        common::experts(8, 3, 7, 160, 37, DType::Nvfp4, Routing::Uniform),
+        common::experts(5, 2, 2, 48, 9, DType::Nvfp4, Routing::Uniform),
     ];
     let base = std::env::temp_dir().join(format!("decodelab-cuda-host-{}", std::process::id()));
     let mut ran = Vec::new();
@@ -187,11 +195,12 @@ fn every_cuda_expert_gemv_matches_the_oracle_on_the_host() {
             ran.push((i, imp.name));
         }
     }
-    // Both implementations ran, and warp_rows declined only the unaligned rows.
+    // Both implementations ran, and warp_rows declined only the unaligned rows and the
+    // 4-bit points (the last five).
     assert_eq!(ran.iter().filter(|r| r.1 == "simple").count(), shapes.len());
     assert_eq!(
         ran.iter().filter(|r| r.1 == "warp_rows").count(),
-        shapes.len() - 2
+        shapes.len() - 7
     );
     let _ = std::fs::remove_dir_all(&base);
 }

@@ -102,7 +102,8 @@ fn an_unknown_dtype_code_does_not_compile() {
     assert!(accepted(&src), "the shader as built does not compile");
     let bad = src.replace("const DTYPE: u32 = 2u;", "const DTYPE: u32 = 9u;");
     assert!(!accepted(&bad), "DTYPE 9 was accepted");
-    // A sub-byte dtype (mxfp4's 4 bits) is refused too: these shaders index whole bytes.
+    // 4-bit elements with a whole-byte dtype's code are refused too (only the 4-bit weight
+    // codes 4..7 are decoded by nibble).
     assert!(src.contains("const ELEM_BITS: u32 = 16u;"));
     let bad = src.replace("const ELEM_BITS: u32 = 16u;", "const ELEM_BITS: u32 = 4u;");
     assert!(!accepted(&bad), "ELEM_BITS 4 was accepted");

@@ -215,7 +215,7 @@ impl Build<'_> {
         let touched = w.touched().len();
         let x = self.input(inputs, "x")?;
         let wt = self.input(inputs, "w")?;
-        let scale = self.up(inputs.get("w_scale").map_or(&[][..], |t| &t.bytes))?;
+        let scale = self.up(&crate::backend::plan::expert_scale_bytes(w, inputs))?;
         let g = self.up(bytemuck::cast_slice(&groups))?;
         let ew = self.up(bytemuck::cast_slice(&weights))?;
         // One row per (token, choice) slot; `combine` sums a token's slots.

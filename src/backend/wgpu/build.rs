@@ -374,10 +374,7 @@ impl Ctx {
         let combine = self.pipeline(&source, "combine", &layout)?;
 
         let x = self.buffer("x", &inputs.expect("x").bytes, wgpu::BufferUsages::empty());
-        let scale_bytes = inputs
-            .get("w_scale")
-            .map(|t| t.bytes.clone())
-            .unwrap_or_default();
+        let scale_bytes = crate::backend::plan::expert_scale_bytes(w, inputs);
         let w_scale = self.buffer("w_scale", &scale_bytes, wgpu::BufferUsages::empty());
         let groups_b = self.buffer(
             "groups",

@@ -239,7 +239,6 @@ impl Backend for WgpuBackend {
     }
 
     fn covers(&self, imp: &str, w: &Workload) -> Result<(), String> {
-        crate::backend::whole_byte_dtypes_only(self.name(), w)?;
         let paths = ShaderPaths {
             subgroups: self.subgroups(),
             subgroup_min: self.subgroup_min(),
