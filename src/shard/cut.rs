@@ -233,8 +233,11 @@ pub(super) fn experts(e: &ExpertGemv, inputs: &TensorSet, n: usize) -> (Vec<Shar
             inputs.expect("x").take_axis(0, &tokens),
             inputs.expect("w").slice_axis(0, own.clone()),
         ];
-        if let Some(s) = inputs.get("w_scale") {
-            set.push(s.slice_axis(0, own.clone()));
+        // Scales go with their experts (nvfp4's f32 per expert too).
+        for name in ["w_scale", "w_scale_2"] {
+            if let Some(s) = inputs.get(name) {
+                set.push(s.slice_axis(0, own.clone()));
+            }
         }
         let local_i32: Vec<i32> = local.iter().map(|&i| i as i32).collect();
         set.push(Tensor::from_i32(
@@ -273,7 +276,12 @@ pub(super) fn tensor(e: &ExpertGemv, inputs: &TensorSet, n: usize) -> (Vec<Shard
             if let Some(s) = inputs.get("w_scale") {
                 set.push(s.slice_axis(1, blocks));
             }
-            set.extend(clone_named(inputs, &["topk_ids", "topk_weights"]));
+            // A 4-bit row's groups lie along d_in, so a cut between rows keeps them whole;
+            // nvfp4's f32 per expert goes to every device.
+            set.extend(clone_named(
+                inputs,
+                &["topk_ids", "topk_weights", "w_scale_2"],
+            ));
             Shard {
                 device,
                 workload: Workload::ExpertGemv(ExpertGemv {

@@ -173,6 +173,16 @@ mod cases {
         }
     }
 
+    /// The 4-bit formats: experts keep their codes, group scales and (nvfp4) their f32; a
+    /// tensor cut between rows keeps every group whole.
+    pub fn four_bit(b: &dyn Backend) {
+        for dt in DType::FOUR_BIT {
+            let w = experts(10, 3, 7, 256, 45, dt, Routing::Uniform);
+            split_point(b, &w, SplitKind::Experts, 3);
+            split_point(b, &w, SplitKind::Tensor, 4);
+        }
+    }
+
     /// Block scales: the tensor cut falls on 128-row block edges (300 rows: 256 + 44 over 2,
     /// 128 + 128 + 44 over 3), and experts keep their blocks whole.
     pub fn block_scales(b: &dyn Backend) {
@@ -212,7 +222,7 @@ macro_rules! split_suite {
     ($backend:ident => $make:expr) => {
         mod $backend {
             use super::*;
-            split_suite!(@cases $make; heads_gqa_uneven, bf16_math_heads_and_experts, heads_mla_query_heads,
+            split_suite!(@cases $make; heads_gqa_uneven, bf16_math_heads_and_experts, heads_mla_query_heads, four_bit,
                 sequence_short_and_long, experts_uneven_and_idle, tensor_uneven_rows, block_scales, data_stream);
         }
     };
