@@ -211,22 +211,20 @@ unsafe fn rows4<S: Simd, const R: usize, const T: usize>(
         "rows out of the weights"
     );
     let base: [f32; 16] = std::array::from_fn(|c| g.value(c as u8));
-    let table = |gi: usize| -> [f32; 16] {
-        let s = g.scale.decode(scales, gi);
-        std::array::from_fn(|c| base[c] * s)
-    };
+    // Groups of 64 or more: a table of scaled values once per group. Smaller: the codes'
+    // table, and the scale (two for 16) multiplied per chunk.
+    let per_group_table = g.elems >= 64;
+    let scale = |gi: usize| g.scale.decode(scales, gi);
     // SAFETY: chunks stay inside each row (asserted above); x rows hold d_in values.
     unsafe {
         let mut acc = [[S::splat(0.0); T]; R];
-        let mut tables = [([0f32; 16], [0f32; 16]); R];
+        let mut tables = [base; R];
         for c in 0..di / 32 {
             let v0 = c * 32;
-            // A new group starts in this chunk (groups of 32 or 128), or two do (16).
-            if v0.is_multiple_of(g.elems) || g.elems < 32 {
+            if per_group_table && v0.is_multiple_of(g.elems) {
                 for r in 0..R {
-                    let gi = (row[r] + v0) / g.elems;
-                    let ta = table(gi);
-                    tables[r] = (ta, if g.elems < 32 { table(gi + 1) } else { ta });
+                    let s = scale((row[r] + v0) / g.elems);
+                    tables[r] = std::array::from_fn(|i| base[i] * s);
                 }
             }
             // Loops, not closures, and x loaded once for all R rows (as `rows` does).
@@ -240,7 +238,12 @@ unsafe fn rows4<S: Simd, const R: usize, const T: usize>(
                     use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
                     _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
                 }
-                S::nibbles32(p, &tables[r].0, &tables[r].1, &mut wv[r]);
+                let scales = (!per_group_table).then(|| {
+                    let gi = (row[r] + v0) / g.elems;
+                    let sa = scale(gi);
+                    (sa, if g.elems < 32 { scale(gi + 1) } else { sa })
+                });
+                S::nibbles32(p, &tables[r], scales, &mut wv[r]);
             }
             for t in 0..T {
                 for v in 0..4 {

@@ -134,18 +134,25 @@ pub(crate) trait Simd: Copy {
     unsafe fn decode(dt: DType, p: *const u8) -> Self::V;
 
     /// The 32 values that 16 bytes of 4-bit codes at `p` stand for (two a byte, low nibble
-    /// first): each code's entry in `ta` (bytes 0..8) or `tb` (bytes 8..16), tables of a
-    /// group's scaled code values. Written as the values at even positions, then those at
-    /// odd (x is laid out to match), `32 / LANES` vectors into `out`.
+    /// first): each code's entry in `table` (a group's code values), times `sa` for bytes
+    /// 0..8 and `sb` for bytes 8..16 where `scales` are given (a table already scaled gets
+    /// None). Written as the values at even positions, then those at odd (x is laid out to
+    /// match), `32 / LANES` vectors into `out`.
     #[inline(always)]
-    unsafe fn nibbles32(p: *const u8, ta: &[f32; 16], tb: &[f32; 16], out: &mut [Self::V; 4]) {
+    unsafe fn nibbles32(
+        p: *const u8,
+        table: &[f32; 16],
+        scales: Option<(f32, f32)>,
+        out: &mut [Self::V; 4],
+    ) {
         let mut buf = Line32([0.0; 32]);
+        let (sa, sb) = scales.unwrap_or((1.0, 1.0));
         for i in 0..16 {
             // SAFETY: the caller passes 16 readable bytes.
             let b = unsafe { *p.add(i) } as usize;
-            let t = if i < 8 { ta } else { tb };
-            buf.0[i] = t[b & 15];
-            buf.0[16 + i] = t[b >> 4];
+            let s = if i < 8 { sa } else { sb };
+            buf.0[i] = table[b & 15] * s;
+            buf.0[16 + i] = table[b >> 4] * s;
         }
         for (v, o) in out.iter_mut().take(32 / Self::LANES).enumerate() {
             // SAFETY: inside `buf`.
@@ -315,18 +322,28 @@ mod x86 {
             unsafe { _mm512_reduce_max_ps(v) }
         }
         #[inline(always)]
-        unsafe fn nibbles32(p: *const u8, ta: &[f32; 16], tb: &[f32; 16], out: &mut [__m512; 4]) {
+        unsafe fn nibbles32(
+            p: *const u8,
+            table: &[f32; 16],
+            scales: Option<(f32, f32)>,
+            out: &mut [__m512; 4],
+        ) {
             // SAFETY: the caller passes 16 readable bytes and the path's features.
             unsafe {
-                // Byte i in dword i: its low nibble indexes the table; bit 4 picks tb for
-                // bytes 8..16 (vpermt2ps reads 5 bits of an index).
+                // Byte i in dword i: vpermps reads its low 4 bits (the low nibble); shifted
+                // down by 4, the high nibble.
                 let d = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
-                let half = _mm512_set_epi32(16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0);
-                let lo = _mm512_or_si512(_mm512_and_si512(d, _mm512_set1_epi32(15)), half);
-                let hi = _mm512_or_si512(_mm512_srli_epi32::<4>(d), half);
-                let (a, b) = (_mm512_loadu_ps(ta.as_ptr()), _mm512_loadu_ps(tb.as_ptr()));
-                out[0] = _mm512_permutex2var_ps(a, lo, b);
-                out[1] = _mm512_permutex2var_ps(a, hi, b);
+                let t = _mm512_loadu_ps(table.as_ptr());
+                let lo = _mm512_permutexvar_ps(d, t);
+                let hi = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(d), t);
+                match scales {
+                    None => (out[0], out[1]) = (lo, hi),
+                    Some((sa, sb)) => {
+                        let s =
+                            _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(sa), _mm512_set1_ps(sb));
+                        (out[0], out[1]) = (_mm512_mul_ps(lo, s), _mm512_mul_ps(hi, s));
+                    }
+                }
             }
         }
         #[inline(always)]
