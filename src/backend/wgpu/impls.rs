@@ -14,10 +14,6 @@ pub fn covers(imp: &str, w: &Workload, paths: ShaderPaths) -> Result<(), String>
     match (imp, w) {
         ("simple", _) => Ok(()),
         ("unrolled", Workload::Stream(_)) => Ok(()),
-        ("unrolled", Workload::ExpertGemv(e)) if e.weight_dtype.groups().is_some() => Err(format!(
-            "{} runs in wgpu's simple (unrolled decodes whole bytes)",
-            e.weight_dtype
-        )),
         ("unrolled", Workload::ExpertGemv(e)) => {
             unrolled::expert::expert_covers(e, paths.subgroups)
         }

@@ -15,6 +15,7 @@ pub(super) const STREAM_MAIN_WGSL: &str = include_str!("../../../shaders/stream_
 pub(super) const KV_WGSL: &str = include_str!("../../../shaders/kv_decode.wgsl");
 pub(super) const KV_MERGE_WGSL: &str = include_str!("../../../shaders/kv_merge.wgsl");
 pub(super) const EXPERT_WGSL: &str = include_str!("../../../shaders/expert_gemv.wgsl");
+pub(super) const FOURBIT_WGSL: &str = include_str!("../../../shaders/fourbit.wgsl");
 pub(super) const EXPERT_COMBINE_WGSL: &str = include_str!("../../../shaders/expert_combine.wgsl");
 
 /// The optional WGSL features a shader is assembled for. (No f16 path: every kernel
@@ -161,7 +162,7 @@ pub fn expert_source(
     assemble(
         paths,
         &prelude,
-        &[DTYPE_WGSL, EXPERT_WGSL, EXPERT_COMBINE_WGSL],
+        &[DTYPE_WGSL, FOURBIT_WGSL, EXPERT_WGSL, EXPERT_COMBINE_WGSL],
     )
 }
 

@@ -15,9 +15,6 @@ pub fn expert_covers(w: &ExpertGemv, subgroups: bool) -> Result<(), String> {
     if !subgroups {
         return Err("needs subgroup operations (the plain path runs simple)".into());
     }
-    if !w.weight_dtype.elem_bits().is_multiple_of(8) {
-        return Err(format!("no WGSL decoder for {}", w.weight_dtype));
-    }
     if !(w.d_in * w.weight_dtype.elem_bits() / 8).is_multiple_of(16) {
         return Err(format!(
             "d_in {} of {} is not a whole number of 16-byte words (simple covers it)",
@@ -63,11 +60,14 @@ pub fn expert_source(
 @group(0) @binding(4) var<storage, read_write> slot_out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
-const WORDS: u32 = D_IN * ELEM_BYTES / 16u;
+const WORDS: u32 = D_IN * ELEM_BITS / 128u;
 var<workgroup> red: array<f32, ROWS * TB * MAX_SG>;
 ",
     );
     s.push_str(DECODERS);
+    // The 4-bit codes' and group scales' decoders (with dtype.wgsl's, which they use).
+    s.push_str(super::super::shaders::DTYPE_WGSL);
+    s.push_str(super::super::shaders::FOURBIT_WGSL);
     s.push_str(&gemv_body(w.weight_dtype));
     s.push_str(super::super::shaders::EXPERT_COMBINE_WGSL);
     s
@@ -123,9 +123,23 @@ fn gemv_body(dtype: DType) -> String {
             ));
         }
     }
+    // 4-bit: the word's 32 values take one group scale (two for groups of 16) per row.
+    let halves = dtype.groups().map(|g| if g.elems < 32 { 2 } else { 1 });
     for r in 0..rows {
+        for h in 0..halves.unwrap_or(0) {
+            c.line(format!(
+                "            let gs{r}_{h} = group_scale(g{r}, v * 32u + {}u);",
+                16 * h
+            ));
+        }
         for (k, d) in decode(dtype, &format!("w{r}")).iter().enumerate() {
-            c.line(format!("            let d{r}_{k} = {d};"));
+            match halves {
+                Some(n) => c.line(format!(
+                    "            let d{r}_{k} = {d} * gs{r}_{};",
+                    k * n / 8
+                )),
+                None => c.line(format!("            let d{r}_{k} = {d};")),
+            }
             for t in 0..tb {
                 c.line(format!("            a{r}_{t} += d{r}_{k} * x{t}_{k};"));
             }
@@ -159,6 +173,9 @@ fn gemv_body(dtype: DType) -> String {
     c.line("                var sc = 1.0;");
     c.line("                if (SCALED) {");
     c.line("                    sc = w_scale[e * D_OUT + o];");
+    c.line("                }");
+    c.line("                if (TENSOR_SCALE) {");
+    c.line("                    sc = w_scale[TS_WORD + e];");
     c.line("                }");
     c.line("                let slot = groups[entries + 2u * (t0 + tt) + 1u];");
     c.line("                slot_out[slot * D_OUT + o] = dot * sc * entry_weight[t0 + tt];");

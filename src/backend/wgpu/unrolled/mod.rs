@@ -49,7 +49,8 @@ const NEG_BIG: f32 = -3.0e38;
 const MIN_SUBGROUP: usize = 4;
 
 /// The `vec4<f32>` values of 16-byte word `wd` (a `vec4<u32>`), as WGSL expressions: 1 for
-/// f32, 2 for f16 and bf16, 4 for fp8 (each the word's elements in memory order).
+/// f32, 2 for f16 and bf16, 4 for fp8, 8 for 4-bit codes (unscaled), each the word's
+/// elements in memory order.
 fn decode(dtype: DType, wd: &str) -> Vec<String> {
     match dtype {
         DType::F32 => vec![format!("bitcast<vec4<f32>>({wd})")],
@@ -72,7 +73,11 @@ fn decode(dtype: DType, wd: &str) -> Vec<String> {
             .iter()
             .map(|c| format!("fp8x4({wd}.{c})"))
             .collect(),
-        _ => unreachable!("4-bit dtypes are refused by the covers checks"),
+        // 4-bit: each 32-bit word holds 8 codes, two vec4s (nib4 in shaders/fourbit.wgsl).
+        _ => ["x", "y", "z", "w"]
+            .iter()
+            .flat_map(|c| [format!("nib4({wd}.{c})"), format!("nib4({wd}.{c} >> 16u)")])
+            .collect(),
     }
 }
 
@@ -110,6 +115,11 @@ mod tests {
         ] {
             assert_eq!(decode(dt, "w").len(), n, "{dt}");
             assert_eq!(n * 4, 16 / (dt.elem_bits() / 8), "{dt}: elements per word");
+        }
+        for dt in DType::FOUR_BIT {
+            let d = decode(dt, "w");
+            assert_eq!(d.len() * 4, 128 / dt.elem_bits(), "{dt}: 32 codes a word");
+            assert_eq!(d[1], "nib4(w.x >> 16u)", "{dt}: codes 4..8 in memory order");
         }
     }
 }
