@@ -160,14 +160,10 @@ pub struct ExpertPlan {
 /// The shape constants of expert_gemv's kernels.
 pub fn expert_constants(w: &ExpertGemv, touched: usize, p: &ExpertPlan) -> Constants {
     // A 4-bit dtype gives ELEM_BYTES 0; its codes are decoded by ELEM_BITS, its group
-    // scales (SCALE_CODE 1 bf16, 2 E8M0, 3 E4M3; 0 none) read from the scale buffer's bytes.
+    // scales (SCALE_CODE; 0 none) read from the scale buffer's bytes.
     let es = w.weight_dtype.elem_bits() / 8;
     let group = w.weight_dtype.groups();
-    let scale_code = group.map_or(0, |g| match g.scale {
-        crate::workload::fourbit::ScaleCode::Bf16 => 1,
-        crate::workload::fourbit::ScaleCode::E8m0 => 2,
-        crate::workload::fourbit::ScaleCode::E4m3 => 3,
-    });
+    let scale_code = group.map_or(0, |g| g.scale.kernel_code());
     let ts_word = tensor_scale_word(w);
     // 0: a scale per row (or none); else the edge of a square scale block, and their grid.
     let (scale_block, [sb_out, sb_in]) = match (w.scale_block(), w.scale_shape()) {
@@ -190,10 +186,7 @@ pub fn expert_constants(w: &ExpertGemv, touched: usize, p: &ExpertPlan) -> Const
         .with("SCALE_BLOCK", Const::U(scale_block as u64))
         .with("SB_OUT", Const::U(sb_out as u64))
         .with("SB_IN", Const::U(sb_in as u64))
-        .with(
-            "ROW_ALIGNED",
-            Const::B((w.d_in * w.weight_dtype.elem_bits()).is_multiple_of(128)),
-        )
+        .with("ROW_ALIGNED", Const::B(w.w_row_bytes().is_multiple_of(16)))
         .with("GROUP", Const::U(group.map_or(0, |g| g.elems) as u64))
         .with("SCALE_CODE", Const::U(scale_code))
         .with(

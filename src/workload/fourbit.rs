@@ -42,6 +42,16 @@ impl ScaleCode {
         }
     }
 
+    /// The number the WGSL and CUDA kernels know this scale type by (`SCALE_CODE`; 0 is
+    /// none), as `DType::kernel_code` is the codes'.
+    pub fn kernel_code(self) -> u64 {
+        match self {
+            ScaleCode::Bf16 => 1,
+            ScaleCode::E8m0 => 2,
+            ScaleCode::E4m3 => 3,
+        }
+    }
+
     /// The element type of a tensor of these scales.
     pub fn elem(self) -> super::Elem {
         match self {

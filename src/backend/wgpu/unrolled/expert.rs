@@ -15,7 +15,7 @@ pub fn expert_covers(w: &ExpertGemv, subgroups: bool) -> Result<(), String> {
     if !subgroups {
         return Err("needs subgroup operations (the plain path runs simple)".into());
     }
-    if !(w.d_in * w.weight_dtype.elem_bits() / 8).is_multiple_of(16) {
+    if !w.w_row_bytes().is_multiple_of(16) {
         return Err(format!(
             "d_in {} of {} is not a whole number of 16-byte words (simple covers it)",
             w.d_in, w.weight_dtype
