@@ -273,7 +273,10 @@ impl Builder<'_> {
                     ),
                 ));
             }
-            let splits = ctx.optional(&run.value.split, SplitKind::None);
+            // The run's split axis, outside the kernel's own (expand refuses it where the
+            // kernel declares none; validate below refuses a split the kernel lacks).
+            let split_axis = crate::workload::axes::split(&[]);
+            let splits: Vec<SplitKind> = ctx.values(&split_axis, ctx.kernel.name())?;
             let imps = ctx.impls()?;
             for workload in ctx.expand(seed, points.len())? {
                 if let Some(n) = device_count

@@ -1,12 +1,14 @@
 //! One entry of `runs:` expanded into workloads: every list a sweep axis, each combination a
 //! point, each value checked where it stands in the file.
 
-use super::schema::{Field, LengthsSpec, RoutingSpec, RunSpec};
-use super::{MAX_BYTES, MAX_COUNT, MAX_ELEMENTS};
+use super::MAX_ELEMENTS;
+use super::schema::{AxisValue, Field, LengthsSpec, RoutingSpec, RunSpec, Size};
+use super::sweep::{At, Sweep, Swept};
 use crate::error::ConfigError;
+use crate::workload::axes::{AxisDecl, AxisDefault, MATH, MAX_BYTES};
 use crate::workload::{
-    Attention, DType, Direction, ExpertGemv, Kernel, KvDecode, Lengths, Link, Math, Routing,
-    Stream, StreamOp, WeightScale, Workload,
+    Attention, DType, ExpertGemv, Kernel, KvDecode, Lengths, Link, Math, Routing, Stream,
+    WeightScale, Workload, expert_gemv, kv_decode, link, stream,
 };
 use serde_saphyr::Spanned;
 
@@ -39,24 +41,6 @@ pub(super) struct RunCtx<'a> {
     pub(super) kernel: Kernel,
 }
 
-/// Every combination of axis positions, first axis slowest.
-fn product(dims: &[usize]) -> Vec<Vec<usize>> {
-    let mut out = vec![vec![]];
-    for &d in dims {
-        out = out
-            .into_iter()
-            .flat_map(|prefix| {
-                (0..d).map(move |i| {
-                    let mut p = prefix.clone();
-                    p.push(i);
-                    p
-                })
-            })
-            .collect();
-    }
-    out
-}
-
 impl RunCtx<'_> {
     fn field(&self, name: &str) -> String {
         format!("runs[{}].{name}", self.index)
@@ -80,82 +64,120 @@ impl RunCtx<'_> {
         self.b.err(self.line, 0, self.field(name), msg)
     }
 
-    fn required<T: Clone>(
+    /// A declared axis's values as the run gives them, or its declared default; integers are
+    /// held to the declared range.
+    pub(super) fn values<T: AxisValue>(
         &self,
-        f: &Field<T>,
-        name: &str,
-        kernel: &str,
+        decl: &AxisDecl,
+        label: &str,
     ) -> Result<Vec<T>, ConfigError> {
-        f.as_ref()
-            .map(|s| s.value.values.clone())
-            .ok_or_else(|| self.err_run(name, format!("missing: {kernel} needs `{name}`")))
-    }
-
-    pub(super) fn optional<T: Clone>(&self, f: &Field<T>, default: T) -> Vec<T> {
-        f.as_ref().map_or(vec![default], |s| s.value.values.clone())
-    }
-
-    /// A required count: every value in 1..=max.
-    fn count(
-        &self,
-        f: &Field<u64>,
-        name: &str,
-        kernel: &str,
-        max: u64,
-    ) -> Result<Vec<usize>, ConfigError> {
-        let v = self.required(f, name, kernel)?;
-        self.check_counts(f, name, &v, max)
-    }
-
-    fn count_or(
-        &self,
-        f: &Field<u64>,
-        name: &str,
-        default: u64,
-        max: u64,
-    ) -> Result<Vec<usize>, ConfigError> {
-        let v = self.optional(f, default);
-        self.check_counts(f, name, &v, max)
-    }
-
-    fn check_counts(
-        &self,
-        f: &Field<u64>,
-        name: &str,
-        v: &[u64],
-        max: u64,
-    ) -> Result<Vec<usize>, ConfigError> {
-        for &x in v {
-            if x == 0 || x > max {
-                let msg = if x == 0 {
-                    "must be at least 1 (got 0)".to_string()
+        let f = Self::spec_field::<T>(self.spec, decl);
+        let values = match (f, decl.default) {
+            (Some(s), _) => s.value.values.clone(),
+            (None, AxisDefault::Value(yaml)) => vec![Self::default_of(decl, yaml)],
+            (None, AxisDefault::Required) => {
+                let msg = format!("missing: {label} needs `{}`", decl.name);
+                return Err(self.err_run(decl.name, msg));
+            }
+            (None, AxisDefault::Derived(how)) => {
+                panic!(
+                    "{}: defaults to {how}; read it with optional_values",
+                    decl.name
+                )
+            }
+        };
+        if let Some((lo, hi)) = decl.range {
+            for x in values.iter().filter_map(T::count) {
+                let msg = if x < lo {
+                    format!("must be at least {lo} (got {x})")
+                } else if x > hi {
+                    format!("{x} is larger than the limit {hi}")
                 } else {
-                    format!("{x} is larger than the limit {max}")
+                    continue;
                 };
                 return Err(match f {
-                    Some(s) => self.err_at(s, name, msg),
-                    None => self.err_run(name, msg),
+                    Some(s) => self.err_at(s, decl.name, msg),
+                    None => self.err_run(decl.name, msg),
                 });
             }
         }
-        Ok(v.iter().map(|&x| x as usize).collect())
+        Ok(values)
     }
 
-    fn refuse_fields(&self, allowed: &[&str], kernel: &str) -> Result<(), ConfigError> {
-        for (name, line) in self.spec.present_fields() {
-            if !allowed.contains(&name) {
-                return Err(self.b.err(
-                    line,
-                    0,
-                    self.field(name),
-                    format!(
-                        "does not apply to kernel {kernel} (its fields: {})",
-                        allowed.join(", ")
-                    ),
-                ));
+    /// An axis whose default is derived from the point's others: None where the run omits it.
+    fn optional_values<T: AxisValue>(
+        &self,
+        decl: &AxisDecl,
+        label: &str,
+    ) -> Result<Vec<Option<T>>, ConfigError> {
+        assert!(
+            matches!(decl.default, AxisDefault::Derived(_)),
+            "{}",
+            decl.name
+        );
+        match Self::spec_field::<T>(self.spec, decl) {
+            None => Ok(vec![None]),
+            Some(_) => {
+                let derived = AxisDecl {
+                    default: AxisDefault::Required,
+                    ..*decl
+                };
+                Ok(self
+                    .values(&derived, label)?
+                    .into_iter()
+                    .map(Some)
+                    .collect())
             }
         }
-        Ok(())
+    }
+
+    /// Take a declared axis into the sweep.
+    fn take<T: AxisValue>(
+        &self,
+        sweep: &mut Sweep,
+        decl: &AxisDecl,
+    ) -> Result<Swept<T>, ConfigError> {
+        Ok(sweep.add(decl, self.values(decl, sweep.label)?))
+    }
+
+    fn take_optional<T: AxisValue>(
+        &self,
+        sweep: &mut Sweep,
+        decl: &AxisDecl,
+    ) -> Result<Swept<Option<T>>, ConfigError> {
+        Ok(sweep.add(decl, self.optional_values(decl, sweep.label)?))
+    }
+
+    fn spec_field<'s, T: AxisValue>(spec: &'s RunSpec, decl: &AxisDecl) -> &'s Field<T> {
+        T::field(spec, decl.name).unwrap_or_else(|| {
+            let t = std::any::type_name::<T>();
+            panic!("the axis {} is no field of type {t} in RunSpec", decl.name)
+        })
+    }
+
+    /// A declared default, parsed as the file's values are (a unit test parses them all).
+    fn default_of<T: AxisValue>(decl: &AxisDecl, yaml: &str) -> T {
+        serde_saphyr::from_str(yaml)
+            .unwrap_or_else(|e| panic!("the default of {} ({yaml}) does not parse: {e}", decl.name))
+    }
+
+    /// A sweep over a kernel form's declared axes; a field it does not declare is refused.
+    fn sweep(
+        &self,
+        decls: &'static [&'static AxisDecl],
+        label: &'static str,
+    ) -> Result<Sweep, ConfigError> {
+        for (name, line) in self.spec.present_fields() {
+            if !decls.iter().any(|d| d.name == name) {
+                let names: Vec<&str> = decls.iter().map(|d| d.name).collect();
+                let msg = format!(
+                    "does not apply to kernel {label} (its fields: {})",
+                    names.join(", ")
+                );
+                return Err(self.b.err(line, 0, self.field(name), msg));
+            }
+        }
+        Ok(Sweep::new(decls, label))
     }
 
     /// How many points this run expands to, and the axes that multiply (`batch 10 x ...`).
@@ -244,48 +266,45 @@ impl RunCtx<'_> {
         }
     }
 
+    /// `bytes:` of stream and link: whole u32 words.
+    fn words(&self, sweep: &mut Sweep, decl: &AxisDecl) -> Result<Swept<u64>, ConfigError> {
+        let sizes: Swept<Size> = self.take(sweep, decl)?;
+        if let Some(f) = &self.spec.bytes
+            && let Some(sz) = sizes.values.iter().find(|sz| sz.0 % 4 != 0)
+        {
+            let kernel = self.kernel.name();
+            return Err(self.err_at(f, "bytes", format!(
+                "{} bytes: {kernel} moves whole u32 words, so bytes must be a positive multiple of 4 (at most {MAX_BYTES})", sz.0)));
+        }
+        Ok(sweep.add(decl, sizes.values.iter().map(|s| s.0).collect()))
+    }
+
     fn expand_stream(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
-        self.refuse_fields(&["split", "impl", "op", "bytes"], Kernel::Stream.name())?;
-        let s = self.spec;
-        let ops = self.optional(&s.op, StreamOp::Read);
-        let sizes = self.required(&s.bytes, "bytes", Kernel::Stream.name())?;
-        let bytes_field = s.bytes.as_ref().expect("required above");
-        for sz in &sizes {
-            if sz.0 < 4 || sz.0 % 4 != 0 || sz.0 > MAX_BYTES {
-                return Err(self.err_at(bytes_field, "bytes", format!(
-                    "{} bytes: stream moves whole u32 words, so bytes must be a positive multiple of 4 (at most {MAX_BYTES})", sz.0)));
-            }
-        }
-        let mut out = Vec::new();
-        for (i, ix) in product(&[ops.len(), sizes.len()]).into_iter().enumerate() {
-            out.push(Workload::Stream(Stream {
-                op: ops[ix[0]],
-                bytes: sizes[ix[1]].0,
-                seed: seed(i),
-            }));
-        }
-        Ok(out)
+        let mut sweep = self.sweep(stream::AXES, Kernel::Stream.name())?;
+        let op = self.take(&mut sweep, &stream::OP)?;
+        let bytes = self.words(&mut sweep, &stream::BYTES)?;
+        let points = sweep.points().into_iter().enumerate();
+        Ok(points
+            .map(|(i, p)| {
+                Workload::Stream(Stream {
+                    op: *op.at(&p),
+                    bytes: *bytes.at(&p),
+                    seed: seed(i),
+                })
+            })
+            .collect())
     }
 
     fn expand_link(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
-        self.refuse_fields(&["impl", "bytes", "direction"], Kernel::Link.name())?;
-        let s = self.spec;
-        let directions = self.optional(&s.direction, Direction::OneWay);
-        let sizes = self.required(&s.bytes, "bytes", Kernel::Link.name())?;
-        let bytes_field = s.bytes.as_ref().expect("required above");
-        for sz in &sizes {
-            if sz.0 < 4 || sz.0 % 4 != 0 || sz.0 > MAX_BYTES {
-                return Err(self.err_at(bytes_field, "bytes", format!(
-                    "{} bytes: link moves whole u32 words, so bytes must be a positive multiple of 4 (at most {MAX_BYTES})", sz.0)));
-            }
-        }
-        Ok(product(&[directions.len(), sizes.len()])
-            .into_iter()
-            .enumerate()
-            .map(|(i, ix)| {
+        let mut sweep = self.sweep(link::AXES, Kernel::Link.name())?;
+        let direction = self.take(&mut sweep, &link::DIRECTION)?;
+        let bytes = self.words(&mut sweep, &link::BYTES)?;
+        let points = sweep.points().into_iter().enumerate();
+        Ok(points
+            .map(|(i, p)| {
                 Workload::Link(Link {
-                    bytes: sizes[ix[1]].0,
-                    direction: directions[ix[0]],
+                    bytes: *bytes.at(&p),
+                    direction: *direction.at(&p),
                     seed: seed(i),
                 })
             })
@@ -293,8 +312,9 @@ impl RunCtx<'_> {
     }
 
     fn expand_kv(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
+        use kv_decode as kv;
         let s = self.spec;
-        let attention = self.optional(&s.attention, Attention::Gqa);
+        let attention = self.values::<Attention>(&kv::ATTENTION, Kernel::KvDecode.name())?;
         if attention.len() > 1 {
             return Err(self.err_at(
                 s.attention.as_ref().expect("a list"),
@@ -302,53 +322,30 @@ impl RunCtx<'_> {
                 "attention cannot be swept: write one run for gqa and one for mla",
             ));
         }
-        let attention = attention[0];
-        let common = [
-            "split",
-            "impl",
-            "math",
-            "attention",
-            "batch",
-            "q_heads",
-            "context",
-            "lengths",
-            "page_size",
-            "kv_dtype",
-            "scale",
-        ];
-        let (own, kernel): (&[&str], _) = match attention {
-            Attention::Gqa => (&["kv_heads", "head_dim", "v_head_dim"], "kv_decode (gqa)"),
-            Attention::Mla => (&["kv_lora_rank", "rope_dim"], "kv_decode (mla)"),
+        let mut sweep = match attention[0] {
+            Attention::Gqa => self.sweep(kv::GQA_AXES, "kv_decode (gqa)")?,
+            Attention::Mla => self.sweep(kv::MLA_AXES, "kv_decode (mla)")?,
         };
-        let allowed: Vec<&str> = common.iter().chain(own).copied().collect();
-        self.refuse_fields(&allowed, kernel)?;
-
-        let batch = self.count(&s.batch, "batch", kernel, MAX_COUNT)?;
-        let q_heads = self.count(&s.q_heads, "q_heads", kernel, 1 << 16)?;
-        let context = self.count(&s.context, "context", kernel, MAX_COUNT)?;
-        let page_size = self.count_or(&s.page_size, "page_size", 16, 1 << 20)?;
-        let lengths = self.optional(&s.lengths, LengthsSpec::Equal);
-        let dtypes = self.kv_dtypes()?;
-        let maths = self.optional(&s.math, Math::F32);
-        let scales = self.kv_scales()?;
-        let shapes = self.kv_head_shapes(attention, kernel)?;
+        let attention = sweep.add(&kv::ATTENTION, attention);
+        let batch = self.take::<u64>(&mut sweep, &kv::BATCH)?;
+        let q_heads = self.take::<u64>(&mut sweep, &kv::Q_HEADS)?;
+        let shape = self.kv_head_shape(&mut sweep, attention.values[0])?;
+        let context = self.take::<u64>(&mut sweep, &kv::CONTEXT)?;
+        let lengths = self.take::<LengthsSpec>(&mut sweep, &kv::LENGTHS)?;
+        let page_size = self.take::<u64>(&mut sweep, &kv::PAGE_SIZE)?;
+        let dtype = self.kv_dtypes(&mut sweep)?;
+        let scale = self.kv_scales(&mut sweep)?;
+        let math = self.take::<Math>(&mut sweep, &MATH)?;
 
         let mut out = Vec::new();
-        let dims = [
-            batch.len(),
-            q_heads.len(),
-            shapes.len(),
-            context.len(),
-            lengths.len(),
-            page_size.len(),
-            dtypes.len(),
-            scales.len(),
-            maths.len(),
-        ];
-        for ix in product(&dims) {
-            let (b, hq, (hkv, dk, dv), ctx) =
-                (batch[ix[0]], q_heads[ix[1]], shapes[ix[2]], context[ix[3]]);
-            let page = page_size[ix[5]];
+        for p in sweep.points() {
+            let (b, hq, ctx) = (
+                *batch.at(&p) as usize,
+                *q_heads.at(&p) as usize,
+                *context.at(&p) as usize,
+            );
+            let (hkv, dk, dv) = shape(&p);
+            let page = *page_size.at(&p) as usize;
             if hq % hkv != 0 {
                 let f = s
                     .kv_heads
@@ -362,29 +359,29 @@ impl RunCtx<'_> {
             self.too_large(
                 pages * page as u128 * hkv as u128 * (dk + dv) as u128 + (b * hq * dk) as u128,
             )?;
-            let lengths = match lengths[ix[4]] {
+            let lengths = match lengths.at(&p) {
                 LengthsSpec::Equal => Lengths::Equal,
                 LengthsSpec::Random => Lengths::Random,
             };
             // The math axis is innermost and shares its neighbours' seed: f32 and bf16 of a
             // shape judge the same inputs.
-            let point_seed = seed(out.len() / maths.len());
+            let point_seed = seed(out.len() / math.values.len());
             let context_lens = KvDecode::resolve_lengths(&lengths, ctx, b, point_seed);
             out.push(Workload::KvDecode(KvDecode {
-                attention,
+                attention: *attention.at(&p),
                 batch: b,
                 q_heads: hq,
                 kv_heads: hkv,
                 head_dim_k: dk,
                 head_dim_v: dv,
                 page_size: page,
-                kv_dtype: dtypes[ix[6]],
-                scale: scales[ix[7]].map_or(1.0 / (dk as f32).sqrt(), |x| x as f32),
+                kv_dtype: *dtype.at(&p),
+                scale: scale.at(&p).map_or(1.0 / (dk as f32).sqrt(), |x| x as f32),
                 context: ctx,
                 lengths,
                 context_lens,
                 seed: point_seed,
-                math: maths[ix[8]],
+                math: *math.at(&p),
                 launch_hint: None,
             }));
         }
@@ -392,12 +389,11 @@ impl RunCtx<'_> {
     }
 
     /// `kv_dtype:`: whole-byte dtypes only (the 4-bit dtypes are weight formats here).
-    fn kv_dtypes(&self) -> Result<Vec<DType>, ConfigError> {
-        let s = self.spec;
-        let dtypes = self.optional(&s.kv_dtype, DType::Bf16);
-        if let Some(dt) = dtypes.iter().find(|d| d.groups().is_some()) {
+    fn kv_dtypes(&self, sweep: &mut Sweep) -> Result<Swept<DType>, ConfigError> {
+        let dtypes = self.take::<DType>(sweep, &kv_decode::KV_DTYPE)?;
+        if let Some(dt) = dtypes.values.iter().find(|d| d.groups().is_some()) {
             return Err(self.err_at(
-                s.kv_dtype.as_ref().expect("a block dtype was given"),
+                self.spec.kv_dtype.as_ref().expect("a block dtype was given"),
                 "kv_dtype",
                 format!(
                     "{dt} is a weight format here (4-bit codes, a scale per group along d_in): the KV cache takes {}",
@@ -409,92 +405,67 @@ impl RunCtx<'_> {
     }
 
     /// `scale:` (None: 1/sqrt(Dk)), each positive and finite.
-    fn kv_scales(&self) -> Result<Vec<Option<f64>>, ConfigError> {
-        let Some(f) = &self.spec.scale else {
-            return Ok(vec![None]);
-        };
-        for &x in &f.value.values {
-            if !(x.is_finite() && x > 0.0) {
-                return Err(self.err_at(
-                    f,
-                    "scale",
-                    format!("{x} is not a positive finite number"),
-                ));
-            }
+    fn kv_scales(&self, sweep: &mut Sweep) -> Result<Swept<Option<f64>>, ConfigError> {
+        let scales = self.take_optional::<f64>(sweep, &kv_decode::SCALE)?;
+        if let Some(f) = &self.spec.scale
+            && let Some(x) = scales
+                .values
+                .iter()
+                .flatten()
+                .find(|x| !(x.is_finite() && **x > 0.0))
+        {
+            return Err(self.err_at(f, "scale", format!("{x} is not a positive finite number")));
         }
-        Ok(f.value.values.iter().map(|&x| Some(x)).collect())
+        Ok(scales)
     }
 
-    /// (kv_heads, Dk, Dv) per head-shape combination: GQA's heads and dims, or MLA's latent
-    /// rank + rope (one latent "head", V inside it).
-    fn kv_head_shapes(
+    /// The axes of a point's heads: GQA's (kv_heads, head_dim, v_head_dim), or MLA's latent
+    /// rank + rope (one latent "head", V inside it); read at a point as (kv_heads, Dk, Dv).
+    fn kv_head_shape(
         &self,
+        sweep: &mut Sweep,
         attention: Attention,
-        kernel: &str,
-    ) -> Result<Vec<(usize, usize, usize)>, ConfigError> {
-        let s = self.spec;
+    ) -> Result<HeadShape, ConfigError> {
+        use kv_decode as kv;
         Ok(match attention {
             Attention::Gqa => {
-                let kvh = self.count(&s.kv_heads, "kv_heads", kernel, 1 << 16)?;
-                let hd = self.count(&s.head_dim, "head_dim", kernel, 1 << 16)?;
-                let vhd = match &s.v_head_dim {
-                    None => vec![None],
-                    Some(_) => self
-                        .count(&s.v_head_dim, "v_head_dim", kernel, 1 << 16)?
-                        .into_iter()
-                        .map(Some)
-                        .collect(),
-                };
-                product(&[kvh.len(), hd.len(), vhd.len()])
-                    .into_iter()
-                    .map(|ix| (kvh[ix[0]], hd[ix[1]], vhd[ix[2]].unwrap_or(hd[ix[1]])))
-                    .collect()
+                let kvh = self.take::<u64>(sweep, &kv::KV_HEADS)?;
+                let hd = self.take::<u64>(sweep, &kv::HEAD_DIM)?;
+                let vhd = self.take_optional::<u64>(sweep, &kv::V_HEAD_DIM)?;
+                Box::new(move |p: &At| {
+                    let dk = *hd.at(p) as usize;
+                    let dv = vhd.at(p).map_or(dk, |v| v as usize);
+                    (*kvh.at(p) as usize, dk, dv)
+                }) as HeadShape
             }
             Attention::Mla => {
-                let rank = self.count_or(&s.kv_lora_rank, "kv_lora_rank", 512, 1 << 16)?;
-                let rope = self.optional(&s.rope_dim, 64);
-                product(&[rank.len(), rope.len()])
-                    .into_iter()
-                    .map(|ix| (1, rank[ix[0]] + rope[ix[1]] as usize, rank[ix[0]]))
-                    .collect()
+                let rank = self.take::<u64>(sweep, &kv::KV_LORA_RANK)?;
+                let rope = self.take::<u64>(sweep, &kv::ROPE_DIM)?;
+                Box::new(move |p: &At| {
+                    let r = *rank.at(p) as usize;
+                    (1, r + *rope.at(p) as usize, r)
+                })
             }
         })
     }
 
-    /// Every expert_gemv point of the entry: the product of its axes, each checked. (About
-    /// 100 lines: nine axes read, then one pass over their product, each point checked where
-    /// its fields are known; per-kernel axes (issue 26) will shorten it.)
+    /// Every expert_gemv point of the entry: the product of its axes, each checked.
     fn expand_expert(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {
-        let kernel = Kernel::ExpertGemv.name();
-        self.refuse_fields(
-            &[
-                "split",
-                "impl",
-                "math",
-                "experts",
-                "top_k",
-                "batch",
-                "d_in",
-                "d_out",
-                "weight_dtype",
-                "weight_scale",
-                "routing",
-            ],
-            kernel,
-        )?;
+        use expert_gemv as ex;
         let s = self.spec;
-        let experts = self.count(&s.experts, "experts", kernel, 1 << 16)?;
-        let top_k = self.count(&s.top_k, "top_k", kernel, 1 << 16)?;
-        let batch = self.count(&s.batch, "batch", kernel, MAX_COUNT)?;
-        let d_in = self.count(&s.d_in, "d_in", kernel, MAX_COUNT)?;
-        let d_out = self.count(&s.d_out, "d_out", kernel, MAX_COUNT)?;
-        let dtypes = self.optional(&s.weight_dtype, DType::Bf16);
-        let routings = self.optional(&s.routing, RoutingSpec::Uniform);
-        let maths = self.optional(&s.math, Math::F32);
-        let scales = self.optional(&s.weight_scale, WeightScale::Row);
+        let mut sweep = self.sweep(ex::AXES, Kernel::ExpertGemv.name())?;
+        let experts = self.take::<u64>(&mut sweep, &ex::EXPERTS)?;
+        let top_k = self.take::<u64>(&mut sweep, &ex::TOP_K)?;
+        let batch = self.take::<u64>(&mut sweep, &ex::BATCH)?;
+        let d_in = self.take::<u64>(&mut sweep, &ex::D_IN)?;
+        let d_out = self.take::<u64>(&mut sweep, &ex::D_OUT)?;
+        let dtype = self.take::<DType>(&mut sweep, &ex::WEIGHT_DTYPE)?;
+        let routing = self.take::<RoutingSpec>(&mut sweep, &ex::ROUTING)?;
+        let scale = self.take::<WeightScale>(&mut sweep, &ex::WEIGHT_SCALE)?;
+        let math = self.take::<Math>(&mut sweep, &MATH)?;
         if let Some(f) = &s.weight_scale
-            && scales.contains(&WeightScale::Block128)
-            && !dtypes.iter().any(|d| d.is_scaled())
+            && scale.values.contains(&WeightScale::Block128)
+            && !dtype.values.iter().any(|d| d.is_scaled())
         {
             return Err(self.err_at(
                 f,
@@ -507,25 +478,9 @@ impl RunCtx<'_> {
             None => self.err_run("routing", msg),
         };
         let mut out = Vec::new();
-        let dims = [
-            experts.len(),
-            top_k.len(),
-            batch.len(),
-            d_in.len(),
-            d_out.len(),
-            dtypes.len(),
-            routings.len(),
-            scales.len(),
-            maths.len(),
-        ];
-        for ix in product(&dims) {
-            let (e, k, t, di, dout) = (
-                experts[ix[0]],
-                top_k[ix[1]],
-                batch[ix[2]],
-                d_in[ix[3]],
-                d_out[ix[4]],
-            );
+        for p in sweep.points() {
+            let [e, k, t, di, dout] =
+                [&experts, &top_k, &batch, &d_in, &d_out].map(|a| *a.at(&p) as usize);
             if k > e {
                 let f = s.top_k.as_ref().expect("required above");
                 let why = format!(
@@ -534,10 +489,10 @@ impl RunCtx<'_> {
                 return Err(self.err_at(f, "top_k", why));
             }
             self.too_large(e as u128 * dout as u128 * di as u128 + (t * di) as u128)?;
-            let (dt, weight_scale) = (dtypes[ix[5]], scales[ix[7]]);
+            let (dt, weight_scale) = (*dtype.at(&p), *scale.at(&p));
             // An unscaled dtype has no scales to lay out: its points are not repeated per
             // weight_scale.
-            if !dt.is_scaled() && weight_scale != scales[0] {
+            if !dt.is_scaled() && weight_scale != scale.values[0] {
                 continue;
             }
             if let Some(m) = dt.row_multiple().filter(|m| di % m != 0) {
@@ -547,8 +502,8 @@ impl RunCtx<'_> {
                 );
                 return Err(self.err_at(f, "d_in", why));
             }
-            let routing = routing_of(&routings[ix[6]]).map_err(routing_err)?;
-            let point_seed = seed(out.len() / maths.len());
+            let routing = routing_of(routing.at(&p)).map_err(routing_err)?;
+            let point_seed = seed(out.len() / math.values.len());
             let topk_ids = ExpertGemv::route(&routing, e, k, t, point_seed).map_err(routing_err)?;
             out.push(Workload::ExpertGemv(ExpertGemv {
                 experts: e,
@@ -565,12 +520,15 @@ impl RunCtx<'_> {
                 routing,
                 topk_ids,
                 seed: point_seed,
-                math: maths[ix[8]],
+                math: *math.at(&p),
             }));
         }
         Ok(out)
     }
 }
+
+/// A point's (kv_heads, Dk, Dv), read from the axes that make it.
+type HeadShape = Box<dyn Fn(&At) -> (usize, usize, usize)>;
 
 /// A `routing:` value as the workload takes it, or why not.
 fn routing_of(spec: &RoutingSpec) -> Result<Routing, String> {

@@ -13,6 +13,7 @@ pub mod ranked;
 pub mod runner;
 mod schedule;
 pub mod schema;
+mod sweep;
 
 pub use crate::error::ConfigError;
 pub use crate::hardware::HardwareProfile;
@@ -29,9 +30,6 @@ pub const MAX_FILE_BYTES: usize = 1 << 20;
 /// A file may expand to at most this many points unless it says `max_points:`: a sweep of
 /// millions is a typo, refused before it is expanded.
 pub const DEFAULT_MAX_POINTS: u64 = 100_000;
-/// Limits that keep every size computation far from overflow; larger is refused by name.
-pub(super) const MAX_COUNT: u64 = 1 << 24;
-const MAX_BYTES: u64 = 1 << 44;
 /// No point may hold more elements than this (16 TiB of fp8); the device-fit check is finer.
 const MAX_ELEMENTS: u128 = 1 << 44;
 

@@ -276,6 +276,83 @@ pub struct RunSpec {
     pub batch: Field<u64>,
 }
 
+/// A type some fields of `runs:` hold: the expansion reads a declared axis by its name
+/// (`workload::axes`) and gets its values typed, whichever kernel declares it.
+pub trait AxisValue: Clone + de::DeserializeOwned {
+    /// The field of this type named `name`; None when no field of this type has that name.
+    fn field<'a>(spec: &'a RunSpec, name: &str) -> Option<&'a Field<Self>>;
+
+    /// The value as a count, for an axis with a declared range.
+    fn count(&self) -> Option<u64> {
+        None
+    }
+}
+
+macro_rules! axis_fields {
+    ($t:ty: $($f:ident),+) => {
+        impl AxisValue for $t {
+            fn field<'a>(spec: &'a RunSpec, name: &str) -> Option<&'a Field<Self>> {
+                match name {
+                    $(stringify!($f) => Some(&spec.$f),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+impl AxisValue for u64 {
+    fn field<'a>(spec: &'a RunSpec, name: &str) -> Option<&'a Field<Self>> {
+        Some(match name {
+            "batch" => &spec.batch,
+            "q_heads" => &spec.q_heads,
+            "kv_heads" => &spec.kv_heads,
+            "head_dim" => &spec.head_dim,
+            "v_head_dim" => &spec.v_head_dim,
+            "kv_lora_rank" => &spec.kv_lora_rank,
+            "rope_dim" => &spec.rope_dim,
+            "context" => &spec.context,
+            "page_size" => &spec.page_size,
+            "experts" => &spec.experts,
+            "top_k" => &spec.top_k,
+            "d_in" => &spec.d_in,
+            "d_out" => &spec.d_out,
+            _ => return None,
+        })
+    }
+
+    fn count(&self) -> Option<u64> {
+        Some(*self)
+    }
+}
+
+impl AxisValue for Size {
+    fn field<'a>(spec: &'a RunSpec, name: &str) -> Option<&'a Field<Self>> {
+        (name == "bytes").then_some(&spec.bytes)
+    }
+
+    fn count(&self) -> Option<u64> {
+        Some(self.0)
+    }
+}
+
+impl AxisValue for String {
+    fn field<'a>(spec: &'a RunSpec, name: &str) -> Option<&'a Field<Self>> {
+        (name == "impl").then_some(&spec.imp)
+    }
+}
+
+axis_fields!(f64: scale);
+axis_fields!(DType: kv_dtype, weight_dtype);
+axis_fields!(Math: math);
+axis_fields!(StreamOp: op);
+axis_fields!(Attention: attention);
+axis_fields!(LengthsSpec: lengths);
+axis_fields!(RoutingSpec: routing);
+axis_fields!(crate::workload::Direction: direction);
+axis_fields!(crate::workload::WeightScale: weight_scale);
+axis_fields!(crate::split::SplitKind: split);
+
 impl RunSpec {
     /// The fields present, with their lines and how many values each sweeps over.
     pub fn present_fields(&self) -> Vec<(&'static str, u64)> {

@@ -11,6 +11,61 @@ use super::{ByteTerm, OutputSpec, dot_f64};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::axes::{self, AxisDecl, IMPL, MATH, MAX_COUNT, MAX_DIM};
+
+pub const SPLIT: AxisDecl = axes::split(&["none", "experts", "tensor"]);
+pub const EXPERTS: AxisDecl = AxisDecl::count("experts", MAX_DIM, "routed experts in the layer");
+pub const TOP_K: AxisDecl = AxisDecl::count("top_k", MAX_DIM, "experts each token picks");
+pub const BATCH: AxisDecl = AxisDecl::count("batch", MAX_COUNT, "tokens in the step");
+pub const D_IN: AxisDecl = AxisDecl::count(
+    "d_in",
+    MAX_COUNT,
+    "input dimension (a whole number of groups)",
+);
+pub const D_OUT: AxisDecl = AxisDecl::count("d_out", MAX_COUNT, "output rows per expert");
+pub const WEIGHT_DTYPE: AxisDecl = AxisDecl::named(
+    "weight_dtype",
+    "bf16",
+    &[
+        "f32",
+        "f16",
+        "bf16",
+        "fp8_e4m3",
+        "int4_g32",
+        "int4_g128",
+        "mxfp4",
+        "nvfp4",
+    ],
+    "how the expert weights are stored",
+);
+pub const ROUTING: AxisDecl = AxisDecl::named(
+    "routing",
+    "uniform",
+    &["uniform", "{zipf: 1.2}"],
+    "which experts tokens pick (or {ids: [[e, ...], ...]}, one list per token)",
+);
+pub const WEIGHT_SCALE: AxisDecl = AxisDecl::named(
+    "weight_scale",
+    "row",
+    &["row", "block128"],
+    "fp8's scales: per output row or per 128x128 block",
+);
+
+/// expert_gemv's axes, the first declared varying slowest.
+pub const AXES: &[&AxisDecl] = &[
+    &SPLIT,
+    &IMPL,
+    &EXPERTS,
+    &TOP_K,
+    &BATCH,
+    &D_IN,
+    &D_OUT,
+    &WEIGHT_DTYPE,
+    &ROUTING,
+    &WEIGHT_SCALE,
+    &MATH,
+];
+
 /// How tokens choose their top-k experts (seeded, distinct per token).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -10,6 +10,94 @@ use rand::RngExt;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::axes::{self, AxisDecl, AxisDefault, IMPL, MATH, MAX_COUNT, MAX_DIM};
+
+pub const SPLIT: AxisDecl = axes::split(&["none", "heads", "sequence"]);
+pub const ATTENTION: AxisDecl = AxisDecl::named(
+    "attention",
+    "gqa",
+    &["gqa", "mla"],
+    "grouped-query or latent attention (one per run: not swept)",
+);
+pub const BATCH: AxisDecl = AxisDecl::count("batch", MAX_COUNT, "sequences decoded in the step");
+pub const Q_HEADS: AxisDecl = AxisDecl::count("q_heads", MAX_DIM, "query heads");
+pub const KV_HEADS: AxisDecl =
+    AxisDecl::count("kv_heads", MAX_DIM, "KV heads (q_heads a multiple)");
+pub const HEAD_DIM: AxisDecl = AxisDecl::count("head_dim", MAX_DIM, "K head dimension");
+pub const V_HEAD_DIM: AxisDecl =
+    AxisDecl::count("v_head_dim", MAX_DIM, "V head dimension").or(AxisDefault::Derived("head_dim"));
+pub const KV_LORA_RANK: AxisDecl = AxisDecl::count(
+    "kv_lora_rank",
+    MAX_DIM,
+    "MLA latent rank (V is its first entries)",
+)
+.or(AxisDefault::Value("512"));
+pub const ROPE_DIM: AxisDecl = AxisDecl {
+    range: Some((0, MAX_DIM)),
+    ..AxisDecl::count(
+        "rope_dim",
+        MAX_DIM,
+        "MLA decoupled RoPE dims per cached token",
+    )
+    .or(AxisDefault::Value("64"))
+};
+pub const CONTEXT: AxisDecl = AxisDecl::count("context", MAX_COUNT, "tokens cached per sequence");
+pub const LENGTHS: AxisDecl = AxisDecl::named(
+    "lengths",
+    "equal",
+    &["equal", "random"],
+    "every sequence `context` long, or seeded lengths in 1..=context",
+);
+pub const PAGE_SIZE: AxisDecl =
+    AxisDecl::count("page_size", 1 << 20, "tokens per cache page").or(AxisDefault::Value("16"));
+pub const KV_DTYPE: AxisDecl = AxisDecl::named(
+    "kv_dtype",
+    "bf16",
+    &["f32", "f16", "bf16", "fp8_e4m3"],
+    "how the cache is stored",
+);
+pub const SCALE: AxisDecl = AxisDecl {
+    name: "scale",
+    default: AxisDefault::Derived("1/sqrt(head_dim)"),
+    range: None,
+    values: &[],
+    about: "the softmax scale (positive)",
+};
+
+/// GQA's axes, the first declared varying slowest.
+pub const GQA_AXES: &[&AxisDecl] = &[
+    &SPLIT,
+    &IMPL,
+    &ATTENTION,
+    &BATCH,
+    &Q_HEADS,
+    &KV_HEADS,
+    &HEAD_DIM,
+    &V_HEAD_DIM,
+    &CONTEXT,
+    &LENGTHS,
+    &PAGE_SIZE,
+    &KV_DTYPE,
+    &SCALE,
+    &MATH,
+];
+/// MLA's axes: one latent head of kv_lora_rank + rope_dim in place of GQA's heads.
+pub const MLA_AXES: &[&AxisDecl] = &[
+    &SPLIT,
+    &IMPL,
+    &ATTENTION,
+    &BATCH,
+    &Q_HEADS,
+    &KV_LORA_RANK,
+    &ROPE_DIM,
+    &CONTEXT,
+    &LENGTHS,
+    &PAGE_SIZE,
+    &KV_DTYPE,
+    &SCALE,
+    &MATH,
+];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Attention {

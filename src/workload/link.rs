@@ -8,6 +8,22 @@ use super::tensor::{Elem, TensorSet};
 use super::{ByteTerm, OutputSpec};
 use serde::Serialize;
 
+use super::axes::{AxisDecl, IMPL};
+
+pub const DIRECTION: AxisDecl = AxisDecl::named(
+    "direction",
+    "one_way",
+    &["one_way", "both_ways"],
+    "A to B, or both at once",
+);
+pub const BYTES: AxisDecl = AxisDecl {
+    about: "bytes moved each way: a multiple of 4, or 64MiB, 4GiB, ...",
+    ..super::stream::BYTES
+};
+
+/// link's axes (a link is between two devices: no split), the first declared varying slowest.
+pub const AXES: &[&AxisDecl] = &[&IMPL, &DIRECTION, &BYTES];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {

@@ -1,6 +1,7 @@
 //! WHAT is computed: kernel parameters, seeded inputs, the f64 oracle, and byte and FLOP
 //! accounting. Nothing here knows which backend runs a point.
 
+pub mod axes;
 pub mod check;
 pub mod dtype;
 pub mod expert_gemv;
@@ -24,6 +25,16 @@ pub use tensor::{Bytes, Elem, Tensor, TensorSet};
 
 pub use crate::registry::Kernel;
 use serde::Serialize;
+
+/// Every kernel's axes, per form (kv_decode has one for GQA and one for MLA).
+pub fn declared_axes(kernel: Kernel) -> Vec<(&'static str, &'static [&'static axes::AxisDecl])> {
+    match kernel {
+        Kernel::Stream => vec![("", stream::AXES)],
+        Kernel::Link => vec![("", link::AXES)],
+        Kernel::KvDecode => vec![("gqa", kv_decode::GQA_AXES), ("mla", kv_decode::MLA_AXES)],
+        Kernel::ExpertGemv => vec![("", expert_gemv::AXES)],
+    }
+}
 
 /// One line of a kernel's byte-accounting table: the minimum bytes one tensor contributes to
 /// a step, and why. The table, not arithmetic in reports, is what `bytes` in a result means.

@@ -7,6 +7,27 @@ use super::{ByteTerm, OutputSpec};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::axes::{self, AxisDecl, IMPL, MAX_BYTES};
+
+pub const SPLIT: AxisDecl = axes::split(&["none", "data"]);
+pub const OP: AxisDecl = AxisDecl::named(
+    "op",
+    "read",
+    &["read", "copy", "write"],
+    "what is done to each word",
+);
+pub const BYTES: AxisDecl = AxisDecl {
+    range: Some((4, MAX_BYTES)),
+    ..AxisDecl::count(
+        "bytes",
+        MAX_BYTES,
+        "bytes streamed: a multiple of 4, or 64MiB, 4GiB, ...",
+    )
+};
+
+/// stream's axes, the first declared varying slowest.
+pub const AXES: &[&AxisDecl] = &[&SPLIT, &IMPL, &OP, &BYTES];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamOp {

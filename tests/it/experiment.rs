@@ -5,6 +5,8 @@ use decodelab::backend::CacheMode;
 use decodelab::experiment::preflight;
 use decodelab::experiment::{BackendChoice, ConfigError, DeviceChoice, Experiment};
 use decodelab::workload::Workload;
+use decodelab::workload::axes::{AxisDecl, AxisDefault};
+use decodelab::workload::declared_axes as declared;
 use std::path::Path;
 
 fn parse(text: &str) -> Result<Experiment, ConfigError> {
@@ -46,6 +48,87 @@ fn a_good_file_expands_to_the_cartesian_product() {
     };
     assert_eq!(s.bytes, 1_000_000);
     assert!(e.points.iter().enumerate().all(|(i, p)| p.index == i));
+}
+
+/// A run of `kernel` (`form`: its attention) giving each required axis a small value, and
+/// each named axis that `listed` picks every value it lists (the others left to defaults).
+fn run_of_declared_axes(
+    kernel: &str,
+    form: &str,
+    axes: &[&AxisDecl],
+    listed: impl Fn(&str) -> bool,
+) -> String {
+    // Two virtual devices, so link (a pair) and every split can be made.
+    let mut run = format!("name: t\ndevices: 2\nvirtual: true\nruns:\n  - kernel: {kernel}\n");
+    if !form.is_empty() {
+        run += &format!("    attention: {form}\n");
+    }
+    for a in axes.iter().filter(|a| a.name != "attention") {
+        // Small, and large enough for every split over two devices and every 4-bit group.
+        let value = match a.name {
+            "bytes" => 4096,
+            "q_heads" | "experts" => 8,
+            "kv_heads" | "top_k" => 2,
+            "context" | "d_out" => 64,
+            "d_in" => 256,
+            _ => a.range.map_or(1, |r| r.0.max(1)),
+        };
+        if a.default == AxisDefault::Required {
+            run += &format!("    {}: {value}\n", a.name);
+        } else if listed(a.name) && !a.values.is_empty() {
+            run += &format!("    {}: [{}]\n", a.name, a.values.join(", "));
+        }
+    }
+    run
+}
+
+#[test]
+fn every_declared_axis_is_a_field_that_takes_its_default_and_listed_values() {
+    // Defaults only; every named axis at once but split (whose values depend on the others:
+    // stream's data split refuses write); split alone.
+    let passes: [fn(&str) -> bool; 3] = [|_| false, |n| n != "split", |n| n == "split"];
+    for k in decodelab::registry::KERNELS {
+        for (form, axes) in declared(k.kernel) {
+            for listed in passes {
+                let file = run_of_declared_axes(k.name, form, axes, listed);
+                let e = parse(&file).unwrap_or_else(|e| panic!("{e}\n{file}"));
+                assert!(!e.points.is_empty(), "{file}");
+            }
+        }
+    }
+}
+
+#[test]
+fn each_kernel_declares_the_splits_it_has() {
+    for k in decodelab::registry::KERNELS {
+        let has = decodelab::split::SplitKind::for_kernel(k.kernel);
+        let want: Vec<&str> = std::iter::once("none")
+            .chain(has.iter().map(|s| s.name()))
+            .collect();
+        for (_, axes) in declared(k.kernel) {
+            let declared: Vec<&str> = axes
+                .iter()
+                .find(|a| a.name == "split")
+                .map_or(vec!["none"], |a| a.values.to_vec());
+            assert_eq!(declared, want, "{}", k.name);
+        }
+    }
+}
+
+#[test]
+fn a_sweep_varies_the_first_declared_axis_slowest_whatever_the_file_order() {
+    // The file lists context before batch; kv_decode declares batch first.
+    let file = "name: t\nruns:\n  - kernel: kv_decode\n    context: [16, 32]\n    batch: [1, 2]\n    q_heads: 8\n    kv_heads: 2\n    head_dim: 64\n";
+    let order: Vec<(usize, usize)> = parse(file)
+        .unwrap()
+        .points
+        .iter()
+        .map(|p| match &p.workload {
+            Workload::KvDecode(w) => (w.batch, w.context),
+            _ => panic!(),
+        })
+        .collect();
+    assert_eq!(order, [(1, 16), (1, 32), (2, 16), (2, 32)]);
 }
 
 #[test]

@@ -124,7 +124,21 @@ enum Command {
 /// `run --help`'s tail: the registry's kernels and backends, then every implementation.
 fn run_help() -> String {
     let mut s = decodelab::registry::help_text();
-    s.push_str("\n\nImplementations (impl:, in the order `best` tries them):\n");
+    s.push_str("\n\nAxes (the fields of a run; a list sweeps, the first listed varying slowest):");
+    for k in decodelab::registry::KERNELS {
+        for (form, axes) in decodelab::workload::declared_axes(k.kernel) {
+            let form = if form.is_empty() {
+                String::new()
+            } else {
+                format!(" (attention: {form})")
+            };
+            s.push_str(&format!("\n  {}{form}:\n", k.name));
+            for a in axes {
+                s.push_str(&format!("    {}\n", a.help()));
+            }
+        }
+    }
+    s.push_str("\nImplementations (impl:, in the order `best` tries them):\n");
     for i in decodelab::backend::IMPLS {
         let tuned = if i.tuned { " (tuned)" } else { "" };
         s.push_str(&format!(
