@@ -1,6 +1,7 @@
 //! A point built on a device: its buffers (large tensors split over bindings), pipelines and
 //! dispatches, per kernel; `Built::finish` adds the cold-cache flush and the timing harness.
 
+use super::bindings::{Bindings, Kind};
 use super::shaders::{STREAM_WG, ShaderPaths};
 use super::{WgpuOptions, error_chain, impls};
 use crate::workload::{ExpertGemv, Stream, StreamOp, Tensor, TensorSet};
@@ -118,16 +119,6 @@ impl Ctx {
         Ok((chunks, per_chunk))
     }
 
-    pub(super) fn check_bindings(&self, needed: usize) -> anyhow::Result<()> {
-        let max = self.limits.max_storage_buffers_per_shader_stage as usize;
-        if needed > max {
-            bail!(
-                "this point needs {needed} storage bindings; the adapter allows {max} per shader stage"
-            );
-        }
-        Ok(())
-    }
-
     pub(super) fn pipeline(
         &self,
         source: &str,
@@ -177,11 +168,22 @@ impl Ctx {
         Ok(pipeline)
     }
 
-    /// A bind group layout of storage buffers (read-only or not) and one optional uniform.
-    pub(super) fn layout(&self, entries: &[(u32, Kind)]) -> wgpu::BindGroupLayout {
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = entries
+    /// The bind group layout of a shader's bindings (numbers and access as it declares
+    /// them), or why the adapter cannot hold them.
+    pub(super) fn layout(&self, bindings: &Bindings) -> anyhow::Result<wgpu::BindGroupLayout> {
+        let (needed, max) = (
+            bindings.storage(),
+            self.limits.max_storage_buffers_per_shader_stage as usize,
+        );
+        if needed > max {
+            bail!(
+                "this point needs {needed} storage bindings; the adapter allows {max} per shader stage"
+            );
+        }
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+            .0
             .iter()
-            .map(|&(binding, kind)| wgpu::BindGroupLayoutEntry {
+            .map(|&(_, binding, kind)| wgpu::BindGroupLayoutEntry {
                 binding,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
@@ -196,30 +198,36 @@ impl Ctx {
                 count: None,
             })
             .collect();
-        self.device
+        Ok(self
+            .device
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: None,
                 entries: &entries,
-            })
+            }))
     }
 
+    /// A bind group of buffers named as the shader names their bindings (a chunked tensor by
+    /// its base name); see `Bindings::place`.
     pub(super) fn bind(
         &self,
         layout: &wgpu::BindGroupLayout,
-        buffers: &[(u32, &wgpu::Buffer)],
-    ) -> wgpu::BindGroup {
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .map(|&(binding, b)| wgpu::BindGroupEntry {
+        bindings: &Bindings,
+        buffers: &[(&str, &wgpu::Buffer)],
+        chunked: &[(&str, &[wgpu::Buffer])],
+    ) -> anyhow::Result<wgpu::BindGroup> {
+        let entries: Vec<wgpu::BindGroupEntry> = bindings
+            .place(buffers, chunked)?
+            .into_iter()
+            .map(|(binding, b)| wgpu::BindGroupEntry {
                 binding,
                 resource: b.as_entire_binding(),
             })
             .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        Ok(self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout,
             entries: &entries,
-        })
+        }))
     }
 
     /// Copy `bytes` from the start of `src` to the host (through a mapped staging buffer).
@@ -266,12 +274,8 @@ impl Ctx {
     pub(super) fn stream(self, w: &Stream, inputs: &TensorSet, imp: &str) -> anyhow::Result<Built> {
         const WG: u32 = STREAM_WG;
         let source = impls::stream_for(w.op, imp, self.paths);
-        let layout = self.layout(&[
-            (0, Kind::Read),
-            (1, Kind::Write),
-            (2, Kind::Write),
-            (3, Kind::Uniform),
-        ]);
+        let bindings = Bindings::of(&source)?;
+        let layout = self.layout(&bindings)?;
         let pipeline = self.pipeline(&source, "main", &layout)?;
         let words = w.words();
         // Chunks of whole 16-byte vectors, each within one binding.
@@ -309,7 +313,13 @@ impl Ctx {
                     contents: bytemuck::cast_slice(&params),
                     usage: wgpu::BufferUsages::UNIFORM,
                 });
-            let bind_group = self.bind(&layout, &[(0, &src), (1, &dst), (2, &sum), (3, &uniform)]);
+            let named = [
+                ("src", &src),
+                ("dst", &dst),
+                ("sum", &sum),
+                ("chunk", &uniform),
+            ];
+            let bind_group = self.bind(&layout, &bindings, &named, &[])?;
             let groups = ((v1 - v0).div_ceil(WG as usize) as u32).clamp(1, 4096);
             dispatches.push(Dispatch {
                 pipeline: pipeline.clone(),
@@ -340,9 +350,8 @@ impl Ctx {
         })
     }
 
-    /// kv_decode's bindings and dispatches. (About 100 lines on purpose: the chunking of the
-    /// cache into bindings, the partial buffers and the merge dispatch share one set of
-    /// sizes, and read best in one place.)
+    /// expert_gemv's buffers, named as its shader names their bindings, and its two
+    /// dispatches (the products per touched expert, then the sum over each token's slots).
     pub(super) fn expert_gemv(
         self,
         w: &ExpertGemv,
@@ -356,20 +365,10 @@ impl Ctx {
         let (groups, weights) = w.grouped(inputs);
         let u = w.touched().len();
 
-        let bindings_w = 10..10 + w_chunks.len() as u32;
-        self.check_bindings(6 + w_chunks.len())?;
         let (source, wg, rows) =
             impls::expert_for(w, imp, rows_per_chunk, w_chunks.len(), self.paths);
-        let mut entries = vec![
-            (0, Kind::Read),
-            (1, Kind::Read),
-            (2, Kind::Read),
-            (3, Kind::Read),
-            (4, Kind::Write),
-            (5, Kind::Write),
-        ];
-        entries.extend(bindings_w.clone().map(|b| (b, Kind::Read)));
-        let layout = self.layout(&entries);
+        let bindings = Bindings::of(&source)?;
+        let layout = self.layout(&bindings)?;
         let gemv = self.pipeline(&source, "gemv", &layout)?;
         let combine = self.pipeline(&source, "combine", &layout)?;
 
@@ -392,16 +391,15 @@ impl Ctx {
             wgpu::BufferUsages::empty(),
         );
         let (y_t, y_b) = self.poisoned_output(w.outputs()[0].poisoned());
-        let mut binds: Vec<(u32, &wgpu::Buffer)> = vec![
-            (0, &x),
-            (1, &w_scale),
-            (2, &groups_b),
-            (3, &weights_b),
-            (4, &slot_out),
-            (5, &y_b[0]),
+        let named = [
+            ("x", &x),
+            ("w_scale", &w_scale),
+            ("groups", &groups_b),
+            ("entry_weight", &weights_b),
+            ("slot_out", &slot_out),
+            ("y", &y_b[0]),
         ];
-        binds.extend(bindings_w.zip(&w_chunks));
-        let bind_group = self.bind(&layout, &binds);
+        let bind_group = self.bind(&layout, &bindings, &named, &[("w", &w_chunks)])?;
         let total = (w.batch * w.d_out).div_ceil(wg) as u32;
         let dispatches = vec![
             Dispatch {
@@ -422,11 +420,4 @@ impl Ctx {
             outputs: vec![(y_t, y_b)],
         })
     }
-}
-
-#[derive(Clone, Copy)]
-pub(super) enum Kind {
-    Read,
-    Write,
-    Uniform,
 }

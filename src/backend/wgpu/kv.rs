@@ -1,14 +1,16 @@
 //! Building a kv_decode point on a wgpu device: the cache in page-aligned bindings, the
 //! implementation's plan and shader, the attend and merge dispatches.
 
-use super::build::{Built, Ctx, Dispatch, Kind};
+use super::bindings::Bindings;
+use super::build::{Built, Ctx, Dispatch};
 use super::impls;
 use crate::workload::{KvDecode, TensorSet};
 use anyhow::bail;
 
 impl Ctx {
-    /// The point: cache bindings, shader, buffers, the two dispatches. (About 100 lines: one
-    /// binding list read top to bottom, as the shader declares it.)
+    /// The point: cache chunks, shader, buffers named as it names their bindings, the two
+    /// dispatches. (About 100 lines: the sizes of the chunks, the partials and both
+    /// dispatches are one set, read best in one place.)
     pub(super) fn kv_decode(
         self,
         w: &KvDecode,
@@ -46,22 +48,8 @@ impl Ctx {
             v_chunks.len(),
         )?;
         let (splits, hb) = (plan.splits, plan.hb);
-        let bindings_k = 10..10 + k_chunks.len() as u32;
-        let bindings_v = 40..40 + v_chunks.len() as u32;
-        self.check_bindings(7 + k_chunks.len() + v_chunks.len())?;
-
-        let mut entries = vec![
-            (0, Kind::Read),
-            (1, Kind::Read),
-            (2, Kind::Read),
-            (3, Kind::Write),
-            (4, Kind::Write),
-            (5, Kind::Write),
-            (6, Kind::Write),
-        ];
-        entries.extend(bindings_k.clone().map(|b| (b, Kind::Read)));
-        entries.extend(bindings_v.clone().map(|b| (b, Kind::Read)));
-        let layout = self.layout(&entries);
+        let bindings = Bindings::of(&source)?;
+        let layout = self.layout(&bindings)?;
         let attend = self.pipeline(&source, "attend", &layout)?;
         let merge = self.pipeline(&source, "merge", &layout)?;
 
@@ -90,18 +78,17 @@ impl Ctx {
         let specs = KvDecode::outputs(w);
         let (out_t, out_b) = self.poisoned_output(specs[0].poisoned());
         let (lse_t, lse_b) = self.poisoned_output(specs[1].poisoned());
-        let mut binds: Vec<(u32, &wgpu::Buffer)> = vec![
-            (0, &q),
-            (1, &table),
-            (2, &lens),
-            (3, &partial_acc),
-            (4, &partial_ml),
-            (5, &out_b[0]),
-            (6, &lse_b[0]),
+        let named = [
+            ("q", &q),
+            ("page_table", &table),
+            ("context_lens", &lens),
+            ("partial_acc", &partial_acc),
+            ("partial_ml", &partial_ml),
+            ("out", &out_b[0]),
+            ("lse", &lse_b[0]),
         ];
-        binds.extend(bindings_k.zip(&k_chunks));
-        binds.extend(bindings_v.zip(&v_chunks));
-        let bind_group = self.bind(&layout, &binds);
+        let chunked = [("k", &k_chunks[..]), ("v", &v_chunks[..])];
+        let bind_group = self.bind(&layout, &bindings, &named, &chunked)?;
         let bh = (w.batch * w.q_heads) as u32;
         let dispatches = vec![
             Dispatch {

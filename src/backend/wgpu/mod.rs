@@ -8,6 +8,7 @@ use crate::workload::{Stream, StreamOp, TensorSet, Workload};
 use anyhow::{anyhow, bail};
 use std::sync::{Arc, Mutex, OnceLock};
 
+mod bindings;
 mod build;
 mod impls;
 pub mod inspect;

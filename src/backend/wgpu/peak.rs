@@ -2,7 +2,8 @@
 //! adapter, timed on the host clock around submit-and-wait (best of 3), every thread's sum
 //! checked against the closed form.
 
-use super::build::{Ctx, Kind};
+use super::bindings::Bindings;
+use super::build::Ctx;
 use anyhow::{anyhow, bail};
 
 /// Steps and lanes of peak.wgsl: a thread's 32 lanes, starting at 0..32, end at s + STEPS.
@@ -14,7 +15,8 @@ impl Ctx {
     /// GFLOP/s of f32 FMA on this adapter, over `groups` workgroups of 256 threads.
     pub(super) fn peak_gflops(&self, groups: u32) -> anyhow::Result<f64> {
         let source = include_str!("../../../shaders/peak.wgsl");
-        let layout = self.layout(&[(0, Kind::Read), (1, Kind::Write)]);
+        let bindings = Bindings::of(source)?;
+        let layout = self.layout(&bindings)?;
         let pipeline = self.pipeline(source, "peak", &layout)?;
         let ab = self.buffer(
             "ab",
@@ -27,7 +29,7 @@ impl Ctx {
             &vec![0u8; threads as usize * 4],
             wgpu::BufferUsages::empty(),
         );
-        let bind = self.bind(&layout, &[(0, &ab), (1, &out)]);
+        let bind = self.bind(&layout, &bindings, &[("ab", &ab), ("out", &out)], &[])?;
         // Workgroups over x and y, within the per-dimension limit.
         let max = self.limits.max_compute_workgroups_per_dimension.max(1);
         let (gx, gy) = (groups.min(max), groups.div_ceil(max));

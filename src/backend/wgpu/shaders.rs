@@ -166,13 +166,19 @@ pub fn expert_source(
     )
 }
 
+/// The binding of chunk `c` of a tensor split over bindings (the host names it so).
+pub(super) fn chunk_name(name: &str, c: usize) -> String {
+    format!("{name}_c{c}")
+}
+
 /// WGSL for a tensor split over bindings `bindings`: the bindings and `<name>_vec(c, i)`, the
 /// i-th 16-byte word of chunk c. WGSL cannot index bindings, hence the switch.
 pub(super) fn chunk_accessor(name: &str, bindings: std::ops::Range<u32>) -> String {
     let mut s = String::new();
     for (c, b) in bindings.clone().enumerate() {
         s.push_str(&format!(
-            "@group(0) @binding({b}) var<storage, read> {name}_c{c}: array<vec4<u32>>;\n"
+            "@group(0) @binding({b}) var<storage, read> {}: array<vec4<u32>>;\n",
+            chunk_name(name, c)
         ));
     }
     s.push_str(&format!(

@@ -53,7 +53,7 @@ pub fn expert_source(
     ));
     s.push_str(
         "
-@group(0) @binding(0) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> w_scale: array<f32>;
 @group(0) @binding(2) var<storage, read> groups: array<u32>;
 @group(0) @binding(3) var<storage, read> entry_weight: array<f32>;
@@ -119,7 +119,7 @@ fn gemv_body(dtype: DType) -> String {
     for t in 0..tb {
         for k in 0..q {
             c.line(format!(
-                "            let x{t}_{k} = x4[x{t} + v * Q + {k}u];"
+                "            let x{t}_{k} = x[x{t} + v * Q + {k}u];"
             ));
         }
     }

@@ -126,7 +126,7 @@ fn attend(w: &KvDecode, hb: usize, l: usize, words: usize, q4: usize) -> String 
         c.line(format!("    let qb{j} = (b * HQ + h0 + {j}u) * (DK / 4u);"));
         each(words, q4, &mut |wd, k| {
             c.line(format!(
-                "    let q{j}_{wd}_{k} = q4[qb{j} + (li + {wd}u * L) * Q4 + {k}u] * (SCALE * K_SCALE);"
+                "    let q{j}_{wd}_{k} = q[qb{j} + (li + {wd}u * L) * Q4 + {k}u] * (SCALE * K_SCALE);"
             ))
         });
         c.line(format!("    var m{j} = NEG_BIG;\n    var l{j} = 0.0;"));

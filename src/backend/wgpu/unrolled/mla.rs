@@ -123,7 +123,7 @@ fn attend(w: &KvDecode, hb: usize) -> String {
     c.line("        for (var kc = 0u; kc < DK; kc += KC) {");
     c.line("            if (lid < HB * KC / 4u) {");
     c.line("                let h = lid / (KC / 4u);");
-    c.line("                q_sh[lid] = q4[((b * HQ + h0 + h) * DK + kc) / 4u + lid % (KC / 4u)] * (SCALE * K_SCALE);");
+    c.line("                q_sh[lid] = q[((b * HQ + h0 + h) * DK + kc) / 4u + lid % (KC / 4u)] * (SCALE * K_SCALE);");
     c.line("            }");
     c.line("            for (var i = lid; i < T * WPT; i += WG) {");
     c.line("                let tt = i / WPT;");

@@ -34,7 +34,7 @@ fn each(words: usize, q4: usize, f: &mut dyn FnMut(usize, usize)) {
 /// kv_decode's bindings in the unrolled shaders (as the simple shader's, but q read as
 /// `vec4<f32>`) and the merge pass's empty-max sentinel.
 const KV_BINDINGS: &str = "
-@group(0) @binding(0) var<storage, read> q4: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> page_table: array<i32>;
 @group(0) @binding(2) var<storage, read> context_lens: array<i32>;
 @group(0) @binding(3) var<storage, read_write> partial_acc: array<f32>;
