@@ -211,9 +211,10 @@ unsafe fn rows4<S: Simd, const R: usize, const T: usize>(
         "rows out of the weights"
     );
     let base: [f32; 16] = std::array::from_fn(|c| g.value(c as u8));
-    // Groups of 64 or more: a table of scaled values once per group. Smaller: the codes'
-    // table, and the scale (two for 16) multiplied per chunk.
-    let per_group_table = g.elems >= 64;
+    // Groups of a chunk or more: a table of scaled values once per group (one multiply a
+    // row, where scaling the decoded chunk takes two and a blend). Groups of 16: the codes'
+    // table, and the two scales multiplied per chunk.
+    let per_group_table = g.elems >= 32;
     let scale = |gi: usize| g.scale.decode(scales, gi);
     // SAFETY: chunks stay inside each row (asserted above); x rows hold d_in values.
     unsafe {
