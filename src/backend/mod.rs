@@ -159,6 +159,19 @@ pub const IMPLS: &[Impl] = &[
         Kernel::ExpertGemv,
         "a block per (4 rows, touched expert), 16-byte weight loads",
     ),
+    // After simple until a GPU has run it: beyond the mma fragments the self-check confirms,
+    // it decodes with fma.rn.bf16x2, which only the host shim has run.
+    Impl {
+        backend: "cuda",
+        kernel: Kernel::ExpertGemv,
+        name: cuda::impls::CudaImpl::MmaW4.name(),
+        tuned: true,
+        about: "int4 weights on tensor cores (mma.sync m16n8k16, bf16): 64 rows a block, \
+                its 4 warps taking turns over 128-value blocks staged by cp.async (two \
+                buffers a warp); codes to bf16 by mask and magic number, a group's two mmas \
+                scaled in f32; tokens 8 a chunk as the mma's columns, x split hi/lo at \
+                math: f32",
+    },
     simple(
         "cuda",
         Kernel::Link,

@@ -181,6 +181,20 @@ inline float fmaxf(float a, float b) { return std::fmax(a, b); }
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return {x, y, z, w}; }
 
+// fma.rn.bf16x2: each half a * b + c, rounded to nearest even once (as the PTX ISA says).
+inline unsigned int host_fma_bf16x2(unsigned int a, unsigned int b, unsigned int c) {
+    auto f = [](unsigned int r, int h) { return (double)f32_from_bits(((r >> (16 * h)) & 0xffffu) << 16); };
+    unsigned int out = 0;
+    for (int h = 0; h < 2; h++) {
+        const float v = (float)(f(a, h) * f(b, h) + f(c, h)); // exact for the kernels' operands
+        uint32_t u;
+        std::memcpy(&u, &v, 4);
+        const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        out |= r << (16 * h);
+    }
+    return out;
+}
+
 // mma.sync m16n8k16 row.col, bf16 or f16 -> f32, from the fragments as kernels/mma.cuh lays
 // them out: every lane's fragments are pooled, and each lane computes its own four results.
 inline float bf16_bits_to_float(uint32_t bits) { return f32_from_bits(bits << 16); }

@@ -169,6 +169,22 @@ fn every_cuda_expert_gemv_matches_the_oracle_on_the_host() {
         common::experts(10, 3, 1, 96, 68, DType::Mxfp4, Routing::Uniform),
         common::experts(8, 3, 7, 160, 37, DType::Nvfp4, Routing::Uniform),
         common::experts(5, 2, 2, 48, 9, DType::Nvfp4, Routing::Uniform),
+        // mma_w4's edges: 11 tokens on one expert (a chunk of 8, then 3), rows not a whole
+        // block of 64 (the last recomputed, not stored), one of its 4 warps idle (d_in 384 is
+        // 3 blocks of 128); and math: bf16 (x in one half, no lo).
+        common::experts(
+            3,
+            1,
+            11,
+            384,
+            70,
+            DType::Int4G128,
+            Routing::Ids(vec![vec![1]; 11]),
+        ),
+        common::with_math(
+            common::experts(9, 4, 5, 640, 100, DType::Int4G32, Routing::Uniform),
+            decodelab::workload::Math::Bf16,
+        ),
     ];
     let base = std::env::temp_dir().join(format!("decodelab-cuda-host-{}", std::process::id()));
     let mut ran = Vec::new();
@@ -192,16 +208,27 @@ fn every_cuda_expert_gemv_matches_the_oracle_on_the_host() {
                 imp.name,
                 decodelab::report::params_label(w.kernel(), &w.params_json())
             );
+            if imp.name == "mma_w4" && w.math() == decodelab::workload::Math::F32 {
+                // x in two bf16 halves keeps f32-grade sums.
+                assert!(check.rel_l2_err < 1e-5, "mma_w4 at math: f32: {check:?}");
+            }
             ran.push((i, imp.name));
         }
     }
     // Both implementations ran, and warp_rows declined only the unaligned rows and the
-    // 4-bit points (the last five).
+    // 4-bit points (the last seven).
     assert_eq!(ran.iter().filter(|r| r.1 == "simple").count(), shapes.len());
     assert_eq!(
         ran.iter().filter(|r| r.1 == "warp_rows").count(),
-        shapes.len() - 7
+        shapes.len() - 9
     );
+    // mma_w4 took the int4 points whose d_in is whole 128-value blocks, and only them.
+    let w4: Vec<usize> = ran
+        .iter()
+        .filter(|r| r.1 == "mma_w4")
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(w4, [7, 8, 12, 13]);
     let _ = std::fs::remove_dir_all(&base);
 }
 

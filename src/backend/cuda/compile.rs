@@ -17,6 +17,7 @@ pub const KV_MERGE_CU: &str = include_str!("../../../kernels/kv_merge.cu");
 pub const KV_MERGE_SHARDS_CU: &str = include_str!("../../../kernels/kv_merge_shards.cu");
 pub const EXPERT_CU: &str = include_str!("../../../kernels/expert_gemv.cu");
 pub const EXPERT_ROWS_CU: &str = include_str!("../../../kernels/expert_gemv_rows.cu");
+pub const EXPERT_W4MMA_CU: &str = include_str!("../../../kernels/expert_gemv_w4mma.cu");
 pub const EXPERT_COMBINE_CU: &str = include_str!("../../../kernels/expert_combine.cu");
 pub const EXPERT_SCALE_CUH: &str = include_str!("../../../kernels/expert_scale.cuh");
 pub const MMA_CUH: &str = include_str!("../../../kernels/mma.cuh");

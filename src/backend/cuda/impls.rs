@@ -6,9 +6,9 @@
 
 use super::compile::{
     self, EXPERT_COMBINE_CU, EXPERT_CU, EXPERT_ROWS, EXPERT_ROWS_CU, EXPERT_SCALE_CUH, EXPERT_TB,
-    EXPERT_WG, KV_CU, KV_MERGE_CU, KV_MERGE_SHARDS_CU, KV_MLA_MMA_CU, KV_MLA_WIDE_CU, KV_MMA_CU,
-    KV_WG, MLA_LATENT_CUH, MLA_WIDE_MAX_SMEM, MLA_WIDE_STAGES, MLA_WIDE_WG, MMA_BLOCKS_PER_SM,
-    MMA_CUH, WARP_ROWS, WARP_ROWS_TB,
+    EXPERT_W4MMA_CU, EXPERT_WG, KV_CU, KV_MERGE_CU, KV_MERGE_SHARDS_CU, KV_MLA_MMA_CU,
+    KV_MLA_WIDE_CU, KV_MMA_CU, KV_WG, MLA_LATENT_CUH, MLA_WIDE_MAX_SMEM, MLA_WIDE_STAGES,
+    MLA_WIDE_WG, MMA_BLOCKS_PER_SM, MMA_CUH, WARP_ROWS, WARP_ROWS_TB,
 };
 use crate::backend::plan::{
     Const, ExpertPlan, KvPlan, KvTarget, expert_constants, kv_constants, kv_plan,
@@ -26,14 +26,17 @@ pub enum CudaImpl {
     Mma,
     /// kv_decode MLA with up to 64 heads a block, one read of the latent.
     MmaWide,
+    /// expert_gemv with int4 weights on the tensor cores.
+    MmaW4,
 }
 
 impl CudaImpl {
-    pub const ALL: [CudaImpl; 4] = [
+    pub const ALL: [CudaImpl; 5] = [
         CudaImpl::Simple,
         CudaImpl::WarpRows,
         CudaImpl::Mma,
         CudaImpl::MmaWide,
+        CudaImpl::MmaW4,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -42,6 +45,7 @@ impl CudaImpl {
             CudaImpl::WarpRows => "warp_rows",
             CudaImpl::Mma => "mma",
             CudaImpl::MmaWide => "mma_wide",
+            CudaImpl::MmaW4 => "mma_w4",
         }
     }
 
@@ -53,7 +57,7 @@ impl CudaImpl {
     /// where the device passes the self-check (fragments.rs).
     pub fn tensor_cores(self) -> bool {
         match self {
-            CudaImpl::Mma | CudaImpl::MmaWide => true,
+            CudaImpl::Mma | CudaImpl::MmaWide | CudaImpl::MmaW4 => true,
             CudaImpl::Simple | CudaImpl::WarpRows => false,
         }
     }
@@ -65,11 +69,14 @@ impl CudaImpl {
             (CudaImpl::WarpRows, Workload::ExpertGemv(e)) => warp_rows_covers(e),
             (CudaImpl::Mma, Workload::KvDecode(k)) => mma_covers(k),
             (CudaImpl::MmaWide, Workload::KvDecode(k)) => mma_wide_covers(k),
-            (CudaImpl::WarpRows | CudaImpl::Mma | CudaImpl::MmaWide, _) => Err(format!(
-                "cuda has no implementation '{}' of {}",
-                self.name(),
-                w.kernel()
-            )),
+            (CudaImpl::MmaW4, Workload::ExpertGemv(e)) => mma_w4_covers(e),
+            (CudaImpl::WarpRows | CudaImpl::Mma | CudaImpl::MmaWide | CudaImpl::MmaW4, _) => {
+                Err(format!(
+                    "cuda has no implementation '{}' of {}",
+                    self.name(),
+                    w.kernel()
+                ))
+            }
         }
     }
 
@@ -103,7 +110,7 @@ impl CudaImpl {
                 max_hb: if w.math == Math::Bf16 { 64 } else { 32 },
             },
             // 40 KB of static shared memory, about 4 blocks per SM, slices of 2 tiles or more.
-            CudaImpl::Simple | CudaImpl::WarpRows => KvTarget {
+            CudaImpl::Simple | CudaImpl::WarpRows | CudaImpl::MmaW4 => KvTarget {
                 wg: KV_WG,
                 shared_bytes: 40 << 10,
                 blocks_wanted: 4 * sms,
@@ -122,7 +129,7 @@ impl CudaImpl {
                 format!("{MMA_CUH}\n{MLA_LATENT_CUH}\n{KV_MLA_MMA_CU}")
             }
             (CudaImpl::MmaWide, _) => format!("{MMA_CUH}\n{MLA_LATENT_CUH}\n{KV_MLA_WIDE_CU}"),
-            (CudaImpl::Simple | CudaImpl::WarpRows, _) => KV_CU.to_string(),
+            (CudaImpl::Simple | CudaImpl::WarpRows | CudaImpl::MmaW4, _) => KV_CU.to_string(),
         }
     }
 
@@ -130,7 +137,7 @@ impl CudaImpl {
     fn kv_block(self, w: &KvDecode) -> (usize, usize) {
         match self {
             CudaImpl::MmaWide => (MLA_WIDE_WG, mla_wide_smem(w)),
-            CudaImpl::Simple | CudaImpl::WarpRows | CudaImpl::Mma => (KV_WG, 0),
+            CudaImpl::Simple | CudaImpl::WarpRows | CudaImpl::Mma | CudaImpl::MmaW4 => (KV_WG, 0),
         }
     }
 
@@ -142,6 +149,12 @@ impl CudaImpl {
                 rows: EXPERT_WG / 32 * WARP_ROWS,
                 tb: WARP_ROWS_TB,
             },
+            // 4 warps over 64 rows (4 tensor-core tiles), 8 tokens (the mma's columns).
+            CudaImpl::MmaW4 => ExpertPlan {
+                wg: EXPERT_WG,
+                rows: 64,
+                tb: 8,
+            },
             CudaImpl::Simple | CudaImpl::Mma | CudaImpl::MmaWide => ExpertPlan {
                 wg: EXPERT_WG,
                 rows: EXPERT_ROWS,
@@ -150,10 +163,11 @@ impl CudaImpl {
         }
     }
 
-    fn expert_gemv_source(self) -> &'static str {
+    fn expert_gemv_source(self) -> String {
         match self {
-            CudaImpl::WarpRows => EXPERT_ROWS_CU,
-            CudaImpl::Simple | CudaImpl::Mma | CudaImpl::MmaWide => EXPERT_CU,
+            CudaImpl::WarpRows => EXPERT_ROWS_CU.to_string(),
+            CudaImpl::MmaW4 => format!("{MMA_CUH}\n{EXPERT_W4MMA_CU}"),
+            CudaImpl::Simple | CudaImpl::Mma | CudaImpl::MmaWide => EXPERT_CU.to_string(),
         }
     }
 }
@@ -195,7 +209,7 @@ impl LaunchPlan {
                     CudaImpl::MmaWide => c
                         .with("STAGES", Const::U(MLA_WIDE_STAGES as u64))
                         .with("SMEM_BYTES", Const::U(shared as u64)),
-                    CudaImpl::Simple | CudaImpl::WarpRows | CudaImpl::Mma => c,
+                    CudaImpl::Simple | CudaImpl::WarpRows | CudaImpl::Mma | CudaImpl::MmaW4 => c,
                 };
                 let attend = imp.kv_attend_source(k);
                 LaunchPlan {
@@ -215,6 +229,7 @@ impl LaunchPlan {
                 let c = expert_constants(e, e.touched().len(), &plan);
                 let c = match imp {
                     CudaImpl::WarpRows => c.with("WR", Const::U(WARP_ROWS as u64)),
+                    CudaImpl::MmaW4 => c.with("MATH_BF16", Const::B(e.math == Math::Bf16)),
                     CudaImpl::Simple | CudaImpl::Mma | CudaImpl::MmaWide => c,
                 };
                 let gemv = imp.expert_gemv_source();
@@ -264,6 +279,22 @@ fn warp_rows_covers(e: &ExpertGemv) -> Result<(), String> {
             e.d_in
         ))
     }
+}
+
+fn mma_w4_covers(e: &ExpertGemv) -> Result<(), String> {
+    if !matches!(e.weight_dtype, DType::Int4G32 | DType::Int4G128) {
+        return Err(format!(
+            "mma_w4 decodes int4 (int4_g32, int4_g128); {} runs in cuda's simple",
+            e.weight_dtype
+        ));
+    }
+    if !e.d_in.is_multiple_of(128) {
+        return Err(format!(
+            "mma_w4 reads rows in blocks of 128 values; d_in {} is not a multiple of 128",
+            e.d_in
+        ));
+    }
+    Ok(())
 }
 
 fn mma_covers(k: &KvDecode) -> Result<(), String> {
