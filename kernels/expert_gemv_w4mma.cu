@@ -28,30 +28,6 @@
 #define W4_STAGE (W4_ROWS * W4_PITCH)
 #define W4_KB (D_IN / 128)
 
-// 16 bytes of weights into shared memory, not waited for (weights stream once).
-__device__ __forceinline__ void w4_copy16(void* to, const unsigned char* from) {
-#ifdef DECODELAB_HOST
-    host_cp_async16(to, from);
-#else
-    const unsigned int sh = (unsigned int)__cvta_generic_to_shared(to);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sh), "l"(from)); // stream: weights
-#endif
-}
-__device__ __forceinline__ void w4_commit() {
-#ifdef DECODELAB_HOST
-    host_cp_async_commit();
-#else
-    asm volatile("cp.async.commit_group;");
-#endif
-}
-template <int N> __device__ __forceinline__ void w4_wait() {
-#ifdef DECODELAB_HOST
-    host_cp_async_wait(N);
-#else
-    asm volatile("cp.async.wait_group %0;" ::"n"(N));
-#endif
-}
-
 // Each bf16 half of a times b plus c, rounded once (fma.rn.bf16x2, sm_80 and later).
 __device__ __forceinline__ unsigned int fma_bf16x2(unsigned int a, unsigned int b, unsigned int c) {
 #ifdef DECODELAB_HOST
@@ -83,9 +59,9 @@ __device__ __forceinline__ void w4_stage(unsigned char* st, const unsigned char*
     for (int j = 0; j < 8; j++) {
         const int i = lane + 32 * j, r = i >> 2, c = i & 3;
         const u64 row = row0 + min(r, last_row);
-        w4_copy16(st + r * W4_PITCH + 16 * c, w + ((row * D_IN + (u64)kb * 128) >> 1) + 16 * c);
+        copy16(st + r * W4_PITCH + 16 * c, w + ((row * D_IN + (u64)kb * 128) >> 1) + 16 * c); // stream: weights
     }
-    w4_commit();
+    copies_commit();
 }
 
 // Two floats as a bf16 pair, each rounded to nearest even, `lo` in the low half (one cvt).
@@ -171,9 +147,9 @@ extern "C" __global__ void __launch_bounds__(WG, 1) gemv(
         for (int kb = warp; kb < W4_KB; kb += WG / 32) {
             if (kb + WG / 32 < W4_KB) {
                 w4_stage(stage[warp][s ^ 1], w, row0, kb + WG / 32, last_row, lane);
-                w4_wait<1>();
+                copies_wait<1>();
             } else {
-                w4_wait<0>();
+                copies_wait<0>();
             }
             __syncwarp();
             const unsigned char* st = stage[warp][s];

@@ -60,7 +60,7 @@ __device__ __forceinline__ void load_tile(unsigned char* dst, const unsigned cha
     unsigned char* to = dst + tt * DST_ROW + part * 16;
 #pragma unroll
     for (int i = 0; i < (PIECES + TPT - 1) / TPT; i++) {
-        if (PIECES % TPT == 0 || part + i * TPT < PIECES) copy16(to + i * TPT * 16, src + i * TPT * 16);
+        if (PIECES % TPT == 0 || part + i * TPT < PIECES) copy16(to + i * TPT * 16, src + i * TPT * 16); // stream: latent
     }
     copies_commit();
 }

@@ -70,9 +70,10 @@ __device__ __forceinline__ void issue_tile(unsigned char* dst, const unsigned ch
 #pragma unroll
         for (int it = 0; it < (TT * PIECES + WG - 1) / WG; it++) {
             const int i = threadIdx.x + it * WG, tt = i / PIECES, part = i % PIECES;
-            if ((TT * PIECES) % WG == 0 || i < TT * PIECES)
-                copy16(dst + tt * RING_ROW + part * 16,
-                       k + latent_row(page_table, b, min(tile + tt, end - 1)) * ELEM_BYTES + part * 16);
+            if ((TT * PIECES) % WG == 0 || i < TT * PIECES) {
+                const unsigned char* from = k + latent_row(page_table, b, min(tile + tt, end - 1)) * ELEM_BYTES + part * 16;
+                copy16(dst + tt * RING_ROW + part * 16, from); // stream: latent
+            }
         }
     }
     copies_commit();

@@ -1,7 +1,6 @@
 // What the tensor-core MLA kernels (`mma`, `mma_wide`) share: where a token's latent row
-// lives, a 16-byte copy of it into shared memory by cp.async with its commit and wait (on the
-// host shim: queued, landing at the wait that guarantees it), and a head's online softmax
-// over a 16-token tile.
+// lives (copied into shared memory by mma.cuh's copy16), and a head's online softmax over a
+// 16-token tile.
 
 #define NEG_BIG (-3.0e38f)
 
@@ -9,34 +8,6 @@
 __device__ __forceinline__ u64 latent_row(const int* __restrict__ page_table, int b, int t) {
     const u64 page = (u64)page_table[(u64)b * MAX_PAGES + t / PAGE];
     return (page * PAGE + t % PAGE) * DK;
-}
-
-// 16 bytes of the latent into shared memory, not waited for.
-__device__ __forceinline__ void copy16(void* to, const unsigned char* from) {
-#ifdef DECODELAB_HOST
-    host_cp_async16(to, from);
-#else
-    const unsigned int sh = (unsigned int)__cvta_generic_to_shared(to);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sh), "l"(from)); // stream: latent
-#endif
-}
-
-// Close this thread's group of copies issued since the last commit.
-__device__ __forceinline__ void copies_commit() {
-#ifdef DECODELAB_HOST
-    host_cp_async_commit();
-#else
-    asm volatile("cp.async.commit_group;");
-#endif
-}
-
-// Wait until at most N of this thread's committed groups are still in flight.
-template <int N> __device__ __forceinline__ void copies_wait() {
-#ifdef DECODELAB_HOST
-    host_cp_async_wait(N);
-#else
-    asm volatile("cp.async.wait_group %0;" ::"n"(N));
-#endif
 }
 
 // One tile of a head's online softmax, a token per lane of 16 adjacent lanes: the token's

@@ -112,3 +112,33 @@ __device__ __forceinline__ uint4 f16x8_of_fp8x8(uint2 w) {
 #define RN_BITS bf16_rn_bits
 #define BITS_FLOAT bf16_bits_float
 #endif
+
+// 16 bytes from global into shared memory by cp.async, not waited for, with its commit and
+// wait (on the host shim: queued, landing at the wait that guarantees it). A caller's line
+// ends in `// stream: <tensor>` where the copy streams one (the SASS report finds it there).
+__device__ __forceinline__ void copy16(void* to, const unsigned char* from) {
+#ifdef DECODELAB_HOST
+    host_cp_async16(to, from);
+#else
+    const unsigned int sh = (unsigned int)__cvta_generic_to_shared(to);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sh), "l"(from));
+#endif
+}
+
+// Close this thread's group of copies issued since the last commit.
+__device__ __forceinline__ void copies_commit() {
+#ifdef DECODELAB_HOST
+    host_cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;");
+#endif
+}
+
+// Wait until at most N of this thread's committed groups are still in flight.
+template <int N> __device__ __forceinline__ void copies_wait() {
+#ifdef DECODELAB_HOST
+    host_cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+#endif
+}
