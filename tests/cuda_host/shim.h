@@ -1,5 +1,7 @@
-// The CUDA a kernel of kernels/ uses, on the host: every thread of a block is an OS thread, a
-// warp's shuffles and a block's __syncthreads are barriers, and the storage types decode in
+// The CUDA a kernel of kernels/ uses, on the host: every thread of a block is a fiber (its own
+// stack, switched by swapcontext on one OS thread: OS threads meeting at barriers on a small
+// machine spent most of the suite's time switching), a warp's shuffles and a block's
+// __syncthreads are barriers at which a fiber yields to the next until the last arrives, and the storage types decode in
 // software (exactly, as the device's conversions do). tests/it/cuda_host.rs compiles a kernel's
 // NVRTC source against this with g++ and checks what it computes against the oracle: the
 // indexing, the tails and the reductions of a CUDA kernel are checked without a GPU (its
@@ -8,6 +10,8 @@
 // Strict, unless DECODELAB_SHIM_LENIENT is defined: no kinder than the hardware where it is
 // cheap to be as unkind.
 // - Shared memory holds NaN bytes (0xFF) at every block's start: a read before a write shows.
+// - Between barriers a block's threads run in turn, forward in even blocks and backward in odd
+//   ones: a read of another thread's write that no barrier orders sees the poison one way.
 // - A cp.async copy lands at the cp.async.wait_group that guarantees it, not when issued.
 // - ldmatrix rows and cp.async addresses must be 16-byte aligned (else abort, naming where);
 //   uint4 and uint2 are 16- and 8-byte aligned types, so g++'s -fsanitize=alignment (which
@@ -15,7 +19,6 @@
 #pragma once
 #include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -23,8 +26,9 @@
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <thread>
 #include <vector>
+#include <sys/mman.h>
+#include <ucontext.h>
 
 #define DECODELAB_HOST 1
 #define __global__
@@ -81,15 +85,34 @@ template <class T> inline T __ldg(const T* p) { return *p; }
 template <class A, class B> inline auto min(A a, B b) { return a < b ? a : b; }
 template <class A, class B> inline auto max(A a, B b) { return a > b ? a : b; }
 
+// Hand the OS thread to the next fiber of the block that has not finished (fibers.h below).
+inline void fiber_yield();
+
+// A barrier among a block's fibers: an arriving fiber yields until the last one arrives.
+struct FiberBarrier {
+    int n, count = 0;
+    unsigned int phase = 0;
+    explicit FiberBarrier(int n) : n(n) {}
+    void arrive_and_wait() {
+        const unsigned int mine = phase;
+        if (++count == n) {
+            count = 0;
+            phase++;
+            return;
+        }
+        while (phase == mine) fiber_yield();
+    }
+};
+
 // A warp: its lanes meet at a barrier to swap values (any type of up to 8 bytes).
 struct Warp {
-    std::barrier<> meet{32};
+    FiberBarrier meet{32};
     uint64_t vals[32];
     // One mma's fragments, every lane's.
     uint32_t a[32][4], b[32][2];
 };
 inline thread_local Warp* this_warp;
-inline thread_local std::barrier<>* this_block;
+inline thread_local FiberBarrier* this_block;
 
 template <class T> inline T __shfl_xor_sync(unsigned int, T v, int lane_mask) {
     static_assert(sizeof(T) <= 8);
@@ -175,9 +198,7 @@ enum __nv_fp8_interpretation_t { __NV_E4M3, __NV_E5M2 };
 inline __half2_raw __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t v, __nv_fp8_interpretation_t) {
     return {e4m3_to_half_bits(v & 0xff), e4m3_to_half_bits(v >> 8)};
 }
-inline float fmaf(float a, float b, float c) { return std::fma(a, b, c); }
 inline float __expf(float x) { return std::exp(x); }
-inline float fmaxf(float a, float b) { return std::fmax(a, b); }
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return {x, y, z, w}; }
 
@@ -321,28 +342,124 @@ inline void host_cp_async_wait(int pending) {
     }
 }
 
-// A launch: every block of the grid in turn, each with `threads` OS threads; shared memory
-// poisoned before each.
+// The fibers of the block being run: each thread's context, stack and the per-thread state
+// the kernels read (threadIdx, its warp, its cp.async queue), swapped in as it runs.
+struct Fiber {
+    ucontext_t ctx;
+    dim3 tid;
+    Warp* warp;
+    std::vector<HostCopy> cp_open;
+    std::vector<std::vector<HostCopy>> cp_groups;
+    bool done;
+};
+struct FiberBlock {
+    std::vector<Fiber> f;
+    int cur = 0, live = 0;
+    // Between barriers the fibers run one after another: forward in even blocks, backward in
+    // odd ones, so a read of another thread's write that no barrier orders sees the poison
+    // (or a stale value) one way or the other.
+    int dir = 1;
+    ucontext_t main;
+    const std::function<void()>* kernel;
+};
+inline FiberBlock* fibers;
+
+// Leave fiber `from` (its state saved unless it finished) for fiber `to`.
+inline void fiber_switch(int from, int to) {
+    Fiber &a = fibers->f[from], &b = fibers->f[to];
+    if (!a.done) {
+        a.tid = threadIdx;
+        a.warp = this_warp;
+        a.cp_open.swap(host_cp_open);
+        a.cp_groups.swap(host_cp_groups);
+    }
+    threadIdx = b.tid;
+    this_warp = b.warp;
+    host_cp_open.swap(b.cp_open);
+    host_cp_groups.swap(b.cp_groups);
+    fibers->cur = to;
+    if (a.done) setcontext(&b.ctx);
+    else swapcontext(&a.ctx, &b.ctx);
+}
+
+// The next fiber that has not finished, after the current one.
+inline int fiber_next() {
+    const int n = (int)fibers->f.size();
+    for (int k = 1; k <= n; k++) {
+        const int i = ((fibers->cur + fibers->dir * k) % n + n) % n;
+        if (!fibers->f[i].done) return i;
+    }
+    return -1;
+}
+
+inline void fiber_yield() {
+    const int next = fiber_next();
+    if (next == fibers->cur) {
+        std::fprintf(stderr, "shim: thread %u waits at a barrier no other thread of its block will reach\n",
+                     threadIdx.x);
+        std::abort();
+    }
+    fiber_switch(fibers->cur, next);
+}
+
+inline void fiber_main() {
+    (*fibers->kernel)();
+    Fiber& me = fibers->f[fibers->cur];
+    if (!host_cp_open.empty() || !host_cp_groups.empty()) {
+        host_cp_open.clear(); // copies never waited for: the next block starts with none
+        host_cp_groups.clear();
+    }
+    me.done = true;
+    if (--fibers->live == 0) setcontext(&fibers->main);
+    fiber_switch(fibers->cur, fiber_next());
+}
+
+// A launch: every block of the grid in turn, its `threads` threads as fibers on this OS
+// thread (1 MiB of stack each, reserved, not touched); shared memory poisoned before each.
 inline void launch(dim3 grid, unsigned int threads, const std::function<void()>& kernel) {
+    constexpr size_t STACK = 1 << 20;
+    char* stacks = (char*)mmap(nullptr, STACK * threads, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (stacks == MAP_FAILED) {
+        std::fprintf(stderr, "shim: no memory for %u fiber stacks\n", threads);
+        std::abort();
+    }
+    FiberBlock block_fibers;
+    block_fibers.kernel = &kernel;
+    fibers = &block_fibers;
+    blockDim = {threads, 1, 1};
+    gridDim = grid;
     for (unsigned int bz = 0; bz < std::max(grid.z, 1u); bz++)
     for (unsigned int by = 0; by < grid.y; by++) {
         for (unsigned int bx = 0; bx < grid.x; bx++) {
             poison_shared();
-            std::barrier<> block(threads);
+            FiberBarrier block(threads);
             std::unique_ptr<Warp[]> warps(new Warp[(threads + 31) / 32]);
-            std::vector<std::thread> ts;
+            blockIdx = {bx, by, bz};
+            this_block = &block;
+            block_fibers.f.assign(threads, Fiber{});
             for (unsigned int t = 0; t < threads; t++) {
-                ts.emplace_back([&, t] {
-                    threadIdx = {t, 0, 0};
-                    blockIdx = {bx, by, bz};
-                    blockDim = {threads, 1, 1};
-                    gridDim = grid;
-                    this_warp = &warps[t / 32];
-                    this_block = &block;
-                    kernel();
-                });
+                Fiber& f = block_fibers.f[t];
+                f.tid = {t, 0, 0};
+                f.warp = &warps[t / 32];
+                f.done = false;
+                getcontext(&f.ctx);
+                f.ctx.uc_stack.ss_sp = stacks + STACK * t;
+                f.ctx.uc_stack.ss_size = STACK;
+                f.ctx.uc_link = nullptr;
+                makecontext(&f.ctx, fiber_main, 0);
             }
-            for (auto& t : ts) t.join();
+            block_fibers.live = (int)threads;
+            block_fibers.dir = (bx + by + bz) % 2 ? -1 : 1;
+            const int first = block_fibers.dir > 0 ? 0 : (int)threads - 1;
+            block_fibers.cur = first;
+            threadIdx = block_fibers.f[first].tid;
+            this_warp = block_fibers.f[first].warp;
+            host_cp_open.clear();
+            host_cp_groups.clear();
+            swapcontext(&block_fibers.main, &block_fibers.f[first].ctx);
         }
     }
+    fibers = nullptr;
+    munmap(stacks, STACK * threads);
 }
