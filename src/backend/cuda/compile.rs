@@ -93,9 +93,33 @@ pub fn include_dir() -> Result<PathBuf, String> {
 }
 
 /// A compiled module: its CUBIN and NVRTC's log.
+#[derive(Clone)]
 pub struct Compiled {
     pub cubin: Vec<u8>,
     pub log: String,
+}
+
+/// `compile`, once per process for each (source, name, arch): the reports (`impls::report`)
+/// compile the same representative variants for every caller, and a second caller waits for
+/// the first's result instead of compiling it again. Bounded by the report's variants; a run's
+/// points compile through `compile` itself.
+pub fn compile_shared(source: &str, name: &str, arch: &str) -> Result<Compiled, String> {
+    type Cell = std::sync::Arc<std::sync::OnceLock<Result<Compiled, String>>>;
+    type Key = (String, String, String);
+    static SEEN: std::sync::Mutex<Vec<(Key, Cell)>> = std::sync::Mutex::new(Vec::new());
+    let key = (source.to_string(), name.to_string(), arch.to_string());
+    let cell: Cell = {
+        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.iter().find(|(k, _)| *k == key) {
+            Some((_, c)) => c.clone(),
+            None => {
+                let c = Cell::default();
+                seen.push((key, c.clone()));
+                c
+            }
+        }
+    };
+    cell.get_or_init(|| compile(source, name, arch)).clone()
 }
 
 /// Compile `source` for `arch` (e.g. "sm_90") to CUBIN, with ptxas' report in the log.

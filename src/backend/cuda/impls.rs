@@ -388,7 +388,7 @@ pub fn report(arch: &str, sass: bool) -> Result<Vec<VariantReport>, String> {
             }
             // 132 SMs (H100 SXM): only the context split depends on it.
             let plan = LaunchPlan::of(imp, &w, 132);
-            let c = compile::compile(&plan.source, w.kernel(), arch)?;
+            let c = compile::compile_shared(&plan.source, w.kernel(), arch)?;
             let listing = if sass {
                 Some(super::sass::disassemble(&c.cubin)?)
             } else {
