@@ -470,6 +470,44 @@ fn the_compute_ceiling_kernel_sums_to_its_closed_form_on_the_host() {
 /// The strict shim catches what the lenient one let through: an MLA kernel that waits for
 /// one cp.async group too few reads a tile that has not landed (NaN bytes), and fails the
 /// oracle; the same kernel as written passes.
+/// Between barriers the strict shim runs one block's threads forward and the next block's
+/// backward, so a read of another thread's shared-memory write that no barrier orders sees
+/// the poison in each block; with the barrier every value arrives.
+#[test]
+fn a_missing_barrier_is_caught_on_the_strict_shim() {
+    if !gxx_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("decodelab-cuda-host-race-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for barrier in ["1", "0"] {
+        let define = format!("BARRIER={barrier}");
+        build_and_run_with("race_driver.cpp", &dir, &[], "race", &[&define]);
+        let got: Vec<f32> =
+            bytemuck::pod_collect_to_vec(&std::fs::read(dir.join("out.bin")).unwrap());
+        // The threads of each block that read something other than their neighbour's value.
+        let missed: Vec<Vec<usize>> = got
+            .chunks_exact(64)
+            .map(|block| {
+                (0..64)
+                    .filter(|&t| block[t] != ((t + 1) % 64) as f32)
+                    .collect()
+            })
+            .collect();
+        if barrier == "1" {
+            assert!(
+                missed.iter().all(|m| m.is_empty()),
+                "with the barrier: {missed:?}"
+            );
+        } else {
+            // Each block misses some, and not the same ones: both orders ran.
+            assert!(missed.iter().all(|m| !m.is_empty()), "without: {missed:?}");
+            assert_ne!(missed[0], missed[1], "one order only: {missed:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_cp_async_wait_one_group_short_fails_on_the_strict_shim() {
     if !gxx_or_skip() {
