@@ -23,7 +23,10 @@
 #endif
 
 #define W4_TILES 4                 // 16-row tiles a block
-#define W4_ROWS (16 * W4_TILES)    // rows a block (the plan's ROWS)
+#define W4_ROWS (16 * W4_TILES)    // rows a block
+#if ROWS != W4_ROWS
+#error "mma_w4's launch plan (ROWS) and its tiles disagree"
+#endif
 #define W4_PITCH 80                // staged bytes a row: 64, padded so lanes' words miss each other's banks
 #define W4_STAGE (W4_ROWS * W4_PITCH)
 #define W4_KB (D_IN / 128)
@@ -64,17 +67,6 @@ __device__ __forceinline__ void w4_stage(unsigned char* st, const unsigned char*
     copies_commit();
 }
 
-// Two floats as a bf16 pair, each rounded to nearest even, `lo` in the low half (one cvt).
-__device__ __forceinline__ unsigned int bf16x2_rn(float lo, float hi) {
-#ifdef DECODELAB_HOST
-    return pack_bf16x2(bf16_rn_bits(lo), bf16_rn_bits(hi));
-#else
-    unsigned int d;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
-    return d;
-#endif
-}
-
 // x of one 32-value group as the B operand: values 8t + {2h, 2h + 4} and 8t + {2h + 1, 2h + 5}
 // of the group for mma h, hi and lo halves; zeros for a lane whose token is past the chunk.
 __device__ __forceinline__ void w4_x(const float* __restrict__ xt, bool live, unsigned int (&hi)[2][2],
@@ -101,18 +93,6 @@ __device__ __forceinline__ void w4_x(const float* __restrict__ xt, bool live, un
 #endif
         }
     }
-}
-
-// d = a . b for one m16n8k16 tile, the accumulators starting from zero.
-__device__ __forceinline__ void mma_bf16_first(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
-#ifdef DECODELAB_HOST
-    d[0] = d[1] = d[2] = d[3] = 0.f;
-    host_mma_bf16_16816(d, a, b);
-#else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %10, %10, %10};"
-                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(0.f));
-#endif
 }
 
 extern "C" __global__ void __launch_bounds__(WG, 1) gemv(

@@ -29,6 +29,18 @@ __device__ __forceinline__ void mma_f16_16816(float (&d)[4], const unsigned int 
 #endif
 }
 
+// d = a . b for one m16n8k16 tile, the accumulators starting from zero.
+__device__ __forceinline__ void mma_bf16_first(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+#ifdef DECODELAB_HOST
+    d[0] = d[1] = d[2] = d[3] = 0.f;
+    host_mma_bf16_16816(d, a, b);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %10, %10, %10};"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(0.f));
+#endif
+}
+
 // Four 8x8 b16 matrices from shared memory (ldmatrix .x4, sm_75 and later): lane i gives the
 // address of row i % 8 of matrix i / 8 (16 contiguous, 16-byte aligned bytes); lane l gets
 // in d[j] matrix j's (row g, columns 2t and 2t + 1), the first in the low half. With A's
@@ -86,6 +98,17 @@ __device__ __forceinline__ float f16_bits_float(unsigned short b) {
     return half_bits_to_float(b);
 #else
     return __half2float(__ushort_as_half(b));
+#endif
+}
+
+// Two floats as a bf16 pair, each rounded to nearest even, `lo` in the low half (one cvt).
+__device__ __forceinline__ unsigned int bf16x2_rn(float lo, float hi) {
+#ifdef DECODELAB_HOST
+    return pack_bf16x2(bf16_rn_bits(lo), bf16_rn_bits(hi));
+#else
+    unsigned int d;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
 #endif
 }
 

@@ -276,7 +276,7 @@ impl RunCtx<'_> {
             return Err(self.err_at(f, "bytes", format!(
                 "{} bytes: {kernel} moves whole u32 words, so bytes must be a positive multiple of 4 (at most {MAX_BYTES})", sz.0)));
         }
-        Ok(sweep.add(decl, sizes.values.iter().map(|s| s.0).collect()))
+        Ok(sizes.map(|s| s.0))
     }
 
     fn expand_stream(&self, seed: impl Fn(usize) -> u64) -> Result<Vec<Workload>, ConfigError> {

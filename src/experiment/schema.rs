@@ -290,6 +290,10 @@ pub trait AxisValue: Clone + de::DeserializeOwned {
 
 macro_rules! axis_fields {
     ($t:ty: $($f:ident),+) => {
+        axis_fields!($t, |_v| None => $($f),+);
+    };
+    // `count`: the value as a number an axis's declared range holds.
+    ($t:ty, |$v:ident| $count:expr => $($f:ident),+) => {
         impl AxisValue for $t {
             fn field<'a>(spec: &'a RunSpec, name: &str) -> Option<&'a Field<Self>> {
                 match name {
@@ -297,46 +301,21 @@ macro_rules! axis_fields {
                     _ => None,
                 }
             }
+
+            fn count(&self) -> Option<u64> {
+                let $v = self;
+                $count
+            }
         }
     };
 }
 
-impl AxisValue for u64 {
-    fn field<'a>(spec: &'a RunSpec, name: &str) -> Option<&'a Field<Self>> {
-        Some(match name {
-            "batch" => &spec.batch,
-            "q_heads" => &spec.q_heads,
-            "kv_heads" => &spec.kv_heads,
-            "head_dim" => &spec.head_dim,
-            "v_head_dim" => &spec.v_head_dim,
-            "kv_lora_rank" => &spec.kv_lora_rank,
-            "rope_dim" => &spec.rope_dim,
-            "context" => &spec.context,
-            "page_size" => &spec.page_size,
-            "experts" => &spec.experts,
-            "top_k" => &spec.top_k,
-            "d_in" => &spec.d_in,
-            "d_out" => &spec.d_out,
-            _ => return None,
-        })
-    }
-
-    fn count(&self) -> Option<u64> {
-        Some(*self)
-    }
-}
-
-impl AxisValue for Size {
-    fn field<'a>(spec: &'a RunSpec, name: &str) -> Option<&'a Field<Self>> {
-        (name == "bytes").then_some(&spec.bytes)
-    }
-
-    fn count(&self) -> Option<u64> {
-        Some(self.0)
-    }
-}
+axis_fields!(u64, |v| Some(*v) => batch, q_heads, kv_heads, head_dim, v_head_dim, kv_lora_rank,
+    rope_dim, context, page_size, experts, top_k, d_in, d_out);
+axis_fields!(Size, |v| Some(v.0) => bytes);
 
 impl AxisValue for String {
+    // The one field whose YAML name is a Rust keyword.
     fn field<'a>(spec: &'a RunSpec, name: &str) -> Option<&'a Field<Self>> {
         (name == "impl").then_some(&spec.imp)
     }

@@ -26,6 +26,14 @@ impl<T> Swept<T> {
     pub(super) fn at(&self, p: &At) -> &T {
         &self.values[p.0[self.slot]]
     }
+
+    /// The same axis, each value converted.
+    pub(super) fn map<U>(&self, f: impl Fn(&T) -> U) -> Swept<U> {
+        Swept {
+            slot: self.slot,
+            values: self.values.iter().map(f).collect(),
+        }
+    }
 }
 
 impl Sweep {

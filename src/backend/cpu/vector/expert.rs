@@ -48,30 +48,27 @@ pub(super) unsafe fn block<S: Simd>(cx: &ExpertCtx, blk: usize) -> Vec<f32> {
                     o0,
                     width,
                 };
+                // One instantiation per (rows, tokens) in registers, for either row kernel.
+                macro_rules! run {
+                    ($f:ident) => {
+                        match (r, group.len()) {
+                            (4, 4) => $f::<S, 4, 4>(cx, at, group, &mut slots),
+                            (4, 3) => $f::<S, 4, 3>(cx, at, group, &mut slots),
+                            (4, 2) => $f::<S, 4, 2>(cx, at, group, &mut slots),
+                            (4, _) => $f::<S, 4, 1>(cx, at, group, &mut slots),
+                            (_, 4) => $f::<S, 1, 4>(cx, at, group, &mut slots),
+                            (_, 3) => $f::<S, 1, 3>(cx, at, group, &mut slots),
+                            (_, 2) => $f::<S, 1, 2>(cx, at, group, &mut slots),
+                            _ => $f::<S, 1, 1>(cx, at, group, &mut slots),
+                        }
+                    };
+                }
                 // SAFETY: the caller's contract; rows o..o+r are inside the block.
                 unsafe {
                     if cx.group_scales.is_some() {
-                        match (r, group.len()) {
-                            (4, 4) => rows4::<S, 4, 4>(cx, at, group, &mut slots),
-                            (4, 3) => rows4::<S, 4, 3>(cx, at, group, &mut slots),
-                            (4, 2) => rows4::<S, 4, 2>(cx, at, group, &mut slots),
-                            (4, _) => rows4::<S, 4, 1>(cx, at, group, &mut slots),
-                            (_, 4) => rows4::<S, 1, 4>(cx, at, group, &mut slots),
-                            (_, 3) => rows4::<S, 1, 3>(cx, at, group, &mut slots),
-                            (_, 2) => rows4::<S, 1, 2>(cx, at, group, &mut slots),
-                            _ => rows4::<S, 1, 1>(cx, at, group, &mut slots),
-                        }
-                        continue;
-                    }
-                    match (r, group.len()) {
-                        (4, 4) => rows::<S, 4, 4>(cx, at, group, &mut slots),
-                        (4, 3) => rows::<S, 4, 3>(cx, at, group, &mut slots),
-                        (4, 2) => rows::<S, 4, 2>(cx, at, group, &mut slots),
-                        (4, _) => rows::<S, 4, 1>(cx, at, group, &mut slots),
-                        (_, 4) => rows::<S, 1, 4>(cx, at, group, &mut slots),
-                        (_, 3) => rows::<S, 1, 3>(cx, at, group, &mut slots),
-                        (_, 2) => rows::<S, 1, 2>(cx, at, group, &mut slots),
-                        _ => rows::<S, 1, 1>(cx, at, group, &mut slots),
+                        run!(rows4)
+                    } else {
+                        run!(rows)
                     }
                 }
             }
