@@ -39,7 +39,7 @@ fn split_with(
     let settings = Settings {
         warmup: 1,
         reps: 2,
-        cache: CacheMode::Cold,
+        cache: CacheMode::Warm,
         imp,
     };
     let out = run_split(b, &devices, w, inputs, plan, &settings).expect("split run");
@@ -441,7 +441,7 @@ fn distinct_devices_run_their_shards_at_once() {
     let s = Settings {
         warmup: 1,
         reps: 5,
-        cache: CacheMode::Cold,
+        cache: CacheMode::Warm,
         imp: "simple",
     };
     let out = run_split(&b, &set, &w, &inputs, &plan, &s).unwrap();
