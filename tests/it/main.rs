@@ -1,5 +1,5 @@
 //! Every integration test in one binary (one link in release mode), a module per suite:
-//! `cargo test --release conformance::cpu::` runs one backend's conformance cases.
+//! `cargo test --profile ci conformance::cpu::` runs one backend's conformance cases.
 
 mod cli;
 mod common;
