@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The cpu bench: experiments/cpu-perf.yaml (simple and every vector path, both ceilings in the
-# same run), ONNX Runtime at the same shapes (a venv of its own under target/, not CI's), and
-# the table. Writes bench/<date>-cpu-<model>/ with the command, the results and table.md.
+# same run), ONNX Runtime at the same shapes (a venv of its own under target/, not CI's),
+# glibc memcpy / memset beside the stream points, and the table. Writes
+# bench/<date>-cpu-<model>/ with the command, the results and table.md.
 #   scripts/cpu-bench.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,5 +17,7 @@ echo "${cmd[*]}" > "$out/command.txt"
 "${cmd[@]}" | tee "$out/run.txt"
 echo "$venv/bin/python scripts/ort_reference.py $out/run/results.jsonl" >> "$out/command.txt"
 "$venv/bin/python" scripts/ort_reference.py "$out/run/results.jsonl" > "$out/ort.jsonl"
-python3 scripts/cpu_table.py "$out/run/results.jsonl" "$out/ort.jsonl" > "$out/table.md"
+echo "python3 scripts/libc_reference.py $out/run/results.jsonl" >> "$out/command.txt"
+python3 scripts/libc_reference.py "$out/run/results.jsonl" > "$out/libc.jsonl"
+python3 scripts/cpu_table.py "$out/run/results.jsonl" "$out/ort.jsonl" "$out/libc.jsonl" > "$out/table.md"
 cat "$out/table.md"

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The cpu bench table: per point, simple and every vector path (GB/s, % of roofline, the
 bound), and ONNX Runtime at the same shape where it runs one, from a decodelab results.jsonl
-and scripts/ort_reference.py's lines.
+and scripts/ort_reference.py's lines; glibc's memcpy / memset beside the stream lines, from
+scripts/libc_reference.py's.
 
-    python3 scripts/cpu_table.py RESULTS.jsonl [ORT.jsonl] > table.md
+    python3 scripts/cpu_table.py RESULTS.jsonl [ORT.jsonl] [LIBC.jsonl] > table.md
 """
 import json
 import sys
@@ -24,13 +25,20 @@ def main():
     lines = [json.loads(x) for x in open(sys.argv[1])]
     key = lambda kernel, params: (kernel, json.dumps(params, sort_keys=True))
     peer = {}
-    if len(sys.argv) > 2:
-        for x in open(sys.argv[2]):
+    for path in sys.argv[2:]:
+        for x in open(path):
             o = json.loads(x)
             peer[key(o["kernel"], o["params"])] = o
     streams = [l for l in lines if l["kernel"] == "stream"]
     for l in streams:
         print(f"- stream {l['params']['op']} ({l['impl']}): {l['gbps']:.1f} GB/s")
+    # glibc beside each stream op it has, and the best of decodelab's paths against it.
+    for shape in dict.fromkeys(key("stream", l["params"]) for l in streams):
+        o = peer.get(shape)
+        if o and "gbps" in o:
+            best = max((l for l in streams if key("stream", l["params"]) == shape), key=lambda l: l["gbps"])
+            op = json.loads(shape[1])["op"]
+            print(f"- stream {op}, {o['peer']}: {o['gbps']:.1f} GB/s ({best['impl']}: {best['gbps'] / o['gbps']:.2f}x)")
     peaks = {l["roofline"]["peak"]: l["roofline"]["peak_gflops"] for l in lines if l.get("roofline") and l["roofline"].get("peak_gflops")}
     for unit, g in peaks.items():
         print(f"- compute ceiling ({unit}): {g:.0f} GFLOP/s")
