@@ -183,7 +183,8 @@ const CPU_KV: &str = "(sequence, chunk) tasks in 64-token tiles: GQA rows decode
     registers where they lie (MLA, fp8: into L1 tiles), scores from 4-head x 4-token register \
     blocks, a vector exp, PV in 4-head blocks";
 const CPU_STREAM: &str = "256 KiB chunks: read sums 4 vectors in flight; copy and write by \
-    non-temporal stores (no read for ownership), a fence per chunk";
+    non-temporal stores (no read for ownership), a fence per chunk; copy takes 4 streams a \
+    quarter of its chunk apart";
 const CPU_EXPERT: &str = "simple's 16-row blocks: 4 rows of an expert decoded in registers \
     against up to 4 of its tokens";
 
