@@ -24,7 +24,7 @@ libc.memcpy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
 
 def buffer(n):
     """n bytes of anonymous memory, touched once (so no rep pays its page faults): the map
-    (kept alive by the caller) and its address."""
+    (which the caller keeps while it uses the address) and its address."""
     m = mmap.mmap(-1, n)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
     libc.memset(addr, 1, n)
@@ -64,9 +64,7 @@ def measure(op, n, threads, warmup, reps):
         parts = [lambda o=o, l=l: libc.memset(dst + o, 7, l) for o, l in split(n, threads)]
     for _ in range(warmup):
         timed(parts)
-    times = [timed(parts) for _ in range(reps)]
-    del dst_map
-    return statistics.median(times)
+    return statistics.median(timed(parts) for _ in range(reps))
 
 
 def main():

@@ -260,7 +260,7 @@ fn every_cuda_expert_gemv_matches_the_oracle_on_the_host() {
             decodelab::workload::Math::Bf16,
         ),
     ];
-    let base = std::env::temp_dir().join(format!("decodelab-cuda-host-{}", std::process::id()));
+    let base = common::tempdir("cuda-host-expert");
     let mut ran = Vec::new();
     for (i, w) in shapes.iter().enumerate() {
         let inputs = w.inputs();
@@ -355,7 +355,7 @@ fn cuda_kv_decode_matches_the_oracle_on_the_host() {
             decodelab::workload::Math::Bf16,
         ),
     ];
-    let base = std::env::temp_dir().join(format!("decodelab-cuda-host-kv-{}", std::process::id()));
+    let base = common::tempdir("cuda-host-kv");
     let (mut ran, mut built) = (Vec::new(), Built::default());
     for (i, w) in shapes.iter().enumerate() {
         let Workload::KvDecode(k) = w else {
@@ -400,7 +400,7 @@ fn cuda_stream_matches_the_oracle_on_the_host() {
         return;
     }
     use decodelab::workload::StreamOp;
-    let base = std::env::temp_dir().join(format!("decodelab-cuda-host-st-{}", std::process::id()));
+    let base = common::tempdir("cuda-host-st");
     // 1000 bytes: a last vector of 8 bytes; 100 KiB over 3 blocks: the grid-stride tail.
     for (i, (op, bytes)) in [StreamOp::Read, StreamOp::Copy, StreamOp::Write]
         .into_iter()
@@ -446,8 +446,7 @@ fn the_tensor_core_fragment_model_multiplies_on_the_host() {
     if !gxx_or_skip() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("decodelab-cuda-host-mma-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tempdir("cuda-host-mma");
     let o = fragments::operands();
     for (name, v) in [("a", &o.a), ("b", &o.b), ("a16", &o.a16), ("b16", &o.b16)] {
         std::fs::write(dir.join(format!("{name}.bin")), bytemuck::cast_slice(v)).unwrap();
@@ -482,8 +481,7 @@ fn the_compute_ceiling_kernel_sums_to_its_closed_form_on_the_host() {
     if !gxx_or_skip() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("decodelab-cuda-host-peak-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tempdir("cuda-host-peak");
     std::fs::write(dir.join("kernel.cu"), compile::peak_source()).unwrap();
     build_and_run("peak_driver.cpp", &dir, &[], "peak_fma");
     let out: Vec<f32> = bytemuck::pod_collect_to_vec(&std::fs::read(dir.join("out.bin")).unwrap());
@@ -498,9 +496,6 @@ fn the_compute_ceiling_kernel_sums_to_its_closed_form_on_the_host() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The strict shim catches what the lenient one let through: an MLA kernel that waits for
-/// one cp.async group too few reads a tile that has not landed (NaN bytes), and fails the
-/// oracle; the same kernel as written passes.
 /// Between barriers the strict shim runs one block's threads forward and the next block's
 /// backward, so a read of another thread's shared-memory write that no barrier orders sees
 /// the poison in each block; with the barrier every value arrives.
@@ -509,8 +504,7 @@ fn a_missing_barrier_is_caught_on_the_strict_shim() {
     if !gxx_or_skip() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("decodelab-cuda-host-race-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tempdir("cuda-host-race");
     for barrier in ["1", "0"] {
         let define = format!("BARRIER={barrier}");
         build_and_run_with("race_driver.cpp", &dir, &[], "race", &[&define]);
@@ -539,6 +533,9 @@ fn a_missing_barrier_is_caught_on_the_strict_shim() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The strict shim catches what the lenient one let through: an MLA kernel that waits for
+/// one cp.async group too few reads a tile that has not landed (NaN bytes), and fails the
+/// oracle; the same kernel as written passes.
 #[test]
 fn a_cp_async_wait_one_group_short_fails_on_the_strict_shim() {
     if !gxx_or_skip() {
@@ -550,7 +547,7 @@ fn a_cp_async_wait_one_group_short_fails_on_the_strict_shim() {
     };
     let inputs = w.inputs();
     let reference = w.oracle(&inputs);
-    let dir = std::env::temp_dir().join(format!("decodelab-cuda-host-wait-{}", std::process::id()));
+    let dir = common::tempdir("cuda-host-wait");
     for imp in ["mma", "mma_wide"] {
         for (skew, pass) in [("0", true), ("1", false)] {
             let define = format!("DECODELAB_SHIM_WAIT_SKEW={skew}");
@@ -583,7 +580,7 @@ fn the_sequence_split_merges_on_the_device() {
         return;
     }
     let cpu = decodelab::backend::cpu::CpuBackend::new();
-    let base = std::env::temp_dir().join(format!("decodelab-cuda-host-mg-{}", std::process::id()));
+    let base = common::tempdir("cuda-host-mg");
     for (i, w) in [
         common::gqa(4, 8, 2, 64, 64, vec![1, 17, 300, 40], 16, DType::Bf16),
         common::mla(2, 5, 128, 64, vec![130, 3], 8, DType::Bf16),
