@@ -176,6 +176,21 @@ mod cases {
         }
     }
 
+    /// Groups of 8 heads and of 1 (a tile kernel's full and padded head slots), K dims of
+    /// two to four 32-dim steps, pages of whole 16-token blocks (cpu's amx loads K where it
+    /// lies) and of 7 (staged), partial tiles.
+    pub fn kv_tile_groups(b: &dyn Backend) {
+        for (hq, hkv, dk, page, dt) in [
+            (16, 2, 96, 32, DType::Bf16),
+            (16, 2, 128, 7, DType::Bf16),
+            (3, 3, 64, 16, DType::Fp8E4m3),
+            (8, 1, 128, 48, DType::Bf16),
+        ] {
+            let w = gqa(3, hq, hkv, dk, 128, vec![1, 77, 200], page, dt);
+            run_point(b, &w, no_edit);
+        }
+    }
+
     pub fn kv_mla(b: &dyn Backend) {
         run_point(
             b,
@@ -360,6 +375,7 @@ macro_rules! every_case {
             kv_one_token_and_page_boundaries,
             kv_mixed_lengths_long_context,
             kv_odd_head_dims_and_group_sizes,
+            kv_tile_groups,
             kv_mla,
             kv_fp8_extremes,
             expert_every_token_one_expert,

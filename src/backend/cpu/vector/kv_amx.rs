@@ -1,6 +1,9 @@
 //! kv_decode on AMX tiles, for bf16 caches (and fp8, converted to bf16 exactly as the
-//! operands are built): the cache's values are the tile operands, so GQA's 8 and MLA's
-//! 16-128 heads a row serves cost the tile unit, not the FMA ports. Per task (one chunk of one sequence), per KV head, per 64-token tile:
+//! operands are built): the cache's values are the tile operands, so MLA's 16-128 heads a
+//! row serves cost the tile unit, not the FMA ports. This kernel takes MLA and groups of
+//! more than 8 heads; GQA's groups of up to 8 take kv_amx_gqa.rs, which fills a tile's 16
+//! rows with 8 heads' hi and lo halves instead of padding. Per task (one chunk of one
+//! sequence), per KV head, per 64-token tile:
 //! - K^T in VNNI pairs (16 x 16 transposes of 32-bit (d, d+1) pairs), built once a tile
 //!   and shared by every head;
 //! - S[heads x tokens] = Q . K^T: A is q, one tile per 32 dims, `hi` and `lo` bf16 halves
@@ -21,7 +24,7 @@ use rayon::prelude::*;
 use std::arch::x86_64::*;
 
 /// Tokens per tile: four 16-token blocks of scores, two 32-token steps of PV.
-const TILE: usize = 64;
+pub(super) const TILE: usize = 64;
 
 /// Whether the AMX kernel runs this point, or why not.
 pub fn covers(w: &KvDecode) -> Result<(), String> {
@@ -93,16 +96,16 @@ impl<'a> AmxCtx<'a> {
 }
 
 /// bf16 by round-to-nearest-even.
-fn bf16_bits(x: f32) -> u16 {
+pub(super) fn bf16_bits(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
 }
 
 /// A zeroed buffer of u16 starting on a cache line (tile rows are 64 bytes).
-fn zeroed_u16(n: usize) -> Aligned {
+pub(super) fn zeroed_u16(n: usize) -> Aligned {
     Aligned::zeroed(n.div_ceil(2))
 }
 
-fn as_u16(a: &mut Aligned) -> &mut [u16] {
+pub(super) fn as_u16(a: &mut Aligned) -> &mut [u16] {
     bytemuck::cast_slice_mut(&mut a[..])
 }
 
@@ -229,7 +232,7 @@ fn q_tiles(sh: Shape, math: Math, heads: &[f32], out: &mut [u16]) {
 }
 
 /// The tile's row pointers for KV head g in a cache tensor of `row`-byte rows.
-fn rows(bytes: &[u8], slots: &[usize; TILE], g: usize, row: usize) -> [*const u8; TILE] {
+pub(super) fn rows(bytes: &[u8], slots: &[usize; TILE], g: usize, row: usize) -> [*const u8; TILE] {
     let last = slots.iter().max().unwrap_or(&0) + g;
     assert!((last + 1) * row <= bytes.len(), "row out of its tensor");
     // SAFETY: every row lies inside `bytes` (asserted for the furthest).
@@ -239,7 +242,7 @@ fn rows(bytes: &[u8], slots: &[usize; TILE], g: usize, row: usize) -> [*const u8
 /// 32 cache values at `p` as 32 bf16: bf16 as stored; fp8 e4m3 decoded and converted, which
 /// is exact (3 mantissa bits and exponents 2^-9..2^8 fit bf16).
 #[inline(always)]
-unsafe fn load32<const FP8: bool>(p: *const u8) -> __m512i {
+pub(super) unsafe fn load32<const FP8: bool>(p: *const u8) -> __m512i {
     // SAFETY: the caller's row holds 32 values at p; AVX-512 F/BW/BF16 (the caller's).
     unsafe {
         if FP8 {
@@ -277,7 +280,7 @@ unsafe fn k_transposed<const FP8: bool>(k: &[*const u8; TILE], ks: usize, kt: &m
 
 /// A 16 x 16 transpose of 32-bit elements: out[j] lane i = r[i] lane j.
 #[inline(always)]
-unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+pub(super) unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
     // SAFETY: register shuffles only; the caller has AVX-512F.
     unsafe {
         let mut t = [_mm512_setzero_si512(); 16];
@@ -415,7 +418,7 @@ unsafe fn p_tiles(sh: Shape, s: &[f32], pa: &mut [u16]) {
 }
 
 #[inline(always)]
-fn transmute_bh(x: __m256bh) -> __m256i {
+pub(super) fn transmute_bh(x: __m256bh) -> __m256i {
     // SAFETY: both are 256 bits of plain data.
     unsafe { std::mem::transmute(x) }
 }

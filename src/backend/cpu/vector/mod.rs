@@ -1,13 +1,15 @@
 //! The cpu backend's tuned implementations, one per vector path (`amx`, `avx512`, `avx2`,
 //! `portable`): the kernel bodies are generic over `simd::Simd`, and each path instantiates
-//! them inside a `#[target_feature]` entry; `amx` adds tile kernels (kv_amx.rs) and runs
-//! the rest as `avx512`. `simple` stays beside them as the reference.
+//! them inside a `#[target_feature]` entry; `amx` adds tile kernels (kv_amx.rs,
+//! kv_amx_gqa.rs) and runs the rest as `avx512`. `simple` stays beside them as the reference.
 
 mod amx;
 mod expert;
 mod kv;
 #[cfg(target_arch = "x86_64")]
 mod kv_amx;
+#[cfg(target_arch = "x86_64")]
+mod kv_amx_gqa;
 mod peak;
 pub mod simd;
 mod stream;
@@ -170,12 +172,28 @@ pub(super) fn kv_decode(isa: Isa, w: &KvDecode, inputs: &TensorSet, outputs: &mu
             kv_amx::covers(w).is_ok(),
             "amx on a point it does not cover"
         );
-        let cx = kv_amx::AmxCtx::new(w, &q, (k, v), &table);
-        let partials: Vec<Vec<Partial>> = kv::tasks(w, cx.chunk)
-            .into_par_iter()
-            // SAFETY: the path is allowed on this CPU (permission asked) and covers w.
-            .map(|t| unsafe { kv_amx::task(&cx, t) })
-            .collect();
+        let partials: Vec<Vec<Partial>> = match v {
+            Some(v) if kv_amx_gqa::fits(w) => {
+                let cx = kv_amx_gqa::GqaCtx::new(w, &q, (k, v), &table);
+                kv::tasks(w, cx.chunk)
+                    .into_par_iter()
+                    // SAFETY: the path is allowed on this CPU (permission asked), covers w
+                    // and the kernel fits it.
+                    .map_init(
+                        || kv_amx_gqa::Scratch::new(&cx),
+                        |scratch, t| unsafe { kv_amx_gqa::task(&cx, scratch, t) },
+                    )
+                    .collect()
+            }
+            _ => {
+                let cx = kv_amx::AmxCtx::new(w, &q, (k, v), &table);
+                kv::tasks(w, cx.chunk)
+                    .into_par_iter()
+                    // SAFETY: the path is allowed on this CPU (permission asked) and covers w.
+                    .map(|t| unsafe { kv_amx::task(&cx, t) })
+                    .collect()
+            }
+        };
         return merge_partials(w, partials.into_iter().flatten().collect(), outputs);
     }
     let cx = KvCtx::new(w, &q, (k, v), &table, lanes(isa));
