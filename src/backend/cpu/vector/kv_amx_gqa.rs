@@ -80,8 +80,8 @@ impl<'a> GqaCtx<'a> {
     }
 }
 
-/// A thread's staging buffers, kept from task to task (a task can be a single tile, and
-/// fresh buffers of this size cost page faults each time).
+/// A thread's staging buffers, kept from task to task and step to step (a task can be a
+/// single tile, and fresh buffers of this size cost a memset and page faults each time).
 pub(super) struct Scratch {
     /// Staged K ([head][token][dk] bf16) where it is not tile-loaded in place.
     kst: Aligned,
@@ -94,20 +94,45 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
-    pub fn new(cx: &GqaCtx) -> Self {
-        let w = cx.w;
-        let staged = !direct(w);
+    /// Sizes (in u16) of kst and vv for a point.
+    fn sizes(w: &KvDecode) -> (usize, usize) {
+        let k = if direct(w) {
+            0
+        } else {
+            w.kv_heads * TILE * w.head_dim_k
+        };
+        (k, w.kv_heads * 2 * w.head_dim_v / 16 * 512)
+    }
+
+    fn new(w: &KvDecode) -> Self {
+        let (k, v) = Scratch::sizes(w);
         Scratch {
-            kst: zeroed_u16(if staged {
-                w.kv_heads * TILE * w.head_dim_k
-            } else {
-                0
-            }),
-            vv: zeroed_u16(w.kv_heads * 2 * w.head_dim_v / 16 * 512),
+            kst: zeroed_u16(k),
+            vv: zeroed_u16(v),
             pa: zeroed_u16(2 * 512),
             s: Aligned::zeroed(TILE * 16),
         }
     }
+
+    fn fits(&self, w: &KvDecode) -> bool {
+        let (k, v) = Scratch::sizes(w);
+        self.kst.len() * 2 >= k && self.vv.len() * 2 >= v
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Option<Scratch>> = const { std::cell::Cell::new(None) };
+}
+
+/// f with this thread's scratch, grown to fit w.
+pub(super) fn with_scratch<R>(w: &KvDecode, f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let mut s = SCRATCH
+        .take()
+        .filter(|s| s.fits(w))
+        .unwrap_or_else(|| Scratch::new(w));
+    let r = f(&mut s);
+    SCRATCH.set(Some(s));
+    r
 }
 
 /// Whether K is tile-loaded where it lies: bf16 in pages of whole 16-token blocks (a
@@ -229,14 +254,27 @@ pub(super) unsafe fn task(
             g,
             m: h.m[..gs].to_vec(),
             l: h.l[..gs].to_vec(),
-            acc: (0..gs)
-                .flat_map(|j| {
-                    let (hi, lo) = (&h.acc[j * dv..][..dv], &h.acc[(HS + j) * dv..][..dv]);
-                    (0..dv).map(move |d| hi[permuted(d)] + lo[permuted(d)])
-                })
-                .collect(),
+            acc: unpermuted(&h.acc, gs, dv),
         })
         .collect()
+}
+
+/// The first gs heads' outputs from the accumulator: hi row + lo row, dims in order.
+fn unpermuted(acc: &[f32], gs: usize, dv: usize) -> Vec<f32> {
+    let at: [usize; 32] = std::array::from_fn(permuted);
+    let mut out = vec![0f32; gs * dv];
+    for (j, row) in out.chunks_exact_mut(dv).enumerate() {
+        let (hi, lo) = (&acc[j * dv..][..dv], &acc[(HS + j) * dv..][..dv]);
+        let blocks = row
+            .chunks_exact_mut(32)
+            .zip(hi.chunks_exact(32).zip(lo.chunks_exact(32)));
+        for (o, (hi, lo)) in blocks {
+            for (o, &p) in o.iter_mut().zip(&at) {
+                *o = hi[p] + lo[p];
+            }
+        }
+    }
+    out
 }
 
 /// Where dim d sits in a row of the accumulator (see `stage_v`).

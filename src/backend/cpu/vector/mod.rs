@@ -179,10 +179,9 @@ pub(super) fn kv_decode(isa: Isa, w: &KvDecode, inputs: &TensorSet, outputs: &mu
                     .into_par_iter()
                     // SAFETY: the path is allowed on this CPU (permission asked), covers w
                     // and the kernel fits it.
-                    .map_init(
-                        || kv_amx_gqa::Scratch::new(&cx),
-                        |scratch, t| unsafe { kv_amx_gqa::task(&cx, scratch, t) },
-                    )
+                    .map(|t| {
+                        kv_amx_gqa::with_scratch(w, |s| unsafe { kv_amx_gqa::task(&cx, s, t) })
+                    })
                     .collect()
             }
             _ => {
