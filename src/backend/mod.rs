@@ -39,9 +39,10 @@ pub const IMPLS: &[Impl] = &[
     cpu_vector(
         Kernel::KvDecode,
         "amx",
-        "bf16 and fp8 caches on AMX tiles: S = q . K^T and P . V by tdpbf16ps (q and P \
-         split hi/lo at math: f32), K^T and V as VNNI pairs (fp8 converted to bf16 exactly) \
-         once a 64-token tile, online softmax in AVX-512",
+        "bf16 and fp8 caches on AMX tiles (fp8 converted to bf16 exactly): GQA groups of up \
+         to 8 as S^T = K . Q^T with K tile-loaded in place and q's (P's) hi and lo halves in \
+         one tile; MLA and wider groups as S = q . K^T with K^T transposed; V in VNNI pairs, \
+         online softmax in AVX-512",
     ),
     cpu_vector(Kernel::KvDecode, "avx512", CPU_KV),
     cpu_vector(Kernel::KvDecode, "avx2", CPU_KV),
