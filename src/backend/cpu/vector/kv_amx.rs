@@ -239,16 +239,42 @@ pub(super) fn rows(bytes: &[u8], slots: &[usize; TILE], g: usize, row: usize) ->
     std::array::from_fn(|t| unsafe { bytes.as_ptr().add((slots[t] + g) * row) })
 }
 
-/// 32 cache values at `p` as 32 bf16: bf16 as stored; fp8 e4m3 decoded and converted, which
-/// is exact (3 mantissa bits and exponents 2^-9..2^8 fit bf16).
+/// 32 cache values at `p` as 32 bf16: bf16 as stored; fp8 e4m3 by its bits, exactly (3
+/// mantissa bits and exponents 2^-9..2^8 fit bf16): a normal code's exponent and mantissa
+/// shifted into place with the bias moved by 120, a subnormal's (and zero's) magnitude from
+/// a table of its 8 values, then the sign. The NaN codes read as 480 (their bits as a
+/// normal), as the other vector paths read them.
 #[inline(always)]
 pub(super) unsafe fn load32<const FP8: bool>(p: *const u8) -> __m512i {
-    // SAFETY: the caller's row holds 32 values at p; AVX-512 F/BW/BF16 (the caller's).
+    // bf16 of m x 2^-9, m = 0..7 (fp8's subnormals), at the table's first 8 entries.
+    const SUB: [u16; 32] = {
+        let mut t = [0u16; 32];
+        t[1] = 0x3B00;
+        t[2] = 0x3B80;
+        t[3] = 0x3BC0;
+        t[4] = 0x3C00;
+        t[5] = 0x3C20;
+        t[6] = 0x3C40;
+        t[7] = 0x3C60;
+        t
+    };
+    // SAFETY: the caller's row holds 32 values at p; AVX-512 F/BW (the caller's).
     unsafe {
         if FP8 {
-            let lo = _mm512_cvtneps_pbh(Avx512::decode(DType::Fp8E4m3, p));
-            let hi = _mm512_cvtneps_pbh(Avx512::decode(DType::Fp8E4m3, p.add(16)));
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(transmute_bh(lo)), transmute_bh(hi))
+            let b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(p as *const __m256i));
+            let mag = _mm512_and_si512(b, _mm512_set1_epi16(0x7F));
+            let normal = _mm512_add_epi16(_mm512_slli_epi16::<4>(mag), _mm512_set1_epi16(0x3C00));
+            // Exponent bits zero: a subnormal or zero, its magnitude by its low 3 bits (vpermw
+            // reads 5; the two above them are the exponent's, zero here).
+            let sub = _mm512_testn_epi16_mask(b, _mm512_set1_epi16(0x78));
+            let table = _mm512_loadu_si512(SUB.as_ptr() as *const __m512i);
+            let v = _mm512_mask_mov_epi16(normal, sub, _mm512_permutexvar_epi16(b, table));
+            // v | (b << 8) & 0x8000: the sign.
+            _mm512_ternarylogic_epi32::<0xEA>(
+                _mm512_slli_epi16::<8>(b),
+                _mm512_set1_epi16(0x8000u16 as i16),
+                v,
+            )
         } else {
             _mm512_loadu_si512(p as *const __m512i)
         }
@@ -484,6 +510,50 @@ unsafe fn pv(sh: Shape, n: usize, pa: &[f32], vv: &[f32], acc: &mut [f32]) {
                 tile_store!(1, cp.add(16), stride);
                 tile_store!(2, cp.add(32), stride);
                 tile_store!(3, cp.add(48), stride);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::load32;
+    use crate::workload::DType;
+    use std::arch::x86_64::__m512i;
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn bf16_of(codes: &[u8; 32]) -> [u16; 32] {
+        // SAFETY: 32 readable bytes; the caller checked the features.
+        unsafe { std::mem::transmute::<__m512i, [u16; 32]>(load32::<true>(codes.as_ptr())) }
+    }
+
+    /// Every fp8 e4m3 code (subnormals, zeros and both signs too) as the bf16 of its value,
+    /// bit for bit; the NaN codes as +-480.
+    #[test]
+    fn fp8_codes_become_their_bf16() {
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")) {
+            eprintln!("SKIPPED: fp8 to bf16 by bits: this CPU lacks avx512f/avx512bw");
+            return;
+        }
+        for first in (0..256).step_by(32) {
+            let codes: [u8; 32] = std::array::from_fn(|i| (first + i) as u8);
+            // SAFETY: the features were checked above.
+            let got = unsafe { bf16_of(&codes) };
+            for (&c, &g) in codes.iter().zip(&got) {
+                let mut v = [0f32];
+                DType::Fp8E4m3.decode_slice(&[c], 0, &mut v);
+                let want = if c & 0x7F == 0x7F {
+                    if c & 0x80 != 0 { -480.0 } else { 480.0 }
+                } else {
+                    v[0]
+                };
+                let bf = half::bf16::from_f32(want);
+                assert_eq!(
+                    bf.to_f32().to_bits(),
+                    want.to_bits(),
+                    "code {c:#04x} fits bf16"
+                );
+                assert_eq!(g, bf.to_bits(), "code {c:#04x}: {g:#06x}, want {want}");
             }
         }
     }
