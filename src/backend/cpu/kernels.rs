@@ -159,41 +159,44 @@ pub(super) fn kv_decode(w: &KvDecode, inputs: &TensorSet, outputs: &mut TensorSe
     merge_partials(w, partials, outputs);
 }
 
-/// Merge the chunks of each (sequence, KV head) with the log-sum-exp, in task order, and
-/// write out and lse (V's dequant scale applied here).
+/// Merge the chunks of each (sequence, KV head) with the log-sum-exp and write out and lse
+/// (V's dequant scale applied here). A (sequence, KV head)'s heads are rows of `out` one after
+/// another, so the heads merge in parallel, each against the largest of its chunks' maxima:
+/// MLA's 128 heads x 512 values a chunk were a tenth of a step merged on one thread.
 pub(super) fn merge_partials(w: &KvDecode, partials: Vec<Partial>, outputs: &mut TensorSet) {
     let (hq, dv, gs) = (w.q_heads, w.head_dim_v, w.group_size());
     let vs = w.scales()[1];
-    let mut merged: Vec<Option<Partial>> = (0..w.batch * w.kv_heads).map(|_| None).collect();
+    let mut by_slot: Vec<Vec<Partial>> = (0..w.batch * w.kv_heads).map(|_| Vec::new()).collect();
     for p in partials {
-        let slot = &mut merged[p.b * w.kv_heads + p.g];
-        match slot {
-            None => *slot = Some(p),
-            Some(into) => {
-                for j in 0..gs {
-                    let m = into.m[j].max(p.m[j]);
-                    let (a, b) = ((into.m[j] - m).exp(), (p.m[j] - m).exp());
-                    into.l[j] = into.l[j] * a + p.l[j] * b;
-                    for d in 0..dv {
-                        into.acc[j * dv + d] = into.acc[j * dv + d] * a + p.acc[j * dv + d] * b;
-                    }
-                    into.m[j] = m;
-                }
-            }
-        }
+        by_slot[p.b * w.kv_heads + p.g].push(p);
     }
     let mut out = vec![f32::NAN; w.batch * hq * dv];
     let mut lse = vec![f32::NAN; w.batch * hq];
-    for p in merged.into_iter().flatten() {
-        for j in 0..gs {
-            let h = p.g * gs + j;
-            let row = &mut out[(p.b * hq + h) * dv..(p.b * hq + h + 1) * dv];
-            for (o, &a) in row.iter_mut().zip(&p.acc[j * dv..(j + 1) * dv]) {
-                *o = a / p.l[j] * vs;
-            }
-            lse[p.b * hq + h] = p.m[j] + p.l[j].ln();
-        }
-    }
+    out.par_chunks_mut(gs * dv)
+        .zip(lse.par_chunks_mut(gs))
+        .zip(by_slot.par_iter())
+        .filter(|(_, parts)| !parts.is_empty())
+        .for_each(|((out, lse), parts)| {
+            out.par_chunks_mut(dv)
+                .zip(lse.par_iter_mut())
+                .enumerate()
+                .for_each(|(j, (row, lse))| {
+                    let m = parts.iter().fold(f32::NEG_INFINITY, |m, p| m.max(p.m[j]));
+                    let mut l = 0f32;
+                    row.fill(0.0);
+                    for p in parts {
+                        let a = (p.m[j] - m).exp();
+                        l += p.l[j] * a;
+                        for (o, &x) in row.iter_mut().zip(&p.acc[j * dv..(j + 1) * dv]) {
+                            *o += x * a;
+                        }
+                    }
+                    for o in row.iter_mut() {
+                        *o = *o / l * vs;
+                    }
+                    *lse = m + l.ln();
+                });
+        });
     out_mut(outputs, "out").copy_from_slice(bytemuck::cast_slice(&out));
     out_mut(outputs, "lse").copy_from_slice(bytemuck::cast_slice(&lse));
 }
