@@ -343,39 +343,31 @@ unsafe fn scores(
         tile_zero!(1);
         tile_zero!(2);
         tile_zero!(3);
+        // One 32-dim step with Q^T in tile $q (asm names tiles by literal).
+        macro_rules! step {
+            ($q:literal, $k:expr) => {
+                tile_load!($q, qt.add($k * 512), 64usize);
+                tile_load!(4, a(0, $k), stride);
+                tile_dp!(0, 4, $q);
+                if blocks > 1 {
+                    tile_load!(5, a(1, $k), stride);
+                    tile_dp!(1, 5, $q);
+                }
+                if blocks > 2 {
+                    tile_load!(4, a(2, $k), stride);
+                    tile_dp!(2, 4, $q);
+                }
+                if blocks > 3 {
+                    tile_load!(5, a(3, $k), stride);
+                    tile_dp!(3, 5, $q);
+                }
+            };
+        }
         for k in 0..dk / 32 {
             if k % 2 == 0 {
-                tile_load!(6, qt.add(k * 512), 64usize);
-                tile_load!(4, a(0, k), stride);
-                tile_dp!(0, 4, 6);
-                if blocks > 1 {
-                    tile_load!(5, a(1, k), stride);
-                    tile_dp!(1, 5, 6);
-                }
-                if blocks > 2 {
-                    tile_load!(4, a(2, k), stride);
-                    tile_dp!(2, 4, 6);
-                }
-                if blocks > 3 {
-                    tile_load!(5, a(3, k), stride);
-                    tile_dp!(3, 5, 6);
-                }
+                step!(6, k);
             } else {
-                tile_load!(7, qt.add(k * 512), 64usize);
-                tile_load!(4, a(0, k), stride);
-                tile_dp!(0, 4, 7);
-                if blocks > 1 {
-                    tile_load!(5, a(1, k), stride);
-                    tile_dp!(1, 5, 7);
-                }
-                if blocks > 2 {
-                    tile_load!(4, a(2, k), stride);
-                    tile_dp!(2, 4, 7);
-                }
-                if blocks > 3 {
-                    tile_load!(5, a(3, k), stride);
-                    tile_dp!(3, 5, 7);
-                }
+                step!(7, k);
             }
         }
         let o = s.as_mut_ptr();
@@ -515,26 +507,25 @@ unsafe fn pv(n: usize, dv: usize, pa: &Aligned, vv: &[f32], acc: &mut Aligned) {
         if two {
             tile_load!(2, pa.add(512), 64usize);
         }
+        // One 16-dim block in C tile $c with V's tiles $b0, $b1 (asm names tiles by literal).
+        macro_rules! block {
+            ($c:literal, $b0:literal, $b1:literal, $blk:expr) => {
+                let cp = acc.as_mut_ptr().add($blk * 16);
+                tile_load!($c, cp, stride);
+                tile_load!($b0, b(0, $blk), 64usize);
+                tile_dp!($c, 1, $b0);
+                if two {
+                    tile_load!($b1, b(1, $blk), 64usize);
+                    tile_dp!($c, 2, $b1);
+                }
+                tile_store!($c, cp, stride);
+            };
+        }
         for blk in 0..blocks {
-            let cp = acc.as_mut_ptr().add(blk * 16);
             if blk % 2 == 0 {
-                tile_load!(0, cp, stride);
-                tile_load!(3, b(0, blk), 64usize);
-                tile_dp!(0, 1, 3);
-                if two {
-                    tile_load!(4, b(1, blk), 64usize);
-                    tile_dp!(0, 2, 4);
-                }
-                tile_store!(0, cp, stride);
+                block!(0, 3, 4, blk);
             } else {
-                tile_load!(5, cp, stride);
-                tile_load!(6, b(0, blk), 64usize);
-                tile_dp!(5, 1, 6);
-                if two {
-                    tile_load!(7, b(1, blk), 64usize);
-                    tile_dp!(5, 2, 7);
-                }
-                tile_store!(5, cp, stride);
+                block!(5, 6, 7, blk);
             }
         }
     }
