@@ -52,7 +52,12 @@ pub const IMPLS: &[Impl] = &[
         "rayon over (sequence, KV head, 256-token chunk), LSE merge",
     ),
     cpu_vector(Kernel::KvDecode, "portable", CPU_KV),
-    cpu_vector(Kernel::ExpertGemv, "avx512", CPU_EXPERT),
+    cpu_vector(
+        Kernel::ExpertGemv,
+        "avx512",
+        "as avx2; 4-bit codes to f32 by 16-bit permutes (64 code bytes by 8 vpermw), a \
+         group scale per lane",
+    ),
     cpu_vector(Kernel::ExpertGemv, "avx2", CPU_EXPERT),
     simple(
         "cpu",

@@ -1,10 +1,13 @@
 //! The cpu backend's tuned implementations, one per vector path (`amx`, `avx512`, `avx2`,
 //! `portable`): the kernel bodies are generic over `simd::Simd`, and each path instantiates
 //! them inside a `#[target_feature]` entry; `amx` adds tile kernels (kv_amx.rs,
-//! kv_amx_gqa.rs) and runs the rest as `avx512`. `simple` stays beside them as the reference.
+//! kv_amx_gqa.rs) and runs the rest as `avx512`; `avx512` takes 4-bit experts in expert4.rs.
+//! `simple` stays beside them as the reference.
 
 mod amx;
 mod expert;
+#[cfg(target_arch = "x86_64")]
+mod expert4;
 mod kv;
 #[cfg(target_arch = "x86_64")]
 mod kv_amx;
@@ -214,6 +217,10 @@ pub(super) fn expert_gemv(isa: Isa, w: &ExpertGemv, inputs: &TensorSet, outputs:
             *o = w.math.operand(v);
         }
     }
+    // The AVX-512 4-bit kernel takes x in its own order.
+    #[cfg(target_arch = "x86_64")]
+    let lanes4 = (matches!(isa, Isa::Amx | Isa::Avx512) && w.weight_dtype.groups().is_some())
+        .then(|| expert4::XLanes::new(&x, dip, w.d_in));
     if w.weight_dtype.groups().is_some() {
         x.chunks_exact_mut(dip).for_each(expert::four_bit_x);
     }
@@ -233,7 +240,20 @@ pub(super) fn expert_gemv(isa: Isa, w: &ExpertGemv, inputs: &TensorSet, outputs:
     };
     let blocks: Vec<Vec<f32>> = (0..w.d_out.div_ceil(ROWS))
         .into_par_iter()
-        .map(|blk| expert_block(isa, &cx, blk))
+        .map(|blk| {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(x4) = &lanes4 {
+                assert!(
+                    isa.on_this_cpu().is_ok(),
+                    "{} on a CPU without it",
+                    isa.name()
+                );
+                // SAFETY: the CPU has AVX-512 F and BW (asserted); the dtype is 4-bit and d_in
+                // a multiple of 32 (`covers`).
+                return unsafe { expert4::block(&cx, x4, blk) };
+            }
+            expert_block(isa, &cx, blk)
+        })
         .collect();
     let y = sum_slots(w, ROWS, &blocks);
     out_mut(outputs, "y").copy_from_slice(bytemuck::cast_slice(&y));

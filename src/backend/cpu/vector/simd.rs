@@ -8,7 +8,8 @@ use crate::workload::DType;
 /// A vector path of the cpu backend, named as the implementation that runs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
-    /// AVX-512 with AMX-BF16 tiles (kv_decode of bf16 caches; the rest as `avx512`).
+    /// AVX-512 with AMX-BF16 tiles and AVX512-BF16 (kv_decode of bf16 caches and 4-bit
+    /// experts; the rest as `avx512`).
     Amx,
     /// AVX-512F + BW (16 f32 lanes), F16C conversions.
     Avx512,
@@ -240,7 +241,7 @@ impl std::ops::DerefMut for Aligned {
 const FP8_AS_F16_SCALE: f32 = 256.0;
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{Avx2, Avx512};
+pub(crate) use x86::{Avx2, Avx512, fp8_e4m3_16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -264,6 +265,21 @@ mod x86 {
                 _mm512_shuffle_f32x4::<EVEN>(x, y),
                 _mm512_shuffle_f32x4::<ODD>(x, y),
             )
+        }
+    }
+
+    /// 16 fp8_e4m3 codes as f32: each byte sign-extended to 16 bits and shifted left 7, the
+    /// f16 with fp8's exponent and mantissa in place and its sign on top (bit 14, the sign's
+    /// copy, cleared), converted in hardware and scaled.
+    #[inline(always)]
+    pub(crate) unsafe fn fp8_e4m3_16(codes: __m128i) -> __m512 {
+        unsafe {
+            let b = _mm256_cvtepi8_epi16(codes);
+            let bits = _mm256_and_si256(
+                _mm256_slli_epi16::<7>(b),
+                _mm256_set1_epi16(0xBF80u16 as i16),
+            );
+            _mm512_mul_ps(_mm512_cvtph_ps(bits), _mm512_set1_ps(FP8_AS_F16_SCALE))
         }
     }
 
@@ -380,18 +396,7 @@ mod x86 {
                         let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
                         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w))
                     }
-                    _ => {
-                        // fp8_e4m3: each byte sign-extended to 16 bits and shifted left 7:
-                        // the f16 with fp8's exponent and mantissa in place and its sign on top
-                        // (bit 14, the sign's copy, cleared), converted in hardware.
-                        let b = _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i));
-                        let bits = _mm256_and_si256(
-                            _mm256_slli_epi16::<7>(b),
-                            _mm256_set1_epi16(0xBF80u16 as i16),
-                        );
-                        let h = _mm512_cvtph_ps(bits);
-                        _mm512_mul_ps(h, _mm512_set1_ps(FP8_AS_F16_SCALE))
-                    }
+                    _ => fp8_e4m3_16(_mm_loadu_si128(p as *const __m128i)),
                 }
             }
         }

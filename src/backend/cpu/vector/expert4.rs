@@ -1,0 +1,327 @@
+//! 4-bit expert_gemv on AVX-512: every int4 code and E2M1 value is exact in bf16, so its f32
+//! is the bf16's bits in a dword's high half (the low half 0), and one 16-bit permute
+//! (`vpermw`, which reads the low 5 bits of each word, under a table that repeats the 16
+//! values) writes 16 of them straight into f32 lanes. A row's 64 code bytes (128 values) take
+//! 1 load, 9 shifts and 8 permutes; expert.rs's table decode (avx2, portable) takes 4
+//! widening loads, 4 shifts and 8 permutes, plus a scaled table per group and row.
+//!
+//! Shifted so that the nibble at bits 4k..4k+3 of a dword's 16 sits at bits 16..19, dword m
+//! of a load gives value 8m + k (k = 0..3 from the low 16 bits, 4..7 from the high). So x is
+//! laid out per 128 values as eight vectors of x[8m + k] (`XLanes`), and lane m of every
+//! product is in the group of value 8m: its scale is lane m of one vector per 128 values and
+//! row, applied once per token. Each row load asks for the line the next register block of
+//! rows will read at the same step (measured: bench/2026-12-07-cpu-xeon-amx/four-bit-avx512/).
+
+use super::expert::{ExpertCtx, ROWS};
+use super::simd::Aligned;
+use crate::workload::fourbit::{Groups, ScaleCode};
+use std::arch::x86_64::*;
+
+/// Values a step of the kernel takes from a row (64 code bytes).
+const STEP: usize = 128;
+
+/// x for this kernel: per token, per 128 values, eight vectors: vector k, lane m = x[8m + k].
+pub(super) struct XLanes {
+    x: Aligned,
+    /// f32s per token.
+    per_token: usize,
+}
+
+impl XLanes {
+    /// From `batch` rows of `stride` f32s (x as math rounds it, in natural order), `d_in` used.
+    pub fn new(x: &[f32], stride: usize, d_in: usize) -> XLanes {
+        let per_token = d_in.next_multiple_of(STEP);
+        let batch = x.len() / stride;
+        let mut out = Aligned::zeroed(batch * per_token);
+        for (row, to) in x.chunks_exact(stride).zip(out.chunks_exact_mut(per_token)) {
+            for (j, &v) in row[..d_in].iter().enumerate() {
+                let (step, m, k) = (j / STEP, j % STEP / 8, j % 8);
+                to[step * STEP + k * 16 + m] = v;
+            }
+        }
+        XLanes { x: out, per_token }
+    }
+
+    fn token(&self, t: usize) -> *const f32 {
+        self.x[t * self.per_token..].as_ptr()
+    }
+}
+
+/// One block of output rows: every slot's value of these rows, [slot][row in block].
+///
+/// # Safety
+/// The CPU must have AVX512-F/BW; the dtype must be a 4-bit one, d_in a multiple of 32.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+pub(super) unsafe fn block(cx: &ExpertCtx, x: &XLanes, blk: usize) -> Vec<f32> {
+    let w = cx.w;
+    let (o0, o1) = (blk * ROWS, ((blk + 1) * ROWS).min(w.d_out));
+    let width = o1 - o0;
+    let mut slots = vec![0f32; w.batch * w.top_k * width];
+    // SAFETY: the caller has the features.
+    let book = unsafe { Codebook::new(w.weight_dtype.groups().expect("a 4-bit dtype")) };
+    for (i, (e, entries)) in cx.touched.iter().enumerate() {
+        let mut o = o0;
+        while o < o1 {
+            let r = if o + 4 <= o1 { 4 } else { 1 };
+            // The rows read after these: this expert's next, the next expert's first, or
+            // (the block's last) the first expert's rows after the block.
+            let (ne, no) = match cx.touched.get(i + 1) {
+                _ if o + r < o1 => (*e, o + r),
+                Some((next, _)) => (*next, o0),
+                None => (cx.touched[0].0, o1),
+            };
+            let next = (ne * w.d_out + no) * w.d_in;
+            for group in entries.chunks(4) {
+                let at = At {
+                    e: *e,
+                    o,
+                    o0,
+                    width,
+                    next,
+                };
+                // SAFETY: the caller's contract; rows o..o+r are inside the block.
+                unsafe {
+                    match (r, group.len()) {
+                        (4, 4) => rows::<4, 4>(cx, x, &book, at, group, &mut slots),
+                        (4, 3) => rows::<4, 3>(cx, x, &book, at, group, &mut slots),
+                        (4, 2) => rows::<4, 2>(cx, x, &book, at, group, &mut slots),
+                        (4, _) => rows::<4, 1>(cx, x, &book, at, group, &mut slots),
+                        (_, 4) => rows::<1, 4>(cx, x, &book, at, group, &mut slots),
+                        (_, 3) => rows::<1, 3>(cx, x, &book, at, group, &mut slots),
+                        (_, 2) => rows::<1, 2>(cx, x, &book, at, group, &mut slots),
+                        _ => rows::<1, 1>(cx, x, &book, at, group, &mut slots),
+                    }
+                }
+            }
+            o += r;
+        }
+    }
+    slots
+}
+
+/// A dtype's constant vectors.
+#[derive(Clone, Copy)]
+struct Codebook {
+    /// Word c (of 32) holds the high half of code c & 15's f32 (its bf16, exact). Code 0 is
+    /// +0, so a dword's low word, whose index is 0 or 16 after a step's shifts, is 0 too.
+    table: __m512i,
+    /// Lane m holds values 8m..8m+7 of a step: the scale of group 8m / elems of it.
+    lane_group: __m512i,
+    /// bf16 scales: the same, as words into the high half of each dword; the low half from
+    /// word 31, which the load leaves 0 (a step has at most 8 groups).
+    bf16_lanes: __m512i,
+}
+
+impl Codebook {
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    unsafe fn new(g: Groups) -> Codebook {
+        let table: [u16; 32] =
+            std::array::from_fn(|c| (g.value(c as u8 & 15).to_bits() >> 16) as u16);
+        assert!(table[0] == 0 && table[16] == 0, "code 0 is +0");
+        let lane_group: [i32; 16] = std::array::from_fn(|m| (8 * m / g.elems) as i32);
+        let bf16_lanes: [u16; 32] = std::array::from_fn(|i| {
+            if i % 2 == 1 {
+                lane_group[i / 2] as u16
+            } else {
+                31
+            }
+        });
+        // SAFETY: whole arrays; the caller has the features.
+        unsafe {
+            Codebook {
+                table: _mm512_loadu_si512(table.as_ptr() as *const _),
+                lane_group: _mm512_loadu_si512(lane_group.as_ptr() as *const _),
+                bf16_lanes: _mm512_loadu_si512(bf16_lanes.as_ptr() as *const _),
+            }
+        }
+    }
+}
+
+/// Where a register block's rows are: expert e, rows o.., in the block starting at o0.
+#[derive(Clone, Copy)]
+struct At {
+    e: usize,
+    o: usize,
+    o0: usize,
+    width: usize,
+    /// The first value of the rows read next (their lines are asked for ahead).
+    next: usize,
+}
+
+/// R rows of expert e against T of its slots, 128 values a step.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
+unsafe fn rows<const R: usize, const T: usize>(
+    cx: &ExpertCtx,
+    x: &XLanes,
+    book: &Codebook,
+    at: At,
+    group: &[usize],
+    slots: &mut [f32],
+) {
+    let w = cx.w;
+    let g = w.weight_dtype.groups().expect("a 4-bit dtype");
+    let scales = cx.group_scales.expect("4-bit group scales");
+    let (di, k) = (w.d_in, w.top_k);
+    let row: [usize; R] = std::array::from_fn(|r| (at.e * w.d_out + at.o + r) * di);
+    assert!(
+        di.is_multiple_of(32) && (row[R - 1] + di) / 2 <= cx.wt.len(),
+        "rows out of the weights"
+    );
+    assert!(
+        (row[R - 1] + di) / g.elems * g.scale.bytes() <= scales.len(),
+        "rows out of the scales"
+    );
+    let xs: [*const f32; T] = std::array::from_fn(|t| x.token(group[t] / k));
+    // Each load asks for the line that row r of the next register block reads at this step,
+    // into L2: far enough ahead for memory's latency, near enough to stay there.
+    let ahead = (at.next as isize - row[0] as isize) / 2;
+    // Scale bytes a whole step reads; each row's first (no division in the loop: a 64-bit
+    // divide costs as much as a step's arithmetic).
+    let step_bytes = STEP / g.elems * g.scale.bytes();
+    let srow: [usize; R] = std::array::from_fn(|r| row[r] / g.elems * g.scale.bytes());
+    // SAFETY: loads stay inside each row and its scales (masked in its last step, asserted
+    // above); x holds whole steps per token; the caller has the features.
+    unsafe {
+        let Codebook {
+            table,
+            lane_group,
+            bf16_lanes,
+        } = *book;
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        // One step from value v0 on: `bytes` of its codes, `sbytes` of its scales.
+        macro_rules! step {
+            ($v0:expr, $bytes:expr, $sbytes:expr) => {
+                for r in 0..R {
+                    let p = cx.wt.as_ptr().add((row[r] + $v0) / 2);
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_offset(ahead) as *const i8);
+                    let c = _mm512_maskz_loadu_epi8($bytes, p as *const i8);
+                    let h = _mm512_srli_epi32::<16>(c);
+                    // Value 8m + k of the step in lane m: its nibble moved to bits 16..19.
+                    macro_rules! f {
+                        ($i:expr) => {
+                            _mm512_castsi512_ps(_mm512_permutexvar_epi16($i, table))
+                        };
+                    }
+                    let wv = [
+                        f!(_mm512_slli_epi32::<16>(c)),
+                        f!(_mm512_slli_epi32::<12>(c)),
+                        f!(_mm512_slli_epi32::<8>(c)),
+                        f!(_mm512_slli_epi32::<4>(c)),
+                        f!(_mm512_slli_epi32::<16>(h)),
+                        f!(_mm512_slli_epi32::<12>(h)),
+                        f!(_mm512_slli_epi32::<8>(h)),
+                        f!(_mm512_slli_epi32::<4>(h)),
+                    ];
+                    let sp = scales.as_ptr().add(srow[r] + $v0 / STEP * step_bytes);
+                    let raw = _mm512_maskz_loadu_epi8($sbytes, sp as *const i8);
+                    let s = match g.scale {
+                        ScaleCode::Bf16 => {
+                            _mm512_castsi512_ps(_mm512_permutexvar_epi16(bf16_lanes, raw))
+                        }
+                        code => _mm512_permutexvar_ps(lane_group, step_scales(code, raw)),
+                    };
+                    for t in 0..T {
+                        let xv = xs[t].add($v0);
+                        // One chain of 8 (the R x T chains and the next steps' overlap).
+                        let mut a = _mm512_mul_ps(wv[0], _mm512_load_ps(xv));
+                        for j in 1..8 {
+                            a = _mm512_fmadd_ps(wv[j], _mm512_load_ps(xv.add(16 * j)), a);
+                        }
+                        acc[r][t] = _mm512_fmadd_ps(a, s, acc[r][t]);
+                    }
+                }
+            };
+        }
+        let whole = di / STEP * STEP;
+        let full_scales: __mmask64 = (1 << step_bytes) - 1;
+        for v0 in (0..whole).step_by(STEP) {
+            step!(v0, !0, full_scales);
+        }
+        if whole < di {
+            let n = di - whole;
+            let sbytes = n / g.elems * g.scale.bytes();
+            step!(whole, (1 << (n / 2)) - 1, (1 << sbytes) - 1);
+        }
+        for r in 0..R {
+            let row_scale = cx
+                .scales
+                .map_or(1.0, |s| s[w.scale_index(at.e, at.o + r, 0)]);
+            for (t, &slot) in group.iter().enumerate() {
+                let d = _mm512_reduce_add_ps(acc[r][t]) * row_scale;
+                slots[slot * at.width + (at.o + r - at.o0)] = d * cx.rw[slot];
+            }
+        }
+    }
+}
+
+/// The f32 scales of a step's groups, E8M0 or E4M3 bytes in `raw` (lanes past them are 0),
+/// in lanes 0.. .
+#[inline(always)]
+unsafe fn step_scales(code: ScaleCode, raw: __m512i) -> __m512 {
+    // SAFETY: the caller has the features.
+    unsafe {
+        match code {
+            // 2^(s - 127): s in the exponent; 0 is 2^-127 (a subnormal), 0xFF NaN.
+            ScaleCode::E8m0 => {
+                let s = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(raw));
+                let bits = _mm512_slli_epi32::<23>(s);
+                let zero = _mm512_cmpeq_epi32_mask(s, _mm512_setzero_si512());
+                let nan = _mm512_cmpeq_epi32_mask(s, _mm512_set1_epi32(0xFF));
+                let bits = _mm512_mask_mov_epi32(bits, zero, _mm512_set1_epi32(1 << 22));
+                let bits = _mm512_mask_mov_epi32(bits, nan, _mm512_set1_epi32(0x7FC0_0000));
+                _mm512_castsi512_ps(bits)
+            }
+            ScaleCode::E4m3 => super::simd::fp8_e4m3_16(_mm512_castsi512_si128(raw)),
+            ScaleCode::Bf16 => unreachable!("bf16 scales are placed by one permute"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::fourbit::e8m0_decode;
+    use crate::workload::fp8::fp8_e4m3_decode;
+
+    /// Every E8M0 code (0's subnormal and 0xFF's NaN too) and every E4M3 code but NaN, 16 at
+    /// a time, as the scalar decoders give them, bit for bit.
+    #[test]
+    fn scale_codes_decode_as_the_scalar_decoders() {
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")) {
+            eprintln!("SKIPPED: this CPU lacks AVX-512 F/BW");
+            return;
+        }
+        #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+        unsafe fn decode16(code: ScaleCode, bytes: &[u8; 16]) -> [f32; 16] {
+            let mut out = [0f32; 16];
+            // SAFETY: 16 bytes in, 16 f32 out; the caller checked the features.
+            unsafe {
+                let raw = _mm512_castsi128_si512(_mm_loadu_si128(bytes.as_ptr() as *const _));
+                _mm512_storeu_ps(out.as_mut_ptr(), step_scales(code, raw));
+            }
+            out
+        }
+        for (code, scalar) in [
+            (ScaleCode::E8m0, e8m0_decode as fn(u8) -> f32),
+            (ScaleCode::E4m3, fp8_e4m3_decode),
+        ] {
+            for first in (0..=255u8).step_by(16) {
+                let bytes: [u8; 16] = std::array::from_fn(|i| first + i as u8);
+                // SAFETY: the features are there (checked above).
+                let got = unsafe { decode16(code, &bytes) };
+                for (&b, g) in bytes.iter().zip(got) {
+                    let want = scalar(b);
+                    if code == ScaleCode::E4m3 && want.is_nan() {
+                        continue;
+                    }
+                    assert!(
+                        g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                        "{} code {b:#04x}: {g:e} vs {want:e}",
+                        code.name()
+                    );
+                }
+            }
+        }
+    }
+}
