@@ -9,8 +9,10 @@
 //! of a load gives value 8m + k (k = 0..3 from the low 16 bits, 4..7 from the high). So x is
 //! laid out per 128 values as eight vectors of x[8m + k] (`XLanes`), and lane m of every
 //! product is in the group of value 8m: its scale is lane m of one vector per 128 values and
-//! row, applied once per token. Each row load asks for the line the next register block of
-//! rows will read at the same step (measured: bench/2026-12-07-cpu-xeon-amx/four-bit-avx512/).
+//! row, applied once per token. A register block's 4 rows lie a quarter of the 16-row block
+//! apart, so each of the 4 runs of memory is read from end to end, and each row load asks
+//! for the line the next register block will read at the same step (measured:
+//! bench/2026-12-07-cpu-xeon-amx/four-bit-avx512/).
 
 use super::expert::{ExpertCtx, ROWS};
 use super::simd::Aligned;
@@ -59,27 +61,38 @@ pub(super) unsafe fn block(cx: &ExpertCtx, x: &XLanes, blk: usize) -> Vec<f32> {
     let mut slots = vec![0f32; w.batch * w.top_k * width];
     // SAFETY: the caller has the features.
     let book = unsafe { Codebook::new(w.weight_dtype.groups().expect("a 4-bit dtype")) };
+    // Register blocks of 4 rows, each row a quarter of the block apart, so the 4 rows read at
+    // once lie in 4 separate runs and each run is read from end to end; else 4 rows side by
+    // side, then single rows.
+    let mut regs = Vec::with_capacity(ROWS);
+    if width.is_multiple_of(4) {
+        let quarter = width / 4;
+        regs.extend((0..quarter).map(|q| (o0 + q, quarter, 4)));
+    } else {
+        let whole = o0 + width / 4 * 4;
+        regs.extend((o0..whole).step_by(4).map(|o| (o, 1, 4)));
+        regs.extend((whole..o1).map(|o| (o, 1, 1)));
+    }
     for (i, (e, entries)) in cx.touched.iter().enumerate() {
-        let mut o = o0;
-        while o < o1 {
-            let r = if o + 4 <= o1 { 4 } else { 1 };
+        for (j, &(o, stride, r)) in regs.iter().enumerate() {
             // The rows read after these: this expert's next, the next expert's first, or
             // (the block's last) the first expert's rows after the block.
-            let (ne, no) = match cx.touched.get(i + 1) {
-                _ if o + r < o1 => (*e, o + r),
-                Some((next, _)) => (*next, o0),
-                None => (cx.touched[0].0, o1),
+            let (ne, no) = match (regs.get(j + 1), cx.touched.get(i + 1)) {
+                (Some(&(next, ..)), _) => (*e, next),
+                (None, Some((next, _))) => (*next, regs[0].0),
+                (None, None) => (cx.touched[0].0, o1),
             };
             let next = (ne * w.d_out + no) * w.d_in;
             for group in entries.chunks(4) {
                 let at = At {
                     e: *e,
                     o,
+                    stride,
                     o0,
                     width,
                     next,
                 };
-                // SAFETY: the caller's contract; rows o..o+r are inside the block.
+                // SAFETY: the caller's contract; rows o + r x stride are inside the block.
                 unsafe {
                     match (r, group.len()) {
                         (4, 4) => rows::<4, 4>(cx, x, &book, at, group, &mut slots),
@@ -93,7 +106,6 @@ pub(super) unsafe fn block(cx: &ExpertCtx, x: &XLanes, blk: usize) -> Vec<f32> {
                     }
                 }
             }
-            o += r;
         }
     }
     slots
@@ -137,11 +149,14 @@ impl Codebook {
     }
 }
 
-/// Where a register block's rows are: expert e, rows o.., in the block starting at o0.
+/// Where a register block's rows are: expert e, rows o, o + stride, .., in the block
+/// starting at o0.
 #[derive(Clone, Copy)]
 struct At {
     e: usize,
     o: usize,
+    /// Rows o, o + stride, ...
+    stride: usize,
     o0: usize,
     width: usize,
     /// The first value of the rows read next (their lines are asked for ahead).
@@ -163,7 +178,8 @@ unsafe fn rows<const R: usize, const T: usize>(
     let g = w.weight_dtype.groups().expect("a 4-bit dtype");
     let scales = cx.group_scales.expect("4-bit group scales");
     let (di, k) = (w.d_in, w.top_k);
-    let row: [usize; R] = std::array::from_fn(|r| (at.e * w.d_out + at.o + r) * di);
+    let out: [usize; R] = std::array::from_fn(|r| at.o + r * at.stride);
+    let row: [usize; R] = std::array::from_fn(|r| (at.e * w.d_out + out[r]) * di);
     assert!(
         di.is_multiple_of(32) && (row[R - 1] + di) / 2 <= cx.wt.len(),
         "rows out of the weights"
@@ -244,12 +260,10 @@ unsafe fn rows<const R: usize, const T: usize>(
             step!(whole, (1 << (n / 2)) - 1, (1 << sbytes) - 1);
         }
         for r in 0..R {
-            let row_scale = cx
-                .scales
-                .map_or(1.0, |s| s[w.scale_index(at.e, at.o + r, 0)]);
+            let row_scale = cx.scales.map_or(1.0, |s| s[w.scale_index(at.e, out[r], 0)]);
             for (t, &slot) in group.iter().enumerate() {
                 let d = _mm512_reduce_add_ps(acc[r][t]) * row_scale;
-                slots[slot * at.width + (at.o + r - at.o0)] = d * cx.rw[slot];
+                slots[slot * at.width + (out[r] - at.o0)] = d * cx.rw[slot];
             }
         }
     }
