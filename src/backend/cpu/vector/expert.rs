@@ -37,14 +37,14 @@ pub(super) unsafe fn block<S: Simd>(cx: &ExpertCtx, blk: usize) -> Vec<f32> {
     let width = o1 - o0;
     let mut slots = vec![0f32; w.batch * w.top_k * width];
     let wide = if S::LANES == 16 { 4 } else { 2 };
+    let regs = register_blocks(o0, o1);
     for (e, entries) in &cx.touched {
-        let mut o = o0;
-        while o < o1 {
-            let r = if o + 4 <= o1 { 4 } else { 1 };
+        for &(o, stride, r) in &regs {
             for group in entries.chunks(wide) {
                 let at = Rows {
                     e: *e,
                     o,
+                    stride,
                     o0,
                     width,
                 };
@@ -72,19 +72,44 @@ pub(super) unsafe fn block<S: Simd>(cx: &ExpertCtx, blk: usize) -> Vec<f32> {
                     }
                 }
             }
-            o += r;
         }
     }
     slots
 }
 
-/// Where a register block's rows are: expert e, rows o.., in the block starting at o0.
+/// The register blocks of output rows o0..o1, as (first row, stride, rows): 4 rows a
+/// quarter of the block apart where the block divides by 4, so the 4 rows read at once lie
+/// in 4 separate runs of memory, each read from end to end (adjacent rows share pages and
+/// split each page's reads 4 ways); else 4 adjacent rows, then single rows.
+pub(super) fn register_blocks(o0: usize, o1: usize) -> Vec<(usize, usize, usize)> {
+    let width = o1 - o0;
+    if width.is_multiple_of(4) {
+        let quarter = width / 4;
+        return (0..quarter).map(|q| (o0 + q, quarter, 4)).collect();
+    }
+    let whole = o0 + width / 4 * 4;
+    let fours = (o0..whole).step_by(4).map(|o| (o, 1, 4));
+    fours.chain((whole..o1).map(|o| (o, 1, 1))).collect()
+}
+
+/// Where a register block's rows are: expert e, rows o, o + stride, .., in the block
+/// starting at o0.
 #[derive(Clone, Copy)]
 struct Rows {
     e: usize,
     o: usize,
+    /// Rows o, o + stride, ...
+    stride: usize,
     o0: usize,
     width: usize,
+}
+
+impl Rows {
+    /// Output row r of the register block.
+    #[inline(always)]
+    fn row(self, r: usize) -> usize {
+        self.o + r * self.stride
+    }
 }
 
 /// R rows of expert e against T of its slots: dot x scales x routing weight into `slots`.
@@ -99,7 +124,7 @@ unsafe fn rows<S: Simd, const R: usize, const T: usize>(
     let w = cx.w;
     let (di, dt, k) = (w.d_in, w.weight_dtype, w.top_k);
     let size = dt.size();
-    let row_start: [usize; R] = std::array::from_fn(|r| (at.e * w.d_out + at.o + r) * di);
+    let row_start: [usize; R] = std::array::from_fn(|r| (at.e * w.d_out + at.row(r)) * di);
     let xs: [*const f32; T] = std::array::from_fn(|t| cx.x[group[t] / k * cx.dip..].as_ptr());
     let block_scaled = cx.scales.is_some() && w.weight_scale == WeightScale::Block128;
     let seg = if block_scaled { SCALE_BLOCK } else { di };
@@ -149,7 +174,7 @@ unsafe fn rows<S: Simd, const R: usize, const T: usize>(
                 for t in 0..T {
                     total[r][t] = match (block_scaled, cx.scales) {
                         (true, Some(s)) => {
-                            let scale = s[w.scale_index(at.e, at.o + r, s0)];
+                            let scale = s[w.scale_index(at.e, at.row(r), s0)];
                             S::fma(acc[r][t], S::splat(scale), total[r][t])
                         }
                         _ => acc[r][t],
@@ -160,12 +185,12 @@ unsafe fn rows<S: Simd, const R: usize, const T: usize>(
         }
         for r in 0..R {
             let row_scale = match cx.scales {
-                Some(s) if !block_scaled => s[w.scale_index(at.e, at.o + r, 0)],
+                Some(s) if !block_scaled => s[w.scale_index(at.e, at.row(r), 0)],
                 _ => 1.0,
             };
             for (t, &slot) in group.iter().enumerate() {
                 let d = S::hsum(total[r][t]) * row_scale;
-                slots[slot * at.width + (at.o + r - at.o0)] = d * cx.rw[slot];
+                slots[slot * at.width + (at.row(r) - at.o0)] = d * cx.rw[slot];
             }
         }
     }
@@ -201,7 +226,7 @@ unsafe fn rows4<S: Simd, const R: usize, const T: usize>(
     let g = w.weight_dtype.groups().expect("a 4-bit dtype");
     let scales = cx.group_scales.expect("4-bit group scales");
     let (di, k) = (w.d_in, w.top_k);
-    let row: [usize; R] = std::array::from_fn(|r| (at.e * w.d_out + at.o + r) * di);
+    let row: [usize; R] = std::array::from_fn(|r| (at.e * w.d_out + at.row(r)) * di);
     let xs: [*const f32; T] = std::array::from_fn(|t| cx.x[group[t] / k * cx.dip..].as_ptr());
     assert!(
         di.is_multiple_of(32) && (row[R - 1] + di) / 2 <= cx.wt.len(),
@@ -257,10 +282,10 @@ unsafe fn rows4<S: Simd, const R: usize, const T: usize>(
         for r in 0..R {
             let row_scale = cx
                 .scales
-                .map_or(1.0, |s| s[w.scale_index(at.e, at.o + r, 0)]);
+                .map_or(1.0, |s| s[w.scale_index(at.e, at.row(r), 0)]);
             for (t, &slot) in group.iter().enumerate() {
                 let d = S::hsum(acc[r][t]) * row_scale;
-                slots[slot * at.width + (at.o + r - at.o0)] = d * cx.rw[slot];
+                slots[slot * at.width + (at.row(r) - at.o0)] = d * cx.rw[slot];
             }
         }
     }

@@ -14,7 +14,7 @@
 //! for the line the next register block will read at the same step (measured:
 //! bench/2026-12-07-cpu-xeon-amx/four-bit-avx512/).
 
-use super::expert::{ExpertCtx, ROWS};
+use super::expert::{ExpertCtx, ROWS, register_blocks};
 use super::simd::Aligned;
 use crate::workload::fourbit::{Groups, ScaleCode};
 use std::arch::x86_64::*;
@@ -61,18 +61,7 @@ pub(super) unsafe fn block(cx: &ExpertCtx, x: &XLanes, blk: usize) -> Vec<f32> {
     let mut slots = vec![0f32; w.batch * w.top_k * width];
     // SAFETY: the caller has the features.
     let book = unsafe { Codebook::new(w.weight_dtype.groups().expect("a 4-bit dtype")) };
-    // Register blocks of 4 rows, each row a quarter of the block apart, so the 4 rows read at
-    // once lie in 4 separate runs and each run is read from end to end; else 4 rows side by
-    // side, then single rows.
-    let mut regs = Vec::with_capacity(ROWS);
-    if width.is_multiple_of(4) {
-        let quarter = width / 4;
-        regs.extend((0..quarter).map(|q| (o0 + q, quarter, 4)));
-    } else {
-        let whole = o0 + width / 4 * 4;
-        regs.extend((o0..whole).step_by(4).map(|o| (o, 1, 4)));
-        regs.extend((whole..o1).map(|o| (o, 1, 1)));
-    }
+    let regs = register_blocks(o0, o1);
     for (i, (e, entries)) in cx.touched.iter().enumerate() {
         for (j, &(o, stride, r)) in regs.iter().enumerate() {
             // The rows read after these: this expert's next, the next expert's first, or
