@@ -290,3 +290,39 @@ unsafe fn rows4<S: Simd, const R: usize, const T: usize>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::register_blocks;
+
+    /// Every row of a block is in exactly one register block; a block that divides by 4
+    /// reads rows a quarter apart, any other 4 adjacent rows, then single rows.
+    #[test]
+    fn register_blocks_cover_each_row_once() {
+        for (o0, o1) in [
+            (0, 16),
+            (32, 48),
+            (0, 5),
+            (16, 23),
+            (64, 67),
+            (8, 12),
+            (0, 1),
+        ] {
+            let regs = register_blocks(o0, o1);
+            let mut seen: Vec<usize> = regs
+                .iter()
+                .flat_map(|&(o, stride, r)| (0..r).map(move |i| o + i * stride))
+                .collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (o0..o1).collect::<Vec<_>>(), "{o0}..{o1}: {regs:?}");
+        }
+        assert_eq!(
+            register_blocks(32, 48),
+            vec![(32, 4, 4), (33, 4, 4), (34, 4, 4), (35, 4, 4)]
+        );
+        assert_eq!(
+            register_blocks(16, 23),
+            vec![(16, 1, 4), (20, 1, 1), (21, 1, 1), (22, 1, 1)]
+        );
+    }
+}
