@@ -127,6 +127,7 @@ unsafe fn rows<S: Simd, const R: usize, const T: usize>(
     let row_start: [usize; R] = std::array::from_fn(|r| (at.e * w.d_out + at.row(r)) * di);
     let xs: [*const f32; T] = std::array::from_fn(|t| cx.x[group[t] / k * cx.dip..].as_ptr());
     let block_scaled = cx.scales.is_some() && w.weight_scale == WeightScale::Block128;
+    let lazy = S::lazy_scale(dt);
     let seg = if block_scaled { SCALE_BLOCK } else { di };
     let base = cx.wt.as_ptr();
     assert!(
@@ -147,7 +148,7 @@ unsafe fn rows<S: Simd, const R: usize, const T: usize>(
                 // Loops, not array::from_fn: a closure would not inline the intrinsics.
                 let mut wv = [S::splat(0.0); R];
                 for r in 0..R {
-                    wv[r] = S::decode(dt, base.add((row_start[r] + i) * size));
+                    wv[r] = S::decode_lazy(dt, base.add((row_start[r] + i) * size));
                 }
                 for t in 0..T {
                     let xv = S::load(xs[t].add(i));
@@ -161,7 +162,10 @@ unsafe fn rows<S: Simd, const R: usize, const T: usize>(
                 // The row's last values: decoded by the dtype, zero-padded to a vector.
                 let mut tail = [[0f32; 16]; R];
                 for r in 0..R {
-                    dt.decode_slice(cx.wt, row_start[r] + whole, &mut tail[r][..s1 - whole]);
+                    let tail = &mut tail[r][..s1 - whole];
+                    dt.decode_slice(cx.wt, row_start[r] + whole, tail);
+                    // As decode_lazy's (a power of two: exact).
+                    tail.iter_mut().for_each(|v| *v /= lazy);
                 }
                 for t in 0..T {
                     let xv = S::load(xs[t].add(whole));
@@ -189,7 +193,7 @@ unsafe fn rows<S: Simd, const R: usize, const T: usize>(
                 _ => 1.0,
             };
             for (t, &slot) in group.iter().enumerate() {
-                let d = S::hsum(total[r][t]) * row_scale;
+                let d = S::hsum(total[r][t]) * lazy * row_scale;
                 slots[slot * at.width + (at.row(r) - at.o0)] = d * cx.rw[slot];
             }
         }

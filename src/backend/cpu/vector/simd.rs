@@ -134,6 +134,19 @@ pub(crate) trait Simd: Copy {
     /// `LANES` stored values of `dt` (f32, f16, bf16 or fp8_e4m3) at `p`, as f32.
     unsafe fn decode(dt: DType, p: *const u8) -> Self::V;
 
+    /// `decode` divided by `lazy_scale(dt)` (a power of two), for a caller that multiplies
+    /// its dot by it once: fp8 through f16 then skips a multiply a vector.
+    #[inline(always)]
+    unsafe fn decode_lazy(dt: DType, p: *const u8) -> Self::V {
+        unsafe { Self::decode(dt, p) }
+    }
+
+    /// What `decode_lazy`'s values are to be multiplied by.
+    #[inline(always)]
+    fn lazy_scale(_dt: DType) -> f32 {
+        1.0
+    }
+
     /// The 32 values that 16 bytes of 4-bit codes at `p` stand for (two a byte, low nibble
     /// first): each code's entry in `table` (a group's code values), times `sa` for bytes
     /// 0..8 and `sb` for bytes 8..16 where `scales` are given (a table already scaled gets
@@ -273,13 +286,19 @@ mod x86 {
     /// copy, cleared), converted in hardware and scaled.
     #[inline(always)]
     pub(crate) unsafe fn fp8_e4m3_16(codes: __m128i) -> __m512 {
+        unsafe { _mm512_mul_ps(fp8_over_256(codes), _mm512_set1_ps(FP8_AS_F16_SCALE)) }
+    }
+
+    /// `fp8_e4m3_16` before its scale: the values over 2^8.
+    #[inline(always)]
+    unsafe fn fp8_over_256(codes: __m128i) -> __m512 {
         unsafe {
             let b = _mm256_cvtepi8_epi16(codes);
             let bits = _mm256_and_si256(
                 _mm256_slli_epi16::<7>(b),
                 _mm256_set1_epi16(0xBF80u16 as i16),
             );
-            _mm512_mul_ps(_mm512_cvtph_ps(bits), _mm512_set1_ps(FP8_AS_F16_SCALE))
+            _mm512_cvtph_ps(bits)
         }
     }
 
@@ -398,6 +417,23 @@ mod x86 {
                     }
                     _ => fp8_e4m3_16(_mm_loadu_si128(p as *const __m128i)),
                 }
+            }
+        }
+        #[inline(always)]
+        unsafe fn decode_lazy(dt: DType, p: *const u8) -> __m512 {
+            match dt {
+                // SAFETY: 16 readable bytes, as `decode` reads.
+                DType::Fp8E4m3 => unsafe { fp8_over_256(_mm_loadu_si128(p as *const __m128i)) },
+                // SAFETY: the caller's contract.
+                _ => unsafe { Self::decode(dt, p) },
+            }
+        }
+        #[inline(always)]
+        fn lazy_scale(dt: DType) -> f32 {
+            if dt == DType::Fp8E4m3 {
+                FP8_AS_F16_SCALE
+            } else {
+                1.0
             }
         }
     }
