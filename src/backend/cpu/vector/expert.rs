@@ -95,19 +95,19 @@ pub(super) fn register_blocks(o0: usize, o1: usize) -> Vec<(usize, usize, usize)
 /// Where a register block's rows are: expert e, rows o, o + stride, .., in the block
 /// starting at o0.
 #[derive(Clone, Copy)]
-struct Rows {
-    e: usize,
-    o: usize,
+pub(super) struct Rows {
+    pub e: usize,
+    pub o: usize,
     /// Rows o, o + stride, ...
-    stride: usize,
-    o0: usize,
-    width: usize,
+    pub stride: usize,
+    pub o0: usize,
+    pub width: usize,
 }
 
 impl Rows {
     /// Output row r of the register block.
     #[inline(always)]
-    fn row(self, r: usize) -> usize {
+    pub fn row(self, r: usize) -> usize {
         self.o + r * self.stride
     }
 }
@@ -215,7 +215,8 @@ pub(super) fn four_bit_x(x: &mut [f32]) {
 /// How far ahead of a 4-bit row's loads its lines are asked for, in bytes.
 const PREFETCH: usize = 4096;
 
-/// R rows of a 4-bit expert against T of its slots, 32 values (16 bytes a row) at a time:
+/// R rows of a 4-bit expert against T of its slots (avx2, portable; avx512 runs expert4.rs),
+/// 32 values (16 bytes a row) at a time:
 /// each chunk's codes looked up in a table of their group's scaled values, so the scale
 /// costs one table per group and row, shared by every token.
 #[inline(always)]

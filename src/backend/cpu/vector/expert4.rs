@@ -14,7 +14,7 @@
 //! for the line the next register block will read at the same step (measured:
 //! bench/2026-12-07-cpu-xeon-amx/four-bit-avx512/).
 
-use super::expert::{ExpertCtx, ROWS, register_blocks};
+use super::expert::{ExpertCtx, ROWS, Rows, register_blocks};
 use super::simd::Aligned;
 use crate::workload::fourbit::{Groups, ScaleCode};
 use std::arch::x86_64::*;
@@ -73,25 +73,24 @@ pub(super) unsafe fn block(cx: &ExpertCtx, x: &XLanes, blk: usize) -> Vec<f32> {
             };
             let next = (ne * w.d_out + no) * w.d_in;
             for group in entries.chunks(4) {
-                let at = At {
+                let at = Rows {
                     e: *e,
                     o,
                     stride,
                     o0,
                     width,
-                    next,
                 };
                 // SAFETY: the caller's contract; rows o + r x stride are inside the block.
                 unsafe {
                     match (r, group.len()) {
-                        (4, 4) => rows::<4, 4>(cx, x, &book, at, group, &mut slots),
-                        (4, 3) => rows::<4, 3>(cx, x, &book, at, group, &mut slots),
-                        (4, 2) => rows::<4, 2>(cx, x, &book, at, group, &mut slots),
-                        (4, _) => rows::<4, 1>(cx, x, &book, at, group, &mut slots),
-                        (_, 4) => rows::<1, 4>(cx, x, &book, at, group, &mut slots),
-                        (_, 3) => rows::<1, 3>(cx, x, &book, at, group, &mut slots),
-                        (_, 2) => rows::<1, 2>(cx, x, &book, at, group, &mut slots),
-                        _ => rows::<1, 1>(cx, x, &book, at, group, &mut slots),
+                        (4, 4) => rows::<4, 4>(cx, x, &book, (at, next), group, &mut slots),
+                        (4, 3) => rows::<4, 3>(cx, x, &book, (at, next), group, &mut slots),
+                        (4, 2) => rows::<4, 2>(cx, x, &book, (at, next), group, &mut slots),
+                        (4, _) => rows::<4, 1>(cx, x, &book, (at, next), group, &mut slots),
+                        (_, 4) => rows::<1, 4>(cx, x, &book, (at, next), group, &mut slots),
+                        (_, 3) => rows::<1, 3>(cx, x, &book, (at, next), group, &mut slots),
+                        (_, 2) => rows::<1, 2>(cx, x, &book, (at, next), group, &mut slots),
+                        _ => rows::<1, 1>(cx, x, &book, (at, next), group, &mut slots),
                     }
                 }
             }
@@ -138,20 +137,6 @@ impl Codebook {
     }
 }
 
-/// Where a register block's rows are: expert e, rows o, o + stride, .., in the block
-/// starting at o0.
-#[derive(Clone, Copy)]
-struct At {
-    e: usize,
-    o: usize,
-    /// Rows o, o + stride, ...
-    stride: usize,
-    o0: usize,
-    width: usize,
-    /// The first value of the rows read next (their lines are asked for ahead).
-    next: usize,
-}
-
 /// R rows of expert e against T of its slots, 128 values a step.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
@@ -159,7 +144,9 @@ unsafe fn rows<const R: usize, const T: usize>(
     cx: &ExpertCtx,
     x: &XLanes,
     book: &Codebook,
-    at: At,
+    // The register block, and the first value of the rows read next (their lines are asked
+    // for ahead).
+    (at, next): (Rows, usize),
     group: &[usize],
     slots: &mut [f32],
 ) {
@@ -167,7 +154,7 @@ unsafe fn rows<const R: usize, const T: usize>(
     let g = w.weight_dtype.groups().expect("a 4-bit dtype");
     let scales = cx.group_scales.expect("4-bit group scales");
     let (di, k) = (w.d_in, w.top_k);
-    let out: [usize; R] = std::array::from_fn(|r| at.o + r * at.stride);
+    let out: [usize; R] = std::array::from_fn(|r| at.row(r));
     let row: [usize; R] = std::array::from_fn(|r| (at.e * w.d_out + out[r]) * di);
     assert!(
         di.is_multiple_of(32) && (row[R - 1] + di) / 2 <= cx.wt.len(),
@@ -180,7 +167,7 @@ unsafe fn rows<const R: usize, const T: usize>(
     let xs: [*const f32; T] = std::array::from_fn(|t| x.token(group[t] / k));
     // Each load asks for the line that row r of the next register block reads at this step,
     // into L2: far enough ahead for memory's latency, near enough to stay there.
-    let ahead = (at.next as isize - row[0] as isize) / 2;
+    let ahead = (next as isize - row[0] as isize) / 2;
     // Scale bytes a whole step reads; each row's first (no division in the loop: a 64-bit
     // divide costs as much as a step's arithmetic).
     let step_bytes = STEP / g.elems * g.scale.bytes();

@@ -217,11 +217,13 @@ pub(super) fn expert_gemv(isa: Isa, w: &ExpertGemv, inputs: &TensorSet, outputs:
             *o = w.math.operand(v);
         }
     }
-    // The AVX-512 4-bit kernel takes x in its own order.
+    // 4-bit weights: the AVX-512 kernel takes x in its own order (expert4.rs), the others
+    // as `four_bit_x` lays it out.
+    let four_bit = w.weight_dtype.groups().is_some();
+    let avx512 = cfg!(target_arch = "x86_64") && matches!(isa, Isa::Amx | Isa::Avx512);
     #[cfg(target_arch = "x86_64")]
-    let lanes4 = (matches!(isa, Isa::Amx | Isa::Avx512) && w.weight_dtype.groups().is_some())
-        .then(|| expert4::XLanes::new(&x, dip, w.d_in));
-    if w.weight_dtype.groups().is_some() {
+    let lanes4 = (four_bit && avx512).then(|| expert4::XLanes::new(&x, dip, w.d_in));
+    if four_bit && !avx512 {
         x.chunks_exact_mut(dip).for_each(expert::four_bit_x);
     }
     let scales = w.dot_scales(inputs);
@@ -233,8 +235,7 @@ pub(super) fn expert_gemv(isa: Isa, w: &ExpertGemv, inputs: &TensorSet, outputs:
         dip,
         wt: &inputs.expect("w").bytes,
         scales: scales.as_deref(),
-        group_scales: (w.weight_dtype.groups().is_some())
-            .then(|| &inputs.expect("w_scale").bytes[..]),
+        group_scales: four_bit.then(|| &inputs.expect("w_scale").bytes[..]),
         touched: slots_by_expert(w, &ids),
         rw: &rw,
     };

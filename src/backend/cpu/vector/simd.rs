@@ -357,31 +357,6 @@ mod x86 {
             unsafe { _mm512_reduce_max_ps(v) }
         }
         #[inline(always)]
-        unsafe fn nibbles32(
-            p: *const u8,
-            table: &[f32; 16],
-            scales: Option<(f32, f32)>,
-            out: &mut [__m512; 4],
-        ) {
-            // SAFETY: the caller passes 16 readable bytes and the path's features.
-            unsafe {
-                // Byte i in dword i: vpermps reads its low 4 bits (the low nibble); shifted
-                // down by 4, the high nibble.
-                let d = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
-                let t = _mm512_loadu_ps(table.as_ptr());
-                let lo = _mm512_permutexvar_ps(d, t);
-                let hi = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(d), t);
-                match scales {
-                    None => (out[0], out[1]) = (lo, hi),
-                    Some((sa, sb)) => {
-                        let s =
-                            _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(sa), _mm512_set1_ps(sb));
-                        (out[0], out[1]) = (_mm512_mul_ps(lo, s), _mm512_mul_ps(hi, s));
-                    }
-                }
-            }
-        }
-        #[inline(always)]
         unsafe fn transpose_sum(a: &[__m512; 16]) -> __m512 {
             unsafe {
                 // Pairs: per 128-bit block [a0+a2, b0+b2, a1+a3, b1+b3].
