@@ -172,10 +172,12 @@ pub const IMPLS: &[Impl] = &[
         kernel: Kernel::ExpertGemv,
         name: cuda::impls::CudaImpl::MmaW4.name(),
         tuned: true,
-        about: "int4 weights on tensor cores (mma.sync m16n8k16, bf16): 64 rows a block, \
-                its 4 warps taking turns over 128-value blocks staged by cp.async (two \
-                buffers a warp); codes to bf16 by mask and magic number, a group's two mmas \
-                scaled in f32; tokens 8 a chunk as the mma's columns, x split hi/lo at \
+        about: "4-bit weights (int4, mxfp4, nvfp4) on tensor cores (mma.sync m16n8k16, \
+                bf16): x laid out once as the B operand; 64 rows a block, its 4 warps taking \
+                turns over 128-value blocks staged by cp.async (two buffers a warp); codes to \
+                bf16 pairs exactly (int4: mask and magic number; E2M1: bits placed and one \
+                fma by 2^126, or nvfp4's scale); 32-value groups scaled in f32, nvfp4's folded \
+                into the weights; tokens 8 a chunk as the mma's columns, x split hi/lo at \
                 math: f32",
     },
     simple(

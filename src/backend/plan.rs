@@ -203,7 +203,9 @@ pub fn tensor_scale_word(w: &ExpertGemv) -> usize {
 }
 
 /// The one scale buffer the GPU kernels read: fp8's f32 scales; a 4-bit dtype's group scales'
-/// bytes, then (nvfp4) its f32 per expert from word `tensor_scale_word`; else empty.
+/// bytes, then (nvfp4) its f32 per expert from word `tensor_scale_word`, then 64 rows of
+/// zeros (cuda's mma_w4 loads its 64 rows' scales unguarded, the last expert's past its last
+/// row too: they are not stored); else empty.
 pub fn expert_scale_bytes(w: &ExpertGemv, inputs: &crate::workload::TensorSet) -> Vec<u8> {
     let mut bytes: Vec<u8> = inputs
         .get("w_scale")
@@ -212,6 +214,9 @@ pub fn expert_scale_bytes(w: &ExpertGemv, inputs: &crate::workload::TensorSet) -
     if let Some(t) = inputs.get("w_scale_2") {
         bytes.resize(tensor_scale_word(w) * 4, 0);
         bytes.extend_from_slice(&t.bytes);
+    }
+    if w.weight_dtype.groups().is_some() {
+        bytes.resize(bytes.len() + 64 * w.group_scale_row_bytes() as usize, 0);
     }
     bytes
 }

@@ -201,6 +201,7 @@ inline __half2_raw __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t v, __nv_fp8_i
 inline float __expf(float x) { return std::exp(x); }
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return {x, y, z, w}; }
+inline uint2 make_uint2(unsigned int x, unsigned int y) { return {x, y}; }
 
 // fma.rn.bf16x2: each half a * b + c, rounded to nearest even once (as the PTX ISA says).
 inline unsigned int host_fma_bf16x2(unsigned int a, unsigned int b, unsigned int c) {

@@ -259,6 +259,27 @@ fn every_cuda_expert_gemv_matches_the_oracle_on_the_host() {
             common::experts(9, 4, 5, 640, 100, DType::Int4G32, Routing::Uniform),
             decodelab::workload::Math::Bf16,
         ),
+        // mma_w4's E2M1: mxfp4 (a run's sums times its E8M0) with an idle warp and ragged rows;
+        // nvfp4 (its E4M3 scales folded into the weights, 16 values a group) over 11 tokens;
+        // both at math: bf16.
+        common::experts(7, 2, 9, 384, 70, DType::Mxfp4, Routing::Uniform),
+        common::experts(
+            6,
+            2,
+            11,
+            256,
+            37,
+            DType::Nvfp4,
+            Routing::Ids(vec![vec![4, 1]; 11]),
+        ),
+        common::with_math(
+            common::experts(5, 3, 4, 640, 65, DType::Mxfp4, Routing::Uniform),
+            decodelab::workload::Math::Bf16,
+        ),
+        common::with_math(
+            common::experts(4, 2, 6, 128, 80, DType::Nvfp4, Routing::Uniform),
+            decodelab::workload::Math::Bf16,
+        ),
     ];
     let base = common::tempdir("cuda-host-expert");
     let mut ran = Vec::new();
@@ -290,19 +311,19 @@ fn every_cuda_expert_gemv_matches_the_oracle_on_the_host() {
         }
     }
     // Both implementations ran, and warp_rows declined only the unaligned rows and the
-    // 4-bit points (the last seven).
+    // 4-bit points (the last eleven).
     assert_eq!(ran.iter().filter(|r| r.1 == "simple").count(), shapes.len());
     assert_eq!(
         ran.iter().filter(|r| r.1 == "warp_rows").count(),
-        shapes.len() - 9
+        shapes.len() - 13
     );
-    // mma_w4 took the int4 points whose d_in is whole 128-value blocks, and only them.
+    // mma_w4 took the 4-bit points whose d_in is whole 128-value blocks, and only them.
     let w4: Vec<usize> = ran
         .iter()
         .filter(|r| r.1 == "mma_w4")
         .map(|r| r.0)
         .collect();
-    assert_eq!(w4, [7, 8, 12, 13]);
+    assert_eq!(w4, [7, 8, 12, 13, 14, 15, 16, 17]);
     let _ = std::fs::remove_dir_all(&base);
 }
 

@@ -221,9 +221,20 @@ impl Build<'_> {
         // One row per (token, choice) slot; `combine` sums a token's slots.
         let slot_out = self.zeros(w.batch * w.top_k * w.d_out * 4)?;
         let y = self.output(&w.outputs()[0])?;
+        // mma_w4 first lays x out as its mma's B operand (bf16 hi and lo, in the codes'
+        // order): a buffer of x's size, read by gemv in place of x.
+        let x_arg = if super::args::params_of(self.source, "x_frag").is_some() {
+            let xf = self.zeros(w.batch * w.d_in * 4)?;
+            let vectors = (w.batch * w.d_in / 8).div_ceil(compile::X_FRAG_WG) as u32;
+            let args = named_bufs([("x", x), ("xf", xf)]);
+            self.launch("x_frag", (vectors, 1, 1), compile::X_FRAG_WG, args)?;
+            ("xf", xf)
+        } else {
+            ("x", x)
+        };
         let grid = (w.d_out.div_ceil(plan.rows) as u32, touched as u32, 1);
         let args = named_bufs([
-            ("x", x),
+            x_arg,
             ("w", wt),
             ("w_scale", scale),
             ("groups", g),

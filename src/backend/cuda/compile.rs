@@ -37,6 +37,8 @@ pub const MLA_WIDE_STAGES: usize = 3;
 pub const MLA_WIDE_MAX_SMEM: usize = 160 << 10;
 pub const EXPERT_WG: usize = 128;
 pub const COMBINE_WG: usize = 256;
+/// Threads a block of mma_w4's `x_frag` (one 8-value vector of x each).
+pub const X_FRAG_WG: usize = 128;
 pub const EXPERT_ROWS: usize = 4;
 pub const EXPERT_TB: usize = 8;
 /// expert_gemv `warp_rows`: output rows per warp, and tokens per chunk (at most 4).
@@ -51,6 +53,7 @@ pub fn block_size(kernel: &str) -> Option<usize> {
         "merge" | "merge_shards" => Some(MERGE_WG),
         "gemv" => Some(EXPERT_WG),
         "combine" => Some(COMBINE_WG),
+        "x_frag" => Some(X_FRAG_WG),
         _ => None,
     }
 }

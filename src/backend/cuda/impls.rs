@@ -266,7 +266,7 @@ fn warp_rows_covers(e: &ExpertGemv) -> Result<(), String> {
     if e.weight_dtype.groups().is_some() {
         // Its 4-bit forms tried so far spill or pass the SASS budget (docs/kernels.md).
         return Err(format!(
-            "warp_rows decodes whole bytes; {} runs in cuda's simple",
+            "warp_rows decodes whole bytes; {} runs in mma_w4 (d_in a multiple of 128) or simple",
             e.weight_dtype
         ));
     }
@@ -282,9 +282,10 @@ fn warp_rows_covers(e: &ExpertGemv) -> Result<(), String> {
 }
 
 fn mma_w4_covers(e: &ExpertGemv) -> Result<(), String> {
-    if !matches!(e.weight_dtype, DType::Int4G32 | DType::Int4G128) {
+    if e.weight_dtype.groups().is_none() {
         return Err(format!(
-            "mma_w4 decodes int4 (int4_g32, int4_g128); {} runs in cuda's simple",
+            "mma_w4 decodes 4-bit weights (int4_g32, int4_g128, mxfp4, nvfp4); {} runs in \
+             cuda's simple",
             e.weight_dtype
         ));
     }
