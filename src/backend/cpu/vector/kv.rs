@@ -70,11 +70,12 @@ impl<'a> KvCtx<'a> {
 }
 
 /// Tokens per task, a whole number of `tile`s: enough tasks to keep every thread busy to the
-/// end (8 per thread), each of 1 to 16 tiles (a chunk's merge costs a few vectors per head,
-/// a tile costs thousands).
+/// end (4 per thread; 8 ran short contexts 0.86-0.92x, each task's partials costing their
+/// own set-up and merge), each of 1 to 16 tiles (a chunk's merge costs a few vectors per
+/// head, a tile costs thousands).
 pub(super) fn chunk_tokens(w: &KvDecode, tile: usize) -> usize {
     let tokens: usize = w.context_lens.iter().sum();
-    let per_task = tokens.div_ceil(8 * rayon::current_num_threads());
+    let per_task = tokens.div_ceil(4 * rayon::current_num_threads());
     per_task.clamp(tile, 16 * tile).next_multiple_of(tile)
 }
 
