@@ -16,11 +16,10 @@
 
 use super::amx::{Tiles, tile_dp, tile_load, tile_store, tile_zero};
 use super::kv::chunk_tokens;
-use super::kv_amx::{TILE, as_u16, bf16_bits, load32, rows, transmute_bh, transpose16, zeroed_u16};
+use super::kv_amx::{TILE, as_u16, load32, rows, transmute_bh, transpose16, zeroed_u16};
 use super::simd::{Aligned, Avx512, Simd};
 use crate::backend::cpu::kernels::Partial;
 use crate::workload::{Attention, DType, KvDecode, Math};
-use rayon::prelude::*;
 use std::arch::x86_64::*;
 
 /// Head slots of a group: the hi halves' columns of Q^T (rows of P), then the lo halves'.
@@ -49,25 +48,18 @@ impl<'a> GqaCtx<'a> {
         let (gs, dk) = (w.group_size(), w.head_dim_k);
         let qt_len = dk / 32 * 512;
         let mut qt = zeroed_u16(w.batch * w.kv_heads * qt_len);
-        as_u16(&mut qt)
-            .par_chunks_mut(qt_len)
+        // Every group's Q^T on this thread: 16 values an instruction, a few microseconds a
+        // step, under what handing the work to the pool costs.
+        for (bg, out) in bytemuck::cast_slice_mut::<_, u32>(&mut qt[..])
+            .chunks_exact_mut(qt_len / 2)
             .enumerate()
-            .for_each(|(bg, out)| {
-                let heads = &q[bg * gs * dk..(bg + 1) * gs * dk];
-                for (h, row) in heads.chunks_exact(dk).enumerate() {
-                    for (d, &x) in row.iter().enumerate() {
-                        // q as math rounds it (at `math: bf16` lo is 0); the softmax scale is
-                        // applied to the scores.
-                        let x = w.math.operand(x);
-                        let hi = bf16_bits(x);
-                        let lo = bf16_bits(x - f32::from_bits((hi as u32) << 16));
-                        // Tile d / 32, row (d % 32) / 2, column h (hi) or 8 + h (lo), half d % 2.
-                        let at = d / 32 * 512 + (d % 32) / 2 * 32 + d % 2;
-                        out[at + 2 * h] = hi;
-                        out[at + 2 * (HS + h)] = lo;
-                    }
-                }
-            });
+        {
+            let heads = &q[bg * gs * dk..(bg + 1) * gs * dk];
+            for (h, row) in heads.chunks_exact(dk).enumerate() {
+                // SAFETY: the amx path runs only where AVX-512 F/BW/BF16 are (its caller).
+                unsafe { q_columns(row, w.math == Math::F32, h, out) };
+            }
+        }
         GqaCtx {
             w,
             qt,
@@ -76,6 +68,52 @@ impl<'a> GqaCtx<'a> {
             v,
             table,
             chunk: chunk_tokens(w, TILE),
+        }
+    }
+}
+
+/// Head h's q (`row`, dk values) into column h (hi halves) and HS + h (lo halves; zero
+/// unless `split`) of its Q^T tiles, `out` as u32 dim pairs: tile d / 32, row (d % 32) / 2,
+/// so pair p of the head sits at p * 16 + column. q rounds as `bf16_bits` does (to nearest
+/// even), 16 values at a time; at `math: bf16` hi is q as math rounds it.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn q_columns(row: &[f32], split: bool, h: usize, out: &mut [u32]) {
+    assert!(row.len().is_multiple_of(16) && out.len() >= row.len() / 2 * 16);
+    // SAFETY: 16 values a load inside `row`; the features are the caller's.
+    unsafe {
+        let bf16 = |x: __m512| {
+            let u = _mm512_castps_si512(x);
+            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(u), _mm512_set1_epi32(1));
+            let r = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+            // A NaN stays one (quiet), as `bf16_bits` keeps it.
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+            let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(u), _mm512_set1_epi32(0x40));
+            _mm512_mask_mov_epi32(_mm512_srli_epi32::<16>(r), nan, quiet)
+        };
+        let mut pairs = [[0u32; 8]; 2];
+        for (c, x) in row.chunks_exact(16).enumerate() {
+            let x = _mm512_loadu_ps(x.as_ptr());
+            let hi = bf16(x);
+            let rest = _mm512_sub_ps(x, _mm512_castsi512_ps(_mm512_slli_epi32::<16>(hi)));
+            let lo = if split {
+                bf16(rest)
+            } else {
+                _mm512_setzero_si512()
+            };
+            // Each dword's low half, in order: two dims a u32, the first in its low half.
+            _mm256_storeu_si256(
+                pairs[0].as_mut_ptr() as *mut __m256i,
+                _mm512_cvtepi32_epi16(hi),
+            );
+            _mm256_storeu_si256(
+                pairs[1].as_mut_ptr() as *mut __m256i,
+                _mm512_cvtepi32_epi16(lo),
+            );
+            for (i, (&a, &b)) in pairs[0].iter().zip(&pairs[1]).enumerate() {
+                let p = 8 * c + i;
+                out[p * 16 + h] = a;
+                out[p * 16 + HS + h] = b;
+            }
         }
     }
 }
@@ -259,22 +297,43 @@ pub(super) unsafe fn task(
         .collect()
 }
 
-/// The first gs heads' outputs from the accumulator: hi row + lo row, dims in order.
+/// The first gs heads' outputs from the accumulator: hi row + lo row, dims in order (a 32-dim
+/// block's two sums gathered by one two-source permute each).
 fn unpermuted(acc: &[f32], gs: usize, dv: usize) -> Vec<f32> {
-    let at: [usize; 32] = std::array::from_fn(permuted);
+    let at: [u32; 32] = std::array::from_fn(|d| permuted(d) as u32);
     let mut out = vec![0f32; gs * dv];
-    for (j, row) in out.chunks_exact_mut(dv).enumerate() {
-        let (hi, lo) = (&acc[j * dv..][..dv], &acc[(HS + j) * dv..][..dv]);
-        let blocks = row
-            .chunks_exact_mut(32)
-            .zip(hi.chunks_exact(32).zip(lo.chunks_exact(32)));
-        for (o, (hi, lo)) in blocks {
-            for (o, &p) in o.iter_mut().zip(&at) {
-                *o = hi[p] + lo[p];
+    assert!(acc.len() >= (HS + gs) * dv && dv.is_multiple_of(32));
+    // SAFETY: the amx path runs only where AVX-512 F is (its caller); every load and store
+    // is 16 values inside a 32-dim block of acc's or out's rows (asserted above).
+    unsafe { unpermute_rows(acc, &at, gs, dv, &mut out) };
+    out
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn unpermute_rows(acc: &[f32], at: &[u32; 32], gs: usize, dv: usize, out: &mut [f32]) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let idx = [
+            _mm512_loadu_si512(at.as_ptr() as *const __m512i),
+            _mm512_loadu_si512(at[16..].as_ptr() as *const __m512i),
+        ];
+        for j in 0..gs {
+            let (hi, lo) = (acc.as_ptr().add(j * dv), acc.as_ptr().add((HS + j) * dv));
+            for b in (0..dv).step_by(32) {
+                let sum = |o: usize| {
+                    _mm512_add_ps(
+                        _mm512_loadu_ps(hi.add(b + o)),
+                        _mm512_loadu_ps(lo.add(b + o)),
+                    )
+                };
+                let (s0, s1) = (sum(0), sum(16));
+                for (half, idx) in idx.iter().enumerate() {
+                    let v = _mm512_permutex2var_ps(s0, *idx, s1);
+                    _mm512_storeu_ps(out.as_mut_ptr().add(j * dv + b + 16 * half), v);
+                }
             }
         }
     }
-    out
 }
 
 /// Where dim d sits in a row of the accumulator (see `stage_v`).
