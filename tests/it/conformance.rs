@@ -197,6 +197,15 @@ mod cases {
             &mla(3, 16, 512, 64, vec![1, 64, 129], 64, DType::Bf16),
             no_edit,
         );
+        // 64 heads (a tile kernel's head blocks two at a time, twice) and 40 (three blocks,
+        // the last padded: one at a time).
+        for hq in [64, 40] {
+            run_point(
+                b,
+                &mla(2, hq, 128, 64, vec![100, 1], 32, DType::Bf16),
+                no_edit,
+            );
+        }
         run_point(
             b,
             &mla(2, 5, 48, 16, vec![70, 3], 16, DType::Fp8E4m3),

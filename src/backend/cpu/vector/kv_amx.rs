@@ -145,7 +145,8 @@ pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
     let hp = sh.hb * 16;
     let fold = w.scale * w.scales()[0];
     let (fp8, esize) = (w.kv_dtype == DType::Fp8E4m3, w.kv_dtype.size());
-    // C (0-3) and A (4) tiles hold heads: min(16, gs) rows; B (5, 6) 16 rows.
+    // C (0-3) and A (4) tiles hold heads: min(16, gs) rows; the rest 16 (B; with two head
+    // blocks a turn, 5 is the second block's A).
     // SAFETY: the caller's contract (permission).
     let _tiles = unsafe { Tiles::configure(gs.min(16), &[0, 1, 2, 3, 4]) };
     let mut heads: Vec<Head> = (0..w.kv_heads)
@@ -337,15 +338,47 @@ pub(super) unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
     }
 }
 
-/// s[head][token] = q_head . k_token (unscaled) for the tile's 64 tokens. Four C tiles (the
-/// four 16-token blocks) take turns, so no `tdpbf16ps` waits on the one before it.
+/// s[head][token] = q_head . k_token (unscaled) for the tile's 64 tokens. Four C tiles take
+/// turns, so no `tdpbf16ps` waits on the one before it: two head blocks x two 16-token
+/// blocks where the heads come in pairs of blocks (a tile load a product: a load costs about
+/// three products), else one head block x the four token blocks.
 #[inline(always)]
 unsafe fn scores(sh: Shape, qa: &[f32], kt: &[f32], s: &mut [f32]) {
     let (qa, kt) = (qa.as_ptr() as *const u16, kt.as_ptr() as *const u16);
     let b = |tb: usize, k: usize| kt.wrapping_add((tb * sh.ks + k) * 512);
+    let a = |hb: usize, k: usize, part: usize| qa.wrapping_add(((hb * sh.ks + k) * 2 + part) * 512);
     // SAFETY: tiles read inside qa and kt as laid out in `q_tiles` and `k_transposed`; C
     // rows (heads) stored inside s's hp rows of TILE.
     unsafe {
+        if sh.hb.is_multiple_of(2) {
+            for hb in (0..sh.hb).step_by(2) {
+                for tb in (0..TILE / 16).step_by(2) {
+                    tile_zero!(0);
+                    tile_zero!(1);
+                    tile_zero!(2);
+                    tile_zero!(3);
+                    for k in 0..sh.ks {
+                        // K's two tiles once for q's hi and lo halves.
+                        tile_load!(6, b(tb, k), 64usize);
+                        tile_load!(7, b(tb + 1, k), 64usize);
+                        for part in 0..1 + sh.split as usize {
+                            tile_load!(4, a(hb, k, part), 64usize);
+                            tile_dp!(0, 4, 6);
+                            tile_dp!(1, 4, 7);
+                            tile_load!(5, a(hb + 1, k, part), 64usize);
+                            tile_dp!(2, 5, 6);
+                            tile_dp!(3, 5, 7);
+                        }
+                    }
+                    let o = s.as_mut_ptr().add(hb * 16 * TILE + 16 * tb);
+                    tile_store!(0, o, 4 * TILE);
+                    tile_store!(1, o.add(16), 4 * TILE);
+                    tile_store!(2, o.add(16 * TILE), 4 * TILE);
+                    tile_store!(3, o.add(16 * TILE + 16), 4 * TILE);
+                }
+            }
+            return;
+        }
         for hb in 0..sh.hb {
             tile_zero!(0);
             tile_zero!(1);
@@ -477,15 +510,47 @@ unsafe fn v_pairs<const FP8: bool>(v: &[*const u8; TILE], dv: usize, vv: &mut [u
 }
 
 /// acc[heads][dv] += P . V for the tile (the second 32 tokens skipped when none is valid):
-/// four C tiles (64 value dims) at a time, taking turns as in `scores`.
+/// four C tiles at a time, taking turns as in `scores`: two head blocks x 32 value dims
+/// where the heads come in pairs of blocks, else one head block x 64 dims.
 #[inline(always)]
 unsafe fn pv(sh: Shape, n: usize, pa: &[f32], vv: &[f32], acc: &mut [f32]) {
     let (pa, vv) = (pa.as_ptr() as *const u16, vv.as_ptr() as *const u16);
     let stride = 4 * sh.dv;
     let b = |db: usize, kt: usize| vv.wrapping_add((db * 32 + kt * 16) * 32);
+    let a = |hb: usize, kt: usize, part: usize| pa.wrapping_add(((hb * 2 + kt) * 2 + part) * 512);
     // SAFETY: tiles inside pa and vv as laid out in `p_tiles` and `v_pairs`; C tiles of the
     // head block's rows x 16 dims inside acc (dv is a multiple of 64: `covers`).
     unsafe {
+        if sh.hb.is_multiple_of(2) {
+            for hb in (0..sh.hb).step_by(2) {
+                for d0 in (0..sh.db).step_by(2) {
+                    let cp = acc.as_mut_ptr().add(hb * 16 * sh.dv + d0 * 16);
+                    let cq = cp.add(16 * sh.dv);
+                    tile_load!(0, cp, stride);
+                    tile_load!(1, cp.add(16), stride);
+                    tile_load!(2, cq, stride);
+                    tile_load!(3, cq.add(16), stride);
+                    for kt in 0..1 + (n > 32) as usize {
+                        // V's two tiles once for P's hi and lo halves.
+                        tile_load!(6, b(d0, kt), 64usize);
+                        tile_load!(7, b(d0 + 1, kt), 64usize);
+                        for part in 0..1 + sh.split as usize {
+                            tile_load!(4, a(hb, kt, part), 64usize);
+                            tile_dp!(0, 4, 6);
+                            tile_dp!(1, 4, 7);
+                            tile_load!(5, a(hb + 1, kt, part), 64usize);
+                            tile_dp!(2, 5, 6);
+                            tile_dp!(3, 5, 7);
+                        }
+                    }
+                    tile_store!(0, cp, stride);
+                    tile_store!(1, cp.add(16), stride);
+                    tile_store!(2, cq, stride);
+                    tile_store!(3, cq.add(16), stride);
+                }
+            }
+            return;
+        }
         for hb in 0..sh.hb {
             for d0 in (0..sh.db).step_by(4) {
                 let cp = acc.as_mut_ptr().add(hb * 16 * sh.dv + d0 * 16);
