@@ -338,6 +338,24 @@ pub(super) unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
     }
 }
 
+/// C tiles 0-3 += two head blocks' A tiles (4, 5) x two B tiles (6, 7): the B pair loaded
+/// once for every A half (q's or P's hi and lo: `part` in 0..parts), each A tile then feeding
+/// two products; the four C tiles take turns.
+macro_rules! dp_2x2 {
+    ($b0:expr, $b1:expr, $parts:expr, |$part:ident| $a0:expr, $a1:expr) => {
+        tile_load!(6, $b0, 64usize);
+        tile_load!(7, $b1, 64usize);
+        for $part in 0..$parts {
+            tile_load!(4, $a0, 64usize);
+            tile_dp!(0, 4, 6);
+            tile_dp!(1, 4, 7);
+            tile_load!(5, $a1, 64usize);
+            tile_dp!(2, 5, 6);
+            tile_dp!(3, 5, 7);
+        }
+    };
+}
+
 /// s[head][token] = q_head . k_token (unscaled) for the tile's 64 tokens. Four C tiles take
 /// turns, so no `tdpbf16ps` waits on the one before it: two head blocks x two 16-token
 /// blocks where the heads come in pairs of blocks (a tile load a product: a load costs about
@@ -358,17 +376,14 @@ unsafe fn scores(sh: Shape, qa: &[f32], kt: &[f32], s: &mut [f32]) {
                     tile_zero!(2);
                     tile_zero!(3);
                     for k in 0..sh.ks {
-                        // K's two tiles once for q's hi and lo halves.
-                        tile_load!(6, b(tb, k), 64usize);
-                        tile_load!(7, b(tb + 1, k), 64usize);
-                        for part in 0..1 + sh.split as usize {
-                            tile_load!(4, a(hb, k, part), 64usize);
-                            tile_dp!(0, 4, 6);
-                            tile_dp!(1, 4, 7);
-                            tile_load!(5, a(hb + 1, k, part), 64usize);
-                            tile_dp!(2, 5, 6);
-                            tile_dp!(3, 5, 7);
-                        }
+                        let parts = 1 + sh.split as usize;
+                        dp_2x2!(
+                            b(tb, k),
+                            b(tb + 1, k),
+                            parts,
+                            |part| a(hb, k, part),
+                            a(hb + 1, k, part)
+                        );
                     }
                     let o = s.as_mut_ptr().add(hb * 16 * TILE + 16 * tb);
                     tile_store!(0, o, 4 * TILE);
@@ -531,17 +546,14 @@ unsafe fn pv(sh: Shape, n: usize, pa: &[f32], vv: &[f32], acc: &mut [f32]) {
                     tile_load!(2, cq, stride);
                     tile_load!(3, cq.add(16), stride);
                     for kt in 0..1 + (n > 32) as usize {
-                        // V's two tiles once for P's hi and lo halves.
-                        tile_load!(6, b(d0, kt), 64usize);
-                        tile_load!(7, b(d0 + 1, kt), 64usize);
-                        for part in 0..1 + sh.split as usize {
-                            tile_load!(4, a(hb, kt, part), 64usize);
-                            tile_dp!(0, 4, 6);
-                            tile_dp!(1, 4, 7);
-                            tile_load!(5, a(hb + 1, kt, part), 64usize);
-                            tile_dp!(2, 5, 6);
-                            tile_dp!(3, 5, 7);
-                        }
+                        let parts = 1 + sh.split as usize;
+                        dp_2x2!(
+                            b(d0, kt),
+                            b(d0 + 1, kt),
+                            parts,
+                            |part| a(hb, kt, part),
+                            a(hb + 1, kt, part)
+                        );
                     }
                     tile_store!(0, cp, stride);
                     tile_store!(1, cp.add(16), stride);
