@@ -145,10 +145,10 @@ pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
     let hp = sh.hb * 16;
     let fold = w.scale * w.scales()[0];
     let (fp8, esize) = (w.kv_dtype == DType::Fp8E4m3, w.kv_dtype.size());
-    // C (0-3) and A (4) tiles hold heads: min(16, gs) rows; the rest 16 (B; with two head
-    // blocks a turn, 5 is the second block's A).
+    // C (0-3) and A (4, 5: q's or P's lo half, or a second head block's) tiles hold heads:
+    // min(16, gs) rows; B (6, 7) 16.
     // SAFETY: the caller's contract (permission).
-    let _tiles = unsafe { Tiles::configure(gs.min(16), &[0, 1, 2, 3, 4]) };
+    let _tiles = unsafe { Tiles::configure(gs.min(16), &[0, 1, 2, 3, 4, 5]) };
     let mut heads: Vec<Head> = (0..w.kv_heads)
         .map(|_| Head {
             m: vec![f32::NEG_INFINITY; hp],
@@ -356,6 +356,35 @@ macro_rules! dp_2x2 {
     };
 }
 
+/// C tiles 0-3 += one head block's A tile (4; with `split`, its lo half in 5 too) x four B
+/// tiles, two at a time in 6 and 7, each pair serving both halves.
+macro_rules! dp_1x4 {
+    ($split:expr, $hi:expr, $lo:expr, |$j:ident| $b:expr) => {
+        tile_load!(4, $hi, 64usize);
+        if $split {
+            tile_load!(5, $lo, 64usize);
+        }
+        dp_1x4!(@pair $split, 0, 1, |$j| $b);
+        dp_1x4!(@pair $split, 2, 3, |$j| $b);
+    };
+    (@pair $split:expr, $c0:tt, $c1:tt, |$j:ident| $b:expr) => {
+        {
+            let $j = $c0;
+            tile_load!(6, $b, 64usize);
+        }
+        {
+            let $j = $c1;
+            tile_load!(7, $b, 64usize);
+        }
+        tile_dp!($c0, 4, 6);
+        tile_dp!($c1, 4, 7);
+        if $split {
+            tile_dp!($c0, 5, 6);
+            tile_dp!($c1, 5, 7);
+        }
+    };
+}
+
 /// s[head][token] = q_head . k_token (unscaled) for the tile's 64 tokens. Four C tiles take
 /// turns, so no `tdpbf16ps` waits on the one before it: two head blocks x two 16-token
 /// blocks where the heads come in pairs of blocks (a tile load a product: a load costs about
@@ -399,18 +428,8 @@ unsafe fn scores(sh: Shape, qa: &[f32], kt: &[f32], s: &mut [f32]) {
             tile_zero!(1);
             tile_zero!(2);
             tile_zero!(3);
-            for part in 0..1 + sh.split as usize {
-                for k in 0..sh.ks {
-                    tile_load!(4, qa.add(((hb * sh.ks + k) * 2 + part) * 512), 64usize);
-                    tile_load!(5, b(0, k), 64usize);
-                    tile_dp!(0, 4, 5);
-                    tile_load!(6, b(1, k), 64usize);
-                    tile_dp!(1, 4, 6);
-                    tile_load!(5, b(2, k), 64usize);
-                    tile_dp!(2, 4, 5);
-                    tile_load!(6, b(3, k), 64usize);
-                    tile_dp!(3, 4, 6);
-                }
+            for k in 0..sh.ks {
+                dp_1x4!(sh.split, a(hb, k, 0), a(hb, k, 1), |j| b(j, k));
             }
             let o = s.as_mut_ptr().add(hb * 16 * TILE);
             tile_store!(0, o, 4 * TILE);
@@ -571,17 +590,7 @@ unsafe fn pv(sh: Shape, n: usize, pa: &[f32], vv: &[f32], acc: &mut [f32]) {
                 tile_load!(2, cp.add(32), stride);
                 tile_load!(3, cp.add(48), stride);
                 for kt in 0..1 + (n > 32) as usize {
-                    for part in 0..1 + sh.split as usize {
-                        tile_load!(4, pa.add(((hb * 2 + kt) * 2 + part) * 512), 64usize);
-                        tile_load!(5, b(d0, kt), 64usize);
-                        tile_dp!(0, 4, 5);
-                        tile_load!(6, b(d0 + 1, kt), 64usize);
-                        tile_dp!(1, 4, 6);
-                        tile_load!(5, b(d0 + 2, kt), 64usize);
-                        tile_dp!(2, 4, 5);
-                        tile_load!(6, b(d0 + 3, kt), 64usize);
-                        tile_dp!(3, 4, 6);
-                    }
+                    dp_1x4!(sh.split, a(hb, kt, 0), a(hb, kt, 1), |j| b(d0 + j, kt));
                 }
                 tile_store!(0, cp, stride);
                 tile_store!(1, cp.add(16), stride);
