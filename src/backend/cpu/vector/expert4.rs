@@ -1,18 +1,19 @@
-//! 4-bit expert_gemv on AVX-512: every int4 code and E2M1 value is exact in bf16, so its f32
-//! is the bf16's bits in a dword's high half (the low half 0), and one 16-bit permute
-//! (`vpermw`, which reads the low 5 bits of each word, under a table that repeats the 16
-//! values) writes 16 of them straight into f32 lanes. A row's 64 code bytes (128 values) take
-//! 1 load, 9 shifts and 8 permutes; expert.rs's table decode (avx2, portable) takes 4
-//! widening loads, 4 shifts and 8 permutes, plus a scaled table per group and row.
+//! 4-bit expert_gemv on AVX-512: every int4 code and E2M1 value is exact in bf16, and one
+//! 16-bit permute (`vpermw`, which reads the low 5 bits of each word, under a table that
+//! repeats the 16 values) turns nibble j of each of a load's 32 words into its bf16. A row's
+//! 64 code bytes (128 values) take 1 load, 3 shifts (nibble j of a word to its bottom), 4
+//! permutes, and 8 shifts or masks that make f32 of a dword's low word and of its high word;
+//! expert.rs's table decode (avx2, portable) takes 4 widening loads, 4 shifts and 8
+//! permutes, plus a scaled table per group and row.
 //!
-//! Shifted so that the nibble at bits 4k..4k+3 of a dword's 16 sits at bits 16..19, dword m
-//! of a load gives value 8m + k (k = 0..3 from the low 16 bits, 4..7 from the high). So x is
-//! laid out per 128 values as eight vectors of x[8m + k] (`XLanes`), and lane m of every
-//! product is in the group of value 8m: its scale is lane m of one vector per 128 values and
-//! row, applied once per token. A register block's 4 rows lie a quarter of the 16-row block
-//! apart, so each of the 4 runs of memory is read from end to end, and each row load asks
-//! for the line the next register block will read at the same step (measured:
-//! bench/2026-12-07-cpu-xeon-amx/four-bit-avx512/).
+//! Word w of a load holds values 4w..4w+3, so dword m's low word gives value 8m + j and its
+//! high word 8m + 4 + j: vector k, lane m is value 8m + k. So x is laid out per 128 values
+//! as eight vectors of x[8m + k] (`XLanes`), and lane m of every product is in the group of
+//! value 8m: its scale is lane m of one vector per 128 values and row, applied once per
+//! token. A register block's 4 rows lie a quarter of the 16-row block apart, so each of the
+//! 4 runs of memory is read from end to end, and each row load asks for the line the next
+//! register block will read at the same step (measured:
+//! bench/2026-12-07-cpu-xeon-amx/four-bit-avx512/, four-bit-words/).
 
 use super::expert::{ExpertCtx, ROWS, Rows, register_blocks};
 use super::simd::Aligned;
@@ -102,8 +103,8 @@ pub(super) unsafe fn block(cx: &ExpertCtx, x: &XLanes, blk: usize) -> Vec<f32> {
 /// A dtype's constant vectors.
 #[derive(Clone, Copy)]
 struct Codebook {
-    /// Word c (of 32) holds the high half of code c & 15's f32 (its bf16, exact). Code 0 is
-    /// +0, so a dword's low word, whose index is 0 or 16 after a step's shifts, is 0 too.
+    /// Word c (of 32) holds code c & 15's bf16 (exact): `vpermw` reads 5 bits of an index
+    /// word, of which a step's shifts leave the nibble's in the low 4.
     table: __m512i,
     /// Lane m holds values 8m..8m+7 of a step: the scale of group 8m / elems of it.
     lane_group: __m512i,
@@ -117,7 +118,6 @@ impl Codebook {
     unsafe fn new(g: Groups) -> Codebook {
         let table: [u16; 32] =
             std::array::from_fn(|c| (g.value(c as u8 & 15).to_bits() >> 16) as u16);
-        assert!(table[0] == 0 && table[16] == 0, "code 0 is +0");
         let lane_group: [i32; 16] = std::array::from_fn(|m| (8 * m / g.elems) as i32);
         let bf16_lanes: [u16; 32] = std::array::from_fn(|i| {
             if i % 2 == 1 {
@@ -188,22 +188,35 @@ unsafe fn rows<const R: usize, const T: usize>(
                     let p = cx.wt.as_ptr().add((row[r] + $v0) / 2);
                     _mm_prefetch::<_MM_HINT_T1>(p.wrapping_offset(ahead) as *const i8);
                     let c = _mm512_maskz_loadu_epi8($bytes, p as *const i8);
-                    let h = _mm512_srli_epi32::<16>(c);
-                    // Value 8m + k of the step in lane m: its nibble moved to bits 16..19.
-                    macro_rules! f {
-                        ($i:expr) => {
-                            _mm512_castsi512_ps(_mm512_permutexvar_epi16($i, table))
+                    // Nibble j of every word, as bf16: word w of words[j] is value 4w + j. As
+                    // f32, a dword's low word is lane m's value 8m + j, its high word 8m + 4 + j.
+                    let words = [
+                        _mm512_permutexvar_epi16(c, table),
+                        _mm512_permutexvar_epi16(_mm512_srli_epi16::<4>(c), table),
+                        _mm512_permutexvar_epi16(_mm512_srli_epi16::<8>(c), table),
+                        _mm512_permutexvar_epi16(_mm512_srli_epi16::<12>(c), table),
+                    ];
+                    let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+                    // (Macros: closures in a target_feature function are not inlined.)
+                    macro_rules! lo {
+                        ($v:expr) => {
+                            _mm512_castsi512_ps(_mm512_slli_epi32::<16>($v))
+                        };
+                    }
+                    macro_rules! hi {
+                        ($v:expr) => {
+                            _mm512_castsi512_ps(_mm512_and_si512($v, high))
                         };
                     }
                     let wv = [
-                        f!(_mm512_slli_epi32::<16>(c)),
-                        f!(_mm512_slli_epi32::<12>(c)),
-                        f!(_mm512_slli_epi32::<8>(c)),
-                        f!(_mm512_slli_epi32::<4>(c)),
-                        f!(_mm512_slli_epi32::<16>(h)),
-                        f!(_mm512_slli_epi32::<12>(h)),
-                        f!(_mm512_slli_epi32::<8>(h)),
-                        f!(_mm512_slli_epi32::<4>(h)),
+                        lo!(words[0]),
+                        lo!(words[1]),
+                        lo!(words[2]),
+                        lo!(words[3]),
+                        hi!(words[0]),
+                        hi!(words[1]),
+                        hi!(words[2]),
+                        hi!(words[3]),
                     ];
                     let sp = scales.as_ptr().add(srow[r] + $v0 / STEP * step_bytes);
                     let raw = _mm512_maskz_loadu_epi8($sbytes, sp as *const i8);
