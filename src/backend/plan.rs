@@ -203,9 +203,9 @@ pub fn tensor_scale_word(w: &ExpertGemv) -> usize {
 }
 
 /// The one scale buffer the GPU kernels read: fp8's f32 scales; a 4-bit dtype's group scales'
-/// bytes, then (nvfp4) its f32 per expert from word `tensor_scale_word`, then 64 rows of
-/// zeros (cuda's mma_w4 loads its 64 rows' scales unguarded, the last expert's past its last
-/// row too: they are not stored); else empty.
+/// bytes, then (nvfp4) its f32 per expert from word `tensor_scale_word`, then a block of
+/// cuda's mma_w4 rows of zeros (it loads its block's scales unguarded, the last expert's past
+/// its last row too: they are not stored); else empty.
 pub fn expert_scale_bytes(w: &ExpertGemv, inputs: &crate::workload::TensorSet) -> Vec<u8> {
     let mut bytes: Vec<u8> = inputs
         .get("w_scale")
@@ -216,7 +216,9 @@ pub fn expert_scale_bytes(w: &ExpertGemv, inputs: &crate::workload::TensorSet) -
         bytes.extend_from_slice(&t.bytes);
     }
     if w.weight_dtype.groups().is_some() {
-        bytes.resize(bytes.len() + 64 * w.group_scale_row_bytes() as usize, 0);
+        let pad =
+            crate::backend::cuda::compile::EXPERT_W4_ROWS * w.group_scale_row_bytes() as usize;
+        bytes.resize(bytes.len() + pad, 0);
     }
     bytes
 }

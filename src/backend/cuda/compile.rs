@@ -39,6 +39,8 @@ pub const EXPERT_WG: usize = 128;
 pub const COMBINE_WG: usize = 256;
 /// Threads a block of mma_w4's `x_frag` (one 8-value vector of x each).
 pub const X_FRAG_WG: usize = 128;
+/// Rows a block of mma_w4 (4 tensor-core tiles of 16; the kernel checks its ROWS against it).
+pub const EXPERT_W4_ROWS: usize = 64;
 pub const EXPERT_ROWS: usize = 4;
 pub const EXPERT_TB: usize = 8;
 /// expert_gemv `warp_rows`: output rows per warp, and tokens per chunk (at most 4).

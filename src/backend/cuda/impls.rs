@@ -6,9 +6,9 @@
 
 use super::compile::{
     self, EXPERT_COMBINE_CU, EXPERT_CU, EXPERT_ROWS, EXPERT_ROWS_CU, EXPERT_SCALE_CUH, EXPERT_TB,
-    EXPERT_W4MMA_CU, EXPERT_WG, KV_CU, KV_MERGE_CU, KV_MERGE_SHARDS_CU, KV_MLA_MMA_CU,
-    KV_MLA_WIDE_CU, KV_MMA_CU, KV_WG, MLA_LATENT_CUH, MLA_WIDE_MAX_SMEM, MLA_WIDE_STAGES,
-    MLA_WIDE_WG, MMA_BLOCKS_PER_SM, MMA_CUH, WARP_ROWS, WARP_ROWS_TB,
+    EXPERT_W4_ROWS, EXPERT_W4MMA_CU, EXPERT_WG, KV_CU, KV_MERGE_CU, KV_MERGE_SHARDS_CU,
+    KV_MLA_MMA_CU, KV_MLA_WIDE_CU, KV_MMA_CU, KV_WG, MLA_LATENT_CUH, MLA_WIDE_MAX_SMEM,
+    MLA_WIDE_STAGES, MLA_WIDE_WG, MMA_BLOCKS_PER_SM, MMA_CUH, WARP_ROWS, WARP_ROWS_TB,
 };
 use crate::backend::plan::{
     Const, ExpertPlan, KvPlan, KvTarget, expert_constants, kv_constants, kv_plan,
@@ -152,7 +152,7 @@ impl CudaImpl {
             // 4 warps over 64 rows (4 tensor-core tiles), 8 tokens (the mma's columns).
             CudaImpl::MmaW4 => ExpertPlan {
                 wg: EXPERT_WG,
-                rows: 64,
+                rows: EXPERT_W4_ROWS,
                 tb: 8,
             },
             CudaImpl::Simple | CudaImpl::Mma | CudaImpl::MmaWide => ExpertPlan {

@@ -70,9 +70,9 @@ impl<'a> KvCtx<'a> {
 }
 
 /// Tokens per task, a whole number of `tile`s: enough tasks to keep every thread busy to the
-/// end (4 per thread; 8 ran short contexts 0.86-0.92x, each task's partials costing their
-/// own set-up and merge), each of 1 to 16 tiles (a chunk's merge costs a few vectors per
-/// head, a tile costs thousands).
+/// end (4 per thread: each task's partials cost their own set-up and merge, which short
+/// contexts feel; bench/2026-12-07-cpu-xeon-amx/gqa-short-context/), each of 1 to 16 tiles
+/// (a chunk's merge costs a few vectors per head, a tile costs thousands).
 pub(super) fn chunk_tokens(w: &KvDecode, tile: usize) -> usize {
     let tokens: usize = w.context_lens.iter().sum();
     let per_task = tokens.div_ceil(4 * rayon::current_num_threads());
