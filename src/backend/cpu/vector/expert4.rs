@@ -1,19 +1,20 @@
-//! 4-bit expert_gemv on AVX-512: every int4 code and E2M1 value is exact in bf16, and one
-//! 16-bit permute (`vpermw`, which reads the low 5 bits of each word, under a table that
-//! repeats the 16 values) turns nibble j of each of a load's 32 words into its bf16. A row's
-//! 64 code bytes (128 values) take 1 load, 3 shifts (nibble j of a word to its bottom), 4
-//! permutes, and 8 shifts or masks that make f32 of a dword's low word and of its high word;
-//! expert.rs's table decode (avx2, portable) takes 4 widening loads, 4 shifts and 8
-//! permutes, plus a scaled table per group and row.
+//! 4-bit expert_gemv on AVX-512: every int4 code and E2M1 value is exact in f32, and one
+//! `vpermps` (which reads the low 4 bits of each dword as an index into 16 f32s) turns
+//! nibble k of each of a load's 16 dwords into its value. A row's 64 code bytes (128 values)
+//! take 1 load, 7 shifts (nibble k of a dword to its bottom) and 8 permutes; the step's
+//! scales, 8 bytes broadcast to every lane, go to their lanes by one in-lane byte shuffle
+//! (`vpshufb`). (`vpermw` on bf16, with a shift or mask a vector to f32, costs 2 uops a
+//! permute on the CPUs measured: 30 a row and step against 25; expert.rs's table decode for
+//! avx2 and portable takes 4 widening loads, 4 shifts and 8 permutes, plus a scaled table per
+//! group and row.)
 //!
-//! Word w of a load holds values 4w..4w+3, so dword m's low word gives value 8m + j and its
-//! high word 8m + 4 + j: vector k, lane m is value 8m + k. So x is laid out per 128 values
-//! as eight vectors of x[8m + k] (`XLanes`), and lane m of every product is in the group of
-//! value 8m: its scale is lane m of one vector per 128 values and row, applied once per
-//! token. A register block's 4 rows lie a quarter of the 16-row block apart, so each of the
-//! 4 runs of memory is read from end to end, and each row load asks for the line the next
-//! register block will read at the same step (measured:
-//! bench/2026-12-07-cpu-xeon-amx/four-bit-avx512/, four-bit-words/).
+//! Dword m of a load holds values 8m..8m+7, so vector k, lane m is value 8m + k. So x is
+//! laid out per 128 values as eight vectors of x[8m + k] (`XLanes`), and lane m of every
+//! product is in the group of value 8m: its scale is lane m of one vector per 128 values and
+//! row, applied once per token. A register block's 4 rows lie a quarter of the 16-row block
+//! apart, so each of the 4 runs of memory is read from end to end, and each row load asks
+//! for the line the next register block will read at the same step (measured:
+//! bench/2026-12-07-cpu-xeon-amx/four-bit-avx512/, four-bit-words/, four-bit-vpermps/).
 
 use super::expert::{ExpertCtx, ROWS, Rows, register_blocks};
 use super::simd::Aligned;
@@ -56,6 +57,25 @@ impl XLanes {
 /// The CPU must have AVX512-F/BW; the dtype must be a 4-bit one, d_in a multiple of 32.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 pub(super) unsafe fn block(cx: &ExpertCtx, x: &XLanes, blk: usize) -> Vec<f32> {
+    let g = cx.w.weight_dtype.groups().expect("a 4-bit dtype");
+    // SAFETY: the caller's contract. (One instance per scale type: no branch in the loop.)
+    unsafe {
+        match g.scale {
+            ScaleCode::Bf16 => block_of::<BF16>(cx, x, blk),
+            ScaleCode::E8m0 => block_of::<E8M0>(cx, x, blk),
+            ScaleCode::E4m3 => block_of::<E4M3>(cx, x, blk),
+        }
+    }
+}
+
+/// `ScaleCode`s as const parameters.
+const BF16: u8 = 0;
+const E8M0: u8 = 1;
+const E4M3: u8 = 2;
+
+/// `block` for scales of type `S`.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn block_of<const S: u8>(cx: &ExpertCtx, x: &XLanes, blk: usize) -> Vec<f32> {
     let w = cx.w;
     let (o0, o1) = (blk * ROWS, ((blk + 1) * ROWS).min(w.d_out));
     let width = o1 - o0;
@@ -84,14 +104,14 @@ pub(super) unsafe fn block(cx: &ExpertCtx, x: &XLanes, blk: usize) -> Vec<f32> {
                 // SAFETY: the caller's contract; rows o + r x stride are inside the block.
                 unsafe {
                     match (r, group.len()) {
-                        (4, 4) => rows::<4, 4>(cx, x, &book, (at, next), group, &mut slots),
-                        (4, 3) => rows::<4, 3>(cx, x, &book, (at, next), group, &mut slots),
-                        (4, 2) => rows::<4, 2>(cx, x, &book, (at, next), group, &mut slots),
-                        (4, _) => rows::<4, 1>(cx, x, &book, (at, next), group, &mut slots),
-                        (_, 4) => rows::<1, 4>(cx, x, &book, (at, next), group, &mut slots),
-                        (_, 3) => rows::<1, 3>(cx, x, &book, (at, next), group, &mut slots),
-                        (_, 2) => rows::<1, 2>(cx, x, &book, (at, next), group, &mut slots),
-                        _ => rows::<1, 1>(cx, x, &book, (at, next), group, &mut slots),
+                        (4, 4) => rows::<4, 4, S>(cx, x, &book, (at, next), group, &mut slots),
+                        (4, 3) => rows::<4, 3, S>(cx, x, &book, (at, next), group, &mut slots),
+                        (4, 2) => rows::<4, 2, S>(cx, x, &book, (at, next), group, &mut slots),
+                        (4, _) => rows::<4, 1, S>(cx, x, &book, (at, next), group, &mut slots),
+                        (_, 4) => rows::<1, 4, S>(cx, x, &book, (at, next), group, &mut slots),
+                        (_, 3) => rows::<1, 3, S>(cx, x, &book, (at, next), group, &mut slots),
+                        (_, 2) => rows::<1, 2, S>(cx, x, &book, (at, next), group, &mut slots),
+                        _ => rows::<1, 1, S>(cx, x, &book, (at, next), group, &mut slots),
                     }
                 }
             }
@@ -103,35 +123,34 @@ pub(super) unsafe fn block(cx: &ExpertCtx, x: &XLanes, blk: usize) -> Vec<f32> {
 /// A dtype's constant vectors.
 #[derive(Clone, Copy)]
 struct Codebook {
-    /// Word c (of 32) holds code c & 15's bf16 (exact): `vpermw` reads 5 bits of an index
-    /// word, of which a step's shifts leave the nibble's in the low 4.
-    table: __m512i,
-    /// Lane m holds values 8m..8m+7 of a step: the scale of group 8m / elems of it.
-    lane_group: __m512i,
-    /// bf16 scales: the same, as words into the high half of each dword; the low half from
-    /// word 31, which the load leaves 0 (a step has at most 8 groups).
-    bf16_lanes: __m512i,
+    /// Lane c holds code c's value (exact in f32).
+    table: __m512,
+    /// `vpshufb` indices that put, in each dword m, the scale of the group of a step's value
+    /// 8m (from 8 scale bytes repeated in every 128-bit lane) into its top byte (one-byte
+    /// scales) or top two (bf16: the f32 of the bf16); the other bytes 0.
+    lanes: __m512i,
 }
 
 impl Codebook {
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
     unsafe fn new(g: Groups) -> Codebook {
-        let table: [u16; 32] =
-            std::array::from_fn(|c| (g.value(c as u8 & 15).to_bits() >> 16) as u16);
-        let lane_group: [i32; 16] = std::array::from_fn(|m| (8 * m / g.elems) as i32);
-        let bf16_lanes: [u16; 32] = std::array::from_fn(|i| {
-            if i % 2 == 1 {
-                lane_group[i / 2] as u16
-            } else {
-                31
+        let table: [f32; 16] = std::array::from_fn(|c| g.value(c as u8));
+        let b = g.scale.bytes();
+        let lanes: [u8; 64] = std::array::from_fn(|i| {
+            let (m, byte) = (i / 4, i % 4);
+            let first = (8 * m / g.elems * b) as u8;
+            match (b, byte) {
+                (2, 2) => first,
+                (2, 3) => first + 1,
+                (1, 3) => first,
+                _ => 0x80,
             }
         });
         // SAFETY: whole arrays; the caller has the features.
         unsafe {
             Codebook {
-                table: _mm512_loadu_si512(table.as_ptr() as *const _),
-                lane_group: _mm512_loadu_si512(lane_group.as_ptr() as *const _),
-                bf16_lanes: _mm512_loadu_si512(bf16_lanes.as_ptr() as *const _),
+                table: _mm512_loadu_ps(table.as_ptr()),
+                lanes: _mm512_loadu_si512(lanes.as_ptr() as *const _),
             }
         }
     }
@@ -140,7 +159,7 @@ impl Codebook {
 /// R rows of expert e against T of its slots, 128 values a step.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
-unsafe fn rows<const R: usize, const T: usize>(
+unsafe fn rows<const R: usize, const T: usize, const S: u8>(
     cx: &ExpertCtx,
     x: &XLanes,
     book: &Codebook,
@@ -175,56 +194,48 @@ unsafe fn rows<const R: usize, const T: usize>(
     // SAFETY: loads stay inside each row and its scales (masked in its last step, asserted
     // above); x holds whole steps per token; the caller has the features.
     unsafe {
-        let Codebook {
-            table,
-            lane_group,
-            bf16_lanes,
-        } = *book;
+        let Codebook { table, lanes } = *book;
         let mut acc = [[_mm512_setzero_ps(); T]; R];
+        // A whole step's scales: 8 bytes from its first, in every lane (the bytes past the
+        // step's are not selected). A masked load for the last step of a row whose d_in is not
+        // whole steps (its lanes past d_in multiply zeros by the scale, which must be finite),
+        // and where 8 bytes would pass the buffer's end.
+        let last = scales.len().saturating_sub(8);
+        macro_rules! scale_bytes {
+            ($off:expr, $sbytes:expr, $tail:expr) => {
+                if !$tail && $off <= last {
+                    _mm512_set1_epi64((scales.as_ptr().add($off) as *const i64).read_unaligned())
+                } else {
+                    let raw =
+                        _mm512_maskz_loadu_epi8($sbytes, scales.as_ptr().add($off) as *const i8);
+                    _mm512_broadcastq_epi64(_mm512_castsi512_si128(raw))
+                }
+            };
+        }
         // One step from value v0 on: `bytes` of its codes, `sbytes` of its scales.
         macro_rules! step {
-            ($v0:expr, $bytes:expr, $sbytes:expr) => {
+            ($v0:expr, $bytes:expr, $sbytes:expr, $tail:expr) => {
                 for r in 0..R {
                     let p = cx.wt.as_ptr().add((row[r] + $v0) / 2);
                     _mm_prefetch::<_MM_HINT_T1>(p.wrapping_offset(ahead) as *const i8);
                     let c = _mm512_maskz_loadu_epi8($bytes, p as *const i8);
-                    // Nibble j of every word, as bf16: word w of words[j] is value 4w + j. As
-                    // f32, a dword's low word is lane m's value 8m + j, its high word 8m + 4 + j.
-                    let words = [
-                        _mm512_permutexvar_epi16(c, table),
-                        _mm512_permutexvar_epi16(_mm512_srli_epi16::<4>(c), table),
-                        _mm512_permutexvar_epi16(_mm512_srli_epi16::<8>(c), table),
-                        _mm512_permutexvar_epi16(_mm512_srli_epi16::<12>(c), table),
-                    ];
-                    let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
-                    // (Macros: closures in a target_feature function are not inlined.)
-                    macro_rules! lo {
-                        ($v:expr) => {
-                            _mm512_castsi512_ps(_mm512_slli_epi32::<16>($v))
-                        };
-                    }
-                    macro_rules! hi {
-                        ($v:expr) => {
-                            _mm512_castsi512_ps(_mm512_and_si512($v, high))
-                        };
-                    }
+                    // Vector k, lane m: value 8m + k (nibble k of dword m).
                     let wv = [
-                        lo!(words[0]),
-                        lo!(words[1]),
-                        lo!(words[2]),
-                        lo!(words[3]),
-                        hi!(words[0]),
-                        hi!(words[1]),
-                        hi!(words[2]),
-                        hi!(words[3]),
+                        _mm512_permutexvar_ps(c, table),
+                        _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(c), table),
+                        _mm512_permutexvar_ps(_mm512_srli_epi32::<8>(c), table),
+                        _mm512_permutexvar_ps(_mm512_srli_epi32::<12>(c), table),
+                        _mm512_permutexvar_ps(_mm512_srli_epi32::<16>(c), table),
+                        _mm512_permutexvar_ps(_mm512_srli_epi32::<20>(c), table),
+                        _mm512_permutexvar_ps(_mm512_srli_epi32::<24>(c), table),
+                        _mm512_permutexvar_ps(_mm512_srli_epi32::<28>(c), table),
                     ];
-                    let sp = scales.as_ptr().add(srow[r] + $v0 / STEP * step_bytes);
-                    let raw = _mm512_maskz_loadu_epi8($sbytes, sp as *const i8);
-                    let s = match g.scale {
-                        ScaleCode::Bf16 => {
-                            _mm512_castsi512_ps(_mm512_permutexvar_epi16(bf16_lanes, raw))
-                        }
-                        code => _mm512_permutexvar_ps(lane_group, step_scales(code, raw)),
+                    let off = srow[r] + $v0 / STEP * step_bytes;
+                    let placed = _mm512_shuffle_epi8(scale_bytes!(off, $sbytes, $tail), lanes);
+                    let s = match S {
+                        BF16 => _mm512_castsi512_ps(placed),
+                        E8M0 => top_byte_scales(ScaleCode::E8m0, placed),
+                        _ => top_byte_scales(ScaleCode::E4m3, placed),
                     };
                     for t in 0..T {
                         let xv = xs[t].add($v0);
@@ -241,12 +252,12 @@ unsafe fn rows<const R: usize, const T: usize>(
         let whole = di / STEP * STEP;
         let full_scales: __mmask64 = (1 << step_bytes) - 1;
         for v0 in (0..whole).step_by(STEP) {
-            step!(v0, !0, full_scales);
+            step!(v0, !0, full_scales, false);
         }
         if whole < di {
             let n = di - whole;
             let sbytes = n / g.elems * g.scale.bytes();
-            step!(whole, (1 << (n / 2)) - 1, (1 << sbytes) - 1);
+            step!(whole, (1 << (n / 2)) - 1, (1 << sbytes) - 1, true);
         }
         for r in 0..R {
             let row_scale = cx.scales.map_or(1.0, |s| s[w.scale_index(at.e, out[r], 0)]);
@@ -258,25 +269,30 @@ unsafe fn rows<const R: usize, const T: usize>(
     }
 }
 
-/// The f32 scales of a step's groups, E8M0 or E4M3 bytes in `raw` (lanes past them are 0),
-/// in lanes 0.. .
+/// The f32 of the E8M0 or E4M3 code in each dword's top byte (the other bytes 0).
 #[inline(always)]
-unsafe fn step_scales(code: ScaleCode, raw: __m512i) -> __m512 {
+unsafe fn top_byte_scales(code: ScaleCode, v: __m512i) -> __m512 {
     // SAFETY: the caller has the features.
     unsafe {
         match code {
-            // 2^(s - 127): s in the exponent; 0 is 2^-127 (a subnormal), 0xFF NaN.
-            ScaleCode::E8m0 => {
-                let s = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(raw));
-                let bits = _mm512_slli_epi32::<23>(s);
-                let zero = _mm512_cmpeq_epi32_mask(s, _mm512_setzero_si512());
-                let nan = _mm512_cmpeq_epi32_mask(s, _mm512_set1_epi32(0xFF));
-                let bits = _mm512_mask_mov_epi32(bits, zero, _mm512_set1_epi32(1 << 22));
-                let bits = _mm512_mask_mov_epi32(bits, nan, _mm512_set1_epi32(0x7FC0_0000));
-                _mm512_castsi512_ps(bits)
+            // 2^(s - 127): s in the exponent; 0 is 2^-127 (a subnormal), 0xFF NaN. The
+            // fixup keeps 2^-127 (its first operand) for a zero, makes +inf a NaN and passes
+            // the rest.
+            ScaleCode::E8m0 => _mm512_fixupimm_ps::<0>(
+                _mm512_castsi512_ps(_mm512_set1_epi32(1 << 22)),
+                _mm512_castsi512_ps(_mm512_srli_epi32::<1>(v)),
+                _mm512_set1_epi32(0x1131_1011),
+            ),
+            // Sign to bit 31 (arithmetic shift), exponent and mantissa to f32's 20..26: the
+            // value times 2^-120, subnormals too; one multiply makes it exact.
+            ScaleCode::E4m3 => {
+                let bits = _mm512_and_si512(
+                    _mm512_srai_epi32::<4>(v),
+                    _mm512_set1_epi32(0x87F0_0000u32 as i32),
+                );
+                _mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(2f32.powi(120)))
             }
-            ScaleCode::E4m3 => super::simd::fp8_e4m3_16(_mm512_castsi512_si128(raw)),
-            ScaleCode::Bf16 => unreachable!("bf16 scales are placed by one permute"),
+            ScaleCode::Bf16 => unreachable!("a bf16 in a dword's top half is its f32"),
         }
     }
 }
@@ -298,10 +314,11 @@ mod tests {
         #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
         unsafe fn decode16(code: ScaleCode, bytes: &[u8; 16]) -> [f32; 16] {
             let mut out = [0f32; 16];
-            // SAFETY: 16 bytes in, 16 f32 out; the caller checked the features.
+            let dwords: [u32; 16] = std::array::from_fn(|i| u32::from(bytes[i]) << 24);
+            // SAFETY: 16 dwords in, 16 f32 out; the caller checked the features.
             unsafe {
-                let raw = _mm512_castsi128_si512(_mm_loadu_si128(bytes.as_ptr() as *const _));
-                _mm512_storeu_ps(out.as_mut_ptr(), step_scales(code, raw));
+                let v = _mm512_loadu_si512(dwords.as_ptr() as *const _);
+                _mm512_storeu_ps(out.as_mut_ptr(), top_byte_scales(code, v));
             }
             out
         }

@@ -254,7 +254,7 @@ impl std::ops::DerefMut for Aligned {
 const FP8_AS_F16_SCALE: f32 = 256.0;
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{Avx2, Avx512, fp8_e4m3_16};
+pub(crate) use x86::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -285,7 +285,7 @@ mod x86 {
     /// f16 with fp8's exponent and mantissa in place and its sign on top (bit 14, the sign's
     /// copy, cleared), converted in hardware and scaled.
     #[inline(always)]
-    pub(crate) unsafe fn fp8_e4m3_16(codes: __m128i) -> __m512 {
+    unsafe fn fp8_e4m3_16(codes: __m128i) -> __m512 {
         unsafe { _mm512_mul_ps(fp8_over_256(codes), _mm512_set1_ps(FP8_AS_F16_SCALE)) }
     }
 
