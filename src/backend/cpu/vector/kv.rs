@@ -1,11 +1,16 @@
 //! kv_decode on the vector paths. A task is one chunk of one sequence, every KV head of it,
-//! so a thread reads each cache page whole (a token's heads are contiguous) and the
-//! hardware prefetcher streams it. Within a chunk, 16-token tiles, and per KV head:
-//! - its K and V rows decoded once into L1 tiles of f32, padded to whole vectors with zeros;
+//! so a thread reads each cache page whole (a token's heads are contiguous). Within a chunk,
+//! 64-token tiles; per KV head:
+//! - its K and V rows read where they lie (GQA, f32 or bf16), or decoded once into L1 tiles
+//!   of f32 padded to whole vectors (fp8, MLA, odd dims);
 //! - the group's scores, a head at a time, as 16 running dot products (one per token) folded
 //!   by one shuffle tree into a vector of 16 scores;
 //! - the softmax over that vector with a vector exp;
 //! - PV in register blocks of 4 heads x 2-4 vectors of value dims.
+//!
+//! Rows read where they lie are taken 16 tokens at a time across every KV head, so each
+//! token's row is read in address order and the hardware prefetcher, which works within a
+//! page, sees it whole (bench/2026-12-07-cpu-xeon-amx/gqa-heads-inner/).
 //!
 //! Partials come out per (sequence, KV head, chunk) and merge as simple's do.
 
@@ -17,6 +22,9 @@ use crate::workload::{DType, KvDecode, Math};
 /// accumulators when its max moves) spread over 64 tokens; MLA's many heads need it most
 /// (bench/2026-12-06-cpu-xeon has 16, 32 and 64 side by side).
 const TILE: usize = 64;
+
+/// Tokens the fused path takes across every head at a time (a divisor of TILE).
+const SUB: usize = 16;
 
 /// What every task of one step reads.
 pub(super) struct KvCtx<'a> {
@@ -159,7 +167,8 @@ pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, (b, c): (usize, usize)) -> Vec<Pa
     } else {
         TILE * dvp
     });
-    let mut s = Aligned::zeroed(gs * TILE);
+    // Scores of every head of the tile (the fused path computes all heads' before the softmax).
+    let mut s = Aligned::zeroed(hkv * gs * TILE);
     let mut groups: Vec<Group> = (0..hkv)
         .map(|_| Group {
             m: vec![f32::NEG_INFINITY; gs],
@@ -167,64 +176,73 @@ pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, (b, c): (usize, usize)) -> Vec<Pa
             acc: Aligned::zeroed(gs * dvp),
         })
         .collect();
+    let q_of = |g: usize| &cx.q[(b * w.q_heads + g * gs) * dkp..][..gs * dkp];
+    let mut rows: Vec<(Rows, Rows)> = Vec::with_capacity(if fused { hkv } else { 0 });
     let end = ((c + 1) * cx.chunk).min(w.context_lens[b]);
     for t0 in (c * cx.chunk..end).step_by(TILE) {
         let n = TILE.min(end - t0);
-        for (g, st) in groups.iter_mut().enumerate() {
-            // Row t of the tile, for t < TILE: rows past n repeat the last one (their
-            // scores are masked, their P is never read).
-            let row = |t: usize, dim: usize| w.cache_offset(cx.table, b, t0 + t.min(n - 1), g, dim);
-            let (k_rows, v_rows) = if fused {
-                let v = cx.v.unwrap_or(cx.k);
-                let k_rows = Rows::of(cx.k, dt, |t| row(t, dk), dk);
-                (k_rows, Rows::of(v, dt, |t| row(t, dv), dv))
-            } else {
-                for i in 0..n {
-                    // SAFETY: the caller's contract (features, dtype); decode_row asserts
-                    // the row is inside its tensor.
-                    unsafe {
-                        decode_row::<S>(dt, cx.k, row(i, dk), &mut kt[i * dkp..i * dkp + dk])
-                    };
-                    if let Some(v) = cx.v {
-                        unsafe {
-                            decode_row::<S>(dt, v, row(i, dv), &mut vt[i * dvp..i * dvp + dv])
-                        };
-                    }
+        // Row t of head g's tile, for t < TILE: rows past n repeat the last one (their
+        // scores are masked, their P is never read).
+        let row =
+            |g: usize, t: usize, dim: usize| w.cache_offset(cx.table, b, t0 + t.min(n - 1), g, dim);
+        if fused {
+            let v = cx.v.unwrap_or(cx.k);
+            rows.clear();
+            rows.extend((0..hkv).map(|g| {
+                let k_rows = Rows::of(cx.k, dt, |t| row(g, t, dk), dk);
+                (k_rows, Rows::of(v, dt, |t| row(g, t, dv), dv))
+            }));
+            // SUB tokens at a time, every head of them before the next SUB: a token's rows
+            // (its heads side by side) are read in address order, not a head's 512-byte piece
+            // of each token's row in turn.
+            for i0 in (0..TILE).step_by(SUB) {
+                for (g, (k_rows, _)) in rows.iter().enumerate() {
+                    let s_g = &mut s[g * gs * TILE..(g + 1) * gs * TILE];
+                    // SAFETY: as below.
+                    unsafe { scores::<S>(q_of(g), k_rows, (gs, dkp), i0..i0 + SUB, s_g) };
                 }
-                let k_rows = Rows::tile(&kt, dkp, n);
-                // MLA: V is the latent's first dv values of each row.
-                let v_rows = if cx.v.is_some() {
-                    Rows::tile(&vt, dvp, n)
-                } else {
-                    k_rows
-                };
-                (k_rows, v_rows)
+            }
+            for (g, st) in groups.iter_mut().enumerate() {
+                // SAFETY: as below.
+                unsafe { softmax_heads::<S>(w, &mut s[g * gs * TILE..(g + 1) * gs * TILE], n, st) };
+            }
+            for i0 in (0..n).step_by(SUB) {
+                for (g, st) in groups.iter_mut().enumerate() {
+                    let s_g = &s[g * gs * TILE..(g + 1) * gs * TILE];
+                    let tokens = i0..(i0 + SUB).min(n);
+                    // SAFETY: as below.
+                    unsafe { pv::<S>(s_g, &rows[g].1, (gs, dvp), tokens, &mut st.acc) };
+                }
+            }
+            continue;
+        }
+        for (g, st) in groups.iter_mut().enumerate() {
+            for i in 0..n {
+                // SAFETY: the caller's contract (features, dtype); decode_row asserts
+                // the row is inside its tensor.
+                unsafe { decode_row::<S>(dt, cx.k, row(g, i, dk), &mut kt[i * dkp..i * dkp + dk]) };
+                if let Some(v) = cx.v {
+                    unsafe {
+                        decode_row::<S>(dt, v, row(g, i, dv), &mut vt[i * dvp..i * dvp + dv])
+                    };
+                }
+            }
+            let k_rows = Rows::tile(&kt, dkp, n);
+            // MLA: V is the latent's first dv values of each row.
+            let v_rows = if cx.v.is_some() {
+                Rows::tile(&vt, dvp, n)
+            } else {
+                k_rows
             };
-            let q = &cx.q[(b * w.q_heads + g * gs) * dkp..][..gs * dkp];
+            let s_g = &mut s[..gs * TILE];
             // SAFETY: buffers are sized for gs heads and TILE tokens; rows hold dkp (dvp)
             // values where the kernel reads them (whole vectors: the fused rows' dims are
             // multiples of LANES, the tiles are padded).
-            unsafe { scores::<S>(q, &k_rows, gs, dkp, &mut s) };
-            for j in 0..gs {
-                // SAFETY: the row is TILE values.
-                let (m_new, sum) =
-                    unsafe { softmax_tile::<S>(&mut s[j * TILE..(j + 1) * TILE], n, st.m[j]) };
-                let corr = (st.m[j] - m_new).exp();
-                // P's row sum takes it unrounded; PV takes it as math says.
-                st.l[j] = st.l[j] * corr + sum;
-                if w.math != Math::F32 {
-                    for p in &mut s[j * TILE..j * TILE + n] {
-                        *p = w.math.operand(*p);
-                    }
-                }
-                if corr != 1.0 {
-                    // SAFETY: the head's accumulator is dvp values, whole vectors.
-                    unsafe { scale_row::<S>(&mut st.acc[j * dvp..(j + 1) * dvp], corr) };
-                }
-                st.m[j] = m_new;
+            unsafe {
+                scores::<S>(q_of(g), &k_rows, (gs, dkp), 0..TILE, s_g);
+                softmax_heads::<S>(w, s_g, n, st);
+                pv::<S>(s_g, &v_rows, (gs, dvp), 0..n, &mut st.acc);
             }
-            // SAFETY: as above.
-            unsafe { pv::<S>(&s, &v_rows, (gs, n, dvp), &mut st.acc) };
         }
     }
     groups
@@ -241,6 +259,31 @@ pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, (b, c): (usize, usize)) -> Vec<Pa
                 .collect(),
         })
         .collect()
+}
+
+/// A group's tile of scores (gs rows of TILE, n valid) into P, its running max and sum
+/// updated and its accumulators rescaled where the max moved.
+#[inline(always)]
+unsafe fn softmax_heads<S: Simd>(w: &KvDecode, s: &mut [f32], n: usize, st: &mut Group) {
+    let dvp = st.acc.len() / st.m.len();
+    for j in 0..st.m.len() {
+        // SAFETY: the row is TILE values.
+        let (m_new, sum) =
+            unsafe { softmax_tile::<S>(&mut s[j * TILE..(j + 1) * TILE], n, st.m[j]) };
+        let corr = (st.m[j] - m_new).exp();
+        // P's row sum takes it unrounded; PV takes it as math says.
+        st.l[j] = st.l[j] * corr + sum;
+        if w.math != Math::F32 {
+            for p in &mut s[j * TILE..j * TILE + n] {
+                *p = w.math.operand(*p);
+            }
+        }
+        if corr != 1.0 {
+            // SAFETY: the head's accumulator is dvp values, whole vectors.
+            unsafe { scale_row::<S>(&mut st.acc[j * dvp..(j + 1) * dvp], corr) };
+        }
+        st.m[j] = m_new;
+    }
 }
 
 /// One head's tile of scores (n of TILE valid) against its running max `m`: the new max,
@@ -284,7 +327,13 @@ unsafe fn scale_row<S: Simd>(row: &mut [f32], c: f32) {
 /// block's LANES running dots into LANES scores at once.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
-unsafe fn scores<S: Simd>(q: &[f32], k: &Rows, gs: usize, dkp: usize, s: &mut [f32]) {
+unsafe fn scores<S: Simd>(
+    q: &[f32],
+    k: &Rows,
+    (gs, dkp): (usize, usize),
+    tokens: std::ops::Range<usize>,
+    s: &mut [f32],
+) {
     const H: usize = 4;
     let t_block = S::LANES / H;
     let qp = q.as_ptr();
@@ -292,7 +341,7 @@ unsafe fn scores<S: Simd>(q: &[f32], k: &Rows, gs: usize, dkp: usize, s: &mut [f
     for j0 in (0..gs).step_by(H) {
         // A group not a multiple of 4 repeats its last head; the repeats are not stored.
         let head = |h: usize| (j0 + h).min(gs - 1);
-        for i0 in (0..TILE).step_by(t_block) {
+        for i0 in tokens.clone().step_by(t_block) {
             // SAFETY: heads < gs and tokens < TILE index rows inside q and k.
             unsafe {
                 let mut acc = [S::splat(0.0); 16];
@@ -320,7 +369,13 @@ unsafe fn scores<S: Simd>(q: &[f32], k: &Rows, gs: usize, dkp: usize, s: &mut [f
 
 /// acc_j += sum over the tile's n tokens of p[j][i] * v_i, for every head j of the group.
 #[inline(always)]
-unsafe fn pv<S: Simd>(p: &[f32], v: &Rows, (gs, n, dvp): (usize, usize, usize), acc: &mut [f32]) {
+unsafe fn pv<S: Simd>(
+    p: &[f32],
+    v: &Rows,
+    (gs, dvp): (usize, usize),
+    tokens: std::ops::Range<usize>,
+    acc: &mut [f32],
+) {
     let (p, acc) = (p.as_ptr(), acc.as_mut_ptr());
     let wide = if S::LANES == 16 { 4 } else { 2 };
     // SAFETY: every block stays inside heads j..j+H, dims d..d+C*LANES <= dvp and n tokens.
@@ -333,12 +388,12 @@ unsafe fn pv<S: Simd>(p: &[f32], v: &Rows, (gs, n, dvp): (usize, usize, usize), 
                 let c = if d + wide * S::LANES <= dvp { wide } else { 1 };
                 let at = (j, d);
                 match (h, c) {
-                    (4, 4) => pv_block::<S, 4, 4>(p, v, n, dvp, at, acc),
-                    (4, 2) => pv_block::<S, 4, 2>(p, v, n, dvp, at, acc),
-                    (4, _) => pv_block::<S, 4, 1>(p, v, n, dvp, at, acc),
-                    (_, 4) => pv_block::<S, 1, 4>(p, v, n, dvp, at, acc),
-                    (_, 2) => pv_block::<S, 1, 2>(p, v, n, dvp, at, acc),
-                    _ => pv_block::<S, 1, 1>(p, v, n, dvp, at, acc),
+                    (4, 4) => pv_block::<S, 4, 4>(p, v, tokens.clone(), dvp, at, acc),
+                    (4, 2) => pv_block::<S, 4, 2>(p, v, tokens.clone(), dvp, at, acc),
+                    (4, _) => pv_block::<S, 4, 1>(p, v, tokens.clone(), dvp, at, acc),
+                    (_, 4) => pv_block::<S, 1, 4>(p, v, tokens.clone(), dvp, at, acc),
+                    (_, 2) => pv_block::<S, 1, 2>(p, v, tokens.clone(), dvp, at, acc),
+                    _ => pv_block::<S, 1, 1>(p, v, tokens.clone(), dvp, at, acc),
                 }
                 d += c * S::LANES;
             }
@@ -352,7 +407,7 @@ unsafe fn pv<S: Simd>(p: &[f32], v: &Rows, (gs, n, dvp): (usize, usize, usize), 
 unsafe fn pv_block<S: Simd, const H: usize, const C: usize>(
     p: *const f32,
     vr: &Rows,
-    n: usize,
+    tokens: std::ops::Range<usize>,
     dvp: usize,
     (j, d): (usize, usize),
     acc: *mut f32,
@@ -367,7 +422,7 @@ unsafe fn pv_block<S: Simd, const H: usize, const C: usize>(
                 a[h][c] = S::load(acc.add(at(h, c)));
             }
         }
-        for i in 0..n {
+        for i in tokens {
             let mut v = [S::splat(0.0); C];
             for c in 0..C {
                 v[c] = vr.load::<S>(i, d + c * S::LANES);
