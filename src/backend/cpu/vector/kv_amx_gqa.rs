@@ -235,26 +235,38 @@ pub(super) unsafe fn task(
             }
         }
         // Every head's staged operands first, then each head's products: measured faster
-        // than staging a head just before its products (the bench folder above).
-        for g in 0..hkv {
-            let v_rows = rows(cx.v, &slots, g, dv * esize);
-            let vv = &mut as_u16(vv)[g * v_len..];
-            // SAFETY: every row pointer holds dk (dv) values (`rows` asserts it); the buffers
-            // hold hkv tiles' worth (kst where K is staged); the caller's contract.
-            unsafe {
-                if !direct {
-                    let k_rows = rows(cx.k, &slots, g, dk * esize);
-                    let kst = &mut as_u16(kst)[g * k_len..];
-                    if fp8 {
-                        stage_k::<true>(&k_rows, n, dk, kst);
-                    } else {
-                        stage_k::<false>(&k_rows, n, dk, kst);
+        // than staging a head just before its products (the bench folder above). Staged 16
+        // tokens at a time across every head, so each token's row is read in address order
+        // (gqa-heads-inner/).
+        let v_rows: Vec<_> = (0..hkv)
+            .map(|g| rows(cx.v, &slots, g, dv * esize))
+            .collect();
+        let k_rows: Vec<_> = if direct {
+            Vec::new()
+        } else {
+            (0..hkv)
+                .map(|g| rows(cx.k, &slots, g, dk * esize))
+                .collect()
+        };
+        for t16 in (0..n.next_multiple_of(32)).step_by(16) {
+            for g in 0..hkv {
+                let vv = &mut as_u16(vv)[g * v_len..];
+                // SAFETY: every row pointer holds dk (dv) values (`rows` asserts it); the
+                // buffers hold hkv tiles' worth (kst where K is staged); the caller's contract.
+                unsafe {
+                    if !direct && t16 < n.next_multiple_of(16) {
+                        let kst = &mut as_u16(kst)[g * k_len..];
+                        if fp8 {
+                            stage_k::<true>(&k_rows[g], t16, dk, kst);
+                        } else {
+                            stage_k::<false>(&k_rows[g], t16, dk, kst);
+                        }
                     }
-                }
-                if fp8 {
-                    stage_v::<true>(&v_rows, n, dv, vv);
-                } else {
-                    stage_v::<false>(&v_rows, n, dv, vv);
+                    if fp8 {
+                        stage_v::<true>(&v_rows[g], t16, dv, vv);
+                    } else {
+                        stage_v::<false>(&v_rows[g], t16, dv, vv);
+                    }
                 }
             }
         }
@@ -342,13 +354,13 @@ fn permuted(d: usize) -> usize {
     d - r + (r % 8) / 4 * 16 + r / 8 * 4 + r % 4
 }
 
-/// kst[t][dk] = the tile's K rows as bf16, for the 16-token blocks holding its n tokens.
+/// kst[t][dk] = the tile's K rows as bf16, for the 16 tokens from t16.
 #[inline(always)]
-unsafe fn stage_k<const FP8: bool>(k: &[*const u8; TILE], n: usize, dk: usize, kst: &mut [u16]) {
+unsafe fn stage_k<const FP8: bool>(k: &[*const u8; TILE], t16: usize, dk: usize, kst: &mut [u16]) {
     let step = if FP8 { 32 } else { 64 };
     // SAFETY: rows hold dk values; kst holds TILE rows of dk.
     unsafe {
-        for (t, row) in k.iter().enumerate().take(n.next_multiple_of(16)) {
+        for (t, row) in k.iter().enumerate().skip(t16).take(16) {
             for s in 0..dk / 32 {
                 let dst = kst.as_mut_ptr().add(t * dk + s * 32) as *mut __m512i;
                 _mm512_storeu_si512(dst, load32::<FP8>(row.add(s * step)));
@@ -358,17 +370,17 @@ unsafe fn stage_k<const FP8: bool>(k: &[*const u8; TILE], n: usize, dk: usize, k
 }
 
 /// vv[kt][16-dim block][16 token pairs][16 dims][2]: V as the B operand of P . V, for the
-/// 32-token steps holding the n tokens. `vpunpcklwd` pairs dims 0-3 of each 128-bit lane,
+/// 16 tokens from t16 (the tile's 32-token steps are staged 16 tokens at a time). `vpunpcklwd` pairs dims 0-3 of each 128-bit lane,
 /// `vpunpckhwd` dims 4-7: a 32-dim block's first tile takes dims 0-3, 8-11, 16-19, 24-27
 /// and its second the rest (`permuted`).
 #[inline(always)]
-unsafe fn stage_v<const FP8: bool>(v: &[*const u8; TILE], n: usize, dv: usize, vv: &mut [u16]) {
+unsafe fn stage_v<const FP8: bool>(v: &[*const u8; TILE], t16: usize, dv: usize, vv: &mut [u16]) {
     let step = if FP8 { 32 } else { 64 };
     let blocks = dv / 16;
     // SAFETY: rows hold dv values; vv holds 2 x blocks tiles of 512.
     unsafe {
         let base = vv.as_mut_ptr();
-        for r in 0..n.next_multiple_of(32) / 2 {
+        for r in t16 / 2..t16 / 2 + 8 {
             let (kt, rr) = (r / 16, r % 16);
             let dst = |blk: usize| base.add(((kt * blocks + blk) * 16 + rr) * 32);
             for c in 0..dv / 32 {
