@@ -283,15 +283,7 @@ unsafe fn top_byte_scales(code: ScaleCode, v: __m512i) -> __m512 {
                 _mm512_castsi512_ps(_mm512_srli_epi32::<1>(v)),
                 _mm512_set1_epi32(0x1131_1011),
             ),
-            // Sign to bit 31 (arithmetic shift), exponent and mantissa to f32's 20..26: the
-            // value times 2^-120, subnormals too; one multiply makes it exact.
-            ScaleCode::E4m3 => {
-                let bits = _mm512_and_si512(
-                    _mm512_srai_epi32::<4>(v),
-                    _mm512_set1_epi32(0x87F0_0000u32 as i32),
-                );
-                _mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(2f32.powi(120)))
-            }
+            ScaleCode::E4m3 => super::simd::fp8_e4m3_top_bytes(v),
             ScaleCode::Bf16 => unreachable!("a bf16 in a dword's top half is its f32"),
         }
     }
