@@ -255,6 +255,13 @@ mod cases {
             &experts(32, 4, 9, 256, 8, DType::Bf16, Routing::Zipf(2.0)),
             no_edit,
         );
+        // bf16 read 32 values a step: 120 is three whole steps and 24 values, padded to a
+        // vector that ends on a 32-value boundary (x is laid out by steps only below 96).
+        run_point(
+            b,
+            &experts(5, 2, 3, 120, 9, DType::Bf16, Routing::Uniform),
+            no_edit,
+        );
     }
 
     /// math: bf16, judged against the same-rounding reference, at awkward shapes.

@@ -128,6 +128,7 @@ unsafe fn rows<S: Simd, const R: usize, const T: usize>(
     let xs: [*const f32; T] = std::array::from_fn(|t| cx.x[group[t] / k * cx.dip..].as_ptr());
     let block_scaled = cx.scales.is_some() && w.weight_scale == WeightScale::Block128;
     let lazy = S::lazy_scale(dt);
+    let pairs = bf16_pairs(w);
     let seg = if block_scaled { SCALE_BLOCK } else { di };
     let base = cx.wt.as_ptr();
     assert!(
@@ -144,6 +145,24 @@ unsafe fn rows<S: Simd, const R: usize, const T: usize>(
             let whole = s0 + (s1 - s0) / S::LANES * S::LANES;
             let mut acc = [[S::splat(0.0); T]; R];
             let mut i = s0;
+            if pairs {
+                // bf16, 32 values a step, even positions then odd (x laid out to match).
+                while i + 32 <= s1 {
+                    let mut wv = [[S::splat(0.0); 4]; R];
+                    for r in 0..R {
+                        S::bf16_32(base.add((row_start[r] + i) * size), &mut wv[r]);
+                    }
+                    for v in 0..32 / S::LANES {
+                        for t in 0..T {
+                            let xv = S::load(xs[t].add(i + v * S::LANES));
+                            for r in 0..R {
+                                acc[r][t] = S::fma(wv[r][v], xv, acc[r][t]);
+                            }
+                        }
+                    }
+                    i += 32;
+                }
+            }
             while i < whole {
                 // Loops, not array::from_fn: a closure would not inline the intrinsics.
                 let mut wv = [S::splat(0.0); R];
@@ -200,8 +219,15 @@ unsafe fn rows<S: Simd, const R: usize, const T: usize>(
     }
 }
 
-/// x laid out for the 4-bit kernels: each 32 values as the 16 at even positions, then the 16
-/// at odd (the order `Simd::nibbles32` decodes a chunk's codes in).
+/// Whether bf16 weights are read 32 values a step (`Simd::bf16_32`), x laid out by
+/// `four_bit_x`: one load and two instructions for 32 values where widening takes two and four.
+pub(super) fn bf16_pairs(w: &ExpertGemv) -> bool {
+    w.weight_dtype == crate::workload::DType::Bf16 && w.weight_scale != WeightScale::Block128
+}
+
+/// x laid out for the 4-bit kernels (and bf16's `bf16_pairs`): each 32 values as the 16 at
+/// even positions, then the 16 at odd (the order `Simd::nibbles32` decodes a chunk's codes
+/// in). Whole 32-value chunks only: a row's last values past them stay in order.
 pub(super) fn four_bit_x(x: &mut [f32]) {
     for chunk in x.chunks_exact_mut(32) {
         let natural: [f32; 32] = chunk.try_into().expect("32 values");

@@ -223,8 +223,10 @@ pub(super) fn expert_gemv(isa: Isa, w: &ExpertGemv, inputs: &TensorSet, outputs:
     let avx512 = cfg!(target_arch = "x86_64") && matches!(isa, Isa::Amx | Isa::Avx512);
     #[cfg(target_arch = "x86_64")]
     let lanes4 = (four_bit && avx512).then(|| expert4::XLanes::new(&x, dip, w.d_in));
-    if four_bit && !avx512 {
-        x.chunks_exact_mut(dip).for_each(expert::four_bit_x);
+    if (four_bit && !avx512) || expert::bf16_pairs(w) {
+        let whole = w.d_in / 32 * 32;
+        x.chunks_exact_mut(dip)
+            .for_each(|row| expert::four_bit_x(&mut row[..whole]));
     }
     let scales = w.dot_scales(inputs);
     let rw = inputs.expect("topk_weights").view::<f32>();

@@ -152,6 +152,25 @@ pub(crate) trait Simd: Copy {
     /// 0..8 and `sb` for bytes 8..16 where `scales` are given (a table already scaled gets
     /// None). Written as the values at even positions, then those at odd (x is laid out to
     /// match), `32 / LANES` vectors into `out`.
+    /// 32 bf16 values at `p` as f32, written as the values at even positions, then those at
+    /// odd (as `nibbles32`; x is laid out to match), `32 / LANES` vectors into `out`.
+    #[inline(always)]
+    unsafe fn bf16_32(p: *const u8, out: &mut [Self::V; 4]) {
+        let mut buf = Line32([0.0; 32]);
+        for i in 0..16 {
+            // SAFETY: the caller passes 64 readable bytes.
+            let (a, b) = unsafe { (p.add(4 * i).cast::<u16>(), p.add(4 * i + 2).cast::<u16>()) };
+            // SAFETY: as above (unaligned reads).
+            let (a, b) = unsafe { (a.read_unaligned(), b.read_unaligned()) };
+            buf.0[i] = f32::from_bits(u32::from(a) << 16);
+            buf.0[16 + i] = f32::from_bits(u32::from(b) << 16);
+        }
+        for (v, o) in out.iter_mut().take(32 / Self::LANES).enumerate() {
+            // SAFETY: inside `buf`.
+            *o = unsafe { Self::load(buf.0.as_ptr().add(v * Self::LANES)) };
+        }
+    }
+
     #[inline(always)]
     unsafe fn nibbles32(
         p: *const u8,
@@ -407,6 +426,18 @@ mod x86 {
                 }
             }
         }
+        /// One load: a dword's low word (an even value) by a shift, its high word by a mask.
+        #[inline(always)]
+        unsafe fn bf16_32(p: *const u8, out: &mut [__m512; 4]) {
+            unsafe {
+                let v = _mm512_loadu_si512(p as *const __m512i);
+                out[0] = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+                out[1] = _mm512_castsi512_ps(_mm512_and_si512(
+                    v,
+                    _mm512_set1_epi32(0xFFFF_0000u32 as i32),
+                ));
+            }
+        }
     }
 
     impl Simd for Avx2 {
@@ -512,6 +543,18 @@ mod x86 {
                         let h = _mm256_cvtph_ps(bits);
                         _mm256_mul_ps(h, _mm256_set1_ps(FP8_AS_F16_SCALE))
                     }
+                }
+            }
+        }
+        /// Two loads of 16 values: each dword's low word (even) by a shift, high word by a mask.
+        #[inline(always)]
+        unsafe fn bf16_32(p: *const u8, out: &mut [__m256; 4]) {
+            unsafe {
+                let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+                for half in 0..2 {
+                    let v = _mm256_loadu_si256(p.add(32 * half) as *const __m256i);
+                    out[half] = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v));
+                    out[2 + half] = _mm256_castsi256_ps(_mm256_and_si256(v, high));
                 }
             }
         }
