@@ -73,6 +73,14 @@ const BF16: u8 = 0;
 const E8M0: u8 = 1;
 const E4M3: u8 = 2;
 
+const fn scale_code(s: u8) -> ScaleCode {
+    match s {
+        BF16 => ScaleCode::Bf16,
+        E8M0 => ScaleCode::E8m0,
+        _ => ScaleCode::E4m3,
+    }
+}
+
 /// `block` for scales of type `S`.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 unsafe fn block_of<const S: u8>(cx: &ExpertCtx, x: &XLanes, blk: usize) -> Vec<f32> {
@@ -232,11 +240,7 @@ unsafe fn rows<const R: usize, const T: usize, const S: u8>(
                     ];
                     let off = srow[r] + $v0 / STEP * step_bytes;
                     let placed = _mm512_shuffle_epi8(scale_bytes!(off, $sbytes, $tail), lanes);
-                    let s = match S {
-                        BF16 => _mm512_castsi512_ps(placed),
-                        E8M0 => top_byte_scales(ScaleCode::E8m0, placed),
-                        _ => top_byte_scales(ScaleCode::E4m3, placed),
-                    };
+                    let s = top_byte_scales(scale_code(S), placed);
                     for t in 0..T {
                         let xv = xs[t].add($v0);
                         // One chain of 8 (the R x T chains and the next steps' overlap).
@@ -269,7 +273,8 @@ unsafe fn rows<const R: usize, const T: usize, const S: u8>(
     }
 }
 
-/// The f32 of the E8M0 or E4M3 code in each dword's top byte (the other bytes 0).
+/// The f32 of the scale in each dword's top byte (E8M0, E4M3) or top two (bf16), the other
+/// bytes 0.
 #[inline(always)]
 unsafe fn top_byte_scales(code: ScaleCode, v: __m512i) -> __m512 {
     // SAFETY: the caller has the features.
@@ -284,7 +289,8 @@ unsafe fn top_byte_scales(code: ScaleCode, v: __m512i) -> __m512 {
                 _mm512_set1_epi32(0x1131_1011),
             ),
             ScaleCode::E4m3 => super::simd::fp8_e4m3_top_bytes(v),
-            ScaleCode::Bf16 => unreachable!("a bf16 in a dword's top half is its f32"),
+            // A bf16 in a dword's top half is its f32.
+            ScaleCode::Bf16 => _mm512_castsi512_ps(v),
         }
     }
 }

@@ -167,8 +167,9 @@ pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, (b, c): (usize, usize)) -> Vec<Pa
     } else {
         TILE * dvp
     });
-    // Scores of every head of the tile (the fused path computes all heads' before the softmax).
-    let mut s = Aligned::zeroed(hkv * gs * TILE);
+    // Scores of the tile: every head's on the fused path (all before the softmax), else one
+    // group's at a time.
+    let mut s = Aligned::zeroed(if fused { hkv } else { 1 } * gs * TILE);
     let mut groups: Vec<Group> = (0..hkv)
         .map(|_| Group {
             m: vec![f32::NEG_INFINITY; gs],
