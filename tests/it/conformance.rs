@@ -262,6 +262,19 @@ mod cases {
             &experts(5, 2, 3, 120, 9, DType::Bf16, Routing::Uniform),
             no_edit,
         );
+        // 301 output rows: on 2 threads the cpu vector paths take 32 rows a unit (sized by
+        // bytes), the last unit 13 rows; f32 and int4 too.
+        for dt in [DType::Bf16, DType::F32, DType::Int4G32] {
+            let w = experts(6, 2, 5, 160, 301, dt, Routing::Uniform);
+            let covered = decodelab::backend::impls_of(b.name(), w.kind())
+                .into_iter()
+                .any(|i| b.covers(i.name, &w).is_ok());
+            if covered {
+                run_point(b, &w, no_edit);
+            } else {
+                eprintln!("skip: {dt} at d_out 301 on {}: not covered", b.name());
+            }
+        }
     }
 
     /// math: bf16, judged against the same-rounding reference, at awkward shapes.

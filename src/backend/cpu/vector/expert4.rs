@@ -11,12 +11,12 @@
 //! Dword m of a load holds values 8m..8m+7, so vector k, lane m is value 8m + k. So x is
 //! laid out per 128 values as eight vectors of x[8m + k] (`XLanes`), and lane m of every
 //! product is in the group of value 8m: its scale is lane m of one vector per 128 values and
-//! row, applied once per token. A register block's 4 rows lie a quarter of the 16-row block
+//! row, applied once per token. A register block's 4 rows lie a quarter of the row block
 //! apart, so each of the 4 runs of memory is read from end to end, and each row load asks
 //! for the line the next register block will read at the same step (measured:
 //! bench/2026-12-07-cpu-xeon-amx/four-bit-avx512/, four-bit-words/, four-bit-vpermps/).
 
-use super::expert::{ExpertCtx, ROWS, Rows, register_blocks};
+use super::expert::{ExpertCtx, Rows, register_blocks};
 use super::simd::Aligned;
 use crate::workload::fourbit::{Groups, ScaleCode};
 use std::arch::x86_64::*;
@@ -85,7 +85,7 @@ const fn scale_code(s: u8) -> ScaleCode {
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 unsafe fn block_of<const S: u8>(cx: &ExpertCtx, x: &XLanes, blk: usize) -> Vec<f32> {
     let w = cx.w;
-    let (o0, o1) = (blk * ROWS, ((blk + 1) * ROWS).min(w.d_out));
+    let (o0, o1) = (blk * cx.rows, ((blk + 1) * cx.rows).min(w.d_out));
     let width = o1 - o0;
     let mut slots = vec![0f32; w.batch * w.top_k * width];
     // SAFETY: the caller has the features.

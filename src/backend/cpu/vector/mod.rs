@@ -19,7 +19,7 @@ mod stream;
 
 use super::kernels::{Partial, merge_partials, out_mut, slots_by_expert, sum_slots};
 use crate::workload::{ExpertGemv, KvDecode, TensorSet};
-use expert::{ExpertCtx, ROWS};
+use expert::ExpertCtx;
 use kv::KvCtx;
 use rayon::prelude::*;
 pub use simd::Isa;
@@ -240,8 +240,9 @@ pub(super) fn expert_gemv(isa: Isa, w: &ExpertGemv, inputs: &TensorSet, outputs:
         group_scales: four_bit.then(|| &inputs.expect("w_scale").bytes[..]),
         touched: slots_by_expert(w, &ids),
         rw: &rw,
+        rows: expert::block_rows(w, rayon::current_num_threads()),
     };
-    let blocks: Vec<Vec<f32>> = (0..w.d_out.div_ceil(ROWS))
+    let blocks: Vec<Vec<f32>> = (0..w.d_out.div_ceil(cx.rows))
         .into_par_iter()
         .map(|blk| {
             #[cfg(target_arch = "x86_64")]
@@ -258,7 +259,7 @@ pub(super) fn expert_gemv(isa: Isa, w: &ExpertGemv, inputs: &TensorSet, outputs:
             expert_block(isa, &cx, blk)
         })
         .collect();
-    let y = sum_slots(w, ROWS, &blocks);
+    let y = sum_slots(w, cx.rows, &blocks);
     out_mut(outputs, "y").copy_from_slice(bytemuck::cast_slice(&y));
 }
 
