@@ -260,9 +260,9 @@ pub(super) fn four_bit_x(x: &mut [f32]) {
 const PREFETCH: usize = 4096;
 
 /// R rows of a 4-bit expert against T of its slots (avx2, portable; avx512 runs expert4.rs),
-/// 32 values (16 bytes a row) at a time:
-/// each chunk's codes looked up in a table of their group's scaled values, so the scale
-/// costs one table per group and row, shared by every token.
+/// 32 values (16 bytes a row) at a time: the codes' values from the dtype's table
+/// (`Simd::nibbles32`), each group's products summed, then times the group's scale (one FMA
+/// a token and group, where scaling the values costs a multiply a vector).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
 unsafe fn rows4<S: Simd, const R: usize, const T: usize>(
@@ -281,26 +281,18 @@ unsafe fn rows4<S: Simd, const R: usize, const T: usize>(
         di.is_multiple_of(32) && (row[R - 1] + di) / 2 <= cx.wt.len(),
         "rows out of the weights"
     );
-    let base: [f32; 16] = std::array::from_fn(|c| g.value(c as u8));
-    // Groups of a chunk or more: a table of scaled values once per group (one multiply a
-    // row, where scaling the decoded chunk takes two and a blend). Groups of 16: the codes'
-    // table, and the two scales multiplied per chunk.
-    let per_group_table = g.elems >= 32;
-    let scale = |gi: usize| g.scale.decode(scales, gi);
+    // A chunk's vectors 0 and 2 hold its values 0..16 (the even and odd positions of its
+    // first 8 bytes), 1 and 3 values 16..32: 8 lanes make each vector one group's.
+    assert_eq!(S::LANES, 8, "4-bit rows on an 8-lane path");
+    assert!(g.elems.is_power_of_two() && g.elems >= 16);
+    let table: [f32; 16] = std::array::from_fn(|c| g.value(c as u8));
+    // Group i of the tensor is value v's for i = v >> shift: no division in the loop.
+    let shift = g.elems.trailing_zeros();
     // SAFETY: chunks stay inside each row (asserted above); x rows hold d_in values.
     unsafe {
         let mut acc = [[S::splat(0.0); T]; R];
-        let mut tables = [base; R];
         for c in 0..di / 32 {
             let v0 = c * 32;
-            if per_group_table && v0.is_multiple_of(g.elems) {
-                for r in 0..R {
-                    let s = scale((row[r] + v0) / g.elems);
-                    tables[r] = std::array::from_fn(|i| base[i] * s);
-                }
-            }
-            // Loops, not closures, and x loaded once for all R rows (as `rows` does).
-            let mut wv = [[S::splat(0.0); 4]; R];
             for r in 0..R {
                 let p = cx.wt.as_ptr().add((row[r] + v0) / 2);
                 // A row gives 16 bytes a chunk: ask for its lines well ahead, or the loads
@@ -310,21 +302,25 @@ unsafe fn rows4<S: Simd, const R: usize, const T: usize>(
                     use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
                     _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
                 }
-                let scales = (!per_group_table).then(|| {
-                    let gi = (row[r] + v0) / g.elems;
-                    let sa = scale(gi);
-                    (sa, if g.elems < 32 { scale(gi + 1) } else { sa })
-                });
-                S::nibbles32(p, &tables[r], scales, &mut wv[r]);
-            }
-            for t in 0..T {
-                for v in 0..4 {
-                    if v * S::LANES < 32 {
-                        let xv = S::load(xs[t].add(v0 + v * S::LANES));
-                        for r in 0..R {
-                            acc[r][t] = S::fma(wv[r][v], xv, acc[r][t]);
-                        }
+                let mut wv = [S::splat(0.0); 4];
+                S::nibbles32(p, &table, None, &mut wv);
+                let gi = (row[r] + v0) >> shift;
+                let sa = S::splat(g.scale.decode(scales, gi));
+                let sb = if g.elems < 32 {
+                    S::splat(g.scale.decode(scales, gi + 1))
+                } else {
+                    sa
+                };
+                for t in 0..T {
+                    // A macro, not a closure: a closure would not inline the intrinsics.
+                    macro_rules! x {
+                        ($v:expr) => {
+                            S::load(xs[t].add(v0 + 8 * $v))
+                        };
                     }
+                    let a = S::fma(wv[2], x!(2), S::mul(wv[0], x!(0)));
+                    let b = S::fma(wv[3], x!(3), S::mul(wv[1], x!(1)));
+                    acc[r][t] = S::fma(b, sb, S::fma(a, sa, acc[r][t]));
                 }
             }
         }

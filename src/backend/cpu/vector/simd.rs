@@ -558,6 +558,46 @@ mod x86 {
                 }
             }
         }
+        /// Each 8 bytes widened to dwords; a nibble's value is `vpermps` of the table's low
+        /// or high 8 entries (it reads an index's low 3 bits), chosen by the nibble's bit 3
+        /// moved to the sign bit: per 32 values 2 loads, 6 shifts, 8 permutes and 4 blends.
+        #[inline(always)]
+        unsafe fn nibbles32(
+            p: *const u8,
+            table: &[f32; 16],
+            scales: Option<(f32, f32)>,
+            out: &mut [__m256; 4],
+        ) {
+            unsafe {
+                let (low, high) = (
+                    _mm256_loadu_ps(table.as_ptr()),
+                    _mm256_loadu_ps(table.as_ptr().add(8)),
+                );
+                // A macro, not a closure: a closure would not inline the intrinsics.
+                macro_rules! look {
+                    ($codes:expr, $bit3_at_sign:expr) => {{
+                        let codes = $codes;
+                        _mm256_blendv_ps(
+                            _mm256_permutevar8x32_ps(low, codes),
+                            _mm256_permutevar8x32_ps(high, codes),
+                            _mm256_castsi256_ps($bit3_at_sign),
+                        )
+                    }};
+                }
+                for half in 0..2 {
+                    let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8 * half) as *const _));
+                    let mut lo = look!(b, _mm256_slli_epi32::<28>(b));
+                    let mut hi = look!(_mm256_srli_epi32::<4>(b), _mm256_slli_epi32::<24>(b));
+                    if let Some((sa, sb)) = scales {
+                        let s = _mm256_set1_ps(if half == 0 { sa } else { sb });
+                        lo = _mm256_mul_ps(lo, s);
+                        hi = _mm256_mul_ps(hi, s);
+                    }
+                    out[half] = lo;
+                    out[2 + half] = hi;
+                }
+            }
+        }
     }
 }
 
