@@ -286,6 +286,7 @@ unsafe fn rows4<S: Simd, const R: usize, const T: usize>(
     assert_eq!(S::LANES, 8, "4-bit rows on an 8-lane path");
     assert!(g.elems.is_power_of_two() && g.elems >= 16);
     let table: [f32; 16] = std::array::from_fn(|c| g.value(c as u8));
+    let int4 = g.code == crate::workload::fourbit::Code::Int4;
     // Group i of the tensor is value v's for i = v >> shift: no division in the loop.
     let shift = g.elems.trailing_zeros();
     // SAFETY: chunks stay inside each row (asserted above); x rows hold d_in values.
@@ -303,7 +304,11 @@ unsafe fn rows4<S: Simd, const R: usize, const T: usize>(
                     _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
                 }
                 let mut wv = [S::splat(0.0); 4];
-                S::nibbles32(p, &table, None, &mut wv);
+                if int4 {
+                    S::int4_32(p, &mut wv);
+                } else {
+                    S::nibbles32(p, &table, None, &mut wv);
+                }
                 let gi = (row[r] + v0) >> shift;
                 let sa = S::splat(g.scale.decode(scales, gi));
                 let sb = if g.elems < 32 {

@@ -324,6 +324,23 @@ mod tests {
                 }
             }
         }
+        // int4 without a table: every code in both nibbles of both halves.
+        let mut wv = [unsafe { S::splat(0.0) }; 4];
+        unsafe { S::int4_32(bytes.as_ptr(), &mut wv) };
+        let mut got = [0f32; 32];
+        for v in 0..32 / l {
+            unsafe { S::store(got[v * l..].as_mut_ptr(), wv[v]) };
+        }
+        for (i, &b) in bytes.iter().enumerate() {
+            let (lo, hi) = (((b << 4) as i8 >> 4) as f32, (b as i8 >> 4) as f32);
+            if got[i] != lo || got[16 + i] != hi {
+                return Err(format!(
+                    "int4_32 byte {i}: {} {} vs {lo} {hi}",
+                    got[i],
+                    got[16 + i]
+                ));
+            }
+        }
         // The shuffle tree: lane i is the sum of vector i.
         let vals: Vec<f32> = (0..16 * l)
             .map(|i| ((i * 37) % 101) as f32 - 50.0)
