@@ -4,8 +4,8 @@
 //! take 1 load, 7 shifts (nibble k of a dword to its bottom) and 8 permutes; the step's
 //! scales, 8 bytes broadcast to every lane, go to their lanes by one in-lane byte shuffle
 //! (`vpshufb`). (`vpermw` on bf16, with a shift or mask a vector to f32, costs 2 uops a
-//! permute on the CPUs measured: 30 a row and step against 25. avx2's decode, in expert.rs,
-//! takes per 128 values 8 widening loads, 24 shifts, 32 permutes and 16 blends.)
+//! permute on the CPUs measured: 30 a row and step against 25. avx2's E2M1 decode, in
+//! expert.rs, takes per 128 values 8 widening loads, 24 shifts, 32 permutes and 16 blends.)
 //!
 //! Dword m of a load holds values 8m..8m+7, so vector k, lane m is value 8m + k. So x is
 //! laid out per 128 values as eight vectors of x[8m + k] (`XLanes`), and lane m of every
