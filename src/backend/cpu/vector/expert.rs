@@ -5,7 +5,7 @@
 //! to whole vectors, read from cache), so each weight byte is loaded once per 4 tokens.
 
 use super::simd::{Aligned, Simd};
-use crate::workload::{ExpertGemv, WeightScale, expert_gemv::SCALE_BLOCK};
+use crate::workload::{DType, ExpertGemv, WeightScale, expert_gemv::SCALE_BLOCK};
 
 /// What every row block of one step reads.
 pub(super) struct ExpertCtx<'a> {
@@ -56,6 +56,11 @@ pub(super) unsafe fn block<S: Simd>(cx: &ExpertCtx, blk: usize) -> Vec<f32> {
     let mut slots = vec![0f32; w.batch * w.top_k * width];
     let wide = if S::LANES == 16 { 4 } else { 2 };
     let regs = register_blocks(o0, o1);
+    // The dtype as a const parameter: the loop's decode is chosen once, not per vector.
+    let d = DType::WHOLE_BYTE
+        .iter()
+        .position(|&d| d == w.weight_dtype)
+        .unwrap_or(0);
     for (e, entries) in &cx.touched {
         for &(o, stride, r) in &regs {
             for group in entries.chunks(wide) {
@@ -66,27 +71,29 @@ pub(super) unsafe fn block<S: Simd>(cx: &ExpertCtx, blk: usize) -> Vec<f32> {
                     o0,
                     width,
                 };
-                // One instantiation per (rows, tokens) in registers, for either row kernel.
+                // One instantiation per (rows, tokens) in registers and dtype.
                 macro_rules! run {
-                    ($f:ident) => {
+                    ($f:ident, $d:literal) => {
                         match (r, group.len()) {
-                            (4, 4) => $f::<S, 4, 4>(cx, at, group, &mut slots),
-                            (4, 3) => $f::<S, 4, 3>(cx, at, group, &mut slots),
-                            (4, 2) => $f::<S, 4, 2>(cx, at, group, &mut slots),
-                            (4, _) => $f::<S, 4, 1>(cx, at, group, &mut slots),
-                            (_, 4) => $f::<S, 1, 4>(cx, at, group, &mut slots),
-                            (_, 3) => $f::<S, 1, 3>(cx, at, group, &mut slots),
-                            (_, 2) => $f::<S, 1, 2>(cx, at, group, &mut slots),
-                            _ => $f::<S, 1, 1>(cx, at, group, &mut slots),
+                            (4, 4) => $f::<S, 4, 4, $d>(cx, at, group, &mut slots),
+                            (4, 3) => $f::<S, 4, 3, $d>(cx, at, group, &mut slots),
+                            (4, 2) => $f::<S, 4, 2, $d>(cx, at, group, &mut slots),
+                            (4, _) => $f::<S, 4, 1, $d>(cx, at, group, &mut slots),
+                            (_, 4) => $f::<S, 1, 4, $d>(cx, at, group, &mut slots),
+                            (_, 3) => $f::<S, 1, 3, $d>(cx, at, group, &mut slots),
+                            (_, 2) => $f::<S, 1, 2, $d>(cx, at, group, &mut slots),
+                            _ => $f::<S, 1, 1, $d>(cx, at, group, &mut slots),
                         }
                     };
                 }
                 // SAFETY: the caller's contract; rows o..o+r are inside the block.
                 unsafe {
-                    if cx.group_scales.is_some() {
-                        run!(rows4)
-                    } else {
-                        run!(rows)
+                    match (cx.group_scales.is_some(), d) {
+                        (true, _) => run!(rows4, 0),
+                        (_, 1) => run!(rows, 1),
+                        (_, 2) => run!(rows, 2),
+                        (_, 3) => run!(rows, 3),
+                        _ => run!(rows, 0),
                     }
                 }
             }
@@ -130,17 +137,19 @@ impl Rows {
     }
 }
 
-/// R rows of expert e against T of its slots: dot x scales x routing weight into `slots`.
+/// R rows of expert e against T of its slots: dot x scales x routing weight into `slots`;
+/// the weights' dtype is `DType::WHOLE_BYTE[D]`.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
-unsafe fn rows<S: Simd, const R: usize, const T: usize>(
+unsafe fn rows<S: Simd, const R: usize, const T: usize, const D: usize>(
     cx: &ExpertCtx,
     at: Rows,
     group: &[usize],
     slots: &mut [f32],
 ) {
     let w = cx.w;
-    let (di, dt, k) = (w.d_in, w.weight_dtype, w.top_k);
+    let (di, dt, k) = (w.d_in, DType::WHOLE_BYTE[D], w.top_k);
+    assert_eq!(dt, w.weight_dtype, "rows instantiated for another dtype");
     let size = dt.size();
     let row_start: [usize; R] = std::array::from_fn(|r| (at.e * w.d_out + at.row(r)) * di);
     let xs: [*const f32; T] = std::array::from_fn(|t| cx.x[group[t] / k * cx.dip..].as_ptr());
@@ -259,13 +268,14 @@ pub(super) fn four_bit_x(x: &mut [f32]) {
 /// How far ahead of a 4-bit row's loads its lines are asked for, in bytes.
 const PREFETCH: usize = 4096;
 
-/// R rows of a 4-bit expert against T of its slots (avx2, portable; avx512 runs expert4.rs),
+/// R rows of a 4-bit expert against T of its slots (avx2, portable; avx512 runs expert4.rs;
+/// `_D` is not used: `block`'s dispatch passes 0),
 /// 32 values (16 bytes a row) at a time: the codes' values from the dtype's table
 /// (`Simd::nibbles32`), each group's products summed, then times the group's scale (one FMA
 /// a token and group, where scaling the values costs a multiply a vector).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
-unsafe fn rows4<S: Simd, const R: usize, const T: usize>(
+unsafe fn rows4<S: Simd, const R: usize, const T: usize, const _D: usize>(
     cx: &ExpertCtx,
     at: Rows,
     group: &[usize],
