@@ -698,6 +698,18 @@ impl Simd for Portable {
         // SAFETY: no precondition beyond the trait's.
         lanes(|i| unsafe { Self::hsum(acc[i]) })
     }
+    /// A nibble at the top of a byte, shifted back down arithmetically, is its int4 value:
+    /// lane-wise integer steps the compiler vectorises (no table lookups).
+    #[inline(always)]
+    unsafe fn int4_32(p: *const u8, out: &mut [P8; 4]) {
+        // SAFETY: the caller passes 16 readable bytes.
+        let b: [u8; 16] = unsafe { std::ptr::read_unaligned(p as *const [u8; 16]) };
+        for half in 0..2 {
+            let at = |i: usize| b[8 * half + i];
+            out[half] = lanes(|i| ((at(i) << 4) as i8 >> 4) as f32);
+            out[2 + half] = lanes(|i| (at(i) as i8 >> 4) as f32);
+        }
+    }
     #[inline(always)]
     unsafe fn decode(dt: DType, p: *const u8) -> P8 {
         let mut out = [0f32; 8];
