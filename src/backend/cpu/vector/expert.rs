@@ -73,23 +73,23 @@ pub(super) unsafe fn block<S: Simd>(cx: &ExpertCtx, blk: usize) -> Vec<f32> {
                 };
                 // One instantiation per (rows, tokens) in registers and dtype.
                 macro_rules! run {
-                    ($f:ident, $d:literal) => {
+                    ($f:ident $(, $d:literal)?) => {
                         match (r, group.len()) {
-                            (4, 4) => $f::<S, 4, 4, $d>(cx, at, group, &mut slots),
-                            (4, 3) => $f::<S, 4, 3, $d>(cx, at, group, &mut slots),
-                            (4, 2) => $f::<S, 4, 2, $d>(cx, at, group, &mut slots),
-                            (4, _) => $f::<S, 4, 1, $d>(cx, at, group, &mut slots),
-                            (_, 4) => $f::<S, 1, 4, $d>(cx, at, group, &mut slots),
-                            (_, 3) => $f::<S, 1, 3, $d>(cx, at, group, &mut slots),
-                            (_, 2) => $f::<S, 1, 2, $d>(cx, at, group, &mut slots),
-                            _ => $f::<S, 1, 1, $d>(cx, at, group, &mut slots),
+                            (4, 4) => $f::<S, 4, 4 $(, $d)?>(cx, at, group, &mut slots),
+                            (4, 3) => $f::<S, 4, 3 $(, $d)?>(cx, at, group, &mut slots),
+                            (4, 2) => $f::<S, 4, 2 $(, $d)?>(cx, at, group, &mut slots),
+                            (4, _) => $f::<S, 4, 1 $(, $d)?>(cx, at, group, &mut slots),
+                            (_, 4) => $f::<S, 1, 4 $(, $d)?>(cx, at, group, &mut slots),
+                            (_, 3) => $f::<S, 1, 3 $(, $d)?>(cx, at, group, &mut slots),
+                            (_, 2) => $f::<S, 1, 2 $(, $d)?>(cx, at, group, &mut slots),
+                            _ => $f::<S, 1, 1 $(, $d)?>(cx, at, group, &mut slots),
                         }
                     };
                 }
                 // SAFETY: the caller's contract; rows o..o+r are inside the block.
                 unsafe {
                     match (cx.group_scales.is_some(), d) {
-                        (true, _) => run!(rows4, 0),
+                        (true, _) => run!(rows4),
                         (_, 1) => run!(rows, 1),
                         (_, 2) => run!(rows, 2),
                         (_, 3) => run!(rows, 3),
@@ -249,7 +249,7 @@ unsafe fn rows<S: Simd, const R: usize, const T: usize, const D: usize>(
 /// Whether bf16 weights are read 32 values a step (`Simd::bf16_32`), x laid out by
 /// `four_bit_x`: one load and two instructions for 32 values where widening takes two and four.
 pub(super) fn bf16_pairs(w: &ExpertGemv) -> bool {
-    w.weight_dtype == crate::workload::DType::Bf16 && w.weight_scale != WeightScale::Block128
+    w.weight_dtype == DType::Bf16 && w.weight_scale != WeightScale::Block128
 }
 
 /// x laid out for the 4-bit kernels (and bf16's `bf16_pairs`): each 32 values as the 16 at
@@ -268,14 +268,13 @@ pub(super) fn four_bit_x(x: &mut [f32]) {
 /// How far ahead of a 4-bit row's loads its lines are asked for, in bytes.
 const PREFETCH: usize = 4096;
 
-/// R rows of a 4-bit expert against T of its slots (avx2, portable; avx512 runs expert4.rs;
-/// `_D` is not used: `block`'s dispatch passes 0),
+/// R rows of a 4-bit expert against T of its slots (avx2, portable; avx512 runs expert4.rs),
 /// 32 values (16 bytes a row) at a time: the codes' values from the dtype's table
 /// (`Simd::nibbles32`), each group's products summed, then times the group's scale (one FMA
 /// a token and group, where scaling the values costs a multiply a vector).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
-unsafe fn rows4<S: Simd, const R: usize, const T: usize, const _D: usize>(
+unsafe fn rows4<S: Simd, const R: usize, const T: usize>(
     cx: &ExpertCtx,
     at: Rows,
     group: &[usize],
@@ -317,7 +316,7 @@ unsafe fn rows4<S: Simd, const R: usize, const T: usize, const _D: usize>(
                 if int4 {
                     S::int4_32(p, &mut wv);
                 } else {
-                    S::nibbles32(p, &table, None, &mut wv);
+                    S::nibbles32(p, &table, &mut wv);
                 }
                 let gi = (row[r] + v0) >> shift;
                 let sa = S::splat(g.scale.decode(scales, gi));

@@ -301,27 +301,23 @@ mod tests {
             }
         }
         // 4-bit chunks: every code in both nibbles of both halves, a table of distinct
-        // values, a scale per half or none; even positions first, then odd.
+        // values; even positions first, then odd.
         let table: [f32; 16] = std::array::from_fn(|c| c as f32 * 0.75 - 5.0);
         let bytes: [u8; 16] = std::array::from_fn(|i| (i as u8) | ((15 - i as u8) << 4));
-        for scales in [None, Some((2.0, 2.0)), Some((0.5, -3.0))] {
-            let mut wv = [unsafe { S::splat(0.0) }; 4];
-            unsafe { S::nibbles32(bytes.as_ptr(), &table, scales, &mut wv) };
-            let mut got = [0f32; 32];
-            for v in 0..32 / l {
-                unsafe { S::store(got[v * l..].as_mut_ptr(), wv[v]) };
-            }
-            let (sa, sb) = scales.unwrap_or((1.0, 1.0));
-            for i in 0..16 {
-                let s = if i < 8 { sa } else { sb };
-                let (lo, hi) = (table[i] * s, table[15 - i] * s);
-                if got[i] != lo || got[16 + i] != hi {
-                    return Err(format!(
-                        "nibbles32 {scales:?} byte {i}: {} {} vs {lo} {hi}",
-                        got[i],
-                        got[16 + i]
-                    ));
-                }
+        let mut wv = [unsafe { S::splat(0.0) }; 4];
+        unsafe { S::nibbles32(bytes.as_ptr(), &table, &mut wv) };
+        let mut got = [0f32; 32];
+        for v in 0..32 / l {
+            unsafe { S::store(got[v * l..].as_mut_ptr(), wv[v]) };
+        }
+        for i in 0..16 {
+            let (lo, hi) = (table[i], table[15 - i]);
+            if got[i] != lo || got[16 + i] != hi {
+                return Err(format!(
+                    "nibbles32 byte {i}: {} {} vs {lo} {hi}",
+                    got[i],
+                    got[16 + i]
+                ));
             }
         }
         // int4 without a table: every code in both nibbles of both halves.

@@ -147,17 +147,12 @@ pub(crate) trait Simd: Copy {
         1.0
     }
 
-    /// The 32 values that 16 bytes of 4-bit codes at `p` stand for (two a byte, low nibble
-    /// first): each code's entry in `table` (a group's code values), times `sa` for bytes
-    /// 0..8 and `sb` for bytes 8..16 where `scales` are given (a table already scaled gets
-    /// None). Written as the values at even positions, then those at odd (x is laid out to
-    /// match), `32 / LANES` vectors into `out`.
-    /// `nibbles32` for int4 codes (two's complement, -8..7), unscaled.
+    /// `nibbles32` for int4 codes (two's complement, -8..7).
     #[inline(always)]
     unsafe fn int4_32(p: *const u8, out: &mut [Self::V; 4]) {
         let table: [f32; 16] =
             std::array::from_fn(|c| crate::workload::fourbit::int4_decode(c as u8));
-        unsafe { Self::nibbles32(p, &table, None, out) }
+        unsafe { Self::nibbles32(p, &table, out) }
     }
 
     /// 32 bf16 values at `p` as f32, written as the values at even positions, then those at
@@ -179,21 +174,18 @@ pub(crate) trait Simd: Copy {
         }
     }
 
+    /// The 32 values that 16 bytes of 4-bit codes at `p` stand for (two a byte, low nibble
+    /// first): each code's entry in `table` (the dtype's code values, unscaled). Written as
+    /// the values at even positions, then those at odd (x is laid out to match), `32 / LANES`
+    /// vectors into `out`.
     #[inline(always)]
-    unsafe fn nibbles32(
-        p: *const u8,
-        table: &[f32; 16],
-        scales: Option<(f32, f32)>,
-        out: &mut [Self::V; 4],
-    ) {
+    unsafe fn nibbles32(p: *const u8, table: &[f32; 16], out: &mut [Self::V; 4]) {
         let mut buf = Line32([0.0; 32]);
-        let (sa, sb) = scales.unwrap_or((1.0, 1.0));
         for i in 0..16 {
             // SAFETY: the caller passes 16 readable bytes.
             let b = unsafe { *p.add(i) } as usize;
-            let s = if i < 8 { sa } else { sb };
-            buf.0[i] = table[b & 15] * s;
-            buf.0[16 + i] = table[b >> 4] * s;
+            buf.0[i] = table[b & 15];
+            buf.0[16 + i] = table[b >> 4];
         }
         for (v, o) in out.iter_mut().take(32 / Self::LANES).enumerate() {
             // SAFETY: inside `buf`.
@@ -585,12 +577,7 @@ mod x86 {
         /// or high 8 entries (it reads an index's low 3 bits), chosen by the nibble's bit 3
         /// moved to the sign bit: per 32 values 2 loads, 6 shifts, 8 permutes and 4 blends.
         #[inline(always)]
-        unsafe fn nibbles32(
-            p: *const u8,
-            table: &[f32; 16],
-            scales: Option<(f32, f32)>,
-            out: &mut [__m256; 4],
-        ) {
+        unsafe fn nibbles32(p: *const u8, table: &[f32; 16], out: &mut [__m256; 4]) {
             unsafe {
                 let (low, high) = (
                     _mm256_loadu_ps(table.as_ptr()),
@@ -609,15 +596,8 @@ mod x86 {
                 }
                 for half in 0..2 {
                     let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8 * half) as *const _));
-                    let mut lo = look!(b, _mm256_slli_epi32::<28>(b));
-                    let mut hi = look!(_mm256_srli_epi32::<4>(b), _mm256_slli_epi32::<24>(b));
-                    if let Some((sa, sb)) = scales {
-                        let s = _mm256_set1_ps(if half == 0 { sa } else { sb });
-                        lo = _mm256_mul_ps(lo, s);
-                        hi = _mm256_mul_ps(hi, s);
-                    }
-                    out[half] = lo;
-                    out[2 + half] = hi;
+                    out[half] = look!(b, _mm256_slli_epi32::<28>(b));
+                    out[2 + half] = look!(_mm256_srli_epi32::<4>(b), _mm256_slli_epi32::<24>(b));
                 }
             }
         }
