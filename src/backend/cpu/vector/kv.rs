@@ -26,6 +26,10 @@ const TILE: usize = 64;
 /// Tokens the fused path takes across every head at a time (a divisor of TILE).
 const SUB: usize = 16;
 
+/// `DType::F32`'s index in `DType::WHOLE_BYTE`: the dtype of rows in an L1 tile.
+const F32: usize = 0;
+const _: () = assert!(matches!(DType::WHOLE_BYTE[F32], DType::F32));
+
 /// What every task of one step reads.
 pub(super) struct KvCtx<'a> {
     pub w: &'a KvDecode,
@@ -120,14 +124,35 @@ impl Rows {
         Rows { at, dt: DType::F32 }
     }
 
-    /// Values d..d+LANES of row t.
+    /// For 2-byte rows: asks for the line of row t + SUB that holds value d (the rows one
+    /// step of SUB tokens ahead), into L2; nothing for rows past the tile. Measured on
+    /// avx512: bf16 rows (256 bytes a head) read faster with it, f32 rows (512) slower
+    /// (bench/2026-12-07-cpu-xeon-amx/gqa-prefetch/).
+    #[inline(always)]
+    fn prefetch_ahead<const D: usize>(&self, t: usize, d: usize) {
+        let size = DType::WHOLE_BYTE[D].size();
+        #[cfg(target_arch = "x86_64")]
+        if size == 2
+            && (d * size).is_multiple_of(64)
+            && let Some(&p) = self.at.get(t + SUB)
+        {
+            use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+            // SAFETY: a prefetch reads nothing and cannot fault.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(d * size) as *const i8) };
+        }
+    }
+
+    /// Values d..d+LANES of row t, whose dtype is `DType::WHOLE_BYTE[D]` (a constant, so
+    /// the decode is chosen at compile time, not at every load).
     ///
     /// # Safety
     /// The CPU must have `S`'s features; the row must hold them.
     #[inline(always)]
-    unsafe fn load<S: Simd>(&self, t: usize, d: usize) -> S::V {
+    unsafe fn load<S: Simd, const D: usize>(&self, t: usize, d: usize) -> S::V {
+        let dt = DType::WHOLE_BYTE[D];
+        debug_assert_eq!(dt, self.dt, "rows loaded as another dtype");
         // SAFETY: the caller's contract.
-        unsafe { S::decode(self.dt, self.at[t].add(d * self.dt.size())) }
+        unsafe { S::decode(dt, self.at[t].add(d * dt.size())) }
     }
 }
 
@@ -146,10 +171,25 @@ struct Group {
 /// # Safety
 /// The CPU must have `S`'s features; the dtype must be one the vector paths decode.
 #[inline(always)]
-pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, (b, c): (usize, usize)) -> Vec<Partial> {
+pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, t: (usize, usize)) -> Vec<Partial> {
+    // SAFETY: the caller's contract; one instance per dtype, so no load branches on it.
+    unsafe {
+        match cx.w.kv_dtype {
+            DType::F32 => task_of::<S, 0>(cx, t),
+            DType::F16 => task_of::<S, 1>(cx, t),
+            DType::Bf16 => task_of::<S, 2>(cx, t),
+            _ => task_of::<S, 3>(cx, t),
+        }
+    }
+}
+
+/// `task` for the cache dtype `DType::WHOLE_BYTE[D]`.
+#[inline(always)]
+unsafe fn task_of<S: Simd, const D: usize>(cx: &KvCtx, (b, c): (usize, usize)) -> Vec<Partial> {
     let w = cx.w;
     let (gs, dk, dv, dkp, dvp) = (w.group_size(), w.head_dim_k, w.head_dim_v, cx.dkp, cx.dvp);
-    let dt = w.kv_dtype;
+    let dt = DType::WHOLE_BYTE[D];
+    assert_eq!(dt, w.kv_dtype, "task instantiated for another dtype");
     let hkv = w.kv_heads;
     // GQA with whole-vector head dims in a cheap dtype (a shift or a convert) reads K and V
     // where they lie, decoding in registers as the scores and PV load them (each row twice
@@ -200,7 +240,7 @@ pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, (b, c): (usize, usize)) -> Vec<Pa
                 for (g, (k_rows, _)) in rows.iter().enumerate() {
                     let s_g = &mut s[g * gs * TILE..(g + 1) * gs * TILE];
                     // SAFETY: as below.
-                    unsafe { scores::<S>(q_of(g), k_rows, (gs, dkp), i0..i0 + SUB, s_g) };
+                    unsafe { scores::<S, D>(q_of(g), k_rows, (gs, dkp), i0..i0 + SUB, s_g) };
                 }
             }
             for (g, st) in groups.iter_mut().enumerate() {
@@ -212,13 +252,24 @@ pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, (b, c): (usize, usize)) -> Vec<Pa
                     let s_g = &s[g * gs * TILE..(g + 1) * gs * TILE];
                     let tokens = i0..(i0 + SUB).min(n);
                     // SAFETY: as below.
-                    unsafe { pv::<S>(s_g, &rows[g].1, (gs, dvp), tokens, &mut st.acc) };
+                    unsafe { pv::<S, D>(s_g, &rows[g].1, (gs, dvp), tokens, &mut st.acc) };
                 }
             }
             continue;
         }
+        let next = t0 + TILE < end;
         for (g, st) in groups.iter_mut().enumerate() {
             for i in 0..n {
+                if next {
+                    let ahead = |dim: usize| {
+                        let at = w.cache_offset(cx.table, b, (t0 + TILE + i).min(end - 1), g, dim);
+                        at * dt.size()
+                    };
+                    prefetch_span(cx.k, ahead(dk), dk * dt.size());
+                    if let Some(v) = cx.v {
+                        prefetch_span(v, ahead(dv), dv * dt.size());
+                    }
+                }
                 // SAFETY: the caller's contract (features, dtype); decode_row asserts
                 // the row is inside its tensor.
                 unsafe { decode_row::<S>(dt, cx.k, row(g, i, dk), &mut kt[i * dkp..i * dkp + dk]) };
@@ -240,9 +291,9 @@ pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, (b, c): (usize, usize)) -> Vec<Pa
             // values where the kernel reads them (whole vectors: the fused rows' dims are
             // multiples of LANES, the tiles are padded).
             unsafe {
-                scores::<S>(q_of(g), &k_rows, (gs, dkp), 0..TILE, s_g);
+                scores::<S, F32>(q_of(g), &k_rows, (gs, dkp), 0..TILE, s_g);
                 softmax_heads::<S>(w, s_g, n, st);
-                pv::<S>(s_g, &v_rows, (gs, dvp), 0..n, &mut st.acc);
+                pv::<S, F32>(s_g, &v_rows, (gs, dvp), 0..n, &mut st.acc);
             }
         }
     }
@@ -260,6 +311,17 @@ pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, (b, c): (usize, usize)) -> Vec<Pa
                 .collect(),
         })
         .collect()
+}
+
+/// Asks for the lines of bytes[at..at + len] into L2.
+#[inline(always)]
+fn prefetch_span(bytes: &[u8], at: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..len).step_by(64) {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        // SAFETY: a prefetch reads nothing and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(bytes.as_ptr().wrapping_add(at + line) as *const i8) };
+    }
 }
 
 /// A group's tile of scores (gs rows of TILE, n valid) into P, its running max and sum
@@ -328,7 +390,7 @@ unsafe fn scale_row<S: Simd>(row: &mut [f32], c: f32) {
 /// block's LANES running dots into LANES scores at once.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
-unsafe fn scores<S: Simd>(
+unsafe fn scores<S: Simd, const D: usize>(
     q: &[f32],
     k: &Rows,
     (gs, dkp): (usize, usize),
@@ -352,7 +414,10 @@ unsafe fn scores<S: Simd>(
                         qv[h] = S::load(qp.add(head(h) * dkp + d));
                     }
                     for t in 0..t_block {
-                        let kv = k.load::<S>(i0 + t, d);
+                        if j0 == 0 {
+                            k.prefetch_ahead::<D>(i0 + t, d);
+                        }
+                        let kv = k.load::<S, D>(i0 + t, d);
                         for h in 0..H {
                             acc[h * t_block + t] = S::fma(qv[h], kv, acc[h * t_block + t]);
                         }
@@ -370,7 +435,7 @@ unsafe fn scores<S: Simd>(
 
 /// acc_j += sum over the tile's n tokens of p[j][i] * v_i, for every head j of the group.
 #[inline(always)]
-unsafe fn pv<S: Simd>(
+unsafe fn pv<S: Simd, const D: usize>(
     p: &[f32],
     v: &Rows,
     (gs, dvp): (usize, usize),
@@ -389,12 +454,12 @@ unsafe fn pv<S: Simd>(
                 let c = if d + wide * S::LANES <= dvp { wide } else { 1 };
                 let at = (j, d);
                 match (h, c) {
-                    (4, 4) => pv_block::<S, 4, 4>(p, v, tokens.clone(), dvp, at, acc),
-                    (4, 2) => pv_block::<S, 4, 2>(p, v, tokens.clone(), dvp, at, acc),
-                    (4, _) => pv_block::<S, 4, 1>(p, v, tokens.clone(), dvp, at, acc),
-                    (_, 4) => pv_block::<S, 1, 4>(p, v, tokens.clone(), dvp, at, acc),
-                    (_, 2) => pv_block::<S, 1, 2>(p, v, tokens.clone(), dvp, at, acc),
-                    _ => pv_block::<S, 1, 1>(p, v, tokens.clone(), dvp, at, acc),
+                    (4, 4) => pv_block::<S, D, 4, 4>(p, v, tokens.clone(), dvp, at, acc),
+                    (4, 2) => pv_block::<S, D, 4, 2>(p, v, tokens.clone(), dvp, at, acc),
+                    (4, _) => pv_block::<S, D, 4, 1>(p, v, tokens.clone(), dvp, at, acc),
+                    (_, 4) => pv_block::<S, D, 1, 4>(p, v, tokens.clone(), dvp, at, acc),
+                    (_, 2) => pv_block::<S, D, 1, 2>(p, v, tokens.clone(), dvp, at, acc),
+                    _ => pv_block::<S, D, 1, 1>(p, v, tokens.clone(), dvp, at, acc),
                 }
                 d += c * S::LANES;
             }
@@ -405,7 +470,7 @@ unsafe fn pv<S: Simd>(
 
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
-unsafe fn pv_block<S: Simd, const H: usize, const C: usize>(
+unsafe fn pv_block<S: Simd, const D: usize, const H: usize, const C: usize>(
     p: *const f32,
     vr: &Rows,
     tokens: std::ops::Range<usize>,
@@ -426,7 +491,10 @@ unsafe fn pv_block<S: Simd, const H: usize, const C: usize>(
         for i in tokens {
             let mut v = [S::splat(0.0); C];
             for c in 0..C {
-                v[c] = vr.load::<S>(i, d + c * S::LANES);
+                if j == 0 {
+                    vr.prefetch_ahead::<D>(i, d + c * S::LANES);
+                }
+                v[c] = vr.load::<S, D>(i, d + c * S::LANES);
             }
             for h in 0..H {
                 let pb = S::splat(*p.add((j + h) * TILE + i));

@@ -225,6 +225,12 @@ pub(super) unsafe fn task(
         // slots[t] + g of the cache.
         let slots: [usize; TILE] =
             std::array::from_fn(|t| w.cache_offset(cx.table, b, t0 + t.min(n - 1), 0, 1));
+        // The next tile's slots, whose rows are asked for while this one is staged.
+        let next = t0 + TILE < end;
+        let next_slots: [usize; TILE] = std::array::from_fn(|t| {
+            let token = if next { t0 + TILE + t } else { t0 + t };
+            w.cache_offset(cx.table, b, token.min(end - 1), 0, 1)
+        });
         if direct {
             // A block's 16 rows of every head, read in place by `scores`.
             for tb in 0..n.div_ceil(16) {
@@ -266,6 +272,15 @@ pub(super) unsafe fn task(
                         stage_v::<true>(&v_rows[g], t16, dv, vv);
                     } else {
                         stage_v::<false>(&v_rows[g], t16, dv, vv);
+                    }
+                    // K staged (fp8; bf16 on pages not whole 16s): the next tile's K and V
+                    // rows asked for now. Where K is read in place (bf16), asking for its
+                    // rows or V's was measured slower (bench/2026-12-07-cpu-xeon-amx/
+                    // gqa-prefetch/).
+                    if next && !direct && t16 < TILE {
+                        let tokens = &next_slots[t16..t16 + 16];
+                        prefetch_rows(cx.k, tokens, g, dk * esize);
+                        prefetch_rows(cx.v, tokens, g, dv * esize);
                     }
                 }
             }
@@ -352,6 +367,19 @@ unsafe fn unpermute_rows(acc: &[f32], at: &[u32; 32], gs: usize, dv: usize, out:
 fn permuted(d: usize) -> usize {
     let r = d % 32;
     d - r + (r % 8) / 4 * 16 + r / 8 * 4 + r % 4
+}
+
+/// Asks for every line of row `slot + g` (rows of `row` bytes) of each slot, into L2: the
+/// next tile's rows, while this one is staged.
+#[inline(always)]
+fn prefetch_rows(bytes: &[u8], slots: &[usize], g: usize, row: usize) {
+    for &slot in slots {
+        let p = bytes.as_ptr().wrapping_add((slot + g) * row);
+        for line in (0..row).step_by(64) {
+            // SAFETY: a prefetch reads nothing and cannot fault.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(line) as *const i8) };
+        }
+    }
 }
 
 /// kst[t][dk] = the tile's K rows as bf16, for the 16 tokens from t16.
