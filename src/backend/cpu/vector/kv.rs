@@ -10,7 +10,9 @@
 //!
 //! Rows read where they lie are taken 16 tokens at a time across every KV head, so each
 //! token's row is read in address order and the hardware prefetcher, which works within a
-//! page, sees it whole (bench/2026-12-07-cpu-xeon-amx/gqa-heads-inner/).
+//! page, sees it whole (bench/2026-12-07-cpu-xeon-amx/gqa-heads-inner/). 2-byte rows also
+//! ask for the rows 16 tokens on, and the L1-tile paths for the next tile's, as they go
+//! (gqa-prefetch/).
 //!
 //! Partials come out per (sequence, KV head, chunk) and merge as simple's do.
 
