@@ -403,7 +403,15 @@ impl KvDecode {
     /// width `dim`, read through the page table.
     #[inline(always)]
     pub fn cache_offset(&self, table: &[i32], b: usize, t: usize, g: usize, dim: usize) -> usize {
-        let page = table[b * self.max_pages() + t / self.page_size] as usize;
+        // The table is [batch, max_pages]: its row length from its size (one division),
+        // not `max_pages()` (one per sequence, at every call).
+        let stride = table.len() / self.batch;
+        debug_assert_eq!(
+            stride,
+            self.max_pages(),
+            "a page table of [batch, max_pages]"
+        );
+        let page = table[b * stride + t / self.page_size] as usize;
         ((page * self.page_size + t % self.page_size) * self.kv_heads + g) * dim
     }
 

@@ -226,8 +226,11 @@ unsafe fn task_of<S: Simd, const D: usize>(cx: &KvCtx, (b, c): (usize, usize)) -
         let n = TILE.min(end - t0);
         // Row t of head g's tile, for t < TILE: rows past n repeat the last one (their
         // scores are masked, their P is never read).
-        let row =
-            |g: usize, t: usize, dim: usize| w.cache_offset(cx.table, b, t0 + t.min(n - 1), g, dim);
+        // Each token's slot (its first head's row) once a tile: `cache_offset` divides by
+        // the page size, and a tile takes its rows once per head for K and for V.
+        let slots: [usize; TILE] =
+            std::array::from_fn(|t| w.cache_offset(cx.table, b, t0 + t.min(n - 1), 0, 1));
+        let row = |g: usize, t: usize, dim: usize| (slots[t] + g) * dim;
         if fused {
             let v = cx.v.unwrap_or(cx.k);
             rows.clear();
@@ -259,14 +262,16 @@ unsafe fn task_of<S: Simd, const D: usize>(cx: &KvCtx, (b, c): (usize, usize)) -
             }
             continue;
         }
+        // The next tile's slots, whose rows are asked for as this tile's are decoded.
         let next = t0 + TILE < end;
+        let next_slots: [usize; TILE] = std::array::from_fn(|t| {
+            let token = if next { t0 + TILE + t } else { t0 + t };
+            w.cache_offset(cx.table, b, token.min(end - 1), 0, 1)
+        });
         for (g, st) in groups.iter_mut().enumerate() {
             for i in 0..n {
                 if next {
-                    let ahead = |dim: usize| {
-                        let at = w.cache_offset(cx.table, b, (t0 + TILE + i).min(end - 1), g, dim);
-                        at * dt.size()
-                    };
+                    let ahead = |dim: usize| (next_slots[i] + g) * dim * dt.size();
                     prefetch_span(cx.k, ahead(dk), dk * dt.size());
                     if let Some(v) = cx.v {
                         prefetch_span(v, ahead(dv), dv * dt.size());
