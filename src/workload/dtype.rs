@@ -52,6 +52,10 @@ impl DType {
     ];
     /// The dtypes of whole bytes per element: what the KV cache takes.
     pub const WHOLE_BYTE: [DType; 4] = [DType::F32, DType::F16, DType::Bf16, DType::Fp8E4m3];
+    /// This dtype's index in `WHOLE_BYTE` (the const parameter the cpu kernels take).
+    pub fn whole_byte_index(self) -> Option<usize> {
+        Self::WHOLE_BYTE.iter().position(|&d| d == self)
+    }
     /// The 4-bit weight formats.
     pub const FOUR_BIT: [DType; 4] = [DType::Int4G32, DType::Int4G128, DType::Mxfp4, DType::Nvfp4];
 

@@ -4,7 +4,7 @@
 //! stream at once, decoded in registers, against up to 4 of its tokens (x rows zero-padded
 //! to whole vectors, read from cache), so each weight byte is loaded once per 4 tokens.
 
-use super::simd::{Aligned, Simd};
+use super::simd::{Aligned, Simd, prefetch_l2};
 use crate::workload::{DType, ExpertGemv, WeightScale, expert_gemv::SCALE_BLOCK};
 
 /// What every row block of one step reads.
@@ -57,10 +57,7 @@ pub(super) unsafe fn block<S: Simd>(cx: &ExpertCtx, blk: usize) -> Vec<f32> {
     let wide = if S::LANES == 16 { 4 } else { 2 };
     let regs = register_blocks(o0, o1);
     // The dtype as a const parameter: the loop's decode is chosen once, not per vector.
-    let d = DType::WHOLE_BYTE
-        .iter()
-        .position(|&d| d == w.weight_dtype)
-        .unwrap_or(0);
+    let d = w.weight_dtype.whole_byte_index().unwrap_or(0);
     for (e, entries) in &cx.touched {
         for &(o, stride, r) in &regs {
             for group in entries.chunks(wide) {
@@ -259,11 +256,8 @@ unsafe fn rows<S: Simd, const R: usize, const T: usize, const D: usize>(
 /// value, the prefetcher's best case) slower (bench/2026-12-07-cpu-xeon-amx/expert-prefetch/).
 #[inline(always)]
 fn ahead<const D: usize>(p: *const u8, by: usize) {
-    #[cfg(target_arch = "x86_64")]
     if DType::WHOLE_BYTE[D].size() <= 2 {
-        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
-        // SAFETY: a prefetch reads nothing and cannot fault.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(by) as *const i8) };
+        prefetch_l2(p.wrapping_add(by));
     }
 }
 

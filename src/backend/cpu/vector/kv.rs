@@ -16,7 +16,7 @@
 //!
 //! Partials come out per (sequence, KV head, chunk) and merge as simple's do.
 
-use super::simd::{Aligned, Simd, decode_row};
+use super::simd::{Aligned, Simd, decode_row, prefetch_l2, prefetch_span};
 use crate::backend::cpu::kernels::Partial;
 use crate::workload::{DType, KvDecode, Math};
 
@@ -93,6 +93,20 @@ pub(super) fn chunk_tokens(w: &KvDecode, tile: usize) -> usize {
     per_task.clamp(tile, 16 * tile).next_multiple_of(tile)
 }
 
+/// Each cache slot (the row of a token's first KV head; head g's is slot + g) of sequence b's
+/// N tokens from `first`, tokens past `end` taking the last one's: found once a tile, since
+/// `cache_offset` divides by the page size and a tile reads each token's rows once per head
+/// and tensor.
+pub(super) fn tile_slots<const N: usize>(
+    w: &KvDecode,
+    table: &[i32],
+    b: usize,
+    first: usize,
+    end: usize,
+) -> [usize; N] {
+    std::array::from_fn(|t| w.cache_offset(table, b, (first + t).min(end - 1), 0, 1))
+}
+
 /// The (sequence, chunk) tasks of a step with chunks of `chunk` tokens.
 pub(super) fn tasks(w: &KvDecode, chunk: usize) -> Vec<(usize, usize)> {
     (0..w.batch)
@@ -133,14 +147,11 @@ impl Rows {
     #[inline(always)]
     fn prefetch_ahead<const D: usize>(&self, t: usize, d: usize) {
         let size = DType::WHOLE_BYTE[D].size();
-        #[cfg(target_arch = "x86_64")]
         if size == 2
             && (d * size).is_multiple_of(64)
             && let Some(&p) = self.at.get(t + SUB)
         {
-            use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
-            // SAFETY: a prefetch reads nothing and cannot fault.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(d * size) as *const i8) };
+            prefetch_l2(p.wrapping_add(d * size));
         }
     }
 
@@ -176,11 +187,11 @@ struct Group {
 pub(super) unsafe fn task<S: Simd>(cx: &KvCtx, t: (usize, usize)) -> Vec<Partial> {
     // SAFETY: the caller's contract; one instance per dtype, so no load branches on it.
     unsafe {
-        match cx.w.kv_dtype {
-            DType::F32 => task_of::<S, 0>(cx, t),
-            DType::F16 => task_of::<S, 1>(cx, t),
-            DType::Bf16 => task_of::<S, 2>(cx, t),
-            _ => task_of::<S, 3>(cx, t),
+        match cx.w.kv_dtype.whole_byte_index() {
+            Some(1) => task_of::<S, 1>(cx, t),
+            Some(2) => task_of::<S, 2>(cx, t),
+            Some(3) => task_of::<S, 3>(cx, t),
+            _ => task_of::<S, F32>(cx, t),
         }
     }
 }
@@ -226,10 +237,7 @@ unsafe fn task_of<S: Simd, const D: usize>(cx: &KvCtx, (b, c): (usize, usize)) -
         let n = TILE.min(end - t0);
         // Row t of head g's tile, for t < TILE: rows past n repeat the last one (their
         // scores are masked, their P is never read).
-        // Each token's slot (its first head's row) once a tile: `cache_offset` divides by
-        // the page size, and a tile takes its rows once per head for K and for V.
-        let slots: [usize; TILE] =
-            std::array::from_fn(|t| w.cache_offset(cx.table, b, t0 + t.min(n - 1), 0, 1));
+        let slots: [usize; TILE] = tile_slots(w, cx.table, b, t0, end);
         let row = |g: usize, t: usize, dim: usize| (slots[t] + g) * dim;
         if fused {
             let v = cx.v.unwrap_or(cx.k);
@@ -263,15 +271,12 @@ unsafe fn task_of<S: Simd, const D: usize>(cx: &KvCtx, (b, c): (usize, usize)) -
             continue;
         }
         // The next tile's slots, whose rows are asked for as this tile's are decoded.
-        let next = t0 + TILE < end;
-        let next_slots: [usize; TILE] = std::array::from_fn(|t| {
-            let token = if next { t0 + TILE + t } else { t0 + t };
-            w.cache_offset(cx.table, b, token.min(end - 1), 0, 1)
-        });
+        let next: Option<[usize; TILE]> =
+            (t0 + TILE < end).then(|| tile_slots(w, cx.table, b, t0 + TILE, end));
         for (g, st) in groups.iter_mut().enumerate() {
             for i in 0..n {
-                if next {
-                    let ahead = |dim: usize| (next_slots[i] + g) * dim * dt.size();
+                if let Some(next) = &next {
+                    let ahead = |dim: usize| (next[i] + g) * dim * dt.size();
                     prefetch_span(cx.k, ahead(dk), dk * dt.size());
                     if let Some(v) = cx.v {
                         prefetch_span(v, ahead(dv), dv * dt.size());
@@ -318,17 +323,6 @@ unsafe fn task_of<S: Simd, const D: usize>(cx: &KvCtx, (b, c): (usize, usize)) -
                 .collect(),
         })
         .collect()
-}
-
-/// Asks for the lines of bytes[at..at + len] into L2.
-#[inline(always)]
-fn prefetch_span(bytes: &[u8], at: usize, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for line in (0..len).step_by(64) {
-        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
-        // SAFETY: a prefetch reads nothing and cannot fault.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(bytes.as_ptr().wrapping_add(at + line) as *const i8) };
-    }
 }
 
 /// A group's tile of scores (gs rows of TILE, n valid) into P, its running max and sum

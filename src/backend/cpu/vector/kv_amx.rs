@@ -16,7 +16,7 @@
 //! Partials come out per (sequence, KV head, chunk) and merge as simple's do.
 
 use super::amx::{Tiles, tile_dp, tile_load, tile_store, tile_zero};
-use super::kv::chunk_tokens;
+use super::kv::{chunk_tokens, tile_slots};
 use super::simd::{Aligned, Avx512, Simd};
 use crate::backend::cpu::kernels::Partial;
 use crate::workload::{DType, KvDecode, Math};
@@ -167,8 +167,7 @@ pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
         let n = TILE.min(end - t0);
         // Row t of the tile (rows past n repeat the last one: their P is zero) is token slot
         // slots[t] + g of the cache, each slot a token's kv_heads rows.
-        let slots: [usize; TILE] =
-            std::array::from_fn(|t| w.cache_offset(cx.table, b, t0 + t.min(n - 1), 0, 1));
+        let slots: [usize; TILE] = tile_slots(w, cx.table, b, t0, end);
         // Every head's operands first, so the tile's pages are read in one pass (a token's
         // heads are contiguous), then each head's tile products from L2.
         let (kt16, vv16) = (as_u16(&mut kt), as_u16(&mut vv));

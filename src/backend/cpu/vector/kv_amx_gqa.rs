@@ -15,9 +15,9 @@
 //! Larger groups (MLA's 16-128 heads) take kv_amx.rs, which tiles heads by 16.
 
 use super::amx::{Tiles, tile_dp, tile_load, tile_store, tile_zero};
-use super::kv::chunk_tokens;
+use super::kv::{chunk_tokens, tile_slots};
 use super::kv_amx::{TILE, as_u16, load32, rows, transmute_bh, transpose16, zeroed_u16};
-use super::simd::{Aligned, Avx512, Simd};
+use super::simd::{Aligned, Avx512, Simd, prefetch_span};
 use crate::backend::cpu::kernels::Partial;
 use crate::workload::{Attention, DType, KvDecode, Math};
 use std::arch::x86_64::*;
@@ -223,14 +223,10 @@ pub(super) unsafe fn task(
         let n = TILE.min(end - t0);
         // Row t of the tile (rows past n repeat the last one: their P is zero) is token slot
         // slots[t] + g of the cache.
-        let slots: [usize; TILE] =
-            std::array::from_fn(|t| w.cache_offset(cx.table, b, t0 + t.min(n - 1), 0, 1));
+        let slots: [usize; TILE] = tile_slots(w, cx.table, b, t0, end);
         // The next tile's slots, whose rows are asked for while this one is staged.
-        let next = t0 + TILE < end;
-        let next_slots: [usize; TILE] = std::array::from_fn(|t| {
-            let token = if next { t0 + TILE + t } else { t0 + t };
-            w.cache_offset(cx.table, b, token.min(end - 1), 0, 1)
-        });
+        let next: Option<[usize; TILE]> =
+            (t0 + TILE < end).then(|| tile_slots(w, cx.table, b, t0 + TILE, end));
         if direct {
             // A block's 16 rows of every head, read in place by `scores`.
             for tb in 0..n.div_ceil(16) {
@@ -277,10 +273,11 @@ pub(super) unsafe fn task(
                     // rows asked for now. Where K is read in place (bf16), asking for its
                     // rows or V's was measured slower (bench/2026-12-07-cpu-xeon-amx/
                     // gqa-prefetch/).
-                    if next && !direct && t16 < TILE {
-                        let tokens = &next_slots[t16..t16 + 16];
-                        prefetch_rows(cx.k, tokens, g, dk * esize);
-                        prefetch_rows(cx.v, tokens, g, dv * esize);
+                    if let Some(next) = next.as_ref().filter(|_| !direct && t16 < TILE) {
+                        for &slot in &next[t16..t16 + 16] {
+                            prefetch_span(cx.k, (slot + g) * dk * esize, dk * esize);
+                            prefetch_span(cx.v, (slot + g) * dv * esize, dv * esize);
+                        }
                     }
                 }
             }
@@ -367,19 +364,6 @@ unsafe fn unpermute_rows(acc: &[f32], at: &[u32; 32], gs: usize, dv: usize, out:
 fn permuted(d: usize) -> usize {
     let r = d % 32;
     d - r + (r % 8) / 4 * 16 + r / 8 * 4 + r % 4
-}
-
-/// Asks for every line of row `slot + g` (rows of `row` bytes) of each slot, into L2: the
-/// next tile's rows, while this one is staged.
-#[inline(always)]
-fn prefetch_rows(bytes: &[u8], slots: &[usize], g: usize, row: usize) {
-    for &slot in slots {
-        let p = bytes.as_ptr().wrapping_add((slot + g) * row);
-        for line in (0..row).step_by(64) {
-            // SAFETY: a prefetch reads nothing and cannot fault.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(line) as *const i8) };
-        }
-    }
 }
 
 /// kst[t][dk] = the tile's K rows as bf16, for the 16 tokens from t16.
