@@ -328,18 +328,27 @@ impl Prepared for CpuPoint {
         }
     }
 
+    /// The reps run on a pool thread, and every pool thread is woken (an empty broadcast)
+    /// just before each timed step: a step's time is its own, not the OS's wake-up of threads
+    /// that slept through the flush (tens of microseconds a step on the CI machine's VM), as a
+    /// decode engine's spinning pool runs a step (bench/2026-12-07-cpu-xeon-amx/pool-awake/).
     fn run(&mut self, warmup: usize, reps: usize) -> anyhow::Result<Vec<f64>> {
-        for _ in 0..warmup {
-            self.flush_cache();
-            self.step();
-        }
-        let mut times = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            self.flush_cache();
-            let t0 = Instant::now();
-            self.step();
-            times.push(t0.elapsed().as_secs_f64());
-        }
+        let point = self;
+        let times = rayon::scope(|_| {
+            for _ in 0..warmup {
+                point.flush_cache();
+                point.step();
+            }
+            (0..reps)
+                .map(|_| {
+                    point.flush_cache();
+                    rayon::broadcast(|_| ());
+                    let t0 = Instant::now();
+                    point.step();
+                    t0.elapsed().as_secs_f64()
+                })
+                .collect()
+        });
         Ok(times)
     }
 
