@@ -176,12 +176,14 @@ mod cases {
         }
     }
 
-    /// Groups of 8 heads and of 1 (a tile kernel's full and padded head slots), K dims of
-    /// two to four 32-dim steps, pages of whole 16-token blocks (cpu's amx loads K where it
-    /// lies) and of 7 (staged), partial tiles.
+    /// Groups of 8 heads and of 1 (a tile kernel's full and padded head slots), and of 16
+    /// over two KV heads (one block of 16: cpu's amx computes S^T with K's rows as A tiles),
+    /// K dims of two to four 32-dim steps, pages of whole 16-token blocks (cpu's amx loads K
+    /// where it lies) and of 7 (staged), partial tiles.
     pub fn kv_tile_groups(b: &dyn Backend) {
         for (hq, hkv, dk, page, dt) in [
             (16, 2, 96, 32, DType::Bf16),
+            (32, 2, 64, 16, DType::Bf16),
             (16, 2, 128, 7, DType::Bf16),
             (3, 3, 64, 16, DType::Fp8E4m3),
             (8, 1, 128, 48, DType::Bf16),

@@ -8,6 +8,9 @@
 //!   and shared by every head;
 //! - S[heads x tokens] = Q . K^T: A is q, one tile per 32 dims, `hi` and `lo` bf16 halves
 //!   at `math: f32` (q = hi + lo keeps f32-grade scores; the cache's values are exact);
+//!   or, for one block of exactly 16 heads over bf16 pages of whole 16-token blocks (MLA's
+//!   16 heads), S^T = K . Q^T with K's rows tile-loaded where they lie and Q^T's hi and lo
+//!   as B tiles, no K^T built (bench/2026-12-07-cpu-xeon-amx/mla-amx-phases/);
 //! - the online softmax per head along its tokens (AVX-512), P written as the next A
 //!   operand, split hi + lo the same way;
 //! - V in VNNI pairs of tokens (one `vpermt2w` per 16 dims and pair), then
@@ -50,6 +53,9 @@ pub(super) struct AmxCtx<'a> {
     /// Every (sequence, KV head)'s q heads as A tiles (`q_tiles`), `q_len` bf16 each.
     qa: Aligned,
     q_len: usize,
+    /// Where `transposed(w)`: every (sequence, KV head)'s Q^T as B tiles, `q_len` bf16 each
+    /// ([k step][hi, lo][16 dim pairs][16 heads][2]); else empty.
+    qb: Aligned,
     pub k: &'a [u8],
     pub v: Option<&'a [u8]>,
     pub table: &'a [i32],
@@ -82,17 +88,39 @@ impl<'a> AmxCtx<'a> {
                 let heads = &q[bg * gs * sh.dk..(bg + 1) * gs * sh.dk];
                 q_tiles(sh, w.math, heads, out);
             });
+        let mut qb = zeroed_u16(if transposed(w) { qa.len() * 2 } else { 0 });
+        if transposed(w) {
+            let a = bytemuck::cast_slice::<f32, u16>(&qa[..]);
+            for (bg, out) in as_u16(&mut qb).chunks_exact_mut(q_len).enumerate() {
+                for (t, tile) in out.chunks_exact_mut(512).enumerate() {
+                    let from = &a[bg * q_len + t * 512..][..512];
+                    for (i, x) in tile.iter_mut().enumerate() {
+                        let (p, h, e) = (i / 32, i / 2 % 16, i % 2);
+                        *x = from[h * 32 + 2 * p + e];
+                    }
+                }
+            }
+        }
         AmxCtx {
             w,
             sh,
             qa,
             q_len,
+            qb,
             k,
             v,
             table,
             chunk: chunk_tokens(w, TILE),
         }
     }
+}
+
+/// Whether the scores come as S^T = K . Q^T, K's rows tile-loaded where they lie (no K^T to
+/// build): one block of 16 heads (the C and A tiles' rows serve tokens in the scores and heads
+/// in P . V), bf16, pages of whole 16-token blocks (a block's rows are one stride apart;
+/// rows past the context are the page's next slots, masked by the softmax).
+fn transposed(w: &KvDecode) -> bool {
+    w.group_size() == 16 && w.kv_dtype == DType::Bf16 && w.page_size.is_multiple_of(16)
 }
 
 /// bf16 by round-to-nearest-even.
@@ -162,6 +190,8 @@ pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
     let mut vv = zeroed_u16(hkv * vv_len);
     let mut pa = zeroed_u16(sh.hb * 2 * 2 * 512);
     let mut s = Aligned::zeroed(hp * TILE);
+    let st_path = transposed(w);
+    let mut st = Aligned::zeroed(if st_path { TILE * 16 } else { 0 });
     let end = ((c + 1) * cx.chunk).min(w.context_lens[b]);
     for t0 in (c * cx.chunk..end).step_by(TILE) {
         let n = TILE.min(end - t0);
@@ -185,7 +215,9 @@ pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
                     k_transposed::<true>(&k_rows, sh.ks, &mut kt16[g * kt_len..]);
                     v_pairs::<true>(&v_rows, sh.dv, &mut vv16[g * vv_len..]);
                 } else {
-                    k_transposed::<false>(&k_rows, sh.ks, &mut kt16[g * kt_len..]);
+                    if !st_path {
+                        k_transposed::<false>(&k_rows, sh.ks, &mut kt16[g * kt_len..]);
+                    }
                     v_pairs::<false>(&v_rows, sh.dv, &mut vv16[g * vv_len..]);
                 }
             }
@@ -193,8 +225,23 @@ pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
         for (g, h) in heads.iter_mut().enumerate() {
             // SAFETY: the buffers are sized for sh above; the caller's contract.
             unsafe {
-                let qa = &cx.qa[(b * hkv + g) * cx.q_len / 2..];
-                scores(sh, qa, &kt[g * kt_len / 2..], &mut s);
+                if st_path {
+                    // Token block tb's 16 rows start at its first token's row.
+                    let (base, stride) = (cx.k.as_ptr() as *const u16, hkv * sh.dk * 2);
+                    for tb in 0..n.div_ceil(16) {
+                        // Its last row: 15 tokens on, head g.
+                        let end = slots[16 * tb] + 15 * hkv + g + 1;
+                        assert!(end * sh.dk * 2 <= cx.k.len(), "K block out of its tensor");
+                    }
+                    let kb: [*const u16; 4] = std::array::from_fn(|tb| {
+                        base.wrapping_add((slots[(16 * tb).min(n - 1)] + g) * sh.dk)
+                    });
+                    let qb = cx.qb[(b * hkv + g) * cx.q_len / 2..].as_ptr() as *const u16;
+                    scores_t(sh, n, qb, (kb, stride), &mut st, &mut s);
+                } else {
+                    let qa = &cx.qa[(b * hkv + g) * cx.q_len / 2..];
+                    scores(sh, qa, &kt[g * kt_len / 2..], &mut s);
+                }
                 softmax(sh, (n, fold), &mut s, (&mut h.m, &mut h.l), &mut h.acc);
                 p_tiles(sh, &s, as_u16(&mut pa));
                 pv(sh, n, &pa, &vv[g * vv_len / 2..], &mut h.acc);
@@ -435,6 +482,77 @@ unsafe fn scores(sh: Shape, qa: &[f32], kt: &[f32], s: &mut [f32]) {
             tile_store!(1, o.add(16), 4 * TILE);
             tile_store!(2, o.add(32), 4 * TILE);
             tile_store!(3, o.add(48), 4 * TILE);
+        }
+    }
+}
+
+/// S^T for one block of 16 heads (`transposed`): C[token][head] += K's rows (A tiles, 16
+/// tokens loaded where they lie) . Q^T (B tiles: hi, and lo at `math: f32`), for the token
+/// blocks holding the n tokens, four C tiles taking turns; then each block transposed into
+/// s[head][token].
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays: indices keep them in registers
+unsafe fn scores_t(
+    sh: Shape,
+    n: usize,
+    qb: *const u16,
+    (kb, stride): ([*const u16; 4], usize),
+    st: &mut [f32],
+    s: &mut [f32],
+) {
+    let blocks = n.div_ceil(16);
+    let b = |k: usize, part: usize| qb.wrapping_add((k * 2 + part) * 512);
+    // SAFETY: B tiles inside qb as `AmxCtx::new` lays them out; A tiles inside K (the
+    // caller asserts each block's rows); C tiles stored inside st (TILE rows of 16) and s
+    // written inside its 16 rows of TILE.
+    unsafe {
+        tile_zero!(0);
+        tile_zero!(1);
+        tile_zero!(2);
+        tile_zero!(3);
+        // Token block $tb of 32-dim step $k into C tile $c through A tile $a.
+        macro_rules! block {
+            ($c:literal, $a:literal, $tb:expr, $k:expr) => {
+                if $tb < blocks {
+                    tile_load!($a, kb[$tb].wrapping_add($k * 32), stride);
+                    tile_dp!($c, $a, 6);
+                    if sh.split {
+                        tile_dp!($c, $a, 7);
+                    }
+                }
+            };
+        }
+        for k in 0..sh.ks {
+            tile_load!(6, b(k, 0), 64usize);
+            if sh.split {
+                tile_load!(7, b(k, 1), 64usize);
+            }
+            block!(0, 4, 0, k);
+            block!(1, 5, 1, k);
+            block!(2, 4, 2, k);
+            block!(3, 5, 3, k);
+        }
+        let o = st.as_mut_ptr();
+        tile_store!(0, o, 64usize);
+        if blocks > 1 {
+            tile_store!(1, o.add(256), 64usize);
+        }
+        if blocks > 2 {
+            tile_store!(2, o.add(512), 64usize);
+        }
+        if blocks > 3 {
+            tile_store!(3, o.add(768), 64usize);
+        }
+        for tb in 0..blocks {
+            let mut r = [_mm512_setzero_si512(); 16];
+            for t in 0..16 {
+                r[t] = _mm512_loadu_si512(st.as_ptr().add((16 * tb + t) * 16) as *const __m512i);
+            }
+            let heads = transpose16(r);
+            for h in 0..16 {
+                let to = s.as_mut_ptr().add(h * TILE + 16 * tb);
+                _mm512_storeu_si512(to as *mut __m512i, heads[h]);
+            }
         }
     }
 }
