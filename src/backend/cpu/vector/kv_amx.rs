@@ -10,7 +10,7 @@
 //!   at `math: f32` (q = hi + lo keeps f32-grade scores; the cache's values are exact);
 //!   or, for one block of exactly 16 heads over bf16 pages of whole 16-token blocks (MLA's
 //!   16 heads), S^T = K . Q^T with K's rows tile-loaded where they lie and Q^T's hi and lo
-//!   as B tiles, no K^T built (bench/2026-12-07-cpu-xeon-amx/mla-amx-phases/);
+//!   as B tiles, no K^T built (bench/2026-12-07-cpu-xeon-amx/mla-scores-transposed/);
 //! - the online softmax per head along its tokens (AVX-512), P written as the next A
 //!   operand, split hi + lo the same way;
 //! - V in VNNI pairs of tokens (one `vpermt2w` per 16 dims and pair), then
