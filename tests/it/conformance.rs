@@ -177,13 +177,16 @@ mod cases {
     }
 
     /// Groups of 8 heads and of 1 (a tile kernel's full and padded head slots), and of 16
-    /// over two KV heads (one block of 16: cpu's amx computes S^T with K's rows as A tiles),
-    /// K dims of two to four 32-dim steps, pages of whole 16-token blocks (cpu's amx loads K
-    /// where it lies) and of 7 (staged), partial tiles.
+    /// over two KV heads (one block of 16: cpu's amx computes S^T with bf16 K's rows as A
+    /// tiles where pages are whole 16-token blocks, else builds K^T), K dims of two to four
+    /// 32-dim steps, pages of whole 16-token blocks (cpu's amx loads bf16 K where it lies)
+    /// and of 7 (staged; fp8 always staged), partial tiles.
     pub fn kv_tile_groups(b: &dyn Backend) {
         for (hq, hkv, dk, page, dt) in [
             (16, 2, 96, 32, DType::Bf16),
             (32, 2, 64, 16, DType::Bf16),
+            (32, 2, 64, 7, DType::Bf16),
+            (32, 2, 96, 16, DType::Fp8E4m3),
             (16, 2, 128, 7, DType::Bf16),
             (3, 3, 64, 16, DType::Fp8E4m3),
             (8, 1, 128, 48, DType::Bf16),
@@ -211,6 +214,12 @@ mod cases {
         run_point(
             b,
             &mla(2, 5, 48, 16, vec![70, 3], 16, DType::Fp8E4m3),
+            no_edit,
+        );
+        // 16 heads of fp8: one tile block (cpu's amx builds K^T from the decoded rows).
+        run_point(
+            b,
+            &mla(2, 16, 64, 32, vec![70, 3], 16, DType::Fp8E4m3),
             no_edit,
         );
     }
