@@ -486,6 +486,28 @@ unsafe fn scores(sh: Shape, qa: &[f32], kt: &[f32], s: &mut [f32]) {
     }
 }
 
+/// C tiles 0 to blocks - 1 (at most 4: one per 16-token block, [16 tokens][16 f32]) to
+/// `o`, one after another.
+///
+/// # Safety
+/// o must hold blocks x 256 f32s; the tiles configured (16 rows of 64 bytes).
+#[inline(always)]
+pub(super) unsafe fn store_token_blocks(o: *mut f32, blocks: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        tile_store!(0, o, 64usize);
+        if blocks > 1 {
+            tile_store!(1, o.add(256), 64usize);
+        }
+        if blocks > 2 {
+            tile_store!(2, o.add(512), 64usize);
+        }
+        if blocks > 3 {
+            tile_store!(3, o.add(768), 64usize);
+        }
+    }
+}
+
 /// S^T for one block of 16 heads (`transposed`): C[token][head] += K's rows (A tiles, 16
 /// tokens loaded where they lie) . Q^T (B tiles: hi, and lo at `math: f32`), for the token
 /// blocks holding the n tokens, four C tiles taking turns; then each block transposed into
@@ -532,17 +554,7 @@ unsafe fn scores_t(
             block!(2, 4, 2, k);
             block!(3, 5, 3, k);
         }
-        let o = st.as_mut_ptr();
-        tile_store!(0, o, 64usize);
-        if blocks > 1 {
-            tile_store!(1, o.add(256), 64usize);
-        }
-        if blocks > 2 {
-            tile_store!(2, o.add(512), 64usize);
-        }
-        if blocks > 3 {
-            tile_store!(3, o.add(768), 64usize);
-        }
+        store_token_blocks(st.as_mut_ptr(), blocks);
         for tb in 0..blocks {
             let mut r = [_mm512_setzero_si512(); 16];
             for t in 0..16 {

@@ -16,7 +16,9 @@
 
 use super::amx::{Tiles, tile_dp, tile_load, tile_store, tile_zero};
 use super::kv::{chunk_tokens, tile_slots};
-use super::kv_amx::{TILE, as_u16, load32, rows, transmute_bh, transpose16, zeroed_u16};
+use super::kv_amx::{
+    TILE, as_u16, load32, rows, store_token_blocks, transmute_bh, transpose16, zeroed_u16,
+};
 use super::simd::{Aligned, Avx512, Simd, prefetch_span};
 use crate::backend::cpu::kernels::Partial;
 use crate::workload::{Attention, DType, KvDecode, Math};
@@ -453,17 +455,7 @@ unsafe fn scores(
                 step!(7, k);
             }
         }
-        let o = s.as_mut_ptr();
-        tile_store!(0, o, 64usize);
-        if blocks > 1 {
-            tile_store!(1, o.add(256), 64usize);
-        }
-        if blocks > 2 {
-            tile_store!(2, o.add(512), 64usize);
-        }
-        if blocks > 3 {
-            tile_store!(3, o.add(768), 64usize);
-        }
+        store_token_blocks(s.as_mut_ptr(), blocks);
     }
 }
 
