@@ -117,10 +117,16 @@ impl<'a> AmxCtx<'a> {
 
 /// Whether the scores come as S^T = K . Q^T, K's rows tile-loaded where they lie (no K^T to
 /// build): one block of 16 heads (the C and A tiles' rows serve tokens in the scores and heads
-/// in P . V), bf16, pages of whole 16-token blocks (a block's rows are one stride apart;
-/// rows past the context are the page's next slots, masked by the softmax).
+/// in P . V), and K where tiles can load it (`k_in_place`).
 fn transposed(w: &KvDecode) -> bool {
-    w.group_size() == 16 && w.kv_dtype == DType::Bf16 && w.page_size.is_multiple_of(16)
+    w.group_size() == 16 && k_in_place(w)
+}
+
+/// Whether K's rows can be A tiles where they lie: bf16 in pages of whole 16-token blocks (a
+/// block's rows are one stride apart; rows past the context are the page's next slots,
+/// masked by the softmax); otherwise a kernel stages or transposes them.
+pub(super) fn k_in_place(w: &KvDecode) -> bool {
+    w.kv_dtype == DType::Bf16 && w.page_size.is_multiple_of(16)
 }
 
 /// bf16 by round-to-nearest-even.
@@ -186,11 +192,12 @@ pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
         .collect();
     let hkv = w.kv_heads;
     let (kt_len, vv_len) = (4 * sh.ks * 512, sh.db * 32 * 32);
-    let mut kt = zeroed_u16(hkv * kt_len);
+    let st_path = transposed(w);
+    // K^T, where the scores take it.
+    let mut kt = zeroed_u16(if st_path { 0 } else { hkv * kt_len });
     let mut vv = zeroed_u16(hkv * vv_len);
     let mut pa = zeroed_u16(sh.hb * 2 * 2 * 512);
     let mut s = Aligned::zeroed(hp * TILE);
-    let st_path = transposed(w);
     let mut st = Aligned::zeroed(if st_path { TILE * 16 } else { 0 });
     let end = ((c + 1) * cx.chunk).min(w.context_lens[b]);
     for t0 in (c * cx.chunk..end).step_by(TILE) {

@@ -17,7 +17,8 @@
 use super::amx::{Tiles, tile_dp, tile_load, tile_store, tile_zero};
 use super::kv::{chunk_tokens, tile_slots};
 use super::kv_amx::{
-    TILE, as_u16, load32, rows, store_token_blocks, transmute_bh, transpose16, zeroed_u16,
+    TILE, as_u16, k_in_place, load32, rows, store_token_blocks, transmute_bh, transpose16,
+    zeroed_u16,
 };
 use super::simd::{Aligned, Avx512, Simd, prefetch_span};
 use crate::backend::cpu::kernels::Partial;
@@ -136,7 +137,7 @@ pub(super) struct Scratch {
 impl Scratch {
     /// Sizes (in u16) of kst and vv for a point.
     fn sizes(w: &KvDecode) -> (usize, usize) {
-        let k = if direct(w) {
+        let k = if k_in_place(w) {
             0
         } else {
             w.kv_heads * TILE * w.head_dim_k
@@ -173,13 +174,6 @@ pub(super) fn with_scratch<R>(w: &KvDecode, f: impl FnOnce(&mut Scratch) -> R) -
     let r = f(&mut s);
     SCRATCH.set(Some(s));
     r
-}
-
-/// Whether K is tile-loaded where it lies: bf16 in pages of whole 16-token blocks (a
-/// block's rows are one stride apart; rows past the context are the page's next slots,
-/// masked); otherwise it is staged.
-fn direct(w: &KvDecode) -> bool {
-    w.kv_dtype == DType::Bf16 && w.page_size.is_multiple_of(16)
 }
 
 /// One KV head's online softmax over a chunk: m and l as [8 heads | the same 8] (the
@@ -220,7 +214,8 @@ pub(super) unsafe fn task(
     let (k_len, v_len) = (TILE * dk, 2 * dv / 16 * 512);
     let Scratch { kst, vv, pa, s } = scratch;
     let end = ((c + 1) * cx.chunk).min(w.context_lens[b]);
-    let direct = direct(w);
+    // K tile-loaded where it lies, else staged.
+    let direct = k_in_place(w);
     for t0 in (c * cx.chunk..end).step_by(TILE) {
         let n = TILE.min(end - t0);
         // Row t of the tile (rows past n repeat the last one: their P is zero) is token slot
