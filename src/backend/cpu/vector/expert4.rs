@@ -16,7 +16,7 @@
 //! bench/2026-12-07-cpu-xeon-amx/four-bit-avx512/, four-bit-words/, four-bit-vpermps/).
 
 use super::expert::{ExpertCtx, Rows, register_blocks};
-use super::simd::Aligned;
+use super::simd::{Aligned, prefetch_l2};
 use crate::workload::fourbit::{Groups, ScaleCode};
 use std::arch::x86_64::*;
 
@@ -224,7 +224,7 @@ unsafe fn rows<const R: usize, const T: usize, const S: u8>(
             ($v0:expr, $bytes:expr, $sbytes:expr, $tail:expr) => {
                 for r in 0..R {
                     let p = cx.wt.as_ptr().add((row[r] + $v0) / 2);
-                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_offset(ahead) as *const i8);
+                    prefetch_l2(p.wrapping_offset(ahead));
                     let c = _mm512_maskz_loadu_epi8($bytes, p as *const i8);
                     // Vector k, lane m: value 8m + k (nibble k of dword m).
                     let wv = [

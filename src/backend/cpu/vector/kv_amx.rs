@@ -129,6 +129,26 @@ pub(super) fn k_in_place(w: &KvDecode) -> bool {
     w.kv_dtype == DType::Bf16 && w.page_size.is_multiple_of(16)
 }
 
+/// Where `k_in_place`: the first rows of the tile's 16-token blocks of head g (block tb's
+/// 16 rows are then one token's `kv_heads` rows apart, `hkv * dk * 2` bytes), blocks past
+/// the n tokens starting at the last token's. Asserts every head's blocks lie inside K.
+pub(super) fn k_blocks(
+    k: &[u8],
+    slots: &[usize; TILE],
+    n: usize,
+    (g, hkv, dk): (usize, usize, usize),
+) -> [*const u16; 4] {
+    for tb in 0..n.div_ceil(16) {
+        // The block's last row: 15 tokens on, the last head.
+        assert!(
+            (slots[16 * tb] + 16 * hkv) * dk * 2 <= k.len(),
+            "K block out of its tensor"
+        );
+    }
+    let base = k.as_ptr() as *const u16;
+    std::array::from_fn(|tb| base.wrapping_add((slots[(16 * tb).min(n - 1)] + g) * dk))
+}
+
 /// bf16 by round-to-nearest-even.
 pub(super) fn bf16_bits(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
@@ -233,18 +253,9 @@ pub(super) unsafe fn task(cx: &AmxCtx, (b, c): (usize, usize)) -> Vec<Partial> {
             // SAFETY: the buffers are sized for sh above; the caller's contract.
             unsafe {
                 if st_path {
-                    // Token block tb's 16 rows start at its first token's row.
-                    let (base, stride) = (cx.k.as_ptr() as *const u16, hkv * sh.dk * 2);
-                    for tb in 0..n.div_ceil(16) {
-                        // Its last row: 15 tokens on, head g.
-                        let end = slots[16 * tb] + 15 * hkv + g + 1;
-                        assert!(end * sh.dk * 2 <= cx.k.len(), "K block out of its tensor");
-                    }
-                    let kb: [*const u16; 4] = std::array::from_fn(|tb| {
-                        base.wrapping_add((slots[(16 * tb).min(n - 1)] + g) * sh.dk)
-                    });
+                    let kb = k_blocks(cx.k, &slots, n, (g, hkv, sh.dk));
                     let qb = cx.qb[(b * hkv + g) * cx.q_len / 2..].as_ptr() as *const u16;
-                    scores_t(sh, n, qb, (kb, stride), &mut st, &mut s);
+                    scores_t(sh, n, qb, (kb, hkv * sh.dk * 2), &mut st, &mut s);
                 } else {
                     let qa = &cx.qa[(b * hkv + g) * cx.q_len / 2..];
                     scores(sh, qa, &kt[g * kt_len / 2..], &mut s);

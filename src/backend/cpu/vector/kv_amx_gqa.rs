@@ -17,8 +17,8 @@
 use super::amx::{Tiles, tile_dp, tile_load, tile_store, tile_zero};
 use super::kv::{chunk_tokens, tile_slots};
 use super::kv_amx::{
-    TILE, as_u16, k_in_place, load32, rows, store_token_blocks, transmute_bh, transpose16,
-    zeroed_u16,
+    TILE, as_u16, k_blocks, k_in_place, load32, rows, store_token_blocks, transmute_bh,
+    transpose16, zeroed_u16,
 };
 use super::simd::{Aligned, Avx512, Simd, prefetch_span};
 use crate::backend::cpu::kernels::Partial;
@@ -224,15 +224,6 @@ pub(super) unsafe fn task(
         // The next tile's slots, whose rows are asked for while this one is staged.
         let next: Option<[usize; TILE]> =
             (t0 + TILE < end).then(|| tile_slots(w, cx.table, b, t0 + TILE, end));
-        if direct {
-            // A block's 16 rows of every head, read in place by `scores`.
-            for tb in 0..n.div_ceil(16) {
-                assert!(
-                    (slots[16 * tb] + 16 * hkv) * dk * esize <= cx.k.len(),
-                    "K block out of its tensor"
-                );
-            }
-        }
         // Every head's staged operands first, then each head's products: measured faster
         // than staging a head just before its products (the bench folder above). Staged 16
         // tokens at a time across every head, so each token's row is read in address order
@@ -284,13 +275,7 @@ pub(super) unsafe fn task(
             unsafe {
                 let qt = &cx.qt[(b * hkv + g) * cx.qt_len / 2..];
                 let ks = if direct {
-                    let base = cx.k.as_ptr() as *const u16;
-                    (
-                        std::array::from_fn(|tb| {
-                            base.wrapping_add((slots[(16 * tb).min(n - 1)] + g) * dk)
-                        }),
-                        hkv * dk * 2,
-                    )
+                    (k_blocks(cx.k, &slots, n, (g, hkv, dk)), hkv * dk * 2)
                 } else {
                     let base = kst.as_ptr() as *const u16;
                     (
